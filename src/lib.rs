@@ -1,0 +1,14 @@
+//! padv: step-level progress advantage `A_t = β·(log π_θ(a_t|s_t) − log π_ref(a_t|s_t))`
+//! for LLM-agent trajectories, from a post-trained policy and its reference.
+//!
+//! Data path: trajectory → render + tokenize ([`trajectory`], [`tokenizer`]) →
+//! teacher-forced forward of both models ([`backend`], [`model`]) → fused
+//! log-prob difference per token ([`score::fused`]) → step and trajectory scores
+//! ([`score::aggregate`]) → applications ([`apps`]).
+
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod score;
+
+pub use error::{Error, Result};

@@ -1,0 +1,47 @@
+//! Scoring: the fused per-token log-prob difference (`fused`) and the
+//! aggregation of token scores into step and trajectory scores.
+
+pub mod aggregate;
+pub mod fused;
+
+/// Per-token outputs of scoring one sequence with a policy/reference pair.
+///
+/// Every vector has the sequence's length `T`. Entry `t` describes the
+/// prediction of token `t` from positions `< t`; entry 0 and every position
+/// not asked for are `NaN` (serialised as `null`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenScores {
+    /// log π_θ(x_t | x_<t)
+    pub logp_policy: Vec<f32>,
+    /// log π_ref(x_t | x_<t)
+    pub logp_reference: Vec<f32>,
+    /// Entropy of the policy's next-token distribution at t-1 (nats).
+    pub entropy_policy: Vec<f32>,
+    /// Mean of the policy's top-20 log-probs at t-1 ("self-certainty").
+    pub self_certainty: Vec<f32>,
+}
+
+impl TokenScores {
+    pub fn new_nan(len: usize) -> Self {
+        TokenScores {
+            logp_policy: vec![f32::NAN; len],
+            logp_reference: vec![f32::NAN; len],
+            entropy_policy: vec![f32::NAN; len],
+            self_certainty: vec![f32::NAN; len],
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.logp_policy.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.logp_policy.is_empty()
+    }
+    /// logp_policy − logp_reference, NaN where either is absent.
+    pub fn advantage(&self) -> Vec<f32> {
+        self.logp_policy
+            .iter()
+            .zip(&self.logp_reference)
+            .map(|(p, r)| p - r)
+            .collect()
+    }
+}
