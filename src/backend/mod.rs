@@ -1,1 +1,85 @@
-//! Backends.
+//! Compute backends. A backend owns a loaded policy/reference pair and turns
+//! batches of token sequences into per-token [`TokenScores`].
+//!
+//! `cpu` is the reference implementation and always present; `cuda` is
+//! compiled with the `cuda` feature, and a stand-in that returns a clear
+//! error replaces it otherwise (no `cfg` spread through callers).
+
+pub mod cpu;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::model::Model;
+use crate::score::TokenScores;
+use crate::{Error, Result};
+
+/// One sequence to score.
+#[derive(Debug, Clone, Default)]
+pub struct SeqRequest {
+    pub token_ids: Vec<u32>,
+    /// Positions `t` whose log-prob is wanted (`mask[t]`); `None` = all `t ≥ 1`.
+    /// The LM head runs only where asked.
+    pub score_mask: Option<Vec<bool>>,
+}
+
+/// A policy/reference pair resident on some device.
+pub trait PairScorer: Send {
+    /// Device and threads, for logs and `/v1/models`.
+    fn describe(&self) -> String;
+    /// Score a batch; one [`TokenScores`] per request, in order.
+    fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>>;
+}
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// CUDA device 0 when present, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`; expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Load a pair onto `device`.
+pub fn open_pair(
+    device: Device,
+    policy: Arc<Model>,
+    reference: Arc<Model>,
+) -> Result<Box<dyn PairScorer>> {
+    crate::model::check_pair(&policy, &reference)?;
+    match device {
+        Device::Cpu | Device::Auto => Ok(Box::new(cpu::CpuPair::new(policy, reference))),
+        Device::Cuda(n) => Err(Error::Backend(format!(
+            "device cuda:{n} requested, but this padv was built without the `cuda` feature \
+             (rebuild with `cargo build --release --features cuda`)"
+        ))),
+    }
+}

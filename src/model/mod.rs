@@ -1,1 +1,79 @@
-//! Model loading.
+//! Checkpoints: `config.json` ([`config`]), memory-mapped safetensors
+//! ([`weights`]) and the decoder family's tensor layout ([`llama`]).
+
+pub mod config;
+pub mod llama;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use config::{Arch, Config};
+pub use llama::DecoderWeights;
+pub use weights::{DType, Weights};
+
+use crate::{Error, Result};
+
+/// A loaded (mapped and validated) checkpoint.
+pub struct Model {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub weights: Arc<Weights>,
+}
+
+impl Model {
+    /// Read the config, map the weights and check every tensor's presence,
+    /// dtype and shape before any compute.
+    pub fn load(dir: &Path) -> Result<Model> {
+        if !dir.is_dir() {
+            return Err(Error::config(dir, "model directory does not exist"));
+        }
+        let config = Config::from_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        DecoderWeights::bind(&config, &weights)?;
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+        })
+    }
+
+    /// The shape-checked tensors (cheap: a few hash lookups per layer).
+    pub fn bind(&self) -> DecoderWeights<'_> {
+        DecoderWeights::bind(&self.config, &self.weights)
+            .expect("tensors were validated when the model was loaded")
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.weights.main_dtype().unwrap_or(DType::F32)
+    }
+
+    /// One-line description: architecture, size, dtype.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        format!(
+            "{} ({} layers, hidden {}, heads {}/{}, vocab {}, {})",
+            c.arch.hf_name(),
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.vocab_size,
+            self.dtype().name()
+        )
+    }
+}
+
+/// Check that a policy and its reference can be scored together.
+pub fn check_pair(policy: &Model, reference: &Model) -> Result<()> {
+    if policy.config.vocab_size != reference.config.vocab_size {
+        return Err(Error::Incompatible(format!(
+            "vocab_size differs: policy {} has {}, reference {} has {}",
+            policy.dir.display(),
+            policy.config.vocab_size,
+            reference.dir.display(),
+            reference.config.vocab_size
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Memory-mapped safetensors weights, single file or sharded
+//! (`model.safetensors.index.json`). Tensors stay in their stored dtype
+//! (bf16, f16 or f32); compute widens them tile by tile.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{Error, Result};
+
+/// Stored element type of a weight tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+/// A borrowed, typed view of a tensor's bytes inside a mapped file.
+#[derive(Clone, Copy)]
+pub enum Data<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+    BF16(&'a [half::bf16]),
+}
+
+impl Data<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(s) => s.len(),
+            Data::F16(s) => s.len(),
+            Data::BF16(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
+        }
+    }
+    /// Widen `[start, start + out.len())` into `out` as f32.
+    #[inline]
+    pub fn widen_into(&self, start: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let end = start + out.len();
+        match self {
+            Data::F32(s) => out.copy_from_slice(&s[start..end]),
+            Data::F16(s) => s[start..end].convert_to_f32_slice(out),
+            Data::BF16(s) => {
+                for (o, v) in out.iter_mut().zip(&s[start..end]) {
+                    *o = f32::from_bits((v.to_bits() as u32) << 16);
+                }
+            }
+        }
+    }
+    /// The whole tensor widened to f32 (only for small tensors: norms, biases).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut v = vec![0.0; self.len()];
+        self.widen_into(0, &mut v);
+        v
+    }
+}
+
+/// Where one tensor lives: which mapped shard and which byte range.
+#[derive(Debug, Clone)]
+struct Entry {
+    shard: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// A mapped shard. Tensors whose bytes are not aligned for their dtype are
+/// copied once into `Weights::realigned_words` (safetensors does not promise
+/// alignment).
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// All tensors of one checkpoint.
+pub struct Weights {
+    dir: PathBuf,
+    shards: Vec<Shard>,
+    entries: HashMap<String, Entry>,
+    /// Alignment buffers are stored as u32 words so any dtype can borrow them.
+    realigned_words: HashMap<String, Vec<u32>>,
+}
+
+/// A weight tensor handle: name, shape and a typed view.
+#[derive(Clone, Copy)]
+pub struct Tensor<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub data: Data<'a>,
+}
+
+impl<'a> Tensor<'a> {
+    pub fn rows(&self) -> usize {
+        self.shape[0]
+    }
+    pub fn cols(&self) -> usize {
+        self.shape.get(1).copied().unwrap_or(1)
+    }
+}
+
+fn convert_dtype(d: Dtype) -> Option<DType> {
+    match d {
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+impl Weights {
+    /// Map `DIR/model.safetensors`, or every shard named by
+    /// `DIR/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Arc<Weights>> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::config(&index, format!("invalid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::config(&index, "missing object `weight_map`"))?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::config(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in this directory",
+            ));
+        };
+
+        let mut w = Weights {
+            dir: dir.to_path_buf(),
+            shards: Vec::new(),
+            entries: HashMap::new(),
+            realigned_words: HashMap::new(),
+        };
+        for (si, path) in files.iter().enumerate() {
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: the mapping is read-only; like every mmap-based loader we
+            // assume the checkpoint is not modified while padv runs.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| {
+                Error::config(
+                    path,
+                    format!("not a valid safetensors file (truncated?): {e}"),
+                )
+            })?;
+            let data_start = 8 + header_len;
+            let tensors = meta.tensors();
+            for (name, info) in tensors {
+                let dtype = convert_dtype(info.dtype).ok_or_else(|| {
+                    Error::tensor(
+                        path,
+                        &name,
+                        format!("dtype {:?} unsupported (need F32, F16 or BF16)", info.dtype),
+                    )
+                })?;
+                let (s, e) = info.data_offsets;
+                let (start, end) = (data_start + s, data_start + e);
+                if end > map.len() {
+                    return Err(Error::tensor(
+                        path,
+                        &name,
+                        "data runs past the end of the file (truncated shard?)",
+                    ));
+                }
+                w.entries.insert(
+                    name.clone(),
+                    Entry {
+                        shard: si,
+                        dtype,
+                        shape: info.shape.clone(),
+                        start,
+                        end,
+                    },
+                );
+            }
+            w.shards.push(Shard {
+                path: path.clone(),
+                map,
+            });
+        }
+        // Copy any misaligned tensor once so typed views are always valid.
+        let misaligned: Vec<String> = w
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                let ptr = w.shards[e.shard].map[e.start..].as_ptr() as usize;
+                ptr % e.dtype.size() != 0
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in misaligned {
+            let e = &w.entries[&name];
+            let bytes = &w.shards[e.shard].map[e.start..e.end];
+            let mut words = vec![0u32; bytes.len().div_ceil(4)];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+            w.realigned_words.insert(name.clone(), words);
+        }
+        Ok(Arc::new(w))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Dtype of the first matrix-shaped tensor, for display.
+    pub fn main_dtype(&self) -> Option<DType> {
+        self.entries
+            .values()
+            .find(|e| e.shape.len() == 2)
+            .map(|e| e.dtype)
+    }
+
+    /// Total bytes of all mapped shards.
+    pub fn mapped_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.map.len()).sum()
+    }
+
+    fn shard_path(&self, name: &str) -> PathBuf {
+        self.entries
+            .get(name)
+            .map(|e| self.shards[e.shard].path.clone())
+            .unwrap_or_else(|| self.dir.clone())
+    }
+
+    /// Look up `name` and check its shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor<'_>> {
+        let (key, e) = self
+            .entries
+            .get_key_value(name)
+            .ok_or_else(|| Error::tensor(&self.dir, name, "missing from the checkpoint"))?;
+        if e.shape != shape {
+            return Err(Error::tensor(
+                self.shard_path(name),
+                name,
+                format!("shape {:?}, expected {:?}", e.shape, shape),
+            ));
+        }
+        let bytes: &[u8] = match self.realigned_words.get(name) {
+            Some(words) => &bytemuck::cast_slice::<u32, u8>(words)[..e.end - e.start],
+            None => &self.shards[e.shard].map[e.start..e.end],
+        };
+        let data = match e.dtype {
+            DType::F32 => Data::F32(bytemuck::cast_slice(bytes)),
+            DType::F16 => Data::F16(bytemuck::cast_slice(bytes)),
+            DType::BF16 => Data::BF16(bytemuck::cast_slice(bytes)),
+        };
+        Ok(Tensor {
+            name: key,
+            shape: &e.shape,
+            data,
+        })
+    }
+}
