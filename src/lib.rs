@@ -7,6 +7,7 @@
 //! ([`score::aggregate`]) → applications ([`apps`]).
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod model;
 pub mod score;

@@ -1,3 +1,13 @@
+//! The `padv` binary: parse the command line and hand over to the library.
+
+mod cli;
+
+use clap::Parser;
+
 fn main() {
-    println!("padv");
+    let args = cli::Cli::parse();
+    if let Err(e) = cli::run(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,236 @@
+//! `padv bench`: measured, not asserted. Reports the machine's GEMM peak,
+//! forward GFLOP/s against it, pair-scoring tokens/s, peak RSS, and the fused
+//! scorer against a naive log-softmax + gather over the same logits.
+
+pub mod synth;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::backend::cpu::forward::{Packed, forward_hidden};
+use crate::backend::cpu::ops::RopeTable;
+use crate::backend::{Device, SeqRequest, open_pair};
+use crate::model::{DType, Model};
+use crate::score::fused::{naive_row_stats, row_logp, row_stats};
+use crate::Result;
+
+/// Options of one bench run.
+pub struct BenchOptions {
+    pub policy: PathBuf,
+    pub reference: PathBuf,
+    pub lengths: Vec<usize>,
+    pub device: Device,
+    pub repeats: usize,
+}
+
+/// Best-of-`n` wall time in seconds.
+fn best_of<F: FnMut()>(n: usize, mut f: F) -> f64 {
+    (0..n.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// f32 GEMM rate of this machine with all threads (GFLOP/s), the roof that
+/// the forward is compared against.
+pub fn gemm_peak_gflops() -> f64 {
+    let (m, n, k) = (1024, 1024, 1024);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.01).collect();
+    let mut c = vec![0.0f32; m * n];
+    let threads = rayon::current_num_threads();
+    let secs = best_of(8, || unsafe {
+        gemm::gemm(
+            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1,
+            n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(threads),
+        )
+    });
+    2.0 * (m * n * k) as f64 / secs / 1e9
+}
+
+/// Peak resident set size of this process (bytes), from /proc.
+pub fn peak_rss_bytes() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Reset the peak-RSS counter (Linux ≥ 4.0); false where unsupported.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// FLOPs of one forward over a single sequence of `t` tokens (linear layers
+/// plus causal attention scores and values).
+pub fn forward_flops(model: &Model, t: usize, lm_head_rows: usize) -> f64 {
+    let c = &model.config;
+    let linear = c.flops_per_token(false) * t as f64;
+    let attn = 2.0 * (t as f64) * (t as f64 + 1.0) * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
+    let head = 2.0 * (c.hidden_size * c.vocab_size) as f64 * lm_head_rows as f64;
+    linear + attn + head
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    pub tokens: usize,
+    pub forward_s: f64,
+    pub forward_gflops: f64,
+    pub pair_s: f64,
+    pub pair_tokens_per_s: f64,
+    pub pair_gflops: f64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub device: String,
+    pub threads: usize,
+    pub gemm_peak_gflops: f64,
+    pub mapped_weights_mb: f64,
+    pub rows: Vec<BenchRow>,
+    pub fused_rows_per_s: f64,
+    pub naive_rows_per_s: f64,
+    pub vocab: usize,
+}
+
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(0..vocab as u32)).collect()
+}
+
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    let policy = Arc::new(Model::load(&opts.policy)?);
+    let reference = Arc::new(Model::load(&opts.reference)?);
+    let mapped = (policy.weights.mapped_bytes() + reference.weights.mapped_bytes()) as f64 / 1e6;
+    let peak = gemm_peak_gflops();
+    let mut scorer = open_pair(opts.device, policy.clone(), reference.clone())?;
+    let vocab = policy.config.vocab_size;
+    let rope = RopeTable::new(&policy.config.rope_inv_freq(), opts.lengths.iter().copied().max().unwrap_or(1));
+    let mut rows = Vec::new();
+    for &t in &opts.lengths {
+        let tokens = random_tokens(t, vocab, t as u64);
+        let seqs = [Packed { start: 0, len: t }];
+        // Warm the page cache / mappings once.
+        forward_hidden(&policy, &rope, &tokens[..t.min(64)], &[Packed { start: 0, len: t.min(64) }])?;
+        let mut err = None;
+        let forward_s = best_of(opts.repeats, || {
+            if let Err(e) = forward_hidden(&policy, &rope, &tokens, &seqs) {
+                err = Some(e);
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        reset_peak_rss();
+        let req = [SeqRequest { token_ids: tokens.clone(), score_mask: None }];
+        let pair_s = best_of(opts.repeats, || {
+            if let Err(e) = scorer.score(&req) {
+                err = Some(e);
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let rss = peak_rss_bytes().map(|b| b as f64 / 1e6);
+        let f1 = forward_flops(&policy, t, 0);
+        let pair_flops = forward_flops(&policy, t, t - 1) + forward_flops(&reference, t, t - 1);
+        rows.push(BenchRow {
+            tokens: t,
+            forward_s,
+            forward_gflops: f1 / forward_s / 1e9,
+            pair_s,
+            pair_tokens_per_s: t as f64 / pair_s,
+            pair_gflops: pair_flops / pair_s / 1e9,
+            peak_rss_mb: rss,
+        });
+    }
+    // Fused scorer vs materialised log-softmax + gather on the same logits.
+    let n_rows = 32;
+    let mut rng = SmallRng::seed_from_u64(7);
+    let logits: Vec<f32> = (0..n_rows * vocab).map(|_| rng.random_range(-8.0..8.0)).collect();
+    let fused_s = best_of(3, || {
+        for r in 0..n_rows {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            std::hint::black_box((row_stats(row, r), row_logp(row, r)));
+        }
+    });
+    let naive_s = best_of(3, || {
+        for r in 0..n_rows {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            std::hint::black_box((naive_row_stats(row, r), naive_row_stats(row, r)));
+        }
+    });
+    Ok(BenchReport {
+        model: policy.describe(),
+        device: scorer.describe(),
+        threads: rayon::current_num_threads(),
+        gemm_peak_gflops: peak,
+        mapped_weights_mb: mapped,
+        rows,
+        fused_rows_per_s: n_rows as f64 / fused_s,
+        naive_rows_per_s: n_rows as f64 / naive_s,
+        vocab,
+    })
+}
+
+impl BenchReport {
+    /// Human-readable table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "model: {}\ndevice: {} | f32 GEMM peak (measured): {:.1} GFLOP/s | mapped weights (pair): {:.0} MB\n\n",
+            self.model, self.device, self.gemm_peak_gflops, self.mapped_weights_mb
+        );
+        s += "| T | forward s | forward GFLOP/s | % of GEMM peak | pair score s | pair tokens/s | pair GFLOP/s | peak RSS MB |\n";
+        s += "|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for r in &self.rows {
+            s += &format!(
+                "| {} | {:.3} | {:.1} | {:.0}% | {:.3} | {:.1} | {:.1} | {} |\n",
+                r.tokens,
+                r.forward_s,
+                r.forward_gflops,
+                100.0 * r.forward_gflops / self.gemm_peak_gflops,
+                r.pair_s,
+                r.pair_tokens_per_s,
+                r.pair_gflops,
+                r.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0}"))
+            );
+        }
+        s += &format!(
+            "\nfused scorer (policy stats + reference logp, vocab {}): {:.0} rows/s | naive log-softmax + gather: {:.0} rows/s | ratio {:.1}×\n",
+            self.vocab,
+            self.fused_rows_per_s,
+            self.naive_rows_per_s,
+            self.fused_rows_per_s / self.naive_rows_per_s
+        );
+        s
+    }
+}
+
+/// Where `padv bench --shape` keeps its synthesized pair.
+pub fn synth_cache_dir(shape: &str, dtype: DType) -> PathBuf {
+    std::env::temp_dir().join(format!("padv-synth-{shape}-{}", dtype.name()))
+}
+
+/// Synthesize (once) a policy/reference pair of `shape` and return their dirs.
+pub fn ensure_synth_pair(shape: &str, dtype: DType) -> Result<(PathBuf, PathBuf)> {
+    let s = synth::shape(shape)?;
+    let root = synth_cache_dir(shape, dtype);
+    let dirs = (root.join("policy"), root.join("reference"));
+    for (dir, seed) in [(&dirs.0, 1), (&dirs.1, 2)] {
+        if !Path::new(&dir.join("model.safetensors")).exists() {
+            eprintln!("synthesizing {shape} ({}) into {}", dtype.name(), dir.display());
+            synth::write(&s, dir, dtype, seed)?;
+        }
+    }
+    Ok(dirs)
+}

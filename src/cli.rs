@@ -1,0 +1,109 @@
+//! Command-line interface: clap definitions and their translation into
+//! library calls. `main.rs` only parses and dispatches.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use padv::backend::Device;
+use padv::bench::{self, BenchOptions, synth};
+use padv::model::DType;
+
+#[derive(Parser)]
+#[command(name = "padv", version, about = "Step-level progress advantage log π_θ − log π_ref for LLM-agent trajectories")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Write a random-weight checkpoint of a real model's shape (for benchmarks).
+    Synth(SynthArgs),
+    /// Measure GEMM peak, forward GFLOP/s, pair-scoring tokens/s and peak RSS.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// One of: qwen2.5-0.5b, qwen2.5-7b, qwen3-0.6b, smollm2-135m, llama-3.2-1b.
+    #[arg(long)]
+    pub shape: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// bf16 | f16 | f32
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    pub dtype: DType,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Synthesize (once, under the temp dir) a random pair of this shape.
+    #[arg(long, default_value = "qwen2.5-0.5b", conflicts_with_all = ["policy", "reference"])]
+    pub shape: String,
+    #[arg(long, requires = "reference")]
+    pub policy: Option<PathBuf>,
+    #[arg(long, requires = "policy")]
+    pub reference: Option<PathBuf>,
+    /// Sequence lengths to time.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,4096")]
+    pub tokens: Vec<usize>,
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    pub dtype: DType,
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
+    /// Timed repetitions per figure (best is reported).
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
+    /// Also write the figures as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        "f32" => Ok(DType::F32),
+        _ => Err(format!("unknown dtype `{s}`; expected bf16, f16 or f32")),
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth(a) => {
+            let shape = synth::shape(&a.shape)?;
+            synth::write(&shape, &a.out, a.dtype, a.seed)?;
+            eprintln!(
+                "wrote {} ({} parameters, {}) to {}",
+                shape.name,
+                shape.num_params(),
+                a.dtype.name(),
+                a.out.display()
+            );
+            Ok(())
+        }
+        Command::Bench(a) => {
+            let (policy, reference) = match (a.policy, a.reference) {
+                (Some(p), Some(r)) => (p, r),
+                _ => bench::ensure_synth_pair(&a.shape, a.dtype)?,
+            };
+            let report = bench::run(&BenchOptions {
+                policy,
+                reference,
+                lengths: a.tokens,
+                device: a.device,
+                repeats: a.repeats,
+            })?;
+            println!("{}", report.table());
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+    }
+}
