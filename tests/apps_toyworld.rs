@@ -177,3 +177,33 @@ fn attribution_counts_only_trajectories_with_a_failure_label() {
     assert_eq!(labelled, 183);
     assert_eq!(report.label_units[0].1, 183);
 }
+
+#[test]
+fn the_report_is_one_self_contained_html_file_with_every_chart() {
+    use padv::apps::report::{ReportOptions, render_html};
+    let set = scored_set("ref");
+    let report = evaluate(&set, None).unwrap();
+    let opts = ReportOptions {
+        title: "toyworld demo (π_ref rollouts)".into(),
+        ..ReportOptions::default()
+    };
+    let html = render_html(&set, &report, &opts).unwrap();
+    assert!(html.starts_with("<!doctype html>"));
+    for needle in [
+        "<table>",
+        "ROC curves per method",
+        "Best-of-N success rate",
+        "Step scores of demo-",
+    ] {
+        assert!(html.contains(needle), "missing {needle}");
+    }
+    // Nothing is fetched: no scripts, links or remote URLs.
+    for banned in ["<script", "<link", "http://", "https://", "url("] {
+        let outside_svg_ns = html.replace("http://www.w3.org/2000/svg", "");
+        assert!(!outside_svg_ns.contains(banned), "report contains {banned}");
+    }
+    // scripts/render-report.sh sets this to look at the page.
+    if let Ok(out) = std::env::var("PADV_REPORT_OUT") {
+        std::fs::write(out, &html).unwrap();
+    }
+}

@@ -172,13 +172,18 @@ pub struct Attribution {
 }
 
 /// Predict the decisive error of `t` by every predictor from `method`'s step
-/// scores; `None` for a trajectory without action steps.
+/// scores; `None` when no action step has a score (no steps, or a method
+/// the records carry no values for).
 pub fn attribute(
     t: &ScoredTrajectory,
     method: Method,
     token: Option<TokenAgg>,
 ) -> Result<Option<Attribution>> {
-    let values = t.step_values_filled(method, token)?;
+    let values = t.step_values(method, token)?;
+    if values.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let values: Vec<f64> = values.into_iter().map(|v| v.unwrap_or(0.0)).collect();
     let mut picks = [0; 3];
     for (slot, p) in picks.iter_mut().zip(Predictor::ALL) {
         match p.predict(&values) {
@@ -312,6 +317,22 @@ mod tests {
         for p in Predictor::ALL {
             assert_eq!(p.predict(&[]), None);
         }
+    }
+
+    #[test]
+    fn a_method_without_any_step_values_predicts_nothing() {
+        use crate::apps::scored::{ScoreSettings, StepScore};
+        let steps = vec![StepScore {
+            advantage: Some(-1.0),
+            ..StepScore::default()
+        }];
+        let t = ScoredTrajectory::new("n", steps, ScoreSettings::default());
+        assert_eq!(attribute(&t, Method::Entropy, None).unwrap(), None);
+        assert!(
+            attribute(&t, Method::ProgressAdvantage, None)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -76,8 +76,8 @@ pub fn common_settings(set: &ScoredSet) -> Result<ScoreSettings> {
         return Err(Error::input(
             "input",
             format!(
-                "no scored trajectories to evaluate ({} error records skipped)",
-                set.skipped.len()
+                "no scored trajectories to evaluate ({} skipped)",
+                error_records(set.skipped.len())
             ),
         ));
     };
@@ -302,6 +302,14 @@ pub(crate) fn num(x: f64) -> Value {
 }
 
 impl EvalReport {
+    /// The aggregation this report was evaluated with.
+    pub fn aggregation(&self) -> Aggregation {
+        Aggregation {
+            token: self.reaggregated.then_some(self.settings.token_agg),
+            step: self.settings.step_agg,
+        }
+    }
+
     pub fn uncertainty_of(&self, m: Method) -> Option<&Uncertainty> {
         self.uncertainty
             .iter()
@@ -385,7 +393,7 @@ impl EvalReport {
             s.beta,
             self.n_trajectories,
             if self.skipped_error_records > 0 {
-                format!(", {} error records skipped", self.skipped_error_records)
+                format!(", {} skipped", error_records(self.skipped_error_records))
             } else {
                 String::new()
             }
@@ -479,6 +487,11 @@ pub fn sweep_markdown(reports: &[EvalReport]) -> String {
     out
 }
 
+/// `1 error record`, `3 error records`.
+pub(crate) fn error_records(n: usize) -> String {
+    format!("{n} error record{}", if n == 1 { "" } else { "s" })
+}
+
 /// Three decimals, `–` when undefined.
 pub(crate) fn fmt(x: f64) -> String {
     if x.is_finite() {
@@ -548,6 +561,11 @@ mod tests {
             .attribution_of(Method::ProgressAdvantage, Predictor::SharpestDrop)
             .unwrap();
         assert_eq!((sd.accuracy, sd.mae), (0.5, 0.5));
+        let none = r
+            .attribution_of(Method::Entropy, Predictor::SharpestDrop)
+            .unwrap();
+        assert_eq!(none.n, 0);
+        assert!(none.accuracy.is_nan());
     }
 
     #[test]

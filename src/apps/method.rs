@@ -172,16 +172,6 @@ impl ScoredTrajectory {
         Ok(values)
     }
 
-    /// Per-step values with unscored steps as 0.0, as the paper's failure
-    /// attribution uses them (`runners/fa.py`).
-    pub fn step_values_filled(&self, method: Method, token: Option<TokenAgg>) -> Result<Vec<f64>> {
-        Ok(self
-            .step_values(method, token)?
-            .into_iter()
-            .map(|v| v.unwrap_or(0.0))
-            .collect())
-    }
-
     /// Trajectory score of `method` (higher = predicted more successful);
     /// `None` when no step has a value.
     pub fn score(&self, method: Method, agg: Aggregation) -> Result<Option<f64>> {

@@ -112,6 +112,38 @@ impl Selection {
         self.groups.iter().map(|g| g.chosen).collect()
     }
 
+    /// The chosen trajectories' records (`trajectories` as passed to
+    /// [`select`]), each with a `best_of_n` object added: group, method,
+    /// score, number of candidates and whether the pick was a tie.
+    /// Trajectories scored in memory without a record appear as `{"id"}`.
+    pub fn chosen_records(&self, trajectories: &[ScoredTrajectory]) -> Vec<Value> {
+        self.groups
+            .iter()
+            .filter_map(|g| {
+                let t = trajectories.get(g.chosen)?;
+                let mut record = match &t.record {
+                    Some(Value::Object(m)) => m.clone(),
+                    _ => {
+                        let mut m = serde_json::Map::new();
+                        m.insert("id".into(), json!(t.id));
+                        m
+                    }
+                };
+                record.insert(
+                    "best_of_n".into(),
+                    json!({
+                        "group": g.group,
+                        "method": self.method.name(),
+                        "score": g.ranking[0].score.map_or(Value::Null, num),
+                        "n_candidates": g.ranking.len(),
+                        "tied": g.tied,
+                    }),
+                );
+                Some(Value::Object(record))
+            })
+            .collect()
+    }
+
     /// The rank table as JSON: one entry per group with every candidate.
     pub fn to_json(&self) -> Value {
         let groups: Vec<Value> = self
@@ -230,6 +262,10 @@ mod tests {
         assert!(s.groups[0].tied);
         assert!(s.explain_markdown().contains("(tie)"));
         assert_eq!(s.to_json()["groups"][0]["chosen"], "x1");
+        let records = s.chosen_records(&ts);
+        assert_eq!(records[0]["id"], "x1");
+        assert_eq!(records[0]["best_of_n"]["tied"], true);
+        assert_eq!(records[0]["best_of_n"]["n_candidates"], 3);
     }
 
     #[test]
