@@ -167,6 +167,7 @@ impl ScoredTrajectory {
                         agg.apply(&tokens.self_certainty[a..b])
                     }
                 }
+                .filter(|v| !v.is_nan())
             })
             .collect();
         Ok(values)

@@ -131,6 +131,13 @@ impl Default for ReadOptions {
     }
 }
 
+impl ReadOptions {
+    /// The group-by field's value in `obj`, as text.
+    pub fn group_of(&self, obj: &Map<String, Value>) -> Option<String> {
+        lookup(obj, &self.group_by).and_then(scalar_text)
+    }
+}
+
 impl ScoredTrajectory {
     /// A trajectory scored in memory; add labels, group and tokens with the
     /// `with_*` methods.
@@ -161,6 +168,18 @@ impl ScoredTrajectory {
     pub fn with_record(mut self, record: Value) -> Self {
         self.record = Some(record);
         self
+    }
+
+    /// Take labels, group and the passthrough record from the input record
+    /// the trajectory was scored from (for trajectories scored in memory).
+    pub fn with_input_record(mut self, record: Value, opts: &ReadOptions) -> Result<Self> {
+        let Value::Object(obj) = &record else {
+            return Err(Error::input(&self.location, "expected a JSON object"));
+        };
+        self.labels = Labels::from_record(obj, &self.location)?;
+        self.group = opts.group_of(obj);
+        self.record = Some(record);
+        Ok(self)
     }
 
     /// Attach per-token arrays; every step must then have a span inside them.
@@ -199,7 +218,7 @@ impl ScoredTrajectory {
         let steps = parse_steps(obj, location)?;
         let settings = parse_settings(obj, location)?;
         let labels = Labels::from_record(obj, location)?;
-        let group = lookup(obj, &opts.group_by).and_then(scalar_text);
+        let group = opts.group_of(obj);
         let tokens = match obj.get("tokens") {
             None | Some(Value::Null) => None,
             Some(t) => Some(parse_tokens(t, location)?),
@@ -646,6 +665,20 @@ mod tests {
         assert_eq!(set.skipped[0].location, "mem:3");
         let e = parse_scored("{not json".as_bytes(), "mem", &ReadOptions::default()).unwrap_err();
         assert!(e.to_string().starts_with("mem:1: invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn in_memory_trajectories_take_labels_and_group_from_their_input_record() {
+        let steps = vec![StepScore::default()];
+        let input = json!({"id": "m", "task_id": "t9", "reward": 0.25, "failure_step": 0});
+        let t = ScoredTrajectory::new("m", steps, ScoreSettings::default())
+            .with_input_record(input, &ReadOptions::default())
+            .unwrap();
+        assert_eq!(t.group.as_deref(), Some("t9"));
+        assert_eq!(t.labels.success, Some(false));
+        assert_eq!(t.labels.reward, Some(0.25));
+        assert_eq!(t.labels.failure_step, Some(0));
+        assert_eq!(t.record.unwrap()["id"], "m");
     }
 
     #[test]
