@@ -23,10 +23,11 @@ pub mod scored;
 pub mod select;
 
 pub use attribute::{Attribution, Predictor, attribute};
-pub use eval::{EvalReport, evaluate, sweep};
+pub use eval::{EvalReport, evaluate, sweep, sweep_json, sweep_markdown};
 pub use method::{Aggregation, Method};
 pub use report::{ReportOptions, render_html};
 pub use scored::{
     Labels, ReadOptions, ScoreSettings, ScoredSet, ScoredTrajectory, SkippedRecord, StepScore,
+    parse_scored, read_scored,
 };
 pub use select::{Selection, select};
