@@ -6,6 +6,7 @@
 //! log-prob difference per token ([`score::fused`]) → step and trajectory scores
 //! ([`score::aggregate`]) → applications ([`apps`]).
 
+pub mod apps;
 pub mod backend;
 pub mod bench;
 pub mod error;
