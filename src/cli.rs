@@ -11,7 +11,11 @@ use padv::bench::{self, BenchOptions, synth};
 use padv::model::DType;
 
 #[derive(Parser)]
-#[command(name = "padv", version, about = "Step-level progress advantage log π_θ − log π_ref for LLM-agent trajectories")]
+#[command(
+    name = "padv",
+    version,
+    about = "Step-level progress advantage log π_θ − log π_ref for LLM-agent trajectories"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

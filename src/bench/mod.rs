@@ -11,12 +11,12 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
 use crate::backend::cpu::ops::RopeTable;
 use crate::backend::{Device, SeqRequest, open_pair};
 use crate::model::{DType, Model};
 use crate::score::fused::{naive_row_stats, row_logp, row_stats};
-use crate::Result;
 
 /// Options of one bench run.
 pub struct BenchOptions {
@@ -48,8 +48,25 @@ pub fn gemm_peak_gflops() -> f64 {
     let threads = rayon::current_num_threads();
     let secs = best_of(8, || unsafe {
         gemm::gemm(
-            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1,
-            n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(threads),
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads),
         )
     });
     2.0 * (m * n * k) as f64 / secs / 1e9
@@ -73,7 +90,11 @@ pub fn reset_peak_rss() -> bool {
 pub fn forward_flops(model: &Model, t: usize, lm_head_rows: usize) -> f64 {
     let c = &model.config;
     let linear = c.flops_per_token(false) * t as f64;
-    let attn = 2.0 * (t as f64) * (t as f64 + 1.0) * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
+    let attn = 2.0
+        * (t as f64)
+        * (t as f64 + 1.0)
+        * (c.num_heads * c.head_dim) as f64
+        * c.num_layers as f64;
     let head = 2.0 * (c.hidden_size * c.vocab_size) as f64 * lm_head_rows as f64;
     linear + attn + head
 }
@@ -115,13 +136,24 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let peak = gemm_peak_gflops();
     let mut scorer = open_pair(opts.device, policy.clone(), reference.clone())?;
     let vocab = policy.config.vocab_size;
-    let rope = RopeTable::new(&policy.config.rope_inv_freq(), opts.lengths.iter().copied().max().unwrap_or(1));
+    let rope = RopeTable::new(
+        &policy.config.rope_inv_freq(),
+        opts.lengths.iter().copied().max().unwrap_or(1),
+    );
     let mut rows = Vec::new();
     for &t in &opts.lengths {
         let tokens = random_tokens(t, vocab, t as u64);
         let seqs = [Packed { start: 0, len: t }];
         // Warm the page cache / mappings once.
-        forward_hidden(&policy, &rope, &tokens[..t.min(64)], &[Packed { start: 0, len: t.min(64) }])?;
+        forward_hidden(
+            &policy,
+            &rope,
+            &tokens[..t.min(64)],
+            &[Packed {
+                start: 0,
+                len: t.min(64),
+            }],
+        )?;
         let mut err = None;
         let forward_s = best_of(opts.repeats, || {
             if let Err(e) = forward_hidden(&policy, &rope, &tokens, &seqs) {
@@ -132,7 +164,10 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             return Err(e);
         }
         reset_peak_rss();
-        let req = [SeqRequest { token_ids: tokens.clone(), score_mask: None }];
+        let req = [SeqRequest {
+            token_ids: tokens.clone(),
+            score_mask: None,
+        }];
         let pair_s = best_of(opts.repeats, || {
             if let Err(e) = scorer.score(&req) {
                 err = Some(e);
@@ -157,7 +192,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     // Fused scorer vs materialised log-softmax + gather on the same logits.
     let n_rows = 32;
     let mut rng = SmallRng::seed_from_u64(7);
-    let logits: Vec<f32> = (0..n_rows * vocab).map(|_| rng.random_range(-8.0..8.0)).collect();
+    let logits: Vec<f32> = (0..n_rows * vocab)
+        .map(|_| rng.random_range(-8.0..8.0))
+        .collect();
     let fused_s = best_of(3, || {
         for r in 0..n_rows {
             let row = &logits[r * vocab..(r + 1) * vocab];
@@ -228,7 +265,11 @@ pub fn ensure_synth_pair(shape: &str, dtype: DType) -> Result<(PathBuf, PathBuf)
     let dirs = (root.join("policy"), root.join("reference"));
     for (dir, seed) in [(&dirs.0, 1), (&dirs.1, 2)] {
         if !Path::new(&dir.join("model.safetensors")).exists() {
-            eprintln!("synthesizing {shape} ({}) into {}", dtype.name(), dir.display());
+            eprintln!(
+                "synthesizing {shape} ({}) into {}",
+                dtype.name(),
+                dir.display()
+            );
             synth::write(&s, dir, dtype, seed)?;
         }
     }

@@ -31,18 +31,85 @@ pub struct Shape {
 }
 
 pub const SHAPES: &[Shape] = &[
-    Shape { name: "qwen2.5-0.5b", arch: "Qwen2ForCausalLM", hidden: 896, intermediate: 4864, layers: 24, heads: 14, kv_heads: 2, head_dim: 64, vocab: 151_936, tied: true, rope_theta: 1e6 },
-    Shape { name: "qwen2.5-7b", arch: "Qwen2ForCausalLM", hidden: 3584, intermediate: 18944, layers: 28, heads: 28, kv_heads: 4, head_dim: 128, vocab: 152_064, tied: false, rope_theta: 1e6 },
-    Shape { name: "qwen3-0.6b", arch: "Qwen3ForCausalLM", hidden: 1024, intermediate: 3072, layers: 28, heads: 16, kv_heads: 8, head_dim: 128, vocab: 151_936, tied: true, rope_theta: 1e6 },
-    Shape { name: "smollm2-135m", arch: "LlamaForCausalLM", hidden: 576, intermediate: 1536, layers: 30, heads: 9, kv_heads: 3, head_dim: 64, vocab: 49_152, tied: true, rope_theta: 1e5 },
-    Shape { name: "llama-3.2-1b", arch: "LlamaForCausalLM", hidden: 2048, intermediate: 8192, layers: 16, heads: 32, kv_heads: 8, head_dim: 64, vocab: 128_256, tied: true, rope_theta: 5e5 },
+    Shape {
+        name: "qwen2.5-0.5b",
+        arch: "Qwen2ForCausalLM",
+        hidden: 896,
+        intermediate: 4864,
+        layers: 24,
+        heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+        vocab: 151_936,
+        tied: true,
+        rope_theta: 1e6,
+    },
+    Shape {
+        name: "qwen2.5-7b",
+        arch: "Qwen2ForCausalLM",
+        hidden: 3584,
+        intermediate: 18944,
+        layers: 28,
+        heads: 28,
+        kv_heads: 4,
+        head_dim: 128,
+        vocab: 152_064,
+        tied: false,
+        rope_theta: 1e6,
+    },
+    Shape {
+        name: "qwen3-0.6b",
+        arch: "Qwen3ForCausalLM",
+        hidden: 1024,
+        intermediate: 3072,
+        layers: 28,
+        heads: 16,
+        kv_heads: 8,
+        head_dim: 128,
+        vocab: 151_936,
+        tied: true,
+        rope_theta: 1e6,
+    },
+    Shape {
+        name: "smollm2-135m",
+        arch: "LlamaForCausalLM",
+        hidden: 576,
+        intermediate: 1536,
+        layers: 30,
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        vocab: 49_152,
+        tied: true,
+        rope_theta: 1e5,
+    },
+    Shape {
+        name: "llama-3.2-1b",
+        arch: "LlamaForCausalLM",
+        hidden: 2048,
+        intermediate: 8192,
+        layers: 16,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 64,
+        vocab: 128_256,
+        tied: true,
+        rope_theta: 5e5,
+    },
 ];
 
 pub fn shape(name: &str) -> Result<Shape> {
-    SHAPES.iter().find(|s| s.name == name).copied().ok_or_else(|| {
-        let names: Vec<_> = SHAPES.iter().map(|s| s.name).collect();
-        Error::input("--shape", format!("unknown shape `{name}`; known: {}", names.join(", ")))
-    })
+    SHAPES
+        .iter()
+        .find(|s| s.name == name)
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<_> = SHAPES.iter().map(|s| s.name).collect();
+            Error::input(
+                "--shape",
+                format!("unknown shape `{name}`; known: {}", names.join(", ")),
+            )
+        })
 }
 
 impl Shape {
@@ -106,7 +173,10 @@ impl Shape {
     }
 
     pub fn num_params(&self) -> usize {
-        self.tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+        self.tensors()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -131,8 +201,14 @@ pub fn write(shape: &Shape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
         };
         let bytes = match dtype {
             DType::F32 => bytemuck::cast_slice(&vals).to_vec(),
-            DType::BF16 => vals.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
-            DType::F16 => vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            DType::BF16 => vals
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            DType::F16 => vals
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
         };
         buffers.push((name, dims, bytes));
     }
@@ -143,7 +219,12 @@ pub fn write(shape: &Shape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     };
     let views: Vec<(String, TensorView)> = buffers
         .iter()
-        .map(|(n, d, b)| (n.clone(), TensorView::new(st, d.clone(), b).expect("sizes match")))
+        .map(|(n, d, b)| {
+            (
+                n.clone(),
+                TensorView::new(st, d.clone(), b).expect("sizes match"),
+            )
+        })
         .collect();
     let path = out.join("model.safetensors");
     safetensors::serialize_to_file(views, None, &path)
