@@ -45,6 +45,7 @@ const BLOCK: usize = 256;
 const LANES: usize = 16;
 
 /// Keeps the `TOP_K` largest values seen; `floor` is the smallest kept once full.
+#[derive(Clone, Debug)]
 struct TopK {
     vals: [f32; TOP_K],
     len: usize,
@@ -81,72 +82,150 @@ impl TopK {
     }
 }
 
+/// Streaming state of one row: running max `m`, `Σ e^{z−m}` and
+/// `Σ e^{z−m}·z` in 16 lanes, the top-k values and (once seen) the target
+/// logit. Rows may be fed in any order of vocabulary slices, and partial
+/// states of disjoint slices merge exactly (the LM-head tiles of different
+/// threads are combined this way).
+#[derive(Clone, Debug)]
+pub struct RowAccum {
+    m: f32,
+    s: [f32; LANES],
+    w: [f32; LANES],
+    top: Option<TopK>,
+    target: Option<f32>,
+}
+
+impl RowAccum {
+    /// `full`: also track entropy and top-k (the policy); otherwise only the
+    /// normaliser (the reference).
+    pub fn new(full: bool) -> Self {
+        RowAccum {
+            m: f32::NEG_INFINITY,
+            s: [0.0; LANES],
+            w: [0.0; LANES],
+            top: full.then(TopK::new),
+            target: None,
+        }
+    }
+
+    fn rescale_to(&mut self, m: f32) {
+        if m > self.m {
+            if self.m != f32::NEG_INFINITY {
+                let scale = fast_exp(self.m - m);
+                for l in 0..LANES {
+                    self.s[l] *= scale;
+                    self.w[l] *= scale;
+                }
+            }
+            self.m = m;
+        }
+    }
+
+    /// Fold in the logits `block` = vocabulary entries `[first, first + len)`;
+    /// `target` is the row's target token id.
+    #[inline]
+    pub fn update(&mut self, block: &[f32], first: usize, target: usize) {
+        if target >= first && target < first + block.len() {
+            self.target = Some(block[target - first]);
+        }
+        let bm = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        self.rescale_to(bm);
+        let m = self.m;
+        let mut lanes = block.chunks_exact(LANES);
+        if let Some(top) = &mut self.top {
+            if bm > top.floor {
+                for &z in block {
+                    if z > top.floor {
+                        top.push(z);
+                    }
+                }
+            }
+            for c in &mut lanes {
+                for l in 0..LANES {
+                    let e = fast_exp(c[l] - m);
+                    self.s[l] += e;
+                    self.w[l] = e.mul_add(c[l], self.w[l]);
+                }
+            }
+            for (l, &z) in lanes.remainder().iter().enumerate() {
+                let e = fast_exp(z - m);
+                self.s[l] += e;
+                self.w[l] = e.mul_add(z, self.w[l]);
+            }
+        } else {
+            for c in &mut lanes {
+                for l in 0..LANES {
+                    self.s[l] += fast_exp(c[l] - m);
+                }
+            }
+            for (l, &z) in lanes.remainder().iter().enumerate() {
+                self.s[l] += fast_exp(z - m);
+            }
+        }
+    }
+
+    /// Combine with the state of a disjoint slice of the same row.
+    pub fn merge(&mut self, other: &RowAccum) {
+        if other.m == f32::NEG_INFINITY {
+            return;
+        }
+        let mut o = other.clone();
+        let m = self.m.max(o.m);
+        self.rescale_to(m);
+        o.rescale_to(m);
+        for l in 0..LANES {
+            self.s[l] += o.s[l];
+            self.w[l] += o.w[l];
+        }
+        if let (Some(a), Some(b)) = (&mut self.top, &o.top) {
+            for &v in &b.vals[..b.len] {
+                a.push(v);
+            }
+        }
+        if o.target.is_some() {
+            self.target = o.target;
+        }
+    }
+
+    /// The row's outputs; entropy and top-mean are NaN for a reference-only
+    /// state, and everything is NaN if the target was never seen.
+    pub fn finish(&self) -> RowStats {
+        let sum: f64 = self.s.iter().map(|&x| x as f64).sum();
+        let wsum: f64 = self.w.iter().map(|&x| x as f64).sum();
+        let lse = self.m as f64 + sum.ln();
+        let (entropy, top_mean) = match &self.top {
+            Some(top) => {
+                let k = top.len.max(1);
+                let mean = top.vals[..top.len].iter().map(|&x| x as f64).sum::<f64>() / k as f64;
+                ((lse - wsum / sum) as f32, (mean - lse) as f32)
+            }
+            None => (f32::NAN, f32::NAN),
+        };
+        RowStats {
+            logp: self.target.map_or(f32::NAN, |t| (t as f64 - lse) as f32),
+            entropy,
+            top_mean,
+        }
+    }
+}
+
 /// One pass over `row` (the logits of one position over the vocabulary).
 pub fn row_stats(row: &[f32], target: usize) -> RowStats {
-    let mut m = f32::NEG_INFINITY; // running max
-    let mut s = [0.0f32; LANES]; // Σ e^{z−m}
-    let mut w = [0.0f32; LANES]; // Σ e^{z−m}·z
-    let mut top = TopK::new();
-    for block in row.chunks(BLOCK) {
-        let bm = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        if bm > m {
-            if m != f32::NEG_INFINITY {
-                let scale = fast_exp(m - bm);
-                for l in 0..LANES {
-                    s[l] *= scale;
-                    w[l] *= scale;
-                }
-            }
-            m = bm;
-        }
-        if bm > top.floor {
-            for &z in block {
-                if z > top.floor {
-                    top.push(z);
-                }
-            }
-        }
-        let mut lanes = block.chunks_exact(LANES);
-        for c in &mut lanes {
-            for l in 0..LANES {
-                let e = fast_exp(c[l] - m);
-                s[l] += e;
-                w[l] = e.mul_add(c[l], w[l]);
-            }
-        }
-        for (l, &z) in lanes.remainder().iter().enumerate() {
-            let e = fast_exp(z - m);
-            s[l] += e;
-            w[l] = e.mul_add(z, w[l]);
-        }
+    let mut acc = RowAccum::new(true);
+    for (i, block) in row.chunks(BLOCK).enumerate() {
+        acc.update(block, i * BLOCK, target);
     }
-    let sum: f64 = s.iter().map(|&x| x as f64).sum();
-    let wsum: f64 = w.iter().map(|&x| x as f64).sum();
-    let lse = m as f64 + sum.ln();
-    let k = top.len.max(1);
-    let top_mean = top.vals[..top.len].iter().map(|&x| x as f64).sum::<f64>() / k as f64 - lse;
-    RowStats {
-        logp: (row[target] as f64 - lse) as f32,
-        entropy: (lse - wsum / sum) as f32,
-        top_mean: top_mean as f32,
-    }
+    acc.finish()
 }
 
 /// Only the target log-prob (the reference model needs nothing else).
 pub fn row_logp(row: &[f32], target: usize) -> f32 {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = [0.0f32; LANES];
-    let mut lanes = row.chunks_exact(LANES);
-    for c in &mut lanes {
-        for l in 0..LANES {
-            s[l] += fast_exp(c[l] - m);
-        }
+    let mut acc = RowAccum::new(false);
+    for (i, block) in row.chunks(BLOCK).enumerate() {
+        acc.update(block, i * BLOCK, target);
     }
-    for (l, &z) in lanes.remainder().iter().enumerate() {
-        s[l] += fast_exp(z - m);
-    }
-    let sum: f64 = s.iter().map(|&x| x as f64).sum();
-    (row[target] as f64 - (m as f64 + sum.ln())) as f32
+    acc.finish().logp
 }
 
 /// The unfused baseline: materialise the full log-softmax row in f32, gather,
@@ -224,6 +303,27 @@ mod tests {
                 assert!((row_logp(&row, target) - r.logp).abs() < 2e-5);
             }
         }
+    }
+
+    #[test]
+    fn merged_partial_rows_equal_one_pass_over_the_row() {
+        let row = lcg_row(5000, 9, 12.0);
+        let target = 4321;
+        let whole = row_stats(&row, target);
+        // Slices fed out of order into two accumulators, then merged.
+        let (mut a, mut b) = (RowAccum::new(true), RowAccum::new(true));
+        for (i, block) in row.chunks(128).enumerate().rev() {
+            if i % 2 == 0 {
+                a.update(block, i * 128, target)
+            } else {
+                b.update(block, i * 128, target)
+            }
+        }
+        b.merge(&a);
+        let m = b.finish();
+        assert!((m.logp - whole.logp).abs() < 1e-5, "{m:?} vs {whole:?}");
+        assert!((m.entropy - whole.entropy).abs() < 1e-5);
+        assert!((m.top_mean - whole.top_mean).abs() < 1e-5);
     }
 
     #[test]

@@ -1,23 +1,278 @@
-//! `out = x · Wᵀ` with `x` f32 activations and `W` a stored weight in bf16,
+//! `C = A · Wᵀ` with `A` f32 activations and `W` a stored weight in bf16,
 //! f16 or f32 (`[N, K]`, row-major as safetensors keeps it).
 //!
-//! Tiles of W are widened to f32 into a per-thread buffer (never the whole
-//! matrix) and multiplied with the `gemm` crate's AVX-512/AVX2 kernels. Work
-//! is split over (token chunk × weight-row tile) so both cores stay busy even
-//! for narrow projections (k/v of GQA models).
+//! Design (BLIS-style, sized for this machine's 32 KB L1 / 1 MB L2):
+//! a tile of `NC` weight rows is widened to f32 *while packing* it into
+//! `NR`-wide micro-panels (`[kc][NR]`), so the bf16 → f32 conversion costs
+//! one pass over the tile and no f32 copy of the matrix ever exists. The
+//! AVX-512 micro-kernel keeps an `MR × NR` (14 × 32) block of C in 28 zmm
+//! registers and broadcasts A straight from its row-major storage (no A
+//! packing: 14 row streams of `kc` floats stay in L1/L2). Machines without
+//! AVX-512 widen the tile and use the `gemm` crate's kernels.
+//!
+//! [`tile_product`] is the single-threaded unit; [`matmul_wt`] spreads
+//! (weight tile × token range) tasks over rayon; the LM head uses
+//! `tile_product` directly and folds each tile into row statistics
+//! (`super::lm_head`).
 
 use std::cell::RefCell;
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::model::weights::{Data, Tensor};
 
-/// Weight rows widened per task.
-const N_TILE: usize = 256;
+/// Rows of C per micro-kernel call.
+const MR: usize = 14;
+/// Columns of C per micro-kernel call (two zmm vectors).
+const NR: usize = 32;
+/// Depth of one packed block (B micro-panel `KC × NR × 4` = 24 KB, in L1).
+const KC: usize = 192;
+/// Weight rows per task tile.
+pub const NC: usize = 128;
 
 thread_local! {
-    static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Take this thread's scratch buffer (re-entrancy safe: nested users get a
+/// fresh one) and give it back afterwards.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = PACK.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    PACK.with(|b| *b.borrow_mut() = buf);
+    r
+}
+
+/// Single-threaded `C[0..m, 0..nc] (+)= A[0..m, 0..k] · W[n0..n0+nc, 0..k]ᵀ`.
+///
+/// `a` has row stride `lda`, `c` row stride `ldc`; `w` is `[*, k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn tile_product(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    k: usize,
+    w: Data,
+    n0: usize,
+    nc: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || nc == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "tile_product: A too small");
+    assert!(c.len() >= (m - 1) * ldc + nc, "tile_product: C too small");
+    assert!(w.len() >= (n0 + nc) * k, "tile_product: W too small");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected; bounds were asserted above.
+        unsafe { avx512::tile_product(a, lda, m, k, w, n0, nc, c, ldc, accumulate) };
+        return;
+    }
+    fallback_tile_product(a, lda, m, k, w, n0, nc, c, ldc, accumulate);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fallback_tile_product(
+    a: &[f32],
+    lda: usize,
+    m: usize,
+    k: usize,
+    w: Data,
+    n0: usize,
+    nc: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let cp = c.as_mut_ptr();
+    let mul = |wp: *const f32| unsafe {
+        gemm::gemm(
+            m,
+            nc,
+            k,
+            cp,
+            1,
+            ldc as isize,
+            accumulate,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            wp,
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+    match w {
+        Data::F32(s) => mul(s[n0 * k..].as_ptr()),
+        _ => with_scratch(nc * k, |buf| {
+            w.widen_into(n0 * k, buf);
+            mul(buf.as_ptr());
+        }),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{KC, MR, NR, with_scratch};
+    use crate::model::weights::Data;
+
+    /// `C[0..R, 0..32] (+)= A[0..R, 0..kc] · Bp` for one packed micro-panel
+    /// `Bp: [kc][32]`; `mask0/mask1` select valid columns of the two halves.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel<const R: usize>(
+        kc: usize,
+        a: *const f32, // [R, kc] row stride lda
+        lda: usize,
+        bp: *const f32, // [kc, 32] packed
+        c: *mut f32,    // [R, ≤32] row stride ldc
+        ldc: usize,
+        mask0: u16,
+        mask1: u16,
+        load_c: bool,
+    ) {
+        unsafe {
+            let mut acc0 = [_mm512_setzero_ps(); R];
+            let mut acc1 = [_mm512_setzero_ps(); R];
+            for kk in 0..kc {
+                let b0 = _mm512_loadu_ps(bp.add(kk * NR));
+                let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
+                    acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+                    acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+                }
+            }
+            for r in 0..R {
+                let cp = c.add(r * ldc);
+                if load_c {
+                    acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(mask0, cp));
+                    acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(mask1, cp.add(16)));
+                }
+                _mm512_mask_storeu_ps(cp, mask0, acc0[r]);
+                _mm512_mask_storeu_ps(cp.add(16), mask1, acc1[r]);
+            }
+        }
+    }
+
+    type Kernel = unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, u16, u16, bool);
+
+    const KERNELS: [Kernel; MR] = [
+        kernel::<1>,
+        kernel::<2>,
+        kernel::<3>,
+        kernel::<4>,
+        kernel::<5>,
+        kernel::<6>,
+        kernel::<7>,
+        kernel::<8>,
+        kernel::<9>,
+        kernel::<10>,
+        kernel::<11>,
+        kernel::<12>,
+        kernel::<13>,
+        kernel::<14>,
+    ];
+
+    /// Widen and pack weight rows `[n0, n0 + nc)`, depth `[k0, k0 + kc)`, into
+    /// micro-panels `[nc/NR][kc][NR]` (zero-padded columns).
+    fn pack(w: Data, k: usize, n0: usize, nc: usize, k0: usize, kc: usize, bp: &mut [f32]) {
+        let mut row = [0.0f32; KC];
+        let panels = nc.div_ceil(NR);
+        for q in 0..panels {
+            let panel = &mut bp[q * kc * NR..(q + 1) * kc * NR];
+            for col in 0..NR {
+                let j = q * NR + col;
+                if j < nc {
+                    w.widen_into((n0 + j) * k + k0, &mut row[..kc]);
+                    for (kk, &v) in row[..kc].iter().enumerate() {
+                        panel[kk * NR + col] = v;
+                    }
+                } else {
+                    for kk in 0..kc {
+                        panel[kk * NR + col] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile_product(
+        a: &[f32],
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: Data,
+        n0: usize,
+        nc: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let panels = nc.div_ceil(NR);
+        let nkb = k.div_ceil(KC);
+        let kc_len = k.div_ceil(nkb);
+        with_scratch(panels * kc_len * NR, |bp| {
+            for kb in 0..nkb {
+                let k0 = kb * kc_len;
+                let kc = kc_len.min(k - k0);
+                pack(w, k, n0, nc, k0, kc, bp);
+                let load_c = accumulate || kb > 0;
+                for q in 0..panels {
+                    let cols = (nc - q * NR).min(NR);
+                    let mask0 = if cols >= 16 {
+                        0xffff
+                    } else {
+                        (1u16 << cols) - 1
+                    };
+                    let mask1 = if cols <= 16 {
+                        0
+                    } else if cols == 32 {
+                        0xffff
+                    } else {
+                        (1u16 << (cols - 16)) - 1
+                    };
+                    let panel = bp[q * kc * NR..].as_ptr();
+                    let mut p0 = 0;
+                    while p0 < m {
+                        let r = (m - p0).min(MR);
+                        // SAFETY: rows p0..p0+r of A and C and the packed panel
+                        // are in bounds (asserted by the caller).
+                        unsafe {
+                            KERNELS[r - 1](
+                                kc,
+                                a.as_ptr().add(p0 * lda + k0),
+                                lda,
+                                panel,
+                                c.as_mut_ptr().add(p0 * ldc + q * NR),
+                                ldc,
+                                mask0,
+                                mask1,
+                                load_c,
+                            );
+                        }
+                        p0 += r;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Raw output pointer shared by tasks that write disjoint tiles.
@@ -25,6 +280,12 @@ thread_local! {
 struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// `out[t, n] (+)= Σ_k x[t, k] · w[n, k]` for `t < rows`.
 ///
@@ -40,23 +301,6 @@ pub fn matmul_wt(
     accumulate: bool,
 ) {
     let (n, k) = (w.rows(), w.cols());
-    matmul_wt_rows(x, rows, k, w.data, 0, n, out, ldo, accumulate);
-}
-
-/// As [`matmul_wt`] over weight rows `[n0, n0 + n)` of a `[*, k]` matrix,
-/// writing `out[:, 0..n]`.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_wt_rows(
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    w: Data,
-    n0: usize,
-    n: usize,
-    out: &mut [f32],
-    ldo: usize,
-    accumulate: bool,
-) {
     if rows == 0 || n == 0 {
         return;
     }
@@ -66,71 +310,49 @@ pub fn matmul_wt_rows(
         x.len()
     );
     assert!(out.len() >= (rows - 1) * ldo + n, "matmul: out too small");
-    assert!(w.len() >= (n0 + n) * k, "matmul: weight too small");
-
     let threads = rayon::current_num_threads().max(1);
-    let n_tiles = n.div_ceil(N_TILE);
-    // Split tokens when there are too few weight tiles to feed every thread.
-    let t_chunks = if n_tiles >= 2 * threads {
+    let n_tiles = n.div_ceil(NC);
+    // Split tokens (in MR multiples) when weight tiles alone cannot feed every thread.
+    let m_splits = if n_tiles >= 4 * threads {
         1
     } else {
-        (2 * threads)
+        (4 * threads)
             .div_ceil(n_tiles)
-            .min(rows.div_ceil(16))
+            .min(rows.div_ceil(MR))
             .max(1)
     };
-    let t_step = rows.div_ceil(t_chunks);
+    let m_step = rows.div_ceil(m_splits).div_ceil(MR) * MR;
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let tasks: Vec<(usize, usize)> = (0..n_tiles)
-        .flat_map(|j| (0..t_chunks).map(move |i| (i, j)))
-        .collect();
-    let run = |&(ti, nj): &(usize, usize)| {
-        let t0 = ti * t_step;
-        let t1 = ((ti + 1) * t_step).min(rows);
+    let out_len = out.len();
+    let run = |task: usize| {
+        let (nj, mi) = (task / m_splits, task % m_splits);
+        let (t0, t1) = (mi * m_step, ((mi + 1) * m_step).min(rows));
         if t0 >= t1 {
             return;
         }
-        let c0 = nj * N_TILE;
-        let c1 = ((nj + 1) * N_TILE).min(n);
-        let nb = c1 - c0;
-        let op = out_ptr;
-        let mul = |wp: *const f32| unsafe {
-            gemm::gemm(
-                t1 - t0,
-                nb,
-                k,
-                op.0.add(t0 * ldo + c0),
-                1,
-                ldo as isize,
-                accumulate,
-                x.as_ptr().add(t0 * k),
-                1,
-                k as isize,
-                wp,
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            )
+        let (c0, c1) = (nj * NC, ((nj + 1) * NC).min(n));
+        // SAFETY: tasks write disjoint (rows × columns) tiles of `out`.
+        let c = unsafe {
+            std::slice::from_raw_parts_mut(out_ptr.get().add(t0 * ldo), out_len - t0 * ldo)
         };
-        match w {
-            Data::F32(s) => mul(s[(n0 + c0) * k..].as_ptr()),
-            _ => WIDE.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.resize(nb * k, 0.0);
-                w.widen_into((n0 + c0) * k, &mut buf[..nb * k]);
-                mul(buf.as_ptr());
-            }),
-        }
+        tile_product(
+            &x[t0 * k..],
+            k,
+            t1 - t0,
+            k,
+            w.data,
+            c0,
+            c1 - c0,
+            &mut c[c0..],
+            ldo,
+            accumulate,
+        );
     };
-    if tasks.len() == 1 {
-        run(&tasks[0]);
+    let tasks = n_tiles * m_splits;
+    if tasks == 1 {
+        run(0);
     } else {
-        tasks.par_iter().for_each(run);
+        (0..tasks).into_par_iter().for_each(run);
     }
 }
 
@@ -157,33 +379,40 @@ mod tests {
 
     #[test]
     fn tiled_mixed_dtype_matmul_equals_the_triple_loop() {
-        let (rows, n, k) = (37, 600, 72);
-        let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
-            .collect();
-        let wf: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 104729) % 89) as f32 / 89.0 - 0.5)
-            .collect();
-        let wb: Vec<half::bf16> = wf.iter().map(|&v| half::bf16::from_f32(v)).collect();
-        let wh: Vec<half::f16> = wf.iter().map(|&v| half::f16::from_f32(v)).collect();
-        let shape = [n, k];
-        for data in [Data::F32(&wf), Data::BF16(&wb), Data::F16(&wh)] {
-            let t = Tensor {
-                name: "w",
-                shape: &shape,
-                data,
-            };
-            let want = matmul_wt_reference(&x, rows, &t);
-            let mut got = vec![1.0; rows * (n + 3)];
-            matmul_wt(&x, rows, &t, &mut got, n + 3, true);
-            for r in 0..rows {
-                for c in 0..n {
-                    let g = got[r * (n + 3) + c] - 1.0;
-                    assert!(
-                        (g - want[r * n + c]).abs() < 1e-4,
-                        "{r},{c}: {g} vs {}",
-                        want[r * n + c]
-                    );
+        for (rows, n, k) in [(37, 600, 72), (1, 33, 5), (15, 129, 400), (200, 70, 193)] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+                .collect();
+            let wf: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 104729) % 89) as f32 / 89.0 - 0.5)
+                .collect();
+            let wb: Vec<half::bf16> = wf.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let wh: Vec<half::f16> = wf.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let shape = [n, k];
+            for data in [Data::F32(&wf), Data::BF16(&wb), Data::F16(&wh)] {
+                let t = Tensor {
+                    name: "w",
+                    shape: &shape,
+                    data,
+                };
+                let want = matmul_wt_reference(&x, rows, &t);
+                let ld = n + 3;
+                let mut got = vec![1.0; rows * ld];
+                matmul_wt(&x, rows, &t, &mut got, ld, true);
+                for r in 0..rows {
+                    for c in 0..ld {
+                        let g = got[r * ld + c] - 1.0;
+                        let w = if c < n { want[r * n + c] } else { 0.0 };
+                        assert!(
+                            (g - w).abs() < 1e-4 * (k as f32).sqrt(),
+                            "{rows}x{n}x{k} {r},{c}: {g} vs {w}"
+                        );
+                    }
+                }
+                let mut fb = vec![0.0; rows * n];
+                fallback_tile_product(&x, k, rows, k, data, 0, n, &mut fb, n, false);
+                for (a, b) in fb.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4 * (k as f32).sqrt());
                 }
             }
         }

@@ -1,30 +1,25 @@
 //! The CPU backend: the reference implementation of every op, multithreaded
 //! with rayon, f32 compute over weights kept in their stored dtype.
 //!
-//! Pair scoring runs each model's forward over a packed batch, then streams
-//! the LM head in token chunks (only at positions whose log-prob is asked
-//! for) through the fused row scorer, so peak memory is
-//! `O(chunk × vocab)`, never `O(T × vocab)`.
+//! Pair scoring runs each model's forward over a packed batch, then runs the
+//! LM head only at positions whose log-prob is asked for, folded tile by tile
+//! into the fused row statistics (`lm_head`), so no `[T × vocab]` logits are
+//! ever held.
 
 pub mod forward;
 pub mod gemm;
+pub mod lm_head;
 pub mod ops;
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use self::forward::{Packed, forward_hidden};
-use self::gemm::matmul_wt;
+use self::lm_head::lm_head_stats;
 use self::ops::RopeTable;
 use super::{PairScorer, SeqRequest};
 use crate::Result;
 use crate::model::Model;
 use crate::score::TokenScores;
-use crate::score::fused::{row_logp, row_stats};
-
-/// Floats of logits per model held at once while scoring (≈ 32 MB).
-const LOGIT_BUDGET: usize = 8 << 20;
 
 pub struct CpuPair {
     policy: Arc<Model>,
@@ -79,43 +74,32 @@ impl PairScorer for CpuPair {
             .iter()
             .map(|r| TokenScores::new_nan(r.token_ids.len()))
             .collect();
-        let pw = self.policy.bind();
-        let rw = self.reference.bind();
-        let h = self.policy.config.hidden_size;
-        let hr_dim = self.reference.config.hidden_size;
-        let vocab = self.policy.config.vocab_size;
-        let chunk = (LOGIT_BUDGET / vocab).clamp(8, 512);
-        let mut xp = vec![0.0f32; chunk * h];
-        let mut xr = vec![0.0f32; chunk * hr_dim];
-        let mut lp = vec![0.0f32; chunk * vocab];
-        let mut lr = vec![0.0f32; chunk * vocab];
-        for part in wanted.chunks(chunk) {
-            let n = part.len();
-            for (i, &(si, t)) in part.iter().enumerate() {
+        let gather = |hidden: &[f32], h: usize| -> Vec<f32> {
+            let mut x = Vec::with_capacity(wanted.len() * h);
+            for &(si, t) in &wanted {
                 let row = seqs[si].start + t - 1;
-                xp[i * h..(i + 1) * h].copy_from_slice(&hp[row * h..(row + 1) * h]);
-                xr[i * hr_dim..(i + 1) * hr_dim]
-                    .copy_from_slice(&hr[row * hr_dim..(row + 1) * hr_dim]);
+                x.extend_from_slice(&hidden[row * h..(row + 1) * h]);
             }
-            matmul_wt(&xp[..n * h], n, &pw.lm_head, &mut lp, vocab, false);
-            matmul_wt(&xr[..n * hr_dim], n, &rw.lm_head, &mut lr, vocab, false);
-            let stats: Vec<_> = part
-                .par_iter()
-                .enumerate()
-                .map(|(i, &(si, t))| {
-                    let target = batch[si].token_ids[t] as usize;
-                    let p = row_stats(&lp[i * vocab..(i + 1) * vocab], target);
-                    let r = row_logp(&lr[i * vocab..(i + 1) * vocab], target);
-                    (p, r)
-                })
-                .collect();
-            for (&(si, t), (p, r)) in part.iter().zip(stats) {
-                let o = &mut out[si];
-                o.logp_policy[t] = p.logp;
-                o.logp_reference[t] = r;
-                o.entropy_policy[t] = p.entropy;
-                o.self_certainty[t] = p.top_mean;
-            }
+            x
+        };
+        let targets: Vec<u32> = wanted
+            .iter()
+            .map(|&(si, t)| batch[si].token_ids[t])
+            .collect();
+        let (pw, rw) = (self.policy.bind(), self.reference.bind());
+        let xp = gather(&hp, self.policy.config.hidden_size);
+        drop(hp);
+        let ps = lm_head_stats(&xp, wanted.len(), &pw.lm_head, &targets, true);
+        drop(xp);
+        let xr = gather(&hr, self.reference.config.hidden_size);
+        drop(hr);
+        let rs = lm_head_stats(&xr, wanted.len(), &rw.lm_head, &targets, false);
+        for ((&(si, t), p), r) in wanted.iter().zip(ps).zip(rs) {
+            let o = &mut out[si];
+            o.logp_policy[t] = p.logp;
+            o.logp_reference[t] = r.logp;
+            o.entropy_policy[t] = p.entropy;
+            o.self_certainty[t] = p.top_mean;
         }
         Ok(out)
     }

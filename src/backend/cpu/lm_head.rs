@@ -1,0 +1,103 @@
+//! The LM head folded into the scoring (Cut-Cross-Entropy style, on CPU):
+//! logits are produced one `[rows × NC]` tile at a time by
+//! [`super::gemm::tile_product`] into a per-thread buffer that stays in L2,
+//! and each tile is immediately folded into the rows' streaming statistics
+//! ([`RowAccum`]: max, Σexp, Σexp·z, top-k, target logit). No `[T × vocab]`
+//! logits exist anywhere; per-thread partial rows are merged at the end.
+
+use rayon::prelude::*;
+
+use super::gemm::{NC, tile_product};
+use crate::model::weights::Tensor;
+use crate::score::fused::{RowAccum, RowStats};
+
+/// Rows scored per pass over the LM head (the logits tile is `ROWS × NC`).
+const ROWS: usize = 256;
+
+/// Stats of `softmax(x · Wᵀ)` for every row of `x` (`[rows, hidden]`),
+/// at `targets[r]`. `full`: also entropy and top-k mean (the policy).
+pub fn lm_head_stats(
+    x: &[f32],
+    rows: usize,
+    w: &Tensor,
+    targets: &[u32],
+    full: bool,
+) -> Vec<RowStats> {
+    let (vocab, k) = (w.rows(), w.cols());
+    assert_eq!(targets.len(), rows, "lm_head_stats: one target per row");
+    let mut out = Vec::with_capacity(rows);
+    for r0 in (0..rows).step_by(ROWS) {
+        let r1 = (r0 + ROWS).min(rows);
+        let m = r1 - r0;
+        let xs = &x[r0 * k..r1 * k];
+        let tg = &targets[r0..r1];
+        let new_state = || (vec![RowAccum::new(full); m], vec![0.0f32; m * NC]);
+        let (acc, _) = (0..vocab.div_ceil(NC))
+            .into_par_iter()
+            .fold(new_state, |(mut acc, mut tile), j| {
+                let j0 = j * NC;
+                let nc = NC.min(vocab - j0);
+                tile_product(xs, k, m, k, w.data, j0, nc, &mut tile, NC, false);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    a.update(&tile[i * NC..i * NC + nc], j0, tg[i] as usize);
+                }
+                (acc, tile)
+            })
+            .reduce(new_state, |(mut a, t), (b, _)| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    x.merge(y);
+                }
+                (a, t)
+            });
+        out.extend(acc.iter().map(RowAccum::finish));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::gemm::matmul_wt_reference;
+    use crate::model::weights::Data;
+    use crate::score::fused::naive_row_stats;
+
+    #[test]
+    fn folded_lm_head_equals_materialised_logits_then_log_softmax() {
+        let (rows, vocab, k) = (300, 1000, 48);
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 31) % 101) as f32 / 25.0 - 2.0)
+            .collect();
+        let w: Vec<half::bf16> = (0..vocab * k)
+            .map(|i| half::bf16::from_f32(((i * 17) % 89) as f32 / 44.0 - 1.0))
+            .collect();
+        let shape = [vocab, k];
+        let t = Tensor {
+            name: "lm_head",
+            shape: &shape,
+            data: Data::BF16(&w),
+        };
+        let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 7) % vocab as u32).collect();
+        let got = lm_head_stats(&x, rows, &t, &targets, true);
+        let logits = matmul_wt_reference(&x, rows, &t);
+        for r in 0..rows {
+            let want = naive_row_stats(&logits[r * vocab..(r + 1) * vocab], targets[r] as usize);
+            let g = got[r];
+            assert!((g.logp - want.logp).abs() < 1e-4, "{r}: {g:?} vs {want:?}");
+            assert!(
+                (g.entropy - want.entropy).abs() < 1e-4,
+                "{r}: {g:?} vs {want:?}"
+            );
+            assert!(
+                (g.top_mean - want.top_mean).abs() < 1e-4,
+                "{r}: {g:?} vs {want:?}"
+            );
+        }
+        let logp_only = lm_head_stats(&x, rows, &t, &targets, false);
+        assert!(
+            logp_only
+                .iter()
+                .zip(&got)
+                .all(|(a, b)| (a.logp - b.logp).abs() < 1e-6 && a.entropy.is_nan())
+        );
+    }
+}
