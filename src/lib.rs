@@ -10,5 +10,7 @@ pub mod backend;
 pub mod error;
 pub mod model;
 pub mod score;
+pub mod tokenizer;
+pub mod trajectory;
 
 pub use error::{Error, Result};

@@ -123,7 +123,10 @@ macro_rules! name_parsing {
                     .find(|a| a.name() == s)
                     .ok_or_else(|| {
                         let names: Vec<_> = <$t>::ALL.iter().map(|a| a.name()).collect();
-                        format!("unknown aggregation `{s}`; expected one of {}", names.join("|"))
+                        format!(
+                            "unknown aggregation `{s}`; expected one of {}",
+                            names.join("|")
+                        )
                     })
             }
         }
