@@ -52,7 +52,7 @@ impl std::fmt::Debug for TokenizerBundle {
 }
 
 /// What [`TokenizerBundle::fingerprint`] summarises: equal fingerprints mean
-/// the same token ↔ id map and the same special tokens.
+/// the same token ↔ id map (added tokens included) and the same BOS and EOS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint {
     pub vocab_size: usize,
@@ -206,7 +206,7 @@ impl TokenizerBundle {
         self.tokenizer.id_to_token(id)
     }
 
-    /// A stable hash of the token ↔ id map and the special tokens.
+    /// A stable hash of the token ↔ id map and the BOS/EOS tokens.
     pub fn fingerprint(&self) -> Fingerprint {
         let mut h = Fnv64::new();
         for (token, id) in self.sorted_vocab() {
@@ -226,7 +226,7 @@ impl TokenizerBundle {
     }
 
     /// `Ok` when both bundles map the same tokens to the same ids and name the
-    /// same special tokens; otherwise [`Error::Incompatible`] saying what differs.
+    /// same BOS and EOS; otherwise [`Error::Incompatible`] saying what differs.
     pub fn same_as(&self, other: &TokenizerBundle) -> Result<()> {
         if self.fingerprint() == other.fingerprint() {
             return Ok(());
@@ -288,12 +288,12 @@ impl TokenizerBundle {
         self.tokenizer.get_vocab(true).into_iter().collect()
     }
 
-    fn special_fields(&self) -> [(&'static str, Option<&str>); 4] {
+    /// The special tokens that change what is scored: BOS starts plain
+    /// renders and many templates, EOS ends turns. (Pad and unk do not.)
+    fn special_fields(&self) -> [(&'static str, Option<&str>); 2] {
         [
             ("bos_token", self.special.bos.as_deref()),
             ("eos_token", self.special.eos.as_deref()),
-            ("pad_token", self.special.pad.as_deref()),
-            ("unk_token", self.special.unk.as_deref()),
         ]
     }
 
@@ -432,6 +432,12 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<TokenizerBundle>();
+    }
+
+    #[test]
     fn the_tiny_llama_pair_shares_one_tokenizer() {
         let a = TokenizerBundle::load(fixture("tests/fixtures/models/llama/ref")).unwrap();
         let b = TokenizerBundle::load(fixture("tests/fixtures/models/llama/trained")).unwrap();
@@ -439,5 +445,41 @@ mod tests {
         a.same_as(&b).unwrap();
         assert_eq!(a.bos_id(), Some(507));
         assert!(a.is_special(511));
+    }
+
+    fn llama_with_config(config: &str) -> (tempfile::TempDir, TokenizerBundle) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture("tests/fixtures/models/llama/ref/tokenizer.json");
+        std::fs::copy(src, dir.path().join("tokenizer.json")).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+        let tok = TokenizerBundle::load(dir.path()).unwrap();
+        (dir, tok)
+    }
+
+    #[test]
+    fn a_different_pad_token_is_compatible_but_a_different_eos_is_not() {
+        let (_a, base) = llama_with_config(
+            r#"{"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|end_of_text|>"}"#,
+        );
+        let (_b, pad) = llama_with_config(
+            r#"{"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|eot_id|>"}"#,
+        );
+        let (_c, eos) = llama_with_config(
+            r#"{"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}"#,
+        );
+        base.same_as(&pad).unwrap();
+        let err = base.same_as(&eos).unwrap_err().to_string();
+        assert!(
+            err.contains("eos_token `<|eot_id|>`") && err.contains("`<|end_of_text|>`"),
+            "{err}"
+        );
+        assert!(!err.contains("token \""), "vocabularies are equal: {err}");
+    }
+
+    #[test]
+    fn a_directory_without_tokenizer_json_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = TokenizerBundle::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
     }
 }

@@ -239,7 +239,8 @@ impl Encoded {
     pub fn action_mask(&self) -> Vec<u8> {
         let mut mask = vec![0u8; self.token_ids.len()];
         for a in &self.actions {
-            for m in &mut mask[a.start.min(a.end)..a.end.min(self.token_ids.len())] {
+            let end = a.end.min(mask.len());
+            for m in &mut mask[a.start.min(end)..end] {
                 *m = 1;
             }
         }

@@ -123,15 +123,16 @@ fn template_inputs(record: &Record, chat: &Chat) -> (Vec<TemplateValue>, Templat
 fn template_message(m: &Message, who_and_when: bool) -> Map<String, Value> {
     let mut obj = m.raw.clone();
     obj.insert("content".into(), Value::String(m.content.clone()));
-    let needs_openai_form = obj
+    let raw_calls = obj
         .get("tool_calls")
         .and_then(Value::as_array)
-        .is_some_and(|calls| calls.iter().any(|c| c.get("function").is_none()));
-    if needs_openai_form {
+        .filter(|calls| calls.iter().any(|c| c.get("function").is_none()))
+        .cloned();
+    if let Some(raw_calls) = raw_calls {
         let calls = m
             .tool_calls
             .iter()
-            .zip(obj["tool_calls"].as_array().into_iter().flatten())
+            .zip(&raw_calls)
             .map(|(call, raw)| {
                 let mut out = Map::new();
                 if let Some(id) = raw.get("id") {
@@ -163,6 +164,7 @@ fn encode_template(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Resul
     // Pass 1: the byte range of each message's content in the render.
     let who_and_when = record.format == Format::WhoAndWhen;
     let mut found: Vec<Option<(usize, usize)>> = vec![None; chat.messages.len()];
+    let field = if who_and_when { "history" } else { "messages" };
     let mut cursor = 0;
     for (i, m) in chat.messages.iter().enumerate() {
         let mut from = cursor;
@@ -176,6 +178,9 @@ fn encode_template(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Resul
                 from = prefix.len();
             }
         }
+        if !m.is_action && m.content.is_empty() {
+            continue;
+        }
         match locate(&full, from, &m.content) {
             Some(span) => {
                 found[i] = Some(span);
@@ -185,7 +190,7 @@ fn encode_template(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Resul
                 return Err(Error::input(
                     &record.location,
                     format!(
-                        "messages[{i}].content: not found in the chat-template render (the template rewrites or drops it); use the plain renderer"
+                        "{field}[{i}].content: not found in the chat-template render (the template rewrites or drops it); use the plain renderer"
                     ),
                 ));
             }
