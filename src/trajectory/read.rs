@@ -31,12 +31,13 @@ pub fn read_records(path: &Path, format: Option<Format>) -> Result<Vec<Result<Re
         };
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let file = path.display().to_string();
     let is_jsonl = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
     if !is_jsonl {
-        match serde_json::from_str::<Value>(&text) {
+        match serde_json::from_str::<Value>(text) {
             Ok(doc) => return read_document(path, &file, doc, format),
             Err(e) => {
                 let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -52,7 +53,7 @@ pub fn read_records(path: &Path, format: Option<Format>) -> Result<Vec<Result<Re
             "tau2 results are one JSON document with `simulations`, not JSONL",
         ));
     }
-    Ok(read_jsonl(&file, &text, format))
+    Ok(read_jsonl(&file, text, format))
 }
 
 fn read_jsonl(file: &str, text: &str, format: Option<Format>) -> Vec<Result<Record>> {
