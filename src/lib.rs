@@ -12,5 +12,7 @@ pub mod bench;
 pub mod error;
 pub mod model;
 pub mod score;
+pub mod tokenizer;
+pub mod trajectory;
 
 pub use error::{Error, Result};
