@@ -11,6 +11,7 @@ pub mod backend;
 pub mod bench;
 pub mod error;
 pub mod model;
+pub mod pipeline;
 pub mod score;
 pub mod tokenizer;
 pub mod trajectory;

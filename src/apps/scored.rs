@@ -219,9 +219,14 @@ impl ScoredTrajectory {
         let settings = parse_settings(obj, location)?;
         let labels = Labels::from_record(obj, location)?;
         let group = opts.group_of(obj);
+        // Token arrays sit at the top level (as `padv score --tokens` writes
+        // them) or, in older files, under a `tokens` object.
         let tokens = match obj.get("tokens") {
-            None | Some(Value::Null) => None,
-            Some(t) => Some(parse_tokens(t, location)?),
+            Some(t @ Value::Object(_)) => Some(parse_tokens(t, location)?),
+            _ if obj.get("logp_policy").is_some_and(Value::is_array) => {
+                Some(parse_tokens(&record, location)?)
+            }
+            _ => None,
         };
         if let Some(t) = &tokens {
             check_tokens(t, &steps, location)?;

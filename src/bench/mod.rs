@@ -14,9 +14,9 @@ use rand::{Rng, SeedableRng};
 use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
 use crate::backend::cpu::gemm::matmul_wt;
-use crate::model::weights::{Data, Tensor};
 use crate::backend::cpu::ops::RopeTable;
 use crate::backend::{Device, SeqRequest, open_pair};
+use crate::model::weights::{Data, Tensor};
 use crate::model::{DType, Model};
 use crate::score::fused::{naive_row_stats, row_logp, row_stats};
 
@@ -49,7 +49,11 @@ pub fn gemm_peak_gflops() -> f64 {
     let b: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.01).collect();
     let mut c = vec![0.0f32; n * n];
     let shape = [n, n];
-    let w = Tensor { name: "peak", shape: &shape, data: Data::F32(&b) };
+    let w = Tensor {
+        name: "peak",
+        shape: &shape,
+        data: Data::F32(&b),
+    };
     let secs = best_of(8, || matmul_wt(&a, n, &w, &mut c, n, false));
     2.0 * (n * n * n) as f64 / secs / 1e9
 }

@@ -1,0 +1,400 @@
+//! The scoring pipeline as a library: [`Scorer`] loads a policy/reference
+//! pair and its tokenizer, encodes records (render + tokenize), batches them
+//! under a token budget, runs the backend, and turns per-token scores into
+//! step scores, a trajectory score and the baselines.
+//!
+//! ```no_run
+//! use padv::pipeline::{Scorer, ScorerOptions};
+//! use padv::trajectory::read_records;
+//! # fn main() -> padv::Result<()> {
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld");
+//! let mut scorer = Scorer::load(&dir.join("models/trained"), &dir.join("models/ref"), ScorerOptions::default())?;
+//! let records: Vec<_> = read_records(&dir.join("demo_trained.jsonl"), None)?.into_iter().collect::<Result<_, _>>()?;
+//! for scored in scorer.score(&records[..2]) {
+//!     let s = scored?;
+//!     println!("{}: score {:?}, {} steps", s.record.id, s.score, s.steps.len());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::apps::method::Aggregation;
+use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
+use crate::backend::{Device, PairScorer, SeqRequest, open_pair};
+use crate::model::Model;
+use crate::score::TokenScores;
+use crate::score::aggregate::{StepAgg, TokenAgg};
+use crate::tokenizer::TokenizerBundle;
+use crate::trajectory::{self, Body, Encoded, Record, RenderMode};
+use crate::{Error, Result};
+
+/// Everything that shapes how records are scored.
+#[derive(Debug, Clone)]
+pub struct ScorerOptions {
+    pub device: Device,
+    /// `None`: the template when the tokenizer has one, else plain.
+    pub render: Option<RenderMode>,
+    pub token_agg: TokenAgg,
+    pub step_agg: StepAgg,
+    pub beta: f64,
+    /// Keep only the last N tokens of each record.
+    pub max_length: Option<usize>,
+    /// Tokens per forward batch (several records share a batch).
+    pub batch_tokens: usize,
+    /// Score every position and emit token arrays (not only action tokens).
+    pub with_tokens: bool,
+}
+
+impl Default for ScorerOptions {
+    fn default() -> Self {
+        ScorerOptions {
+            device: Device::Auto,
+            render: None,
+            token_agg: TokenAgg::Mean,
+            step_agg: StepAgg::Mean,
+            beta: 1.0,
+            max_length: None,
+            batch_tokens: 8192,
+            with_tokens: false,
+        }
+    }
+}
+
+/// One record after scoring.
+#[derive(Debug, Clone)]
+pub struct ScoredRecord {
+    pub record: Record,
+    pub encoded: Encoded,
+    pub tokens: TokenScores,
+    /// One per action, in order (empty for text / bare token-id records).
+    pub steps: Vec<StepScore>,
+    /// Trajectory score (`step_agg` of the step advantages); `None` without steps.
+    pub score: Option<f64>,
+    /// Every baseline's trajectory score, by method name.
+    pub baselines: Vec<(Method, Option<f64>)>,
+}
+
+impl ScoredRecord {
+    /// Whether the record is an agent trajectory (has action steps) rather
+    /// than a text / token sequence scored token by token.
+    pub fn is_trajectory(&self) -> bool {
+        match &self.record.body {
+            Body::Chat(_) => true,
+            Body::Tokens { action_spans, .. } => action_spans.is_some(),
+            Body::Text { .. } => false,
+        }
+    }
+}
+
+pub struct Scorer {
+    pub policy: Arc<Model>,
+    pub reference: Arc<Model>,
+    pub tokenizer: TokenizerBundle,
+    backend: Box<dyn PairScorer>,
+    render: RenderMode,
+    opts: ScorerOptions,
+}
+
+impl Scorer {
+    /// Load both checkpoints and the (shared) tokenizer; fail early when the
+    /// two models cannot be scored together.
+    pub fn load(policy: &Path, reference: &Path, opts: ScorerOptions) -> Result<Scorer> {
+        let tokenizer = TokenizerBundle::load(policy)?;
+        let ref_tok = TokenizerBundle::load(reference)?;
+        tokenizer.same_as(&ref_tok)?;
+        let policy = Arc::new(Model::load(policy)?);
+        let reference = Arc::new(Model::load(reference)?);
+        let backend = open_pair(opts.device, policy.clone(), reference.clone())?;
+        let render = opts
+            .render
+            .unwrap_or_else(|| RenderMode::default_for(&tokenizer));
+        Ok(Scorer {
+            policy,
+            reference,
+            tokenizer,
+            backend,
+            render,
+            opts,
+        })
+    }
+
+    pub fn options(&self) -> &ScorerOptions {
+        &self.opts
+    }
+
+    pub fn render_mode(&self) -> RenderMode {
+        self.render
+    }
+
+    pub fn backend_description(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub fn settings(&self) -> ScoreSettings {
+        ScoreSettings {
+            token_agg: self.opts.token_agg,
+            step_agg: self.opts.step_agg,
+            beta: self.opts.beta,
+            render: Some(self.render.name().to_string()),
+        }
+    }
+
+    /// Render + tokenize + truncate one record, and check it fits the model.
+    pub fn encode(&self, record: &Record) -> Result<Encoded> {
+        let mut enc = trajectory::encode(record, &self.tokenizer, self.render, None)?;
+        if let Some(max) = self.opts.max_length {
+            enc.truncate_left(max);
+        }
+        if enc.token_ids.is_empty() {
+            return Err(Error::input(&record.location, "the record has no tokens"));
+        }
+        trajectory::check_token_ids(
+            &record.location,
+            &enc.token_ids,
+            self.policy.config.vocab_size,
+        )?;
+        let limit = self.policy.config.max_position_embeddings;
+        if enc.token_ids.len() > limit {
+            return Err(Error::input(
+                &record.location,
+                format!(
+                    "{} tokens exceed the model's context of {limit} (use --max-length to truncate from the left)",
+                    enc.token_ids.len()
+                ),
+            ));
+        }
+        Ok(enc)
+    }
+
+    /// Score records; one result per record, in order. Records are batched
+    /// under `batch_tokens`; an error in one record does not affect others.
+    pub fn score(&mut self, records: &[Record]) -> Vec<Result<ScoredRecord>> {
+        let encoded: Vec<Result<Encoded>> = records.iter().map(|r| self.encode(r)).collect();
+        let mut out: Vec<Option<Result<ScoredRecord>>> = (0..records.len()).map(|_| None).collect();
+        let mut batch: Vec<usize> = Vec::new();
+        let mut batch_tokens = 0usize;
+        let flush = |batch: &mut Vec<usize>,
+                     this: &mut Scorer,
+                     out: &mut Vec<Option<Result<ScoredRecord>>>| {
+            if batch.is_empty() {
+                return;
+            }
+            let reqs: Vec<SeqRequest> = batch
+                .iter()
+                .map(|&i| {
+                    this.request(
+                        &records[i],
+                        encoded[i]
+                            .as_ref()
+                            .expect("only encoded records are batched"),
+                    )
+                })
+                .collect();
+            match this.backend.score(&reqs) {
+                Ok(scores) => {
+                    for (&i, tokens) in batch.iter().zip(scores) {
+                        let enc = encoded[i].as_ref().expect("encoded").clone();
+                        out[i] = Some(Ok(this.finish(records[i].clone(), enc, tokens)));
+                    }
+                }
+                Err(e) => {
+                    for &i in batch.iter() {
+                        out[i] = Some(Err(Error::input(&records[i].location, e.to_string())));
+                    }
+                }
+            }
+            batch.clear();
+        };
+        for (i, enc) in encoded.iter().enumerate() {
+            match enc {
+                Err(e) => {
+                    out[i] = Some(Err(Error::input(
+                        &records[i].location,
+                        strip_location(e, &records[i].location),
+                    )))
+                }
+                Ok(enc) => {
+                    if batch_tokens + enc.token_ids.len() > self.opts.batch_tokens
+                        && !batch.is_empty()
+                    {
+                        flush(&mut batch, self, &mut out);
+                        batch_tokens = 0;
+                    }
+                    batch.push(i);
+                    batch_tokens += enc.token_ids.len();
+                }
+            }
+        }
+        flush(&mut batch, self, &mut out);
+        out.into_iter()
+            .map(|r| r.expect("every record has a result"))
+            .collect()
+    }
+
+    /// Which positions need the LM head: action tokens for trajectories
+    /// (unless token arrays are asked for), every position otherwise.
+    fn request(&self, record: &Record, enc: &Encoded) -> SeqRequest {
+        let trajectory = !matches!(record.body, Body::Text { .. })
+            && !matches!(
+                record.body,
+                Body::Tokens {
+                    action_spans: None,
+                    ..
+                }
+            );
+        let score_mask = (trajectory && !self.opts.with_tokens)
+            .then(|| enc.action_mask().iter().map(|&m| m == 1).collect());
+        SeqRequest {
+            token_ids: enc.token_ids.clone(),
+            score_mask,
+        }
+    }
+
+    /// Token scores → step scores, trajectory score and baselines.
+    pub fn finish(&self, record: Record, encoded: Encoded, tokens: TokenScores) -> ScoredRecord {
+        let (ta, beta) = (self.opts.token_agg, self.opts.beta);
+        let steps: Vec<StepScore> = encoded
+            .actions
+            .iter()
+            .map(|a| {
+                let span = a.start..a.end;
+                let mean = |v: &[f32]| TokenAgg::Mean.apply(&v[span.clone()]);
+                if a.truncated || a.is_empty() {
+                    // A truncated or empty action scores 0 and is flagged.
+                    return StepScore {
+                        message: Some(a.message_index),
+                        n_tokens: a.len(),
+                        advantage: Some(0.0),
+                        truncated: true,
+                        span: Some((a.start, a.end)),
+                        ..StepScore::default()
+                    };
+                }
+                let lp = ta.apply(&tokens.logp_policy[span.clone()]);
+                let lr = ta.apply(&tokens.logp_reference[span.clone()]);
+                StepScore {
+                    message: Some(a.message_index),
+                    n_tokens: a.len(),
+                    advantage: lp.zip(lr).map(|(p, r)| beta * (p - r)),
+                    logp_policy: lp,
+                    logp_reference: lr,
+                    entropy: mean(&tokens.entropy_policy),
+                    self_certainty: mean(&tokens.self_certainty),
+                    truncated: false,
+                    span: Some((a.start, a.end)),
+                }
+            })
+            .collect();
+        let mut scored = ScoredRecord {
+            record,
+            encoded,
+            tokens,
+            steps,
+            score: None,
+            baselines: Vec::new(),
+        };
+        if scored.is_trajectory() && !scored.steps.is_empty() {
+            let t = ScoredTrajectory::new(
+                scored.record.id.clone(),
+                scored.steps.clone(),
+                self.settings(),
+            );
+            let agg = Aggregation::stored(self.opts.step_agg);
+            for m in Method::ALL {
+                let v = t.score(m, agg).ok().flatten();
+                if m == Method::ProgressAdvantage {
+                    scored.score = v;
+                }
+                scored.baselines.push((m, v));
+            }
+        }
+        scored
+    }
+
+    /// The JSON line `padv score` writes for a record.
+    pub fn to_json(&self, s: &ScoredRecord) -> Value {
+        let mut o = Map::new();
+        o.insert("id".into(), Value::String(s.record.id.clone()));
+        for (k, v) in &s.record.passthrough {
+            if k != "id" {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        let arrays = |o: &mut Map<String, Value>| {
+            let f = |v: &[f32]| Value::Array(v.iter().map(|&x| num(x as f64)).collect());
+            o.insert("token_ids".into(), json!(s.encoded.token_ids));
+            o.insert("logp_policy".into(), f(&s.tokens.logp_policy));
+            o.insert("logp_reference".into(), f(&s.tokens.logp_reference));
+            o.insert("advantage".into(), f(&s.tokens.advantage()));
+            o.insert("entropy_policy".into(), f(&s.tokens.entropy_policy));
+            o.insert("self_certainty".into(), f(&s.tokens.self_certainty));
+        };
+        if !s.is_trajectory() {
+            arrays(&mut o);
+            return Value::Object(o);
+        }
+        let steps: Vec<Value> = s
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(k, st)| {
+                json!({
+                    "step": k,
+                    "message": st.message,
+                    "n_tokens": st.n_tokens,
+                    "advantage": opt(st.advantage),
+                    "logp_policy": opt(st.logp_policy),
+                    "logp_reference": opt(st.logp_reference),
+                    "entropy": opt(st.entropy),
+                    "self_certainty": opt(st.self_certainty),
+                    "truncated": st.truncated,
+                    "span": st.span.map(|(a, b)| json!([a, b])),
+                })
+            })
+            .collect();
+        o.insert("steps".into(), Value::Array(steps));
+        o.insert("score".into(), opt(s.score));
+        let baselines: Map<String, Value> = s
+            .baselines
+            .iter()
+            .filter(|(m, _)| *m != Method::ProgressAdvantage)
+            .map(|(m, v)| (m.name().to_string(), opt(*v)))
+            .collect();
+        o.insert("baselines".into(), Value::Object(baselines));
+        o.insert(
+            "settings".into(),
+            json!({
+                "token_agg": self.opts.token_agg.name(),
+                "step_agg": self.opts.step_agg.name(),
+                "beta": self.opts.beta,
+                "render": self.render.name(),
+            }),
+        );
+        if self.opts.with_tokens {
+            arrays(&mut o);
+            o.insert("action_mask".into(), json!(s.encoded.action_mask()));
+        }
+        Value::Object(o)
+    }
+}
+
+fn num(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+fn opt(x: Option<f64>) -> Value {
+    x.map_or(Value::Null, num)
+}
+
+/// An error's message without a leading `location: ` (it is re-attached once).
+fn strip_location(e: &Error, location: &str) -> String {
+    let s = e.to_string();
+    s.strip_prefix(&format!("{location}: "))
+        .map(str::to_string)
+        .unwrap_or(s)
+}
