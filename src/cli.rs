@@ -10,6 +10,8 @@ use padv::backend::Device;
 use padv::bench::{self, BenchOptions, synth};
 use padv::model::DType;
 
+use crate::commands::{self, AppArgs, EvalArgs, ScoreArgs, SelectArgs};
+
 #[derive(Parser)]
 #[command(
     name = "padv",
@@ -23,6 +25,16 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Score trajectories (or texts / token ids) with a policy/reference pair.
+    /// With no model or input arguments, scores the bundled toyworld demo.
+    Score(ScoreArgs),
+    /// Best-of-N: keep the highest-scoring rollout of each group.
+    Select(SelectArgs),
+    /// Predict each trajectory's decisive error step (three predictors).
+    Attribute(AppArgs),
+    /// Uncertainty, best-of-N and attribution metrics for every method.
+    /// With no arguments, runs on the bundled toyworld demo.
+    Eval(EvalArgs),
     /// Write a random-weight checkpoint of a real model's shape (for benchmarks).
     Synth(SynthArgs),
     /// Measure GEMM peak, forward GFLOP/s, pair-scoring tokens/s and peak RSS.
@@ -67,7 +79,7 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
     match s {
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
@@ -78,6 +90,10 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Score(a) => commands::score(a),
+        Command::Select(a) => commands::select(a),
+        Command::Attribute(a) => commands::attribute(a),
+        Command::Eval(a) => commands::eval(a),
         Command::Synth(a) => {
             let shape = synth::shape(&a.shape)?;
             synth::write(&shape, &a.out, a.dtype, a.seed)?;

@@ -1,6 +1,8 @@
 //! The `padv` binary: parse the command line and hand over to the library.
 
 mod cli;
+mod commands;
+mod table;
 
 use clap::Parser;
 

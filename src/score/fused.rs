@@ -125,6 +125,7 @@ impl RowAccum {
     /// Fold in the logits `block` = vocabulary entries `[first, first + len)`;
     /// `target` is the row's target token id.
     #[inline]
+    #[allow(clippy::needless_range_loop)] // lane loops index three arrays in step
     pub fn update(&mut self, block: &[f32], first: usize, target: usize) {
         if target >= first && target < first + block.len() {
             self.target = Some(block[target - first]);

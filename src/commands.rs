@@ -1,0 +1,466 @@
+//! The `score`, `select`, `attribute` and `eval` commands: argument structs
+//! and their glue to [`padv::pipeline`] and [`padv::apps`].
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+use padv::apps::{
+    self, Aggregation, Method, ReadOptions, ReportOptions, ScoredSet, ScoredTrajectory,
+};
+use padv::backend::Device;
+use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
+use padv::score::aggregate::{StepAgg, TokenAgg};
+use padv::trajectory::{Format, Record, RenderMode, read_records};
+
+/// The bundled toyworld pair and demo trajectories (the embedded default).
+pub fn toyworld() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld")
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Policy checkpoint (HF directory). Default: the bundled toyworld policy.
+    #[arg(long, requires = "reference")]
+    pub policy: Option<PathBuf>,
+    /// Reference checkpoint (HF directory). Default: the bundled toyworld reference.
+    #[arg(long, requires = "policy")]
+    pub reference: Option<PathBuf>,
+    /// auto | cpu | cuda[:N]
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
+    /// Input format (auto-detected by default): jsonl, messages, tau2, who-and-when, tokens, text.
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// template (default when the tokenizer has a chat template) | plain
+    #[arg(long)]
+    pub render: Option<RenderMode>,
+    /// mean | sum | last | min | max (default: mean; sum on the bundled demo)
+    #[arg(long)]
+    pub token_agg: Option<TokenAgg>,
+    /// mean | sum | last | min | max | bottom10
+    #[arg(long, default_value = "mean")]
+    pub step_agg: StepAgg,
+    #[arg(long, default_value_t = 1.0)]
+    pub beta: f64,
+    /// Keep only the last N tokens of each record (spans adjusted, cut actions flagged).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Tokens per forward batch.
+    #[arg(long, default_value_t = 8192)]
+    pub batch_tokens: usize,
+}
+
+impl ModelArgs {
+    fn uses_default(&self) -> bool {
+        self.policy.is_none()
+    }
+    fn pair(&self) -> (PathBuf, PathBuf) {
+        match (&self.policy, &self.reference) {
+            (Some(p), Some(r)) => (p.clone(), r.clone()),
+            _ => (
+                toyworld().join("models/trained"),
+                toyworld().join("models/ref"),
+            ),
+        }
+    }
+    fn options(&self, with_tokens: bool) -> ScorerOptions {
+        let default_agg = if self.uses_default() {
+            TokenAgg::Sum
+        } else {
+            TokenAgg::Mean
+        };
+        ScorerOptions {
+            device: self.device,
+            render: self.render,
+            token_agg: self.token_agg.unwrap_or(default_agg),
+            step_agg: self.step_agg,
+            beta: self.beta,
+            max_length: self.max_length,
+            batch_tokens: self.batch_tokens.max(1),
+            with_tokens,
+        }
+    }
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum OnError {
+    /// Stop at the first bad record.
+    Fail,
+    /// Write `{"id", "error"}` in its place and go on.
+    Skip,
+}
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input file (JSONL records, τ²-bench JSON, Who&When file or directory).
+    /// Default: the bundled toyworld demo trajectories.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Write JSON lines here (`-` for stdout). Without it a table is printed.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Add token-level arrays (every position scored) and the action mask.
+    #[arg(long)]
+    pub tokens: bool,
+    #[arg(long, value_enum, default_value = "fail")]
+    pub on_error: OnError,
+}
+
+#[derive(Args, Clone)]
+pub struct AppArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Trajectories (scored first) or the scored JSONL of `padv score`.
+    /// Default: the bundled toyworld demo.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Field naming each trajectory's best-of-N group.
+    #[arg(long, default_value = "task_id")]
+    pub group_by: String,
+    /// progress_advantage | policy_logprob | reference_logprob | entropy | self_certainty | deepconf_tail | deepconf_bottom10
+    #[arg(long, default_value = "progress_advantage")]
+    pub method: Method,
+    /// Write JSON lines here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SelectArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Also print each group's rank table.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Write the metrics as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// The table for every token aggregation × step aggregation.
+    #[arg(long)]
+    pub sweep: bool,
+}
+
+fn progress(total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} records  {msg}  eta {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// Read input records, keeping per-record errors in place.
+fn read_input(path: &Path, format: Option<Format>) -> Result<Vec<padv::Result<Record>>> {
+    Ok(read_records(path, format)?)
+}
+
+/// Score records in slices (for the progress bar); one result per record.
+fn score_records(scorer: &mut Scorer, records: &[Record]) -> Vec<padv::Result<ScoredRecord>> {
+    let bar = progress(records.len());
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(records.len());
+    let mut tokens = 0usize;
+    for part in records.chunks(64) {
+        for r in scorer.score(part) {
+            if let Ok(s) = &r {
+                tokens += s.encoded.token_ids.len();
+            }
+            out.push(r);
+        }
+        bar.inc(part.len() as u64);
+        bar.set_message(format!(
+            "{:.0} tokens/s",
+            tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+        ));
+    }
+    bar.finish_and_clear();
+    out
+}
+
+pub fn score(a: ScoreArgs) -> Result<()> {
+    let input = a
+        .input
+        .clone()
+        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
+    let (policy, reference) = a.model.pair();
+    let mut scorer = Scorer::load(&policy, &reference, a.model.options(a.tokens))?;
+    let records = read_input(&input, a.model.format)?;
+    // Parse errors stay in place so the output has one line per input record.
+    let mut ok = Vec::new();
+    let mut slots = Vec::with_capacity(records.len());
+    for r in records {
+        match r {
+            Ok(r) => {
+                slots.push(Ok(ok.len()));
+                ok.push(r);
+            }
+            Err(e) => {
+                if a.on_error == OnError::Fail {
+                    return Err(e.into());
+                }
+                slots.push(Err(e));
+            }
+        }
+    }
+    let mut scored: Vec<Option<padv::Result<ScoredRecord>>> = score_records(&mut scorer, &ok)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut lines: Vec<std::result::Result<ScoredRecord, (Option<String>, String)>> = Vec::new();
+    for slot in slots {
+        match slot {
+            Ok(i) => match scored[i].take().expect("each record is scored once") {
+                Ok(s) => lines.push(Ok(s)),
+                Err(e) => {
+                    if a.on_error == OnError::Fail {
+                        return Err(e.into());
+                    }
+                    lines.push(Err((Some(ok[i].id.clone()), e.to_string())));
+                }
+            },
+            Err(e) => lines.push(Err((None, e.to_string()))),
+        }
+    }
+    let json_line = |l: &std::result::Result<ScoredRecord, (Option<String>, String)>| match l {
+        Ok(s) => scorer.to_json(s),
+        Err((id, e)) => serde_json::json!({"id": id, "error": e}),
+    };
+    match &a.output {
+        Some(path) => {
+            let mut w: Box<dyn Write> = if path.as_os_str() == "-" {
+                Box::new(BufWriter::new(std::io::stdout().lock()))
+            } else {
+                Box::new(BufWriter::new(
+                    File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                ))
+            };
+            for l in &lines {
+                writeln!(w, "{}", json_line(l))?;
+            }
+            w.flush()?;
+            if path.as_os_str() != "-" {
+                let errors = lines.iter().filter(|l| l.is_err()).count();
+                eprintln!(
+                    "wrote {} records ({errors} errors) to {}",
+                    lines.len(),
+                    path.display()
+                );
+            }
+        }
+        None => {
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "policy {} | reference {} | {} | render {} | token-agg {} | step-agg {} | β {}",
+                policy.display(),
+                reference.display(),
+                scorer.backend_description(),
+                scorer.render_mode().name(),
+                scorer.options().token_agg,
+                scorer.options().step_agg,
+                scorer.options().beta
+            )?;
+            for l in &lines {
+                match l {
+                    Ok(s) => crate::table::write_record(&mut out, s, colour)?,
+                    Err((id, e)) => {
+                        writeln!(out, "\n{}: error: {e}", id.as_deref().unwrap_or("?"))?
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trajectories for the apps: a scored JSONL is read as is; anything else is
+/// scored first with the pair (token arrays kept when `with_tokens`).
+fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet> {
+    let opts = ReadOptions {
+        group_by: a.group_by.clone(),
+    };
+    if is_scored_file(input) {
+        if a.model.policy.is_some() {
+            bail!(
+                "{} already holds scores; --policy/--reference are not used with scored input",
+                input.display()
+            );
+        }
+        return Ok(apps::read_scored(input, &opts)?);
+    }
+    let (policy, reference) = a.model.pair();
+    let mut scorer = Scorer::load(&policy, &reference, a.model.options(with_tokens))?;
+    let mut records = Vec::new();
+    for r in read_input(input, a.model.format)? {
+        records.push(r?);
+    }
+    let mut trajectories = Vec::new();
+    for s in score_records(&mut scorer, &records) {
+        let s = s?;
+        let mut t = ScoredTrajectory::new(s.record.id.clone(), s.steps.clone(), scorer.settings())
+            .with_input_record(scorer.to_json(&s), &opts)?;
+        t.location = s.record.location.clone();
+        if with_tokens {
+            t = t.with_tokens(s.tokens.clone())?;
+        }
+        trajectories.push(t);
+    }
+    Ok(ScoredSet::from(trajectories))
+}
+
+/// Whether the first record of a JSONL file is `padv score` output.
+fn is_scored_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Some(first) = text.lines().find(|l| !l.trim().is_empty()) else {
+        return false;
+    };
+    serde_json::from_str::<Value>(first)
+        .ok()
+        .and_then(|v| {
+            v.as_object().map(|o| {
+                o.contains_key("steps") || (o.contains_key("error") && !o.contains_key("messages"))
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn writer(path: &Option<PathBuf>) -> Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::new(
+            File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
+pub fn select(a: SelectArgs) -> Result<()> {
+    let input = a
+        .app
+        .input
+        .clone()
+        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
+    let set = scored_set(&a.app, false, &input)?;
+    let sel = apps::select(
+        &set.trajectories,
+        a.app.method,
+        Aggregation::stored(a.app.model.step_agg),
+    )?;
+    let mut w = writer(&a.app.output)?;
+    for r in sel.chosen_records(&set.trajectories) {
+        writeln!(w, "{r}")?;
+    }
+    w.flush()?;
+    if a.explain {
+        eprintln!("{}", sel.explain_markdown());
+    }
+    Ok(())
+}
+
+pub fn attribute(a: AppArgs) -> Result<()> {
+    let input = a
+        .input
+        .clone()
+        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
+    let set = scored_set(&a, false, &input)?;
+    let mut w = writer(&a.output)?;
+    for t in &set.trajectories {
+        match apps::attribute(t, a.method, None)? {
+            Some(att) => writeln!(w, "{}", att.to_json())?,
+            None => writeln!(
+                w,
+                "{}",
+                serde_json::json!({"id": t.id, "error": "no scored steps"})
+            )?,
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let inputs: Vec<PathBuf> = match &a.app.input {
+        Some(p) => vec![p.clone()],
+        None => vec![
+            toyworld().join("demo_ref.jsonl"),
+            toyworld().join("demo_trained.jsonl"),
+        ],
+    };
+    let mut json_out = serde_json::Map::new();
+    for input in &inputs {
+        let set = scored_set(&a.app, a.sweep, input)?;
+        if inputs.len() > 1 {
+            println!("\n## {}\n", input.display());
+        }
+        let report = apps::evaluate(&set, None)?;
+        let value = if a.sweep {
+            let reports = apps::sweep(&set)?;
+            println!("{}", apps::sweep_markdown(&reports));
+            apps::sweep_json(&reports)
+        } else {
+            println!("{}", report.to_markdown());
+            report.to_json()
+        };
+        json_out.insert(input.display().to_string(), value);
+        if let Some(path) = &a.report {
+            let path = if inputs.len() > 1 {
+                suffixed(path, input)
+            } else {
+                path.clone()
+            };
+            let opts = ReportOptions {
+                title: format!("padv evaluation — {}", input.display()),
+                ..ReportOptions::default()
+            };
+            std::fs::write(&path, apps::render_html(&set, &report, &opts)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if let Some(path) = &a.json {
+        let v = if json_out.len() == 1 {
+            json_out.into_iter().next().expect("one").1
+        } else {
+            Value::Object(json_out)
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `report.html` + `demo_ref.jsonl` → `report-demo_ref.html`.
+fn suffixed(path: &Path, input: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("report");
+    let tag = input
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("input");
+    path.with_file_name(format!("{stem}-{tag}.html"))
+}

@@ -1,0 +1,130 @@
+//! The embedded default, end to end through the binary: `padv eval` with no
+//! arguments reproduces the numbers an independent implementation computed
+//! on the bundled toyworld demo sets (assets/toyworld/expected_eval_demo_*.json),
+//! and `padv score` with no arguments prints a per-step table.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn padv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_padv"))
+}
+
+/// Every number in `want` must appear in `got` at the same path.
+fn assert_numbers_match(want: &Value, got: &Value, path: &str, tol: f64) {
+    match want {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "settings" {
+                    continue;
+                }
+                let g = got.get(k).unwrap_or_else(|| panic!("missing {path}.{k}"));
+                assert_numbers_match(v, g, &format!("{path}.{k}"), tol);
+            }
+        }
+        Value::Number(n) => {
+            let (w, g) = (
+                n.as_f64().unwrap(),
+                got.as_f64()
+                    .unwrap_or_else(|| panic!("{path}: not a number: {got}")),
+            );
+            assert!((w - g).abs() <= tol, "{path}: padv {g}, expected {w}");
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn eval_without_arguments_reproduces_the_expected_toyworld_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("eval.json");
+    let out = padv().args(["eval", "--json"]).arg(&json).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld");
+    for set in ["ref", "trained"] {
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(toy.join(format!("expected_eval_demo_{set}.json"))).unwrap(),
+        )
+        .unwrap();
+        let key = toy.join(format!("demo_{set}.jsonl")).display().to_string();
+        assert_numbers_match(&want, &got[&key], set, 1e-6);
+    }
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("| progress_advantage |"), "{table}");
+}
+
+#[test]
+fn score_without_arguments_prints_a_step_table_for_every_demo_trajectory() {
+    let out = padv().arg("score").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("\ndemo-").count(),
+        256,
+        "one table per trajectory"
+    );
+    assert!(text.contains("advantage") && text.contains("go north"));
+    assert!(
+        !text.contains("\x1b["),
+        "no colour codes when stdout is not a terminal"
+    );
+}
+
+#[test]
+fn score_with_on_error_skip_writes_one_line_per_input_record() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.jsonl");
+    let input = fixtures.join("formats/bad.jsonl");
+    let n_in = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let out = padv()
+        .args(["score", "--on-error", "skip", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&out_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), n_in);
+    assert!(lines.iter().all(|l| l.get("error").is_some()
+        || l.get("steps").is_some()
+        || l.get("logp_policy").is_some()));
+    // With the default (fail), the first bad record stops the run and is named.
+    let out = padv()
+        .args(["score", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.jsonl:"),
+        "error names file and line: {err}"
+    );
+}
