@@ -13,6 +13,7 @@ pub mod error;
 pub mod model;
 pub mod pipeline;
 pub mod score;
+pub mod session;
 pub mod tokenizer;
 pub mod trajectory;
 

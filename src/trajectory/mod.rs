@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-pub use read::read_records;
+pub use read::{read_records, record_from_json};
 pub use render::{encode, render_text};
 
 use crate::{Error, Result};

@@ -635,3 +635,11 @@ fn parse_tool_call(c: &Value, loc: &str, at: &str) -> Result<ToolCall> {
         .unwrap_or_else(|| Value::Object(Map::new()));
     Ok(ToolCall { name, arguments })
 }
+
+/// One record given as a JSON value (a request body, a library caller's
+/// object): any record kind `read_records` accepts in a JSONL line.
+/// `location` names it in errors (e.g. `request: trajectories[3]`).
+pub fn record_from_json(value: Value, location: &str) -> Result<Record> {
+    let obj = into_object(value, location)?;
+    parse_record(obj, location, location, None, None)
+}
