@@ -226,7 +226,7 @@ impl Weights {
             .iter()
             .filter(|(_, e)| {
                 let ptr = w.shards[e.shard].map[e.start..].as_ptr() as usize;
-                ptr % e.dtype.size() != 0
+                !ptr.is_multiple_of(e.dtype.size())
             })
             .map(|(n, _)| n.clone())
             .collect();
