@@ -197,7 +197,9 @@ impl Gpu {
             })?;
         }
         check(
-            k_pool.dtype == v_pool.dtype && k_pool.len == v_pool.len && k_pool.len.is_multiple_of(kvd),
+            k_pool.dtype == v_pool.dtype
+                && k_pool.len == v_pool.len
+                && k_pool.len.is_multiple_of(kvd),
             || "qkv_rope: k/v pools differ or are not [rows, kv_heads·head_dim]".into(),
         )?;
         dims_fit(&[n, qd + 2 * kvd])?;
