@@ -425,6 +425,19 @@ impl DevTensor {
         })
     }
 
+    /// The whole buffer as f32 elements (only for `DType::F32` tensors).
+    pub fn f32_view(&self) -> Result<CudaView<'_, f32>> {
+        if self.dtype != DType::F32 {
+            return Err(backend_err(format!(
+                "cuda: f32 view of a {} tensor",
+                self.dtype.name()
+            )));
+        }
+        // SAFETY: the bytes hold `len` f32 values; allocations are 256-byte aligned.
+        unsafe { self.buf.transmute::<f32>(self.len) }
+            .ok_or_else(|| out_of_range(0, self.len, self.buf.len() / 4))
+    }
+
     pub fn all(&self) -> DevView<'_> {
         DevView {
             view: self.buf.as_view(),
