@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
 use padv::backend::cuda::{CudaPair, DevTensor, Gpu, probe};
 use padv::backend::{PairScorer, SeqRequest};
 use padv::model::Config;
@@ -81,6 +81,11 @@ fn configure(g: &mut BenchmarkGroup<'_, WallTime>, long: bool) {
     g.sample_size(10)
         .warm_up_time(Duration::from_secs_f64(warm))
         .measurement_time(Duration::from_secs_f64(measure));
+    if long {
+        // Each sample the same number of iterations: ~10 runs of a 1 s step,
+        // not criterion's default 1 + 2 + … + 10.
+        g.sampling_mode(SamplingMode::Flat);
+    }
 }
 
 fn qwen25(

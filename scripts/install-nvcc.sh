@@ -10,7 +10,13 @@
 #
 # The last line printed is `export NVCC=...`; build.rs also finds the default
 # venv on its own. Re-running is cheap (a present nvcc is reused).
-# CUDA_PIP_VERSION pins the wheels (e.g. 13.0.88); default: the newest 13.x.
+#
+# CUDA_PIP_SERIES picks the toolkit release (default 13.0). The oldest 13.x is
+# the default on purpose: its PTX (ISA 9.0) is JIT-compiled by every CUDA 13
+# driver (R580+), and cubins from it load on all of them, whereas a 13.5 nvcc
+# emits PTX that a 13.0 driver rejects. All five wheels are pinned to the
+# series, because nvcc's own dependencies (nvvm, crt) are otherwise resolved
+# to the newest release and mix versions.
 set -euo pipefail
 
 venv="${PADV_NVCC_VENV:-$HOME/.cache/padv/nvcc-venv}"
@@ -24,13 +30,12 @@ nvcc="$(find_nvcc || true)"
 if [[ -z "$nvcc" ]]; then
   echo "install-nvcc: creating $venv" >&2
   "$python" -m venv "$venv"
-  if [[ -n "${CUDA_PIP_VERSION:-}" ]]; then
-    pins=("nvidia-cuda-nvcc==${CUDA_PIP_VERSION}" "nvidia-cuda-runtime==${CUDA_PIP_VERSION}")
-  else
-    pins=("nvidia-cuda-nvcc>=13,<14" "nvidia-cuda-runtime>=13,<14")
-  fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "${pins[@]}" "nvidia-cuda-cccl>=13,<14" >&2
+  series="${CUDA_PIP_SERIES:-13.0}"
+  pins=()
+  for pkg in nvidia-cuda-nvcc nvidia-nvvm nvidia-cuda-crt nvidia-cuda-runtime nvidia-cuda-cccl; do
+    pins+=("$pkg~=$series.0")
+  done
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${pins[@]}" >&2
   nvcc="$(find_nvcc || true)"
 fi
 if [[ -z "$nvcc" || ! -x "$nvcc" ]]; then

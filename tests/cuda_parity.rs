@@ -570,8 +570,14 @@ fn fused_logprob_matches_row_stats_and_row_logp() {
 
 // ---------------------------------------------------------------- full models
 
+/// The checkout's fixtures: `CARGO_MANIFEST_DIR` at run time when set (a
+/// test binary carried to a GPU machine by scripts/gpu-check.sh), else the
+/// directory this binary was built from.
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("tests/fixtures")
 }
 
 fn fixture_records(name: &str) -> Vec<Vec<u32>> {
