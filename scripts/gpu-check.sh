@@ -47,7 +47,8 @@ build() {
   export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
   export CARGO_TARGET_DIR="$root/target-gpu"
   local json
-  json="$(cargo test --release --features cuda --test cuda_parity --no-run --message-format=json)"
+  json="$(cargo test --release --features cuda --test cuda_kernel_parity --test cuda_parity \
+    --no-run --message-format=json)"
   json+=$'\n'"$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json)"
   mkdir -p "$bundle"
   printf '%s\n' "$json" | python3 -c '
@@ -59,7 +60,7 @@ for line in sys.stdin:
         continue
     exe = m.get("executable")
     name = (m.get("target") or {}).get("name")
-    if exe and name in ("cuda_parity", "cuda_kernels"):
+    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kernels"):
         shutil.copy(exe, sys.argv[1] + "/" + name)
         print("gpu-check: bundled", name)
 ' "$bundle"
@@ -94,7 +95,10 @@ run() {
 
   export PADV_REQUIRE_GPU=1 CARGO_MANIFEST_DIR="$root"
   local parity_rc=0 bench_rc=0
-  timeout 180 "$bundle/cuda_parity" --test-threads=1 --nocapture >"$out/parity.log" 2>&1 || parity_rc=$?
+  : >"$out/parity.log"
+  for t in cuda_kernel_parity cuda_parity; do
+    timeout 150 "$bundle/$t" --test-threads=1 --nocapture >>"$out/parity.log" 2>&1 || parity_rc=$?
+  done
   grep -E "^test |test result|max \|Δ" "$out/parity.log" || true
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
     PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
@@ -105,7 +109,8 @@ run() {
     echo
     echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null || echo unknown)"
     echo
-    echo "parity: $(grep -E '^test result' "$out/parity.log" | tail -n 1 || echo 'no result') (exit $parity_rc)"
+    echo "parity (kernels, then models): exit $parity_rc"
+    grep -E '^test result' "$out/parity.log" | sed 's/^/  /' || echo '  no result'
     grep -E "max \|Δ\| gpu vs" "$out/parity.log" | sed 's/^/  /' || true
     echo
     if [[ -f "$out/bench.log" ]]; then

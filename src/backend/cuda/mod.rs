@@ -46,14 +46,44 @@ pub struct CudaPair {
 }
 
 impl CudaPair {
-    /// Upload both checkpoints to device `ordinal`.
+    /// Upload both checkpoints to device `ordinal`, matrices in their stored
+    /// dtype (bf16/f16 checkpoints run their GEMMs on tensor cores).
     pub fn new(ordinal: usize, policy: Arc<Model>, reference: Arc<Model>) -> Result<CudaPair> {
-        crate::model::check_pair(&policy, &reference)?;
+        Self::upload(ordinal, &policy, &reference, None)
+    }
+
+    /// As [`CudaPair::new`], with every matrix converted to `compute` at
+    /// upload. `DType::F32` gives the CPU backend's arithmetic for bf16/f16
+    /// checkpoints (f32 GEMM inputs instead of one bf16 rounding per layer
+    /// input), at twice the memory and f32 GEMM speed.
+    pub fn with_compute_dtype(
+        ordinal: usize,
+        policy: Arc<Model>,
+        reference: Arc<Model>,
+        compute: DType,
+    ) -> Result<CudaPair> {
+        Self::upload(ordinal, &policy, &reference, Some(compute))
+    }
+
+    fn upload(
+        ordinal: usize,
+        policy: &Model,
+        reference: &Model,
+        compute: Option<DType>,
+    ) -> Result<CudaPair> {
+        crate::model::check_pair(policy, reference)?;
         let gpu = Gpu::new(ordinal)?;
-        let bytes = policy.weights.mapped_bytes() + reference.weights.mapped_bytes();
-        check_free(&gpu, bytes, "uploading the policy and reference weights")?;
-        let p = DeviceModel::upload(&gpu, &policy)?;
-        let r = DeviceModel::upload(&gpu, &reference)?;
+        let widen = |m: &Model| match compute {
+            Some(d) => m.weights.mapped_bytes() / m.dtype().size() * d.size(),
+            None => m.weights.mapped_bytes(),
+        };
+        check_free(
+            &gpu,
+            widen(policy) + widen(reference),
+            "uploading the policy and reference weights",
+        )?;
+        let p = DeviceModel::upload(&gpu, policy, compute)?;
+        let r = DeviceModel::upload(&gpu, reference, compute)?;
         gpu.synchronize()?;
         Ok(CudaPair {
             gpu,

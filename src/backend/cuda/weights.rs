@@ -47,14 +47,18 @@ pub struct DeviceModel {
 }
 
 impl DeviceModel {
-    /// Copy a loaded checkpoint to the device.
-    pub fn upload(gpu: &Gpu, model: &Model) -> Result<DeviceModel> {
+    /// Copy a loaded checkpoint to the device. Matrices keep their stored
+    /// dtype, or are converted to `compute` when given (e.g. `F32` for a bf16
+    /// checkpoint: f32 GEMM operands, exactly the CPU backend's arithmetic,
+    /// at twice the memory and without bf16 tensor cores).
+    pub fn upload(gpu: &Gpu, model: &Model, compute: Option<DType>) -> Result<DeviceModel> {
         let cfg = &model.config;
         let w = model.bind();
-        let dtype = w
+        let stored = w
             .layers
             .first()
             .map_or(w.embed.data.dtype(), |l| l.q.data.dtype());
+        let dtype = compute.unwrap_or(stored);
         let small = |t: &crate::model::weights::Tensor| gpu.upload(&t.data.to_f32_vec());
         let concat = |parts: &[&crate::model::weights::Tensor]| -> Result<DevTensor> {
             let len = parts.iter().map(|t| t.data.len()).sum();
