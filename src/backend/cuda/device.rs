@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
@@ -156,15 +157,17 @@ impl Gpu {
     /// shared memory (opting in above the default 48 KiB when needed).
     pub(crate) fn function(&self, module: &str, name: &str, smem: u32) -> Result<CudaFunction> {
         let mut cache = self.functions.borrow_mut();
-        if !cache.contains_key(name) {
-            let m = self
-                .modules
-                .get(module)
-                .ok_or_else(|| backend_err(format!("cuda: no kernel module `{module}`")))?;
-            let f = m.load_function(name).ctx(&format!("load kernel {name}"))?;
-            cache.insert(name.to_string(), (f, 48 << 10));
-        }
-        let (f, room) = cache.get_mut(name).expect("inserted above");
+        let (f, room) = match cache.entry(name.to_string()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let m = self
+                    .modules
+                    .get(module)
+                    .ok_or_else(|| backend_err(format!("cuda: no kernel module `{module}`")))?;
+                let f = m.load_function(name).ctx(&format!("load kernel {name}"))?;
+                e.insert((f, 48 << 10))
+            }
+        };
         if smem > *room {
             if smem > self.smem_optin {
                 return Err(backend_err(format!(
