@@ -115,8 +115,14 @@ pub fn shape(name: &str) -> Result<Shape> {
 impl Shape {
     /// The `config.json` a Hugging Face export of this shape would carry.
     pub fn config_json(&self, dtype: DType) -> serde_json::Value {
+        let model_type = match self.arch {
+            "Qwen2ForCausalLM" => "qwen2",
+            "Qwen3ForCausalLM" => "qwen3",
+            _ => "llama",
+        };
         let mut c = json!({
             "architectures": [self.arch],
+            "model_type": model_type,
             "hidden_size": self.hidden,
             "intermediate_size": self.intermediate,
             "num_hidden_layers": self.layers,
