@@ -20,7 +20,11 @@ fn main() {
         let x: Vec<f32> = (0..t * k).map(|i| (i % 17) as f32 * 0.01).collect();
         let w: Vec<f32> = (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect();
         let shape = [n, k];
-        let w = Tensor { name: "w", shape: &shape, data: Data::F32(&w) };
+        let w = Tensor {
+            name: "w",
+            shape: &shape,
+            data: Data::F32(&w),
+        };
         let mut out = vec![0.0f32; t * n];
         let start = std::time::Instant::now();
         let reps = reps * 2000;
@@ -28,7 +32,10 @@ fn main() {
             padv::backend::cpu::gemm::tile_product(&x, k, t, k, w.data, 0, n, &mut out, n, false);
         }
         let flops = 2.0 * (t * n * k * reps) as f64;
-        eprintln!("L1-resident tile: {:.1} GFLOP/s wall", flops / start.elapsed().as_secs_f64() / 1e9);
+        eprintln!(
+            "L1-resident tile: {:.1} GFLOP/s wall",
+            flops / start.elapsed().as_secs_f64() / 1e9
+        );
         return;
     }
     let data = if dtype == "f32" {

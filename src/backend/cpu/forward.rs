@@ -12,7 +12,7 @@ use crate::model::Model;
 use crate::{Error, Result};
 
 /// Tokens per chunk for the linear layers.
-pub const CHUNK: usize = 256;
+pub const CHUNK: usize = 1024;
 
 /// One sequence inside a packed batch: rows `[start, start + len)`.
 #[derive(Debug, Clone, Copy)]

@@ -69,7 +69,9 @@ pub fn tile_product(
     assert!(c.len() >= (m - 1) * ldc + nc, "tile_product: C too small");
     assert!(w.len() >= (n0 + nc) * k, "tile_product: W too small");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
         // SAFETY: the feature was just detected; bounds were asserted above.
         unsafe { avx512::tile_product(a, lda, m, k, w, n0, nc, c, ldc, accumulate) };
         return;
@@ -285,29 +287,114 @@ mod avx512 {
     ];
 
     /// Widen and pack weight rows `[n0, n0 + nc)`, depth `[k0, k0 + kc)`, into
-    /// micro-panels `[nc/NR][kc][NR]` (zero-padded columns).
+    /// micro-panels `[nc/NR][kc][NR]` (zero-padded columns). Full 16 × 16
+    /// blocks are widened in registers and transposed with shuffles; the
+    /// ragged edges go through the scalar path.
+    #[target_feature(enable = "avx512f,avx512bw")]
     fn pack(w: Data, k: usize, n0: usize, nc: usize, k0: usize, kc: usize, bp: &mut [f32]) {
         let mut row = [0.0f32; KC];
         let panels = nc.div_ceil(NR);
+        let kc16 = kc / 16 * 16;
         for q in 0..panels {
             let panel = &mut bp[q * kc * NR..(q + 1) * kc * NR];
-            for col in 0..NR {
-                let j = q * NR + col;
-                if j < nc {
-                    w.widen_into((n0 + j) * k + k0, &mut row[..kc]);
-                    for (kk, &v) in row[..kc].iter().enumerate() {
-                        panel[kk * NR + col] = v;
+            for half in 0..2 {
+                let c0 = half * 16;
+                let rows_here = nc.saturating_sub(q * NR + c0).min(16);
+                if rows_here == 16 && kc16 > 0 {
+                    for kk0 in (0..kc16).step_by(16) {
+                        let mut r = [_mm512_setzero_ps(); 16];
+                        for (i, v) in r.iter_mut().enumerate() {
+                            *v = load16(w, (n0 + q * NR + c0 + i) * k + k0 + kk0);
+                        }
+                        transpose16(&mut r);
+                        for (c, v) in r.iter().enumerate() {
+                            // SAFETY: (kk0 + c)·NR + c0 + 16 ≤ kc·NR, inside the panel.
+                            unsafe {
+                                _mm512_storeu_ps(panel.as_mut_ptr().add((kk0 + c) * NR + c0), *v)
+                            };
+                        }
                     }
-                } else {
-                    for kk in 0..kc {
-                        panel[kk * NR + col] = 0.0;
+                }
+                let done = if rows_here == 16 { kc16 } else { 0 };
+                if done == kc {
+                    continue;
+                }
+                for col in c0..c0 + 16 {
+                    let j = q * NR + col;
+                    if j < nc {
+                        w.widen_into((n0 + j) * k + k0 + done, &mut row[..kc - done]);
+                        for (kk, &v) in row[..kc - done].iter().enumerate() {
+                            panel[(done + kk) * NR + col] = v;
+                        }
+                    } else {
+                        for kk in done..kc {
+                            panel[kk * NR + col] = 0.0;
+                        }
                     }
                 }
             }
         }
     }
 
+    /// 16 consecutive weights from element `at`, widened to f32.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    fn load16(w: Data, at: usize) -> __m512 {
+        match w {
+            Data::F32(s) => {
+                let v = &s[at..at + 16];
+                // SAFETY: the slice has 16 elements.
+                unsafe { _mm512_loadu_ps(v.as_ptr()) }
+            }
+            Data::BF16(s) => {
+                let v = &s[at..at + 16];
+                // SAFETY: 16 bf16 = 32 bytes read; bf16 → f32 is a 16-bit shift.
+                unsafe {
+                    let h = _mm256_loadu_si256(v.as_ptr() as *const __m256i);
+                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                }
+            }
+            Data::F16(s) => {
+                let v = &s[at..at + 16];
+                // SAFETY: 16 f16 = 32 bytes read.
+                unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr() as *const __m256i)) }
+            }
+        }
+    }
+
+    /// In-register 16 × 16 transpose: `r[i][c]` becomes `r[c][i]`.
     #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose16(r: &mut [__m512; 16]) {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // Per group of four rows g: columns 4l, 4l+1, 4l+2, 4l+3 in lane l.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            let pd = _mm512_castps_pd;
+            u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        // u[4g + j] holds columns j, 4+j, 8+j, 12+j (lanes) of rows 4g..4g+4.
+        for j in 0..4 {
+            let lo02 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+            let lo13 = _mm512_shuffle_f32x4::<0xdd>(u[j], u[4 + j]);
+            let hi02 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+            let hi13 = _mm512_shuffle_f32x4::<0xdd>(u[8 + j], u[12 + j]);
+            r[j] = _mm512_shuffle_f32x4::<0x88>(lo02, hi02);
+            r[8 + j] = _mm512_shuffle_f32x4::<0xdd>(lo02, hi02);
+            r[4 + j] = _mm512_shuffle_f32x4::<0x88>(lo13, hi13);
+            r[12 + j] = _mm512_shuffle_f32x4::<0xdd>(lo13, hi13);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_product(
         a: &[f32],
@@ -328,7 +415,8 @@ mod avx512 {
             for kb in 0..nkb {
                 let k0 = kb * kc_len;
                 let kc = kc_len.min(k - k0);
-                pack(w, k, n0, nc, k0, kc, bp);
+                // SAFETY: this function requires avx512f; avx512bw is checked by the caller.
+                unsafe { pack(w, k, n0, nc, k0, kc, bp) };
                 let load_c = accumulate || kb > 0;
                 for q in 0..panels {
                     let cols = (nc - q * NR).min(NR);

@@ -12,7 +12,7 @@ use crate::model::weights::Tensor;
 use crate::score::fused::{RowAccum, RowStats};
 
 /// Rows scored per pass over the LM head (the logits tile is `ROWS × NC`).
-const ROWS: usize = 256;
+const ROWS: usize = 512;
 
 /// Stats of `softmax(x · Wᵀ)` for every row of `x` (`[rows, hidden]`),
 /// at `targets[r]`. `full`: also entropy and top-k mean (the policy).
