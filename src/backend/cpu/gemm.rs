@@ -415,8 +415,7 @@ mod avx512 {
             for kb in 0..nkb {
                 let k0 = kb * kc_len;
                 let kc = kc_len.min(k - k0);
-                // SAFETY: this function requires avx512f; avx512bw is checked by the caller.
-                unsafe { pack(w, k, n0, nc, k0, kc, bp) };
+                pack(w, k, n0, nc, k0, kc, bp);
                 let load_c = accumulate || kb > 0;
                 for q in 0..panels {
                     let cols = (nc - q * NR).min(NR);
