@@ -13,8 +13,11 @@ pub mod error;
 pub mod model;
 pub mod pipeline;
 pub mod score;
+pub mod serve;
 pub mod session;
 pub mod tokenizer;
 pub mod trajectory;
 
 pub use error::{Error, Result};
+pub use pipeline::{ScoredRecord, Scorer, ScorerOptions};
+pub use session::Session;

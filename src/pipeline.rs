@@ -127,6 +127,19 @@ impl Scorer {
         &self.opts
     }
 
+    /// Change how records are rendered, scored and aggregated without
+    /// reloading the pair (a server applies each request's options this way).
+    /// The device is fixed at load and kept.
+    pub fn set_options(&mut self, opts: ScorerOptions) {
+        self.render = opts
+            .render
+            .unwrap_or_else(|| RenderMode::default_for(&self.tokenizer));
+        self.opts = ScorerOptions {
+            device: self.opts.device,
+            ..opts
+        };
+    }
+
     pub fn render_mode(&self) -> RenderMode {
         self.render
     }
