@@ -3,7 +3,7 @@
 //! under a token budget, runs the backend, and turns per-token scores into
 //! step scores, a trajectory score and the baselines.
 //!
-//! ```no_run
+//! ```
 //! use padv::pipeline::{Scorer, ScorerOptions};
 //! use padv::trajectory::read_records;
 //! # fn main() -> padv::Result<()> {

@@ -9,7 +9,7 @@
 //! through the [`Scorer`]; the backend's prefix cache makes the cost of a
 //! call proportional to the tokens that are new since the cached prefix.
 //!
-//! ```no_run
+//! ```
 //! use padv::pipeline::{Scorer, ScorerOptions};
 //! use padv::session::Session;
 //! use serde_json::json;

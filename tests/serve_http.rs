@@ -529,3 +529,40 @@ fn a_request_past_the_timeout_answers_504_and_later_requests_are_served() {
     );
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_step_longer_than_the_context_is_422_and_sessions_past_the_limit_are_429() {
+    let server = start(|c| c.max_sessions = 1);
+    let mut http = client(&server);
+    let opened = http.post_json("/v1/sessions", &json!({})).unwrap();
+    let id = checked(&opened, "POST", "/v1/sessions")["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let full = http.post_json("/v1/sessions", &json!({})).unwrap();
+    assert_eq!(full.status, 429);
+    assert!(full.header("retry-after").is_some());
+    checked(&full, "POST", "/v1/sessions");
+    let fork = http
+        .post_bytes(&format!("/v1/sessions/{id}/fork"), b"")
+        .unwrap();
+    assert_eq!(fork.status, 429);
+    checked(&fork, "POST", "/v1/sessions/{id}/fork");
+
+    // The toyworld models have a context of 1024 positions.
+    let long = "go north . ".repeat(800);
+    let path = format!("/v1/sessions/{id}/steps");
+    let r = http.post_json(&path, &json!({"action": long})).unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    let e = checked(&r, "POST", "/v1/sessions/{id}/steps");
+    assert!(e["error"].as_str().unwrap().contains("context"), "{e}");
+    let info = http.get(&format!("/v1/sessions/{id}")).unwrap();
+    assert_eq!(
+        info.json().unwrap()["n_messages"],
+        0,
+        "a failed step is not kept"
+    );
+    let ok = http.post_json(&path, &json!({"action": "wait"})).unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    server.shutdown().unwrap();
+}

@@ -24,7 +24,7 @@ use super::api::{
 };
 use super::metrics::Metrics;
 use super::sessions::{SessionState, SessionStore, unknown};
-use super::worker::{Outcome, Queue};
+use super::worker::{Outcome, Priority, Queue};
 use crate::pipeline::ScorerOptions;
 use crate::session::Session;
 use crate::trajectory::Record;
@@ -102,9 +102,10 @@ impl AppState {
         &self,
         records: Vec<Record>,
         opts: ScorerOptions,
+        priority: Priority,
         deadline: Instant,
     ) -> Result<Outcome, ApiError> {
-        let rx = self.queue.submit(records, opts, deadline)?;
+        let rx = self.queue.submit(records, opts, priority, deadline)?;
         match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(outcome)) => Ok(outcome),
             // The worker drops a job it finds past its deadline.
@@ -203,13 +204,16 @@ async fn score(State(st): Shared, body: Body) -> Result<Response, ApiError> {
     let mut scored = if records.is_empty() {
         Vec::new()
     } else {
-        st.run(records, opts, deadline).await?
+        st.run(records, opts, Priority::Bulk, deadline).await?
     };
     let results: Vec<Value> = slots
         .into_iter()
         .map(|slot| match slot {
             Err(e) => e.to_json(),
-            Ok(i) => match std::mem::replace(&mut scored[i], Err(String::new())) {
+            Ok(i) => match scored.get_mut(i).map_or_else(
+                || Err("not scored".to_string()),
+                |s| std::mem::replace(s, Err(String::new())),
+            ) {
                 Ok(s) => s.json,
                 Err(error) => RecordError {
                     id: Some(ids[i].clone()),
@@ -344,7 +348,7 @@ async fn step(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<R
                 .record(&messages)
                 .map_err(|e| schema("messages", e))?;
             let scored = st
-                .run(vec![record], opts, deadline)
+                .run(vec![record], opts, Priority::Interactive, deadline)
                 .await?
                 .pop()
                 .unwrap_or_else(|| Err("nothing was scored".into()))
@@ -376,7 +380,9 @@ async fn step(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<R
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let first_new = first_new + observation.len();
-            let out = st.run(records, opts, deadline).await?;
+            let out = st
+                .run(records, opts, Priority::Interactive, deadline)
+                .await?;
             let candidates: Vec<Value> = out
                 .into_iter()
                 .enumerate()

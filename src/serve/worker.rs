@@ -6,11 +6,12 @@
 //! drains whatever else is queued until the round's estimated tokens reach
 //! one forward batch (`batch_tokens`); a job that would overflow the round
 //! waits for the next one. The round's records, from every job, are grouped
-//! by their scoring options (most requests share the server's defaults) and
-//! each group goes through one `Scorer::score` call, in chunks of about one
-//! forward batch. Between chunks the worker drops jobs whose request has
-//! timed out or gone away, so an abandoned large request does not hold up
-//! the ones queued behind it.
+//! by priority (session steps an agent waits on before whole trajectories)
+//! and by scoring options (most requests share the server's defaults); each
+//! group goes through `Scorer::score` in chunks of about one forward batch,
+//! and each job is answered as soon as its last record is scored. Between
+//! chunks the worker drops jobs whose request has timed out or gone away, so
+//! an abandoned large request does not hold up the ones queued behind it.
 //!
 //! A full queue is answered at once (`429`) by the HTTP side; the worker
 //! never blocks a producer. A panic while scoring is caught and answered as
@@ -46,20 +47,24 @@ pub struct Scored {
 /// The answer to a job: one result per record, in order.
 pub type Outcome = Vec<Result<Scored, String>>;
 
+/// Which work goes first within a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// A session step an agent is waiting on: scored first in its round.
+    Interactive,
+    /// Whole trajectories (`/v1/score`): after the interactive work.
+    Bulk,
+}
+
 /// Records to score with one set of options, and where to send the results.
 pub struct Job {
     records: Vec<Record>,
     opts: ScorerOptions,
-    pub deadline: Instant,
+    priority: Priority,
+    deadline: Instant,
     enqueued: Instant,
     tokens: usize,
     reply: oneshot::Sender<Outcome>,
-}
-
-impl Job {
-    fn abandoned(&self, now: Instant) -> bool {
-        self.reply.is_closed() || now >= self.deadline
-    }
 }
 
 enum Msg {
@@ -80,6 +85,7 @@ impl Queue {
         &self,
         records: Vec<Record>,
         opts: ScorerOptions,
+        priority: Priority,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Outcome>, ApiError> {
         let (reply, rx) = oneshot::channel();
@@ -87,6 +93,7 @@ impl Queue {
             tokens: records.iter().map(estimate_tokens).sum(),
             records,
             opts,
+            priority,
             deadline,
             enqueued: Instant::now(),
             reply,
@@ -255,23 +262,82 @@ fn key(o: &ScorerOptions) -> OptionsKey {
     )
 }
 
-/// The records of a round that share scoring options, as (job, record) indices.
+/// The records of a round that share a priority and scoring options, as
+/// (job, record) indices.
 struct Group {
+    priority: Priority,
     key: OptionsKey,
     opts: ScorerOptions,
     entries: Vec<(usize, usize)>,
 }
 
-fn run_round(scorer: &mut Scorer, mut jobs: Vec<Job>, budget: usize, metrics: &Metrics) {
-    let now = Instant::now();
-    for j in &jobs {
-        metrics.queue_wait(now.saturating_duration_since(j.enqueued));
+/// A job of the round being scored: its records (taken when batched), its
+/// results so far, and how many are still to come.
+struct Pending {
+    priority: Priority,
+    opts: ScorerOptions,
+    deadline: Instant,
+    /// `None` once answered or dropped.
+    reply: Option<oneshot::Sender<Outcome>>,
+    records: Vec<Option<Record>>,
+    results: Vec<Option<Result<Scored, String>>>,
+    left: usize,
+}
+
+impl Pending {
+    fn new(job: Job) -> Pending {
+        let records: Vec<Option<Record>> = job.records.into_iter().map(Some).collect();
+        Pending {
+            priority: job.priority,
+            opts: job.opts,
+            deadline: job.deadline,
+            reply: Some(job.reply),
+            results: (0..records.len()).map(|_| None).collect(),
+            left: records.len(),
+            records,
+        }
     }
-    let before = jobs.len();
-    jobs.retain(|j| !j.abandoned(now));
-    metrics
-        .jobs_abandoned
-        .fetch_add((before - jobs.len()) as u64, Ordering::Relaxed);
+
+    /// Dropped because its request timed out or went away (counted once).
+    fn drop_if_abandoned(&mut self, now: Instant, metrics: &Metrics) {
+        let gone = self
+            .reply
+            .as_ref()
+            .is_some_and(|r| r.is_closed() || now >= self.deadline);
+        if gone {
+            self.reply = None;
+            metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Send the results once the last one is in (a job answers as soon as
+    /// it is done, not at the end of the round).
+    fn reply_if_done(&mut self) {
+        if self.left > 0 {
+            return;
+        }
+        if let Some(reply) = self.reply.take() {
+            let outcome: Outcome = std::mem::take(&mut self.results)
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err("not scored".to_string())))
+                .collect();
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+fn run_round(scorer: &mut Scorer, jobs: Vec<Job>, budget: usize, metrics: &Metrics) {
+    let now = Instant::now();
+    let mut jobs: Vec<Pending> = jobs
+        .into_iter()
+        .map(|j| {
+            metrics.queue_wait(now.saturating_duration_since(j.enqueued));
+            let mut p = Pending::new(j);
+            p.drop_if_abandoned(now, metrics);
+            p
+        })
+        .filter(|p| p.reply.is_some())
+        .collect();
     if jobs.is_empty() {
         return;
     }
@@ -280,82 +346,59 @@ fn run_round(scorer: &mut Scorer, mut jobs: Vec<Job>, budget: usize, metrics: &M
         .round_jobs
         .fetch_add(jobs.len() as u64, Ordering::Relaxed);
 
-    // Every record of the round, tagged (job, index in job), grouped by options.
-    let mut records: Vec<Vec<Option<Record>>> = jobs
-        .iter_mut()
-        .map(|j| {
-            std::mem::take(&mut j.records)
-                .into_iter()
-                .map(Some)
-                .collect()
-        })
-        .collect();
-    let mut results: Vec<Vec<Option<Result<Scored, String>>>> = records
-        .iter()
-        .map(|r| (0..r.len()).map(|_| None).collect())
-        .collect();
+    // Interactive work first, then by options; arrival order within each.
     let mut groups: Vec<Group> = Vec::new();
-    for (ji, job) in jobs.iter().enumerate() {
-        let k = key(&job.opts);
-        let entries = (0..records[ji].len()).map(|ri| (ji, ri));
-        match groups.iter_mut().find(|g| g.key == k) {
+    for (ji, p) in jobs.iter_mut().enumerate() {
+        p.reply_if_done();
+        let k = key(&p.opts);
+        let entries = (0..p.records.len()).map(|ri| (ji, ri));
+        match groups
+            .iter_mut()
+            .find(|g| g.key == k && g.priority == p.priority)
+        {
             Some(g) => g.entries.extend(entries),
             None => groups.push(Group {
+                priority: p.priority,
                 key: k,
-                opts: job.opts.clone(),
+                opts: p.opts.clone(),
                 entries: entries.collect(),
             }),
         }
     }
-    let mut dropped = vec![false; jobs.len()];
+    groups.sort_by_key(|g| g.priority);
     for Group { opts, entries, .. } in groups {
         scorer.set_options(opts);
-        for chunk in chunks(&entries, &records, budget) {
+        for chunk in chunks(&entries, &jobs, budget) {
             let now = Instant::now();
             for &(ji, _) in chunk {
-                if !dropped[ji] && jobs[ji].abandoned(now) {
-                    dropped[ji] = true;
-                    metrics.jobs_abandoned.fetch_add(1, Ordering::Relaxed);
-                }
+                jobs[ji].drop_if_abandoned(now, metrics);
             }
             let live: Vec<(usize, usize)> = chunk
                 .iter()
                 .copied()
-                .filter(|&(ji, _)| !dropped[ji])
+                .filter(|&(ji, _)| jobs[ji].reply.is_some())
                 .collect();
             let batch: Vec<Record> = live
                 .iter()
-                .filter_map(|&(ji, ri)| records[ji][ri].take())
+                .filter_map(|&(ji, ri)| jobs[ji].records[ri].take())
                 .collect();
             if batch.is_empty() {
                 continue;
             }
-            let scored = catch_unwind(AssertUnwindSafe(|| scorer.score(&batch)));
-            match scored {
-                Ok(scored) => {
-                    for (&(ji, ri), r) in live.iter().zip(scored) {
-                        results[ji][ri] = Some(finish(scorer, r, metrics));
-                    }
-                }
-                Err(_) => {
+            let scored =
+                catch_unwind(AssertUnwindSafe(|| scorer.score(&batch))).unwrap_or_else(|_| {
                     eprintln!("padv serve: internal error while scoring a batch (panic caught)");
-                    for &(ji, ri) in &live {
-                        results[ji][ri] =
-                            Some(Err("internal error while scoring this record".to_string()));
-                    }
-                }
+                    (0..batch.len())
+                        .map(|_| Err(Error::Backend("internal error while scoring".into())))
+                        .collect()
+                });
+            for (&(ji, ri), r) in live.iter().zip(scored) {
+                let p = &mut jobs[ji];
+                p.results[ri] = Some(finish(scorer, r, metrics));
+                p.left -= 1;
+                p.reply_if_done();
             }
         }
-    }
-    for ((job, res), dropped) in jobs.into_iter().zip(results).zip(dropped) {
-        if dropped {
-            continue;
-        }
-        let outcome: Outcome = res
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err("not scored".to_string())))
-            .collect();
-        let _ = job.reply.send(outcome);
     }
 }
 
@@ -376,13 +419,13 @@ fn finish(scorer: &Scorer, r: Result<ScoredRecord>, metrics: &Metrics) -> Result
 /// one entry each).
 fn chunks<'a>(
     entries: &'a [(usize, usize)],
-    records: &[Vec<Option<Record>>],
+    jobs: &[Pending],
     budget: usize,
 ) -> Vec<&'a [(usize, usize)]> {
     let mut out = Vec::new();
     let (mut start, mut tokens) = (0, 0);
     for (i, &(ji, ri)) in entries.iter().enumerate() {
-        let t = records[ji][ri].as_ref().map_or(0, estimate_tokens);
+        let t = jobs[ji].records[ri].as_ref().map_or(0, estimate_tokens);
         if tokens + t > budget && i > start {
             out.push(&entries[start..i]);
             start = i;
