@@ -359,6 +359,19 @@ fn phase(
             percentile(&ok, 0.99),
         );
     }
+    let mut busy: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.status == Some(429))
+        .map(|s| s.latency)
+        .collect();
+    if !busy.is_empty() {
+        busy.sort();
+        println!(
+            "\n429 answered in p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&busy, 0.50),
+            percentile(&busy, 0.99)
+        );
+    }
     let tokens = after[0] - before[0];
     let (rounds, jobs) = (after[1] - before[1], after[2] - before[2]);
     println!(
@@ -401,27 +414,28 @@ fn main() -> Result<()> {
         until: Instant::now() + Duration::from_secs_f64(args.seconds),
         left: (args.max_requests as isize).into(),
     });
-    let (_, failed_steady) = phase(
-        "Steady load: sessions and batch scoring",
-        addr,
-        args.seconds,
-        |tx| {
-            let mut threads = Vec::new();
-            for k in 0..args.agents {
-                let (d, b, t) = (demo.clone(), budget.clone(), tx.clone());
-                let every = args.candidates_every;
-                threads.push(std::thread::spawn(move || agent(addr, k, d, b, every, t)));
-            }
+    let title = format!(
+        "Steady load: {} agents, {} batch clients (4 trajectories a request)",
+        args.agents, args.batch_clients
+    );
+    let (_, failed_steady) = phase(&title, addr, args.seconds, |tx| {
+        let mut threads = Vec::new();
+        for k in 0..args.agents {
+            let (d, b, t) = (demo.clone(), budget.clone(), tx.clone());
+            let every = args.candidates_every;
+            threads.push(std::thread::spawn(move || agent(addr, k, d, b, every, t)));
+        }
+        for k in 0..args.batch_clients {
             let (d, b, t) = (demo.clone(), budget.clone(), tx.clone());
             threads.push(std::thread::spawn(move || {
-                batcher(addr, 0, d, b, 4, Duration::from_millis(200), t)
+                batcher(addr, k, d, b, 4, Duration::from_millis(200), t)
             }));
-            drop(tx);
-            for t in threads {
-                let _ = t.join();
-            }
-        },
-    );
+        }
+        drop(tx);
+        for t in threads {
+            let _ = t.join();
+        }
+    });
     drop(own);
 
     let mut failed_overload = 0;
