@@ -240,7 +240,15 @@ fn serve_queue(scorer: &mut Scorer, rx: &Receiver<Msg>, metrics: &Metrics) {
             }
         }
         let start = Instant::now();
-        run_round(scorer, round, budget, metrics);
+        // A panic outside scoring proper (a bug) costs its round's answers
+        // (their requests get 500), not the worker.
+        if catch_unwind(AssertUnwindSafe(|| {
+            run_round(scorer, round, budget, metrics)
+        }))
+        .is_err()
+        {
+            eprintln!("padv serve: internal error in a worker round (panic caught)");
+        }
         metrics
             .worker_busy_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
