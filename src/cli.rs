@@ -10,7 +10,7 @@ use padv::backend::Device;
 use padv::bench::{self, BenchOptions, synth};
 use padv::model::DType;
 
-use crate::commands::{self, AppArgs, EvalArgs, ScoreArgs, SelectArgs};
+use crate::commands::{self, AppArgs, EvalArgs, ScoreArgs, SelectArgs, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +39,9 @@ pub enum Command {
     Synth(SynthArgs),
     /// Measure GEMM peak, forward GFLOP/s, pair-scoring tokens/s and peak RSS.
     Bench(BenchArgs),
+    /// HTTP service: score trajectories and agent steps as they happen, with
+    /// both models kept warm. With no model arguments, serves the toyworld pair.
+    Serve(ServeArgs),
 }
 
 #[derive(Args)]
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Select(a) => commands::select(a),
         Command::Attribute(a) => commands::attribute(a),
         Command::Eval(a) => commands::eval(a),
+        Command::Serve(a) => commands::serve(a),
         Command::Synth(a) => {
             let shape = synth::shape(&a.shape)?;
             synth::write(&shape, &a.out, a.dtype, a.seed)?;

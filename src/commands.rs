@@ -1,5 +1,6 @@
-//! The `score`, `select`, `attribute` and `eval` commands: argument structs
-//! and their glue to [`padv::pipeline`] and [`padv::apps`].
+//! The `score`, `select`, `attribute`, `eval` and `serve` commands: argument
+//! structs and their glue to [`padv::pipeline`], [`padv::apps`] and
+//! [`padv::serve`].
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -496,4 +497,50 @@ fn suffixed(path: &Path, input: &Path) -> PathBuf {
         .and_then(|s| s.to_str())
         .unwrap_or("input");
     path.with_file_name(format!("{stem}-{tag}.html"))
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Close a session unused for this long (e.g. 90s, 10m, 1h).
+    #[arg(long, default_value = "10m", value_parser = padv::serve::parse_duration)]
+    pub session_ttl: std::time::Duration,
+    /// Open sessions at most (past it, opening one answers 429).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_sessions: usize,
+    /// Requests waiting for the scoring worker at most (past it, 429).
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Larger request bodies answer 413.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+    /// A request not answered within this answers 504 and its work is dropped.
+    #[arg(long, default_value = "30s", value_parser = padv::serve::parse_duration)]
+    pub request_timeout: std::time::Duration,
+}
+
+/// `padv serve`: the HTTP service in the foreground until SIGINT/SIGTERM.
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let (policy, reference) = a.model.pair();
+    let mut config = padv::serve::ServeConfig::new(policy, reference);
+    config.options = a.model.options(false);
+    config.addr = a.addr;
+    config.session_ttl = a.session_ttl;
+    config.max_sessions = a.max_sessions;
+    config.queue_capacity = a.queue.max(1);
+    config.max_request_bytes = a.max_request_bytes;
+    config.request_timeout = a.request_timeout;
+    eprintln!(
+        "padv serve: loading {} and {}",
+        config.policy.display(),
+        config.reference.display()
+    );
+    padv::serve::run(config, |addr| {
+        eprintln!("padv serve: listening on http://{addr}");
+    })?;
+    Ok(())
 }

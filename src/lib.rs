@@ -4,7 +4,42 @@
 //! Data path: trajectory → render + tokenize ([`trajectory`], [`tokenizer`]) →
 //! teacher-forced forward of both models ([`backend`], [`model`]) → fused
 //! log-prob difference per token ([`score::fused`]) → step and trajectory scores
-//! ([`score::aggregate`]) → applications ([`apps`]).
+//! ([`score::aggregate`]) → applications ([`apps`], and the HTTP service
+//! [`serve`]).
+//!
+//! Embedding: load a pair once with [`Scorer::load`], score whole records
+//! with [`Scorer::score`], or follow an agent step by step with a
+//! [`Session`] ([`Scorer::append`], [`Scorer::candidates`]).
+//!
+//! ```
+//! use padv::{Scorer, ScorerOptions, Session};
+//! use serde_json::json;
+//! # fn main() -> padv::Result<()> {
+//! let toy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld/models");
+//! let mut scorer = Scorer::load(&toy.join("trained"), &toy.join("ref"), ScorerOptions::default())?;
+//!
+//! let system = json!({"role": "system", "content": "get the key , then open the door ."});
+//! let seen = json!({"role": "user", "content": "start . at 1 0 . left 12 . key 1 north . door 1 south . danger none ."});
+//! let act = json!({"role": "assistant", "content": "go north"});
+//!
+//! // A whole trajectory, in any input format `padv score` reads.
+//! let record = padv::trajectory::record_from_json(
+//!     json!({"id": "t1", "messages": [system, seen, act]}),
+//!     "example",
+//! )?;
+//! for scored in scorer.score(&[record]) {
+//!     let scored = scored?;
+//!     assert_eq!(scored.steps.len(), 1);
+//!     println!("{}", scorer.to_json(&scored)); // the line `padv score` writes
+//! }
+//!
+//! // The same step, online.
+//! let mut session = Session::new(vec![system]);
+//! let steps = scorer.append(&mut session, vec![seen, act])?;
+//! println!("advantage of `go north`: {:?}", steps[0].advantage);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod apps;
 pub mod backend;
@@ -13,8 +48,11 @@ pub mod error;
 pub mod model;
 pub mod pipeline;
 pub mod score;
+pub mod serve;
 pub mod session;
 pub mod tokenizer;
 pub mod trajectory;
 
 pub use error::{Error, Result};
+pub use pipeline::{ScoredRecord, Scorer, ScorerOptions};
+pub use session::Session;

@@ -3,7 +3,7 @@
 //! under a token budget, runs the backend, and turns per-token scores into
 //! step scores, a trajectory score and the baselines.
 //!
-//! ```no_run
+//! ```
 //! use padv::pipeline::{Scorer, ScorerOptions};
 //! use padv::trajectory::read_records;
 //! # fn main() -> padv::Result<()> {
@@ -125,6 +125,19 @@ impl Scorer {
 
     pub fn options(&self) -> &ScorerOptions {
         &self.opts
+    }
+
+    /// Change how records are rendered, scored and aggregated without
+    /// reloading the pair (a server applies each request's options this way).
+    /// The device is fixed at load and kept.
+    pub fn set_options(&mut self, opts: ScorerOptions) {
+        self.render = opts
+            .render
+            .unwrap_or_else(|| RenderMode::default_for(&self.tokenizer));
+        self.opts = ScorerOptions {
+            device: self.opts.device,
+            ..opts
+        };
     }
 
     pub fn render_mode(&self) -> RenderMode {

@@ -9,7 +9,7 @@
 //! through the [`Scorer`]; the backend's prefix cache makes the cost of a
 //! call proportional to the tokens that are new since the cached prefix.
 //!
-//! ```no_run
+//! ```
 //! use padv::pipeline::{Scorer, ScorerOptions};
 //! use padv::session::Session;
 //! use serde_json::json;
@@ -59,12 +59,26 @@ impl Session {
         &self.messages
     }
 
+    pub fn tools(&self) -> Option<&Value> {
+        self.tools.as_ref()
+    }
+
     /// An independent copy sharing this session's history.
     pub fn fork(&self) -> Session {
         self.clone()
     }
 
-    fn record(&self, extra: &[Value]) -> Result<crate::trajectory::Record> {
+    /// Add messages without scoring them (a caller that scored
+    /// [`Session::record`] itself, e.g. batched with other work, commits them
+    /// this way).
+    pub fn extend(&mut self, messages: impl IntoIterator<Item = Value>) {
+        self.messages.extend(messages);
+    }
+
+    /// The record that scoring this session followed by `extra` scores: the
+    /// whole conversation, with the session's tools. Its steps from message
+    /// `self.messages().len()` on are the new ones.
+    pub fn record(&self, extra: &[Value]) -> Result<crate::trajectory::Record> {
         let mut messages = self.messages.clone();
         messages.extend_from_slice(extra);
         let mut obj = json!({"id": "session", "messages": messages});
