@@ -140,6 +140,10 @@ pub struct AppArgs {
     /// Write JSON lines here instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// With `skip`, records that cannot be read or scored are left out of
+    /// the metrics and counted as skipped.
+    #[arg(long, value_enum, default_value = "fail")]
+    pub on_error: OnError,
 }
 
 #[derive(Args)]
@@ -321,12 +325,38 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
     let (policy, reference) = a.model.pair();
     let mut scorer = Scorer::load(&policy, &reference, a.model.options(with_tokens))?;
     let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    let mut skip = |e: padv::Error, id: Option<String>| -> Result<()> {
+        if a.on_error == OnError::Fail {
+            return Err(e.into());
+        }
+        let error = e.to_string();
+        let location = error.split(": ").next().unwrap_or_default().to_string();
+        skipped.push(apps::SkippedRecord {
+            location,
+            id,
+            error,
+        });
+        Ok(())
+    };
     for r in read_input(input, a.model.format)? {
-        records.push(r?);
+        match r {
+            Ok(r) => records.push(r),
+            Err(e) => skip(e, None)?,
+        }
     }
     let mut trajectories = Vec::new();
-    for s in score_records(&mut scorer, &records) {
-        let s = s?;
+    for (s, r) in score_records(&mut scorer, &records)
+        .into_iter()
+        .zip(&records)
+    {
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                skip(e, Some(r.id.clone()))?;
+                continue;
+            }
+        };
         let mut t = ScoredTrajectory::new(s.record.id.clone(), s.steps.clone(), scorer.settings())
             .with_input_record(scorer.to_json(&s), &opts)?;
         t.location = s.record.location.clone();
@@ -335,7 +365,10 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
         }
         trajectories.push(t);
     }
-    Ok(ScoredSet::from(trajectories))
+    Ok(ScoredSet {
+        trajectories,
+        skipped,
+    })
 }
 
 /// Whether the first record of a JSONL file is `padv score` output.

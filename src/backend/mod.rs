@@ -6,14 +6,19 @@
 //! error replaces it otherwise (no `cfg` spread through callers).
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_disabled.rs"]
+pub mod cuda;
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::Result;
 use crate::model::Model;
 use crate::score::TokenScores;
-use crate::{Error, Result};
 
 /// One sequence to score.
 #[derive(Debug, Clone, Default)]
@@ -85,10 +90,10 @@ pub fn open_pair(
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
     match device {
+        Device::Auto if cuda::device_count() > 0 => {
+            Ok(Box::new(cuda::CudaPair::new(0, policy, reference)?))
+        }
         Device::Cpu | Device::Auto => Ok(Box::new(cpu::CpuPair::new(policy, reference))),
-        Device::Cuda(n) => Err(Error::Backend(format!(
-            "device cuda:{n} requested, but this padv was built without the `cuda` feature \
-             (rebuild with `cargo build --release --features cuda`)"
-        ))),
+        Device::Cuda(n) => Ok(Box::new(cuda::CudaPair::new(n, policy, reference)?)),
     }
 }

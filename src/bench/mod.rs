@@ -250,7 +250,7 @@ pub fn ensure_synth_pair(shape: &str, dtype: DType) -> Result<(PathBuf, PathBuf)
     let root = synth_cache_dir(shape, dtype);
     let dirs = (root.join("policy"), root.join("reference"));
     for (dir, seed) in [(&dirs.0, 1), (&dirs.1, 2)] {
-        if !Path::new(&dir.join("model.safetensors")).exists() {
+        if !Path::new(&dir.join("tokenizer.json")).exists() {
             eprintln!(
                 "synthesizing {shape} ({}) into {}",
                 dtype.name(),

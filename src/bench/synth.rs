@@ -1,6 +1,6 @@
 //! Random-weight checkpoints of real architectures' shapes, for benchmarks:
 //! `padv synth --shape qwen2.5-0.5b --out DIR` writes `config.json` and
-//! `model.safetensors` (bf16 by default) that [`crate::model::Model::load`]
+//! `model.safetensors` (bf16 by default) plus a word-level tokenizer, that [`crate::model::Model::load`]
 //! reads like any Hugging Face directory. Nothing large is committed.
 
 use std::path::Path;
@@ -229,5 +229,59 @@ pub fn write(shape: &Shape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     let path = out.join("model.safetensors");
     safetensors::serialize_to_file(views, None, &path)
         .map_err(|e| Error::config(&path, format!("writing safetensors: {e}")))?;
+    write_tokenizer(shape.vocab, out)
+}
+
+/// A word-level tokenizer over `<t0> … <tN>` so the checkpoint loads like any
+/// HF directory (`padv score` on `{"token_ids": [...]}` records, chat records
+/// of space-separated `<tK>` words).
+fn write_tokenizer(vocab: usize, out: &Path) -> Result<()> {
+    let words: serde_json::Map<String, serde_json::Value> =
+        (0..vocab).map(|i| (format!("<t{i}>"), json!(i))).collect();
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": words, "unk_token": "<t0>"}
+    });
+    let path = out.join("tokenizer.json");
+    std::fs::write(&path, tok.to_string()).map_err(|e| Error::io(&path, e))?;
+    let cfg = json!({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<t0>", "unk_token": "<t0>"});
+    let path = out.join("tokenizer_config.json");
+    std::fs::write(&path, cfg.to_string()).map_err(|e| Error::io(&path, e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+    use crate::tokenizer::TokenizerBundle;
+
+    #[test]
+    fn a_synthesized_checkpoint_loads_with_its_tokenizer() {
+        let tiny = Shape {
+            name: "tiny",
+            arch: "Qwen2ForCausalLM",
+            hidden: 32,
+            intermediate: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            vocab: 50,
+            tied: true,
+            rope_theta: 1e4,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        write(&tiny, dir.path(), DType::BF16, 3).unwrap();
+        let m = Model::load(dir.path()).unwrap();
+        assert_eq!(m.config.vocab_size, 50);
+        assert_eq!(m.dtype(), DType::BF16);
+        assert_eq!(
+            tiny.num_params(),
+            50 * 32 + 2 * (2 * 32 + 32 * 32 * 2 + 16 * 32 * 2 + 32 + 16 * 2 + 3 * 32 * 64) + 32
+        );
+        let tok = TokenizerBundle::load(dir.path()).unwrap();
+        assert_eq!(tok.encode("<t3> <t49>", false).unwrap(), vec![3, 49]);
+    }
 }

@@ -349,3 +349,101 @@ impl Config {
         2.0 * (per_layer * self.num_layers as f64 + head)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base(extra: Value) -> Value {
+        let mut v = json!({
+            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+            "some_future_key": {"anything": true}
+        });
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    }
+
+    fn parse(extra: Value) -> Result<Config> {
+        Config::from_json(&base(extra), Path::new("config.json"))
+    }
+
+    #[test]
+    fn old_and_new_rope_config_styles_give_the_same_config() {
+        let old = parse(
+            json!({"rope_theta": 5e5, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
+        )
+        .unwrap();
+        let new = parse(
+            json!({"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5e5}}),
+        )
+        .unwrap();
+        assert_eq!(old, new);
+        assert_eq!(old.rope_scaling, RopeScaling::Linear { factor: 4.0 });
+        assert_eq!(old.head_dim, 16);
+        let plain = parse(json!({"rope_theta": 5e5})).unwrap();
+        for (a, b) in old.rope_inv_freq().iter().zip(plain.rope_inv_freq()) {
+            assert_eq!(*a, b / 4.0);
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {
+        let c = parse(json!({"rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}))
+        .unwrap();
+        let plain = parse(json!({"rope_theta": 5e5})).unwrap();
+        let (s, p) = (c.rope_inv_freq(), plain.rope_inv_freq());
+        assert_eq!(s[0], p[0], "highest frequency unchanged");
+        assert_eq!(
+            *s.last().unwrap(),
+            p.last().unwrap() / 8.0,
+            "lowest frequency divided by factor"
+        );
+    }
+
+    #[test]
+    fn sliding_windows_follow_layer_types_then_the_architecture_defaults() {
+        let c = parse(
+            json!({"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}),
+        )
+        .unwrap();
+        assert_eq!(c.sliding_window, vec![Some(8), None]);
+        let mut v = base(json!({"sliding_window": 8}));
+        v["architectures"] = json!(["MistralForCausalLM"]);
+        let m = Config::from_json(&v, Path::new("c")).unwrap();
+        assert_eq!(m.sliding_window, vec![Some(8), Some(8)]);
+        v["architectures"] = json!(["Qwen2ForCausalLM"]);
+        let q = Config::from_json(&v, Path::new("c")).unwrap();
+        assert_eq!(
+            q.sliding_window,
+            vec![None, None],
+            "Qwen2 needs use_sliding_window"
+        );
+        assert!(q.qkv_bias);
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let e = parse(json!({"num_key_value_heads": 3}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_key_value_heads"), "{e}");
+        let e = parse(json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("yarn") && e.contains("llama3"), "{e}");
+        let mut v = base(json!({}));
+        v.as_object_mut().unwrap().remove("vocab_size");
+        let e = Config::from_json(&v, Path::new("x/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x/config.json") && e.contains("vocab_size"),
+            "{e}"
+        );
+    }
+}

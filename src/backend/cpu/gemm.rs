@@ -169,6 +169,102 @@ mod avx512 {
         }
     }
 
+    /// The full 14 × 32 tile in hand-scheduled assembly: LLVM unrolls the
+    /// intrinsic version and spills accumulators, so the hot loop is pinned
+    /// down here. zmm0–27 hold C, zmm28/29 the B row, zmm30/31 alternate as
+    /// A broadcasts; A rows are addressed as `a0|a5|a10 + {0,1,2,3,4}·lda`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel_full(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load_c: bool,
+    ) {
+        use std::arch::asm;
+        let mut acc = [_mm512_setzero_ps(); 28];
+        let ldab = lda * 4;
+        unsafe {
+            asm!(
+                "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
+                "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
+                "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
+                "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
+                "vxorps zmm12, zmm12, zmm12", "vxorps zmm13, zmm13, zmm13", "vxorps zmm14, zmm14, zmm14",
+                "vxorps zmm15, zmm15, zmm15", "vxorps zmm16, zmm16, zmm16", "vxorps zmm17, zmm17, zmm17",
+                "vxorps zmm18, zmm18, zmm18", "vxorps zmm19, zmm19, zmm19", "vxorps zmm20, zmm20, zmm20",
+                "vxorps zmm21, zmm21, zmm21", "vxorps zmm22, zmm22, zmm22", "vxorps zmm23, zmm23, zmm23",
+                "vxorps zmm24, zmm24, zmm24", "vxorps zmm25, zmm25, zmm25", "vxorps zmm26, zmm26, zmm26",
+                "vxorps zmm27, zmm27, zmm27",
+                "2:",
+                "vmovups zmm28, [{b}]",
+                "vmovups zmm29, [{b} + 64]",
+                "vbroadcastss zmm30, dword ptr [{a0}]",
+                "vfmadd231ps zmm0, zmm30, zmm28", "vfmadd231ps zmm1, zmm30, zmm29",
+                "vbroadcastss zmm31, dword ptr [{a0} + {lda}]",
+                "vfmadd231ps zmm2, zmm31, zmm28", "vfmadd231ps zmm3, zmm31, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a0} + {lda}*2]",
+                "vfmadd231ps zmm4, zmm30, zmm28", "vfmadd231ps zmm5, zmm30, zmm29",
+                "vbroadcastss zmm31, dword ptr [{a0} + {lda3}]",
+                "vfmadd231ps zmm6, zmm31, zmm28", "vfmadd231ps zmm7, zmm31, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a0} + {lda}*4]",
+                "vfmadd231ps zmm8, zmm30, zmm28", "vfmadd231ps zmm9, zmm30, zmm29",
+                "vbroadcastss zmm31, dword ptr [{a5}]",
+                "vfmadd231ps zmm10, zmm31, zmm28", "vfmadd231ps zmm11, zmm31, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a5} + {lda}]",
+                "vfmadd231ps zmm12, zmm30, zmm28", "vfmadd231ps zmm13, zmm30, zmm29",
+                "vbroadcastss zmm31, dword ptr [{a5} + {lda}*2]",
+                "vfmadd231ps zmm14, zmm31, zmm28", "vfmadd231ps zmm15, zmm31, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a5} + {lda3}]",
+                "vfmadd231ps zmm16, zmm30, zmm28", "vfmadd231ps zmm17, zmm30, zmm29",
+                "vbroadcastss zmm31, dword ptr [{a5} + {lda}*4]",
+                "vfmadd231ps zmm18, zmm31, zmm28", "vfmadd231ps zmm19, zmm31, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a10}]",
+                "vfmadd231ps zmm20, zmm30, zmm28", "vfmadd231ps zmm21, zmm30, zmm29",
+                "vbroadcastss zmm31, dword ptr [{a10} + {lda}]",
+                "vfmadd231ps zmm22, zmm31, zmm28", "vfmadd231ps zmm23, zmm31, zmm29",
+                "vbroadcastss zmm30, dword ptr [{a10} + {lda}*2]",
+                "vfmadd231ps zmm24, zmm30, zmm28", "vfmadd231ps zmm25, zmm30, zmm29",
+                "vbroadcastss zmm31, dword ptr [{a10} + {lda3}]",
+                "vfmadd231ps zmm26, zmm31, zmm28", "vfmadd231ps zmm27, zmm31, zmm29",
+                "add {a0}, 4",
+                "add {a5}, 4",
+                "add {a10}, 4",
+                "add {b}, 128",
+                "dec {k}",
+                "jnz 2b",
+                a0 = inout(reg) a => _,
+                a5 = inout(reg) a.byte_add(5 * ldab) => _,
+                a10 = inout(reg) a.byte_add(10 * ldab) => _,
+                lda = in(reg) ldab,
+                lda3 = in(reg) 3 * ldab,
+                b = inout(reg) bp => _,
+                k = inout(reg) kc => _,
+                out("zmm0") acc[0], out("zmm1") acc[1], out("zmm2") acc[2], out("zmm3") acc[3],
+                out("zmm4") acc[4], out("zmm5") acc[5], out("zmm6") acc[6], out("zmm7") acc[7],
+                out("zmm8") acc[8], out("zmm9") acc[9], out("zmm10") acc[10], out("zmm11") acc[11],
+                out("zmm12") acc[12], out("zmm13") acc[13], out("zmm14") acc[14], out("zmm15") acc[15],
+                out("zmm16") acc[16], out("zmm17") acc[17], out("zmm18") acc[18], out("zmm19") acc[19],
+                out("zmm20") acc[20], out("zmm21") acc[21], out("zmm22") acc[22], out("zmm23") acc[23],
+                out("zmm24") acc[24], out("zmm25") acc[25], out("zmm26") acc[26], out("zmm27") acc[27],
+                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack, readonly),
+            );
+            for r in 0..MR {
+                let cp = c.add(r * ldc);
+                let (mut v0, mut v1) = (acc[2 * r], acc[2 * r + 1]);
+                if load_c {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cp));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(cp.add(16)));
+                }
+                _mm512_storeu_ps(cp, v0);
+                _mm512_storeu_ps(cp.add(16), v1);
+            }
+        }
+    }
+
     type Kernel = unsafe fn(usize, *const f32, usize, *const f32, *mut f32, usize, u16, u16, bool);
 
     const KERNELS: [Kernel; MR] = [
@@ -255,6 +351,19 @@ mod avx512 {
                         // SAFETY: rows p0..p0+r of A and C and the packed panel
                         // are in bounds (asserted by the caller).
                         unsafe {
+                            if r == MR && cols == NR && kc > 0 {
+                                kernel_full(
+                                    kc,
+                                    a.as_ptr().add(p0 * lda + k0),
+                                    lda,
+                                    panel,
+                                    c.as_mut_ptr().add(p0 * ldc + q * NR),
+                                    ldc,
+                                    load_c,
+                                );
+                                p0 += r;
+                                continue;
+                            }
                             KERNELS[r - 1](
                                 kc,
                                 a.as_ptr().add(p0 * lda + k0),

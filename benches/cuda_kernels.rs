@@ -1,0 +1,335 @@
+//! GPU benchmarks (feature `cuda`; skipped with a message when no device).
+//!
+//! Each figure is set against what the device can do, measured in the same
+//! run:
+//! * `fused_logprob` achieved GB/s (both models' f32 logits read once) vs a
+//!   device-to-device memcpy (bytes read + written);
+//! * forward TFLOP/s of a policy/reference pair (score only the last token,
+//!   so the LM head is negligible) vs a measured 8192³ cuBLAS bf16 GEMM;
+//! * end-to-end pair-scoring tokens/s on random-weight Qwen2.5-0.5B- and
+//!   7B-shaped bf16 pairs (weights generated on the device, nothing on disk).
+//!
+//! Every timed region ends with a stream synchronisation. After criterion's
+//! own report a summary table is printed (median per-iteration times), which
+//! scripts/gpu-check.sh collects. `PADV_BENCH_QUICK=1` shortens the runs;
+//! `PADV_BENCH_SKIP_7B=1` skips the 7B pair (also skipped when the device has
+//! under 48 GiB free).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use padv::backend::cuda::{CudaPair, DevTensor, Gpu, probe};
+use padv::backend::{PairScorer, SeqRequest};
+use padv::model::Config;
+use padv::model::weights::DType;
+use serde_json::json;
+
+/// Per-iteration times of each benchmark, for the summary.
+static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+fn record(name: &str, elapsed: Duration, iters: u64) {
+    let per = elapsed.as_secs_f64() / iters.max(1) as f64;
+    TIMES
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .push(per);
+}
+
+fn median(name: &str) -> Option<f64> {
+    let t = TIMES.lock().unwrap();
+    let mut v = t.get(name)?.clone();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
+}
+
+/// Time `iters` runs of `f` (each ending in a device sync) for criterion and the summary.
+fn timed(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    gpu: &Gpu,
+    mut f: impl FnMut() -> padv::Result<()>,
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f().expect("benchmark step failed");
+            }
+            gpu.synchronize().expect("synchronize");
+            let e = start.elapsed();
+            record(name, e, iters);
+            e
+        })
+    });
+}
+
+fn quick() -> bool {
+    std::env::var_os("PADV_BENCH_QUICK").is_some()
+}
+
+fn configure(g: &mut BenchmarkGroup<'_, WallTime>, long: bool) {
+    let (warm, measure) = match (quick(), long) {
+        (true, false) => (0.5, 1.5),
+        (true, true) => (1.0, 4.0),
+        (false, false) => (1.0, 4.0),
+        (false, true) => (2.0, 10.0),
+    };
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs_f64(warm))
+        .measurement_time(Duration::from_secs_f64(measure));
+    if long {
+        // Each sample the same number of iterations: ~10 runs of a 1 s step,
+        // not criterion's default 1 + 2 + … + 10.
+        g.sampling_mode(SamplingMode::Flat);
+    }
+}
+
+fn qwen25(
+    hidden: usize,
+    inter: usize,
+    layers: usize,
+    heads: usize,
+    kv: usize,
+    vocab: usize,
+    tied: bool,
+) -> Config {
+    let v = json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": tied,
+        "use_sliding_window": false,
+    });
+    Config::from_json(&v, std::path::Path::new("<bench>")).expect("valid bench config")
+}
+
+fn qwen25_0_5b() -> Config {
+    qwen25(896, 4864, 24, 14, 2, 151_936, true)
+}
+
+fn qwen25_7b() -> Config {
+    qwen25(3584, 18_944, 28, 28, 4, 152_064, false)
+}
+
+/// `seqs` sequences of `len` pseudo-random tokens.
+fn batch(vocab: usize, seqs: usize, len: usize, last_only: bool) -> Vec<SeqRequest> {
+    let mut x = 12345u64;
+    (0..seqs)
+        .map(|_| SeqRequest {
+            token_ids: (0..len)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((x >> 33) as usize % vocab) as u32
+                })
+                .collect(),
+            score_mask: last_only.then(|| (0..len).map(|t| t + 1 == len).collect()),
+        })
+        .collect()
+}
+
+/// Forward FLOPs of one model over `seqs × len` tokens: the linear layers
+/// (`Config::flops_per_token`) plus causal attention (QKᵀ and P·V).
+fn forward_flops(c: &Config, seqs: usize, len: usize) -> f64 {
+    let linear = c.flops_per_token(false) * (seqs * len) as f64;
+    let causal_pairs = (len * (len + 1) / 2) as f64 * seqs as f64;
+    let attn = 4.0 * causal_pairs * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
+    linear + attn
+}
+
+struct Summary {
+    device: String,
+    lines: Vec<String>,
+}
+
+fn bench_memory(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
+    let mut g = c.benchmark_group("memory");
+    configure(&mut g, false);
+    // Device copy: 1 GiB, counted as bytes read + written.
+    let n = 1usize << 28;
+    let src = gpu.poisoned_f32(n).unwrap();
+    let mut dst = gpu.poisoned_f32(n).unwrap();
+    g.throughput(Throughput::Bytes((2 * 4 * n) as u64));
+    timed(&mut g, "memcpy_d2d_1GiB", gpu, || {
+        gpu.stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(|e| padv::Error::Backend(e.to_string()))
+    });
+    drop((src, dst));
+
+    // Fused scoring of 1024 rows of a 151,936-token vocabulary, both models.
+    let (rows, vocab) = (1024usize, 151_936usize);
+    let ld = vocab.next_multiple_of(4);
+    let mut lp = DevTensor::alloc(gpu, DType::F32, rows * ld).unwrap();
+    let mut lr = DevTensor::alloc(gpu, DType::F32, rows * ld).unwrap();
+    gpu.fill_uniform(&mut lp.all_mut(), 1, -20.0, 20.0).unwrap();
+    gpu.fill_uniform(&mut lr.all_mut(), 2, -20.0, 20.0).unwrap();
+    let (lp, lr) = (lp.f32_view().unwrap(), lr.f32_view().unwrap());
+    let targets: Vec<u32> = (0..rows as u32).map(|i| i * 97 % vocab as u32).collect();
+    let targets = gpu.upload(&targets).unwrap();
+    let mut out = gpu.poisoned_f32(4 * rows).unwrap();
+    g.throughput(Throughput::Bytes((2 * 4 * rows * ld) as u64));
+    timed(&mut g, "fused_logprob_1024x151936", gpu, || {
+        gpu.fused_logprob(
+            &lp,
+            &lr,
+            &targets.as_view(),
+            &mut out.as_view_mut(),
+            vocab,
+            ld,
+        )
+    });
+    g.finish();
+
+    let copy = median("memcpy_d2d_1GiB").map(|t| (2 * 4 * n) as f64 / t / 1e9);
+    let fused = median("fused_logprob_1024x151936").map(|t| (2 * 4 * rows * ld) as f64 / t / 1e9);
+    if let (Some(copy), Some(fused)) = (copy, fused) {
+        s.lines.push(format!(
+            "| device copy (D2D, read+write) | {copy:.0} GB/s | 100% |"
+        ));
+        s.lines.push(format!(
+            "| fused_logprob 1024×151936 ×2 models | {fused:.0} GB/s | {:.0}% of copy |",
+            100.0 * fused / copy
+        ));
+    }
+}
+
+fn bench_gemm(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) -> Option<f64> {
+    let mut g = c.benchmark_group("gemm");
+    configure(&mut g, false);
+    let m = 8192usize;
+    let mut a = DevTensor::alloc(gpu, DType::BF16, m * m).unwrap();
+    let mut b = DevTensor::alloc(gpu, DType::BF16, m * m).unwrap();
+    gpu.fill_uniform(&mut a.all_mut(), 3, -1.0, 1.0).unwrap();
+    gpu.fill_uniform(&mut b.all_mut(), 4, -1.0, 1.0).unwrap();
+    let mut out = gpu.poisoned_f32(m * m).unwrap();
+    let flops = 2.0 * (m as f64).powi(3);
+    g.throughput(Throughput::Elements(flops as u64));
+    timed(&mut g, "cublas_bf16_8192", gpu, || {
+        gpu.matmul_wt(&a.all(), &b.all(), &mut out.as_view_mut(), m, m, m, m)
+    });
+    g.finish();
+    let rate = median("cublas_bf16_8192").map(|t| flops / t / 1e12)?;
+    s.lines.push(format!(
+        "| cuBLAS bf16 GEMM 8192³ (f32 out) | {rate:.0} TFLOP/s | 100% |"
+    ));
+    Some(rate)
+}
+
+fn bench_pair(
+    c: &mut Criterion,
+    name: &str,
+    cfg: &Config,
+    seqs: usize,
+    len: usize,
+    peak: Option<f64>,
+    s: &mut Summary,
+) {
+    let mut pair = match CudaPair::random(0, cfg, cfg, DType::BF16, 7) {
+        Ok(p) => p,
+        Err(e) => {
+            s.lines.push(format!("| {name} | skipped: {e} | |"));
+            return;
+        }
+    };
+    let mut g = c.benchmark_group(format!("pair_{name}"));
+    configure(&mut g, true);
+    let tokens = (seqs * len) as u64;
+    g.throughput(Throughput::Elements(tokens));
+    let fwd_batch = batch(cfg.vocab_size, seqs, len, true);
+    let all_batch = batch(cfg.vocab_size, seqs, len, false);
+    let fwd_name = format!("{name}_forward_{seqs}x{len}");
+    let e2e_name = format!("{name}_score_{seqs}x{len}");
+    // `score` downloads its results, so each call ends synchronised.
+    let gpu_sync = |p: &mut CudaPair, b: &[SeqRequest]| p.score(b).map(|_| ());
+    g.bench_function(&fwd_name, |bch| {
+        bch.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                gpu_sync(&mut pair, &fwd_batch).expect("score");
+            }
+            let e = start.elapsed();
+            record(&fwd_name, e, iters);
+            e
+        })
+    });
+    g.bench_function(&e2e_name, |bch| {
+        bch.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                gpu_sync(&mut pair, &all_batch).expect("score");
+            }
+            let e = start.elapsed();
+            record(&e2e_name, e, iters);
+            e
+        })
+    });
+    g.finish();
+    if let Some(t) = median(&fwd_name) {
+        let tflops = 2.0 * forward_flops(cfg, seqs, len) / t / 1e12;
+        let frac = peak.map_or(String::new(), |p| {
+            format!("{:.0}% of cuBLAS", 100.0 * tflops / p)
+        });
+        s.lines.push(format!(
+            "| forward, {name} pair, {seqs}×{len} tokens | {tflops:.0} TFLOP/s | {frac} |"
+        ));
+    }
+    if let Some(t) = median(&e2e_name) {
+        s.lines.push(format!(
+            "| score (all tokens), {name} pair, {seqs}×{len} | {:.0} tokens/s | {:.1} ms/batch |",
+            tokens as f64 / t,
+            1e3 * t
+        ));
+    }
+}
+
+fn main() {
+    if let Err(why) = probe() {
+        println!("cuda_kernels: skipping all benchmarks: {why}");
+        return;
+    }
+    let gpu = Gpu::new(0).expect("open CUDA device 0");
+    let mut s = Summary {
+        device: gpu.describe(),
+        lines: Vec::new(),
+    };
+    let mut c = Criterion::default().configure_from_args();
+    bench_memory(&mut c, &gpu, &mut s);
+    let peak = bench_gemm(&mut c, &gpu, &mut s);
+    bench_pair(
+        &mut c,
+        "qwen2.5-0.5b",
+        &qwen25_0_5b(),
+        8,
+        1024,
+        peak,
+        &mut s,
+    );
+    let free = gpu.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
+    if std::env::var_os("PADV_BENCH_SKIP_7B").is_some() || free < (48usize << 30) {
+        s.lines
+            .push("| qwen2.5-7b pair | skipped (PADV_BENCH_SKIP_7B or < 48 GiB free) | |".into());
+    } else {
+        bench_pair(&mut c, "qwen2.5-7b", &qwen25_7b(), 8, 1024, peak, &mut s);
+    }
+    c.final_summary();
+
+    println!("\n## padv GPU summary — {}\n", s.device);
+    println!("| what | measured | relative |");
+    println!("|---|---|---|");
+    for l in &s.lines {
+        println!("{l}");
+    }
+}

@@ -1,0 +1,97 @@
+// rope.cu — q/k/v post-processing between the QKV GEMM and attention.
+//
+// What is fused and why: the QKV projection is one GEMM against the
+// concatenated [q; k; v] weight, writing f32 `qkv [n, qd + 2·kvd]`. Everything
+// that happens to those rows before attention is done here in one pass per
+// token, with the q and k rows staged in shared memory:
+//   1. bias add (Qwen2, or `attention_bias`),
+//   2. per-head RMSNorm of q and k (Qwen3's q_norm / k_norm),
+//   3. rotate-half RoPE with angles `pos · inv_freq` computed in f32 (as
+//      transformers does; inv_freq already carries llama3/linear scaling, from
+//      `Config::rope_inv_freq`), cos/sin once per token in shared memory,
+//   4. the write of k and v into the paged KV pool (layout: attention.cu) in
+//      the cache dtype T, and of q (f32) for attention.
+// Separately these would be four kernels each re-reading the rows.
+// CPU twins: the bias loop, `ops::rms_norm_row` and `ops::rope_row` in
+// src/backend/cpu/{forward,ops}.rs.
+//
+// Launch: one block per token; dynamic shared memory (qd + kvd + hd) floats.
+#include "common.cuh"
+
+template <typename T>
+__device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qd + 2·kvd] f32 (GEMM output)
+                         const float* __restrict__ bias,      // [qd + 2·kvd] f32, or null
+                         const float* __restrict__ q_norm,    // [head_dim] f32, or null
+                         const float* __restrict__ k_norm,    // [head_dim] f32, or null
+                         const int32_t* __restrict__ pos,     // [n] position within its sequence
+                         const int32_t* __restrict__ slots,   // [n] row of the KV pool for this token
+                         const float* __restrict__ inv_freq,  // [head_dim / 2] f32
+                         float* __restrict__ q_out,           // [n, heads, head_dim] f32
+                         T* __restrict__ k_pool,              // [pool_rows, kv_heads, head_dim] T
+                         T* __restrict__ v_pool,              // [pool_rows, kv_heads, head_dim] T
+                         int heads, int kv_heads, int head_dim, float eps) {
+    extern __shared__ float smem[];
+    const int qd = heads * head_dim, kvd = kv_heads * head_dim, half = head_dim / 2;
+    float* s = smem;                // [qd + kvd]: q then k of this token
+    float* cs = smem + qd + kvd;    // [half] cos, then [half] sin
+    float* sn = cs + half;
+    const size_t row = blockIdx.x;
+    const float* src = qkv + row * (size_t)(qd + 2 * kvd);
+    const size_t slot = (size_t)slots[row];
+
+    for (int i = threadIdx.x; i < qd + kvd; i += blockDim.x)
+        s[i] = src[i] + (bias ? bias[i] : 0.0f);
+    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+        const int j = qd + kvd + i;
+        v_pool[slot * kvd + i] = from_f32<T>(src[j] + (bias ? bias[j] : 0.0f));
+    }
+    const float p = (float)pos[row];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float c, si;
+        sincosf(p * inv_freq[i], &si, &c);
+        cs[i] = c;
+        sn[i] = si;
+    }
+    __syncthreads();
+
+    if (q_norm) {  // q_norm and k_norm come together (Qwen3); one warp per head
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+        for (int h = warp; h < heads + kv_heads; h += warps) {
+            float* v = s + h * head_dim;
+            const float* w = h < heads ? q_norm : k_norm;
+            float ss = 0.0f;
+            for (int d = lane; d < head_dim; d += 32) ss += v[d] * v[d];
+            ss = warp_sum(ss);
+            const float inv = 1.0f / sqrtf(ss / (float)head_dim + eps);
+            for (int d = lane; d < head_dim; d += 32) v[d] = w[d] * (v[d] * inv);
+        }
+        __syncthreads();
+    }
+
+    // Rotate-half: pair (d, d + half) of every head.
+    for (int idx = threadIdx.x; idx < (heads + kv_heads) * half; idx += blockDim.x) {
+        const int h = idx / half, i = idx % half;
+        const float x0 = s[h * head_dim + i], x1 = s[h * head_dim + half + i];
+        const float y0 = x0 * cs[i] - x1 * sn[i];
+        const float y1 = x1 * cs[i] + x0 * sn[i];
+        if (h < heads) {
+            float* q = q_out + row * (size_t)qd + h * head_dim;
+            q[i] = y0;
+            q[half + i] = y1;
+        } else {
+            T* k = k_pool + slot * kvd + (h - heads) * head_dim;
+            k[i] = from_f32<T>(y0);
+            k[half + i] = from_f32<T>(y1);
+        }
+    }
+}
+
+#define QKV_ROPE(SUFFIX, T)                                                                   \
+    extern "C" __global__ void qkv_rope_##SUFFIX(                                             \
+        const float* qkv, const float* bias, const float* q_norm, const float* k_norm,        \
+        const int32_t* pos, const int32_t* slots, const float* inv_freq, float* q_out,        \
+        T* k_pool, T* v_pool, int heads, int kv_heads, int head_dim, float eps) {             \
+        qkv_rope<T>(qkv, bias, q_norm, k_norm, pos, slots, inv_freq, q_out, k_pool, v_pool,   \
+                    heads, kv_heads, head_dim, eps);                                          \
+    }
+INSTANTIATE_T(QKV_ROPE)

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# GPU check: build padv with `--features cuda`, run the GPU-vs-CPU parity
+# tests (a missing GPU is a failure here, not a skip) and the GPU benches
+# with short criterion settings, then print a short table. Sized for < 8
+# minutes on an H200 (the build, when it happens on that machine, excluded).
+#
+#   scripts/gpu-check.sh          # build + run, on a machine with cargo and a GPU
+#   scripts/gpu-check.sh build    # here, no GPU needed: nvcc (installed if
+#                                 # missing), then the test and bench binaries
+#                                 # into .gpu-bundle/ (portable x86-64-v3, stripped)
+#   scripts/gpu-check.sh run      # on the GPU machine, from the repo root:
+#                                 # runs .gpu-bundle/* (no cargo needed there)
+#
+# The split exists for GPU machines without a Rust toolchain or network:
+# build here, carry `.gpu-bundle` (e.g. the device tool's `carry`), run there.
+# Logs and the table go to $OUT (when set) or .gpu-bundle/results/.
+# Env: CUDA_ARCHS (default 80,90), PADV_BENCH_SKIP_7B=1, GPU_CHECK_NO_BENCH=1.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+mode="${1:-all}"
+bundle="$root/.gpu-bundle"
+out="${OUT:-$bundle/results}"
+
+find_nvcc() {
+  if [[ -n "${NVCC:-}" && -x "$NVCC" ]]; then echo "$NVCC"; return; fi
+  for d in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
+    if [[ -n "$d" && -x "$d/bin/nvcc" ]]; then echo "$d/bin/nvcc"; return; fi
+  done
+  command -v nvcc || true
+}
+
+build() {
+  local nvcc
+  nvcc="$(find_nvcc)"
+  if [[ -z "$nvcc" ]]; then
+    echo "gpu-check: no nvcc; installing one (scripts/install-nvcc.sh)" >&2
+    eval "$(bash scripts/install-nvcc.sh)"
+    nvcc="$NVCC"
+  fi
+  export NVCC="$nvcc"
+  echo "gpu-check: nvcc = $NVCC" >&2
+  # Portable CPU code (the repo's config says target-cpu=native), no debug
+  # info, stripped: the binaries travel to another machine.
+  export RUSTFLAGS="-C target-cpu=x86-64-v3"
+  export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
+  export CARGO_TARGET_DIR="$root/target-gpu"
+  local json
+  json="$(cargo test --release --features cuda --test cuda_kernel_parity --test cuda_parity \
+    --no-run --message-format=json)"
+  json+=$'\n'"$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json)"
+  mkdir -p "$bundle"
+  printf '%s\n' "$json" | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    exe = m.get("executable")
+    name = (m.get("target") or {}).get("name")
+    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kernels"):
+        shutil.copy(exe, sys.argv[1] + "/" + name)
+        print("gpu-check: bundled", name)
+' "$bundle"
+  ls -la "$bundle"
+}
+
+find_cublas_dir() {
+  local d
+  for d in ${LD_LIBRARY_PATH:+${LD_LIBRARY_PATH//:/ }} /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           /usr/lib/x86_64-linux-gnu; do
+    if compgen -G "$d/libcublas.so*" >/dev/null; then echo "$d"; return; fi
+  done
+  # pip wheels (nvidia-cublas), e.g. next to PyTorch.
+  python3 - <<'EOF' 2>/dev/null || true
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()] + glob.glob("/opt/*/.venv/lib/python3*/site-packages")
+for r in roots:
+    for lib in glob.glob(os.path.join(r, "nvidia", "*", "lib", "libcublas.so*")):
+        print(os.path.dirname(lib)); sys.exit(0)
+EOF
+}
+
+run() {
+  [[ -x "$bundle/cuda_parity" ]] || { echo "gpu-check: no $bundle/cuda_parity; run '$0 build' first" >&2; exit 1; }
+  mkdir -p "$out"
+  local cublas
+  cublas="$(find_cublas_dir | head -n 1)"
+  if [[ -n "$cublas" ]]; then export LD_LIBRARY_PATH="$cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+  echo "gpu-check: cuBLAS from ${cublas:-<default search path>}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
+    | tee "$out/gpu.txt" || true
+
+  export PADV_REQUIRE_GPU=1 CARGO_MANIFEST_DIR="$root"
+  local parity_rc=0 bench_rc=0
+  : >"$out/parity.log"
+  for t in cuda_kernel_parity cuda_parity; do
+    timeout 150 "$bundle/$t" --test-threads=1 --nocapture >>"$out/parity.log" 2>&1 || parity_rc=$?
+  done
+  grep -E "^test |test result|max \|Δ" "$out/parity.log" || true
+  if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
+    PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
+  fi
+
+  {
+    echo "# padv gpu-check $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "GPU: $(cat "$out/gpu.txt" 2>/dev/null || echo unknown)"
+    echo
+    echo "parity (kernels, then models): exit $parity_rc"
+    grep -E '^test result' "$out/parity.log" | sed 's/^/  /' || echo '  no result'
+    grep -E "max \|Δ\| gpu vs" "$out/parity.log" | sed 's/^/  /' || true
+    echo
+    if [[ -f "$out/bench.log" ]]; then
+      if grep -q '^## padv GPU summary' "$out/bench.log"; then
+        sed -n '/^## padv GPU summary/,$p' "$out/bench.log"
+      else
+        tail -n 3 "$out/bench.log"
+      fi
+      echo "(bench exit $bench_rc)"
+    fi
+  } | tee "$out/summary.md"
+  [[ $parity_rc -eq 0 && $bench_rc -eq 0 ]]
+}
+
+case "$mode" in
+  build) build ;;
+  run) run ;;
+  all) build && run ;;
+  *) echo "usage: $0 [all|build|run]" >&2; exit 2 ;;
+esac

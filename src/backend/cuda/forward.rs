@@ -1,0 +1,310 @@
+//! Teacher-forced forward of one decoder on the GPU over a packed batch — the
+//! same model math as `cpu::forward::forward_hidden`, step for step:
+//!
+//! ```text
+//! x = embed(tokens)                                     (f32 residual stream)
+//! per layer:
+//!   n   = rmsnorm(x (+= delta of the previous layer))   → compute dtype
+//!   qkv = n · [q;k;v]ᵀ                                  (cuBLAS, f32 out)
+//!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write)
+//!   a   = attention(q, pool)                            → compute dtype
+//!   delta = a · oᵀ;  n = rmsnorm(x += delta)
+//!   delta = silu_mul(n · [gate;up]ᵀ) · downᵀ
+//! hidden[rows] = rmsnorm(x + delta)[rows]               (final norm, gathered)
+//! ```
+//!
+//! Activations that feed a GEMM are stored in the weights' dtype, because
+//! cuBLAS' tensor-core GEMMs take both operands in one 16-bit type (there is
+//! no f32 × bf16 GemmEx); everything else — the residual stream, GEMM outputs,
+//! RoPE, softmax, norms' statistics and the logits — is f32. For f32
+//! checkpoints every step is f32, as on the CPU.
+//!
+//! Linear stages run over chunks of [`LINEAR_CHUNK`] tokens of all sequences
+//! at once (bounded scratch), attention over the whole batch. Only the rows
+//! whose log-prob is wanted leave the forward (`rows`), already normed: the
+//! LM head never runs elsewhere.
+
+use cudarc::driver::CudaSlice;
+
+use super::device::{DevTensor, Gpu, sub, sub_mut};
+use super::kernels::{ATTN_BR, KV_BLOCK};
+use super::weights::DeviceModel;
+use crate::Result;
+use crate::backend::cpu::ops::AttnShape;
+
+/// Tokens per chunk for the linear layers.
+pub const LINEAR_CHUNK: usize = 4096;
+
+/// Where each token of a packed batch lives in the paged KV pool, and the
+/// attention work list. Built on the host; see kernels/attention.cu for the
+/// layout.
+#[derive(Debug, Clone)]
+pub struct PagedBatch {
+    /// `[num_seqs + 1]`: first packed row of each sequence.
+    pub seq_start: Vec<i32>,
+    /// `[T]`: position of each token within its sequence.
+    pub pos: Vec<i32>,
+    /// `[T]`: pool row of each token (`block · KV_BLOCK + offset`).
+    pub slots: Vec<i32>,
+    /// `[num_seqs, max_blocks]`: pool block of each sequence's logical block
+    /// (unused entries −1).
+    pub block_table: Vec<i32>,
+    pub max_blocks: usize,
+    /// Blocks in the pool.
+    pub num_blocks: usize,
+    /// `[num_tiles, 2]`: (sequence, first query) of each attention tile.
+    pub tiles: Vec<i32>,
+}
+
+impl PagedBatch {
+    /// Sequences of `lens` tokens, each given the next free blocks in order.
+    pub fn new(lens: &[usize]) -> PagedBatch {
+        let needed: usize = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).sum();
+        let order: Vec<usize> = (0..needed).collect();
+        Self::with_blocks(lens, &order)
+    }
+
+    /// As [`PagedBatch::new`], but logical block `b` (counting over all
+    /// sequences in order) is stored in pool block `order[b]`; the pool has
+    /// `max(order) + 1` blocks. Tests use a shuffled order to exercise paging.
+    pub fn with_blocks(lens: &[usize], order: &[usize]) -> PagedBatch {
+        let max_blocks = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).max().unwrap_or(0);
+        let total: usize = lens.iter().sum();
+        let mut b = PagedBatch {
+            seq_start: Vec::with_capacity(lens.len() + 1),
+            pos: Vec::with_capacity(total),
+            slots: Vec::with_capacity(total),
+            block_table: vec![-1; lens.len() * max_blocks],
+            max_blocks,
+            num_blocks: order.iter().max().map_or(0, |m| m + 1),
+            tiles: Vec::new(),
+        };
+        let mut start = 0usize;
+        let mut logical = 0usize;
+        for (s, &len) in lens.iter().enumerate() {
+            b.seq_start.push(start as i32);
+            for j in 0..len.div_ceil(KV_BLOCK) {
+                b.block_table[s * max_blocks + j] = order[logical] as i32;
+                logical += 1;
+            }
+            for i in 0..len {
+                let block = b.block_table[s * max_blocks + i / KV_BLOCK] as usize;
+                b.pos.push(i as i32);
+                b.slots.push((block * KV_BLOCK + i % KV_BLOCK) as i32);
+            }
+            for q0 in (0..len).step_by(ATTN_BR) {
+                b.tiles.extend([s as i32, q0 as i32]);
+            }
+            start += len;
+        }
+        b.seq_start.push(start as i32);
+        b
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.pos.len()
+    }
+
+    /// Rows of the KV pool.
+    pub fn pool_rows(&self) -> usize {
+        self.num_blocks * KV_BLOCK
+    }
+
+    /// Longest sequence.
+    pub fn longest(&self) -> usize {
+        self.seq_start
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A [`PagedBatch`] and its token ids on the device.
+pub struct DeviceBatch {
+    pub tokens: CudaSlice<u32>,
+    pub pos: CudaSlice<i32>,
+    pub slots: CudaSlice<i32>,
+    pub seq_start: CudaSlice<i32>,
+    pub block_table: CudaSlice<i32>,
+    pub tiles: CudaSlice<i32>,
+    pub layout: PagedBatch,
+}
+
+impl DeviceBatch {
+    pub fn upload(gpu: &Gpu, tokens: &[u32], layout: PagedBatch) -> Result<DeviceBatch> {
+        Ok(DeviceBatch {
+            tokens: gpu.upload(tokens)?,
+            pos: gpu.upload(&layout.pos)?,
+            slots: gpu.upload(&layout.slots)?,
+            seq_start: gpu.upload(&layout.seq_start)?,
+            block_table: gpu.upload(&layout.block_table)?,
+            tiles: gpu.upload(&layout.tiles)?,
+            layout,
+        })
+    }
+}
+
+/// Run `m` over `batch`; return the final-normed hidden states of packed rows
+/// `rows` (`[rows.len(), hidden]` in the model's dtype).
+pub fn forward_rows(
+    gpu: &Gpu,
+    m: &DeviceModel,
+    batch: &DeviceBatch,
+    rows: &CudaSlice<i32>,
+) -> Result<DevTensor> {
+    let cfg = &m.config;
+    let t = batch.layout.tokens();
+    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let dt = m.dtype;
+    let eps = cfg.rms_norm_eps;
+    let mut hidden = DevTensor::alloc(gpu, dt, rows.len() * h)?;
+    if t == 0 || rows.is_empty() {
+        return Ok(hidden);
+    }
+
+    let mut x = gpu.alloc_f32(t * h)?;
+    let mut delta = gpu.alloc_f32(t * h)?;
+    let mut q = gpu.alloc_f32(t * qd)?;
+    let mut attn = DevTensor::alloc(gpu, dt, t * qd)?;
+    let pool_len = batch.layout.pool_rows() * kvd;
+    let mut k_pool = DevTensor::alloc(gpu, dt, pool_len)?;
+    let mut v_pool = DevTensor::alloc(gpu, dt, pool_len)?;
+    let c = LINEAR_CHUNK.min(t);
+    let mut normed = DevTensor::alloc(gpu, dt, c * h)?;
+    let mut qkv = gpu.alloc_f32(c * (qd + 2 * kvd))?;
+    let mut gate_up = gpu.alloc_f32(c * 2 * inter)?;
+    let mut act = DevTensor::alloc(gpu, dt, c * inter)?;
+
+    gpu.embedding(
+        &batch.tokens.as_view(),
+        &m.embed.all(),
+        h,
+        &mut x.as_view_mut(),
+    )?;
+    // `delta` holds the previous layer's MLP output, not yet added to x.
+    let mut pending = false;
+    let chunks: Vec<(usize, usize)> = (0..t).step_by(c).map(|a| (a, (a + c).min(t))).collect();
+
+    for (li, l) in m.layers.iter().enumerate() {
+        let shape = AttnShape {
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            window: cfg.sliding_window[li],
+        };
+        for &(r0, r1) in &chunks {
+            let n = r1 - r0;
+            let d = sub(&delta, r0 * h, r1 * h)?;
+            gpu.residual_rmsnorm(
+                &mut sub_mut(&mut x, r0 * h, r1 * h)?,
+                pending.then_some(&d),
+                &l.input_norm.as_view(),
+                None,
+                &mut normed.view_mut(0, n * h)?,
+                h,
+                eps,
+            )?;
+            let width = qd + 2 * kvd;
+            let mut qkv_out = sub_mut(&mut qkv, 0, n * width)?;
+            gpu.matmul_wt(
+                &normed.view(0, n * h)?,
+                &l.qkv.all(),
+                &mut qkv_out,
+                n,
+                width,
+                h,
+                width,
+            )?;
+            let norms = match (&l.q_norm, &l.k_norm) {
+                (Some(a), Some(b)) => Some((a.as_view(), b.as_view())),
+                _ => None,
+            };
+            let bias = l.qkv_bias.as_ref().map(|b| b.as_view());
+            gpu.qkv_rope(
+                &sub(&qkv, 0, n * width)?,
+                bias.as_ref(),
+                norms.as_ref().map(|(a, b)| (a, b)),
+                &sub(&batch.pos, r0, r1)?,
+                &sub(&batch.slots, r0, r1)?,
+                &m.inv_freq.as_view(),
+                &mut sub_mut(&mut q, r0 * qd, r1 * qd)?,
+                &mut k_pool.all_mut(),
+                &mut v_pool.all_mut(),
+                shape,
+                eps,
+            )?;
+        }
+
+        gpu.paged_attention(
+            &q.as_view(),
+            &k_pool.all(),
+            &v_pool.all(),
+            &batch.block_table.as_view(),
+            &batch.seq_start.as_view(),
+            &batch.tiles.as_view(),
+            batch.layout.max_blocks,
+            &mut attn.all_mut(),
+            shape,
+        )?;
+
+        for &(r0, r1) in &chunks {
+            let n = r1 - r0;
+            gpu.matmul_wt(
+                &attn.view(r0 * qd, r1 * qd)?,
+                &l.o.all(),
+                &mut sub_mut(&mut delta, r0 * h, r1 * h)?,
+                n,
+                h,
+                qd,
+                h,
+            )?;
+            gpu.residual_rmsnorm(
+                &mut sub_mut(&mut x, r0 * h, r1 * h)?,
+                Some(&sub(&delta, r0 * h, r1 * h)?),
+                &l.post_norm.as_view(),
+                None,
+                &mut normed.view_mut(0, n * h)?,
+                h,
+                eps,
+            )?;
+            gpu.matmul_wt(
+                &normed.view(0, n * h)?,
+                &l.gate_up.all(),
+                &mut sub_mut(&mut gate_up, 0, n * 2 * inter)?,
+                n,
+                2 * inter,
+                h,
+                2 * inter,
+            )?;
+            gpu.silu_mul(
+                &sub(&gate_up, 0, n * 2 * inter)?,
+                &mut act.view_mut(0, n * inter)?,
+                inter,
+            )?;
+            gpu.matmul_wt(
+                &act.view(0, n * inter)?,
+                &l.down.all(),
+                &mut sub_mut(&mut delta, r0 * h, r1 * h)?,
+                n,
+                h,
+                inter,
+                h,
+            )?;
+        }
+        pending = true;
+    }
+
+    let d = delta.as_view();
+    gpu.residual_rmsnorm(
+        &mut x.as_view_mut(),
+        pending.then_some(&d),
+        &m.final_norm.as_view(),
+        Some(&rows.as_view()),
+        &mut hidden.all_mut(),
+        h,
+        eps,
+    )?;
+    Ok(hidden)
+}

@@ -1,0 +1,490 @@
+//! Launchers for the kernels in `kernels/*.cu` and the cuBLAS GEMM. Each one
+//! checks dtypes and buffer sizes against the shape it is given before
+//! launching (a kernel reading past a buffer is a silent wrong answer or a
+//! device fault, so the check belongs here), skips empty work, and names the
+//! `kernels/` file and CPU twin it corresponds to.
+//!
+//! Buffers are passed as views: `CudaView<f32>` / `CudaViewMut<f32>` for the
+//! f32 residual stream, GEMM outputs and logits; [`DevView`] / [`DevViewMut`]
+//! for tensors in a weight dtype (GEMM operands, the KV pool).
+
+use std::ffi::c_void;
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+
+use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, backend_err, cfg};
+use crate::Result;
+use crate::backend::cpu::ops::AttnShape;
+use crate::model::weights::DType;
+
+/// Tokens per KV-pool block (`KV_BLOCK` in kernels/attention.cu).
+pub const KV_BLOCK: usize = 16;
+/// Queries per attention tile (`ATTN_BR` in kernels/attention.cu).
+pub const ATTN_BR: usize = 32;
+/// Largest head_dim the attention kernel takes (8 slots of 32 lanes).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Top log-probs averaged for self-certainty (`TOP_K` in fused_logprob.cu).
+pub const FUSED_TOP_K: usize = 20;
+
+const THREADS: u32 = 256;
+/// Passed for an absent optional pointer argument.
+static NULL: u64 = 0;
+
+fn suffix(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+    }
+}
+
+/// Kernel name `<base>_<dtype>`.
+fn typed(base: &str, d: DType) -> String {
+    format!("{base}_{}", suffix(d))
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(backend_err(format!("cuda: {}", what())))
+    }
+}
+
+fn dims_fit(values: &[usize]) -> Result<()> {
+    check(values.iter().all(|&v| v <= i32::MAX as usize), || {
+        format!("dimension in {values:?} exceeds i32")
+    })
+}
+
+impl Gpu {
+    /// `out[t] = f32(table[tokens[t]])` — kernels/embedding.cu; CPU twin:
+    /// the gather at the top of `cpu::forward::forward_hidden`. Token ids must
+    /// be `< vocab` (checked on the host by the caller).
+    pub fn embedding(
+        &self,
+        tokens: &CudaView<'_, u32>, // [n]
+        table: &DevView<'_>,        // [vocab, hidden]
+        hidden: usize,
+        out: &mut CudaViewMut<'_, f32>, // [n, hidden]
+    ) -> Result<()> {
+        let n = tokens.len();
+        check(hidden > 0 && table.len.is_multiple_of(hidden), || {
+            format!("embedding: table of {} is not [vocab, {hidden}]", table.len)
+        })?;
+        check(out.len() >= n * hidden, || {
+            format!("embedding: out has {} < {n}×{hidden}", out.len())
+        })?;
+        dims_fit(&[n, hidden])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("embedding", &typed("embedding", table.dtype), 0)?;
+        let h = hidden as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(tokens).arg(&table.view).arg(out).arg(&h);
+        // SAFETY: argument types and sizes match the kernel signature (checked above).
+        unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("embedding")?;
+        Ok(())
+    }
+
+    /// Residual add + RMSNorm — kernels/rmsnorm.cu; CPU twin: `x += delta`
+    /// then `ops::rms_norm`. Without `rows`: every row of `x` (in place when
+    /// `delta` is given) into `out[rows_x, hidden]`; with `rows`: only those
+    /// rows into `out[rows.len(), hidden]`, `x` untouched.
+    #[allow(clippy::too_many_arguments)]
+    pub fn residual_rmsnorm(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,      // [rows_x, hidden]
+        delta: Option<&CudaView<'_, f32>>, // [rows_x, hidden]
+        weight: &CudaView<'_, f32>,        // [hidden]
+        rows: Option<&CudaView<'_, i32>>,  // [n] (values < rows_x, not checked on device)
+        out: &mut DevViewMut<'_>,          // [n, hidden]
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check(hidden > 0 && x.len().is_multiple_of(hidden), || {
+            format!("rmsnorm: x of {} is not [rows, {hidden}]", x.len())
+        })?;
+        check(weight.len() == hidden, || {
+            format!(
+                "rmsnorm: weight has {} elements, hidden is {hidden}",
+                weight.len()
+            )
+        })?;
+        if let Some(d) = delta {
+            check(d.len() == x.len(), || {
+                format!("rmsnorm: delta has {} elements, x has {}", d.len(), x.len())
+            })?;
+        }
+        let n = rows.map_or(x.len() / hidden, |r| r.len());
+        check(out.len >= n * hidden, || {
+            format!("rmsnorm: out has {} < {n}×{hidden}", out.len)
+        })?;
+        dims_fit(&[n, hidden])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("rmsnorm", &typed("residual_rmsnorm", out.dtype), 0)?;
+        let (h, e) = (hidden as i32, eps);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x);
+        match delta {
+            Some(d) => b.arg(d),
+            None => b.arg(&NULL),
+        };
+        b.arg(weight).arg(&mut out.view);
+        match rows {
+            Some(r) => b.arg(r),
+            None => b.arg(&NULL),
+        };
+        b.arg(&h).arg(&e);
+        // SAFETY: as in `embedding`.
+        unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("residual_rmsnorm")?;
+        Ok(())
+    }
+
+    /// Bias, q/k RMSNorm, RoPE and the paged KV write — kernels/rope.cu; CPU
+    /// twins: the bias loop, `ops::rms_norm_row`, `ops::rope_row`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope(
+        &self,
+        qkv: &CudaView<'_, f32>,          // [n, qd + 2·kvd]
+        bias: Option<&CudaView<'_, f32>>, // [qd + 2·kvd]
+        qk_norm: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>, // [hd], [hd]
+        pos: &CudaView<'_, i32>,          // [n]
+        slots: &CudaView<'_, i32>,        // [n] (values < pool_rows, not checked on device)
+        inv_freq: &CudaView<'_, f32>,     // [hd / 2]
+        q_out: &mut CudaViewMut<'_, f32>, // [n, qd]
+        k_pool: &mut DevViewMut<'_>,      // [pool_rows, kvd]
+        v_pool: &mut DevViewMut<'_>,      // [pool_rows, kvd]
+        shape: AttnShape,
+        eps: f32,
+    ) -> Result<()> {
+        let AttnShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            ..
+        } = shape;
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let n = pos.len();
+        check(hd.is_multiple_of(2) && hd > 0 && nkv > 0, || {
+            format!("qkv_rope: bad head geometry {shape:?}")
+        })?;
+        check(qkv.len() == n * (qd + 2 * kvd), || {
+            format!("qkv_rope: qkv has {} != {n}×{}", qkv.len(), qd + 2 * kvd)
+        })?;
+        check(slots.len() == n && q_out.len() == n * qd, || {
+            format!(
+                "qkv_rope: slots {} / q_out {} for {n} tokens",
+                slots.len(),
+                q_out.len()
+            )
+        })?;
+        check(inv_freq.len() == hd / 2, || {
+            format!("qkv_rope: inv_freq has {} != {}", inv_freq.len(), hd / 2)
+        })?;
+        if let Some(b) = bias {
+            check(b.len() == qd + 2 * kvd, || {
+                format!("qkv_rope: bias has {}", b.len())
+            })?;
+        }
+        if let Some((qn, kn)) = qk_norm {
+            check(qn.len() == hd && kn.len() == hd, || {
+                "qkv_rope: q/k norm weights".into()
+            })?;
+        }
+        check(
+            k_pool.dtype == v_pool.dtype
+                && k_pool.len == v_pool.len
+                && k_pool.len.is_multiple_of(kvd),
+            || "qkv_rope: k/v pools differ or are not [rows, kv_heads·head_dim]".into(),
+        )?;
+        dims_fit(&[n, qd + 2 * kvd])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let smem = ((qd + kvd + hd) * 4) as u32;
+        let f = self.function("rope", &typed("qkv_rope", k_pool.dtype), smem)?;
+        let (h, kh, d) = (nh as i32, nkv as i32, hd as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(qkv);
+        match bias {
+            Some(x) => b.arg(x),
+            None => b.arg(&NULL),
+        };
+        match qk_norm {
+            Some((qn, kn)) => b.arg(qn).arg(kn),
+            None => b.arg(&NULL).arg(&NULL),
+        };
+        b.arg(pos)
+            .arg(slots)
+            .arg(inv_freq)
+            .arg(q_out)
+            .arg(&mut k_pool.view)
+            .arg(&mut v_pool.view)
+            .arg(&h)
+            .arg(&kh)
+            .arg(&d)
+            .arg(&eps);
+        // SAFETY: as in `embedding`.
+        unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, smem)) }.ctx("qkv_rope")?;
+        Ok(())
+    }
+
+    /// `out = silu(gate) · up` — kernels/silu_mul.cu; CPU twin:
+    /// `ops::silu_mul_inplace`.
+    pub fn silu_mul(
+        &self,
+        gate_up: &CudaView<'_, f32>, // [n, 2·inter]
+        out: &mut DevViewMut<'_>,    // [n, inter]
+        inter: usize,
+    ) -> Result<()> {
+        check(inter > 0 && gate_up.len().is_multiple_of(2 * inter), || {
+            format!(
+                "silu_mul: gate_up of {} is not [n, 2×{inter}]",
+                gate_up.len()
+            )
+        })?;
+        let n = gate_up.len() / (2 * inter);
+        check(out.len >= n * inter, || {
+            format!("silu_mul: out has {}", out.len)
+        })?;
+        dims_fit(&[n, 2 * inter])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("silu_mul", &typed("silu_mul", out.dtype), 0)?;
+        let i = inter as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(gate_up).arg(&mut out.view).arg(&i);
+        let grid = (n as u32, inter.div_ceil(THREADS as usize) as u32, 1);
+        // SAFETY: as in `embedding`.
+        unsafe { b.launch(cfg(grid, THREADS, 0)) }.ctx("silu_mul")?;
+        Ok(())
+    }
+
+    /// Causal (optionally windowed) attention over the paged KV pool —
+    /// kernels/attention.cu; CPU twin: `ops::attention`. `tiles` lists
+    /// `(sequence, first query)` pairs, [`ATTN_BR`] queries each; see
+    /// [`super::forward::PagedBatch`] for how they are built.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention(
+        &self,
+        q: &CudaView<'_, f32>,           // [n, heads·hd]
+        k_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
+        v_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
+        block_table: &CudaView<'_, i32>, // [num_seqs, max_blocks]
+        seq_start: &CudaView<'_, i32>,   // [num_seqs + 1]
+        tiles: &CudaView<'_, i32>,       // [num_tiles, 2]
+        max_blocks: usize,
+        out: &mut DevViewMut<'_>, // [n, heads·hd]
+        shape: AttnShape,
+    ) -> Result<()> {
+        let AttnShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            window,
+        } = shape;
+        check(
+            hd > 0 && hd <= MAX_HEAD_DIM && nkv > 0 && nh.is_multiple_of(nkv),
+            || format!("attention: unsupported geometry {shape:?} (head_dim ≤ {MAX_HEAD_DIM})"),
+        )?;
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        check(q.len().is_multiple_of(qd) && out.len == q.len(), || {
+            format!("attention: q {} / out {} not [n, {qd}]", q.len(), out.len)
+        })?;
+        check(
+            k_pool.dtype == v_pool.dtype
+                && k_pool.dtype == out.dtype
+                && k_pool.len == v_pool.len
+                && k_pool.len.is_multiple_of(kvd * KV_BLOCK),
+            || "attention: k/v pools / out dtypes or sizes disagree".into(),
+        )?;
+        let num_seqs = seq_start.len().saturating_sub(1);
+        check(block_table.len() == num_seqs * max_blocks, || {
+            format!(
+                "attention: block table has {} != {num_seqs}×{max_blocks}",
+                block_table.len()
+            )
+        })?;
+        check(tiles.len().is_multiple_of(2), || {
+            "attention: tiles not [n, 2]".into()
+        })?;
+        let num_tiles = tiles.len() / 2;
+        let win = window.unwrap_or(0);
+        dims_fit(&[num_tiles, nh, max_blocks, win, q.len()])?;
+        if num_tiles == 0 {
+            return Ok(());
+        }
+        // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
+        let slots = hd.div_ceil(32).next_power_of_two();
+        let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
+        let smem = ((ATTN_BR * hd + 32 * (hd + 1) + 32 * hd) * 4) as u32;
+        let f = self.function("attention", &name, smem)?;
+        let (h, kh, d, mb, w) = (
+            nh as i32,
+            nkv as i32,
+            hd as i32,
+            max_blocks as i32,
+            win as i32,
+        );
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(q)
+            .arg(&k_pool.view)
+            .arg(&v_pool.view)
+            .arg(block_table)
+            .arg(seq_start)
+            .arg(tiles)
+            .arg(&mut out.view)
+            .arg(&h)
+            .arg(&kh)
+            .arg(&d)
+            .arg(&mb)
+            .arg(&w)
+            .arg(&scale);
+        // SAFETY: as in `embedding`; block-table entries and tiles come from
+        // `PagedBatch`, which keeps them inside the pool and the sequences.
+        unsafe { b.launch(cfg((num_tiles as u32, nh as u32, 1), THREADS, smem)) }
+            .ctx("paged_attention")?;
+        Ok(())
+    }
+
+    /// Fused scoring of `n` row pairs — kernels/fused_logprob.cu; CPU twin:
+    /// `score::fused::row_stats` (policy) and `row_logp` (reference).
+    /// `out[4·i ..]` = (logp_policy, logp_reference, entropy, top_mean).
+    pub fn fused_logprob(
+        &self,
+        logits_p: &CudaView<'_, f32>,   // [n, ld]
+        logits_r: &CudaView<'_, f32>,   // [n, ld]
+        targets: &CudaView<'_, u32>,    // [n] (< vocab, checked on the host)
+        out: &mut CudaViewMut<'_, f32>, // [n, 4]
+        vocab: usize,
+        ld: usize,
+    ) -> Result<()> {
+        let n = targets.len();
+        check(ld.is_multiple_of(4) && ld >= vocab && vocab > 0, || {
+            format!("fused_logprob: ld {ld} must be ≥ vocab {vocab} and a multiple of 4")
+        })?;
+        check(logits_p.len() >= n * ld && logits_r.len() >= n * ld, || {
+            format!("fused_logprob: logits shorter than {n}×{ld}")
+        })?;
+        check(out.len() >= 4 * n, || {
+            format!("fused_logprob: out has {}", out.len())
+        })?;
+        dims_fit(&[n, ld])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("fused_logprob", "fused_logprob", 0)?;
+        let (v, l) = (vocab as i32, ld as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(logits_p)
+            .arg(logits_r)
+            .arg(targets)
+            .arg(out)
+            .arg(&v)
+            .arg(&l);
+        // SAFETY: as in `embedding`; rows are 16-byte aligned (ld % 4 == 0 and
+        // device allocations are 256-byte aligned; views start at row bounds).
+        unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("fused_logprob")?;
+        Ok(())
+    }
+
+    /// Fill with `lo + (hi − lo)·u`, u uniform in [0, 1) hashed from
+    /// `(seed, index)` — kernels/fill.cu (benchmark weights).
+    pub fn fill_uniform(
+        &self,
+        out: &mut DevViewMut<'_>,
+        seed: u64,
+        lo: f32,
+        hi: f32,
+    ) -> Result<()> {
+        let n = out.len as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("fill", &typed("fill_uniform", out.dtype), 0)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut out.view).arg(&n).arg(&seed).arg(&lo).arg(&hi);
+        let grid = n.div_ceil(THREADS as u64).min(1 << 16) as u32;
+        // SAFETY: as in `embedding`.
+        unsafe { b.launch(cfg((grid, 1, 1), THREADS, 0)) }.ctx("fill_uniform")?;
+        Ok(())
+    }
+
+    /// `out[t, j] = Σ_k x[t, k] · w[j, k]` for `t < rows`, `j < n` (row-major
+    /// `x [rows, k]`, `w [n, k]` as stored, `out [rows, ldo]` f32) through
+    /// cuBLAS with f32 accumulation. `x` and `w` share one dtype: bf16/f16
+    /// run on tensor cores, f32 in plain f32 (no TF32), so f32 checkpoints
+    /// match the CPU backend to rounding. CPU twin: `cpu::gemm::matmul_wt`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_wt(
+        &self,
+        x: &DevView<'_>,                // [rows, k]
+        w: &DevView<'_>,                // [n, k]
+        out: &mut CudaViewMut<'_, f32>, // [rows, ldo]
+        rows: usize,
+        n: usize,
+        k: usize,
+        ldo: usize,
+    ) -> Result<()> {
+        check(x.dtype == w.dtype, || {
+            format!("gemm: x is {}, w is {}", x.dtype.name(), w.dtype.name())
+        })?;
+        check(x.len >= rows * k && w.len >= n * k && ldo >= n, || {
+            format!(
+                "gemm: x {} / w {} too small for [{rows}, {k}]·[{n}, {k}]ᵀ",
+                x.len, w.len
+            )
+        })?;
+        check(rows == 0 || out.len() >= (rows - 1) * ldo + n, || {
+            format!("gemm: out has {} < {rows}×{ldo}", out.len())
+        })?;
+        dims_fit(&[rows, n, k, ldo])?;
+        if rows == 0 || n == 0 {
+            return Ok(());
+        }
+        let dt = match x.dtype {
+            DType::F32 => cudaDataType::CUDA_R_32F,
+            DType::BF16 => cudaDataType::CUDA_R_16BF,
+            DType::F16 => cudaDataType::CUDA_R_16F,
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        self.ctx.bind_to_thread().ctx("bind context")?;
+        let (xp, _rx) = x.view.device_ptr(&self.stream);
+        let (wp, _rw) = w.view.device_ptr(&self.stream);
+        let (op, _ro) = out.device_ptr_mut(&self.stream);
+        // Column-major view: outᵀ [n, rows] = wᵀ… i.e. op(A) = Wᵀ-as-stored
+        // (A = w, k×n col-major, transposed), B = xᵀ (k×rows col-major).
+        // SAFETY: pointers are live device allocations with the sizes checked above.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                rows as i32,
+                k as i32,
+                (&alpha as *const f32).cast::<c_void>(),
+                wp as *const c_void,
+                dt,
+                k as i32,
+                xp as *const c_void,
+                dt,
+                k as i32,
+                (&beta as *const f32).cast::<c_void>(),
+                op as *mut c_void,
+                cudaDataType::CUDA_R_32F,
+                ldo as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .ctx("cublasGemmEx")
+    }
+}

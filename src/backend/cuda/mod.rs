@@ -1,0 +1,254 @@
+//! The CUDA backend (feature `cuda`): the policy/reference pair resident on
+//! one GPU, scored with the kernels in `kernels/*.cu` and cuBLAS GEMMs.
+//!
+//! Data path per batch, mirroring `cpu::CpuPair::score`:
+//! pack the sequences ([`forward::PagedBatch`]: positions, KV-pool slots,
+//! attention tiles) → each model's forward over all packed tokens, returning
+//! final-normed hidden states only at the rows whose next token is scored
+//! (`score_mask`) → per chunk of those rows, both LM heads (f32 logits) and
+//! the fused log-prob kernel → 16 bytes per scored token back to the host.
+//!
+//! Layout: [`device`] (context, stream, kernel images, typed buffers),
+//! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`weights`]
+//! (upload / random init), [`forward`] (the decoder). Without the feature,
+//! `cuda_disabled.rs` stands in with the same names.
+
+pub mod device;
+pub mod forward;
+pub mod kernels;
+pub mod weights;
+
+use std::sync::Arc;
+
+pub use cudarc;
+
+pub use self::device::{DevTensor, DevView, DevViewMut, Gpu, device_count, probe};
+use self::device::{backend_err, sub, sub_mut};
+use self::forward::{DeviceBatch, PagedBatch, forward_rows};
+use self::weights::{DeviceModel, check_free};
+use super::{PairScorer, SeqRequest};
+use crate::model::weights::DType;
+use crate::model::{Config, Model};
+use crate::score::TokenScores;
+use crate::{Error, Result};
+
+/// Floats of logits per model held at once while scoring (512 MiB).
+const LOGIT_BUDGET: usize = 128 << 20;
+/// Longest sequence accepted, as on the CPU (its RoPE table bound).
+const MAX_POSITIONS: usize = 1 << 17;
+
+/// A policy/reference pair on one CUDA device.
+pub struct CudaPair {
+    gpu: Gpu,
+    ordinal: usize,
+    policy: DeviceModel,
+    reference: DeviceModel,
+}
+
+impl CudaPair {
+    /// Upload both checkpoints to device `ordinal`, matrices in their stored
+    /// dtype (bf16/f16 checkpoints run their GEMMs on tensor cores).
+    pub fn new(ordinal: usize, policy: Arc<Model>, reference: Arc<Model>) -> Result<CudaPair> {
+        Self::upload(ordinal, &policy, &reference, None)
+    }
+
+    /// As [`CudaPair::new`], with every matrix converted to `compute` at
+    /// upload. `DType::F32` gives the CPU backend's arithmetic for bf16/f16
+    /// checkpoints (f32 GEMM inputs instead of one bf16 rounding per layer
+    /// input), at twice the memory and f32 GEMM speed.
+    pub fn with_compute_dtype(
+        ordinal: usize,
+        policy: Arc<Model>,
+        reference: Arc<Model>,
+        compute: DType,
+    ) -> Result<CudaPair> {
+        Self::upload(ordinal, &policy, &reference, Some(compute))
+    }
+
+    fn upload(
+        ordinal: usize,
+        policy: &Model,
+        reference: &Model,
+        compute: Option<DType>,
+    ) -> Result<CudaPair> {
+        crate::model::check_pair(policy, reference)?;
+        let gpu = Gpu::new(ordinal)?;
+        let widen = |m: &Model| match compute {
+            Some(d) => m.weights.mapped_bytes() / m.dtype().size() * d.size(),
+            None => m.weights.mapped_bytes(),
+        };
+        check_free(
+            &gpu,
+            widen(policy) + widen(reference),
+            "uploading the policy and reference weights",
+        )?;
+        let p = DeviceModel::upload(&gpu, policy, compute)?;
+        let r = DeviceModel::upload(&gpu, reference, compute)?;
+        gpu.synchronize()?;
+        Ok(CudaPair {
+            gpu,
+            ordinal,
+            policy: p,
+            reference: r,
+        })
+    }
+
+    /// A pair with random weights of the given shapes, generated on the
+    /// device (benchmarks; no checkpoint needed).
+    pub fn random(
+        ordinal: usize,
+        policy: &Config,
+        reference: &Config,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<CudaPair> {
+        if policy.vocab_size != reference.vocab_size {
+            return Err(Error::Incompatible(format!(
+                "vocab_size differs: {} vs {}",
+                policy.vocab_size, reference.vocab_size
+            )));
+        }
+        let gpu = Gpu::new(ordinal)?;
+        let p = DeviceModel::random(&gpu, policy, dtype, seed)?;
+        let r = DeviceModel::random(&gpu, reference, dtype, seed ^ 0x5EED)?;
+        Ok(CudaPair {
+            gpu,
+            ordinal,
+            policy: p,
+            reference: r,
+        })
+    }
+
+    /// The device, for benches that time kernels on the same context.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// (policy, reference) on the device.
+    pub fn models(&self) -> (&DeviceModel, &DeviceModel) {
+        (&self.policy, &self.reference)
+    }
+}
+
+impl PairScorer for CudaPair {
+    fn describe(&self) -> String {
+        format!("cuda:{} {}", self.ordinal, self.gpu.describe())
+    }
+
+    fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
+        let gpu = &self.gpu;
+        gpu.ctx
+            .bind_to_thread()
+            .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
+        let mut tokens = Vec::new();
+        let mut lens = Vec::with_capacity(batch.len());
+        for r in batch {
+            lens.push(r.token_ids.len());
+            tokens.extend_from_slice(&r.token_ids);
+        }
+        for m in [&self.policy, &self.reference] {
+            check_vocab(&m.config, &tokens)?;
+            let limit = m.config.max_position_embeddings.clamp(1, MAX_POSITIONS);
+            let longest = lens.iter().copied().max().unwrap_or(0);
+            if longest > limit {
+                return Err(backend_err(format!(
+                    "sequence of {longest} tokens is longer than the model's {limit} positions"
+                )));
+            }
+        }
+        let layout = PagedBatch::new(&lens);
+
+        // (sequence, t ≥ 1) pairs to score; packed row t − 1 predicts token t.
+        let mut wanted: Vec<(usize, usize)> = Vec::new();
+        let mut rows: Vec<i32> = Vec::new();
+        let mut targets: Vec<u32> = Vec::new();
+        for (si, r) in batch.iter().enumerate() {
+            for t in 1..r.token_ids.len() {
+                if r.score_mask
+                    .as_ref()
+                    .is_none_or(|m| m.get(t).copied().unwrap_or(false))
+                {
+                    wanted.push((si, t));
+                    rows.push(layout.seq_start[si] + t as i32 - 1);
+                    targets.push(r.token_ids[t]);
+                }
+            }
+        }
+        let mut out: Vec<TokenScores> = batch
+            .iter()
+            .map(|r| TokenScores::new_nan(r.token_ids.len()))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+
+        let dev_batch = DeviceBatch::upload(gpu, &tokens, layout)?;
+        let dev_rows = gpu.upload(&rows)?;
+        let dev_targets = gpu.upload(&targets)?;
+        let hp = forward_rows(gpu, &self.policy, &dev_batch, &dev_rows)?;
+        let hr = forward_rows(gpu, &self.reference, &dev_batch, &dev_rows)?;
+        drop(dev_batch);
+
+        let n = wanted.len();
+        let vocab = self.policy.config.vocab_size;
+        let ld = vocab.next_multiple_of(4);
+        let (h_p, h_r) = (
+            self.policy.config.hidden_size,
+            self.reference.config.hidden_size,
+        );
+        let chunk = (LOGIT_BUDGET / ld).clamp(16, 4096).min(n);
+        let mut lp = gpu.alloc_f32(chunk * ld)?;
+        let mut lr = gpu.alloc_f32(chunk * ld)?;
+        let mut stats = gpu.alloc_f32(4 * n)?;
+        for c0 in (0..n).step_by(chunk) {
+            let c1 = (c0 + chunk).min(n);
+            let c = c1 - c0;
+            gpu.matmul_wt(
+                &hp.view(c0 * h_p, c1 * h_p)?,
+                &self.policy.lm_head().all(),
+                &mut sub_mut(&mut lp, 0, c * ld)?,
+                c,
+                vocab,
+                h_p,
+                ld,
+            )?;
+            gpu.matmul_wt(
+                &hr.view(c0 * h_r, c1 * h_r)?,
+                &self.reference.lm_head().all(),
+                &mut sub_mut(&mut lr, 0, c * ld)?,
+                c,
+                vocab,
+                h_r,
+                ld,
+            )?;
+            gpu.fused_logprob(
+                &sub(&lp, 0, c * ld)?,
+                &sub(&lr, 0, c * ld)?,
+                &sub(&dev_targets, c0, c1)?,
+                &mut sub_mut(&mut stats, 4 * c0, 4 * c1)?,
+                vocab,
+                ld,
+            )?;
+        }
+        let host = gpu.download(&stats.as_view())?;
+        for (&(si, t), s) in wanted.iter().zip(host.chunks_exact(4)) {
+            let o = &mut out[si];
+            o.logp_policy[t] = s[0];
+            o.logp_reference[t] = s[1];
+            o.entropy_policy[t] = s[2];
+            o.self_certainty[t] = s[3];
+        }
+        Ok(out)
+    }
+}
+
+/// Token ids against a config's vocabulary (the CPU check needs a `Model`).
+fn check_vocab(cfg: &Config, tokens: &[u32]) -> Result<()> {
+    let v = cfg.vocab_size;
+    if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= v) {
+        return Err(Error::Backend(format!(
+            "token id {t} at position {i} is outside the model's vocabulary (size {v})"
+        )));
+    }
+    Ok(())
+}

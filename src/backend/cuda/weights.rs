@@ -1,0 +1,190 @@
+//! A decoder's weights resident on the GPU, uploaded once.
+//!
+//! Matrices keep the checkpoint's dtype (bf16, f16 or f32: the "compute
+//! dtype" of the model, which its GEMM inputs and KV pool also use); the
+//! projections that read the same input are concatenated at upload so each
+//! runs as one GEMM: `qkv = [q; k; v]` (`[qd + 2·kvd, hidden]`) and
+//! `gate_up = [gate; up]` (`[2·inter, hidden]`). Norm weights and biases are
+//! small and widened to f32. A tied LM head shares the embedding.
+
+use cudarc::driver::CudaSlice;
+
+use super::device::{CudaResultExt, DevTensor, Gpu};
+use crate::Result;
+use crate::model::weights::DType;
+use crate::model::{Config, Model};
+
+pub struct DeviceLayer {
+    pub input_norm: CudaSlice<f32>,
+    pub post_norm: CudaSlice<f32>,
+    /// `[qd + 2·kvd, hidden]`
+    pub qkv: DevTensor,
+    /// `[qd + 2·kvd]`
+    pub qkv_bias: Option<CudaSlice<f32>>,
+    /// `[head_dim]` each (Qwen3)
+    pub q_norm: Option<CudaSlice<f32>>,
+    pub k_norm: Option<CudaSlice<f32>>,
+    /// `[hidden, qd]`
+    pub o: DevTensor,
+    /// `[2·inter, hidden]`
+    pub gate_up: DevTensor,
+    /// `[hidden, inter]`
+    pub down: DevTensor,
+}
+
+pub struct DeviceModel {
+    pub config: Config,
+    /// Dtype of every matrix, GEMM input and the KV pool.
+    pub dtype: DType,
+    /// `[vocab, hidden]`
+    pub embed: DevTensor,
+    pub layers: Vec<DeviceLayer>,
+    pub final_norm: CudaSlice<f32>,
+    /// `[vocab, hidden]`; `None` when tied to the embedding.
+    pub lm_head: Option<DevTensor>,
+    /// `[head_dim / 2]`, from `Config::rope_inv_freq` (scaling included).
+    pub inv_freq: CudaSlice<f32>,
+}
+
+impl DeviceModel {
+    /// Copy a loaded checkpoint to the device. Matrices keep their stored
+    /// dtype, or are converted to `compute` when given (e.g. `F32` for a bf16
+    /// checkpoint: f32 GEMM operands, exactly the CPU backend's arithmetic,
+    /// at twice the memory and without bf16 tensor cores).
+    pub fn upload(gpu: &Gpu, model: &Model, compute: Option<DType>) -> Result<DeviceModel> {
+        let cfg = &model.config;
+        let w = model.bind();
+        let stored = w
+            .layers
+            .first()
+            .map_or(w.embed.data.dtype(), |l| l.q.data.dtype());
+        let dtype = compute.unwrap_or(stored);
+        let small = |t: &crate::model::weights::Tensor| gpu.upload(&t.data.to_f32_vec());
+        let concat = |parts: &[&crate::model::weights::Tensor]| -> Result<DevTensor> {
+            let len = parts.iter().map(|t| t.data.len()).sum();
+            let mut out = DevTensor::alloc(gpu, dtype, len)?;
+            let mut at = 0;
+            for t in parts {
+                out.write(gpu, at, t.data)?;
+                at += t.data.len();
+            }
+            Ok(out)
+        };
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            let qkv_bias = match (&l.q_bias, &l.k_bias, &l.v_bias) {
+                (Some(q), Some(k), Some(v)) => {
+                    let mut b = q.data.to_f32_vec();
+                    b.extend(k.data.to_f32_vec());
+                    b.extend(v.data.to_f32_vec());
+                    Some(gpu.upload(&b)?)
+                }
+                _ => None,
+            };
+            layers.push(DeviceLayer {
+                input_norm: small(&l.input_norm)?,
+                post_norm: small(&l.post_norm)?,
+                qkv: concat(&[&l.q, &l.k, &l.v])?,
+                qkv_bias,
+                q_norm: l.q_norm.as_ref().map(small).transpose()?,
+                k_norm: l.k_norm.as_ref().map(small).transpose()?,
+                o: concat(&[&l.o])?,
+                gate_up: concat(&[&l.gate, &l.up])?,
+                down: concat(&[&l.down])?,
+            });
+        }
+        let embed = concat(&[&w.embed])?;
+        let lm_head = if w.lm_head.name == w.embed.name {
+            None
+        } else {
+            Some(concat(&[&w.lm_head])?)
+        };
+        Ok(DeviceModel {
+            dtype,
+            embed,
+            layers,
+            final_norm: small(&w.final_norm)?,
+            lm_head,
+            inv_freq: gpu.upload(&cfg.rope_inv_freq())?,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Random weights of `config`'s shape, generated on the device (benches:
+    /// a 7B-shaped model costs no host RNG or upload). Matrices are uniform in
+    /// ±1/√fan_in, norms 1, biases 0, so activations stay finite.
+    pub fn random(gpu: &Gpu, config: &Config, dtype: DType, seed: u64) -> Result<DeviceModel> {
+        let c = config;
+        let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let mut next_seed = seed;
+        let mut matrix = |rows: usize, cols: usize| -> Result<DevTensor> {
+            let mut t = DevTensor::alloc(gpu, dtype, rows * cols)?;
+            let a = 1.0 / (cols as f32).sqrt();
+            next_seed = next_seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            gpu.fill_uniform(&mut t.all_mut(), next_seed, -a, a)?;
+            Ok(t)
+        };
+        let ones = |n: usize| gpu.upload(&vec![1.0f32; n]);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for _ in 0..c.num_layers {
+            layers.push(DeviceLayer {
+                input_norm: ones(h)?,
+                post_norm: ones(h)?,
+                qkv: matrix(qd + 2 * kvd, h)?,
+                qkv_bias: if c.qkv_bias {
+                    Some(gpu.upload(&vec![0.0f32; qd + 2 * kvd])?)
+                } else {
+                    None
+                },
+                q_norm: if c.qk_norm { Some(ones(hd)?) } else { None },
+                k_norm: if c.qk_norm { Some(ones(hd)?) } else { None },
+                o: matrix(h, qd)?,
+                gate_up: matrix(2 * inter, h)?,
+                down: matrix(h, inter)?,
+            });
+        }
+        let embed = matrix(c.vocab_size, h)?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(matrix(c.vocab_size, h)?)
+        };
+        gpu.synchronize()?;
+        Ok(DeviceModel {
+            dtype,
+            embed,
+            layers,
+            final_norm: ones(h)?,
+            lm_head,
+            inv_freq: gpu.upload(&c.rope_inv_freq())?,
+            config: c.clone(),
+        })
+    }
+
+    pub fn lm_head(&self) -> &DevTensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Bytes of device memory held by the matrices.
+    pub fn matrix_bytes(&self) -> usize {
+        let per_layer = |l: &DeviceLayer| l.qkv.len + l.o.len + l.gate_up.len + l.down.len;
+        let n: usize = self.layers.iter().map(per_layer).sum::<usize>()
+            + self.embed.len
+            + self.lm_head.as_ref().map_or(0, |t| t.len);
+        n * self.dtype.size()
+    }
+}
+
+/// Check a device-side allocation size request before making it.
+pub(crate) fn check_free(gpu: &Gpu, bytes: usize, what: &str) -> Result<()> {
+    let (free, _total) = gpu.ctx.mem_get_info().ctx("memory info")?;
+    if bytes > free {
+        return Err(crate::Error::Backend(format!(
+            "cuda: {what} needs {:.1} GiB, {:.1} GiB free on the device",
+            bytes as f64 / (1u64 << 30) as f64,
+            free as f64 / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! `padv score --tokens` end to end on every fixture pair: tokenization of
+//! text records (with and without special tokens, unicode), raw ids, and
+//! chat records through the chat template, against transformers' token ids,
+//! log-probs (≤ 1e-4) and action masks.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn run_pair(name: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let models = root.join("models").join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_padv"))
+        .args(["score", "--device", "cpu", "--tokens", "--policy"])
+        .arg(models.join("trained"))
+        .arg("--reference")
+        .arg(models.join("ref"))
+        .arg("--input")
+        .arg(root.join("inputs/tiny_trajectories.jsonl"))
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join(format!("expected/tiny_{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    let got: Vec<Value> = std::fs::read_to_string(&out_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = expected["records"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        let id = w["id"].as_str().unwrap();
+        assert_eq!(g["id"], w["id"]);
+        assert_eq!(g["token_ids"], w["token_ids"], "{name}/{id}: token ids");
+        for (gk, wk) in [
+            ("logp_policy", "logprobs_trained"),
+            ("logp_reference", "logprobs_ref"),
+            ("advantage", "diff"),
+        ] {
+            let (ga, wa) = (g[gk].as_array().unwrap(), w[wk].as_array().unwrap());
+            assert_eq!(ga.len(), wa.len());
+            assert!(
+                ga[0].is_null() && wa[0].is_null(),
+                "{name}/{id}: first token unscored"
+            );
+            for (t, (a, b)) in ga.iter().zip(wa).enumerate().skip(1) {
+                let d = (a.as_f64().unwrap() - b.as_f64().unwrap()).abs();
+                assert!(d <= 1e-4, "{name}/{id} {gk}[{t}]: {a} vs {b}");
+            }
+        }
+        if let Some(mask) = w.get("action_mask") {
+            assert_eq!(&g["action_mask"], mask, "{name}/{id}: action mask");
+            assert!(!g["steps"].as_array().unwrap().is_empty());
+        }
+    }
+}
+
+#[test]
+fn llama_records_score_like_transformers_through_the_cli() {
+    run_pair("llama");
+}
+#[test]
+fn qwen3_records_score_like_transformers_through_the_cli() {
+    run_pair("qwen3");
+}
+#[test]
+fn llama3_scaled_records_score_like_transformers_through_the_cli() {
+    run_pair("llama3scaled");
+}
+#[test]
+fn qwen2_records_score_like_transformers_through_the_cli() {
+    run_pair("qwen2");
+}
+#[test]
+fn mistral_records_score_like_transformers_through_the_cli() {
+    run_pair("mistral");
+}
+#[test]
+fn bf16_records_score_like_transformers_through_the_cli() {
+    run_pair("llama_bf16");
+}

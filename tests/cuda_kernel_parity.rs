@@ -1,0 +1,481 @@
+//! Every CUDA kernel against its CPU twin on fresh random inputs, for each
+//! weight dtype (f32, bf16, f16): embedding, residual RMSNorm, q/k/v RoPE
+//! into a shuffled paged pool, paged attention (GQA, MQA, windows, several
+//! head dims), SiLU-gate, the cuBLAS GEMM and the fused log-prob kernel.
+//!
+//! Outputs are poisoned (every byte 0xFF = NaN in f32/bf16/f16) before each
+//! launch, so an element a kernel forgets to write fails the comparison.
+//! Tolerances are stated at each check. Without a usable CUDA device every
+//! test prints why and returns; `PADV_REQUIRE_GPU=1` makes that a failure.
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use cuda_common::*;
+use padv::backend::cpu::gemm::matmul_wt_reference;
+use padv::backend::cpu::ops::{self, AttnShape, RopeTable};
+use padv::backend::cuda::DevTensor;
+use padv::backend::cuda::forward::PagedBatch;
+use padv::backend::cuda::kernels::KV_BLOCK;
+use padv::model::weights::{DType, Data, Tensor};
+use padv::score::fused::{row_logp, row_stats};
+
+#[test]
+fn embedding_gathers_and_widens_rows_like_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(1);
+    let (vocab, h) = (1000, 96);
+    let table = rng.vec(vocab * h, 2.0);
+    let tokens: Vec<u32> = (0..77).map(|_| rng.below(vocab) as u32).collect();
+    for dt in DTYPES {
+        let dev_table = DevTensor::from_f32(&gpu, &table, dt).unwrap();
+        let dev_tokens = gpu.upload(&tokens).unwrap();
+        let mut out = gpu.poisoned_f32(tokens.len() * h).unwrap();
+        gpu.embedding(
+            &dev_tokens.as_view(),
+            &dev_table.all(),
+            h,
+            &mut out.as_view_mut(),
+        )
+        .unwrap();
+        let want: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| rounded(dt, &table[t as usize * h..(t as usize + 1) * h]))
+            .collect();
+        // Widening is exact.
+        assert_close(
+            &format!("embedding {dt:?}"),
+            &download(&gpu, &out),
+            &want,
+            0.0,
+            0.0,
+            DType::F32,
+        );
+    }
+}
+
+#[test]
+fn residual_rmsnorm_matches_add_then_cpu_rms_norm_in_place_and_gathered() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(2);
+    let (rows, h, eps) = (37, 200, 1e-6);
+    let x = rng.vec(rows * h, 3.0);
+    let delta = rng.vec(rows * h, 1.0);
+    let w = rng.vec(h, 1.5);
+    let summed: Vec<f32> = x.iter().zip(&delta).map(|(a, b)| a + b).collect();
+    let mut normed = vec![0.0; rows * h];
+    ops::rms_norm(&summed, &w, eps, &mut normed);
+    let gather: Vec<i32> = vec![5, 0, 36, 17, 17];
+    for dt in DTYPES {
+        // In place: x ← x + delta, out = norm(x).
+        let mut dx = gpu.upload(&x).unwrap();
+        let dd = gpu.upload(&delta).unwrap();
+        let dw = gpu.upload(&w).unwrap();
+        let mut out = DevTensor::poisoned(&gpu, dt, rows * h).unwrap();
+        gpu.residual_rmsnorm(
+            &mut dx.as_view_mut(),
+            Some(&dd.as_view()),
+            &dw.as_view(),
+            None,
+            &mut out.all_mut(),
+            h,
+            eps,
+        )
+        .unwrap();
+        // f32 sums in a different order: relative 1e-6 on x and the norm.
+        assert_close(
+            "rmsnorm x+=delta",
+            &download(&gpu, &dx),
+            &summed,
+            0.0,
+            0.0,
+            DType::F32,
+        );
+        assert_close(
+            &format!("rmsnorm out {dt:?}"),
+            &out.to_f32_vec(&gpu).unwrap(),
+            &normed,
+            1e-6,
+            2e-6,
+            dt,
+        );
+
+        // Gathered: only listed rows, x untouched.
+        let mut dx = gpu.upload(&x).unwrap();
+        let dr = gpu.upload(&gather).unwrap();
+        let mut out = DevTensor::poisoned(&gpu, dt, gather.len() * h).unwrap();
+        gpu.residual_rmsnorm(
+            &mut dx.as_view_mut(),
+            Some(&dd.as_view()),
+            &dw.as_view(),
+            Some(&dr.as_view()),
+            &mut out.all_mut(),
+            h,
+            eps,
+        )
+        .unwrap();
+        let want: Vec<f32> = gather
+            .iter()
+            .flat_map(|&r| normed[r as usize * h..(r as usize + 1) * h].to_vec())
+            .collect();
+        assert_close(
+            &format!("rmsnorm gathered {dt:?}"),
+            &out.to_f32_vec(&gpu).unwrap(),
+            &want,
+            1e-6,
+            2e-6,
+            dt,
+        );
+        assert_eq!(download(&gpu, &dx), x, "gathered rmsnorm must not write x");
+    }
+}
+
+#[test]
+fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(3);
+    let lens = [25usize, 15, 40];
+    let n: usize = lens.iter().sum();
+    let needed: usize = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).sum();
+    // Blocks scattered over a pool twice the needed size, in reverse order.
+    let order: Vec<usize> = (0..needed).map(|b| 2 * (needed - 1 - b) + 1).collect();
+    let layout = PagedBatch::with_blocks(&lens, &order);
+    for (heads, kv_heads, hd, with_bias, with_norm) in [
+        (4, 2, 32, true, false),
+        (4, 2, 32, false, true),
+        (2, 1, 128, true, true),
+    ] {
+        let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let width = qd + 2 * kvd;
+        let qkv = rng.vec(n * width, 2.0);
+        let bias = rng.vec(width, 0.5);
+        let qn = rng.vec(hd, 1.5);
+        let kn = rng.vec(hd, 1.5);
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / hd as f32))
+            .collect();
+        let table = RopeTable::new(&inv_freq, 64);
+        let eps = 1e-6;
+        // CPU twin, row by row.
+        let mut want_q = vec![0.0; n * qd];
+        let mut want_k = vec![0.0; n * kvd];
+        let mut want_v = vec![0.0; n * kvd];
+        for t in 0..n {
+            let mut row: Vec<f32> = qkv[t * width..(t + 1) * width].to_vec();
+            if with_bias {
+                row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
+            }
+            let (q, rest) = row.split_at_mut(qd);
+            let (k, v) = rest.split_at_mut(kvd);
+            if with_norm {
+                q.chunks_mut(hd)
+                    .for_each(|h| ops::rms_norm_row(h, &qn, eps));
+                k.chunks_mut(hd)
+                    .for_each(|h| ops::rms_norm_row(h, &kn, eps));
+            }
+            let pos = layout.pos[t] as usize;
+            ops::rope_row(q, &table, pos);
+            ops::rope_row(k, &table, pos);
+            want_q[t * qd..(t + 1) * qd].copy_from_slice(q);
+            want_k[t * kvd..(t + 1) * kvd].copy_from_slice(k);
+            want_v[t * kvd..(t + 1) * kvd].copy_from_slice(v);
+        }
+        for dt in DTYPES {
+            let d_qkv = gpu.upload(&qkv).unwrap();
+            let d_bias = gpu.upload(&bias).unwrap();
+            let d_qn = gpu.upload(&qn).unwrap();
+            let d_kn = gpu.upload(&kn).unwrap();
+            let d_pos = gpu.upload(&layout.pos).unwrap();
+            let d_slots = gpu.upload(&layout.slots).unwrap();
+            let d_freq = gpu.upload(&inv_freq).unwrap();
+            let mut q_out = gpu.poisoned_f32(n * qd).unwrap();
+            let pool = layout.pool_rows() * kvd;
+            let mut kp = DevTensor::poisoned(&gpu, dt, pool).unwrap();
+            let mut vp = DevTensor::poisoned(&gpu, dt, pool).unwrap();
+            let bias_view = d_bias.as_view();
+            let (qnv, knv) = (d_qn.as_view(), d_kn.as_view());
+            gpu.qkv_rope(
+                &d_qkv.as_view(),
+                with_bias.then_some(&bias_view),
+                with_norm.then_some((&qnv, &knv)),
+                &d_pos.as_view(),
+                &d_slots.as_view(),
+                &d_freq.as_view(),
+                &mut q_out.as_view_mut(),
+                &mut kp.all_mut(),
+                &mut vp.all_mut(),
+                AttnShape {
+                    num_heads: heads,
+                    num_kv_heads: kv_heads,
+                    head_dim: hd,
+                    window: None,
+                },
+                eps,
+            )
+            .unwrap();
+            let tag =
+                format!("rope h{heads}/{kv_heads} hd{hd} bias {with_bias} norm {with_norm} {dt:?}");
+            // sincosf vs libm cos/sin (≤ 2 ulp each) on O(1)-sized values.
+            assert_close(
+                &format!("{tag} q"),
+                &download(&gpu, &q_out),
+                &want_q,
+                2e-6,
+                2e-6,
+                DType::F32,
+            );
+            let (kh, vh) = (kp.to_f32_vec(&gpu).unwrap(), vp.to_f32_vec(&gpu).unwrap());
+            let at_slots = |pool: &[f32]| -> Vec<f32> {
+                layout
+                    .slots
+                    .iter()
+                    .flat_map(|&s| pool[s as usize * kvd..(s as usize + 1) * kvd].to_vec())
+                    .collect()
+            };
+            assert_close(&format!("{tag} k"), &at_slots(&kh), &want_k, 2e-6, 2e-6, dt);
+            assert_close(&format!("{tag} v"), &at_slots(&vh), &want_v, 0.0, 0.0, dt);
+        }
+    }
+}
+
+#[test]
+fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_blocks() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(4);
+    for (heads, kv_heads, hd, window, lens) in [
+        (4, 2, 32, None, vec![150usize, 37, 1]),
+        (4, 4, 64, Some(17), vec![100]),
+        (8, 1, 128, Some(40), vec![70, 33]),
+        (2, 1, 256, None, vec![65]),
+        (2, 2, 80, None, vec![50, 31]),
+        (4, 2, 64, Some(1), vec![20]),
+    ] {
+        let shape = AttnShape {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+            window,
+        };
+        let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let n: usize = lens.iter().sum();
+        let needed: usize = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).sum();
+        // A fixed shuffle of the blocks over a larger pool.
+        let mut order: Vec<usize> = (0..needed + 3).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        order.truncate(needed);
+        let layout = PagedBatch::with_blocks(&lens, &order);
+        let q = rng.vec(n * qd, 1.0);
+        let k = rng.vec(n * kvd, 1.0);
+        let v = rng.vec(n * kvd, 1.0);
+        for dt in DTYPES {
+            let (kr, vr) = (rounded(dt, &k), rounded(dt, &v));
+            let mut want = Vec::with_capacity(n * qd);
+            for (s, &len) in lens.iter().enumerate() {
+                let a = layout.seq_start[s] as usize;
+                let b = a + len;
+                want.extend(ops::attention_reference(
+                    &q[a * qd..b * qd],
+                    &kr[a * kvd..b * kvd],
+                    &vr[a * kvd..b * kvd],
+                    0,
+                    len,
+                    shape,
+                ));
+            }
+            // Scatter K/V rows into their pool slots (NaN elsewhere).
+            let rows = layout.pool_rows();
+            let mut kp = vec![f32::NAN; rows * kvd];
+            let mut vp = vec![f32::NAN; rows * kvd];
+            for (t, &slot) in layout.slots.iter().enumerate() {
+                let s = slot as usize;
+                kp[s * kvd..(s + 1) * kvd].copy_from_slice(&kr[t * kvd..(t + 1) * kvd]);
+                vp[s * kvd..(s + 1) * kvd].copy_from_slice(&vr[t * kvd..(t + 1) * kvd]);
+            }
+            let dkp = DevTensor::from_f32(&gpu, &kp, dt).unwrap();
+            let dvp = DevTensor::from_f32(&gpu, &vp, dt).unwrap();
+            let dq = gpu.upload(&q).unwrap();
+            let table = gpu.upload(&layout.block_table).unwrap();
+            let starts = gpu.upload(&layout.seq_start).unwrap();
+            let tiles = gpu.upload(&layout.tiles).unwrap();
+            let mut out = DevTensor::poisoned(&gpu, dt, n * qd).unwrap();
+            gpu.paged_attention(
+                &dq.as_view(),
+                &dkp.all(),
+                &dvp.all(),
+                &table.as_view(),
+                &starts.as_view(),
+                &tiles.as_view(),
+                layout.max_blocks,
+                &mut out.all_mut(),
+                shape,
+            )
+            .unwrap();
+            // f32 online softmax vs the f64 reference: outputs are convex
+            // combinations of O(1) values, so 2e-6 absolute covers the f32
+            // rounding of scores, exps and sums; typed outputs add one ulp.
+            assert_close(
+                &format!("attention h{heads}/{kv_heads} hd{hd} window {window:?} {lens:?} {dt:?}"),
+                &out.to_f32_vec(&gpu).unwrap(),
+                &want,
+                2e-6,
+                2e-6,
+                dt,
+            );
+        }
+    }
+}
+
+#[test]
+fn silu_mul_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(5);
+    let (n, inter) = (33, 300);
+    let gate_up = rng.vec(n * 2 * inter, 8.0);
+    let mut want = Vec::with_capacity(n * inter);
+    for row in gate_up.chunks(2 * inter) {
+        let (g, u) = row.split_at(inter);
+        let mut g = g.to_vec();
+        ops::silu_mul_inplace(&mut g, u);
+        want.extend(g);
+    }
+    for dt in DTYPES {
+        let dg = gpu.upload(&gate_up).unwrap();
+        let mut out = DevTensor::poisoned(&gpu, dt, n * inter).unwrap();
+        gpu.silu_mul(&dg.as_view(), &mut out.all_mut(), inter)
+            .unwrap();
+        // expf vs the CPU's polynomial exp: a few f32 ulp.
+        assert_close(
+            &format!("silu_mul {dt:?}"),
+            &out.to_f32_vec(&gpu).unwrap(),
+            &want,
+            1e-6,
+            2e-6,
+            dt,
+        );
+    }
+}
+
+#[test]
+fn cublas_gemm_matches_the_triple_loop_for_every_dtype() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(6);
+    let (rows, n, k, ldo) = (37, 300, 72, 305);
+    let x = rng.vec(rows * k, 1.0);
+    let w = rng.vec(n * k, 1.0);
+    for dt in DTYPES {
+        let (xr, wr) = (rounded(dt, &x), rounded(dt, &w));
+        let shape = [n, k];
+        let t = Tensor {
+            name: "w",
+            shape: &shape,
+            data: Data::F32(&wr),
+        };
+        let want = matmul_wt_reference(&xr, rows, &t);
+        let dx = DevTensor::from_f32(&gpu, &x, dt).unwrap();
+        let dw = DevTensor::from_f32(&gpu, &w, dt).unwrap();
+        let mut out = gpu.poisoned_f32(rows * ldo).unwrap();
+        gpu.matmul_wt(
+            &dx.all(),
+            &dw.all(),
+            &mut out.as_view_mut(),
+            rows,
+            n,
+            k,
+            ldo,
+        )
+        .unwrap();
+        let got = download(&gpu, &out);
+        let got: Vec<f32> = (0..rows)
+            .flat_map(|r| got[r * ldo..r * ldo + n].to_vec())
+            .collect();
+        // Products of rounded operands are exact in f32; only the f32
+        // accumulation order differs (k = 72 terms of size ≤ 1).
+        assert_close(&format!("gemm {dt:?}"), &got, &want, 2e-5, 1e-5, DType::F32);
+    }
+}
+
+#[test]
+fn fused_logprob_matches_row_stats_and_row_logp() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(7);
+    for (vocab, pad, scale) in [
+        (7usize, 1usize, 3.0f32),
+        (513, 3, 20.0),
+        (4099, 1, 0.01),
+        (151_936, 0, 30.0),
+        (32_000, 8, 10.0),
+    ] {
+        let ld = (vocab + pad).next_multiple_of(4);
+        let rows = 6;
+        let mut lp = vec![f32::NAN; rows * ld];
+        let mut lr = vec![f32::NAN; rows * ld];
+        let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab) as u32).collect();
+        for r in 0..rows {
+            let p = rng.vec(vocab, scale);
+            let q = rng.vec(vocab, scale);
+            lp[r * ld..r * ld + vocab].copy_from_slice(&p);
+            lr[r * ld..r * ld + vocab].copy_from_slice(&q);
+        }
+        // A late maximum (online rescale), a flat row (ties everywhere).
+        lp[ld + vocab - 1] = 2.0 * scale;
+        lp[2 * ld..2 * ld + vocab].fill(0.5);
+        let dp = gpu.upload(&lp).unwrap();
+        let dr = gpu.upload(&lr).unwrap();
+        let dtg = gpu.upload(&targets).unwrap();
+        let mut out = gpu.poisoned_f32(4 * rows).unwrap();
+        gpu.fused_logprob(
+            &dp.as_view(),
+            &dr.as_view(),
+            &dtg.as_view(),
+            &mut out.as_view_mut(),
+            vocab,
+            ld,
+        )
+        .unwrap();
+        let got = download(&gpu, &out);
+        for r in 0..rows {
+            let t = targets[r] as usize;
+            let p = row_stats(&lp[r * ld..r * ld + vocab], t);
+            let q = row_logp(&lr[r * ld..r * ld + vocab], t);
+            let g = &got[4 * r..4 * r + 4];
+            // Both sides reduce ~vocab f32 exps in different orders: the
+            // CPU's own fused-vs-naive test allows 2e-5; log-probs here reach
+            // lse ≈ 40, where one f32 ulp is 4e-6.
+            let tag = format!("fused vocab {vocab} row {r}");
+            assert_close(
+                &format!("{tag} logp_policy"),
+                &g[0..1],
+                &[p.logp],
+                3e-5,
+                1e-6,
+                DType::F32,
+            );
+            assert_close(
+                &format!("{tag} logp_ref"),
+                &g[1..2],
+                &[q],
+                3e-5,
+                1e-6,
+                DType::F32,
+            );
+            assert_close(
+                &format!("{tag} entropy"),
+                &g[2..3],
+                &[p.entropy],
+                3e-5,
+                3e-5,
+                DType::F32,
+            );
+            assert_close(
+                &format!("{tag} top_mean"),
+                &g[3..4],
+                &[p.top_mean],
+                3e-5,
+                1e-6,
+                DType::F32,
+            );
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The CUDA pair scorer against the CPU one on every fixture pair in
+//! tests/fixtures/models/* (records, a partial score mask, empty and
+//! one-token sequences, long packed sequences), a sliding-window variant,
+//! and against transformers' log-probs; plus device selection with a GPU.
+//!
+//! Without a usable CUDA device every test prints why and returns; set
+//! `PADV_REQUIRE_GPU=1` (scripts/gpu-check.sh does) to make that a failure,
+//! so a GPU run can never pass vacuously.
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cuda_common::{fixtures, gpu};
+use padv::backend::cuda::CudaPair;
+use padv::backend::{Device, PairScorer, SeqRequest, open_pair};
+use padv::model::Model;
+use padv::model::weights::DType;
+use padv::score::TokenScores;
+use serde_json::Value;
+
+fn fixture_records(name: &str) -> Vec<Vec<u32>> {
+    let text =
+        std::fs::read_to_string(fixtures().join(format!("expected/tiny_{name}.json"))).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// The fixture records, one record with a partial score mask, an empty and
+/// a one-token sequence, and two long sequences cycling the records' tokens
+/// (many attention tiles and KV blocks per sequence).
+fn batch_for(records: &[Vec<u32>]) -> Vec<SeqRequest> {
+    let mut batch: Vec<SeqRequest> = records
+        .iter()
+        .map(|ids| SeqRequest {
+            token_ids: ids.clone(),
+            score_mask: None,
+        })
+        .collect();
+    let all: Vec<u32> = records.concat();
+    batch.push(SeqRequest {
+        token_ids: records[0].clone(),
+        score_mask: Some((0..records[0].len()).map(|t| t % 3 == 1).collect()),
+    });
+    batch.push(SeqRequest::default());
+    batch.push(SeqRequest {
+        token_ids: vec![records[0][0]],
+        score_mask: None,
+    });
+    for len in [300usize, 517] {
+        batch.push(SeqRequest {
+            token_ids: all.iter().cycle().take(len).copied().collect(),
+            score_mask: None,
+        });
+    }
+    batch
+}
+
+/// Compare two scorers' outputs: NaN exactly where the other is NaN, values
+/// within `tol.max` (entropy relative to max(1, H)) and `tol.mean` on average.
+fn assert_scores_close(name: &str, gpu: &[TokenScores], cpu: &[TokenScores], tol: Tol) {
+    let mut worst = 0.0f32;
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        for (key, a, b) in [
+            ("logp_policy", &g.logp_policy, &c.logp_policy),
+            ("logp_reference", &g.logp_reference, &c.logp_reference),
+            ("entropy_policy", &g.entropy_policy, &c.entropy_policy),
+            ("self_certainty", &g.self_certainty, &c.self_certainty),
+        ] {
+            assert_eq!(a.len(), b.len(), "{name} seq {i} {key}: length");
+            for (t, (&x, &y)) in a.iter().zip(b.iter()).enumerate() {
+                let at = || format!("{name} seq {i} {key}[{t}]: gpu {x}, cpu {y}");
+                assert_eq!(x.is_nan(), y.is_nan(), "{}", at());
+                if y.is_nan() {
+                    continue;
+                }
+                let d = (x - y).abs();
+                let scale = if key == "entropy_policy" {
+                    y.abs().max(1.0)
+                } else {
+                    1.0
+                };
+                assert!(d <= tol.max * scale, "{}", at());
+                worst = worst.max(d);
+                sum += d as f64;
+                count += 1;
+            }
+        }
+    }
+    let mean = sum / count.max(1) as f64;
+    assert!(
+        mean <= tol.mean as f64,
+        "{name}: mean |Δ| {mean:.2e} > {}",
+        tol.mean
+    );
+    eprintln!(
+        "{name}: {} sequences, max |Δ| gpu vs cpu = {worst:.2e}, mean {mean:.2e}",
+        gpu.len()
+    );
+}
+
+#[derive(Clone, Copy)]
+struct Tol {
+    max: f32,
+    mean: f32,
+}
+
+fn compare_pair(name: &str, dir: &Path, records: &[Vec<u32>], compute: Option<DType>, tol: Tol) {
+    let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
+    let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
+    let batch = batch_for(records);
+    let mut cpu = open_pair(Device::Cpu, policy.clone(), reference.clone()).unwrap();
+    let mut gpu = match compute {
+        Some(d) => CudaPair::with_compute_dtype(0, policy, reference, d).unwrap(),
+        None => CudaPair::new(0, policy, reference).unwrap(),
+    };
+    eprintln!("{name}: {}", gpu.describe());
+    let want = cpu.score(&batch).unwrap();
+    let got = gpu.score(&batch).unwrap();
+    assert_scores_close(name, &got, &want, tol);
+    // Scoring twice gives the same bits (no state leaks between batches).
+    let bits = |s: &[TokenScores]| -> Vec<u32> {
+        s.iter()
+            .flat_map(|x| {
+                [
+                    &x.logp_policy,
+                    &x.logp_reference,
+                    &x.entropy_policy,
+                    &x.self_certainty,
+                ]
+                .into_iter()
+                .flatten()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(
+        bits(&gpu.score(&batch).unwrap()),
+        bits(&got),
+        "{name}: second run differs"
+    );
+}
+
+// f32 arithmetic on both backends (f32 checkpoints, or a bf16 checkpoint
+// uploaded with compute dtype F32, whose bf16 weights widen exactly): they
+// differ only in summation order (cuBLAS vs the CPU GEMM, tree vs sequential
+// reductions) and exp implementations, ~1e-6 relative on logits of size ≤ 30;
+// the same 1e-4 budget the HF parity harness uses against transformers.
+const F32_TOL: Tol = Tol {
+    max: 1e-4,
+    mean: 1e-5,
+};
+// A bf16 checkpoint in its own dtype: the GPU stores every GEMM input (and
+// the KV pool) in bf16, the CPU keeps them in f32, so six roundings of
+// 2⁻⁹ relative per layer reach logits of size ~9. A NumPy emulation of exactly
+// these roundings on the llama_bf16 fixture gives max |Δ logp| = 0.060 and
+// mean 0.010 (each site alone 0.013–0.028); bounds at ~2.5× that. A wrong
+// kernel moves log-probs by O(1).
+const BF16_TOL: Tol = Tol {
+    max: 0.15,
+    mean: 0.025,
+};
+
+#[test]
+fn every_fixture_pair_scores_like_the_cpu_backend() {
+    let Some(_gpu) = gpu() else { return };
+    let mut names: Vec<String> = std::fs::read_dir(fixtures().join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "fixture pairs missing: {names:?}");
+    for name in names {
+        let dir = fixtures().join("models").join(&name);
+        let records = fixture_records(&name);
+        if name.contains("bf16") {
+            compare_pair(&name, &dir, &records, None, BF16_TOL);
+            let f32_name = format!("{name} (f32 compute)");
+            compare_pair(&f32_name, &dir, &records, Some(DType::F32), F32_TOL);
+        } else {
+            compare_pair(&name, &dir, &records, None, F32_TOL);
+        }
+    }
+}
+
+#[test]
+fn sliding_window_pair_scores_like_the_cpu_backend() {
+    let Some(_gpu) = gpu() else { return };
+    // The mistral fixture with an 8-token window on every layer.
+    let tmp = tempfile::tempdir().unwrap();
+    for side in ["ref", "trained"] {
+        let src = fixtures().join("models/mistral").join(side);
+        let dst = tmp.path().join(side);
+        std::fs::create_dir_all(&dst).unwrap();
+        for f in ["model.safetensors", "config.json"] {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+        let cfg = dst.join("config.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v["sliding_window"] = Value::from(8);
+        std::fs::write(&cfg, v.to_string()).unwrap();
+    }
+    compare_pair(
+        "mistral window 8",
+        tmp.path(),
+        &fixture_records("mistral"),
+        None,
+        F32_TOL,
+    );
+}
+
+#[test]
+fn f32_fixture_pairs_match_transformers_on_the_gpu() {
+    let Some(_gpu) = gpu() else { return };
+    for name in ["llama", "llama3scaled", "qwen2", "mistral", "qwen3"] {
+        let dir = fixtures().join("models").join(name);
+        let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
+        let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
+        let mut scorer = CudaPair::new(0, policy, reference).unwrap();
+        let text =
+            std::fs::read_to_string(fixtures().join(format!("expected/tiny_{name}.json"))).unwrap();
+        let expected: Value = serde_json::from_str(&text).unwrap();
+        let records = expected["records"].as_array().unwrap();
+        let batch: Vec<SeqRequest> = fixture_records(name)
+            .into_iter()
+            .map(|token_ids| SeqRequest {
+                token_ids,
+                score_mask: None,
+            })
+            .collect();
+        let scores = scorer.score(&batch).unwrap();
+        let mut worst = 0.0f64;
+        for (r, s) in records.iter().zip(&scores) {
+            for (key, got) in [
+                ("logprobs_trained", &s.logp_policy),
+                ("logprobs_ref", &s.logp_reference),
+            ] {
+                for (t, w) in r[key].as_array().unwrap().iter().enumerate().skip(1) {
+                    let d = (w.as_f64().unwrap() - got[t] as f64).abs();
+                    worst = worst.max(d);
+                    assert!(
+                        d <= 1e-4,
+                        "{name} {key}[{t}]: gpu {}, transformers {w}",
+                        got[t]
+                    );
+                }
+            }
+        }
+        eprintln!("{name}: max |Δ logp| gpu vs transformers = {worst:.2e}");
+    }
+}
+
+#[test]
+fn auto_device_picks_the_gpu_when_one_is_present() {
+    let Some(gpu) = gpu() else { return };
+    let arch = gpu.arch();
+    eprintln!("{} (compute capability {arch:?})", gpu.describe());
+    if matches!(arch.0, 8 | 9) {
+        assert!(
+            gpu.describe().contains("cubin"),
+            "sm_8x/9x must load an embedded cubin"
+        );
+    }
+    let dir = fixtures().join("models/llama");
+    let p = Arc::new(Model::load(&dir.join("trained")).unwrap());
+    let r = Arc::new(Model::load(&dir.join("ref")).unwrap());
+    let scorer = open_pair(Device::Auto, p.clone(), r.clone()).unwrap();
+    assert!(
+        scorer.describe().starts_with("cuda:0"),
+        "{}",
+        scorer.describe()
+    );
+    let err = open_pair(Device::Cuda(999), p, r)
+        .err()
+        .expect("no device 999");
+    assert!(err.to_string().contains("cuda:999"), "{err}");
+}
