@@ -129,8 +129,9 @@ impl PairCache {
     /// Admit the requests `order` (indices into `batch`, sorted by tokens)
     /// into one wave: look each up, reference its hit and allocate blocks for
     /// its new full blocks. A request sharing a not-yet-cached full block with
-    /// the wave's previous member is deferred (returned second): it will hit
-    /// that block in the next wave instead of computing it again.
+    /// the wave's previous member, which that member will cache, is deferred
+    /// (returned second): it will hit the block in the next wave instead of
+    /// computing it again.
     pub fn admit(&mut self, batch: &[SeqRequest], order: &[usize]) -> (Vec<Admitted>, Vec<usize>) {
         let bs = self.block_size();
         let mut wave: Vec<Admitted> = Vec::new();
@@ -140,10 +141,12 @@ impl PairCache {
             let mut hit = self.pool.lookup(tokens);
             hit.truncate(self.usable(&hit, &batch[i]));
             // Sorted order: the previous member shares the longest prefix.
+            // Defer when it will cache more of that prefix than is cached now.
             if let Some(prev) = wave.last() {
                 let other = &batch[prev.seq].token_ids;
                 let shared = tokens.iter().zip(other).take_while(|(a, b)| a == b).count();
-                if shared / bs > hit.len() {
+                let reach = (shared / bs).min(prev.hit.len() + prev.fill.len());
+                if reach > hit.len() {
                     deferred.push(i);
                     continue;
                 }
