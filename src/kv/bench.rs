@@ -54,8 +54,9 @@ pub struct PrefixBenchOptions {
 
 impl PrefixBenchOptions {
     /// The default workloads (sized for a small CPU): a 10-step trajectory
-    /// after a 256-token prompt; 8 rollouts of 3 steps after a 1,000-token
-    /// task prompt.
+    /// after a 512-token prompt (system prompt and tools), steps of a
+    /// 64-token observation and a 32-token action; 8 rollouts of 3 such steps
+    /// after a 1,000-token task prompt.
     pub fn new(policy: PathBuf, reference: PathBuf) -> PrefixBenchOptions {
         PrefixBenchOptions {
             policy,
@@ -63,10 +64,10 @@ impl PrefixBenchOptions {
             device: Device::Auto,
             repeats: 1,
             kv_cache_mb: None,
-            prompt: 256,
+            prompt: 512,
             steps: 10,
-            observation: 48,
-            action: 24,
+            observation: 64,
+            action: 32,
             rollouts: 8,
             rollout_prompt: 1000,
             rollout_steps: 3,
