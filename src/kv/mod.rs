@@ -45,8 +45,14 @@
 //! `((b · block_size + i) · num_kv_heads + h) · head_dim`. A sequence's block
 //! table is the list of block ids of its prefix in order; a paged-attention
 //! kernel reads keys of position `p` from block `table[p / block_size]`, row
-//! `p % block_size`. The last-token hidden states are `[num_blocks, hidden]`
-//! per model, the token scores `[num_blocks, block_size, 4]` for the pair.
+//! `p % block_size`. This is the pool layout of `kernels/attention.cu`
+//! (`k_pool`/`v_pool` `[num_blocks · 16, kv_heads, head_dim]`, `block_table`
+//! of pool blocks per sequence, `KV_BLOCK = 16` = [`DEFAULT_BLOCK_SIZE`]), so
+//! the ids this pool hands out index the GPU pool unchanged. The last-token
+//! hidden states are `[num_blocks, hidden]` per model, the token scores
+//! `[num_blocks, block_size, 4]` for the pair. The CPU forward gathers a
+//! sequence's cached blocks into a contiguous view per layer (one copy of
+//! `block_size` rows per block) and runs the strided CPU attention over it.
 //!
 //! [`cache::PairCache`] ties pool and stores together and plans a batch:
 //! requests are sorted by tokens and admitted in waves, so that sequences that
