@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// Also write the figures as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Measure the KV-prefix cache instead: agent trajectories scored step by
+    /// step and rollouts sharing a task prompt, cache off vs on.
+    #[arg(long)]
+    pub prefix_cache: bool,
 }
 
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -115,6 +119,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 (Some(p), Some(r)) => (p, r),
                 _ => bench::ensure_synth_pair(&a.shape, a.dtype)?,
             };
+            if a.prefix_cache {
+                let mut o = padv::kv::bench::PrefixBenchOptions::new(policy, reference);
+                (o.device, o.repeats) = (a.device, a.repeats);
+                let report = padv::kv::bench::run(&o)?;
+                println!("{}", report.table());
+                if let Some(path) = a.json {
+                    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                return Ok(());
+            }
             let report = bench::run(&BenchOptions {
                 policy,
                 reference,

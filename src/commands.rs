@@ -56,6 +56,12 @@ pub struct ModelArgs {
     /// Tokens per forward batch.
     #[arg(long, default_value_t = 8192)]
     pub batch_tokens: usize,
+    /// Recompute shared prefixes instead of reusing their cached K/V.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
+    /// Prefix-cache budget in MiB (default: a quarter of available memory, 64 MiB–16 GiB).
+    #[arg(long)]
+    pub kv_cache_mb: Option<usize>,
 }
 
 impl ModelArgs {
@@ -86,6 +92,8 @@ impl ModelArgs {
             max_length: self.max_length,
             batch_tokens: self.batch_tokens.max(1),
             with_tokens,
+            prefix_cache: !self.no_prefix_cache,
+            kv_cache_mb: self.kv_cache_mb,
         }
     }
 }

@@ -26,6 +26,7 @@ use serde_json::{Map, Value, json};
 use crate::apps::method::Aggregation;
 use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
 use crate::backend::{Device, PairScorer, SeqRequest, open_pair};
+use crate::kv::{CacheStats, KvOptions};
 use crate::model::Model;
 use crate::score::TokenScores;
 use crate::score::aggregate::{StepAgg, TokenAgg};
@@ -48,6 +49,10 @@ pub struct ScorerOptions {
     pub batch_tokens: usize,
     /// Score every position and emit token arrays (not only action tokens).
     pub with_tokens: bool,
+    /// Reuse the K/V of shared token prefixes across records and calls ([`crate::kv`]).
+    pub prefix_cache: bool,
+    /// Prefix-cache budget in MiB; `None`: [`crate::kv::default_budget_bytes`].
+    pub kv_cache_mb: Option<usize>,
 }
 
 impl Default for ScorerOptions {
@@ -61,6 +66,8 @@ impl Default for ScorerOptions {
             max_length: None,
             batch_tokens: 8192,
             with_tokens: false,
+            prefix_cache: true,
+            kv_cache_mb: None,
         }
     }
 }
@@ -109,7 +116,10 @@ impl Scorer {
         tokenizer.same_as(&ref_tok)?;
         let policy = Arc::new(Model::load(policy)?);
         let reference = Arc::new(Model::load(reference)?);
-        let backend = open_pair(opts.device, policy.clone(), reference.clone())?;
+        let mut backend = open_pair(opts.device, policy.clone(), reference.clone())?;
+        if opts.prefix_cache {
+            backend.set_prefix_cache(Some(KvOptions::with_budget_mb(opts.kv_cache_mb)))?;
+        }
         let render = opts
             .render
             .unwrap_or_else(|| RenderMode::default_for(&tokenizer));
@@ -146,6 +156,11 @@ impl Scorer {
 
     pub fn backend_description(&self) -> String {
         self.backend.describe()
+    }
+
+    /// The backend's prefix-cache counters (hit and computed tokens, …).
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.backend.cache_stats()
     }
 
     pub fn settings(&self) -> ScoreSettings {
@@ -223,7 +238,14 @@ impl Scorer {
             }
             batch.clear();
         };
-        for (i, enc) in encoded.iter().enumerate() {
+        // With the prefix cache, records sharing a prefix go to one batch.
+        let mut order: Vec<usize> = (0..records.len()).collect();
+        if self.opts.prefix_cache {
+            let key = |i: usize| encoded[i].as_ref().map(|e| &e.token_ids[..]).ok();
+            order.sort_by(|&a, &b| key(a).cmp(&key(b)));
+        }
+        for i in order {
+            let enc = &encoded[i];
             match enc {
                 Err(e) => {
                     out[i] = Some(Err(Error::input(

@@ -35,6 +35,15 @@ pub trait PairScorer: Send {
     fn describe(&self) -> String;
     /// Score a batch; one [`TokenScores`] per request, in order.
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>>;
+    /// Turn the shared KV-prefix cache ([`crate::kv`]) on with these options,
+    /// or off (`None`). Backends without one score without it.
+    fn set_prefix_cache(&mut self, _opts: Option<crate::kv::KvOptions>) -> Result<()> {
+        Ok(())
+    }
+    /// Prefix-cache counters and gauges; `None` when the backend keeps none.
+    fn cache_stats(&self) -> Option<crate::kv::CacheStats> {
+        None
+    }
 }
 
 /// Where to run.

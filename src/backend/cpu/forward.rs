@@ -1,13 +1,22 @@
 //! Teacher-forced forward of one decoder over a packed batch of sequences,
-//! returning the final-norm hidden state of *every* position.
+//! returning the final-norm hidden state of *every* new position.
 //!
 //! Linear layers run over token chunks of all sequences at once (big GEMMs,
 //! bounded scratch: `CHUNK × intermediate` floats), attention runs per
 //! sequence. Residual adds are fused into the o/down projections (the GEMM
 //! accumulates into the residual stream).
+//!
+//! With a KV cache ([`KvBatch`], layout in [`crate::kv`]) a sequence's rows are
+//! only its *new* tokens, at positions `[past, past + len)`: per layer, the
+//! keys/values of the cached prefix are gathered from its block table in
+//! front of the new ones and attention runs with a `past` offset, and the new
+//! full blocks' K/V are written into the blocks the cache allocated for them
+//! (vLLM's `reshape_and_cache`). The cost is the new tokens' linear layers
+//! plus their attention over the whole prefix.
 
 use super::gemm::matmul_wt;
 use super::ops::{self, AttnShape, RopeTable};
+use crate::kv::{BlockId, ModelKv};
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -19,6 +28,24 @@ pub const CHUNK: usize = 1024;
 pub struct Packed {
     pub start: usize,
     pub len: usize,
+}
+
+/// The cache side of one packed sequence.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeqKv<'a> {
+    /// Block table of the cached prefix: positions `[0, past)`, `past =
+    /// past.len() · block_size`.
+    pub past: &'a [BlockId],
+    /// Blocks receiving this call's full blocks: `fill[j]` gets new rows
+    /// `[j · block_size, (j + 1) · block_size)`.
+    pub fill: &'a [BlockId],
+}
+
+/// A model's block store and the cache side of every sequence (same order
+/// as the packed sequences).
+pub struct KvBatch<'a> {
+    pub store: &'a mut ModelKv,
+    pub seqs: &'a [SeqKv<'a>],
 }
 
 /// Check every token id against the model's vocabulary.
@@ -39,9 +66,55 @@ pub fn forward_hidden(
     tokens: &[u32],
     seqs: &[Packed],
 ) -> Result<Vec<f32>> {
+    forward_hidden_kv(model, rope, tokens, seqs, None)
+}
+
+/// [`forward_hidden`] continuing cached prefixes: `tokens` are the new tokens
+/// of every sequence, and each sequence's prefix and the blocks to fill come
+/// from `kv`. Returns the hidden states of the new positions only.
+pub fn forward_hidden_kv(
+    model: &Model,
+    rope: &RopeTable,
+    tokens: &[u32],
+    seqs: &[Packed],
+    mut kv: Option<KvBatch<'_>>,
+) -> Result<Vec<f32>> {
     let cfg = &model.config;
     check_tokens(model, tokens)?;
-    let longest = seqs.iter().map(|s| s.len).max().unwrap_or(0);
+    let bs = kv.as_ref().map_or(0, |kv| kv.store.block_size());
+    let past: Vec<usize> = match &kv {
+        Some(kv) => {
+            if kv.seqs.len() != seqs.len() {
+                return Err(Error::Backend(format!(
+                    "{} cache entries for {} sequences",
+                    kv.seqs.len(),
+                    seqs.len()
+                )));
+            }
+            if kv.store.kv_dim() != cfg.num_kv_heads * cfg.head_dim {
+                return Err(Error::Backend(
+                    "the KV store belongs to a model of another shape".into(),
+                ));
+            }
+            for (s, k) in seqs.iter().zip(kv.seqs) {
+                if k.fill.len() * bs > s.len {
+                    return Err(Error::Backend(format!(
+                        "{} blocks to fill from {} new tokens",
+                        k.fill.len(),
+                        s.len
+                    )));
+                }
+            }
+            kv.seqs.iter().map(|k| k.past.len() * bs).collect()
+        }
+        None => vec![0; seqs.len()],
+    };
+    let longest = seqs
+        .iter()
+        .zip(&past)
+        .map(|(s, p)| s.len + p)
+        .max()
+        .unwrap_or(0);
     if longest > rope.max_pos() {
         return Err(Error::Backend(format!(
             "sequence of {longest} tokens is longer than the RoPE table ({})",
@@ -60,9 +133,9 @@ pub fn forward_hidden(
         w.embed.data.widen_into(tok as usize * h, row);
     }
     let mut pos = vec![0usize; t];
-    for s in seqs {
+    for (s, &p) in seqs.iter().zip(&past) {
         for i in 0..s.len {
-            pos[s.start + i] = i;
+            pos[s.start + i] = p + i;
         }
     }
 
@@ -74,6 +147,8 @@ pub fn forward_hidden(
     let mut normed = vec![0.0f32; c * h];
     let mut gate = vec![0.0f32; c * inter];
     let mut up = vec![0.0f32; c * inter];
+    // Prefix + new keys/values of one sequence (only when it has a prefix).
+    let (mut k_all, mut v_all) = (Vec::new(), Vec::new());
 
     for (li, lw) in w.layers.iter().enumerate() {
         let in_norm = lw.input_norm.data.to_f32_vec();
@@ -126,19 +201,50 @@ pub fn forward_hidden(
             head_dim: hd,
             window: cfg.sliding_window[li],
         };
-        for s in seqs {
+        for (si, s) in seqs.iter().enumerate() {
             let (a, b) = (s.start, s.start + s.len);
-            ops::attention(
-                &q[a * qd..b * qd],
-                &k[a * kvd..b * kvd],
-                kvd,
-                &v[a * kvd..b * kvd],
-                kvd,
-                0,
-                s.len,
-                shape,
-                &mut attn[a * qd..b * qd],
-            );
+            let p = past[si];
+            if s.len > 0 && p == 0 {
+                ops::attention(
+                    &q[a * qd..b * qd],
+                    &k[a * kvd..b * kvd],
+                    kvd,
+                    &v[a * kvd..b * kvd],
+                    kvd,
+                    0,
+                    s.len,
+                    shape,
+                    &mut attn[a * qd..b * qd],
+                );
+            } else if s.len > 0 {
+                let kv = kv.as_ref().expect("a prefix implies a cache");
+                let n = (p + s.len) * kvd;
+                k_all.resize(n, 0.0);
+                v_all.resize(n, 0.0);
+                let (kp, kn) = k_all.split_at_mut(p * kvd);
+                let (vp, vn) = v_all.split_at_mut(p * kvd);
+                kv.store.gather(li, kv.seqs[si].past, kp, vp);
+                kn.copy_from_slice(&k[a * kvd..b * kvd]);
+                vn.copy_from_slice(&v[a * kvd..b * kvd]);
+                ops::attention(
+                    &q[a * qd..b * qd],
+                    &k_all,
+                    kvd,
+                    &v_all,
+                    kvd,
+                    p,
+                    s.len,
+                    shape,
+                    &mut attn[a * qd..b * qd],
+                );
+            }
+            if let Some(kv) = kv.as_mut() {
+                for (j, &id) in kv.seqs[si].fill.iter().enumerate() {
+                    let rows = (a + j * bs) * kvd..(a + (j + 1) * bs) * kvd;
+                    kv.store.k_mut(li, id).copy_from_slice(&k[rows.clone()]);
+                    kv.store.v_mut(li, id).copy_from_slice(&v[rows]);
+                }
+            }
         }
 
         for r0 in (0..t).step_by(c) {
