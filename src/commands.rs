@@ -279,6 +279,15 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                     lines.len(),
                     path.display()
                 );
+                if let Some(c) = scorer.cache_stats() {
+                    eprintln!(
+                        "prefix cache: {} tokens computed, {} reused ({:.1}% hit rate), {} evictions",
+                        c.computed_tokens,
+                        c.hit_tokens,
+                        100.0 * c.hit_rate(),
+                        c.evictions
+                    );
+                }
             }
         }
         None => {

@@ -89,6 +89,17 @@ fn health_models_metrics_and_openapi_describe_the_running_server() {
         .parse()
         .unwrap();
     assert!(tokens > 100.0, "{tokens}");
+    let computed: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("padv_cache_computed_tokens_total "))
+        .expect("prefix-cache counters are exported")
+        .parse()
+        .unwrap();
+    assert!(
+        computed > 0.0 && computed <= tokens,
+        "{computed} of {tokens}"
+    );
+    assert!(text.contains("padv_cache_hit_tokens_total "), "{text}");
 
     let nope = http.get("/v2/nothing").unwrap();
     assert_eq!(nope.status, 404);

@@ -6,8 +6,9 @@
 //!
 //! Routes are labelled by their template (`/v1/sessions/{id}/steps`), never
 //! by the concrete path, so session ids do not explode the label set.
-//! Prefix-cache figures (hit tokens, cache evictions) appear once the
-//! backend exposes them; until then they are omitted rather than faked.
+//! Prefix-cache figures (lookups, hit and computed tokens, evictions) come
+//! from the backend after every round (omitted for a backend without a
+//! cache rather than faked).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -84,6 +85,8 @@ pub struct Metrics {
     pub jobs_abandoned: AtomicU64,
     pub worker_busy_ns: AtomicU64,
     pub sessions_evicted: AtomicU64,
+    /// The backend's prefix-cache counters after the latest round.
+    pub cache: Mutex<Option<crate::kv::CacheStats>>,
 }
 
 impl Metrics {
@@ -102,6 +105,7 @@ impl Metrics {
             jobs_abandoned: AtomicU64::new(0),
             worker_busy_ns: AtomicU64::new(0),
             sessions_evicted: AtomicU64::new(0),
+            cache: Mutex::default(),
         }
     }
 
@@ -245,6 +249,39 @@ impl Metrics {
             "Sessions closed for being idle longer than the TTL.",
             load(&self.sessions_evicted),
         );
+        let cache = self.cache.lock().map(|c| c.clone()).unwrap_or(None);
+        if let Some(c) = cache {
+            for (name, help, v) in [
+                (
+                    "padv_cache_lookups_total",
+                    "Sequences looked up in the prefix cache.",
+                    c.lookups,
+                ),
+                (
+                    "padv_cache_hit_tokens_total",
+                    "Tokens whose K/V (both models) came from the prefix cache.",
+                    c.hit_tokens,
+                ),
+                (
+                    "padv_cache_computed_tokens_total",
+                    "Tokens run through the forward of both models.",
+                    c.computed_tokens,
+                ),
+                (
+                    "padv_cache_evictions_total",
+                    "Prefix-cache blocks evicted to make room.",
+                    c.evictions,
+                ),
+            ] {
+                counter(&mut out, name, help, v as f64);
+            }
+            gauge(
+                &mut out,
+                "padv_cache_blocks",
+                "Blocks holding cached prefixes.",
+                c.blocks_cached as f64,
+            );
+        }
         gauge(
             &mut out,
             "padv_uptime_seconds",

@@ -417,6 +417,9 @@ fn finish(scorer: &Scorer, r: Result<ScoredRecord>, metrics: &Metrics) -> Result
     metrics
         .tokens_scored
         .fetch_add(n_tokens as u64, Ordering::Relaxed);
+    if let Ok(mut c) = metrics.cache.lock() {
+        *c = scorer.cache_stats();
+    }
     Ok(Scored {
         json: scorer.to_json(&s),
         n_tokens,
