@@ -249,7 +249,7 @@ impl Metrics {
             "Sessions closed for being idle longer than the TTL.",
             load(&self.sessions_evicted),
         );
-        let cache = self.cache.lock().map(|c| c.clone()).unwrap_or(None);
+        let cache = self.cache.lock().map(|c| *c).unwrap_or(None);
         if let Some(c) = cache {
             for (name, help, v) in [
                 (
