@@ -411,16 +411,7 @@ fn no_other_fields(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ApiEr
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
+use crate::trajectory::json_kind as kind;
 
 #[cfg(test)]
 mod tests {

@@ -247,7 +247,8 @@ fn into_object(value: Value, loc: &str) -> Result<Map<String, Value>> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// How a JSON value's type reads in an error message ("a list", "null").
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
