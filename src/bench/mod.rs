@@ -46,10 +46,16 @@ fn best_of<F: FnMut()>(n: usize, mut f: F) -> f64 {
 pub fn gemm_peak_gflops() -> f64 {
     let (m, n, k) = (512, 4864, 896);
     let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
-    let b: Vec<half::bf16> = (0..n * k).map(|i| half::bf16::from_f32((i % 7) as f32 * 0.01)).collect();
+    let b: Vec<half::bf16> = (0..n * k)
+        .map(|i| half::bf16::from_f32((i % 7) as f32 * 0.01))
+        .collect();
     let mut c = vec![0.0f32; m * n];
     let shape = [n, k];
-    let w = Tensor { name: "peak", shape: &shape, data: Data::BF16(&b) };
+    let w = Tensor {
+        name: "peak",
+        shape: &shape,
+        data: Data::BF16(&b),
+    };
     let secs = best_of(8, || matmul_wt(&a, m, &w, &mut c, n, false));
     2.0 * (m * n * k) as f64 / secs / 1e9
 }
