@@ -183,11 +183,6 @@ fn progress(total: usize) -> ProgressBar {
     bar
 }
 
-/// Read input records, keeping per-record errors in place.
-fn read_input(path: &Path, format: Option<Format>) -> Result<Vec<padv::Result<Record>>> {
-    Ok(read_records(path, format)?)
-}
-
 /// Score records in slices (for the progress bar); one result per record.
 fn score_records(scorer: &mut Scorer, records: &[Record]) -> Vec<padv::Result<ScoredRecord>> {
     let bar = progress(records.len());
@@ -218,7 +213,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
     let (policy, reference) = a.model.pair();
     let mut scorer = Scorer::load(&policy, &reference, a.model.options(a.tokens))?;
-    let records = read_input(&input, a.model.format)?;
+    let records = read_records(&input, a.model.format)?;
     // Parse errors stay in place so the output has one line per input record.
     let mut ok = Vec::new();
     let mut slots = Vec::with_capacity(records.len());
@@ -349,7 +344,7 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
         });
         Ok(())
     };
-    for r in read_input(input, a.model.format)? {
+    for r in read_records(input, a.model.format)? {
         match r {
             Ok(r) => records.push(r),
             Err(e) => skip(e, None)?,
@@ -381,15 +376,21 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
     })
 }
 
-/// Whether the first record of a JSONL file is `padv score` output.
+/// Whether the first record of a JSONL file is `padv score` output (reads
+/// only up to that line; directories and unreadable paths are not).
 fn is_scored_file(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    use std::io::BufRead;
+    let Ok(file) = File::open(path) else {
         return false;
     };
-    let Some(first) = text.lines().find(|l| !l.trim().is_empty()) else {
+    let first = std::io::BufReader::new(file)
+        .lines()
+        .map_while(std::result::Result::ok)
+        .find(|l| !l.trim().is_empty());
+    let Some(first) = first else {
         return false;
     };
-    serde_json::from_str::<Value>(first)
+    serde_json::from_str::<Value>(&first)
         .ok()
         .and_then(|v| {
             v.as_object().map(|o| {

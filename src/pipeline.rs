@@ -90,11 +90,17 @@ impl ScoredRecord {
     /// Whether the record is an agent trajectory (has action steps) rather
     /// than a text / token sequence scored token by token.
     pub fn is_trajectory(&self) -> bool {
-        match &self.record.body {
-            Body::Chat(_) => true,
-            Body::Tokens { action_spans, .. } => action_spans.is_some(),
-            Body::Text { .. } => false,
-        }
+        has_actions(&self.record.body)
+    }
+}
+
+/// Chat records and token records with action spans are trajectories; text
+/// and bare token ids are scored token by token.
+fn has_actions(body: &Body) -> bool {
+    match body {
+        Body::Chat(_) => true,
+        Body::Tokens { action_spans, .. } => action_spans.is_some(),
+        Body::Text { .. } => false,
     }
 }
 
@@ -274,15 +280,7 @@ impl Scorer {
     /// Which positions need the LM head: action tokens for trajectories
     /// (unless token arrays are asked for), every position otherwise.
     fn request(&self, record: &Record, enc: &Encoded) -> SeqRequest {
-        let trajectory = !matches!(record.body, Body::Text { .. })
-            && !matches!(
-                record.body,
-                Body::Tokens {
-                    action_spans: None,
-                    ..
-                }
-            );
-        let score_mask = (trajectory && !self.opts.with_tokens)
+        let score_mask = (has_actions(&record.body) && !self.opts.with_tokens)
             .then(|| enc.action_mask().iter().map(|&m| m == 1).collect());
         SeqRequest {
             token_ids: enc.token_ids.clone(),
