@@ -20,6 +20,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use padv::backend::cpu::ops::AttnShape;
+use padv::backend::cuda::forward::PagedBatch;
+use padv::backend::cuda::kernels::AttnKernel;
 use padv::backend::cuda::{CudaPair, DevTensor, Gpu, probe};
 use padv::backend::{PairScorer, SeqRequest};
 use padv::model::Config;
@@ -191,17 +194,42 @@ fn bench_memory(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
             ld,
         )
     });
+    // The row-slicing sweep (the line above uses the automatic choice).
+    let sweep = [1usize, 2, 4, 16, 32];
+    for splits in sweep {
+        timed(&mut g, &format!("fused_logprob_split{splits}"), gpu, || {
+            gpu.fused_logprob_splits(
+                &lp,
+                &lr,
+                &targets.as_view(),
+                &mut out.as_view_mut(),
+                vocab,
+                ld,
+                splits,
+            )
+        });
+    }
     g.finish();
 
     let copy = median("memcpy_d2d_1GiB").map(|t| (2 * 4 * n) as f64 / t / 1e9);
-    let fused = median("fused_logprob_1024x151936").map(|t| (2 * 4 * rows * ld) as f64 / t / 1e9);
-    if let (Some(copy), Some(fused)) = (copy, fused) {
+    let rate = |name: &str| median(name).map(|t| (2 * 4 * rows * ld) as f64 / t / 1e9);
+    if let (Some(copy), Some(fused)) = (copy, rate("fused_logprob_1024x151936")) {
         s.lines.push(format!(
             "| device copy (D2D, read+write) | {copy:.0} GB/s | 100% |"
         ));
         s.lines.push(format!(
             "| fused_logprob 1024×151936 ×2 models | {fused:.0} GB/s | {:.0}% of copy |",
             100.0 * fused / copy
+        ));
+        let by_split: Vec<String> = sweep
+            .iter()
+            .filter_map(|&k| {
+                rate(&format!("fused_logprob_split{k}")).map(|r| format!("{k}: {r:.0}"))
+            })
+            .collect();
+        s.lines.push(format!(
+            "| fused_logprob slices per row → GB/s | {} | |",
+            by_split.join(", ")
         ));
     }
 }
@@ -226,6 +254,64 @@ fn bench_gemm(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) -> Option<f64> {
         "| cuBLAS bf16 GEMM 8192³ (f32 out) | {rate:.0} TFLOP/s | 100% |"
     ));
     Some(rate)
+}
+
+/// Causal attention alone, SIMT vs tensor-core kernel, on the 0.5B and 7B
+/// head geometries (bf16 cache, 2 × 4096 queries).
+fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
+    let mut g = c.benchmark_group("attention");
+    configure(&mut g, false);
+    for (label, heads, kv_heads, hd) in [("0.5b", 14usize, 2usize, 64usize), ("7b", 28, 4, 128)] {
+        let lens = [4096usize, 4096];
+        let layout = PagedBatch::new(&lens);
+        let n = layout.tokens();
+        let shape = AttnShape {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+            window: None,
+        };
+        let pool = layout.pool_rows() * kv_heads * hd;
+        let mut q = DevTensor::alloc(gpu, DType::F32, n * heads * hd).unwrap();
+        let mut k = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
+        let mut v = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
+        gpu.fill_uniform(&mut q.all_mut(), 11, -1.0, 1.0).unwrap();
+        gpu.fill_uniform(&mut k.all_mut(), 12, -1.0, 1.0).unwrap();
+        gpu.fill_uniform(&mut v.all_mut(), 13, -1.0, 1.0).unwrap();
+        let table = gpu.upload(&layout.block_table).unwrap();
+        let starts = gpu.upload(&layout.seq_start).unwrap();
+        let tiles = gpu.upload(&layout.tiles).unwrap();
+        let mut out = DevTensor::alloc(gpu, DType::BF16, n * heads * hd).unwrap();
+        let pairs: f64 = lens.iter().map(|&l| (l * (l + 1) / 2) as f64).sum();
+        let flops = 4.0 * pairs * (heads * hd) as f64;
+        let qv = q.f32_view().unwrap();
+        let mut rates = Vec::new();
+        for kernel in [AttnKernel::Simt, AttnKernel::TensorCore] {
+            let name = format!("attention_{label}_{kernel:?}_2x4096");
+            timed(&mut g, &name, gpu, || {
+                gpu.paged_attention_with(
+                    kernel,
+                    &qv,
+                    &k.all(),
+                    &v.all(),
+                    &table.as_view(),
+                    &starts.as_view(),
+                    &tiles.as_view(),
+                    layout.max_blocks,
+                    &mut out.all_mut(),
+                    shape,
+                )
+            });
+            rates.push(median(&name).map(|t| flops / t / 1e12));
+        }
+        if let [Some(simt), Some(tc)] = rates[..] {
+            s.lines.push(format!(
+                "| attention {label} (h{heads}/{kv_heads}, hd{hd}), 2×4096, bf16 | {tc:.0} TFLOP/s tensor cores, {simt:.1} SIMT | {:.1}× |",
+                tc / simt
+            ));
+        }
+    }
+    g.finish();
 }
 
 fn bench_pair(
@@ -308,21 +394,28 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_memory(&mut c, &gpu, &mut s);
     let peak = bench_gemm(&mut c, &gpu, &mut s);
-    bench_pair(
-        &mut c,
-        "qwen2.5-0.5b",
-        &qwen25_0_5b(),
-        8,
-        1024,
-        peak,
-        &mut s,
-    );
+    bench_attention(&mut c, &gpu, &mut s);
+    // 8 × 1024 (many short agent contexts) and 2 × 4096 (long ones: the
+    // issue's T ≥ 4096 target, where attention's share grows).
+    for (seqs, len) in [(8, 1024), (2, 4096)] {
+        bench_pair(
+            &mut c,
+            "qwen2.5-0.5b",
+            &qwen25_0_5b(),
+            seqs,
+            len,
+            peak,
+            &mut s,
+        );
+    }
     let free = gpu.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
     if std::env::var_os("PADV_BENCH_SKIP_7B").is_some() || free < (48usize << 30) {
         s.lines
             .push("| qwen2.5-7b pair | skipped (PADV_BENCH_SKIP_7B or < 48 GiB free) | |".into());
     } else {
-        bench_pair(&mut c, "qwen2.5-7b", &qwen25_7b(), 8, 1024, peak, &mut s);
+        for (seqs, len) in [(8, 1024), (2, 4096)] {
+            bench_pair(&mut c, "qwen2.5-7b", &qwen25_7b(), seqs, len, peak, &mut s);
+        }
     }
     c.final_summary();
 

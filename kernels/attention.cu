@@ -22,23 +22,39 @@
 //   (src/kv's block pool hands out these ids).
 //
 // Work split: one thread block per (query tile, head). A query tile is
-// ATTN_BR = 32 consecutive queries of one sequence (the host lists the tiles of
-// all packed sequences in `tiles`, so varlen batches need no padding). 8 warps
-// × 4 query rows; for each tile of ATTN_BC = 32 keys a lane computes the score
-// of one key for the warp's 4 rows (k rows padded to head_dim + 1 floats so the
-// lanes hit distinct banks), then the warp accumulates P·V with lanes over
-// head_dim (SLOTS = ceil(head_dim / 32) registers per row). This runs on CUDA
-// cores; a tensor-core (mma) version is the next step for long contexts.
+// ATTN_BR = 64 consecutive queries of one sequence (the host lists the tiles of
+// all packed sequences in `tiles`, so varlen batches need no padding). Two
+// kernels read the same tiles and layout:
 //
-// Launch: grid (num_tiles, heads), 256 threads, dynamic shared memory
-// (ATTN_BR·hd + ATTN_BC·(hd + 1) + ATTN_BC·hd) floats.
+// * `paged_attention_mma_*` (bf16/f16 caches, head_dim 32, 64 or 128): tensor
+//   cores. 4 warps × 16 query rows; per tile of MMA_BC = 64 keys each warp
+//   computes S = Q·Kᵀ with mma.sync m16n8k16 (Q held as A fragments for the
+//   whole kernel, pre-scaled by log2(e)/sqrt(hd) and rounded to the cache
+//   dtype), masks, updates the online softmax in registers (each thread owns
+//   2 rows × 16 keys of S; row max/sum over the 4 threads of a quad), and
+//   accumulates O += P·V with P re-packed from the S accumulators as A
+//   fragments (FlashAttention-2's register reuse). K is staged row-major,
+//   V transposed, both with 8 elements of padding so fragment loads hit 32
+//   distinct banks. P is rounded to the cache dtype for the product, as
+//   FlashAttention does; the sums stay f32.
+// * `paged_attention_*_s<SLOTS>` (every dtype and head_dim ≤ 256; f32 models):
+//   CUDA cores, each tile as two halves of SIMT_BR = 32 queries: 8 warps × 4
+//   query rows; for each tile of ATTN_BC = 32 keys a lane computes the score
+//   of one key for the warp's 4 rows (k rows padded to head_dim + 1 floats so
+//   the lanes hit distinct banks), then the warp accumulates P·V with lanes
+//   over head_dim (SLOTS = ceil(head_dim / 32) registers per row).
+//
+// Launch: grid (num_tiles, heads). SIMT: 256 threads, dynamic shared memory
+// (SIMT_BR·hd + ATTN_BC·(hd + 1) + ATTN_BC·hd) floats. MMA: 128 threads,
+// static shared memory.
 #include "common.cuh"
 
 #define KV_BLOCK 16
-#define ATTN_BR 32
+#define ATTN_BR 64
+#define SIMT_BR 32
 #define ATTN_BC 32
 #define ATTN_WARPS 8
-#define ROWS (ATTN_BR / ATTN_WARPS)
+#define ROWS (SIMT_BR / ATTN_WARPS)
 
 template <typename T, int SLOTS>
 __device__ void paged_attention(const float* __restrict__ q,          // [n, heads, hd] f32, packed sequences
@@ -51,103 +67,107 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
                                 int heads, int kv_heads, int hd, int max_blocks, int window,
                                 float scale) {
     extern __shared__ float smem[];
-    float* qs = smem;                       // [ATTN_BR][hd], pre-scaled by 1/sqrt(hd)
-    float* ks = qs + ATTN_BR * hd;          // [ATTN_BC][hd + 1]
+    float* qs = smem;                       // [SIMT_BR][hd], pre-scaled by 1/sqrt(hd)
+    float* ks = qs + SIMT_BR * hd;          // [ATTN_BC][hd + 1]
     float* vs = ks + ATTN_BC * (hd + 1);    // [ATTN_BC][hd]
 
-    const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
+    const int seq = tiles[2 * blockIdx.x], tile0 = tiles[2 * blockIdx.x + 1];
     const int h = blockIdx.y, kvh = h / (heads / kv_heads);
     const int base = seq_start[seq];
-    const int nq = min(ATTN_BR, seq_start[seq + 1] - base - q0);
     const size_t qd = (size_t)heads * hd, kvd = (size_t)kv_heads * hd;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int32_t* table = block_table + (size_t)seq * max_blocks;
 
-    for (int e = threadIdx.x; e < ATTN_BR * hd; e += blockDim.x) {
-        const int r = e / hd, d = e % hd;
-        qs[e] = r < nq ? q[(size_t)(base + q0 + r) * qd + h * hd + d] * scale : 0.0f;
-    }
-
-    float m[ROWS], l[ROWS], acc[ROWS][SLOTS];
-#pragma unroll
-    for (int i = 0; i < ROWS; ++i) {
-        m[i] = -INFINITY;
-        l[i] = 0.0f;
-#pragma unroll
-        for (int s = 0; s < SLOTS; ++s) acc[i][s] = 0.0f;
-    }
-
-    const int k_hi = q0 + nq;  // keys [k_lo, k_hi) can be visible to this tile
-    const int k_lo = window > 0 ? max(0, q0 - window + 1) : 0;
-    for (int kt = k_lo; kt < k_hi; kt += ATTN_BC) {
-        __syncthreads();  // the previous tile is consumed (first pass: qs is stored)
-        for (int e = threadIdx.x; e < ATTN_BC * hd; e += blockDim.x) {
-            const int r = e / hd, d = e % hd, j = kt + r;
-            float kv = 0.0f, vv = 0.0f;
-            if (j < k_hi) {
-                const size_t row = (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
-                const size_t off = row * kvd + (size_t)kvh * hd + d;
-                kv = to_f32(k_pool[off]);
-                vv = to_f32(v_pool[off]);
-            }
-            ks[r * (hd + 1) + d] = kv;
-            vs[r * hd + d] = vv;
-        }
-        __syncthreads();
-
-        // Scores of key kt + lane against the warp's rows.
-        float s[ROWS];
-#pragma unroll
-        for (int i = 0; i < ROWS; ++i) s[i] = 0.0f;
-        const float* krow = ks + lane * (hd + 1);
-        const float* qrow = qs + warp * ROWS * hd;
-        for (int d = 0; d < hd; ++d) {
-            const float kd = krow[d];
-#pragma unroll
-            for (int i = 0; i < ROWS; ++i) s[i] = fmaf(qrow[i * hd + d], kd, s[i]);
+    for (int q0 = tile0; q0 < tile0 + ATTN_BR; q0 += SIMT_BR) {
+        const int nq = min(SIMT_BR, seq_start[seq + 1] - base - q0);
+        if (nq <= 0) break;  // block-uniform
+        __syncthreads();  // the previous half is done with qs / ks / vs
+        for (int e = threadIdx.x; e < SIMT_BR * hd; e += blockDim.x) {
+            const int r = e / hd, d = e % hd;
+            qs[e] = r < nq ? q[(size_t)(base + q0 + r) * qd + h * hd + d] * scale : 0.0f;
         }
 
-        const int j = kt + lane;
+        float m[ROWS], l[ROWS], acc[ROWS][SLOTS];
 #pragma unroll
         for (int i = 0; i < ROWS; ++i) {
-            const int r = warp * ROWS + i;
-            if (r >= nq) continue;  // warp-uniform
-            const int qi = q0 + r;
-            const bool vis = j < k_hi && j <= qi && (window <= 0 || j > qi - window);
-            const float si = vis ? s[i] : -INFINITY;
-            const float mn = fmaxf(m[i], warp_max(si));
-            if (mn == -INFINITY) continue;  // warp-uniform: nothing visible yet
-            const float p = vis ? expf(si - mn) : 0.0f;
-            const float corr = expf(m[i] - mn);  // 0 when m was −inf
-            l[i] = l[i] * corr + warp_sum(p);
-            m[i] = mn;
+            m[i] = -INFINITY;
+            l[i] = 0.0f;
 #pragma unroll
-            for (int sl = 0; sl < SLOTS; ++sl) acc[i][sl] *= corr;
+            for (int s = 0; s < SLOTS; ++s) acc[i][s] = 0.0f;
+        }
+
+        const int k_hi = q0 + nq;  // keys [k_lo, k_hi) can be visible to this tile
+        const int k_lo = window > 0 ? max(0, q0 - window + 1) : 0;
+        for (int kt = k_lo; kt < k_hi; kt += ATTN_BC) {
+            __syncthreads();  // the previous tile is consumed (first pass: qs is stored)
+            for (int e = threadIdx.x; e < ATTN_BC * hd; e += blockDim.x) {
+                const int r = e / hd, d = e % hd, j = kt + r;
+                float kv = 0.0f, vv = 0.0f;
+                if (j < k_hi) {
+                    const size_t row = (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
+                    const size_t off = row * kvd + (size_t)kvh * hd + d;
+                    kv = to_f32(k_pool[off]);
+                    vv = to_f32(v_pool[off]);
+                }
+                ks[r * (hd + 1) + d] = kv;
+                vs[r * hd + d] = vv;
+            }
+            __syncthreads();
+
+            // Scores of key kt + lane against the warp's rows.
+            float s[ROWS];
+#pragma unroll
+            for (int i = 0; i < ROWS; ++i) s[i] = 0.0f;
+            const float* krow = ks + lane * (hd + 1);
+            const float* qrow = qs + warp * ROWS * hd;
+            for (int d = 0; d < hd; ++d) {
+                const float kd = krow[d];
+#pragma unroll
+                for (int i = 0; i < ROWS; ++i) s[i] = fmaf(qrow[i * hd + d], kd, s[i]);
+            }
+
+            const int j = kt + lane;
+#pragma unroll
+            for (int i = 0; i < ROWS; ++i) {
+                const int r = warp * ROWS + i;
+                if (r >= nq) continue;  // warp-uniform
+                const int qi = q0 + r;
+                const bool vis = j < k_hi && j <= qi && (window <= 0 || j > qi - window);
+                const float si = vis ? s[i] : -INFINITY;
+                const float mn = fmaxf(m[i], warp_max(si));
+                if (mn == -INFINITY) continue;  // warp-uniform: nothing visible yet
+                const float p = vis ? expf(si - mn) : 0.0f;
+                const float corr = expf(m[i] - mn);  // 0 when m was −inf
+                l[i] = l[i] * corr + warp_sum(p);
+                m[i] = mn;
+#pragma unroll
+                for (int sl = 0; sl < SLOTS; ++sl) acc[i][sl] *= corr;
 #pragma unroll 8
-            for (int jj = 0; jj < ATTN_BC; ++jj) {
-                const float pj = __shfl_sync(FULL_MASK, p, jj);
-                const float* vrow = vs + jj * hd;
+                for (int jj = 0; jj < ATTN_BC; ++jj) {
+                    const float pj = __shfl_sync(FULL_MASK, p, jj);
+                    const float* vrow = vs + jj * hd;
 #pragma unroll
-                for (int sl = 0; sl < SLOTS; ++sl) {
-                    const int d = lane + 32 * sl;
-                    if (d < hd) acc[i][sl] = fmaf(pj, vrow[d], acc[i][sl]);
+                    for (int sl = 0; sl < SLOTS; ++sl) {
+                        const int d = lane + 32 * sl;
+                        if (d < hd) acc[i][sl] = fmaf(pj, vrow[d], acc[i][sl]);
+                    }
                 }
             }
         }
-    }
 
 #pragma unroll
-    for (int i = 0; i < ROWS; ++i) {
-        const int r = warp * ROWS + i;
-        if (r >= nq) continue;
-        const float inv = 1.0f / l[i];
-        T* o = out + (size_t)(base + q0 + r) * qd + (size_t)h * hd;
+        for (int i = 0; i < ROWS; ++i) {
+            const int r = warp * ROWS + i;
+            if (r >= nq) continue;
+            const float inv = 1.0f / l[i];
+            T* o = out + (size_t)(base + q0 + r) * qd + (size_t)h * hd;
 #pragma unroll
-        for (int sl = 0; sl < SLOTS; ++sl) {
-            const int d = lane + 32 * sl;
-            if (d < hd) o[d] = from_f32<T>(acc[i][sl] * inv);
+            for (int sl = 0; sl < SLOTS; ++sl) {
+                const int d = lane + 32 * sl;
+                if (d < hd) o[d] = from_f32<T>(acc[i][sl] * inv);
+            }
         }
-    }
+    }  // halves
 }
 
 // Entry points `paged_attention_<dtype>_s<SLOTS>`, SLOTS ∈ {1, 2, 4, 8}
@@ -167,3 +187,229 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
     PAGED_ATTENTION_SLOTS(SUFFIX, T, 4)   \
     PAGED_ATTENTION_SLOTS(SUFFIX, T, 8)
 INSTANTIATE_T(PAGED_ATTENTION)
+
+// ---------------------------------------------------------------------------
+// Tensor-core kernel (see the header). Fragment layouts of
+// mma.sync.m16n8k16 (g = lane / 4, c = lane % 4; each register holds two
+// consecutive-column elements, the lower column in the low half):
+//   A 16×16 row-major: a0 (g, 2c..), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
+//   B 16×8 (k × n):    b0 (k 2c.., n g), b1 (k 2c+8.., n g)
+//   C 16×8 f32:        c0,c1 (g, 2c, 2c+1), c2,c3 (g+8, 2c, 2c+1)
+#define MMA_BC 64
+#define MMA_WARPS 4
+
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16*) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __half*) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// d += a·b (16×16 · 16×8, f32 accumulate), one overload per operand type.
+#define MMA16816(T, PTX_TYPE)                                                                  \
+    __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4],            \
+                                             uint32_t b0, uint32_t b1, T*) {                   \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 "    \
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                 \
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                          \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));          \
+    }
+MMA16816(__nv_bfloat16, "bf16")
+MMA16816(__half, "f16")
+
+template <typename T, int HD>
+__device__ void paged_attention_mma(const float* __restrict__ q, const T* __restrict__ k_pool,
+                                    const T* __restrict__ v_pool,
+                                    const int32_t* __restrict__ block_table,
+                                    const int32_t* __restrict__ seq_start,
+                                    const int32_t* __restrict__ tiles, T* __restrict__ out,
+                                    int heads, int kv_heads, int max_blocks, int window,
+                                    float scale) {
+    // (`hd` is the template's HD; the entry point takes it for a signature
+    // shared with the SIMT kernel.)
+    constexpr int KC = HD / 16;        // k-steps of Q·Kᵀ over head_dim
+    constexpr int DT = HD / 8;         // n-tiles of P·V over head_dim
+    constexpr int NT = MMA_BC / 8;     // n-tiles of S over the keys
+    constexpr int KSTR = HD + 8;       // ks row stride (elements)
+    constexpr int VSTR = MMA_BC + 8;   // vt row stride (elements)
+    constexpr int VEC = 8;             // elements per 16-byte load
+    __shared__ __align__(16) T ks[MMA_BC * KSTR];  // [key][hd]
+    __shared__ __align__(16) T vt[HD * VSTR];      // [hd][key]
+    T* const tag = nullptr;  // selects the dtype's pack2 / mma16816
+
+    const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
+    const int h = blockIdx.y, kvh = h / (heads / kv_heads);
+    const int base = seq_start[seq];
+    const int nq = min(ATTN_BR, seq_start[seq + 1] - base - q0);
+    const size_t qd = (size_t)heads * HD, kvd = (size_t)kv_heads * HD;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, c = lane % 4;
+    const int32_t* table = block_table + (size_t)seq * max_blocks;
+
+    // This thread's two query rows within the tile, and Q as A fragments.
+    const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+    const float qscale = scale * 1.4426950408889634f;  // scores in log2 units
+    uint32_t qa[KC][4];
+    {
+        const float* q_lo = q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD;
+        const float* q_hi = q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD;
+        const bool lo = r_lo < nq, hi = r_hi < nq;
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int d = kc * 16 + half * 8 + 2 * c;
+                const float2 x = lo ? *reinterpret_cast<const float2*>(q_lo + d) : float2{0, 0};
+                const float2 y = hi ? *reinterpret_cast<const float2*>(q_hi + d) : float2{0, 0};
+                qa[kc][2 * half] = pack2(x.x * qscale, x.y * qscale, tag);
+                qa[kc][2 * half + 1] = pack2(y.x * qscale, y.y * qscale, tag);
+            }
+        }
+    }
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float acc[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+
+    const int qi_lo = q0 + r_lo, qi_hi = q0 + r_hi;
+    const int k_hi = q0 + nq;
+    const int k_lo = window > 0 ? max(0, q0 - window + 1) : 0;
+    for (int kt = k_lo; kt < k_hi; kt += MMA_BC) {
+        __syncthreads();  // the previous tile's ks / vt are consumed
+        // K: coalesced 16-byte rows (consecutive threads along head_dim).
+        for (int e = threadIdx.x; e < MMA_BC * (HD / VEC); e += blockDim.x) {
+            const int r = e / (HD / VEC), d = (e % (HD / VEC)) * VEC, j = kt + r;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (j < k_hi) {
+                const size_t row = (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
+                v = *reinterpret_cast<const uint4*>(k_pool + row * kvd + (size_t)kvh * HD + d);
+            }
+            *reinterpret_cast<uint4*>(ks + r * KSTR + d) = v;
+        }
+        // V, transposed: consecutive threads take consecutive keys, so the
+        // 2-byte stores of a warp land in consecutive words of one vt row.
+        for (int e = threadIdx.x; e < MMA_BC * (HD / VEC); e += blockDim.x) {
+            const int r = e % MMA_BC, d = (e / MMA_BC) * VEC, j = kt + r;
+            uint4 v = make_uint4(0, 0, 0, 0);  // zeros: P·V never meets a NaN
+            if (j < k_hi) {
+                const size_t row = (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
+                v = *reinterpret_cast<const uint4*>(v_pool + row * kvd + (size_t)kvh * HD + d);
+            }
+            const T* vals = reinterpret_cast<const T*>(&v);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) vt[(d + i) * VSTR + r] = vals[i];
+        }
+        __syncthreads();
+
+        // S = Q·Kᵀ for this warp's 16 rows × 64 keys.
+        float s[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            const T* krow = ks + (nt * 8 + g) * KSTR + 2 * c;
+#pragma unroll
+            for (int kc = 0; kc < KC; ++kc) {
+                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kc * 16);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kc * 16 + 8);
+                mma16816(s[nt], qa[kc], b0, b1, tag);
+            }
+        }
+
+        // Mask, then the online softmax of rows lo (s[][0..1]) and hi (s[][2..3]).
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int j = kt + nt * 8 + 2 * c + (e & 1);
+                const int qi = e < 2 ? qi_lo : qi_hi;
+                const bool vis = j < k_hi && j <= qi && (window <= 0 || j > qi - window);
+                s[nt][e] = vis ? s[nt][e] : -INFINITY;
+                mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+            }
+        }
+        float corr[2], mb[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
+            const float mn = fmaxf(m[i], mx[i]);
+            mb[i] = mn == -INFINITY ? 0.0f : mn;  // nothing visible yet: p = 0, no NaN
+            corr[i] = exp2f(m[i] - mb[i]);        // 0 when m was −inf
+            m[i] = mn;
+            l[i] *= corr[i];
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[nt][e] = exp2f(s[nt][e] - mb[e / 2]);
+                l[e / 2] += s[nt][e];
+            }
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            acc[dt][0] *= corr[0];
+            acc[dt][1] *= corr[0];
+            acc[dt][2] *= corr[1];
+            acc[dt][3] *= corr[1];
+        }
+
+        // O += P·V, P (16 × 64 keys) re-packed from S as four A fragments.
+#pragma unroll
+        for (int kc = 0; kc < MMA_BC / 16; ++kc) {
+            const uint32_t pa[4] = {
+                pack2(s[2 * kc][0], s[2 * kc][1], tag),
+                pack2(s[2 * kc][2], s[2 * kc][3], tag),
+                pack2(s[2 * kc + 1][0], s[2 * kc + 1][1], tag),
+                pack2(s[2 * kc + 1][2], s[2 * kc + 1][3], tag),
+            };
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                const T* vrow = vt + (dt * 8 + g) * VSTR + kc * 16 + 2 * c;
+                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(vrow);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(vrow + 8);
+                mma16816(acc[dt], pa, b0, b1, tag);
+            }
+        }
+    }
+
+    // Row sums over the quad, then O / l.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 1);
+        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = i == 0 ? r_lo : r_hi;
+        if (r >= nq) continue;
+        const float inv = 1.0f / l[i];
+        T* o = out + (size_t)(base + q0 + r) * qd + (size_t)h * HD + 2 * c;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            *reinterpret_cast<uint32_t*>(o + dt * 8) =
+                pack2(acc[dt][2 * i] * inv, acc[dt][2 * i + 1] * inv, tag);
+        }
+    }
+}
+
+// Entry points `paged_attention_mma_<dtype>_d<HD>`, HD ∈ {32, 64, 128}.
+#define PAGED_ATTENTION_MMA_HD(SUFFIX, T, HD)                                                 \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                              \
+        paged_attention_mma_##SUFFIX##_d##HD(                                                 \
+            const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
+            const int32_t* seq_start, const int32_t* tiles, T* out, int heads, int kv_heads,  \
+            int /* hd = HD */, int max_blocks, int window, float scale) {                     \
+        paged_attention_mma<T, HD>(q, k_pool, v_pool, block_table, seq_start, tiles, out,     \
+                                   heads, kv_heads, max_blocks, window, scale);               \
+    }
+#define PAGED_ATTENTION_MMA(SUFFIX, T)       \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32)    \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64)    \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128)
+PAGED_ATTENTION_MMA(bf16, __nv_bfloat16)
+PAGED_ATTENTION_MMA(f16, __half)

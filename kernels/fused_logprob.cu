@@ -13,20 +13,42 @@
 //     (s ← s·c, w ← c·(w − δ·s), c = e^{−δ}, δ = m_new − m_old); then
 //     lse = m + log s and entropy H = lse − E[z] = log s − w/s. Accumulating
 //     z − m instead of z keeps every term ≤ 0, so nothing cancels;
-//   * a per-thread top-20 (sorted, in registers; a logit is inserted only when
-//     it beats the thread's 20th), merged over the block by 20 rounds of
-//     block-wide argmax;
-//   * the target logit, read once by thread 0.
-// Only 16 bytes per row are written. Logits are f32 (bf16 logits would cost
+//   * a per-warp top-20, spread over lanes 0..19 in descending order; a
+//     float4 costs one warp vote unless some lane holds a value above the
+//     warp's 20th, and then each such value is inserted with one ballot and
+//     one shuffle (per-thread sorted lists were tried first: their divergent
+//     insertions cost as much as the memory traffic). The warps' lists merge
+//     through shared memory;
+//   * the target logit, read once per row by the finishing warp.
+// Exponentials use __expf (ex2.approx: ~2 ulp, plus |x|·2⁻²⁴ relative from
+// the scaling, negligible on terms e^x that matter); the CPU twin uses its
+// own fast exp. Only 16 bytes per row are written. Logits are f32 (bf16 logits would cost
 // ~0.06 nats of log-prob at |z| ≈ 20). CPU twin: `score::fused::row_stats`
 // (policy row) and `row_logp` (reference row) in src/score/fused.rs.
 //
-// Launch: one block of FUSED_THREADS per row; rows padded to `ld` floats
-// (ld % 4 == 0, so every row starts 16-byte aligned).
+// Work split: one block per row would leave the last wave of a long
+// memory-bound launch mostly idle (1024 rows fill ~1.5 waves of an H200), so
+// each row pair is cut into `splits` slices of whole float4s:
+//   * fused_logprob_partial, grid (rows, splits), FUSED_THREADS threads: one
+//     slice of both rows → a Partial (policy m/s/w, reference m/s, the
+//     slice's top-20), 128 bytes;
+//   * fused_logprob_finish, one warp per row: merges the row's partials
+//     (online-softmax merge, top-20 of splits×20 candidates), reads the two
+//     target logits and writes the 16-byte result.
+// Each thread keeps FUSED_UNROLL 16-byte loads in flight. Rows are padded to
+// `ld` floats (ld % 4 == 0, so every row starts 16-byte aligned).
 #include "common.cuh"
 
 #define TOP_K 20
 #define FUSED_THREADS 256
+#define FUSED_UNROLL 4
+
+// One slice's state, written by fused_logprob_partial (32 floats).
+struct __align__(16) Partial {
+    float m_p, s_p, w_p, m_r, s_r, pad[3];
+    float top[TOP_K];  // descending; −inf where the slice had fewer
+    float pad2[32 - 8 - TOP_K];
+};
 
 struct Online {
     float m;  // running max
@@ -37,7 +59,7 @@ struct Online {
 __device__ __forceinline__ void online_raise(Online& a, float m_new) {
     if (m_new > a.m) {
         if (a.s > 0.0f) {
-            const float d = m_new - a.m, c = expf(-d);
+            const float d = m_new - a.m, c = __expf(-d);
             a.w = c * (a.w - d * a.s);
             a.s *= c;
         }
@@ -47,7 +69,7 @@ __device__ __forceinline__ void online_raise(Online& a, float m_new) {
 
 template <bool W>
 __device__ __forceinline__ void online_add(Online& a, float z) {
-    const float t = z - a.m, e = expf(t);
+    const float t = z - a.m, e = __expf(t);
     a.s += e;
     if (W) a.w = fmaf(e, t, a.w);
 }
@@ -56,12 +78,12 @@ __device__ __forceinline__ Online online_merge(Online a, Online b) {
     const float mx = fmaxf(a.m, b.m);
     Online r{mx, 0.0f, 0.0f};
     if (a.s > 0.0f) {
-        const float d = mx - a.m, c = expf(-d);
+        const float d = mx - a.m, c = __expf(-d);
         r.s += c * a.s;
         r.w += c * (a.w - d * a.s);
     }
     if (b.s > 0.0f) {
-        const float d = mx - b.m, c = expf(-d);
+        const float d = mx - b.m, c = __expf(-d);
         r.s += c * b.s;
         r.w += c * (b.w - d * b.s);
     }
@@ -90,112 +112,163 @@ __device__ Online block_merge(Online a, Online* scratch /* [32] */) {
     return a;
 }
 
-// Insert z into a descending list if it beats the last entry.
-__device__ __forceinline__ void topk_push(float (&top)[TOP_K], float z) {
-    if (z > top[TOP_K - 1]) {
-#pragma unroll
-        for (int i = 0; i < TOP_K; ++i) {
-            if (z > top[i]) {
-                const float t = top[i];
-                top[i] = z;
-                z = t;
-            }
+// A warp's running top-20, distributed: lane i < TOP_K holds the i-th largest
+// value so far (descending; −inf while fewer), lanes ≥ TOP_K hold −inf, and
+// `thr` (warp-uniform) is lane TOP_K−1's value. Every lane offers one
+// candidate; only candidates above `thr` cost more than the vote, and after
+// the first few hundred values of a row those are rare.
+__device__ __forceinline__ void warp_top_offer(float& mine, float& thr, float z) {
+    const int lane = threadIdx.x % 32;
+    unsigned want = __ballot_sync(FULL_MASK, z > thr);
+    while (want) {  // warp-uniform
+        const int src = __ffs(want) - 1;
+        want &= want - 1;
+        const float x = __shfl_sync(FULL_MASK, z, src);
+        if (x > thr) {  // warp-uniform: x and thr are
+            const int pos = __popc(__ballot_sync(FULL_MASK, lane < TOP_K && mine >= x));
+            const float up = __shfl_up_sync(FULL_MASK, mine, 1);
+            if (lane < TOP_K && lane >= pos) mine = lane == pos ? x : up;
+            thr = __shfl_sync(FULL_MASK, mine, TOP_K - 1);
         }
     }
 }
 
-// One streaming pass over a row; TOPK also keeps the thread's top-20 (policy).
+// One streaming pass over float4s [b4, e4) of a row (plus the scalar tail
+// [t0, vocab) when t0 < vocab, fewer than 4 values). Loop bounds are
+// block-uniform (lanes past the end carry "no value"), so the warp votes of
+// POLICY's top-20 always see the full warp.
 template <bool POLICY>
-__device__ __forceinline__ Online scan_row(const float* __restrict__ row, int vocab,
-                                           float (&top)[TOP_K]) {
+__device__ __forceinline__ Online scan_row(const float* __restrict__ row, int b4, int e4, int t0,
+                                           int vocab, float& mine, float& thr) {
     Online st{-INFINITY, 0.0f, 0.0f};
-    const int n4 = vocab / 4;
-#pragma unroll 2
-    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-        const float4 v = load128_stream(row + 4 * (size_t)i);
-        const float mx = fmaxf(fmaxf(v.x, v.y), fmaxf(v.z, v.w));
-        online_raise(st, mx);
-        online_add<POLICY>(st, v.x);
-        online_add<POLICY>(st, v.y);
-        online_add<POLICY>(st, v.z);
-        online_add<POLICY>(st, v.w);
-        if (POLICY && mx > top[TOP_K - 1]) {
-            topk_push(top, v.x);
-            topk_push(top, v.y);
-            topk_push(top, v.z);
-            topk_push(top, v.w);
+    auto take = [&](const float4 v, int valid) {  // the first `valid` components are values
+        const float z[4] = {v.x, v.y, v.z, v.w};
+        if (valid == 4) {
+            online_raise(st, fmaxf(fmaxf(z[0], z[1]), fmaxf(z[2], z[3])));
+#pragma unroll
+            for (int k = 0; k < 4; ++k) online_add<POLICY>(st, z[k]);
+        } else {
+            for (int k = 0; k < valid; ++k) {
+                online_raise(st, z[k]);
+                online_add<POLICY>(st, z[k]);
+            }
         }
+        if (POLICY) {
+            float c[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) c[k] = k < valid ? z[k] : -INFINITY;
+            const float mx = fmaxf(fmaxf(c[0], c[1]), fmaxf(c[2], c[3]));
+            if (__any_sync(FULL_MASK, mx > thr)) {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) warp_top_offer(mine, thr, c[k]);
+            }
+        }
+    };
+    const int step = blockDim.x;
+    const float4 none = make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+    // FUSED_UNROLL independent loads issued before any of them is used.
+    for (int i0 = b4; i0 < e4; i0 += FUSED_UNROLL * step) {
+        float4 v[FUSED_UNROLL];
+#pragma unroll
+        for (int u = 0; u < FUSED_UNROLL; ++u) {
+            const int i = i0 + u * step + threadIdx.x;
+            v[u] = i < e4 ? load128_stream(row + 4 * (size_t)i) : none;
+        }
+#pragma unroll
+        for (int u = 0; u < FUSED_UNROLL; ++u) take(v[u], i0 + u * step + threadIdx.x < e4 ? 4 : 0);
     }
-    for (int i = 4 * n4 + threadIdx.x; i < vocab; i += blockDim.x) {
-        const float z = row[i];
-        online_raise(st, z);
-        online_add<POLICY>(st, z);
-        if (POLICY) topk_push(top, z);
+    if (t0 < vocab) {  // block-uniform; vocab − t0 < 4 ≤ blockDim.x
+        const int k = t0 + threadIdx.x;
+        take(make_float4(k < vocab ? row[k] : -INFINITY, 0, 0, 0), k < vocab ? 1 : 0);
     }
     return st;
 }
 
-extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
-    fused_logprob(const float* __restrict__ logits_p,   // [n, ld] f32 policy logits
-                  const float* __restrict__ logits_r,   // [n, ld] f32 reference logits
-                  const uint32_t* __restrict__ target,  // [n] token whose log-prob is wanted
-                  float4* __restrict__ out,             // [n] (logp_policy, logp_reference, entropy, top_mean)
-                  int vocab, int ld) {
-    __shared__ Online merge_scratch[32];
-    __shared__ float top_v[32];
-    __shared__ int top_t[32];
+// Merge the warps' top-20 lists (in `cand`, TOP_K per warp) into warp 0's.
+__device__ __forceinline__ void block_top(float& mine, float& thr, float* cand /* [32·TOP_K] */) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    __syncthreads();
+    if (lane < TOP_K) cand[warp * TOP_K + lane] = mine;
+    __syncthreads();
+    if (warp == 0) {
+        mine = -INFINITY;
+        thr = -INFINITY;
+        for (int i = lane; i < ((warps * TOP_K + 31) & ~31); i += 32)
+            warp_top_offer(mine, thr, i < warps * TOP_K ? cand[i] : -INFINITY);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
+    fused_logprob_partial(const float* __restrict__ logits_p,  // [n, ld] f32 policy logits
+                          const float* __restrict__ logits_r,  // [n, ld] f32 reference logits
+                          Partial* __restrict__ part,          // [n, splits]
+                          int vocab, int ld) {
+    __shared__ Online merge_scratch[32];
+    __shared__ float cand[32 * TOP_K];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const size_t row = blockIdx.x;
+    const int split = blockIdx.y, splits = gridDim.y;
+    const int n4 = vocab / 4, per = (n4 + splits - 1) / splits;
+    const int b4 = min(n4, split * per), e4 = min(n4, b4 + per);
+    const int t0 = split == splits - 1 ? 4 * n4 : vocab;  // the last slice takes the tail
     const float* zp = logits_p + row * ld;
     const float* zr = logits_r + row * ld;
 
-    float top[TOP_K];
-#pragma unroll
-    for (int i = 0; i < TOP_K; ++i) top[i] = -INFINITY;
+    float mine = -INFINITY, thr = -INFINITY;
+    const Online p = block_merge(scan_row<true>(zp, b4, e4, t0, vocab, mine, thr), merge_scratch);
+    const Online r = block_merge(scan_row<false>(zr, b4, e4, t0, vocab, mine, thr), merge_scratch);
+    block_top(mine, thr, cand);
 
-    const Online p = block_merge(scan_row<true>(zp, vocab, top), merge_scratch);
-    const Online r = block_merge(scan_row<false>(zr, vocab, top), merge_scratch);
-
-    // Top-20 of the block: 20 rounds, each popping the largest head.
-    float top_sum = 0.0f;
-    int top_n = 0;
-    for (int k = 0; k < TOP_K; ++k) {
-        float v = top[0];
-        int t = threadIdx.x;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(FULL_MASK, v, o);
-            const int ot = __shfl_xor_sync(FULL_MASK, t, o);
-            if (ov > v || (ov == v && ot < t)) { v = ov; t = ot; }
-        }
-        if (lane == 0) { top_v[warp] = v; top_t[warp] = t; }
-        __syncthreads();
-        v = lane < warps ? top_v[lane] : -INFINITY;
-        t = lane < warps ? top_t[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(FULL_MASK, v, o);
-            const int ot = __shfl_xor_sync(FULL_MASK, t, o);
-            if (ov > v || (ov == v && ot < t)) { v = ov; t = ot; }
-        }
-        __syncthreads();  // top_v / top_t are rewritten next round
-        if (threadIdx.x == t) {
-#pragma unroll
-            for (int i = 0; i < TOP_K - 1; ++i) top[i] = top[i + 1];
-            top[TOP_K - 1] = -INFINITY;
-        }
-        if (v > -INFINITY) {
-            top_sum += v;
-            ++top_n;
-        }
-    }
-
+    Partial* out = part + row * splits + split;
+    if (warp == 0 && lane < TOP_K) out->top[lane] = mine;
     if (threadIdx.x == 0) {
+        out->m_p = p.m;
+        out->s_p = p.s;
+        out->w_p = p.w;
+        out->m_r = r.m;
+        out->s_r = r.s;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
+    fused_logprob_finish(const float* __restrict__ logits_p,  // [n, ld]
+                         const float* __restrict__ logits_r,  // [n, ld]
+                         const uint32_t* __restrict__ target, // [n] token whose log-prob is wanted
+                         const Partial* __restrict__ part,    // [n, splits], splits ≤ 32
+                         float4* __restrict__ out,            // [n] (logp_policy, logp_reference, entropy, top_mean)
+                         int n, int splits, int ld) {
+    const int lane = threadIdx.x % 32;
+    const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= (size_t)n) return;  // warp-uniform
+    Online p{-INFINITY, 0.0f, 0.0f}, r{-INFINITY, 0.0f, 0.0f};
+    const Partial* mine_part = part + row * splits;
+    if (lane < splits) {
+        const Partial& q = mine_part[lane];
+        p = Online{q.m_p, q.s_p, q.w_p};
+        r = Online{q.m_r, q.s_r, 0.0f};
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        p = online_merge(p, Online{__shfl_xor_sync(FULL_MASK, p.m, o),
+                                   __shfl_xor_sync(FULL_MASK, p.s, o),
+                                   __shfl_xor_sync(FULL_MASK, p.w, o)});
+        r = online_merge(r, Online{__shfl_xor_sync(FULL_MASK, r.m, o),
+                                   __shfl_xor_sync(FULL_MASK, r.s, o), 0.0f});
+    }
+    // Top-20 of the splits × 20 candidates.
+    float mine = -INFINITY, thr = -INFINITY;
+    const int cands = splits * TOP_K;
+    for (int i = lane; i < ((cands + 31) & ~31); i += 32)
+        warp_top_offer(mine, thr, i < cands ? mine_part[i / TOP_K].top[i % TOP_K] : -INFINITY);
+    const bool has = lane < TOP_K && mine > -INFINITY;
+    const float top_sum = warp_sum(has ? mine : 0.0f);
+    const int top_n = __popc(__ballot_sync(FULL_MASK, has));
+    if (lane == 0) {
         const uint32_t tg = target[row];
         const float log_sp = logf(p.s);
         const float lse_p = p.m + log_sp;
         const float lse_r = r.m + logf(r.s);
-        out[row] = make_float4(zp[tg] - lse_p, zr[tg] - lse_r, log_sp - p.w / p.s,
-                               top_sum / (float)max(top_n, 1) - lse_p);
+        out[row] = make_float4(logits_p[row * ld + tg] - lse_p, logits_r[row * ld + tg] - lse_r,
+                               log_sp - p.w / p.s, top_sum / (float)max(top_n, 1) - lse_p);
     }
 }

@@ -7,7 +7,8 @@
 #   scripts/gpu-check.sh          # build + run, on a machine with cargo and a GPU
 #   scripts/gpu-check.sh build    # here, no GPU needed: nvcc (installed if
 #                                 # missing), then the test and bench binaries
-#                                 # into .gpu-bundle/ (portable x86-64-v3, stripped)
+#                                 # into .gpu-bundle/padv-gpu.tar.xz (portable
+#                                 # x86-64-v3, stripped)
 #   scripts/gpu-check.sh run      # on the GPU machine, from the repo root:
 #                                 # runs .gpu-bundle/* (no cargo needed there)
 #
@@ -48,9 +49,11 @@ build() {
   export CARGO_TARGET_DIR="$root/target-gpu"
   local json
   json="$(cargo test --release --features cuda --test cuda_kernel_parity --test cuda_parity \
-    --no-run --message-format=json)"
+    --test toyworld_steps --no-run --message-format=json)"
+  json+=$'\n'"$(cargo build --release --features cuda --bin padv --message-format=json)"
   json+=$'\n'"$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json)"
-  mkdir -p "$bundle"
+  local raw="$CARGO_TARGET_DIR/bundle"
+  rm -rf "$raw" && mkdir -p "$raw" "$bundle"
   printf '%s\n' "$json" | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -60,11 +63,24 @@ for line in sys.stdin:
         continue
     exe = m.get("executable")
     name = (m.get("target") or {}).get("name")
-    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kernels"):
+    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kernels", "toyworld_steps", "padv"):
         shutil.copy(exe, sys.argv[1] + "/" + name)
         print("gpu-check: bundled", name)
-' "$bundle"
-  ls -la "$bundle"
+' "$raw"
+  # One xz archive (~9 MB instead of ~47): the device tool carries at most
+  # 64 MiB of working tree, and the repo itself is ~35.
+  rm -f "$bundle"/*
+  tar -C "$raw" -cJf "$bundle/padv-gpu.tar.xz" .
+  ls -la "$raw" "$bundle"
+}
+
+# Unpack the archive `build` made, once, next to it.
+unpack() {
+  local archive="$bundle/padv-gpu.tar.xz"
+  [[ -f "$archive" && ! -x "$bundle/cuda_parity" ]] || return 0
+  tar -C "$bundle" -xJf "$archive" 2>/dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$archive" "$bundle"
 }
 
 find_cublas_dir() {
@@ -84,6 +100,7 @@ EOF
 }
 
 run() {
+  unpack
   [[ -x "$bundle/cuda_parity" ]] || { echo "gpu-check: no $bundle/cuda_parity; run '$0 build' first" >&2; exit 1; }
   mkdir -p "$out"
   local cublas
@@ -99,7 +116,26 @@ run() {
   for t in cuda_kernel_parity cuda_parity; do
     timeout 150 "$bundle/$t" --test-threads=1 --nocapture >>"$out/parity.log" 2>&1 || parity_rc=$?
   done
+  timeout 120 "$bundle/toyworld_steps" gpu --test-threads=1 --nocapture >>"$out/parity.log" 2>&1 \
+    || parity_rc=$?
   grep -E "^test |test result|max \|Δ" "$out/parity.log" || true
+
+  # The CLI end to end: `padv score` on the toyworld demo, CUDA against CPU.
+  local tw=assets/toyworld tmp cli_rc=0
+  tmp="$(mktemp -d)"
+  for dev in cuda cpu; do
+    local t0 t1 rc=0
+    t0=$(date +%s%N)
+    timeout 120 "$bundle/padv" score --device "$dev" --policy $tw/models/trained \
+      --reference $tw/models/ref --input $tw/demo_ref.jsonl --token-agg sum \
+      --output "$tmp/$dev.jsonl" >>"$out/cli.log" 2>&1 || rc=$?
+    t1=$(date +%s%N)
+    echo "padv score --device $dev: exit $rc, $(( (t1 - t0) / 1000000 )) ms wall" >>"$out/cli.log"
+    [[ $rc -eq 0 ]] || cli_rc=$rc
+  done
+  python3 scripts/compare_scores.py "$tmp/cuda.jsonl" "$tmp/cpu.jsonl" >>"$out/cli.log" 2>&1 \
+    || cli_rc=$?
+  [[ $cli_rc -eq 0 ]] || parity_rc=$cli_rc
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
     PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
   fi
@@ -111,7 +147,10 @@ run() {
     echo
     echo "parity (kernels, then models): exit $parity_rc"
     grep -E '^test result' "$out/parity.log" | sed 's/^/  /' || echo '  no result'
-    grep -E "max \|Δ\| gpu vs" "$out/parity.log" | sed 's/^/  /' || true
+    grep -E "max \|Δ\| (gpu vs|vs transformers)" "$out/parity.log" | sed 's/^/  /' || true
+    echo
+    echo "padv score, toyworld demo_ref, cuda vs cpu:"
+    grep -E "padv score --device|compare_scores" "$out/cli.log" | sed 's/^/  /' || true
     echo
     if [[ -f "$out/bench.log" ]]; then
       if grep -q '^## padv GPU summary' "$out/bench.log"; then

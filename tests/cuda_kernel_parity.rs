@@ -16,7 +16,7 @@ use padv::backend::cpu::gemm::matmul_wt_reference;
 use padv::backend::cpu::ops::{self, AttnShape, RopeTable};
 use padv::backend::cuda::DevTensor;
 use padv::backend::cuda::forward::PagedBatch;
-use padv::backend::cuda::kernels::KV_BLOCK;
+use padv::backend::cuda::kernels::{AttnKernel, KV_BLOCK};
 use padv::model::weights::{DType, Data, Tensor};
 use padv::score::fused::{row_logp, row_stats};
 
@@ -249,6 +249,8 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
         (2, 1, 256, None, vec![65]),
         (2, 2, 80, None, vec![50, 31]),
         (4, 2, 64, Some(1), vec![20]),
+        (14, 2, 64, None, vec![257, 64]),
+        (4, 2, 128, None, vec![300, 5]),
     ] {
         let shape = AttnShape {
             num_heads: heads,
@@ -299,30 +301,49 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
             let table = gpu.upload(&layout.block_table).unwrap();
             let starts = gpu.upload(&layout.seq_start).unwrap();
             let tiles = gpu.upload(&layout.tiles).unwrap();
-            let mut out = DevTensor::poisoned(&gpu, dt, n * qd).unwrap();
-            gpu.paged_attention(
-                &dq.as_view(),
-                &dkp.all(),
-                &dvp.all(),
-                &table.as_view(),
-                &starts.as_view(),
-                &tiles.as_view(),
-                layout.max_blocks,
-                &mut out.all_mut(),
-                shape,
-            )
-            .unwrap();
-            // f32 online softmax vs the f64 reference: outputs are convex
-            // combinations of O(1) values, so 2e-6 absolute covers the f32
-            // rounding of scores, exps and sums; typed outputs add one ulp.
-            assert_close(
-                &format!("attention h{heads}/{kv_heads} hd{hd} window {window:?} {lens:?} {dt:?}"),
-                &out.to_f32_vec(&gpu).unwrap(),
-                &want,
-                2e-6,
-                2e-6,
-                dt,
-            );
+            let mut kernels = vec![AttnKernel::Simt];
+            if gpu.attention_has_tensor_cores(dt, hd) {
+                kernels.push(AttnKernel::TensorCore);
+            }
+            for kernel in kernels {
+                let mut out = DevTensor::poisoned(&gpu, dt, n * qd).unwrap();
+                gpu.paged_attention_with(
+                    kernel,
+                    &dq.as_view(),
+                    &dkp.all(),
+                    &dvp.all(),
+                    &table.as_view(),
+                    &starts.as_view(),
+                    &tiles.as_view(),
+                    layout.max_blocks,
+                    &mut out.all_mut(),
+                    shape,
+                )
+                .unwrap();
+                // SIMT: f32 online softmax vs the f64 reference; outputs are
+                // convex combinations of O(1) values, so 2e-6 absolute covers
+                // the f32 rounding of scores, exps and sums; typed outputs add
+                // one ulp. Tensor cores: Q (scores ~1/3 here) and P are
+                // rounded to the cache dtype for the products, 2⁻⁹ relative
+                // in bf16 (2⁻¹² in f16) each, so the output, a weighted mean
+                // of |v| ≤ 1, moves by at most ~2·2⁻⁹ ≈ 4e-3 (5e-4); bounds at
+                // 2× that. A dropped or doubled key tile moves it by ≥ 1e-2.
+                let abs = match (kernel, dt) {
+                    (AttnKernel::TensorCore, DType::BF16) => 8e-3,
+                    (AttnKernel::TensorCore, _) => 1e-3,
+                    _ => 2e-6,
+                };
+                assert_close(
+                    &format!(
+                        "attention {kernel:?} h{heads}/{kv_heads} hd{hd} window {window:?} {lens:?} {dt:?}"
+                    ),
+                    &out.to_f32_vec(&gpu).unwrap(),
+                    &want,
+                    abs,
+                    2e-6,
+                    dt,
+                );
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! (assets/toyworld/expected_steps_demo_*.jsonl), to 1e-4.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use padv::backend::Device;
 use padv::pipeline::{Scorer, ScorerOptions};
@@ -12,14 +12,19 @@ use padv::score::aggregate::TokenAgg;
 use padv::trajectory::read_records;
 use serde_json::Value;
 
+/// The bundled pair; `CARGO_MANIFEST_DIR` at run time wins, so a test binary
+/// built here runs from another checkout (scripts/gpu-check.sh carries them).
 fn toyworld() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("assets/toyworld")
 }
 
-fn check(set: &str) {
+fn check(set: &str, device: Device) {
     let dir = toyworld();
     let opts = ScorerOptions {
-        device: Device::Cpu,
+        device,
         token_agg: TokenAgg::Sum,
         ..ScorerOptions::default()
     };
@@ -69,15 +74,48 @@ fn check(set: &str) {
             }
         }
     }
-    eprintln!("demo_{set}: max |Δ| = {worst:.2e}");
+    eprintln!("demo_{set} on {device:?}: max |Δ| vs transformers = {worst:.2e}");
 }
 
 #[test]
 fn toyworld_ref_rollouts_match_transformers_step_by_step() {
-    check("ref");
+    check("ref", Device::Cpu);
 }
 
 #[test]
 fn toyworld_trained_rollouts_match_transformers_step_by_step() {
-    check("trained");
+    check("trained", Device::Cpu);
+}
+
+/// The same check through the CUDA backend (f32 checkpoints, so cuBLAS runs
+/// f32 GEMMs and the 1e-4 budget holds as on the CPU). Skips with the reason
+/// when CUDA is unusable, unless `PADV_REQUIRE_GPU` is set.
+#[cfg(feature = "cuda")]
+fn gpu_or_skip() -> bool {
+    match padv::backend::cuda::probe() {
+        Ok(_) => true,
+        Err(why) if std::env::var_os("PADV_REQUIRE_GPU").is_some() => {
+            panic!("PADV_REQUIRE_GPU is set but CUDA is unusable: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipping CUDA test: {why}");
+            false
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn toyworld_ref_rollouts_match_transformers_on_the_gpu() {
+    if gpu_or_skip() {
+        check("ref", Device::Cuda(0));
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn toyworld_trained_rollouts_match_transformers_on_the_gpu() {
+    if gpu_or_skip() {
+        check("trained", Device::Cuda(0));
+    }
 }

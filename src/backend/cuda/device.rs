@@ -94,6 +94,7 @@ pub struct Gpu {
     arch: (i32, i32),
     loaded: String,
     smem_optin: u32,
+    sms: u32,
 }
 
 impl Gpu {
@@ -117,6 +118,10 @@ impl Gpu {
         let smem_optin = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .unwrap_or(48 << 10) as u32;
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(1)
+            .max(1) as u32;
 
         let mut modules = HashMap::new();
         let mut loaded = Vec::new();
@@ -137,6 +142,7 @@ impl Gpu {
             arch,
             loaded: loaded.join(", "),
             smem_optin,
+            sms,
         })
     }
 
@@ -146,6 +152,11 @@ impl Gpu {
             "{} (sm_{}{}, {})",
             self.name, self.arch.0, self.arch.1, self.loaded
         )
+    }
+
+    /// Streaming multiprocessors (sizes grids of memory-bound kernels).
+    pub fn multiprocessors(&self) -> u32 {
+        self.sms
     }
 
     /// Compute capability `(major, minor)`.

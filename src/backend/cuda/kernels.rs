@@ -21,13 +21,34 @@ use crate::model::weights::DType;
 /// Tokens per KV-pool block (`KV_BLOCK` in kernels/attention.cu).
 pub const KV_BLOCK: usize = 16;
 /// Queries per attention tile (`ATTN_BR` in kernels/attention.cu).
-pub const ATTN_BR: usize = 32;
+pub const ATTN_BR: usize = 64;
+/// Head dims the tensor-core attention kernel is built for.
+pub const MMA_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// Which attention kernel runs (kernels/attention.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// Tensor cores when the cache dtype, head_dim and device allow, else SIMT.
+    Auto,
+    /// CUDA cores, f32 arithmetic throughout (every dtype, head_dim ≤ 256).
+    Simt,
+    /// mma.sync (bf16/f16 caches, head_dim 32/64/128, sm_80+).
+    TensorCore,
+}
 /// Largest head_dim the attention kernel takes (8 slots of 32 lanes).
 pub const MAX_HEAD_DIM: usize = 256;
 /// Top log-probs averaged for self-certainty (`TOP_K` in fused_logprob.cu).
 pub const FUSED_TOP_K: usize = 20;
+/// Most slices one row is cut into (one warp merges them).
+const FUSED_MAX_SPLITS: usize = 32;
+/// Floats per slice partial (`struct Partial` in fused_logprob.cu).
+const FUSED_PARTIAL_FLOATS: usize = 32;
 
 const THREADS: u32 = 256;
+/// Threads of the tensor-core attention kernel (`MMA_WARPS` · 32).
+const MMA_THREADS: u32 = 128;
+/// Queries per half-tile of the SIMT attention kernel (`SIMT_BR`).
+const SIMT_BR: usize = 32;
 /// Passed for an absent optional pointer argument.
 static NULL: u64 = 0;
 
@@ -273,6 +294,41 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention(
         &self,
+        q: &CudaView<'_, f32>,
+        k_pool: &DevView<'_>,
+        v_pool: &DevView<'_>,
+        block_table: &CudaView<'_, i32>,
+        seq_start: &CudaView<'_, i32>,
+        tiles: &CudaView<'_, i32>,
+        max_blocks: usize,
+        out: &mut DevViewMut<'_>,
+        shape: AttnShape,
+    ) -> Result<()> {
+        self.paged_attention_with(
+            AttnKernel::Auto,
+            q,
+            k_pool,
+            v_pool,
+            block_table,
+            seq_start,
+            tiles,
+            max_blocks,
+            out,
+            shape,
+        )
+    }
+
+    /// Whether the tensor-core kernel takes this cache dtype and head_dim here.
+    pub fn attention_has_tensor_cores(&self, dtype: DType, head_dim: usize) -> bool {
+        dtype != DType::F32 && MMA_HEAD_DIMS.contains(&head_dim) && self.arch().0 >= 8
+    }
+
+    /// [`Gpu::paged_attention`] with the kernel chosen by the caller (tests
+    /// run both); `TensorCore` where it does not apply is an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention_with(
+        &self,
+        kernel: AttnKernel,
         q: &CudaView<'_, f32>,           // [n, heads·hd]
         k_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
         v_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
@@ -320,11 +376,31 @@ impl Gpu {
         if num_tiles == 0 {
             return Ok(());
         }
-        // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
-        let slots = hd.div_ceil(32).next_power_of_two();
-        let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
-        let smem = ((ATTN_BR * hd + 32 * (hd + 1) + 32 * hd) * 4) as u32;
+        let mma = self.attention_has_tensor_cores(k_pool.dtype, hd);
+        check(kernel != AttnKernel::TensorCore || mma, || {
+            format!(
+                "attention: no tensor-core kernel for {} head_dim {hd} on sm_{}{}",
+                k_pool.dtype.name(),
+                self.arch().0,
+                self.arch().1
+            )
+        })?;
+        // Both kernels take the same arguments.
+        let (name, threads, smem) = if mma && kernel != AttnKernel::Simt {
+            let name = format!("paged_attention_mma_{}_d{hd}", suffix(k_pool.dtype));
+            (name, MMA_THREADS, 0) // static shared memory
+        } else {
+            // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
+            let slots = hd.div_ceil(32).next_power_of_two();
+            let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
+            (
+                name,
+                THREADS,
+                ((SIMT_BR * hd + 32 * (hd + 1) + 32 * hd) * 4) as u32,
+            )
+        };
         let f = self.function("attention", &name, smem)?;
+        let scale = 1.0 / (hd as f32).sqrt();
         let (h, kh, d, mb, w) = (
             nh as i32,
             nkv as i32,
@@ -332,7 +408,6 @@ impl Gpu {
             max_blocks as i32,
             win as i32,
         );
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut b = self.stream.launch_builder(&f);
         b.arg(q)
             .arg(&k_pool.view)
@@ -349,8 +424,7 @@ impl Gpu {
             .arg(&scale);
         // SAFETY: as in `embedding`; block-table entries and tiles come from
         // `PagedBatch`, which keeps them inside the pool and the sequences.
-        unsafe { b.launch(cfg((num_tiles as u32, nh as u32, 1), THREADS, smem)) }
-            .ctx("paged_attention")?;
+        unsafe { b.launch(cfg((num_tiles as u32, nh as u32, 1), threads, smem)) }.ctx(&name)?;
         Ok(())
     }
 
@@ -366,6 +440,28 @@ impl Gpu {
         vocab: usize,
         ld: usize,
     ) -> Result<()> {
+        // Slices per row: enough blocks for ~64 per multiprocessor, so the
+        // last wave is a small part of the launch; at least 1024 float4s per
+        // slice.
+        let sms = self.multiprocessors() as usize;
+        let n = targets.len().max(1);
+        let splits = (sms * 64).div_ceil(n).min((vocab / 4).div_ceil(1024));
+        self.fused_logprob_splits(logits_p, logits_r, targets, out, vocab, ld, splits)
+    }
+
+    /// [`Gpu::fused_logprob`] with each row cut into `splits` slices
+    /// (clamped to 1..=32; benches sweep it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fused_logprob_splits(
+        &self,
+        logits_p: &CudaView<'_, f32>,
+        logits_r: &CudaView<'_, f32>,
+        targets: &CudaView<'_, u32>,
+        out: &mut CudaViewMut<'_, f32>,
+        vocab: usize,
+        ld: usize,
+        splits: usize,
+    ) -> Result<()> {
         let n = targets.len();
         check(ld.is_multiple_of(4) && ld >= vocab && vocab > 0, || {
             format!("fused_logprob: ld {ld} must be ≥ vocab {vocab} and a multiple of 4")
@@ -380,18 +476,31 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        let f = self.function("fused_logprob", "fused_logprob", 0)?;
-        let (v, l) = (vocab as i32, ld as i32);
+        let splits = splits.clamp(1, FUSED_MAX_SPLITS);
+        let mut part = self.alloc_f32(n * splits * FUSED_PARTIAL_FLOATS)?;
+        let (v, l, nn, sp) = (vocab as i32, ld as i32, n as i32, splits as i32);
+        let f = self.function("fused_logprob", "fused_logprob_partial", 0)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(logits_p).arg(logits_r).arg(&mut part).arg(&v).arg(&l);
+        // SAFETY: as in `embedding`; rows are 16-byte aligned (ld % 4 == 0 and
+        // device allocations are 256-byte aligned; views start at row bounds);
+        // `part` holds n × splits partials.
+        unsafe { b.launch(cfg((n as u32, splits as u32, 1), THREADS, 0)) }
+            .ctx("fused_logprob_partial")?;
+        let f = self.function("fused_logprob", "fused_logprob_finish", 0)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(logits_p)
             .arg(logits_r)
             .arg(targets)
+            .arg(&part)
             .arg(out)
-            .arg(&v)
+            .arg(&nn)
+            .arg(&sp)
             .arg(&l);
-        // SAFETY: as in `embedding`; rows are 16-byte aligned (ld % 4 == 0 and
-        // device allocations are 256-byte aligned; views start at row bounds).
-        unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("fused_logprob")?;
+        let rows_per_block = THREADS as usize / 32;
+        // SAFETY: as above; one warp per row, rows ≥ n return at once.
+        unsafe { b.launch(cfg((n.div_ceil(rows_per_block) as u32, 1, 1), THREADS, 0)) }
+            .ctx("fused_logprob_finish")?;
         Ok(())
     }
 
