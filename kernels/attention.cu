@@ -33,9 +33,12 @@
 //   dtype), masks, updates the online softmax in registers (each thread owns
 //   2 rows × 16 keys of S; row max/sum over the 4 threads of a quad), and
 //   accumulates O += P·V with P re-packed from the S accumulators as A
-//   fragments (FlashAttention-2's register reuse). K is staged row-major,
-//   V transposed, both with 8 elements of padding so fragment loads hit 32
-//   distinct banks. P is rounded to the cache dtype for the product, as
+//   fragments (FlashAttention-2's register reuse). K and V tiles are staged
+//   row-major with 16-byte copies and 8 elements of row padding (fragment
+//   loads hit 32 distinct banks); V's B fragments come transposed through
+//   ldmatrix.trans (a first version transposed V with 2-byte stores and ran
+//   at 0.66× (hd 64) and 0.47× (hd 128) of this one's speed on an H200).
+//   P is rounded to the cache dtype for the product, as
 //   FlashAttention does; the sums stay f32.
 // * `paged_attention_*_s<SLOTS>` (every dtype and head_dim ≤ 256; f32 models):
 //   CUDA cores, each tile as two halves of SIMT_BR = 32 queries: 8 warps × 4
@@ -219,6 +222,15 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi, __half*) {
 MMA16816(__nv_bfloat16, "bf16")
 MMA16816(__half, "f16")
 
+// Four 8×8 b16 matrices from shared memory, transposed (row addresses from
+// lanes 8m … 8m + 7 for matrix m; 16-byte aligned).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
 template <typename T, int HD>
 __device__ void paged_attention_mma(const float* __restrict__ q, const T* __restrict__ k_pool,
                                     const T* __restrict__ v_pool,
@@ -233,10 +245,9 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     constexpr int DT = HD / 8;         // n-tiles of P·V over head_dim
     constexpr int NT = MMA_BC / 8;     // n-tiles of S over the keys
     constexpr int KSTR = HD + 8;       // ks row stride (elements)
-    constexpr int VSTR = MMA_BC + 8;   // vt row stride (elements)
     constexpr int VEC = 8;             // elements per 16-byte load
     __shared__ __align__(16) T ks[MMA_BC * KSTR];  // [key][hd]
-    __shared__ __align__(16) T vt[HD * VSTR];      // [hd][key]
+    __shared__ __align__(16) T vs[MMA_BC * KSTR];  // [key][hd]
     T* const tag = nullptr;  // selects the dtype's pack2 / mma16816
 
     const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
@@ -278,29 +289,21 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     const int k_hi = q0 + nq;
     const int k_lo = window > 0 ? max(0, q0 - window + 1) : 0;
     for (int kt = k_lo; kt < k_hi; kt += MMA_BC) {
-        __syncthreads();  // the previous tile's ks / vt are consumed
-        // K: coalesced 16-byte rows (consecutive threads along head_dim).
+        __syncthreads();  // the previous tile's ks / vs are consumed
+        // K and V rows: coalesced 16-byte loads and stores (consecutive
+        // threads along head_dim). Keys past the end are zeros, so P·V never
+        // meets a NaN.
         for (int e = threadIdx.x; e < MMA_BC * (HD / VEC); e += blockDim.x) {
             const int r = e / (HD / VEC), d = (e % (HD / VEC)) * VEC, j = kt + r;
-            uint4 v = make_uint4(0, 0, 0, 0);
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
             if (j < k_hi) {
                 const size_t row = (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
-                v = *reinterpret_cast<const uint4*>(k_pool + row * kvd + (size_t)kvh * HD + d);
+                const size_t off = row * kvd + (size_t)kvh * HD + d;
+                kv = *reinterpret_cast<const uint4*>(k_pool + off);
+                vv = *reinterpret_cast<const uint4*>(v_pool + off);
             }
-            *reinterpret_cast<uint4*>(ks + r * KSTR + d) = v;
-        }
-        // V, transposed: consecutive threads take consecutive keys, so the
-        // 2-byte stores of a warp land in consecutive words of one vt row.
-        for (int e = threadIdx.x; e < MMA_BC * (HD / VEC); e += blockDim.x) {
-            const int r = e % MMA_BC, d = (e / MMA_BC) * VEC, j = kt + r;
-            uint4 v = make_uint4(0, 0, 0, 0);  // zeros: P·V never meets a NaN
-            if (j < k_hi) {
-                const size_t row = (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
-                v = *reinterpret_cast<const uint4*>(v_pool + row * kvd + (size_t)kvh * HD + d);
-            }
-            const T* vals = reinterpret_cast<const T*>(&v);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) vt[(d + i) * VSTR + r] = vals[i];
+            *reinterpret_cast<uint4*>(ks + r * KSTR + d) = kv;
+            *reinterpret_cast<uint4*>(vs + r * KSTR + d) = vv;
         }
         __syncthreads();
 
@@ -367,12 +370,18 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
                 pack2(s[2 * kc + 1][0], s[2 * kc + 1][1], tag),
                 pack2(s[2 * kc + 1][2], s[2 * kc + 1][3], tag),
             };
+            // B fragments of two d-tiles per ldmatrix.x4.trans: lane t names
+            // row t % 8 of 8×8 matrix t / 8 = (keys kc·16 + 8·(m & 1) …,
+            // head dims (dt + m / 2)·8 …); transposed, lane (g, c) receives
+            // keys 2c, 2c+1 of head dim g: b0, b1 of d-tile dt, then dt + 1.
+            const int m8 = lane / 8;
+            const T* vrow = vs + (kc * 16 + (m8 & 1) * 8 + lane % 8) * KSTR + (m8 >> 1) * 8;
 #pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                const T* vrow = vt + (dt * 8 + g) * VSTR + kc * 16 + 2 * c;
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(vrow);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(vrow + 8);
-                mma16816(acc[dt], pa, b0, b1, tag);
+            for (int dt = 0; dt < DT; dt += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, vrow + dt * 8);
+                mma16816(acc[dt], pa, b[0], b[1], tag);
+                mma16816(acc[dt + 1], pa, b[2], b[3], tag);
             }
         }
     }
