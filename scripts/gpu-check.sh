@@ -11,6 +11,7 @@
 #                                 # x86-64-v3, stripped)
 #   scripts/gpu-check.sh run      # on the GPU machine, from the repo root:
 #                                 # runs .gpu-bundle/* (no cargo needed there)
+#   scripts/gpu-check.sh padv-bench  # only `padv bench --device cuda` (roofline)
 #
 # The split exists for GPU machines without a Rust toolchain or network:
 # build here, carry `.gpu-bundle` (e.g. the device tool's `carry`), run there.
@@ -99,7 +100,8 @@ for r in roots:
 EOF
 }
 
-run() {
+# The bundle unpacked, cuBLAS on the library path, the card noted.
+prepare() {
   unpack
   [[ -x "$bundle/cuda_parity" ]] || { echo "gpu-check: no $bundle/cuda_parity; run '$0 build' first" >&2; exit 1; }
   mkdir -p "$out"
@@ -109,6 +111,24 @@ run() {
   echo "gpu-check: cuBLAS from ${cublas:-<default search path>}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null \
     | tee "$out/gpu.txt" || true
+}
+
+# `padv bench --device cuda` (the roofline table) on the bundled toyworld
+# pair and on a synthesized Qwen2.5-0.5B-shaped pair (~10 s to write).
+padv_bench() {
+  local tw=assets/toyworld rc=0
+  {
+    timeout 120 "$bundle/padv" bench --device cuda --policy $tw/models/trained \
+      --reference $tw/models/ref --tokens 128,512 --repeats 3 || rc=$?
+    timeout 180 "$bundle/padv" bench --device cuda --shape qwen2.5-0.5b --tokens 1024,4096 \
+      --repeats 3 || rc=$?
+  } >"$out/padv-bench.log" 2>&1
+  echo "padv bench --device cuda: exit $rc" >>"$out/padv-bench.log"
+  return $rc
+}
+
+run() {
+  prepare
 
   export PADV_REQUIRE_GPU=1 CARGO_MANIFEST_DIR="$root"
   local parity_rc=0 bench_rc=0
@@ -138,6 +158,7 @@ run() {
   [[ $cli_rc -eq 0 ]] || parity_rc=$cli_rc
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
     PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
+    padv_bench || bench_rc=$?
   fi
 
   {
@@ -160,6 +181,10 @@ run() {
       fi
       echo "(bench exit $bench_rc)"
     fi
+    if [[ -f "$out/padv-bench.log" ]]; then
+      echo
+      grep -E '^(model|device|\|)' "$out/padv-bench.log" || tail -n 3 "$out/padv-bench.log"
+    fi
   } | tee "$out/summary.md"
   [[ $parity_rc -eq 0 && $bench_rc -eq 0 ]]
 }
@@ -167,6 +192,7 @@ run() {
 case "$mode" in
   build) build ;;
   run) run ;;
+  padv-bench) prepare && padv_bench; cat "$out/padv-bench.log" ;;
   all) build && run ;;
-  *) echo "usage: $0 [all|build|run]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|build|run|padv-bench]" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 //! Command-line interface: clap definitions and their translation into
 //! library calls. `main.rs` only parses and dispatches.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -86,6 +86,16 @@ pub struct BenchArgs {
     pub prefix_cache: bool,
 }
 
+/// Print a bench table; also write the report as JSON when asked.
+fn print_report(table: &str, report: &impl serde::Serialize, json: Option<&Path>) -> Result<()> {
+    println!("{table}");
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
     match s {
         "bf16" => Ok(DType::BF16),
@@ -123,11 +133,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 let mut o = padv::kv::bench::PrefixBenchOptions::new(policy, reference);
                 (o.device, o.repeats) = (a.device, a.repeats);
                 let report = padv::kv::bench::run(&o)?;
-                println!("{}", report.table());
-                if let Some(path) = a.json {
-                    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
+                print_report(&report.table(), &report, a.json.as_deref())?;
+                return Ok(());
+            }
+            #[cfg(feature = "cuda")]
+            if let Some(ordinal) = padv::backend::cuda_ordinal(a.device) {
+                let p = std::sync::Arc::new(padv::model::Model::load(&policy)?);
+                let r = std::sync::Arc::new(padv::model::Model::load(&reference)?);
+                let report =
+                    padv::backend::cuda::roofline::run(ordinal, p, r, &a.tokens, a.repeats)?;
+                print_report(&report.table(), &report, a.json.as_deref())?;
                 return Ok(());
             }
             let report = bench::run(&BenchOptions {
@@ -137,11 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 device: a.device,
                 repeats: a.repeats,
             })?;
-            println!("{}", report.table());
-            if let Some(path) = a.json {
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            print_report(&report.table(), &report, a.json.as_deref())?;
             Ok(())
         }
     }

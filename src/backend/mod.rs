@@ -83,17 +83,24 @@ impl fmt::Display for Device {
 }
 
 /// Load a pair onto `device`.
+/// The CUDA ordinal `device` resolves to (`auto` with a usable GPU: 0), or
+/// `None` for the CPU.
+pub fn cuda_ordinal(device: Device) -> Option<usize> {
+    match device {
+        Device::Cuda(n) => Some(n),
+        Device::Auto if cuda::device_count() > 0 => Some(0),
+        Device::Auto | Device::Cpu => None,
+    }
+}
+
 pub fn open_pair(
     device: Device,
     policy: Arc<Model>,
     reference: Arc<Model>,
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
-    match device {
-        Device::Auto if cuda::device_count() > 0 => {
-            Ok(Box::new(cuda::CudaPair::new(0, policy, reference)?))
-        }
-        Device::Cpu | Device::Auto => Ok(Box::new(cpu::CpuPair::new(policy, reference))),
-        Device::Cuda(n) => Ok(Box::new(cuda::CudaPair::new(n, policy, reference)?)),
+    match cuda_ordinal(device) {
+        Some(n) => Ok(Box::new(cuda::CudaPair::new(n, policy, reference)?)),
+        None => Ok(Box::new(cpu::CpuPair::new(policy, reference))),
     }
 }

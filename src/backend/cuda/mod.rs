@@ -10,12 +10,14 @@
 //!
 //! Layout: [`device`] (context, stream, kernel images, typed buffers),
 //! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`weights`]
-//! (upload / random init), [`forward`] (the decoder). Without the feature,
+//! (upload / random init), [`forward`] (the decoder), [`roofline`]
+//! (`padv bench --device cuda`). Without the feature,
 //! `cuda_disabled.rs` stands in with the same names.
 
 pub mod device;
 pub mod forward;
 pub mod kernels;
+pub mod roofline;
 pub mod weights;
 
 use std::sync::Arc;
