@@ -130,9 +130,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 _ => bench::ensure_synth_pair(&a.shape, a.dtype)?,
             };
             if a.prefix_cache {
-                let mut o = padv::kv::bench::PrefixBenchOptions::new(policy, reference);
+                let mut o = padv::bench::prefix::PrefixBenchOptions::new(policy, reference);
                 (o.device, o.repeats) = (a.device, a.repeats);
-                let report = padv::kv::bench::run(&o)?;
+                let report = padv::bench::prefix::run(&o)?;
                 print_report(&report.table(), &report, a.json.as_deref())?;
                 return Ok(());
             }

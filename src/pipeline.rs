@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::apps::method::Aggregation;
+use crate::apps::metrics::num;
 use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
 use crate::backend::{Device, PairScorer, SeqRequest, open_pair};
 use crate::kv::{CacheStats, KvOptions};
@@ -414,10 +415,6 @@ impl Scorer {
         }
         Value::Object(o)
     }
-}
-
-fn num(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
 fn opt(x: Option<f64>) -> Value {

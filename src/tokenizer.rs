@@ -14,19 +14,11 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::trajectory::template::ChatTemplate;
+pub use crate::trajectory::template::SpecialTokens;
 use crate::{Error, Result};
 
 /// A `[start, end)` byte range of a text.
 pub type ByteSpan = (usize, usize);
-
-/// The special tokens named in `tokenizer_config.json`, as strings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpecialTokens {
-    pub bos: Option<String>,
-    pub eos: Option<String>,
-    pub pad: Option<String>,
-    pub unk: Option<String>,
-}
 
 /// A tokenizer with its special tokens and chat template, loaded from a
 /// Hugging Face model directory.

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 
 use crate::apps::attribute::{LabelUnit, Predictor, attribute, error_label};
 use crate::apps::method::{Aggregation, Method};
-use crate::apps::metrics::{auroc, mean, spearman};
+use crate::apps::metrics::{auroc, mean, num, spearman};
 use crate::apps::scored::{ScoreSettings, ScoredSet, ScoredTrajectory};
 use crate::apps::select::{Ranked, rank_best_first};
 use crate::score::aggregate::{StepAgg, TokenAgg};
@@ -297,10 +297,6 @@ fn attribution(
 }
 
 /// A JSON number, or `null` for NaN and infinities.
-pub(crate) fn num(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
-}
-
 impl EvalReport {
     /// The aggregation this report was evaluated with.
     pub fn aggregation(&self) -> Aggregation {

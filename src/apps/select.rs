@@ -8,10 +8,11 @@ use std::fmt::Write;
 
 use serde_json::{Value, json};
 
+use crate::Error;
 use crate::Result;
 use crate::apps::method::{Aggregation, Method};
+use crate::apps::metrics::num;
 use crate::apps::scored::ScoredTrajectory;
-use crate::{Error, apps::eval::num};
 
 /// One candidate of a group, as ranked.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,16 +18,8 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::model::Model;
+pub use crate::score::SeqRequest;
 use crate::score::TokenScores;
-
-/// One sequence to score.
-#[derive(Debug, Clone, Default)]
-pub struct SeqRequest {
-    pub token_ids: Vec<u32>,
-    /// Positions `t` whose log-prob is wanted (`mask[t]`); `None` = all `t ≥ 1`.
-    /// The LM head runs only where asked.
-    pub score_mask: Option<Vec<bool>>,
-}
 
 /// A policy/reference pair resident on some device.
 pub trait PairScorer: Send {

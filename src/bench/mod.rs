@@ -2,6 +2,7 @@
 //! forward GFLOP/s against it, pair-scoring tokens/s, peak RSS, and the fused
 //! scorer against a naive log-softmax + gather over the same logits.
 
+pub mod prefix;
 pub mod synth;
 
 use std::path::{Path, PathBuf};

@@ -14,8 +14,8 @@ use std::hash::{Hash, Hasher};
 use super::pool::{BlockId, BlockPool, Committed};
 use super::store::ModelKv;
 use super::{CacheStats, KvOptions};
-use crate::backend::SeqRequest;
 use crate::model::Model;
+use crate::score::SeqRequest;
 
 /// Scores kept per cached token: log π_θ, log π_ref, policy entropy,
 /// self-certainty (NaN: not computed yet).

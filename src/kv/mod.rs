@@ -59,7 +59,6 @@
 //! share a not-yet-cached prefix compute it once (first wave) and hit it
 //! afterwards.
 
-pub mod bench;
 pub mod cache;
 pub mod pool;
 pub mod store;

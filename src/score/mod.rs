@@ -4,6 +4,15 @@
 pub mod aggregate;
 pub mod fused;
 
+/// One sequence to score.
+#[derive(Debug, Clone, Default)]
+pub struct SeqRequest {
+    pub token_ids: Vec<u32>,
+    /// Positions `t` whose log-prob is wanted (`mask[t]`); `None` = all `t ≥ 1`.
+    /// The LM head runs only where asked.
+    pub score_mask: Option<Vec<bool>>,
+}
+
 /// Per-token outputs of scoring one sequence with a policy/reference pair.
 ///
 /// Every vector has the sequence's length `T`. Entry `t` describes the

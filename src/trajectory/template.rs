@@ -12,9 +12,17 @@ use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind};
 
 use super::python;
-use crate::tokenizer::SpecialTokens;
 
 const NAME: &str = "chat_template";
+
+/// The special tokens named in `tokenizer_config.json`, as strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecialTokens {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub pad: Option<String>,
+    pub unk: Option<String>,
+}
 
 /// A compiled chat template with the special tokens it is rendered with.
 pub struct ChatTemplate {

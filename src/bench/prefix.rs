@@ -25,9 +25,9 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{CacheStats, KvOptions};
 use crate::Result;
 use crate::backend::{Device, PairScorer, SeqRequest, open_pair};
+use crate::kv::{CacheStats, KvOptions};
 use crate::model::Model;
 use crate::score::TokenScores;
 
