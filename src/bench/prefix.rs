@@ -186,6 +186,13 @@ pub fn run(o: &PrefixBenchOptions) -> Result<PrefixBenchReport> {
     let open = |cache: bool| -> Result<Box<dyn PairScorer>> {
         let mut p = open_pair(o.device, policy.clone(), reference.clone())?;
         p.set_prefix_cache(cache.then_some(kv))?;
+        if cache && p.cache_stats().is_none() {
+            // A "cache on" side that silently runs without one would report 1×.
+            return Err(crate::Error::Backend(format!(
+                "{} has no prefix cache yet; run the prefix-cache bench with --device cpu",
+                p.describe()
+            )));
+        }
         Ok(p)
     };
     let vocab = policy.config.vocab_size as u32;
