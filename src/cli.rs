@@ -52,7 +52,7 @@ pub struct SynthArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// bf16 | f16 | f32
-    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    #[arg(long, default_value = "bf16")]
     pub dtype: DType,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -70,7 +70,7 @@ pub struct BenchArgs {
     /// Sequence lengths to time.
     #[arg(long, value_delimiter = ',', default_value = "512,1024,4096")]
     pub tokens: Vec<usize>,
-    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    #[arg(long, default_value = "bf16")]
     pub dtype: DType,
     #[arg(long, default_value = "auto")]
     pub device: Device,
@@ -94,15 +94,6 @@ fn print_report(table: &str, report: &impl serde::Serialize, json: Option<&Path>
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-pub fn parse_dtype(s: &str) -> Result<DType, String> {
-    match s {
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        "f32" => Ok(DType::F32),
-        _ => Err(format!("unknown dtype `{s}`; expected bf16, f16 or f32")),
-    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {

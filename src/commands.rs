@@ -16,6 +16,7 @@ use padv::apps::{
     self, Aggregation, Method, ReadOptions, ReportOptions, ScoredSet, ScoredTrajectory,
 };
 use padv::backend::Device;
+use padv::model::DType;
 use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::trajectory::{Format, Record, RenderMode, read_records};
@@ -62,6 +63,12 @@ pub struct ModelArgs {
     /// Prefix-cache budget in MiB (default: a quarter of available memory, 64 MiB–16 GiB).
     #[arg(long)]
     pub kv_cache_mb: Option<usize>,
+    /// CUDA backend only: bf16 | f16 | f32, the dtype weights, GEMM inputs and
+    /// the KV cache are converted to at upload (default: the checkpoint's).
+    /// f32 gives the CPU backend's arithmetic on a bf16/f16 checkpoint; bf16
+    /// runs an f32 checkpoint on tensor cores.
+    #[arg(long)]
+    pub gpu_dtype: Option<DType>,
 }
 
 impl ModelArgs {
@@ -94,6 +101,7 @@ impl ModelArgs {
             with_tokens,
             prefix_cache: !self.no_prefix_cache,
             kv_cache_mb: self.kv_cache_mb,
+            gpu_dtype: self.gpu_dtype,
         }
     }
 }

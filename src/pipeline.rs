@@ -26,9 +26,9 @@ use serde_json::{Map, Value, json};
 use crate::apps::method::Aggregation;
 use crate::apps::metrics::num;
 use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
-use crate::backend::{Device, PairScorer, SeqRequest, open_pair};
+use crate::backend::{Device, PairScorer, SeqRequest, open_pair_with};
 use crate::kv::{CacheStats, KvOptions};
-use crate::model::Model;
+use crate::model::{DType, Model};
 use crate::score::TokenScores;
 use crate::score::aggregate::{StepAgg, TokenAgg};
 use crate::tokenizer::TokenizerBundle;
@@ -54,6 +54,10 @@ pub struct ScorerOptions {
     pub prefix_cache: bool,
     /// Prefix-cache budget in MiB; `None`: [`crate::kv::default_budget_bytes`].
     pub kv_cache_mb: Option<usize>,
+    /// CUDA backend: convert weights (and so GEMM inputs and the KV cache)
+    /// to this dtype at upload; `None` keeps the checkpoint's. An error on
+    /// the CPU backend, which computes in f32.
+    pub gpu_dtype: Option<DType>,
 }
 
 impl Default for ScorerOptions {
@@ -69,6 +73,7 @@ impl Default for ScorerOptions {
             with_tokens: false,
             prefix_cache: true,
             kv_cache_mb: None,
+            gpu_dtype: None,
         }
     }
 }
@@ -123,7 +128,12 @@ impl Scorer {
         tokenizer.same_as(&ref_tok)?;
         let policy = Arc::new(Model::load(policy)?);
         let reference = Arc::new(Model::load(reference)?);
-        let mut backend = open_pair(opts.device, policy.clone(), reference.clone())?;
+        let mut backend = open_pair_with(
+            opts.device,
+            policy.clone(),
+            reference.clone(),
+            opts.gpu_dtype,
+        )?;
         if opts.prefix_cache {
             backend.set_prefix_cache(Some(KvOptions::with_budget_mb(opts.kv_cache_mb)))?;
         }

@@ -91,3 +91,26 @@ fn mistral_records_score_like_transformers_through_the_cli() {
 fn bf16_records_score_like_transformers_through_the_cli() {
     run_pair("llama_bf16");
 }
+
+/// `--gpu-dtype` is for the CUDA backend: on the CPU it is refused with a
+/// reason (not silently ignored), and a bad value is named.
+#[test]
+fn gpu_dtype_on_the_cpu_backend_is_refused_with_the_reason() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_padv"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["score", "--device", "cpu", "--gpu-dtype", "bf16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("GPU dtype bf16") && err.contains("the CPU was asked for"),
+        "{err}"
+    );
+    let out = run(&["score", "--gpu-dtype", "b16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("unknown dtype `b16`"), "{err}");
+}

@@ -27,6 +27,17 @@ impl CudaPair {
     }
 }
 
+impl CudaPair {
+    pub fn with_compute_dtype(
+        ordinal: usize,
+        policy: Arc<Model>,
+        reference: Arc<Model>,
+        _compute: crate::model::weights::DType,
+    ) -> Result<CudaPair> {
+        CudaPair::new(ordinal, policy, reference)
+    }
+}
+
 impl PairScorer for CudaPair {
     fn describe(&self) -> String {
         match self.never {}

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::model::Model;
+use crate::model::weights::DType;
 pub use crate::score::SeqRequest;
 use crate::score::TokenScores;
 
@@ -90,9 +91,38 @@ pub fn open_pair(
     policy: Arc<Model>,
     reference: Arc<Model>,
 ) -> Result<Box<dyn PairScorer>> {
+    open_pair_with(device, policy, reference, None)
+}
+
+/// [`open_pair`], with the CUDA backend's compute dtype (`None`: the
+/// checkpoint's). Asking for one on the CPU backend is an error: it always
+/// computes in f32.
+pub fn open_pair_with(
+    device: Device,
+    policy: Arc<Model>,
+    reference: Arc<Model>,
+    gpu_dtype: Option<DType>,
+) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
-    match cuda_ordinal(device) {
-        Some(n) => Ok(Box::new(cuda::CudaPair::new(n, policy, reference)?)),
-        None => Ok(Box::new(cpu::CpuPair::new(policy, reference))),
+    match (cuda_ordinal(device), gpu_dtype) {
+        (Some(n), None) => Ok(Box::new(cuda::CudaPair::new(n, policy, reference)?)),
+        (Some(n), Some(d)) => Ok(Box::new(cuda::CudaPair::with_compute_dtype(
+            n, policy, reference, d,
+        )?)),
+        (None, Some(d)) => {
+            let why = match device {
+                Device::Cpu => "the CPU was asked for".to_string(),
+                _ => format!(
+                    "no usable CUDA device: {}",
+                    cuda::probe().err().unwrap_or_default()
+                ),
+            };
+            Err(crate::Error::Backend(format!(
+                "GPU dtype {} asked for, but scoring runs on the CPU backend ({why}), \
+                 which computes in f32",
+                d.name()
+            )))
+        }
+        (None, None) => Ok(Box::new(cpu::CpuPair::new(policy, reference))),
     }
 }

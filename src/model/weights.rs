@@ -36,6 +36,18 @@ impl DType {
     }
 }
 
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "bf16" => Ok(DType::BF16),
+            "f16" => Ok(DType::F16),
+            "f32" => Ok(DType::F32),
+            _ => Err(format!("unknown dtype `{s}`; expected bf16, f16 or f32")),
+        }
+    }
+}
+
 /// A borrowed, typed view of a tensor's bytes inside a mapped file.
 #[derive(Clone, Copy)]
 pub enum Data<'a> {
