@@ -37,7 +37,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Write a random-weight checkpoint of a real model's shape (for benchmarks).
     Synth(SynthArgs),
-    /// Measure GEMM peak, forward GFLOP/s, pair-scoring tokens/s and peak RSS.
+    /// Measure GEMM peak, forward GFLOP/s, pair-scoring tokens/s and peak RSS (CPU); with
+    /// `--device cuda` a roofline table (copy and fused-kernel GB/s, GEMM and forward
+    /// TFLOP/s, tokens/s); with `--prefix-cache` what the KV-prefix cache saves.
     Bench(BenchArgs),
     /// HTTP service: score trajectories and agent steps as they happen, with
     /// both models kept warm. With no model arguments, serves the toyworld pair.
