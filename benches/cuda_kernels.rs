@@ -20,14 +20,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use padv::backend::PairScorer;
 use padv::backend::cpu::ops::AttnShape;
 use padv::backend::cuda::forward::PagedBatch;
 use padv::backend::cuda::kernels::AttnKernel;
-use padv::backend::cuda::{CudaPair, DevTensor, Gpu, probe};
-use padv::backend::{PairScorer, SeqRequest};
+use padv::backend::cuda::{CudaPair, DevTensor, Gpu, probe, roofline};
+use padv::bench::synth;
 use padv::model::Config;
 use padv::model::weights::DType;
-use serde_json::json;
 
 /// Per-iteration times of each benchmark, for the summary.
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
@@ -91,65 +91,16 @@ fn configure(g: &mut BenchmarkGroup<'_, WallTime>, long: bool) {
     }
 }
 
-fn qwen25(
-    hidden: usize,
-    inter: usize,
-    layers: usize,
-    heads: usize,
-    kv: usize,
-    vocab: usize,
-    tied: bool,
-) -> Config {
-    let v = json!({
-        "architectures": ["Qwen2ForCausalLM"],
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "vocab_size": vocab,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "max_position_embeddings": 32768,
-        "tie_word_embeddings": tied,
-        "use_sliding_window": false,
-    });
-    Config::from_json(&v, std::path::Path::new("<bench>")).expect("valid bench config")
+/// A built-in `padv synth` shape as a parsed config.
+fn shape_config(name: &str) -> Config {
+    synth::shape(name)
+        .and_then(|s| s.config(DType::BF16))
+        .expect("built-in shape")
 }
 
-fn qwen25_0_5b() -> Config {
-    qwen25(896, 4864, 24, 14, 2, 151_936, true)
-}
-
-fn qwen25_7b() -> Config {
-    qwen25(3584, 18_944, 28, 28, 4, 152_064, false)
-}
-
-/// `seqs` sequences of `len` pseudo-random tokens.
-fn batch(vocab: usize, seqs: usize, len: usize, last_only: bool) -> Vec<SeqRequest> {
-    let mut x = 12345u64;
-    (0..seqs)
-        .map(|_| SeqRequest {
-            token_ids: (0..len)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((x >> 33) as usize % vocab) as u32
-                })
-                .collect(),
-            score_mask: last_only.then(|| (0..len).map(|t| t + 1 == len).collect()),
-        })
-        .collect()
-}
-
-/// Forward FLOPs of one model over `seqs × len` tokens: the linear layers
-/// (`Config::flops_per_token`) plus causal attention (QKᵀ and P·V).
+/// Forward FLOPs of one model over `seqs` sequences of `len` tokens.
 fn forward_flops(c: &Config, seqs: usize, len: usize) -> f64 {
-    let linear = c.flops_per_token(false) * (seqs * len) as f64;
-    let causal_pairs = (len * (len + 1) / 2) as f64 * seqs as f64;
-    let attn = 4.0 * causal_pairs * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
-    linear + attn
+    seqs as f64 * padv::bench::forward_flops(c, len, 0)
 }
 
 struct Summary {
@@ -289,7 +240,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
         for kernel in [AttnKernel::Simt, AttnKernel::TensorCore] {
             let name = format!("attention_{label}_{kernel:?}_2x4096");
             timed(&mut g, &name, gpu, || {
-                gpu.paged_attention_with(
+                gpu.paged_attention(
                     kernel,
                     &qv,
                     &k.all(),
@@ -334,34 +285,24 @@ fn bench_pair(
     configure(&mut g, true);
     let tokens = (seqs * len) as u64;
     g.throughput(Throughput::Elements(tokens));
-    let fwd_batch = batch(cfg.vocab_size, seqs, len, true);
-    let all_batch = batch(cfg.vocab_size, seqs, len, false);
+    let fwd_batch = roofline::batch(cfg.vocab_size, seqs, len, true);
+    let all_batch = roofline::batch(cfg.vocab_size, seqs, len, false);
     let fwd_name = format!("{name}_forward_{seqs}x{len}");
     let e2e_name = format!("{name}_score_{seqs}x{len}");
     // `score` downloads its results, so each call ends synchronised.
-    let gpu_sync = |p: &mut CudaPair, b: &[SeqRequest]| p.score(b).map(|_| ());
-    g.bench_function(&fwd_name, |bch| {
-        bch.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                gpu_sync(&mut pair, &fwd_batch).expect("score");
-            }
-            let e = start.elapsed();
-            record(&fwd_name, e, iters);
-            e
-        })
-    });
-    g.bench_function(&e2e_name, |bch| {
-        bch.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                gpu_sync(&mut pair, &all_batch).expect("score");
-            }
-            let e = start.elapsed();
-            record(&e2e_name, e, iters);
-            e
-        })
-    });
+    for (name, b) in [(&fwd_name, &fwd_batch), (&e2e_name, &all_batch)] {
+        g.bench_function(name, |bch| {
+            bch.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    pair.score(b).expect("score");
+                }
+                let e = start.elapsed();
+                record(name, e, iters);
+                e
+            })
+        });
+    }
     g.finish();
     if let Some(t) = median(&fwd_name) {
         let tflops = 2.0 * forward_flops(cfg, seqs, len) / t / 1e12;
@@ -401,7 +342,7 @@ fn main() {
         bench_pair(
             &mut c,
             "qwen2.5-0.5b",
-            &qwen25_0_5b(),
+            &shape_config("qwen2.5-0.5b"),
             seqs,
             len,
             peak,
@@ -414,7 +355,15 @@ fn main() {
             .push("| qwen2.5-7b pair | skipped (PADV_BENCH_SKIP_7B or < 48 GiB free) | |".into());
     } else {
         for (seqs, len) in [(8, 1024), (2, 4096)] {
-            bench_pair(&mut c, "qwen2.5-7b", &qwen25_7b(), seqs, len, peak, &mut s);
+            bench_pair(
+                &mut c,
+                "qwen2.5-7b",
+                &shape_config("qwen2.5-7b"),
+                seqs,
+                len,
+                peak,
+                &mut s,
+            );
         }
     }
     c.final_summary();

@@ -3,8 +3,11 @@
 //! scoring raw trajectories with a tiny pair first, and on `padv score`
 //! output without any model.
 
+mod cli_common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use cli_common::{padv, succeed};
 
 use serde_json::Value;
 
@@ -12,9 +15,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn padv(args: &[&str], extra: &[&Path]) -> (bool, String, String) {
+/// `padv <args[0]>` with the qwen3 fixture pair, then the other arguments.
+fn with_pair(args: &[&str], extra: &[&Path]) -> (bool, String, String) {
     let models = root().join("models/qwen3");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_padv"));
+    let mut c = padv();
     c.arg(args[0])
         .arg("--policy")
         .arg(models.join("trained"))
@@ -44,7 +48,7 @@ fn apps_run_on_every_input_format() {
     ] {
         let json = dir.path().join(format!("{name}.json"));
         let html = dir.path().join(format!("{name}.html"));
-        let (ok, stdout, err) = padv(
+        let (ok, stdout, err) = with_pair(
             &["eval", "--device", "cpu", "--on-error", "skip", "--input"],
             &[
                 &input,
@@ -75,7 +79,7 @@ fn apps_run_on_every_input_format() {
             );
         }
 
-        let (ok, stdout, err) = padv(
+        let (ok, stdout, err) = with_pair(
             &[
                 "attribute",
                 "--device",
@@ -89,7 +93,7 @@ fn apps_run_on_every_input_format() {
         assert!(ok, "attribute {name}: {err}");
         assert!(stdout.lines().count() >= 1, "{name}");
 
-        let (ok, _, err) = padv(
+        let (ok, _, err) = with_pair(
             &[
                 "select",
                 "--device",
@@ -112,7 +116,7 @@ fn apps_read_scored_output_without_a_model() {
     let dir = tempfile::tempdir().unwrap();
     let scored = dir.path().join("scored.jsonl");
     let input = root().join("formats/tau2_results.json");
-    let (ok, _, err) = padv(
+    let (ok, _, err) = with_pair(
         &[
             "score",
             "--device",
@@ -125,31 +129,13 @@ fn apps_read_scored_output_without_a_model() {
         &[&input, Path::new("--output"), &scored],
     );
     assert!(ok, "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_padv"))
-        .args(["eval", "--sweep", "--input"])
-        .arg(&scored)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(padv().args(["eval", "--sweep", "--input"]).arg(&scored));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("bottom10") && text.contains("last"),
         "sweep covers every aggregation: {text}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_padv"))
-        .args(["select", "--input"])
-        .arg(&scored)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(padv().args(["select", "--input"]).arg(&scored));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).lines().count(),
         2,

@@ -3,14 +3,13 @@
 //! on the bundled toyworld demo sets (assets/toyworld/expected_eval_demo_*.json),
 //! and `padv score` with no arguments prints a per-step table.
 
+mod cli_common;
+
 use std::path::Path;
-use std::process::Command;
+
+use cli_common::{padv, succeed};
 
 use serde_json::Value;
-
-fn padv() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_padv"))
-}
 
 /// Every number in `want` must appear in `got` at the same path.
 fn assert_numbers_match(want: &Value, got: &Value, path: &str, tol: f64) {
@@ -40,12 +39,7 @@ fn assert_numbers_match(want: &Value, got: &Value, path: &str, tol: f64) {
 fn eval_without_arguments_reproduces_the_expected_toyworld_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("eval.json");
-    let out = padv().args(["eval", "--json"]).arg(&json).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(padv().args(["eval", "--json"]).arg(&json));
     let got: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld");
     for set in ["ref", "trained"] {
@@ -62,12 +56,7 @@ fn eval_without_arguments_reproduces_the_expected_toyworld_metrics() {
 
 #[test]
 fn score_without_arguments_prints_a_step_table_for_every_demo_trajectory() {
-    let out = padv().arg("score").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(padv().arg("score"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text.matches("\ndemo-").count(),
@@ -92,17 +81,12 @@ fn score_with_on_error_skip_writes_one_line_per_input_record() {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .count();
-    let out = padv()
-        .args(["score", "--on-error", "skip", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&out_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        padv()
+            .args(["score", "--on-error", "skip", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&out_path),
     );
     let lines: Vec<Value> = std::fs::read_to_string(&out_path)
         .unwrap()

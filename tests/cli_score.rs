@@ -3,8 +3,11 @@
 //! chat records through the chat template, against transformers' token ids,
 //! log-probs (≤ 1e-4) and action masks.
 
+mod cli_common;
+
 use std::path::Path;
-use std::process::Command;
+
+use cli_common::{padv, succeed};
 
 use serde_json::Value;
 
@@ -13,21 +16,16 @@ fn run_pair(name: &str) {
     let models = root.join("models").join(name);
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("out.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_padv"))
-        .args(["score", "--device", "cpu", "--tokens", "--policy"])
-        .arg(models.join("trained"))
-        .arg("--reference")
-        .arg(models.join("ref"))
-        .arg("--input")
-        .arg(root.join("inputs/tiny_trajectories.jsonl"))
-        .arg("--output")
-        .arg(&out_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        padv()
+            .args(["score", "--device", "cpu", "--tokens", "--policy"])
+            .arg(models.join("trained"))
+            .arg("--reference")
+            .arg(models.join("ref"))
+            .arg("--input")
+            .arg(root.join("inputs/tiny_trajectories.jsonl"))
+            .arg("--output")
+            .arg(&out_path),
     );
     let expected: Value = serde_json::from_str(
         &std::fs::read_to_string(root.join(format!("expected/tiny_{name}.json"))).unwrap(),
@@ -96,12 +94,7 @@ fn bf16_records_score_like_transformers_through_the_cli() {
 /// reason (not silently ignored), and a bad value is named.
 #[test]
 fn gpu_dtype_on_the_cpu_backend_is_refused_with_the_reason() {
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_padv"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| padv().args(args).output().unwrap();
     let out = run(&["score", "--device", "cpu", "--gpu-dtype", "bf16"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");

@@ -307,7 +307,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
             }
             for kernel in kernels {
                 let mut out = DevTensor::poisoned(&gpu, dt, n * qd).unwrap();
-                gpu.paged_attention_with(
+                gpu.paged_attention(
                     kernel,
                     &dq.as_view(),
                     &dkp.all(),

@@ -4,9 +4,10 @@
 //! batched together) gets the same step scores as `padv score` on the whole
 //! trajectory.
 
+mod cli_common;
 mod serve_common;
 
-use std::process::Command;
+use cli_common::{padv, succeed};
 
 use serde_json::{Value, json};
 
@@ -21,16 +22,11 @@ fn padv_score(records: &[Value], args: &[&str]) -> Vec<Value> {
     let input = dir.path().join("in.jsonl");
     let lines: Vec<String> = records.iter().map(Value::to_string).collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_padv"))
-        .args(["score", "--output", "-", "--on-error", "skip", "--input"])
-        .arg(&input)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        padv()
+            .args(["score", "--output", "-", "--on-error", "skip", "--input"])
+            .arg(&input)
+            .args(args),
     );
     String::from_utf8(out.stdout)
         .unwrap()

@@ -3,6 +3,9 @@
 //! trajectories equals the numbers transformers computed
 //! (assets/toyworld/expected_steps_demo_*.jsonl), to 1e-4.
 
+#[cfg(feature = "cuda")]
+mod cuda_common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -103,27 +106,13 @@ fn toyworld_trained_rollouts_match_transformers_step_by_step() {
     check("trained", Device::Cpu);
 }
 
-/// The same check through the CUDA backend (f32 checkpoints, so cuBLAS runs
-/// f32 GEMMs and the 1e-4 budget holds as on the CPU). Skips with the reason
-/// when CUDA is unusable, unless `PADV_REQUIRE_GPU` is set.
-#[cfg(feature = "cuda")]
-fn gpu_or_skip() -> bool {
-    match padv::backend::cuda::probe() {
-        Ok(_) => true,
-        Err(why) if std::env::var_os("PADV_REQUIRE_GPU").is_some() => {
-            panic!("PADV_REQUIRE_GPU is set but CUDA is unusable: {why}")
-        }
-        Err(why) => {
-            eprintln!("skipping CUDA test: {why}");
-            false
-        }
-    }
-}
-
+// The same check through the CUDA backend (f32 checkpoints, so cuBLAS runs
+// f32 GEMMs and the 1e-4 budget holds as on the CPU). `cuda_common::gpu`
+// skips with the reason when CUDA is unusable, unless `PADV_REQUIRE_GPU` is set.
 #[cfg(feature = "cuda")]
 #[test]
 fn toyworld_ref_rollouts_match_transformers_on_the_gpu() {
-    if gpu_or_skip() {
+    if cuda_common::gpu().is_some() {
         check("ref", Device::Cuda(0));
     }
 }
@@ -131,7 +120,7 @@ fn toyworld_ref_rollouts_match_transformers_on_the_gpu() {
 #[cfg(feature = "cuda")]
 #[test]
 fn toyworld_trained_rollouts_match_transformers_on_the_gpu() {
-    if gpu_or_skip() {
+    if cuda_common::gpu().is_some() {
         check("trained", Device::Cuda(0));
     }
 }
@@ -146,7 +135,7 @@ fn toyworld_trained_rollouts_match_transformers_on_the_gpu() {
 #[cfg(feature = "cuda")]
 #[test]
 fn toyworld_ref_rollouts_in_bf16_on_the_gpu_stay_near_transformers() {
-    if gpu_or_skip() {
+    if cuda_common::gpu().is_some() {
         check_with("ref", Device::Cuda(0), Some(DType::BF16), 1.0, 0.1);
     }
 }

@@ -18,7 +18,7 @@ use crate::backend::cpu::gemm::matmul_wt;
 use crate::backend::cpu::ops::RopeTable;
 use crate::backend::{Device, SeqRequest, open_pair};
 use crate::model::weights::{Data, Tensor};
-use crate::model::{DType, Model};
+use crate::model::{Config, DType, Model};
 use crate::score::fused::{naive_row_stats, row_logp, row_stats};
 
 /// Options of one bench run.
@@ -76,8 +76,7 @@ pub fn reset_peak_rss() -> bool {
 
 /// FLOPs of one forward over a single sequence of `t` tokens (linear layers
 /// plus causal attention scores and values).
-pub fn forward_flops(model: &Model, t: usize, lm_head_rows: usize) -> f64 {
-    let c = &model.config;
+pub fn forward_flops(c: &Config, t: usize, lm_head_rows: usize) -> f64 {
     let linear = c.flops_per_token(false) * t as f64;
     let attn = 2.0
         * (t as f64)
@@ -166,8 +165,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             return Err(e);
         }
         let rss = peak_rss_bytes().map(|b| b as f64 / 1e6);
-        let f1 = forward_flops(&policy, t, 0);
-        let pair_flops = forward_flops(&policy, t, t - 1) + forward_flops(&reference, t, t - 1);
+        let (pc, rc) = (&policy.config, &reference.config);
+        let f1 = forward_flops(pc, t, 0);
+        let pair_flops = forward_flops(pc, t, t - 1) + forward_flops(rc, t, t - 1);
         rows.push(BenchRow {
             tokens: t,
             forward_s,

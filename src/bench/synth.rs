@@ -11,7 +11,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
 
-use crate::model::DType;
+use crate::model::{Config, DType};
 use crate::{Error, Result};
 
 /// A named real-model shape.
@@ -142,6 +142,11 @@ impl Shape {
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
         }
         c
+    }
+
+    /// The [`Config`] that loading this shape's `config.json` gives.
+    pub fn config(&self, dtype: DType) -> Result<Config> {
+        Config::from_json(&self.config_json(dtype), Path::new(self.name))
     }
 
     /// (name, shape) of every tensor.

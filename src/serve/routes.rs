@@ -18,12 +18,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use tokio::sync::OwnedMutexGuard;
 
 use super::api::{
     self, ApiError, RecordError, StepRequest, json_response, parse_create_session, parse_step,
 };
 use super::metrics::Metrics;
-use super::sessions::{SessionState, SessionStore, unknown};
+use super::sessions::{SessionState, SessionStore, Slot, unknown};
 use super::worker::{Outcome, Priority, Queue};
 use crate::pipeline::ScorerOptions;
 use crate::session::Session;
@@ -130,6 +131,24 @@ impl AppState {
 
     fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
+    }
+
+    /// Session `id` and its state, locked for this request: 404 when
+    /// unknown, expired or closed while the request waited for the lock; 504
+    /// when the lock is not had by `deadline`.
+    async fn locked_session(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<(Arc<Slot>, OwnedMutexGuard<SessionState>), ApiError> {
+        let slot = self.sessions.get(id)?;
+        let state = tokio::time::timeout_at(deadline.into(), slot.state.clone().lock_owned())
+            .await
+            .map_err(|_| self.timed_out())?;
+        if state.closed {
+            return Err(unknown(id));
+        }
+        Ok((slot, state))
     }
 }
 
@@ -270,13 +289,7 @@ async fn create_session(State(st): Shared, body: Body) -> Result<Response, ApiEr
 }
 
 async fn get_session(State(st): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let slot = st.sessions.get(&id)?;
-    let state = tokio::time::timeout_at(st.deadline().into(), slot.state.lock())
-        .await
-        .map_err(|_| st.timed_out())?;
-    if state.closed {
-        return Err(unknown(&id));
-    }
+    let (_, state) = st.locked_session(&id, st.deadline()).await?;
     let o = &state.opts;
     Ok(json_response(
         StatusCode::OK,
@@ -306,13 +319,7 @@ async fn delete_session(State(st): Shared, Path(id): Path<String>) -> Result<Res
 }
 
 async fn fork(State(st): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let slot = st.sessions.get(&id)?;
-    let state = tokio::time::timeout_at(st.deadline().into(), slot.state.lock())
-        .await
-        .map_err(|_| st.timed_out())?;
-    if state.closed {
-        return Err(unknown(&id));
-    }
+    let (_, state) = st.locked_session(&id, st.deadline()).await?;
     let copy = SessionState {
         session: state.session.fork(),
         opts: state.opts.clone(),
@@ -332,13 +339,7 @@ async fn fork(State(st): Shared, Path(id): Path<String>) -> Result<Response, Api
 async fn step(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
     let deadline = st.deadline();
     let req = parse_step(&body_bytes(&st, body)?)?;
-    let slot = st.sessions.get(&id)?;
-    let mut state = tokio::time::timeout_at(deadline.into(), slot.state.lock())
-        .await
-        .map_err(|_| st.timed_out())?;
-    if state.closed {
-        return Err(unknown(&id));
-    }
+    let (slot, mut state) = st.locked_session(&id, deadline).await?;
     let first_new = state.session.messages().len();
     let opts = state.opts.clone();
     let resp = match req {

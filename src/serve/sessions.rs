@@ -34,7 +34,7 @@ pub struct SessionState {
 
 #[derive(Debug)]
 pub struct Slot {
-    pub state: tokio::sync::Mutex<SessionState>,
+    pub state: Arc<tokio::sync::Mutex<SessionState>>,
     last_used: Mutex<Instant>,
 }
 
@@ -106,7 +106,7 @@ impl SessionStore {
         map.insert(
             id.clone(),
             Arc::new(Slot {
-                state: tokio::sync::Mutex::new(state),
+                state: Arc::new(tokio::sync::Mutex::new(state)),
                 last_used: Mutex::new(Instant::now()),
             }),
         );

@@ -27,7 +27,7 @@
 use cudarc::driver::CudaSlice;
 
 use super::device::{DevTensor, Gpu, sub, sub_mut};
-use super::kernels::{ATTN_BR, KV_BLOCK};
+use super::kernels::{ATTN_BR, AttnKernel, KV_BLOCK};
 use super::weights::DeviceModel;
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
@@ -238,6 +238,7 @@ pub fn forward_rows(
         }
 
         gpu.paged_attention(
+            AttnKernel::Auto,
             &q.as_view(),
             &k_pool.all(),
             &v_pool.all(),

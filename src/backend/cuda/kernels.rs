@@ -287,46 +287,20 @@ impl Gpu {
         Ok(())
     }
 
-    /// Causal (optionally windowed) attention over the paged KV pool —
-    /// kernels/attention.cu; CPU twin: `ops::attention`. `tiles` lists
-    /// `(sequence, first query)` pairs, [`ATTN_BR`] queries each; see
-    /// [`super::forward::PagedBatch`] for how they are built.
-    #[allow(clippy::too_many_arguments)]
-    pub fn paged_attention(
-        &self,
-        q: &CudaView<'_, f32>,
-        k_pool: &DevView<'_>,
-        v_pool: &DevView<'_>,
-        block_table: &CudaView<'_, i32>,
-        seq_start: &CudaView<'_, i32>,
-        tiles: &CudaView<'_, i32>,
-        max_blocks: usize,
-        out: &mut DevViewMut<'_>,
-        shape: AttnShape,
-    ) -> Result<()> {
-        self.paged_attention_with(
-            AttnKernel::Auto,
-            q,
-            k_pool,
-            v_pool,
-            block_table,
-            seq_start,
-            tiles,
-            max_blocks,
-            out,
-            shape,
-        )
-    }
-
     /// Whether the tensor-core kernel takes this cache dtype and head_dim here.
     pub fn attention_has_tensor_cores(&self, dtype: DType, head_dim: usize) -> bool {
         dtype != DType::F32 && MMA_HEAD_DIMS.contains(&head_dim) && self.arch().0 >= 8
     }
 
-    /// [`Gpu::paged_attention`] with the kernel chosen by the caller (tests
-    /// run both); `TensorCore` where it does not apply is an error.
+    /// Causal (optionally windowed) attention over the paged KV pool —
+    /// kernels/attention.cu; CPU twin: `ops::attention`. `tiles` lists
+    /// `(sequence, first query)` pairs, [`ATTN_BR`] queries each; see
+    /// [`super::forward::PagedBatch`] for how they are built.
+    /// `kernel`: [`AttnKernel::Auto`] picks tensor cores where they apply
+    /// (tests and benches force each); `TensorCore` where it does not apply
+    /// is an error.
     #[allow(clippy::too_many_arguments)]
-    pub fn paged_attention_with(
+    pub fn paged_attention(
         &self,
         kernel: AttnKernel,
         q: &CudaView<'_, f32>,           // [n, heads·hd]

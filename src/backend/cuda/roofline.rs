@@ -72,8 +72,8 @@ fn best_of(gpu: &Gpu, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Resu
 }
 
 /// `seqs` sequences of `len` pseudo-random tokens; `last_only` scores only
-/// each sequence's last token.
-fn batch(vocab: usize, seqs: usize, len: usize, last_only: bool) -> Vec<SeqRequest> {
+/// each sequence's last token (the criterion benches use it too).
+pub fn batch(vocab: usize, seqs: usize, len: usize, last_only: bool) -> Vec<SeqRequest> {
     let mut x = 0x2545F4914F6CDD1Du64;
     (0..seqs)
         .map(|_| SeqRequest {
@@ -160,8 +160,8 @@ pub fn run(
         // `score` downloads its results, so each call ends synchronised.
         let forward_s = best_of_synced(repeats, || pair.score(&last).map(|_| ()))?;
         let score_s = best_of_synced(repeats, || pair.score(&all).map(|_| ()))?;
-        let flops =
-            seqs as f64 * (forward_flops(&policy, len, 0) + forward_flops(&reference, len, 0));
+        let flops = seqs as f64
+            * (forward_flops(&policy.config, len, 0) + forward_flops(&reference.config, len, 0));
         out_rows.push(RooflineRow {
             seqs,
             tokens: len,

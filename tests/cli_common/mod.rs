@@ -1,0 +1,19 @@
+//! Running the `padv` binary from integration tests.
+#![allow(dead_code)] // each test file uses a subset
+
+use std::process::{Command, Output};
+
+pub fn padv() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_padv"))
+}
+
+/// Run `cmd` and require success; a failure shows the command's stderr.
+pub fn succeed(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
