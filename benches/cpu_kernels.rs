@@ -61,12 +61,7 @@ fn scoring(c: &mut Criterion) {
 
 fn attn(c: &mut Criterion) {
     let t = 1024;
-    let shape = AttnShape {
-        num_heads: 14,
-        num_kv_heads: 2,
-        head_dim: 64,
-        window: None,
-    };
+    let shape = AttnShape::new(14, 2, 64, None);
     let q = noise(t * 14 * 64, 4);
     let k = noise(t * 2 * 64, 5);
     let v = noise(t * 2 * 64, 6);

@@ -216,12 +216,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
         let lens = [4096usize, 4096];
         let layout = PagedBatch::new(&lens);
         let n = layout.tokens();
-        let shape = AttnShape {
-            num_heads: heads,
-            num_kv_heads: kv_heads,
-            head_dim: hd,
-            window: None,
-        };
+        let shape = AttnShape::new(heads, kv_heads, hd, None);
         let pool = layout.pool_rows() * kv_heads * hd;
         let mut q = DevTensor::alloc(gpu, DType::F32, n * heads * hd).unwrap();
         let mut k = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();

@@ -204,12 +204,7 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                 &mut q_out.as_view_mut(),
                 &mut kp.all_mut(),
                 &mut vp.all_mut(),
-                AttnShape {
-                    num_heads: heads,
-                    num_kv_heads: kv_heads,
-                    head_dim: hd,
-                    window: None,
-                },
+                AttnShape::new(heads, kv_heads, hd, None),
                 eps,
             )
             .unwrap();
@@ -252,12 +247,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
         (14, 2, 64, None, vec![257, 64]),
         (4, 2, 128, None, vec![300, 5]),
     ] {
-        let shape = AttnShape {
-            num_heads: heads,
-            num_kv_heads: kv_heads,
-            head_dim: hd,
-            window,
-        };
+        let shape = AttnShape::new(heads, kv_heads, hd, window);
         let (qd, kvd) = (heads * hd, kv_heads * hd);
         let n: usize = lens.iter().sum();
         let needed: usize = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).sum();

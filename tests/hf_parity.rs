@@ -18,12 +18,16 @@ fn floats(v: &Value) -> Vec<Option<f64>> {
 }
 
 fn check_pair(name: &str) {
+    check_expected(name, &format!("tiny_{name}"));
+}
+
+fn check_expected(name: &str, expected_file: &str) {
     let dir = fixtures().join("models").join(name);
     let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
     let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
     let mut scorer = open_pair(Device::Cpu, policy, reference).unwrap();
     let text =
-        std::fs::read_to_string(fixtures().join(format!("expected/tiny_{name}.json"))).unwrap();
+        std::fs::read_to_string(fixtures().join(format!("expected/{expected_file}.json"))).unwrap();
     let expected: Value = serde_json::from_str(&text).unwrap();
     let records = expected["records"].as_array().unwrap();
     let batch: Vec<SeqRequest> = records
@@ -64,7 +68,7 @@ fn check_pair(name: &str) {
         }
     }
     eprintln!(
-        "{name}: {} records, max |Δ logp| = {worst:.2e}",
+        "{expected_file}: {} records, max |Δ logp| = {worst:.2e}",
         records.len()
     );
 }
@@ -92,4 +96,21 @@ fn qwen3_pair_with_qk_norm_matches_transformers() {
 #[test]
 fn bf16_llama_pair_matches_transformers() {
     check_pair("llama_bf16");
+}
+
+#[test]
+fn olmo3_pair_matches_transformers() {
+    check_pair("olmo3");
+}
+#[test]
+fn olmo3_pair_matches_transformers_on_long_records() {
+    check_expected("olmo3", "long_olmo3");
+}
+#[test]
+fn gemma4_pair_matches_transformers() {
+    check_pair("gemma4");
+}
+#[test]
+fn gemma4_pair_matches_transformers_on_long_records() {
+    check_expected("gemma4", "long_gemma4");
 }

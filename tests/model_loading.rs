@@ -223,3 +223,54 @@ fn a_pair_with_different_tokenizers_or_vocabularies_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_text_only_gemma4_directory_scores_exactly_like_the_hub_checkpoint() {
+    // `Gemma4ForCausalLM` as transformers saves the text model alone: flat
+    // config, `model.*` names, no towers.
+    let hub = fixture("gemma4/ref");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("text");
+    copy_meta(&hub, &dir);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hub.join("config.json")).unwrap()).unwrap();
+    let mut flat = cfg["text_config"].clone();
+    flat["architectures"] = serde_json::json!(["Gemma4ForCausalLM"]);
+    std::fs::write(dir.join("config.json"), flat.to_string()).unwrap();
+    let text: BTreeMap<_, _> = tensors(&hub)
+        .into_iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix("model.language_model.")
+                .map(|rest| (format!("model.{rest}"), t))
+        })
+        .collect();
+    write(&dir.join("model.safetensors"), &text);
+    let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 500).collect();
+    let a = score(&hub, &hub, &ids);
+    let b = score(&dir, &dir, &ids);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b).skip(1) {
+        assert_eq!(x.to_bits(), y.to_bits());
+    }
+}
+
+#[test]
+fn tensors_the_config_does_not_use_are_an_error_naming_them() {
+    let src = fixture("llama/ref");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("short");
+    copy_meta(&src, &dir);
+    std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = serde_json::json!(1);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let e = Model::load(&dir).err().expect("must fail").to_string();
+    assert!(
+        e.contains("model.layers.1.") && e.contains("num_hidden_layers"),
+        "{e}"
+    );
+    // A Gemma 4 hub checkpoint's towers are ignored, not reported.
+    assert!(Model::load(&fixture("gemma4/ref")).is_ok());
+}

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
 use crate::backend::cpu::gemm::matmul_wt;
-use crate::backend::cpu::ops::RopeTable;
+use crate::backend::cpu::rope::Ropes;
 use crate::backend::{Device, SeqRequest, open_pair};
 use crate::model::weights::{Data, Tensor};
 use crate::model::{Config, DType, Model};
@@ -78,11 +78,16 @@ pub fn reset_peak_rss() -> bool {
 /// plus causal attention scores and values).
 pub fn forward_flops(c: &Config, t: usize, lm_head_rows: usize) -> f64 {
     let linear = c.flops_per_token(false) * t as f64;
-    let attn = 2.0
-        * (t as f64)
-        * (t as f64 + 1.0)
-        * (c.num_heads * c.head_dim) as f64
-        * c.num_layers as f64;
+    // Σ over queries i of the keys each layer shows it (window respected).
+    let attn: f64 = c
+        .layers
+        .iter()
+        .map(|l| {
+            let w = l.attn.window.unwrap_or(t).min(t);
+            let keys = (w * (w + 1) / 2 + (t - w) * w) as f64;
+            4.0 * keys * l.attn.q_dim() as f64
+        })
+        .sum();
     let head = 2.0 * (c.hidden_size * c.vocab_size) as f64 * lm_head_rows as f64;
     linear + attn + head
 }
@@ -124,8 +129,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let peak = gemm_peak_gflops();
     let mut scorer = open_pair(opts.device, policy.clone(), reference.clone())?;
     let vocab = policy.config.vocab_size;
-    let rope = RopeTable::new(
-        &policy.config.rope_inv_freq(),
+    let rope = Ropes::new(
+        &policy.config,
         opts.lengths.iter().copied().max().unwrap_or(1),
     );
     let mut rows = Vec::new();

@@ -57,7 +57,7 @@ fn fingerprint(policy: &Model, reference: &Model) -> u64 {
     for m in [policy, reference] {
         m.dir.hash(&mut h);
         let c = &m.config;
-        (c.num_layers, c.hidden_size, c.num_kv_heads, c.head_dim).hash(&mut h);
+        format!("{c:?}").hash(&mut h);
         (c.vocab_size, m.weights.mapped_bytes()).hash(&mut h);
     }
     h.finish()

@@ -1,7 +1,9 @@
-//! Block storage of one model on the CPU, in the paged layout the CUDA
-//! backend shares (module doc of [`super`]): per layer one K and one V arena
-//! `[blocks, block_size, kv_heads, head_dim]` f32, plus the final-norm hidden
-//! state of each block's last token `[blocks, hidden]`.
+//! Block storage of one model on the CPU, in the paged layout of
+//! `kernels/attention.cu` (module doc of [`super`]): per layer one K and one
+//! V arena `[blocks, block_size, kv_heads, head_dim]` f32 (layers of
+//! different head dims have arenas of different widths; a layer reading
+//! another layer's K/V has none), plus the final-norm hidden state of each
+//! block's last token `[blocks, hidden]`.
 //!
 //! Arenas grow on demand as the pool hands out new block ids (in steps of a
 //! quarter of their size, never past the capacity), so an idle cache costs
@@ -12,8 +14,9 @@ use crate::model::Config;
 
 pub struct ModelKv {
     block_size: usize,
-    /// Floats per token per layer of K (and of V): `kv_heads · head_dim`.
-    kv_dim: usize,
+    /// Per layer, floats per token of K (and of V): `kv_heads · head_dim`,
+    /// 0 for layers that share another layer's K/V.
+    kv_dims: Vec<usize>,
     hidden: usize,
     capacity: usize,
     /// Blocks every arena holds now.
@@ -27,7 +30,7 @@ impl ModelKv {
     pub fn new(cfg: &Config, block_size: usize, capacity: usize) -> ModelKv {
         ModelKv {
             block_size,
-            kv_dim: cfg.num_kv_heads * cfg.head_dim,
+            kv_dims: Self::layer_dims(cfg),
             hidden: cfg.hidden_size,
             capacity,
             blocks: 0,
@@ -37,10 +40,27 @@ impl ModelKv {
         }
     }
 
+    /// Per layer, the K (and V) floats per token it stores.
+    pub fn layer_dims(cfg: &Config) -> Vec<usize> {
+        cfg.layers
+            .iter()
+            .map(|l| {
+                if l.attn.kv_from.is_some() {
+                    0
+                } else {
+                    l.attn.kv_dim()
+                }
+            })
+            .collect()
+    }
+
     /// Bytes one block of this model takes: K and V of every layer and one
     /// hidden state.
     pub fn bytes_per_block(cfg: &Config, block_size: usize) -> usize {
-        let kv = 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim;
+        let kv: usize = Self::layer_dims(cfg)
+            .iter()
+            .map(|d| 2 * block_size * d)
+            .sum();
         (kv + cfg.hidden_size) * std::mem::size_of::<f32>()
     }
 
@@ -48,14 +68,14 @@ impl ModelKv {
         self.block_size
     }
 
-    pub fn kv_dim(&self) -> usize {
-        self.kv_dim
+    pub fn kv_dims(&self) -> &[usize] {
+        &self.kv_dims
     }
 
     /// Bytes held now.
     pub fn bytes_allocated(&self) -> usize {
-        let per = 2 * self.k.len() * self.block_size * self.kv_dim + self.hidden;
-        self.blocks * per * std::mem::size_of::<f32>()
+        let kv: usize = self.kv_dims.iter().map(|d| 2 * self.block_size * d).sum();
+        self.blocks * (kv + self.hidden) * std::mem::size_of::<f32>()
     }
 
     /// Make room for block ids `< blocks`.
@@ -66,10 +86,12 @@ impl ModelKv {
         let target = (self.blocks + self.blocks / 4 + 8)
             .max(blocks)
             .min(self.capacity.max(blocks));
-        let kv = self.block_size * self.kv_dim;
-        for arena in self.k.iter_mut().chain(self.v.iter_mut()) {
-            arena.reserve_exact(target * kv - arena.len());
-            arena.resize(target * kv, 0.0);
+        for (layer, &d) in self.kv_dims.iter().enumerate() {
+            let kv = self.block_size * d;
+            for arena in [&mut self.k[layer], &mut self.v[layer]] {
+                arena.reserve_exact(target * kv - arena.len());
+                arena.resize(target * kv, 0.0);
+            }
         }
         self.last_hidden
             .reserve_exact(target * self.hidden - self.last_hidden.len());
@@ -77,24 +99,24 @@ impl ModelKv {
         self.blocks = target;
     }
 
-    fn range(&self, id: BlockId) -> std::ops::Range<usize> {
-        let n = self.block_size * self.kv_dim;
+    fn range(&self, layer: usize, id: BlockId) -> std::ops::Range<usize> {
+        let n = self.block_size * self.kv_dims[layer];
         id as usize * n..(id as usize + 1) * n
     }
 
     /// K of block `id` in `layer`: `[block_size, kv_heads · head_dim]`.
     pub fn k(&self, layer: usize, id: BlockId) -> &[f32] {
-        &self.k[layer][self.range(id)]
+        &self.k[layer][self.range(layer, id)]
     }
     pub fn v(&self, layer: usize, id: BlockId) -> &[f32] {
-        &self.v[layer][self.range(id)]
+        &self.v[layer][self.range(layer, id)]
     }
     pub fn k_mut(&mut self, layer: usize, id: BlockId) -> &mut [f32] {
-        let r = self.range(id);
+        let r = self.range(layer, id);
         &mut self.k[layer][r]
     }
     pub fn v_mut(&mut self, layer: usize, id: BlockId) -> &mut [f32] {
-        let r = self.range(id);
+        let r = self.range(layer, id);
         &mut self.v[layer][r]
     }
 
@@ -110,7 +132,7 @@ impl ModelKv {
     /// `k_out`/`v_out` (`[blocks · block_size, kv_dim]` each, contiguous):
     /// the CPU twin of a paged-attention kernel's block-table reads.
     pub fn gather(&self, layer: usize, blocks: &[BlockId], k_out: &mut [f32], v_out: &mut [f32]) {
-        let n = self.block_size * self.kv_dim;
+        let n = self.block_size * self.kv_dims[layer];
         for (i, &id) in blocks.iter().enumerate() {
             k_out[i * n..(i + 1) * n].copy_from_slice(self.k(layer, id));
             v_out[i * n..(i + 1) * n].copy_from_slice(self.v(layer, id));

@@ -1,12 +1,25 @@
-//! Hugging Face `config.json` → one [`Config`] for the decoder family we run
-//! (Llama, Mistral, Qwen2, Qwen3). Unknown keys are ignored; both the older
-//! (`rope_theta` + `rope_scaling`) and newer (`rope_parameters`) RoPE styles
-//! are read.
+//! The model description: what one checkpoint computes, read from its
+//! `config.json` by the family file of its architecture ([`super::family`]).
+//!
+//! A [`Config`] lists every layer with its mixer ([`AttnDesc`]: heads, head
+//! dim, window, RoPE, q/k/v norms, bias, scale, K/V shared from an earlier
+//! layer), its MLP ([`MlpDesc`]), which of the four norm slots it has
+//! ([`Norms`]: pre-norm, post-norm and sandwich blocks are combinations of
+//! them), and the per-layer extras (per-layer embedding input, a layer
+//! scalar); plus the embedding (scale, per-layer embeddings), the final norm
+//! and the LM head (tied, logit soft-cap). Both backends run the layer loop
+//! from it, the tensor table ([`super::layout`]) names the weights from it,
+//! and `padv synth` writes checkpoints from it.
+//!
+//! Families read only the keys they understand; a key that would change the
+//! computation in a way padv does not implement is an error naming it
+//! ([`Keys::reject`]), never silently ignored.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::family;
 use crate::{Error, Result};
 
 /// Architectures we can run, keyed by `architectures[0]`.
@@ -16,17 +29,13 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    Olmo3,
+    Gemma4,
 }
 
 impl Arch {
-    pub const SUPPORTED: [(&'static str, Arch); 4] = [
-        ("LlamaForCausalLM", Arch::Llama),
-        ("MistralForCausalLM", Arch::Mistral),
-        ("Qwen2ForCausalLM", Arch::Qwen2),
-        ("Qwen3ForCausalLM", Arch::Qwen3),
-    ];
     pub fn hf_name(self) -> &'static str {
-        Self::SUPPORTED
+        family::SUPPORTED
             .iter()
             .find(|(_, a)| *a == self)
             .map(|(n, _)| *n)
@@ -34,55 +43,173 @@ impl Arch {
     }
 }
 
-/// RoPE frequency scaling.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
+/// Activation of the gated MLP: `act(gate(x)) · up(x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// SiLU (SwiGLU).
+    Silu,
+    /// GELU, tanh approximation (GeGLU; `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// RMSNorm over the q or k projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
     None,
-    /// Positions divided by `factor`.
-    Linear {
-        factor: f32,
-    },
-    /// Llama 3.x wavelength-dependent scaling.
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_position_embeddings: f32,
-    },
+    /// Per head, weight `[head_dim]` (Qwen3, Gemma 4).
+    PerHead,
+    /// Over the whole projection (all heads jointly), weight `[heads · head_dim]` (Olmo 2/3).
+    FullWidth,
+}
+
+/// Rotary embedding of one attention layer: the first `rotary_dim` dims of
+/// each head are rotated (rotate-half inside them) by `inv_freq`
+/// (`rotary_dim / 2` frequencies, zeros allowed), and cos/sin are multiplied
+/// by `attention_factor` (YaRN's mscale, 1 otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub inv_freq: Vec<f32>,
+    pub rotary_dim: usize,
+    pub attention_factor: f32,
+}
+
+/// One attention mixer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttnDesc {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// `Some(w)`: query `i` sees keys `j` with `i − w < j ≤ i`.
+    pub window: Option<usize>,
+    pub rope: Rope,
+    pub qk_norm: QkNorm,
+    /// Weightless RMSNorm over each head of v (Gemma 4).
+    pub v_norm: bool,
+    /// q/k/v projections carry a bias.
+    pub bias: bool,
+    /// Softmax scale of the scores (1/√head_dim unless the family says so).
+    pub scale: f32,
+    /// K/V are not computed here but read from this earlier layer's (after
+    /// its norms and RoPE): Gemma's KV sharing. Such a layer has no k/v
+    /// projections and no cache of its own.
+    pub kv_from: Option<usize>,
+}
+
+impl AttnDesc {
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlpDesc {
+    pub intermediate: usize,
+    pub act: Act,
+}
+
+/// Which norms a block has. `x += attn_out(attn(attn_in(x)))`, then
+/// `x += mlp_out(mlp(mlp_in(x)))`, each norm present or the identity:
+/// pre-norm blocks (Llama) have the two `_in`, post-norm blocks (Olmo 3) the
+/// two `_out`, sandwich blocks (Gemma) all four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Norms {
+    pub attn_in: bool,
+    pub attn_out: bool,
+    pub mlp_in: bool,
+    pub mlp_out: bool,
+}
+
+impl Norms {
+    pub const PRE: Norms = Norms {
+        attn_in: true,
+        attn_out: false,
+        mlp_in: true,
+        mlp_out: false,
+    };
+    pub const POST: Norms = Norms {
+        attn_in: false,
+        attn_out: true,
+        mlp_in: false,
+        mlp_out: true,
+    };
+    pub const SANDWICH: Norms = Norms {
+        attn_in: true,
+        attn_out: true,
+        mlp_in: true,
+        mlp_out: true,
+    };
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerDesc {
+    pub attn: AttnDesc,
+    pub mlp: MlpDesc,
+    pub norms: Norms,
+    /// After the MLP: `x += norm(proj(act(gate(x)) ⊙ P[l]))` with the
+    /// per-layer input `P[l]` ([`PerLayerEmbed`]).
+    pub per_layer_input: bool,
+    /// At the end of the layer `x *= s` with a stored scalar.
+    pub layer_scalar: bool,
+}
+
+/// Gemma's per-layer embeddings: for every token, `P = (norm(e·W_projᵀ ·
+/// proj_scale) + E_ple[x] · embed_scale) · combine_scale`, `[layers, dim]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerLayerEmbed {
+    pub dim: usize,
+    pub vocab: usize,
+    /// Multiplies the per-layer table's rows (√dim, rounded to the weight dtype).
+    pub embed_scale: f32,
+    /// Multiplies the projection of the main embedding (1/√hidden).
+    pub proj_scale: f32,
+    /// Multiplies the sum (1/√2).
+    pub combine_scale: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedDesc {
+    /// Multiplies the embedding rows (Gemma: √hidden rounded to the weight dtype).
+    pub scale: Option<f32>,
+    pub per_layer: Option<PerLayerEmbed>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub arch: Arch,
     pub hidden_size: usize,
-    pub intermediate_size: usize,
+    pub vocab_size: usize,
     pub num_layers: usize,
+    pub rms_norm_eps: f32,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Name prefix of the decoder's tensors: `model.`, or
+    /// `model.language_model.` in multimodal wrappers.
+    pub prefix: String,
+    /// Name prefixes of stored parts a scorer does not run (vision and audio
+    /// towers, multi-token-prediction heads).
+    pub ignored: Vec<String>,
+    pub embed: EmbedDesc,
+    pub layers: Vec<LayerDesc>,
+    /// Final logits are `cap · tanh(z / cap)`.
+    pub final_logit_softcap: Option<f32>,
+}
+
+/// The shape of a plain decoder: every layer a pre-norm SwiGLU block with
+/// the same attention geometry and RoPE, no per-layer extras (what the CUDA
+/// backend runs today).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Uniform {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    pub vocab_size: usize,
-    pub rms_norm_eps: f32,
-    pub rope_theta: f32,
-    pub rope_scaling: RopeScaling,
-    pub max_position_embeddings: usize,
-    pub tie_word_embeddings: bool,
-    /// q/k/v projections carry a bias (Qwen2, or `attention_bias: true`).
+    pub intermediate_size: usize,
     pub qkv_bias: bool,
-    /// Per-head RMSNorm on q and k before RoPE (Qwen3).
     pub qk_norm: bool,
-    /// Per layer: `Some(w)` when the layer attends only to the last `w` keys.
-    pub sliding_window: Vec<Option<usize>>,
-}
-
-fn get_usize(v: &Value, key: &str, path: &Path) -> Result<usize> {
-    v.get(key)
-        .and_then(Value::as_u64)
-        .map(|x| x as usize)
-        .ok_or_else(|| Error::config(path, format!("missing or non-integer `{key}`")))
-}
-
-fn get_f32(v: &Value, key: &str) -> Option<f32> {
-    v.get(key).and_then(Value::as_f64).map(|x| x as f32)
+    pub inv_freq: Vec<f32>,
+    pub windows: Vec<Option<usize>>,
 }
 
 impl Config {
@@ -95,355 +222,272 @@ impl Config {
         Config::from_json(&v, &path)
     }
 
+    /// Describe the model of a parsed `config.json` (`path` names it in errors).
     pub fn from_json(v: &Value, path: &Path) -> Result<Config> {
-        let supported = || {
-            Arch::SUPPORTED
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let arch_name = v
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                Error::config(
-                    path,
-                    format!("missing `architectures[0]`; supported: {}", supported()),
-                )
-            })?;
-        let arch = Arch::SUPPORTED
-            .iter()
-            .find(|(n, _)| *n == arch_name)
-            .map(|(_, a)| *a)
-            .ok_or_else(|| Error::UnsupportedArch {
-                path: path.to_path_buf(),
-                arch: arch_name.to_string(),
-                supported: supported(),
-            })?;
+        let cfg = family::describe(v, path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
 
-        let hidden_size = get_usize(v, "hidden_size", path)?;
-        let num_heads = get_usize(v, "num_attention_heads", path)?;
-        let num_kv_heads = v
-            .get("num_key_value_heads")
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .unwrap_or(num_heads);
-        let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
-            Some(h) => h as usize,
-            None => {
-                if num_heads == 0 || hidden_size % num_heads != 0 {
-                    return Err(Error::config(
-                        path,
-                        "`hidden_size` is not divisible by `num_attention_heads` and no `head_dim` is given",
-                    ));
-                }
-                hidden_size / num_heads
-            }
-        };
-        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            return Err(Error::config(
-                path,
-                format!(
-                    "`num_attention_heads` ({num_heads}) must be a multiple of `num_key_value_heads` ({num_kv_heads})"
-                ),
+    /// The last layer of each attention kind whose K/V later layers share.
+    fn validate(&self, path: &Path) -> Result<()> {
+        let err = |m: String| Err(Error::config(path, m));
+        if self.layers.len() != self.num_layers || self.num_layers == 0 {
+            return err(format!(
+                "{} layers described for `num_hidden_layers` {}",
+                self.layers.len(),
+                self.num_layers
             ));
         }
-        if head_dim % 2 != 0 {
-            return Err(Error::config(path, "`head_dim` must be even for RoPE"));
+        if self.hidden_size == 0 || self.vocab_size == 0 {
+            return err("`hidden_size` and `vocab_size` must be positive".into());
         }
-        let num_layers = get_usize(v, "num_hidden_layers", path)?;
-
-        // RoPE: newer configs nest everything under `rope_parameters`.
-        let rope_params = v
-            .get("rope_parameters")
-            .filter(|p| p.is_object())
-            .or_else(|| v.get("rope_scaling").filter(|p| p.is_object()));
-        let rope_theta = rope_params
-            .and_then(|p| get_f32(p, "rope_theta"))
-            .or_else(|| get_f32(v, "rope_theta"))
-            .unwrap_or(10000.0);
-        let rope_scaling = match rope_params {
-            None => RopeScaling::None,
-            Some(p) => {
-                let kind = p
-                    .get("rope_type")
-                    .or_else(|| p.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                let factor = || {
-                    get_f32(p, "factor").ok_or_else(|| {
-                        Error::config(path, format!("rope scaling `{kind}` needs `factor`"))
-                    })
-                };
-                match kind {
-                    "default" => RopeScaling::None,
-                    "linear" => RopeScaling::Linear { factor: factor()? },
-                    "llama3" => RopeScaling::Llama3 {
-                        factor: factor()?,
-                        low_freq_factor: get_f32(p, "low_freq_factor").unwrap_or(1.0),
-                        high_freq_factor: get_f32(p, "high_freq_factor").unwrap_or(4.0),
-                        original_max_position_embeddings: get_f32(
-                            p,
-                            "original_max_position_embeddings",
-                        )
-                        .ok_or_else(|| {
-                            Error::config(
-                                path,
-                                "rope scaling `llama3` needs `original_max_position_embeddings`",
-                            )
-                        })?,
-                    },
-                    other => {
-                        return Err(Error::config(
-                            path,
-                            format!(
-                                "unsupported rope scaling type `{other}`; supported: default, linear, llama3"
-                            ),
-                        ));
-                    }
+        for (i, l) in self.layers.iter().enumerate() {
+            let a = &l.attn;
+            if a.num_heads == 0 || a.num_kv_heads == 0 || a.num_heads % a.num_kv_heads != 0 {
+                return err(format!(
+                    "layer {i}: `num_attention_heads` ({}) must be a positive multiple of `num_key_value_heads` ({})",
+                    a.num_heads, a.num_kv_heads
+                ));
+            }
+            if a.head_dim == 0 || a.rope.rotary_dim % 2 != 0 || a.rope.rotary_dim > a.head_dim {
+                return err(format!(
+                    "layer {i}: head_dim {} with {} rotary dims: RoPE needs an even count ≤ head_dim",
+                    a.head_dim, a.rope.rotary_dim
+                ));
+            }
+            if a.rope.inv_freq.iter().any(|f| !f.is_finite()) {
+                return err(format!(
+                    "layer {i}: RoPE frequencies are not finite (check `rope_theta` and the scaling)"
+                ));
+            }
+            if let Some(src) = a.kv_from {
+                let s = &self.layers[src.min(i)].attn;
+                if src >= i
+                    || s.kv_from.is_some()
+                    || s.kv_dim() != a.kv_dim()
+                    || s.window != a.window
+                {
+                    return err(format!("layer {i}: cannot share the K/V of layer {src}"));
                 }
             }
-        };
+            if l.mlp.intermediate == 0 {
+                return err(format!("layer {i}: `intermediate_size` must be positive"));
+            }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return err(format!(
+                "`rms_norm_eps` must be a finite number ≥ 0, not {}",
+                self.rms_norm_eps
+            ));
+        }
+        if let Some(c) = self.final_logit_softcap
+            && !(c.is_finite() && c > 0.0)
+        {
+            return err(format!(
+                "`final_logit_softcapping` must be positive, not {c}"
+            ));
+        }
+        Ok(())
+    }
 
-        let window = v
-            .get("sliding_window")
-            .and_then(Value::as_u64)
-            .map(|w| w as usize);
-        let layer_types: Option<Vec<String>> = v.get("layer_types").and_then(|lt| {
-            lt.as_array().map(|a| {
-                a.iter()
-                    .map(|x| x.as_str().unwrap_or("").to_string())
-                    .collect()
-            })
-        });
-        let sliding_window = match (&layer_types, arch) {
-            (Some(types), _) => {
-                if types.len() != num_layers {
-                    return Err(Error::config(
-                        path,
-                        format!(
-                            "`layer_types` has {} entries but `num_hidden_layers` is {num_layers}",
-                            types.len()
-                        ),
-                    ));
+    /// `model.norm.weight` and friends: the decoder's tensor named `name`.
+    pub fn tensor(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Whether every layer is the plain pre-norm SwiGLU block with one
+    /// attention geometry and RoPE; `None` when any layer differs.
+    pub fn uniform(&self) -> Option<Uniform> {
+        let first = self.layers.first()?;
+        let a = &first.attn;
+        let plain = |l: &LayerDesc| {
+            let b = &l.attn;
+            l.norms == Norms::PRE
+                && !l.per_layer_input
+                && !l.layer_scalar
+                && l.mlp == first.mlp
+                && l.mlp.act == Act::Silu
+                && (b.num_heads, b.num_kv_heads, b.head_dim)
+                    == (a.num_heads, a.num_kv_heads, a.head_dim)
+                && b.rope == a.rope
+                && b.rope.rotary_dim == b.head_dim
+                && b.rope.attention_factor == 1.0
+                && b.qk_norm == a.qk_norm
+                && b.qk_norm != QkNorm::FullWidth
+                && !b.v_norm
+                && b.bias == a.bias
+                && b.scale == 1.0 / (b.head_dim as f32).sqrt()
+                && b.kv_from.is_none()
+        };
+        let simple = self.layers.iter().all(plain)
+            && self.embed
+                == EmbedDesc {
+                    scale: None,
+                    per_layer: None,
                 }
-                types
-                    .iter()
-                    .map(|t| {
-                        if t == "sliding_attention" {
-                            window
-                        } else {
-                            None
-                        }
-                    })
-                    .collect()
-            }
-            (None, Arch::Mistral) => vec![window; num_layers],
-            (None, Arch::Qwen2 | Arch::Qwen3) => {
-                let on = v
-                    .get("use_sliding_window")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                let max_window_layers = v
-                    .get("max_window_layers")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(num_layers as u64) as usize;
-                (0..num_layers)
-                    .map(|i| {
-                        if on && i >= max_window_layers {
-                            window
-                        } else {
-                            None
-                        }
-                    })
-                    .collect()
-            }
-            (None, Arch::Llama) => vec![None; num_layers],
-        };
-
-        let attention_bias = v
-            .get("attention_bias")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        Ok(Config {
-            arch,
-            hidden_size,
-            intermediate_size: get_usize(v, "intermediate_size", path)?,
-            num_layers,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            vocab_size: get_usize(v, "vocab_size", path)?,
-            rms_norm_eps: get_f32(v, "rms_norm_eps").unwrap_or(1e-6),
-            rope_theta,
-            rope_scaling,
-            max_position_embeddings: v
-                .get("max_position_embeddings")
-                .and_then(Value::as_u64)
-                .unwrap_or(u64::MAX) as usize,
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            qkv_bias: arch == Arch::Qwen2 || attention_bias,
-            qk_norm: arch == Arch::Qwen3,
-            sliding_window,
+            && self.final_logit_softcap.is_none();
+        simple.then(|| Uniform {
+            num_heads: a.num_heads,
+            num_kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+            intermediate_size: first.mlp.intermediate,
+            qkv_bias: a.bias,
+            qk_norm: a.qk_norm == QkNorm::PerHead,
+            inv_freq: a.rope.inv_freq.clone(),
+            windows: self.layers.iter().map(|l| l.attn.window).collect(),
         })
     }
 
-    /// RoPE inverse frequencies, computed as transformers does (f32 at the end,
-    /// llama3 smoothing in f32 arithmetic).
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
-        let base: Vec<f32> = (0..d / 2)
-            .map(|i| {
-                // transformers: 1.0 / (base ** (arange(0, dim, 2, dtype=int64).float() / dim))
-                let exponent = (2 * i) as f32 / d as f32;
-                1.0 / self.rope_theta.powf(exponent)
-            })
-            .collect();
-        match &self.rope_scaling {
-            RopeScaling::None => base,
-            RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings: old,
-            } => {
-                let low_freq_wavelen = old / low_freq_factor;
-                let high_freq_wavelen = old / high_freq_factor;
-                base.iter()
-                    .map(|&f| {
-                        let wavelen = 2.0 * std::f32::consts::PI / f;
-                        if wavelen < high_freq_wavelen {
-                            f
-                        } else if wavelen > low_freq_wavelen {
-                            f / factor
-                        } else {
-                            let smooth = (old / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        }
-                    })
-                    .collect()
-            }
-        }
-    }
-
     /// Multiply-adds of one token's forward through all layers (excluding
-    /// attention scores, which grow with context) plus the LM head.
+    /// attention scores, which grow with context) plus the LM head, ×2.
     pub fn flops_per_token(&self, with_lm_head: bool) -> f64 {
         let h = self.hidden_size as f64;
-        let q = (self.num_heads * self.head_dim) as f64;
-        let kv = (self.num_kv_heads * self.head_dim) as f64;
-        let i = self.intermediate_size as f64;
-        let per_layer = h * (q + 2.0 * kv) + q * h + 3.0 * h * i;
+        let per_layer: f64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.attn;
+                let (q, kv) = (a.q_dim() as f64, a.kv_dim() as f64);
+                let kv_proj = if a.kv_from.is_some() { 0.0 } else { 2.0 * kv };
+                let ple = self.embed.per_layer.as_ref().filter(|_| l.per_layer_input);
+                let ple = ple.map_or(0.0, |p| 2.0 * h * p.dim as f64);
+                h * (q + kv_proj) + q * h + 3.0 * h * l.mlp.intermediate as f64 + ple
+            })
+            .sum();
         let head = if with_lm_head {
             h * self.vocab_size as f64
         } else {
             0.0
         };
-        2.0 * (per_layer * self.num_layers as f64 + head)
+        2.0 * (per_layer + head)
+    }
+
+    /// Multiply-adds of one query's attention over `context` keys, ×2, summed
+    /// over layers (windows respected).
+    pub fn attention_flops(&self, context: usize) -> f64 {
+        self.layers
+            .iter()
+            .map(|l| {
+                let keys = l.attn.window.map_or(context, |w| w.min(context));
+                4.0 * (l.attn.q_dim() * keys) as f64
+            })
+            .sum()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+/// Typed access to a config object's keys, with errors naming the file and
+/// the key.
+#[derive(Clone, Copy)]
+pub struct Keys<'a> {
+    pub v: &'a Value,
+    pub path: &'a Path,
+}
 
-    fn base(extra: Value) -> Value {
-        let mut v = json!({
-            "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
-            "some_future_key": {"anything": true}
-        });
-        for (k, x) in extra.as_object().unwrap() {
-            v[k] = x.clone();
+impl<'a> Keys<'a> {
+    pub fn new(v: &'a Value, path: &'a Path) -> Keys<'a> {
+        Keys { v, path }
+    }
+
+    /// The same file, reading a nested object (e.g. `text_config`).
+    pub fn nested(&self, key: &str) -> Option<Keys<'a>> {
+        self.v
+            .get(key)
+            .filter(|x| x.is_object())
+            .map(|v| Keys { v, path: self.path })
+    }
+
+    pub fn err(&self, msg: impl Into<String>) -> Error {
+        Error::config(PathBuf::from(self.path), msg)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.v.get(key).filter(|x| !x.is_null())
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.opt_usize(key)?
+            .ok_or_else(|| self.err(format!("missing `{key}`")))
+    }
+
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.err(format!("`{key}` must be a non-negative integer, not {x}"))
+            }),
         }
-        v
     }
 
-    fn parse(extra: Value) -> Result<Config> {
-        Config::from_json(&base(extra), Path::new("config.json"))
-    }
-
-    #[test]
-    fn old_and_new_rope_config_styles_give_the_same_config() {
-        let old = parse(
-            json!({"rope_theta": 5e5, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
-        )
-        .unwrap();
-        let new = parse(
-            json!({"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5e5}}),
-        )
-        .unwrap();
-        assert_eq!(old, new);
-        assert_eq!(old.rope_scaling, RopeScaling::Linear { factor: 4.0 });
-        assert_eq!(old.head_dim, 16);
-        let plain = parse(json!({"rope_theta": 5e5})).unwrap();
-        for (a, b) in old.rope_inv_freq().iter().zip(plain.rope_inv_freq()) {
-            assert_eq!(*a, b / 4.0);
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(|n| Some(n as f32))
+                .ok_or_else(|| self.err(format!("`{key}` must be a number, not {x}"))),
         }
     }
 
-    #[test]
-    fn llama3_scaling_keeps_high_frequencies_and_divides_low_ones() {
-        let c = parse(json!({"rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}))
-        .unwrap();
-        let plain = parse(json!({"rope_theta": 5e5})).unwrap();
-        let (s, p) = (c.rope_inv_freq(), plain.rope_inv_freq());
-        assert_eq!(s[0], p[0], "highest frequency unchanged");
-        assert_eq!(
-            *s.last().unwrap(),
-            p.last().unwrap() / 8.0,
-            "lowest frequency divided by factor"
-        );
+    pub fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        Ok(self.opt_f32(key)?.unwrap_or(default))
     }
 
-    #[test]
-    fn sliding_windows_follow_layer_types_then_the_architecture_defaults() {
-        let c = parse(
-            json!({"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}),
-        )
-        .unwrap();
-        assert_eq!(c.sliding_window, vec![Some(8), None]);
-        let mut v = base(json!({"sliding_window": 8}));
-        v["architectures"] = json!(["MistralForCausalLM"]);
-        let m = Config::from_json(&v, Path::new("c")).unwrap();
-        assert_eq!(m.sliding_window, vec![Some(8), Some(8)]);
-        v["architectures"] = json!(["Qwen2ForCausalLM"]);
-        let q = Config::from_json(&v, Path::new("c")).unwrap();
-        assert_eq!(
-            q.sliding_window,
-            vec![None, None],
-            "Qwen2 needs use_sliding_window"
-        );
-        assert!(q.qkv_bias);
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(x) => x
+                .as_bool()
+                .ok_or_else(|| self.err(format!("`{key}` must be true or false, not {x}"))),
+        }
     }
 
-    #[test]
-    fn config_errors_name_the_problem() {
-        let e = parse(json!({"num_key_value_heads": 3}))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("num_key_value_heads"), "{e}");
-        let e = parse(json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("yarn") && e.contains("llama3"), "{e}");
-        let mut v = base(json!({}));
-        v.as_object_mut().unwrap().remove("vocab_size");
-        let e = Config::from_json(&v, Path::new("x/config.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("x/config.json") && e.contains("vocab_size"),
-            "{e}"
-        );
+    pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(x) => x
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`{key}` must be a string, not {x}"))),
+        }
+    }
+
+    /// Refuse a key whose value changes the computation in a way padv does not
+    /// implement: absent, null, or one of `accepted` is fine.
+    pub fn reject(&self, key: &str, accepted: &[Value], what: &str) -> Result<()> {
+        match self.get(key) {
+            Some(x) if !accepted.contains(x) => Err(self.err(format!(
+                "`{key}: {x}` is not supported ({what}); padv would compute a different model"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `layer_types`, checked against the layer count; every entry must be
+    /// one of `known`.
+    pub fn layer_types(&self, num_layers: usize, known: &[&str]) -> Result<Option<Vec<String>>> {
+        let Some(lt) = self.get("layer_types") else {
+            return Ok(None);
+        };
+        let arr = lt
+            .as_array()
+            .ok_or_else(|| self.err("`layer_types` must be a list of strings"))?;
+        if arr.len() != num_layers {
+            return Err(self.err(format!(
+                "`layer_types` has {} entries but `num_hidden_layers` is {num_layers}",
+                arr.len()
+            )));
+        }
+        arr.iter()
+            .enumerate()
+            .map(|(i, t)| match t.as_str() {
+                Some(s) if known.contains(&s) => Ok(s.to_string()),
+                _ => Err(self.err(format!(
+                    "`layer_types[{i}]` is {t}; this architecture knows {}",
+                    known.join(", ")
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 }

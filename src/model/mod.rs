@@ -1,15 +1,18 @@
-//! Checkpoints: `config.json` ([`config`]), memory-mapped safetensors
-//! ([`weights`]) and the decoder family's tensor layout ([`llama`]).
+//! Checkpoints: `config.json` turned into a model description by the
+//! family files ([`config`], [`family`], [`rope`]), memory-mapped safetensors
+//! ([`weights`]) and the tensor table the description implies ([`layout`]).
 
 pub mod config;
-pub mod llama;
+pub mod family;
+pub mod layout;
+pub mod rope;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{Arch, Config};
-pub use llama::DecoderWeights;
+pub use layout::DecoderWeights;
 pub use weights::{DType, Weights};
 
 use crate::{Error, Result};
@@ -30,7 +33,7 @@ impl Model {
         }
         let config = Config::from_dir(dir)?;
         let weights = Weights::open(dir)?;
-        DecoderWeights::bind(&config, &weights)?;
+        DecoderWeights::bind_all(&config, &weights)?;
         Ok(Model {
             dir: dir.to_path_buf(),
             config,
@@ -51,13 +54,14 @@ impl Model {
     /// One-line description: architecture, size, dtype.
     pub fn describe(&self) -> String {
         let c = &self.config;
+        let a = &c.layers[0].attn;
         format!(
             "{} ({} layers, hidden {}, heads {}/{}, vocab {}, {})",
             c.arch.hf_name(),
             c.num_layers,
             c.hidden_size,
-            c.num_heads,
-            c.num_kv_heads,
+            a.num_heads,
+            a.num_kv_heads,
             c.vocab_size,
             self.dtype().name()
         )

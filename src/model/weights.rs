@@ -101,7 +101,9 @@ impl Data<'_> {
 #[derive(Debug, Clone)]
 struct Entry {
     shard: usize,
-    dtype: DType,
+    /// `Err(stored dtype)` when padv cannot read it: an error only if the
+    /// model uses the tensor (towers a scorer ignores may hold anything).
+    dtype: std::result::Result<DType, Dtype>,
     shape: Vec<usize>,
     start: usize,
     end: usize,
@@ -200,13 +202,7 @@ impl Weights {
             let data_start = 8 + header_len;
             let tensors = meta.tensors();
             for (name, info) in tensors {
-                let dtype = convert_dtype(info.dtype).ok_or_else(|| {
-                    Error::tensor(
-                        path,
-                        &name,
-                        format!("dtype {:?} unsupported (need F32, F16 or BF16)", info.dtype),
-                    )
-                })?;
+                let dtype = convert_dtype(info.dtype).ok_or(info.dtype);
                 let (s, e) = info.data_offsets;
                 let (start, end) = (data_start + s, data_start + e);
                 if end > map.len() {
@@ -238,7 +234,7 @@ impl Weights {
             .iter()
             .filter(|(_, e)| {
                 let ptr = w.shards[e.shard].map[e.start..].as_ptr() as usize;
-                !ptr.is_multiple_of(e.dtype.size())
+                e.dtype.is_ok_and(|d| !ptr.is_multiple_of(d.size()))
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -264,8 +260,13 @@ impl Weights {
     pub fn main_dtype(&self) -> Option<DType> {
         self.entries
             .values()
-            .find(|e| e.shape.len() == 2)
-            .map(|e| e.dtype)
+            .filter(|e| e.shape.len() == 2)
+            .find_map(|e| e.dtype.ok())
+    }
+
+    /// Every tensor name in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
     }
 
     /// Total bytes of all mapped shards.
@@ -297,7 +298,14 @@ impl Weights {
             Some(words) => &bytemuck::cast_slice::<u32, u8>(words)[..e.end - e.start],
             None => &self.shards[e.shard].map[e.start..e.end],
         };
-        let data = match e.dtype {
+        let dtype = e.dtype.map_err(|d| {
+            Error::tensor(
+                self.shard_path(name),
+                name,
+                format!("dtype {d:?} unsupported (need F32, F16 or BF16)"),
+            )
+        })?;
+        let data = match dtype {
             DType::F32 => Data::F32(bytemuck::cast_slice(bytes)),
             DType::F16 => Data::F16(bytemuck::cast_slice(bytes)),
             DType::BF16 => Data::BF16(bytemuck::cast_slice(bytes)),

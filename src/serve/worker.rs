@@ -182,8 +182,8 @@ fn describe(scorer: &Scorer) -> Value {
             "dtype": m.dtype().name(),
             "layers": c.num_layers,
             "hidden_size": c.hidden_size,
-            "heads": c.num_heads,
-            "kv_heads": c.num_kv_heads,
+            "heads": c.layers[0].attn.num_heads,
+            "kv_heads": c.layers[0].attn.num_kv_heads,
             "vocab_size": c.vocab_size,
             "max_position_embeddings": c.max_position_embeddings,
         })

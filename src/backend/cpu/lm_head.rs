@@ -16,12 +16,15 @@ const ROWS: usize = 512;
 
 /// Stats of `softmax(x · Wᵀ)` for every row of `x` (`[rows, hidden]`),
 /// at `targets[r]`. `full`: also entropy and top-k mean (the policy).
+/// `softcap`: logits are `c · tanh(z / c)` (Gemma), applied to each tile
+/// before it is folded.
 pub fn lm_head_stats(
     x: &[f32],
     rows: usize,
     w: &Tensor,
     targets: &[u32],
     full: bool,
+    softcap: Option<f32>,
 ) -> Vec<RowStats> {
     let (vocab, k) = (w.rows(), w.cols());
     assert_eq!(targets.len(), rows, "lm_head_stats: one target per row");
@@ -39,7 +42,11 @@ pub fn lm_head_stats(
                 let nc = NC.min(vocab - j0);
                 tile_product(xs, k, m, k, w.data, j0, nc, &mut tile, NC, false);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    a.update(&tile[i * NC..i * NC + nc], j0, tg[i] as usize);
+                    let row = &mut tile[i * NC..i * NC + nc];
+                    if let Some(c) = softcap {
+                        soft_cap(row, c);
+                    }
+                    a.update(row, j0, tg[i] as usize);
                 }
                 (acc, tile)
             })
@@ -52,6 +59,14 @@ pub fn lm_head_stats(
         out.extend(acc.iter().map(RowAccum::finish));
     }
     out
+}
+
+/// `z ← c · tanh(z / c)`, as transformers applies Gemma's final soft-cap
+/// (divide, tanh, multiply, in f32).
+pub fn soft_cap(row: &mut [f32], c: f32) {
+    for z in row {
+        *z = (*z / c).tanh() * c;
+    }
 }
 
 #[cfg(test)]
@@ -77,7 +92,7 @@ mod tests {
             data: Data::BF16(&w),
         };
         let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 7) % vocab as u32).collect();
-        let got = lm_head_stats(&x, rows, &t, &targets, true);
+        let got = lm_head_stats(&x, rows, &t, &targets, true, None);
         let logits = matmul_wt_reference(&x, rows, &t);
         for r in 0..rows {
             let want = naive_row_stats(&logits[r * vocab..(r + 1) * vocab], targets[r] as usize);
@@ -92,7 +107,7 @@ mod tests {
                 "{r}: {g:?} vs {want:?}"
             );
         }
-        let logp_only = lm_head_stats(&x, rows, &t, &targets, false);
+        let logp_only = lm_head_stats(&x, rows, &t, &targets, false, None);
         assert!(
             logp_only
                 .iter()

@@ -12,16 +12,22 @@
 //! token scores into the cache, and takes the scores of cached positions from
 //! it, so that the cost of a request is proportional to its new tokens.
 
+pub mod attention;
+pub mod embed;
 pub mod forward;
 pub mod gemm;
 pub mod lm_head;
+pub mod mixer;
+pub mod mlp;
+pub mod norm;
 pub mod ops;
+pub mod rope;
 
 use std::sync::Arc;
 
 use self::forward::{KvBatch, Packed, SeqKv, check_tokens, forward_hidden_kv};
 use self::lm_head::lm_head_stats;
-use self::ops::RopeTable;
+use self::rope::Ropes;
 use super::{PairScorer, SeqRequest};
 use crate::kv::cache::wanted;
 use crate::kv::{Admitted, BlockId, CacheStats, KvOptions, PairCache};
@@ -33,8 +39,8 @@ use crate::{Error, Result};
 struct Models {
     policy: Arc<Model>,
     reference: Arc<Model>,
-    rope_policy: RopeTable,
-    rope_reference: RopeTable,
+    rope_policy: Ropes,
+    rope_reference: Ropes,
 }
 
 pub struct CpuPair {
@@ -47,14 +53,10 @@ pub struct CpuPair {
 impl CpuPair {
     /// A pair without a prefix cache (see [`CpuPair::with_prefix_cache`]).
     pub fn new(policy: Arc<Model>, reference: Arc<Model>) -> CpuPair {
-        let max_pos = |m: &Model| m.config.max_position_embeddings.clamp(1, 1 << 17);
         CpuPair {
             models: Models {
-                rope_policy: RopeTable::new(&policy.config.rope_inv_freq(), max_pos(&policy)),
-                rope_reference: RopeTable::new(
-                    &reference.config.rope_inv_freq(),
-                    max_pos(&reference),
-                ),
+                rope_policy: Ropes::for_model(&policy.config),
+                rope_reference: Ropes::for_model(&reference.config),
                 policy,
                 reference,
             },
@@ -192,11 +194,15 @@ impl Models {
         let (pw, rw) = (self.policy.bind(), self.reference.bind());
         let xp = gather(&hp, h_p, cache.as_deref().map(|c| &c.policy));
         drop(hp);
-        let ps = lm_head_stats(&xp, wanted_rows.len(), &pw.lm_head, &targets, true);
+        let (cap_p, cap_r) = (
+            self.policy.config.final_logit_softcap,
+            self.reference.config.final_logit_softcap,
+        );
+        let ps = lm_head_stats(&xp, wanted_rows.len(), &pw.lm_head, &targets, true, cap_p);
         drop(xp);
         let xr = gather(&hr, h_r, cache.as_deref().map(|c| &c.reference));
         drop(hr);
-        let rs = lm_head_stats(&xr, wanted_rows.len(), &rw.lm_head, &targets, false);
+        let rs = lm_head_stats(&xr, wanted_rows.len(), &rw.lm_head, &targets, false, cap_r);
         for ((&(wi, t, _), p), r) in wanted_rows.iter().zip(ps).zip(rs) {
             let a = &wave[wi];
             let o = &mut out[a.seq];

@@ -153,10 +153,10 @@ pub fn forward_rows(
     batch: &DeviceBatch,
     rows: &CudaSlice<i32>,
 ) -> Result<DevTensor> {
-    let cfg = &m.config;
+    let (cfg, u) = (&m.config, &m.shape);
     let t = batch.layout.tokens();
-    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
-    let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let (h, hd, inter) = (cfg.hidden_size, u.head_dim, u.intermediate_size);
+    let (qd, kvd) = (u.num_heads * hd, u.num_kv_heads * hd);
     let dt = m.dtype;
     let eps = cfg.rms_norm_eps;
     let mut hidden = DevTensor::alloc(gpu, dt, rows.len() * h)?;
@@ -188,12 +188,7 @@ pub fn forward_rows(
     let chunks: Vec<(usize, usize)> = (0..t).step_by(c).map(|a| (a, (a + c).min(t))).collect();
 
     for (li, l) in m.layers.iter().enumerate() {
-        let shape = AttnShape {
-            num_heads: cfg.num_heads,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim: hd,
-            window: cfg.sliding_window[li],
-        };
+        let shape = AttnShape::new(u.num_heads, u.num_kv_heads, hd, u.windows[li]);
         for &(r0, r1) in &chunks {
             let n = r1 - r0;
             let d = sub(&delta, r0 * h, r1 * h)?;

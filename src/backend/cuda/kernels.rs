@@ -318,7 +318,11 @@ impl Gpu {
             num_kv_heads: nkv,
             head_dim: hd,
             window,
+            scale,
         } = shape;
+        check(scale == 1.0 / (hd as f32).sqrt(), || {
+            format!("attention: the kernel scales scores by 1/√head_dim, not {scale}")
+        })?;
         check(
             hd > 0 && hd <= MAX_HEAD_DIM && nkv > 0 && nh.is_multiple_of(nkv),
             || format!("attention: unsupported geometry {shape:?} (head_dim ≤ {MAX_HEAD_DIM})"),

@@ -10,9 +10,10 @@
 use cudarc::driver::CudaSlice;
 
 use super::device::{CudaResultExt, DevTensor, Gpu};
-use crate::Result;
+use crate::model::config::Uniform;
 use crate::model::weights::DType;
 use crate::model::{Config, Model};
+use crate::{Error, Result};
 
 pub struct DeviceLayer {
     pub input_norm: CudaSlice<f32>,
@@ -34,6 +35,9 @@ pub struct DeviceLayer {
 
 pub struct DeviceModel {
     pub config: Config,
+    /// The one layer geometry every layer shares (the CUDA path runs plain
+    /// pre-norm decoders only, [`Config::uniform`]).
+    pub shape: Uniform,
     /// Dtype of every matrix, GEMM input and the KV pool.
     pub dtype: DType,
     /// `[vocab, hidden]`
@@ -42,7 +46,7 @@ pub struct DeviceModel {
     pub final_norm: CudaSlice<f32>,
     /// `[vocab, hidden]`; `None` when tied to the embedding.
     pub lm_head: Option<DevTensor>,
-    /// `[head_dim / 2]`, from `Config::rope_inv_freq` (scaling included).
+    /// `[head_dim / 2]`, the layers' RoPE frequencies (scaling included).
     pub inv_freq: CudaSlice<f32>,
 }
 
@@ -53,11 +57,17 @@ impl DeviceModel {
     /// at twice the memory and without bf16 tensor cores).
     pub fn upload(gpu: &Gpu, model: &Model, compute: Option<DType>) -> Result<DeviceModel> {
         let cfg = &model.config;
+        let shape = uniform(cfg)?;
         let w = model.bind();
         let stored = w
             .layers
             .first()
             .map_or(w.embed.data.dtype(), |l| l.q.data.dtype());
+        let norm = |t: &Option<crate::model::weights::Tensor>| {
+            t.as_ref()
+                .map(|t| gpu.upload(&t.data.to_f32_vec()))
+                .ok_or_else(|| Error::Backend("cuda: a pre-norm layer without its norm".into()))?
+        };
         let dtype = compute.unwrap_or(stored);
         let small = |t: &crate::model::weights::Tensor| gpu.upload(&t.data.to_f32_vec());
         let concat = |parts: &[&crate::model::weights::Tensor]| -> Result<DevTensor> {
@@ -72,6 +82,9 @@ impl DeviceModel {
         };
         let mut layers = Vec::with_capacity(w.layers.len());
         for l in &w.layers {
+            let (Some(k), Some(v)) = (&l.k, &l.v) else {
+                return Err(Error::Backend("cuda: a layer without its own K/V".into()));
+            };
             let qkv_bias = match (&l.q_bias, &l.k_bias, &l.v_bias) {
                 (Some(q), Some(k), Some(v)) => {
                     let mut b = q.data.to_f32_vec();
@@ -82,9 +95,9 @@ impl DeviceModel {
                 _ => None,
             };
             layers.push(DeviceLayer {
-                input_norm: small(&l.input_norm)?,
-                post_norm: small(&l.post_norm)?,
-                qkv: concat(&[&l.q, &l.k, &l.v])?,
+                input_norm: norm(&l.attn_in_norm)?,
+                post_norm: norm(&l.mlp_in_norm)?,
+                qkv: concat(&[&l.q, k, v])?,
                 qkv_bias,
                 q_norm: l.q_norm.as_ref().map(small).transpose()?,
                 k_norm: l.k_norm.as_ref().map(small).transpose()?,
@@ -105,7 +118,8 @@ impl DeviceModel {
             layers,
             final_norm: small(&w.final_norm)?,
             lm_head,
-            inv_freq: gpu.upload(&cfg.rope_inv_freq())?,
+            inv_freq: gpu.upload(&shape.inv_freq)?,
+            shape,
             config: cfg.clone(),
         })
     }
@@ -115,8 +129,9 @@ impl DeviceModel {
     /// ±1/√fan_in, norms 1, biases 0, so activations stay finite.
     pub fn random(gpu: &Gpu, config: &Config, dtype: DType, seed: u64) -> Result<DeviceModel> {
         let c = config;
-        let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
-        let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let u = uniform(c)?;
+        let (h, hd, inter) = (c.hidden_size, u.head_dim, u.intermediate_size);
+        let (qd, kvd) = (u.num_heads * hd, u.num_kv_heads * hd);
         let mut next_seed = seed;
         let mut matrix = |rows: usize, cols: usize| -> Result<DevTensor> {
             let mut t = DevTensor::alloc(gpu, dtype, rows * cols)?;
@@ -132,13 +147,13 @@ impl DeviceModel {
                 input_norm: ones(h)?,
                 post_norm: ones(h)?,
                 qkv: matrix(qd + 2 * kvd, h)?,
-                qkv_bias: if c.qkv_bias {
+                qkv_bias: if u.qkv_bias {
                     Some(gpu.upload(&vec![0.0f32; qd + 2 * kvd])?)
                 } else {
                     None
                 },
-                q_norm: if c.qk_norm { Some(ones(hd)?) } else { None },
-                k_norm: if c.qk_norm { Some(ones(hd)?) } else { None },
+                q_norm: if u.qk_norm { Some(ones(hd)?) } else { None },
+                k_norm: if u.qk_norm { Some(ones(hd)?) } else { None },
                 o: matrix(h, qd)?,
                 gate_up: matrix(2 * inter, h)?,
                 down: matrix(h, inter)?,
@@ -157,7 +172,8 @@ impl DeviceModel {
             layers,
             final_norm: ones(h)?,
             lm_head,
-            inv_freq: gpu.upload(&c.rope_inv_freq())?,
+            inv_freq: gpu.upload(&u.inv_freq)?,
+            shape: u,
             config: c.clone(),
         })
     }
@@ -174,6 +190,19 @@ impl DeviceModel {
             + self.lm_head.as_ref().map_or(0, |t| t.len);
         n * self.dtype.size()
     }
+}
+
+/// The single layer geometry of a plain decoder, or the reason the CUDA
+/// backend cannot run this model yet.
+fn uniform(cfg: &Config) -> Result<Uniform> {
+    cfg.uniform().ok_or_else(|| {
+        Error::Backend(format!(
+            "cuda: {} is not a plain pre-norm decoder (post-norm or sandwich blocks, per-layer \
+             head dims, embeddings or RoPE, K/V sharing or a logit soft-cap); the CUDA backend \
+             does not run it yet: use --device cpu",
+            cfg.arch.hf_name()
+        ))
+    })
 }
 
 /// Check a device-side allocation size request before making it.

@@ -1,0 +1,204 @@
+//! The attention mixer of one layer over a packed batch, from its
+//! description ([`AttnDesc`]): input norm (when the block has one), q/k/v
+//! projections (+ bias), q/k RMSNorm per head or over the whole projection,
+//! the weightless v norm, RoPE, then causal attention per sequence over its
+//! cached prefix and new tokens ([`super::attention`]), writing the new full
+//! blocks' K/V into the cache. A layer that shares another layer's K/V
+//! (Gemma) computes only q and reads the source layer's post-RoPE K/V, new
+//! rows from [`SharedKv`] and cached rows from the source layer's blocks.
+//! The output is the attention result before `o_proj`.
+
+use super::attention::{AttnShape, attention};
+use super::forward::{CHUNK, KvBatch, Packed};
+use super::gemm::matmul_wt;
+use super::norm::{rms_norm, rms_norm_row, rms_norm_row_unit};
+use super::rope::{RopeTable, rope_row};
+use crate::model::config::{AttnDesc, LayerDesc, QkNorm};
+use crate::model::layout::LayerWeights;
+
+/// Where the batch's rows sit: sequences, their cached prefix lengths and
+/// every row's absolute position.
+pub struct Rows<'a> {
+    pub seqs: &'a [Packed],
+    pub past: &'a [usize],
+    pub pos: &'a [usize],
+}
+
+/// New rows' K/V of the layers later layers share, by source layer.
+pub struct SharedKv(Vec<Option<(Vec<f32>, Vec<f32>)>>);
+
+impl SharedKv {
+    /// Room for every layer that some later layer reads from.
+    pub fn new(layers: &[LayerDesc]) -> SharedKv {
+        SharedKv(vec![None; layers.len()])
+    }
+}
+
+/// Reused buffers (`[rows, width]` each).
+#[derive(Default)]
+pub struct MixerScratch {
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    k_all: Vec<f32>,
+    v_all: Vec<f32>,
+}
+
+fn add_bias(buf: &mut [f32], bias: Option<&[f32]>, width: usize) {
+    if let Some(b) = bias {
+        for row in buf.chunks_mut(width) {
+            for (x, b) in row.iter_mut().zip(b) {
+                *x += b;
+            }
+        }
+    }
+}
+
+fn qk_norm(buf: &mut [f32], kind: QkNorm, w: Option<&[f32]>, head_dim: usize, eps: f32) {
+    let (Some(w), width) = (
+        w,
+        match kind {
+            QkNorm::None => return,
+            QkNorm::PerHead => head_dim,
+            QkNorm::FullWidth => w.map_or(1, <[f32]>::len),
+        },
+    ) else {
+        return;
+    };
+    for part in buf.chunks_mut(width) {
+        rms_norm_row(part, w, eps);
+    }
+}
+
+/// Attention of layer `li` for every row of `x` (`[rows, hidden]`) into `out`
+/// (`[rows, q_dim]`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_block(
+    li: usize,
+    layer: &LayerDesc,
+    w: &LayerWeights,
+    rope: &RopeTable,
+    eps: f32,
+    x: &[f32],
+    rows: &Rows,
+    kv: &mut Option<KvBatch<'_>>,
+    shared: &mut SharedKv,
+    keep: bool,
+    s: &mut MixerScratch,
+    out: &mut [f32],
+) {
+    let a: &AttnDesc = &layer.attn;
+    let h = w.q.cols();
+    let t = x.len() / h;
+    let (qd, kvd, hd) = (a.q_dim(), a.kv_dim(), a.head_dim);
+    let own = a.kv_from.is_none();
+    let widen = |t: &Option<crate::model::weights::Tensor>| t.map(|t| t.data.to_f32_vec());
+    let in_norm = widen(&w.attn_in_norm);
+    let (qb, kb, vb) = (widen(&w.q_bias), widen(&w.k_bias), widen(&w.v_bias));
+    let (qn, kn) = (widen(&w.q_norm), widen(&w.k_norm));
+
+    s.q.resize(t * qd, 0.0);
+    if own {
+        s.k.resize(t * kvd, 0.0);
+        s.v.resize(t * kvd, 0.0);
+    }
+    let c = CHUNK.min(t.max(1));
+    for r0 in (0..t).step_by(c) {
+        let r1 = (r0 + c).min(t);
+        let n = r1 - r0;
+        let input: &[f32] = match &in_norm {
+            Some(nw) => {
+                s.normed.resize(c * h, 0.0);
+                rms_norm(&x[r0 * h..r1 * h], nw, eps, &mut s.normed[..n * h]);
+                &s.normed[..n * h]
+            }
+            None => &x[r0 * h..r1 * h],
+        };
+        let qs = &mut s.q[r0 * qd..r1 * qd];
+        matmul_wt(input, n, &w.q, qs, qd, false);
+        add_bias(qs, qb.as_deref(), qd);
+        qk_norm(qs, a.qk_norm, qn.as_deref(), hd, eps);
+        for (i, qr) in qs.chunks_mut(qd).enumerate() {
+            rope_row(qr, rope, rows.pos[r0 + i]);
+        }
+        if let (true, Some(wk), Some(wv)) = (own, &w.k, &w.v) {
+            let ks = &mut s.k[r0 * kvd..r1 * kvd];
+            let vs = &mut s.v[r0 * kvd..r1 * kvd];
+            matmul_wt(input, n, wk, ks, kvd, false);
+            matmul_wt(input, n, wv, vs, kvd, false);
+            add_bias(ks, kb.as_deref(), kvd);
+            add_bias(vs, vb.as_deref(), kvd);
+            qk_norm(ks, a.qk_norm, kn.as_deref(), hd, eps);
+            if a.v_norm {
+                vs.chunks_mut(hd)
+                    .for_each(|head| rms_norm_row_unit(head, eps));
+            }
+            for (i, kr) in ks.chunks_mut(kvd).enumerate() {
+                rope_row(kr, rope, rows.pos[r0 + i]);
+            }
+        }
+    }
+
+    // The K/V rows this layer attends over, and the layer whose cache blocks
+    // hold their prefix.
+    let kv_layer = a.kv_from.unwrap_or(li);
+    let (k, v): (&[f32], &[f32]) = match a.kv_from {
+        None => (&s.k[..t * kvd], &s.v[..t * kvd]),
+        Some(src) => {
+            let (k, v) = shared.0[src]
+                .as_ref()
+                .expect("the source layer runs first and keeps its K/V");
+            (k, v)
+        }
+    };
+    let shape = AttnShape {
+        num_heads: a.num_heads,
+        num_kv_heads: a.num_kv_heads,
+        head_dim: hd,
+        window: a.window,
+        scale: a.scale,
+    };
+    let bs = kv.as_ref().map_or(0, |kv| kv.store.block_size());
+    for (si, sq) in rows.seqs.iter().enumerate() {
+        let (r0, r1) = (sq.start, sq.start + sq.len);
+        let p = rows.past[si];
+        let o = &mut out[r0 * qd..r1 * qd];
+        let q = &s.q[r0 * qd..r1 * qd];
+        if sq.len > 0 && p == 0 {
+            let (kr, vr) = (&k[r0 * kvd..r1 * kvd], &v[r0 * kvd..r1 * kvd]);
+            attention(q, kr, kvd, vr, kvd, 0, sq.len, shape, o);
+        } else if sq.len > 0 {
+            let kvb = kv.as_ref().expect("a prefix implies a cache");
+            let n = (p + sq.len) * kvd;
+            s.k_all.resize(n, 0.0);
+            s.v_all.resize(n, 0.0);
+            let (kp, kn) = s.k_all.split_at_mut(p * kvd);
+            let (vp, vn) = s.v_all.split_at_mut(p * kvd);
+            kvb.store.gather(kv_layer, kvb.seqs[si].past, kp, vp);
+            kn.copy_from_slice(&k[r0 * kvd..r1 * kvd]);
+            vn.copy_from_slice(&v[r0 * kvd..r1 * kvd]);
+            attention(
+                q,
+                &s.k_all[..n],
+                kvd,
+                &s.v_all[..n],
+                kvd,
+                p,
+                sq.len,
+                shape,
+                o,
+            );
+        }
+        if let (true, Some(kvb)) = (own, kv.as_mut()) {
+            for (j, &id) in kvb.seqs[si].fill.iter().enumerate() {
+                let span = (r0 + j * bs) * kvd..(r0 + (j + 1) * bs) * kvd;
+                kvb.store.k_mut(li, id).copy_from_slice(&k[span.clone()]);
+                kvb.store.v_mut(li, id).copy_from_slice(&v[span]);
+            }
+        }
+    }
+    if keep && own {
+        shared.0[li] = Some((s.k[..t * kvd].to_vec(), s.v[..t * kvd].to_vec()));
+    }
+}

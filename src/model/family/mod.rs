@@ -1,0 +1,157 @@
+//! One file per model family: each turns a `config.json` into the model
+//! description ([`Config`]) and says where the family's tensors live
+//! (prefix, ignored towers). Tensor names follow from the description
+//! ([`super::layout`]); a family with a new kind of block adds it there and
+//! in the backends.
+//!
+//! Adding a family: a file here with `describe`, a row in [`SUPPORTED`],
+//! fixtures with transformers' log-probs, and (for `padv synth`) a shape.
+
+mod gemma4;
+mod llama;
+mod olmo3;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::config::{Arch, Config, EmbedDesc, Keys, LayerDesc};
+use crate::{Error, Result};
+
+/// `architectures[0]` values we run.
+pub const SUPPORTED: [(&str, Arch); 7] = [
+    ("LlamaForCausalLM", Arch::Llama),
+    ("MistralForCausalLM", Arch::Mistral),
+    ("Qwen2ForCausalLM", Arch::Qwen2),
+    ("Qwen3ForCausalLM", Arch::Qwen3),
+    ("Olmo3ForCausalLM", Arch::Olmo3),
+    ("Gemma4ForConditionalGeneration", Arch::Gemma4),
+    ("Gemma4ForCausalLM", Arch::Gemma4),
+];
+
+/// Describe the model of a `config.json`.
+pub fn describe(v: &Value, path: &Path) -> Result<Config> {
+    let supported = || {
+        SUPPORTED
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let k = Keys::new(v, path);
+    let arch_name = v
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            k.err(format!(
+                "missing `architectures[0]`; supported: {}",
+                supported()
+            ))
+        })?;
+    let arch = SUPPORTED
+        .iter()
+        .find(|(n, _)| *n == arch_name)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| Error::UnsupportedArch {
+            path: path.to_path_buf(),
+            arch: arch_name.to_string(),
+            supported: supported(),
+        })?;
+    match arch {
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => llama::describe(k, arch),
+        Arch::Olmo3 => olmo3::describe(k),
+        Arch::Gemma4 => gemma4::describe(k, arch_name),
+    }
+}
+
+/// Keys every decoder reads the same way.
+struct Common {
+    hidden: usize,
+    vocab: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    eps: f32,
+    max_positions: usize,
+    tied: bool,
+}
+
+impl Common {
+    fn read(k: Keys, tied_default: bool) -> Result<Common> {
+        let hidden = k.usize("hidden_size")?;
+        let heads = k.usize("num_attention_heads")?;
+        let kv_heads = k.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+        let head_dim = match k.opt_usize("head_dim")? {
+            Some(h) => h,
+            None => {
+                if heads == 0 || hidden % heads != 0 {
+                    return Err(k.err(
+                        "`hidden_size` is not divisible by `num_attention_heads` and no `head_dim` is given",
+                    ));
+                }
+                hidden / heads
+            }
+        };
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(k.err(format!(
+                "`num_attention_heads` ({heads}) must be a multiple of `num_key_value_heads` ({kv_heads})"
+            )));
+        }
+        Ok(Common {
+            hidden,
+            vocab: k.usize("vocab_size")?,
+            layers: k.usize("num_hidden_layers")?,
+            heads,
+            kv_heads,
+            head_dim,
+            intermediate: k.usize("intermediate_size")?,
+            eps: k.f32_or("rms_norm_eps", 1e-6)?,
+            max_positions: k
+                .opt_usize("max_position_embeddings")?
+                .unwrap_or(usize::MAX),
+            tied: k.bool_or("tie_word_embeddings", tied_default)?,
+        })
+    }
+}
+
+impl Common {
+    /// A text decoder of `layers` under `model.*`: no embedding scale, no
+    /// per-layer embeddings, no logit cap.
+    fn plain_config(&self, arch: Arch, layers: Vec<LayerDesc>) -> Config {
+        Config {
+            arch,
+            hidden_size: self.hidden,
+            vocab_size: self.vocab,
+            num_layers: self.layers,
+            rms_norm_eps: self.eps,
+            max_position_embeddings: self.max_positions,
+            tie_word_embeddings: self.tied,
+            prefix: "model.".into(),
+            ignored: Vec::new(),
+            embed: EmbedDesc {
+                scale: None,
+                per_layer: None,
+            },
+            layers,
+            final_logit_softcap: None,
+        }
+    }
+}
+
+/// The activation key (`hidden_act` or `hidden_activation`) must be `want`.
+fn require_act(k: Keys, want: &[&str]) -> Result<()> {
+    for key in ["hidden_act", "hidden_activation"] {
+        if let Some(a) = k.opt_str(key)?
+            && !want.contains(&a)
+        {
+            return Err(k.err(format!(
+                "`{key}: \"{a}\"` is not supported for this architecture (expected {}); padv would compute a different model",
+                want.join(" or ")
+            )));
+        }
+    }
+    Ok(())
+}
