@@ -12,6 +12,10 @@ use cli_common::{padv, succeed};
 use serde_json::Value;
 
 fn run_pair(name: &str) {
+    run_inputs(name, "tiny_trajectories", &format!("tiny_{name}"));
+}
+
+fn run_inputs(name: &str, input: &str, expected_file: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let models = root.join("models").join(name);
     let dir = tempfile::tempdir().unwrap();
@@ -23,12 +27,12 @@ fn run_pair(name: &str) {
             .arg("--reference")
             .arg(models.join("ref"))
             .arg("--input")
-            .arg(root.join("inputs/tiny_trajectories.jsonl"))
+            .arg(root.join(format!("inputs/{input}.jsonl")))
             .arg("--output")
             .arg(&out_path),
     );
     let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join(format!("expected/tiny_{name}.json"))).unwrap(),
+        &std::fs::read_to_string(root.join(format!("expected/{expected_file}.json"))).unwrap(),
     )
     .unwrap();
     let got: Vec<Value> = std::fs::read_to_string(&out_path)
@@ -63,6 +67,18 @@ fn run_pair(name: &str) {
             assert!(!g["steps"].as_array().unwrap().is_empty());
         }
     }
+}
+
+#[test]
+fn olmo3_records_score_like_transformers_through_the_cli() {
+    run_pair("olmo3");
+    run_inputs("olmo3", "long_trajectories", "long_olmo3");
+}
+
+#[test]
+fn gemma4_records_score_like_transformers_through_the_cli() {
+    run_pair("gemma4");
+    run_inputs("gemma4", "long_trajectories", "long_gemma4");
 }
 
 #[test]
