@@ -29,6 +29,7 @@ const MINI: Shape = Shape {
     vocab: 8192,
     tied: true,
     rope_theta: 1e4,
+    extra: None,
 };
 
 /// One call per step: the conversation through that step, actions scored.

@@ -111,7 +111,7 @@ pub fn run(cli: Cli) -> Result<()> {
             eprintln!(
                 "wrote {} ({} parameters, {}) to {}",
                 shape.name,
-                shape.num_params(),
+                shape.num_params()?,
                 a.dtype.name(),
                 a.out.display()
             );

@@ -1,7 +1,9 @@
 //! Random-weight checkpoints of real architectures' shapes, for benchmarks:
 //! `padv synth --shape qwen2.5-0.5b --out DIR` writes `config.json` and
 //! `model.safetensors` (bf16 by default) plus a word-level tokenizer, that [`crate::model::Model::load`]
-//! reads like any Hugging Face directory. Nothing large is committed.
+//! reads like any Hugging Face directory. The tensors are the model
+//! description's table ([`crate::model::layout::table`]), the same one
+//! loading checks. Nothing large is committed.
 
 use std::path::Path;
 
@@ -11,7 +13,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
 
-use crate::model::{Config, DType};
+use crate::model::{Config, DType, layout};
 use crate::{Error, Result};
 
 /// A named real-model shape.
@@ -28,6 +30,62 @@ pub struct Shape {
     pub vocab: usize,
     pub tied: bool,
     pub rope_theta: f64,
+    /// Family keys beyond the common ones (layer types, windows, RoPE
+    /// scaling, per-layer embeddings, …), written into `config.json`.
+    pub extra: Option<fn(&mut serde_json::Value)>,
+}
+
+/// Olmo 3: three sliding-window layers then a full one with YaRN.
+fn olmo3_keys(c: &mut serde_json::Value) {
+    let n = c["num_hidden_layers"].as_u64().unwrap_or(0);
+    let types: Vec<&str> = (0..n)
+        .map(|i| {
+            if (i + 1) % 4 == 0 {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
+        .collect();
+    c["model_type"] = json!("olmo3");
+    c["layer_types"] = json!(types);
+    c["sliding_window"] = json!(4096);
+    c["max_position_embeddings"] = json!(65536);
+    c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
+        "attention_factor": 1.2079441541679836, "beta_fast": 32.0, "beta_slow": 1.0});
+}
+
+/// Gemma 4 (text part): five sliding layers then a full one with twice the
+/// head dim, per-layer embeddings, the last layers sharing K/V, soft-capped
+/// logits. `global_head_dim` = 2·head_dim; PLE dim and shared layers from
+/// the shape's layer count (E4B: 256 and 18 of 42).
+fn gemma4_keys(c: &mut serde_json::Value) {
+    let n = c["num_hidden_layers"].as_u64().unwrap_or(0);
+    let hd = c["head_dim"].as_u64().unwrap_or(0);
+    let types: Vec<&str> = (0..n)
+        .map(|i| {
+            if (i + 1) % 6 == 0 {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
+        .collect();
+    let vocab = c["vocab_size"].clone();
+    c["model_type"] = json!("gemma4_text");
+    c["layer_types"] = json!(types);
+    c["global_head_dim"] = json!(2 * hd);
+    c["hidden_activation"] = json!("gelu_pytorch_tanh");
+    c.as_object_mut().map(|o| o.remove("hidden_act"));
+    c["sliding_window"] = json!(512);
+    c["num_kv_shared_layers"] = json!(n * 3 / 7);
+    c["hidden_size_per_layer_input"] = json!(if n >= 42 { 256 } else { 64 });
+    c["vocab_size_per_layer_input"] = vocab;
+    c["final_logit_softcapping"] = json!(30.0);
+    c["rope_parameters"] = json!({
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}});
+    c.as_object_mut().map(|o| o.remove("rope_theta"));
 }
 
 pub const SHAPES: &[Shape] = &[
@@ -43,6 +101,7 @@ pub const SHAPES: &[Shape] = &[
         vocab: 151_936,
         tied: true,
         rope_theta: 1e6,
+        extra: None,
     },
     Shape {
         name: "qwen2.5-7b",
@@ -56,6 +115,7 @@ pub const SHAPES: &[Shape] = &[
         vocab: 152_064,
         tied: false,
         rope_theta: 1e6,
+        extra: None,
     },
     Shape {
         name: "qwen3-0.6b",
@@ -69,6 +129,7 @@ pub const SHAPES: &[Shape] = &[
         vocab: 151_936,
         tied: true,
         rope_theta: 1e6,
+        extra: None,
     },
     Shape {
         name: "smollm2-135m",
@@ -82,6 +143,7 @@ pub const SHAPES: &[Shape] = &[
         vocab: 49_152,
         tied: true,
         rope_theta: 1e5,
+        extra: None,
     },
     Shape {
         name: "llama-3.2-1b",
@@ -95,6 +157,67 @@ pub const SHAPES: &[Shape] = &[
         vocab: 128_256,
         tied: true,
         rope_theta: 5e5,
+        extra: None,
+    },
+    // Olmo-3-7B (Olmo-3-7B-Instruct and its DPO reference).
+    Shape {
+        name: "olmo3-7b",
+        arch: "Olmo3ForCausalLM",
+        hidden: 4096,
+        intermediate: 11008,
+        layers: 32,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 128,
+        vocab: 100_278,
+        tied: false,
+        rope_theta: 5e5,
+        extra: Some(olmo3_keys),
+    },
+    // Olmo 3's blocks at the size of Qwen2.5-0.5B, for CPU benches.
+    Shape {
+        name: "olmo3-0.5b",
+        arch: "Olmo3ForCausalLM",
+        hidden: 896,
+        intermediate: 4864,
+        layers: 24,
+        heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+        vocab: 100_278,
+        tied: false,
+        rope_theta: 5e5,
+        extra: Some(olmo3_keys),
+    },
+    // gemma-4-E4B's text decoder (42 layers, 18 sharing K/V, PLE 256).
+    Shape {
+        name: "gemma4-e4b",
+        arch: "Gemma4ForCausalLM",
+        hidden: 2560,
+        intermediate: 10240,
+        layers: 42,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 256,
+        vocab: 262_144,
+        tied: true,
+        rope_theta: 1e4,
+        extra: Some(gemma4_keys),
+    },
+    // Gemma 4's blocks scaled down to fit a CPU bench (12 layers, vocab 64k).
+    Shape {
+        name: "gemma4-0.3b",
+        arch: "Gemma4ForCausalLM",
+        hidden: 640,
+        intermediate: 2560,
+        layers: 12,
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 128,
+        vocab: 65_536,
+        tied: true,
+        rope_theta: 1e4,
+        extra: Some(gemma4_keys),
     },
 ];
 
@@ -141,6 +264,9 @@ impl Shape {
             c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
         }
+        if let Some(extra) = self.extra {
+            extra(&mut c);
+        }
         c
     }
 
@@ -149,45 +275,25 @@ impl Shape {
         Config::from_json(&self.config_json(dtype), Path::new(self.name))
     }
 
-    /// (name, shape) of every tensor.
-    pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, i) = (self.hidden, self.intermediate);
-        let (qd, kvd) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let mut t = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab, h])];
-        for l in 0..self.layers {
-            let p = format!("model.layers.{l}.");
-            let mut add = |n: &str, s: Vec<usize>| t.push((format!("{p}{n}"), s));
-            add("input_layernorm.weight", vec![h]);
-            add("post_attention_layernorm.weight", vec![h]);
-            add("self_attn.q_proj.weight", vec![qd, h]);
-            add("self_attn.k_proj.weight", vec![kvd, h]);
-            add("self_attn.v_proj.weight", vec![kvd, h]);
-            add("self_attn.o_proj.weight", vec![h, qd]);
-            if self.arch == "Qwen2ForCausalLM" {
-                add("self_attn.q_proj.bias", vec![qd]);
-                add("self_attn.k_proj.bias", vec![kvd]);
-                add("self_attn.v_proj.bias", vec![kvd]);
-            }
-            if self.arch == "Qwen3ForCausalLM" {
-                add("self_attn.q_norm.weight", vec![self.head_dim]);
-                add("self_attn.k_norm.weight", vec![self.head_dim]);
-            }
-            add("mlp.gate_proj.weight", vec![i, h]);
-            add("mlp.up_proj.weight", vec![i, h]);
-            add("mlp.down_proj.weight", vec![h, i]);
-        }
-        t.push(("model.norm.weight".to_string(), vec![h]));
-        if !self.tied {
-            t.push(("lm_head.weight".to_string(), vec![self.vocab, h]));
-        }
-        t
+    /// (name, shape) of every tensor: the description's table.
+    pub fn tensors(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let cfg = self.config(DType::BF16)?;
+        let table = layout::table(&cfg);
+        Ok(table
+            .all()
+            .into_iter()
+            .map(|s| (s.name.clone(), s.shape.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect())
     }
 
-    pub fn num_params(&self) -> usize {
-        self.tensors()
+    pub fn num_params(&self) -> Result<usize> {
+        Ok(self
+            .tensors()?
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+            .sum())
     }
 }
 
@@ -203,9 +309,9 @@ pub fn write(shape: &Shape, out: &Path, dtype: DType, seed: u64) -> Result<()> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let a = 0.02f32 * 3f32.sqrt();
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, dims) in shape.tensors() {
+    for (name, dims) in shape.tensors()? {
         let n: usize = dims.iter().product();
-        let vals: Vec<f32> = if name.ends_with("norm.weight") {
+        let vals: Vec<f32> = if name.ends_with("norm.weight") || name.ends_with("layer_scalar") {
             vec![1.0; n]
         } else {
             (0..n).map(|_| rng.random_range(-a..a)).collect()
@@ -282,6 +388,7 @@ mod tests {
             vocab: 50,
             tied: true,
             rope_theta: 1e4,
+            extra: None,
         };
         let dir = tempfile::tempdir().unwrap();
         write(&tiny, dir.path(), DType::BF16, 3).unwrap();
@@ -289,10 +396,66 @@ mod tests {
         assert_eq!(m.config.vocab_size, 50);
         assert_eq!(m.dtype(), DType::BF16);
         assert_eq!(
-            tiny.num_params(),
+            tiny.num_params().unwrap(),
             50 * 32 + 2 * (2 * 32 + 32 * 32 * 2 + 16 * 32 * 2 + 32 + 16 * 2 + 3 * 32 * 64) + 32
         );
         let tok = TokenizerBundle::load(dir.path()).unwrap();
         assert_eq!(tok.encode("<t3> <t49>", false).unwrap(), vec![3, 49]);
+    }
+
+    #[test]
+    fn every_shape_is_a_valid_description_of_its_real_size() {
+        for s in SHAPES {
+            let n = s.num_params().unwrap();
+            assert!(n > 100_000_000, "{}: {n}", s.name);
+        }
+        // gemma-4-E4B: ~8B stored parameters, most of them per-layer embeddings.
+        let e4b = shape("gemma4-e4b").unwrap().num_params().unwrap() as f64;
+        assert!((7.0e9..9.0e9).contains(&e4b), "{e4b}");
+        let olmo = shape("olmo3-7b").unwrap().num_params().unwrap() as f64;
+        assert!((7.0e9..7.6e9).contains(&olmo), "{olmo}");
+    }
+
+    #[test]
+    fn synthesized_olmo3_and_gemma4_checkpoints_load_and_score_finite_values() {
+        for (arch, extra) in [
+            ("Olmo3ForCausalLM", olmo3_keys as fn(&mut serde_json::Value)),
+            ("Gemma4ForCausalLM", gemma4_keys),
+        ] {
+            let tiny = Shape {
+                name: "tiny",
+                arch,
+                hidden: 32,
+                intermediate: 64,
+                layers: 12,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 8,
+                vocab: 50,
+                tied: true,
+                rope_theta: 1e4,
+                extra: Some(extra),
+            };
+            let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+            for (i, d) in dirs.iter().enumerate() {
+                write(&tiny, d.path(), DType::BF16, i as u64).unwrap();
+            }
+            let load = |d: &tempfile::TempDir| std::sync::Arc::new(Model::load(d.path()).unwrap());
+            let mut pair = crate::backend::open_pair(
+                crate::backend::Device::Cpu,
+                load(&dirs[0]),
+                load(&dirs[1]),
+            )
+            .unwrap();
+            let req = crate::backend::SeqRequest {
+                token_ids: (0..40).map(|i| (i * 7) % 50).collect(),
+                score_mask: None,
+            };
+            let out = pair.score(&[req]).unwrap();
+            assert!(
+                out[0].logp_policy[1..].iter().all(|x| x.is_finite()),
+                "{arch}"
+            );
+        }
     }
 }
