@@ -16,6 +16,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `KV_BLOCK`, `ATTN_BR`, `TOP_K`: shared with the Rust side.
+mod consts {
+    #![allow(dead_code)]
+    include!("src/consts.rs");
+}
+
 /// Targets compiled when `CUDA_ARCHS` is unset: Ampere (sm_80 cubins also run
 /// on sm_86/87/89) and Hopper.
 const DEFAULT_ARCHS: &[&str] = &["80", "90"];
@@ -35,6 +41,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/consts.rs");
 
     let nvcc = find_nvcc().unwrap_or_else(|| {
         panic!(
@@ -128,6 +135,9 @@ fn run_jobs(nvcc: &Path, include: &Path, jobs: &[Job]) {
         let mut cmd = Command::new(nvcc);
         cmd.args(&job.args)
             .args(["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-warn-spills"])
+            .arg(format!("-DKV_BLOCK={}", consts::KV_BLOCK))
+            .arg(format!("-DATTN_BR={}", consts::ATTN_BR))
+            .arg(format!("-DTOP_K={}", consts::TOP_K))
             .arg("-I")
             .arg(include)
             .arg("-o")

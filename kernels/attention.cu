@@ -18,8 +18,9 @@
 //   KV_BLOCK = 16 consecutive token rows. Sequence s owns the blocks listed in
 //   block_table[s, 0 .. ceil(len_s / 16)); its key j lives at pool row
 //   block_table[s, j / 16] · 16 + j % 16. Blocks need not be contiguous or in
-//   order, so a prefix shared by several sequences can be stored once
-//   (src/kv's block pool hands out these ids).
+//   order, so a prefix shared by several sequences can be stored once (the
+//   CPU prefix cache, src/kv, uses this layout; the CUDA backend builds its
+//   block tables per batch and does not share blocks across calls yet).
 //
 // Work split: one thread block per (query tile, head). A query tile is
 // ATTN_BR = 64 consecutive queries of one sequence (the host lists the tiles of
@@ -52,8 +53,10 @@
 // static shared memory.
 #include "common.cuh"
 
-#define KV_BLOCK 16
-#define ATTN_BR 64
+// KV_BLOCK and ATTN_BR come from src/consts.rs (build.rs passes -D).
+#if !defined(KV_BLOCK) || !defined(ATTN_BR)
+#error "KV_BLOCK and ATTN_BR are defined by build.rs from src/consts.rs"
+#endif
 #define SIMT_BR 32
 #define ATTN_BC 32
 #define ATTN_WARPS 8

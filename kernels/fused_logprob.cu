@@ -39,7 +39,10 @@
 // `ld` floats (ld % 4 == 0, so every row starts 16-byte aligned).
 #include "common.cuh"
 
-#define TOP_K 20
+// TOP_K comes from src/consts.rs (build.rs passes -D).
+#ifndef TOP_K
+#error "TOP_K is defined by build.rs from src/consts.rs"
+#endif
 #define FUSED_THREADS 256
 #define FUSED_UNROLL 4
 

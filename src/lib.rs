@@ -44,6 +44,8 @@
 pub mod apps;
 pub mod backend;
 pub mod bench;
+/// Constants shared with the CUDA kernels (build.rs passes them to nvcc).
+pub mod consts;
 pub mod error;
 pub mod kv;
 pub mod model;

@@ -37,7 +37,7 @@
 //! the hit only up to the block holding the first such position, so every
 //! wanted position gets its log-prob and cache-on equals cache-off.
 //!
-//! # Block layout (shared with the CUDA backend)
+//! # Block layout (the CUDA kernels' paged layout)
 //!
 //! Per model and per layer, K and V each live in one arena
 //! `[num_blocks, block_size, num_kv_heads, head_dim]` (f32 on CPU, row-major),
@@ -47,8 +47,12 @@
 //! kernel reads keys of position `p` from block `table[p / block_size]`, row
 //! `p % block_size`. This is the pool layout of `kernels/attention.cu`
 //! (`k_pool`/`v_pool` `[num_blocks · 16, kv_heads, head_dim]`, `block_table`
-//! of pool blocks per sequence, `KV_BLOCK = 16` = [`DEFAULT_BLOCK_SIZE`]), so
-//! the ids this pool hands out index the GPU pool unchanged. The last-token
+//! of pool blocks per sequence, `KV_BLOCK = 16` = [`DEFAULT_BLOCK_SIZE`]).
+//! The CUDA backend does not use this cache yet: it builds its own block
+//! tables per batch (`backend::cuda::forward::PagedBatch`); a device-resident
+//! pool taking its ids from here is the planned next step. Per layer the
+//! arena width follows the layer's own K/V geometry (Gemma's full layers are
+//! wider; layers sharing another layer's K/V have none). The last-token
 //! hidden states are `[num_blocks, hidden]` per model, the token scores
 //! `[num_blocks, block_size, 4]` for the pair. The CPU forward gathers a
 //! sequence's cached blocks into a contiguous view per layer (one copy of
@@ -67,8 +71,8 @@ pub use cache::{Admitted, PairCache};
 pub use pool::{BlockId, BlockPool};
 pub use store::ModelKv;
 
-/// Tokens per block (vLLM's default).
-pub const DEFAULT_BLOCK_SIZE: usize = 16;
+/// Tokens per block (vLLM's default; the CUDA pool's block, [`crate::consts`]).
+pub const DEFAULT_BLOCK_SIZE: usize = crate::consts::KV_BLOCK;
 
 /// How the cache is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

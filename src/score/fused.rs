@@ -6,8 +6,9 @@
 //! Entropy uses `H = lse − Σ p·z`, accumulating `Σ e^{z−m}·z` alongside
 //! `Σ e^{z−m}` and rescaling both when the running max grows.
 
-/// Number of top log-probs averaged for the self-certainty baseline.
-pub const TOP_K: usize = 20;
+/// Number of top log-probs averaged for the self-certainty baseline (shared
+/// with `kernels/fused_logprob.cu` through [`crate::consts`]).
+pub const TOP_K: usize = crate::consts::TOP_K;
 
 /// Per-row outputs of the fused pass.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -18,10 +18,10 @@ use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
 use crate::model::weights::DType;
 
-/// Tokens per KV-pool block (`KV_BLOCK` in kernels/attention.cu).
-pub const KV_BLOCK: usize = 16;
-/// Queries per attention tile (`ATTN_BR` in kernels/attention.cu).
-pub const ATTN_BR: usize = 64;
+/// Tokens per KV-pool block (`KV_BLOCK` in kernels/attention.cu, from [`crate::consts`]).
+pub const KV_BLOCK: usize = crate::consts::KV_BLOCK;
+/// Queries per attention tile (`ATTN_BR` in kernels/attention.cu, from [`crate::consts`]).
+pub const ATTN_BR: usize = crate::consts::ATTN_BR;
 /// Head dims the tensor-core attention kernel is built for.
 pub const MMA_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
@@ -37,8 +37,8 @@ pub enum AttnKernel {
 }
 /// Largest head_dim the attention kernel takes (8 slots of 32 lanes).
 pub const MAX_HEAD_DIM: usize = 256;
-/// Top log-probs averaged for self-certainty (`TOP_K` in fused_logprob.cu).
-pub const FUSED_TOP_K: usize = 20;
+/// Top log-probs averaged for self-certainty (`TOP_K` in fused_logprob.cu, from [`crate::consts`]).
+pub const FUSED_TOP_K: usize = crate::consts::TOP_K;
 /// Most slices one row is cut into (one warp merges them).
 const FUSED_MAX_SPLITS: usize = 32;
 /// Floats per slice partial (`struct Partial` in fused_logprob.cu).
