@@ -250,6 +250,13 @@ impl Config {
                     a.num_heads, a.num_kv_heads
                 ));
             }
+            if a.head_dim > crate::backend::cpu::attention::MAX_HEAD_DIM {
+                return err(format!(
+                    "layer {i}: head_dim {} is above the supported {}",
+                    a.head_dim,
+                    crate::backend::cpu::attention::MAX_HEAD_DIM
+                ));
+            }
             if a.head_dim == 0 || a.rope.rotary_dim % 2 != 0 || a.rope.rotary_dim > a.head_dim {
                 return err(format!(
                     "layer {i}: head_dim {} with {} rotary dims: RoPE needs an even count ≤ head_dim",

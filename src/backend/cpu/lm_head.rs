@@ -13,6 +13,9 @@ use crate::score::fused::{RowAccum, RowStats};
 
 /// Rows scored per pass over the LM head (the logits tile is `ROWS × NC`).
 const ROWS: usize = 512;
+/// Fixed ranges of the vocabulary folded independently, then merged in
+/// order (enough to feed many threads; fixed so results are reproducible).
+const GROUPS: usize = 64;
 
 /// Stats of `softmax(x · Wᵀ)` for every row of `x` (`[rows, hidden]`),
 /// at `targets[r]`. `full`: also entropy and top-k mean (the policy).
@@ -34,28 +37,40 @@ pub fn lm_head_stats(
         let m = r1 - r0;
         let xs = &x[r0 * k..r1 * k];
         let tg = &targets[r0..r1];
-        let new_state = || (vec![RowAccum::new(full); m], vec![0.0f32; m * NC]);
-        let (acc, _) = (0..vocab.div_ceil(NC))
+        // The vocabulary is cut into GROUPS fixed ranges of tiles, each
+        // folded in order on one thread, and the groups are merged in order:
+        // the result does not depend on the thread count or on scheduling
+        // (a work-stealing fold/reduce merged partial rows in a varying
+        // order, which moved log-probs by a few ulps from run to run).
+        let tiles = vocab.div_ceil(NC);
+        let per_group = tiles.div_ceil(GROUPS);
+        let partials: Vec<Vec<RowAccum>> = (0..tiles.div_ceil(per_group))
             .into_par_iter()
-            .fold(new_state, |(mut acc, mut tile), j| {
-                let j0 = j * NC;
-                let nc = NC.min(vocab - j0);
-                tile_product(xs, k, m, k, w.data, j0, nc, &mut tile, NC, false);
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let row = &mut tile[i * NC..i * NC + nc];
-                    if let Some(c) = softcap {
-                        soft_cap(row, c);
+            .map(|g| {
+                let mut acc = vec![RowAccum::new(full); m];
+                let mut tile = vec![0.0f32; m * NC];
+                for j in g * per_group..((g + 1) * per_group).min(tiles) {
+                    let j0 = j * NC;
+                    let nc = NC.min(vocab - j0);
+                    tile_product(xs, k, m, k, w.data, j0, nc, &mut tile, NC, false);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let row = &mut tile[i * NC..i * NC + nc];
+                        if let Some(c) = softcap {
+                            soft_cap(row, c);
+                        }
+                        a.update(row, j0, tg[i] as usize);
                     }
-                    a.update(row, j0, tg[i] as usize);
                 }
-                (acc, tile)
+                acc
             })
-            .reduce(new_state, |(mut a, t), (b, _)| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    x.merge(y);
-                }
-                (a, t)
-            });
+            .collect();
+        let mut parts = partials.into_iter();
+        let mut acc = parts.next().unwrap_or_else(|| vec![RowAccum::new(full); m]);
+        for p in parts {
+            for (x, y) in acc.iter_mut().zip(&p) {
+                x.merge(y);
+            }
+        }
         out.extend(acc.iter().map(RowAccum::finish));
     }
     out
@@ -94,6 +109,32 @@ mod tests {
         let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 7) % vocab as u32).collect();
         let got = lm_head_stats(&x, rows, &t, &targets, true, None);
         let logits = matmul_wt_reference(&x, rows, &t);
+        // Soft-capped (Gemma): the same folding over c·tanh(z/c), computed
+        // here in f64 on the materialised logits.
+        let cap = 3.0f32;
+        let capped = lm_head_stats(&x, rows, &t, &targets, true, Some(cap));
+        for r in 0..rows {
+            let row: Vec<f32> = logits[r * vocab..(r + 1) * vocab]
+                .iter()
+                .map(|&z| ((z as f64 / cap as f64).tanh() * cap as f64) as f32)
+                .collect();
+            let want = naive_row_stats(&row, targets[r] as usize);
+            let g = capped[r];
+            assert!(
+                (g.logp - want.logp).abs() < 1e-4,
+                "capped {r}: {g:?} vs {want:?}"
+            );
+            assert!((g.entropy - want.entropy).abs() < 1e-4, "capped {r}");
+            assert!((g.top_mean - want.top_mean).abs() < 1e-4, "capped {r}");
+        }
+        let moved = capped
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a.logp - b.logp).abs());
+        assert!(
+            moved.fold(0.0, f32::max) > 0.1,
+            "the cap must change the scores"
+        );
         for r in 0..rows {
             let want = naive_row_stats(&logits[r * vocab..(r + 1) * vocab], targets[r] as usize);
             let g = got[r];
