@@ -6,7 +6,9 @@
 
 use serde_json::json;
 
-use super::super::config::{Act, Arch, AttnDesc, Config, Keys, LayerDesc, MlpDesc, Norms, QkNorm};
+use super::super::config::{
+    Act, Arch, AttnDesc, Config, Keys, LayerDesc, Mixer, MlpDesc, Norms, QkNorm,
+};
 use super::super::rope;
 use super::{Common, require_act};
 use crate::Result;
@@ -41,7 +43,7 @@ pub(super) fn describe(k: Keys, arch: Arch) -> Result<Config> {
     let layers = windows
         .into_iter()
         .map(|window| LayerDesc {
-            attn: AttnDesc {
+            mixer: Mixer::Attention(AttnDesc {
                 num_heads: c.heads,
                 num_kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
@@ -56,7 +58,8 @@ pub(super) fn describe(k: Keys, arch: Arch) -> Result<Config> {
                 bias,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
                 kv_from: None,
-            },
+                output_gate: false,
+            }),
             mlp: MlpDesc {
                 intermediate: c.intermediate,
                 act: Act::Silu,
@@ -109,7 +112,12 @@ mod tests {
             json!({"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}),
         )
         .unwrap();
-        let w = |c: &Config| c.layers.iter().map(|l| l.attn.window).collect::<Vec<_>>();
+        let w = |c: &Config| {
+            c.layers
+                .iter()
+                .map(|l| l.attn().unwrap().window)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(w(&c), vec![Some(8), None]);
         let mut v = base(json!({"sliding_window": 8}));
         v["architectures"] = json!(["MistralForCausalLM"]);
@@ -118,7 +126,7 @@ mod tests {
         v["architectures"] = json!(["Qwen2ForCausalLM"]);
         let q = Config::from_json(&v, Path::new("c")).unwrap();
         assert_eq!(w(&q), vec![None, None], "Qwen2 needs use_sliding_window");
-        assert!(q.layers[0].attn.bias);
+        assert!(q.layers[0].attn().unwrap().bias);
     }
 
     #[test]

@@ -10,16 +10,17 @@
 mod gemma4;
 mod llama;
 mod olmo3;
+mod qwen3_5;
 
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::config::{Arch, Config, EmbedDesc, Keys, LayerDesc};
+use super::config::{Arch, Config, EmbedDesc, Keys, LayerDesc, NormKind};
 use crate::{Error, Result};
 
 /// `architectures[0]` values we run.
-pub const SUPPORTED: [(&str, Arch); 7] = [
+pub const SUPPORTED: [(&str, Arch); 9] = [
     ("LlamaForCausalLM", Arch::Llama),
     ("MistralForCausalLM", Arch::Mistral),
     ("Qwen2ForCausalLM", Arch::Qwen2),
@@ -27,6 +28,8 @@ pub const SUPPORTED: [(&str, Arch); 7] = [
     ("Olmo3ForCausalLM", Arch::Olmo3),
     ("Gemma4ForConditionalGeneration", Arch::Gemma4),
     ("Gemma4ForCausalLM", Arch::Gemma4),
+    ("Qwen3_5ForConditionalGeneration", Arch::Qwen3_5),
+    ("Qwen3_5ForCausalLM", Arch::Qwen3_5),
 ];
 
 /// Describe the model of a `config.json`.
@@ -62,6 +65,7 @@ pub fn describe(v: &Value, path: &Path) -> Result<Config> {
         Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => llama::describe(k, arch),
         Arch::Olmo3 => olmo3::describe(k),
         Arch::Gemma4 => gemma4::describe(k, arch_name),
+        Arch::Qwen3_5 => qwen3_5::describe(k, arch_name),
     }
 }
 
@@ -127,6 +131,7 @@ impl Common {
             vocab_size: self.vocab,
             num_layers: self.layers,
             rms_norm_eps: self.eps,
+            norm: NormKind::Weight,
             max_position_embeddings: self.max_positions,
             tie_word_embeddings: self.tied,
             prefix: "model.".into(),
