@@ -5,101 +5,37 @@
 //! cache on and off, and a hit computes only the tokens after it, its
 //! DeltaNet layers starting from the cached block's state snapshot.
 
-use std::path::Path;
-use std::sync::Arc;
+mod kv_common;
 
+use kv_common::{action_request, check_growing_prefixes, check_within, fork_request, load};
 use padv::backend::cpu::CpuPair;
 use padv::backend::{PairScorer, SeqRequest};
-use padv::kv::{CacheStats, KvOptions, ModelKv, PairCache};
-use padv::model::Model;
-use padv::score::TokenScores;
+use padv::kv::{CacheStats, ModelKv, PairCache};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 /// Blocks of a hybrid pair are whole delta-rule chunks.
 const BLOCK: usize = 64;
 
-fn load() -> (Arc<Model>, Arc<Model>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen3_5");
-    (
-        Arc::new(Model::load(&dir.join("trained")).unwrap()),
-        Arc::new(Model::load(&dir.join("ref")).unwrap()),
-    )
-}
-
 /// (cache off, cache on asking for 16-token blocks with room for `blocks`).
 fn pairs(blocks: usize) -> (CpuPair, CpuPair) {
-    let (p, r) = load();
-    let budget = blocks * PairCache::bytes_per_block(&p, &r, 16);
-    let off = CpuPair::new(p.clone(), r.clone());
-    let on = CpuPair::new(p, r).with_prefix_cache(Some(KvOptions {
-        budget_bytes: budget,
-        block_size: 16,
-    }));
-    (off, on)
+    kv_common::pairs("qwen3_5", 16, blocks)
 }
 
-fn assert_bitwise(what: &str, off: &TokenScores, on: &TokenScores) {
-    assert_eq!(off.len(), on.len(), "{what}: length");
-    for (field, a, b) in [
-        ("logp_policy", &off.logp_policy, &on.logp_policy),
-        ("logp_reference", &off.logp_reference, &on.logp_reference),
-        ("entropy_policy", &off.entropy_policy, &on.entropy_policy),
-        ("self_certainty", &off.self_certainty, &on.self_certainty),
-    ] {
-        for (t, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
-                "{what} {field}[{t}]: off {x}, on {y}"
-            );
-        }
-    }
-}
-
-/// Score `batch` with both and compare; returns the cached pair's stats delta.
+/// Score `batch` with both; every score bit for bit the same.
 fn check(what: &str, off: &mut CpuPair, on: &mut CpuPair, batch: &[SeqRequest]) -> CacheStats {
-    let before = on.cache_stats().unwrap();
-    let a = off.score(batch).unwrap();
-    let b = on.score(batch).unwrap();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_bitwise(&format!("{what} #{i}"), x, y);
-    }
-    let pool = on.cache().unwrap().pool();
-    pool.check_invariants().unwrap();
-    assert_eq!(pool.referenced(), 0, "{what}: blocks left referenced");
-    on.cache_stats().unwrap().since(&before)
+    check_within(what, off, on, batch, 0.0)
 }
 
-/// A prompt, then (observation, action) steps: tokens and action spans.
+/// A prompt, then steps with longer observations and actions than the
+/// attention tests', so that trajectories cross several 64-token blocks.
 fn trajectory(rng: &mut SmallRng, prompt: usize, steps: usize) -> (Vec<u32>, Vec<(usize, usize)>) {
-    let mut tokens: Vec<u32> = (0..prompt).map(|_| rng.random_range(0..500)).collect();
-    let mut spans = Vec::new();
-    for _ in 0..steps {
-        let obs = rng.random_range(5..40);
-        tokens.extend((0..obs).map(|_| rng.random_range(0..500)));
-        let act = rng.random_range(1..20);
-        spans.push((tokens.len(), tokens.len() + act));
-        tokens.extend((0..act).map(|_| rng.random_range(0..500)));
-    }
-    (tokens, spans)
-}
-
-fn action_request(tokens: &[u32], spans: &[(usize, usize)]) -> SeqRequest {
-    let mut mask = vec![false; tokens.len()];
-    for &(a, b) in spans {
-        for m in &mut mask[a.min(tokens.len())..b.min(tokens.len())] {
-            *m = true;
-        }
-    }
-    SeqRequest {
-        token_ids: tokens.to_vec(),
-        score_mask: Some(mask),
-    }
+    kv_common::trajectory(rng, 500, prompt, steps, 5..40, 1..20)
 }
 
 #[test]
 fn a_hybrid_pair_caches_whole_chunks_and_counts_the_recurrent_snapshots_in_the_budget() {
-    let (p, r) = load();
+    let (p, r) = load("qwen3_5");
     assert_eq!(PairCache::block_size_for(&p, &r, 16), BLOCK);
     assert_eq!(PairCache::block_size_for(&p, &r, 65), 2 * BLOCK);
     // Per model: K/V of the one attention layer (64 tokens × 2 kv heads ×
@@ -122,28 +58,7 @@ fn growing_prefixes_of_a_hybrid_pair_score_bitwise_the_same_with_and_without_the
     let mut rng = SmallRng::seed_from_u64(1);
     let (tokens, spans) = trajectory(&mut rng, 70, 12);
     assert!(tokens.len() > 4 * BLOCK, "{} tokens", tokens.len());
-    let mut computed = 0;
-    for step in 1..=spans.len() {
-        let end = spans[step - 1].1;
-        let req = action_request(&tokens[..end], &spans[..step]);
-        let d = check(&format!("step {step}"), &mut off, &mut on, &[req]);
-        computed += d.computed_tokens;
-        if step > 1 {
-            let prev_end = spans[step - 2].1;
-            assert_eq!(
-                d.hit_tokens as usize,
-                prev_end / BLOCK * BLOCK,
-                "step {step}"
-            );
-        }
-    }
-    let all = off.cache_stats().unwrap().computed_tokens;
-    assert!(computed * 2 < all, "{computed} computed vs {all} uncached");
-    let full = SeqRequest {
-        token_ids: tokens.clone(),
-        score_mask: None,
-    };
-    check("full", &mut off, &mut on, &[full]);
+    check_growing_prefixes("qwen3_5", &mut off, &mut on, &tokens, &spans, BLOCK, 0.0);
 }
 
 #[test]
@@ -154,13 +69,7 @@ fn forks_of_a_shared_prompt_of_a_hybrid_pair_compute_it_once_and_score_the_same(
     let forks: Vec<SeqRequest> = (0..4)
         .map(|_| {
             let (tail, spans) = trajectory(&mut rng, 0, 3);
-            let mut t = prompt.clone();
-            t.extend(&tail);
-            let spans: Vec<_> = spans
-                .iter()
-                .map(|(a, b)| (a + prompt.len(), b + prompt.len()))
-                .collect();
-            action_request(&t, &spans)
+            fork_request(&prompt, &tail, &spans)
         })
         .collect();
     let d = check("forks", &mut off, &mut on, &forks);

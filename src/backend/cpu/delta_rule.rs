@@ -26,38 +26,51 @@ use gemm::Parallelism;
 
 pub use crate::model::config::DELTANET_CHUNK as CHUNK;
 
-/// A matrix operand: pointer and (row, column) strides.
+/// A matrix operand `[rows × cols]`: pointer and (row, column) strides.
+#[derive(Clone, Copy)]
 struct Mat {
     ptr: *const f32,
+    rows: usize,
+    cols: usize,
     rs: usize,
     cs: usize,
 }
 
-/// One small product: `dst = alpha·dst + beta·lhs·rhs` with `lhs` `[m × k]`,
-/// `rhs` `[k × n]`, `dst` row-major with row stride `ld` (read only when
-/// `read`).
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    ld: usize,
-    read: bool,
-    lhs: Mat,
-    rhs: Mat,
-    alpha: f32,
-    beta: f32,
-) {
+/// Row-major `a` as `[rows × cols]`.
+fn rm(a: &[f32], rows: usize, cols: usize) -> Mat {
+    assert!(a.len() >= rows * cols, "delta rule: operand too small");
+    Mat {
+        ptr: a.as_ptr(),
+        rows,
+        cols,
+        rs: cols,
+        cs: 1,
+    }
+}
+
+/// The transpose of row-major `a` (`[cols × rows]` in memory) as `[rows × cols]`.
+fn tr(a: &[f32], rows: usize, cols: usize) -> Mat {
+    assert!(a.len() >= rows * cols, "delta rule: operand too small");
+    Mat {
+        ptr: a.as_ptr(),
+        rows,
+        cols,
+        rs: 1,
+        cs: rows,
+    }
+}
+
+/// One small product into row-major `dst` (`[lhs.rows × rhs.cols]`):
+/// `dst = keep·dst + scale·lhs·rhs` (`dst` not read when `keep` is 0).
+fn mm(dst: &mut [f32], keep: f32, lhs: Mat, rhs: Mat, scale: f32) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "delta rule: inner dimensions");
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        dst.len() >= (m - 1) * ld + n,
-        "delta rule: product too small"
-    );
-    // SAFETY: the callers pass views into slices that hold the whole
-    // `[m × k]` and `[k × n]` operands (fixed shapes below); `dst` was checked.
+    assert!(dst.len() >= m * n, "delta rule: product too small");
+    // SAFETY: `rm`/`tr` checked that each operand's slice holds it; `dst`
+    // was checked above.
     unsafe {
         gemm::gemm(
             m,
@@ -65,39 +78,21 @@ fn mm(
             k,
             dst.as_mut_ptr(),
             1,
-            ld as isize,
-            read,
+            n as isize,
+            keep != 0.0,
             lhs.ptr,
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.ptr,
             rhs.cs as isize,
             rhs.rs as isize,
-            alpha,
-            beta,
+            keep,
+            scale,
             false,
             false,
             false,
             Parallelism::None,
         );
-    }
-}
-
-/// Row-major `[rows × cols]` view of `a`.
-fn rm(a: &[f32], cols: usize) -> Mat {
-    Mat {
-        ptr: a.as_ptr(),
-        rs: cols,
-        cs: 1,
-    }
-}
-
-/// The transpose of row-major `a` (`[cols × rows]` view).
-fn tr(a: &[f32], cols: usize) -> Mat {
-    Mat {
-        ptr: a.as_ptr(),
-        rs: 1,
-        cs: cols,
     }
 }
 
@@ -237,30 +232,8 @@ fn one_chunk(
         }
     }
     // L = (βK)·Kᵀ ⊙ decay, strictly lower; intra = Q·Kᵀ ⊙ decay, causal.
-    mm(
-        c,
-        c,
-        dk,
-        &mut s.l,
-        c,
-        false,
-        rm(&s.kb, dk),
-        tr(k, dk),
-        0.0,
-        1.0,
-    );
-    mm(
-        c,
-        c,
-        dk,
-        &mut s.intra,
-        c,
-        false,
-        rm(q, dk),
-        tr(k, dk),
-        0.0,
-        1.0,
-    );
+    mm(&mut s.l, 0.0, rm(&s.kb, c, dk), tr(k, dk, c), 1.0);
+    mm(&mut s.intra, 0.0, rm(q, c, dk), tr(k, dk, c), 1.0);
     for i in 0..c {
         for j in 0..c {
             let at = i * c + j;
@@ -276,81 +249,15 @@ fn one_chunk(
     }
     unit_lower_inverse(&s.l, c, &mut s.t);
     // U = T·(βV), W = T·(βK e^c).
-    mm(
-        c,
-        dv,
-        c,
-        &mut s.u,
-        dv,
-        false,
-        rm(&s.t, c),
-        rm(&s.vb, dv),
-        0.0,
-        1.0,
-    );
-    mm(
-        c,
-        dk,
-        c,
-        &mut s.w,
-        dk,
-        false,
-        rm(&s.t, c),
-        rm(&s.kdecay, dk),
-        0.0,
-        1.0,
-    );
+    mm(&mut s.u, 0.0, rm(&s.t, c, c), rm(&s.vb, c, dv), 1.0);
+    mm(&mut s.w, 0.0, rm(&s.t, c, c), rm(&s.kdecay, c, dk), 1.0);
     // V' = U − W·S (in u).
-    mm(
-        c,
-        dv,
-        dk,
-        &mut s.u,
-        dv,
-        true,
-        rm(&s.w, dk),
-        rm(state, dv),
-        1.0,
-        -1.0,
-    );
+    mm(&mut s.u, 1.0, rm(&s.w, c, dk), rm(state, dk, dv), -1.0);
     // o = (Q e^c)·S + intra·V'.
-    mm(
-        c,
-        dv,
-        dk,
-        out,
-        dv,
-        false,
-        rm(&s.qd, dk),
-        rm(state, dv),
-        0.0,
-        1.0,
-    );
-    mm(
-        c,
-        dv,
-        c,
-        out,
-        dv,
-        true,
-        rm(&s.intra, c),
-        rm(&s.u, dv),
-        1.0,
-        1.0,
-    );
+    mm(out, 0.0, rm(&s.qd, c, dk), rm(state, dk, dv), 1.0);
+    mm(out, 1.0, rm(&s.intra, c, c), rm(&s.u, c, dv), 1.0);
     // S ← e^{c_C} S + (K e^{c_C − c})ᵀ·V'.
-    mm(
-        dk,
-        dv,
-        c,
-        state,
-        dv,
-        true,
-        tr(&s.kd, dk),
-        rm(&s.u, dv),
-        last.exp(),
-        1.0,
-    );
+    mm(state, last.exp(), tr(&s.kd, dk, c), rm(&s.u, c, dv), 1.0);
 }
 
 /// `t = (I + l)⁻¹` for strictly lower `l` (`[n × n]`), by forward

@@ -26,12 +26,7 @@ const SLIDING: &str = "sliding_attention";
 const FULL: &str = "full_attention";
 
 pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
-    let k = top.nested("text_config").unwrap_or(top);
-    let mut c = Common::read(k, true)?;
-    c.tied = top.bool_or(
-        "tie_word_embeddings",
-        k.bool_or("tie_word_embeddings", true)?,
-    )?;
+    let (k, c) = Common::read_text(top, true)?;
     if k.get("head_dim").is_none() {
         return Err(k.err("missing `head_dim`"));
     }

@@ -6,9 +6,7 @@
 
 use serde_json::json;
 
-use super::super::config::{
-    Act, Arch, AttnDesc, Config, Keys, LayerDesc, Mixer, MlpDesc, Norms, QkNorm,
-};
+use super::super::config::{Arch, AttnDesc, Config, Keys, Mixer, QkNorm};
 use super::super::rope;
 use super::{Common, require_act};
 use crate::Result;
@@ -42,8 +40,8 @@ pub(super) fn describe(k: Keys, arch: Arch) -> Result<Config> {
     let bias = arch == Arch::Qwen2 || k.bool_or("attention_bias", false)?;
     let layers = windows
         .into_iter()
-        .map(|window| LayerDesc {
-            mixer: Mixer::Attention(AttnDesc {
+        .map(|window| {
+            c.pre_norm_swiglu(Mixer::Attention(AttnDesc {
                 num_heads: c.heads,
                 num_kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
@@ -59,14 +57,7 @@ pub(super) fn describe(k: Keys, arch: Arch) -> Result<Config> {
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
                 kv_from: None,
                 output_gate: false,
-            }),
-            mlp: MlpDesc {
-                intermediate: c.intermediate,
-                act: Act::Silu,
-            },
-            norms: Norms::PRE,
-            per_layer_input: false,
-            layer_scalar: false,
+            }))
         })
         .collect();
     Ok(c.plain_config(arch, layers))

@@ -16,7 +16,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::config::{Arch, Config, EmbedDesc, Keys, LayerDesc, NormKind};
+use super::config::{
+    Act, Arch, Config, EmbedDesc, Keys, LayerDesc, Mixer, MlpDesc, NormKind, Norms,
+};
 use crate::{Error, Result};
 
 /// `architectures[0]` values we run.
@@ -122,6 +124,33 @@ impl Common {
 }
 
 impl Common {
+    /// The decoder keys of a config that may nest them in `text_config`
+    /// (multimodal wrappers) and the common keys read from them; a top-level
+    /// `tie_word_embeddings` wins over the nested one.
+    fn read_text(top: Keys, tied_default: bool) -> Result<(Keys, Common)> {
+        let k = top.nested("text_config").unwrap_or(top);
+        let mut c = Common::read(k, tied_default)?;
+        c.tied = top.bool_or(
+            "tie_word_embeddings",
+            k.bool_or("tie_word_embeddings", tied_default)?,
+        )?;
+        Ok((k, c))
+    }
+
+    /// A pre-norm SwiGLU block around `mixer` (Llama and its descendants).
+    fn pre_norm_swiglu(&self, mixer: Mixer) -> LayerDesc {
+        LayerDesc {
+            mixer,
+            mlp: MlpDesc {
+                intermediate: self.intermediate,
+                act: Act::Silu,
+            },
+            norms: Norms::PRE,
+            per_layer_input: false,
+            layer_scalar: false,
+        }
+    }
+
     /// A text decoder of `layers` under `model.*`: no embedding scale, no
     /// per-layer embeddings, no logit cap.
     fn plain_config(&self, arch: Arch, layers: Vec<LayerDesc>) -> Config {

@@ -15,10 +15,7 @@
 
 use serde_json::json;
 
-use super::super::config::{
-    Act, Arch, AttnDesc, Config, DeltaNetDesc, EmbedDesc, Keys, LayerDesc, Mixer, MlpDesc,
-    NormKind, Norms, QkNorm,
-};
+use super::super::config::{Arch, AttnDesc, Config, DeltaNetDesc, Keys, Mixer, NormKind, QkNorm};
 use super::super::rope::{self, RopeScaling};
 use super::{Common, require_act};
 use crate::Result;
@@ -27,12 +24,7 @@ const LINEAR: &str = "linear_attention";
 const FULL: &str = "full_attention";
 
 pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
-    let k = top.nested("text_config").unwrap_or(top);
-    let mut c = Common::read(k, false)?;
-    c.tied = top.bool_or(
-        "tie_word_embeddings",
-        k.bool_or("tie_word_embeddings", false)?,
-    )?;
+    let (k, mut c) = Common::read_text(top, false)?;
     if k.get("head_dim").is_none() {
         c.head_dim = 256;
     }
@@ -101,49 +93,22 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
     };
     let layers = types
         .iter()
-        .map(|t| LayerDesc {
-            mixer: if t == FULL {
+        .map(|t| {
+            c.pre_norm_swiglu(if t == FULL {
                 Mixer::Attention(attn.clone())
             } else {
                 Mixer::GatedDeltaNet(linear)
-            },
-            mlp: MlpDesc {
-                intermediate: c.intermediate,
-                act: Act::Silu,
-            },
-            norms: Norms::PRE,
-            per_layer_input: false,
-            layer_scalar: false,
+            })
         })
         .collect();
-    let wrapped = arch_name == "Qwen3_5ForConditionalGeneration";
-    let mut ignored = vec!["mtp.".to_string()];
-    if wrapped {
-        ignored.push("model.visual.".into());
+    let mut cfg = c.plain_config(Arch::Qwen3_5, layers);
+    cfg.norm = NormKind::OnePlusWeight;
+    cfg.ignored.push("mtp.".into());
+    if arch_name == "Qwen3_5ForConditionalGeneration" {
+        cfg.prefix = "model.language_model.".into();
+        cfg.ignored.push("model.visual.".into());
     }
-    Ok(Config {
-        arch: Arch::Qwen3_5,
-        hidden_size: c.hidden,
-        vocab_size: c.vocab,
-        num_layers: n,
-        rms_norm_eps: c.eps,
-        norm: NormKind::OnePlusWeight,
-        max_position_embeddings: c.max_positions,
-        tie_word_embeddings: c.tied,
-        prefix: if wrapped {
-            "model.language_model."
-        } else {
-            "model."
-        }
-        .into(),
-        ignored,
-        embed: EmbedDesc {
-            scale: None,
-            per_layer: None,
-        },
-        layers,
-        final_logit_softcap: None,
-    })
+    Ok(cfg)
 }
 
 #[cfg(test)]
