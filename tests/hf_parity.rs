@@ -114,3 +114,11 @@ fn gemma4_pair_matches_transformers() {
 fn gemma4_pair_matches_transformers_on_long_records() {
     check_expected("gemma4", "long_gemma4");
 }
+#[test]
+fn qwen3_5_hybrid_pair_matches_transformers() {
+    check_pair("qwen3_5");
+}
+#[test]
+fn qwen3_5_hybrid_pair_matches_transformers_on_records_longer_than_a_chunk() {
+    check_expected("qwen3_5", "long_qwen3_5");
+}

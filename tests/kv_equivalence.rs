@@ -1,17 +1,15 @@
 //! The prefix cache changes cost, never scores: every fixture pair scores
 //! growing prefixes, forks, batches under tiny budgets and block boundaries
-//! inside actions identically (≤ 1e-5) with the cache on and off, and a
+//! inside actions identically (bit for bit) with the cache on and off, and a
 //! seeded property loop does the same for random trajectories, masks, block
 //! sizes and budgets.
 
-use std::path::Path;
-use std::sync::Arc;
+mod kv_common;
 
+use kv_common::{action_request, check_growing_prefixes, check_within, fork_request, pairs};
 use padv::backend::cpu::CpuPair;
 use padv::backend::{PairScorer, SeqRequest};
-use padv::kv::{CacheStats, KvOptions, PairCache};
-use padv::model::Model;
-use padv::score::TokenScores;
+use padv::kv::CacheStats;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,60 +24,9 @@ const PAIRS: [&str; 8] = [
     "qwen3",
 ];
 
-fn load(name: &str) -> (Arc<Model>, Arc<Model>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name);
-    (
-        Arc::new(Model::load(&dir.join("trained")).unwrap()),
-        Arc::new(Model::load(&dir.join("ref")).unwrap()),
-    )
-}
-
-/// (cache off, cache on with `block_size` and a budget of `blocks` blocks).
-fn pairs(name: &str, block_size: usize, blocks: usize) -> (CpuPair, CpuPair) {
-    let (p, r) = load(name);
-    let budget = blocks * PairCache::bytes_per_block(&p, &r, block_size);
-    let off = CpuPair::new(p.clone(), r.clone());
-    let on = CpuPair::new(p, r).with_prefix_cache(Some(KvOptions {
-        budget_bytes: budget,
-        block_size,
-    }));
-    (off, on)
-}
-
-fn assert_same(what: &str, off: &TokenScores, on: &TokenScores) {
-    assert_eq!(off.len(), on.len(), "{what}: length");
-    for (field, a, b) in [
-        ("logp_policy", &off.logp_policy, &on.logp_policy),
-        ("logp_reference", &off.logp_reference, &on.logp_reference),
-        ("entropy_policy", &off.entropy_policy, &on.entropy_policy),
-        ("self_certainty", &off.self_certainty, &on.self_certainty),
-    ] {
-        for (t, (x, y)) in a.iter().zip(b).enumerate() {
-            assert_eq!(x.is_nan(), y.is_nan(), "{what} {field}[{t}]: {x} vs {y}");
-            // Exactly: the cache changes which rows a call computes, never
-            // the arithmetic of a row.
-            assert!(
-                x.is_nan() || x.to_bits() == y.to_bits(),
-                "{what} {field}[{t}]: off {x}, on {y}"
-            );
-        }
-    }
-}
-
-/// Score `batch` with both and compare; returns the cached pair's stats delta.
+/// Score `batch` with both and compare bit for bit; returns the cached pair's stats delta.
 fn check(what: &str, off: &mut CpuPair, on: &mut CpuPair, batch: &[SeqRequest]) -> CacheStats {
-    let before = on.cache_stats().unwrap();
-    let a = off.score(batch).unwrap();
-    let b = on.score(batch).unwrap();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert_same(&format!("{what} #{i}"), x, y);
-    }
-    let pool = on.cache().unwrap().pool();
-    pool.check_invariants().unwrap();
-    assert_eq!(pool.referenced(), 0, "{what}: blocks left referenced");
-    on.cache_stats().unwrap().since(&before)
+    check_within(what, off, on, batch, 0.0)
 }
 
 /// A trajectory: a prompt, then (observation, action) steps; returns the
@@ -90,29 +37,7 @@ fn trajectory(
     prompt: usize,
     steps: usize,
 ) -> (Vec<u32>, Vec<(usize, usize)>) {
-    let mut tokens: Vec<u32> = (0..prompt).map(|_| rng.random_range(0..vocab)).collect();
-    let mut spans = Vec::new();
-    for _ in 0..steps {
-        let obs = rng.random_range(1..12);
-        tokens.extend((0..obs).map(|_| rng.random_range(0..vocab)));
-        let act = rng.random_range(1..9);
-        spans.push((tokens.len(), tokens.len() + act));
-        tokens.extend((0..act).map(|_| rng.random_range(0..vocab)));
-    }
-    (tokens, spans)
-}
-
-fn action_request(tokens: &[u32], spans: &[(usize, usize)]) -> SeqRequest {
-    let mut mask = vec![false; tokens.len()];
-    for &(a, b) in spans {
-        for m in &mut mask[a.min(tokens.len())..b.min(tokens.len())] {
-            *m = true;
-        }
-    }
-    SeqRequest {
-        token_ids: tokens.to_vec(),
-        score_mask: Some(mask),
-    }
+    kv_common::trajectory(rng, vocab, prompt, steps, 1..12, 1..9)
 }
 
 #[test]
@@ -121,33 +46,7 @@ fn growing_prefixes_score_the_same_with_and_without_the_cache_on_every_pair() {
         let (mut off, mut on) = pairs(name, 8, 1000);
         let mut rng = SmallRng::seed_from_u64(k as u64);
         let (tokens, spans) = trajectory(&mut rng, 500, 40, 6);
-        let mut computed = 0;
-        for step in 1..=spans.len() {
-            let end = spans[step - 1].1;
-            let req = action_request(&tokens[..end], &spans[..step]);
-            let d = check(&format!("{name} step {step}"), &mut off, &mut on, &[req]);
-            computed += d.computed_tokens;
-            if step > 1 {
-                // Only the tokens after the last full cached block.
-                let prev_end = spans[step - 2].1;
-                assert_eq!(
-                    d.hit_tokens as usize,
-                    prev_end / 8 * 8,
-                    "{name} step {step}"
-                );
-            }
-        }
-        let all = off.cache_stats().unwrap().computed_tokens;
-        assert!(
-            computed * 2 < all,
-            "{name}: {computed} computed vs {all} uncached"
-        );
-        // Every position, too (no mask): cached scores plus recomputed ones.
-        let full = SeqRequest {
-            token_ids: tokens.clone(),
-            score_mask: None,
-        };
-        check(&format!("{name} full"), &mut off, &mut on, &[full]);
+        check_growing_prefixes(name, &mut off, &mut on, &tokens, &spans, 8, 0.0);
     }
 }
 
@@ -175,13 +74,7 @@ fn forked_continuations_of_a_shared_prompt_are_computed_once_and_score_the_same(
         let forks: Vec<SeqRequest> = (0..5)
             .map(|_| {
                 let (tail, spans) = trajectory(&mut rng, 500, 0, 2);
-                let mut t = prompt.clone();
-                t.extend(&tail);
-                let spans: Vec<_> = spans
-                    .iter()
-                    .map(|(a, b)| (a + prompt.len(), b + prompt.len()))
-                    .collect();
-                action_request(&t, &spans)
+                fork_request(&prompt, &tail, &spans)
             })
             .collect();
         // One batch: the prompt's full blocks are computed by the first fork

@@ -104,7 +104,16 @@ pub fn open_pair_with(
     gpu_dtype: Option<DType>,
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
-    match (cuda_ordinal(device), gpu_dtype) {
+    // `auto` scores a pair the CUDA backend does not run (hybrid models,
+    // sandwich blocks, …) on the CPU; asking for CUDA by name is refused.
+    let cpu_only = [&policy, &reference]
+        .into_iter()
+        .find(|m| m.config.uniform().is_none());
+    let ordinal = match (device, cpu_only) {
+        (Device::Auto, Some(_)) => None,
+        (d, _) => cuda_ordinal(d),
+    };
+    match (ordinal, gpu_dtype) {
         (Some(n), None) => Ok(Box::new(cuda::CudaPair::new(n, policy, reference)?)),
         (Some(n), Some(d)) => Ok(Box::new(cuda::CudaPair::with_compute_dtype(
             n, policy, reference, d,
@@ -112,6 +121,10 @@ pub fn open_pair_with(
         (None, Some(d)) => {
             let why = match device {
                 Device::Cpu => "the CPU was asked for".to_string(),
+                _ if let Some(m) = cpu_only => format!(
+                    "the CUDA backend does not run {} yet",
+                    m.config.arch.hf_name()
+                ),
                 _ => format!(
                     "no usable CUDA device: {}",
                     cuda::probe().err().unwrap_or_default()

@@ -82,10 +82,11 @@ pub fn forward_flops(c: &Config, t: usize, lm_head_rows: usize) -> f64 {
     let attn: f64 = c
         .layers
         .iter()
-        .map(|l| {
-            let w = l.attn.window.unwrap_or(t).min(t);
+        .filter_map(|l| l.attn())
+        .map(|a| {
+            let w = a.window.unwrap_or(t).min(t);
             let keys = (w * (w + 1) / 2 + (t - w) * w) as f64;
-            4.0 * keys * l.attn.q_dim() as f64
+            4.0 * keys * a.q_dim() as f64
         })
         .sum();
     let head = 2.0 * (c.hidden_size * c.vocab_size) as f64 * lm_head_rows as f64;

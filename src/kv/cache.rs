@@ -15,6 +15,7 @@ use super::pool::{BlockId, BlockPool, Committed};
 use super::store::ModelKv;
 use super::{CacheStats, KvOptions};
 use crate::model::Model;
+use crate::model::config::DELTANET_CHUNK;
 use crate::score::SeqRequest;
 
 /// Scores kept per cached token: log π_θ, log π_ref, policy entropy,
@@ -65,7 +66,7 @@ fn fingerprint(policy: &Model, reference: &Model) -> u64 {
 
 impl PairCache {
     pub fn new(policy: &Model, reference: &Model, opts: KvOptions) -> PairCache {
-        let bs = opts.block_size.max(1);
+        let bs = Self::block_size_for(policy, reference, opts.block_size);
         let per_block = Self::bytes_per_block(policy, reference, bs);
         let capacity = opts.budget_bytes / per_block;
         PairCache {
@@ -77,12 +78,26 @@ impl PairCache {
         }
     }
 
-    /// Bytes one block costs the pair (K/V and hidden state of both models,
-    /// token scores).
+    /// The block size a cache of this pair uses for `requested`: itself,
+    /// or for a pair with recurrent layers the next multiple of the delta
+    /// rule's chunk (module doc of [`super`]).
+    pub fn block_size_for(policy: &Model, reference: &Model, requested: usize) -> usize {
+        let bs = requested.max(1);
+        if policy.config.is_hybrid() || reference.config.is_hybrid() {
+            bs.div_ceil(DELTANET_CHUNK) * DELTANET_CHUNK
+        } else {
+            bs
+        }
+    }
+
+    /// Bytes one block costs the pair (K/V, recurrent snapshots and hidden
+    /// state of both models, token scores), for the block size the cache
+    /// uses for `block_size` ([`PairCache::block_size_for`]).
     pub fn bytes_per_block(policy: &Model, reference: &Model, block_size: usize) -> usize {
-        ModelKv::bytes_per_block(&policy.config, block_size)
-            + ModelKv::bytes_per_block(&reference.config, block_size)
-            + block_size * std::mem::size_of::<TokenScore>()
+        let bs = Self::block_size_for(policy, reference, block_size);
+        ModelKv::bytes_per_block(&policy.config, bs)
+            + ModelKv::bytes_per_block(&reference.config, bs)
+            + bs * std::mem::size_of::<TokenScore>()
     }
 
     pub fn block_size(&self) -> usize {

@@ -37,6 +37,31 @@
 //! the hit only up to the block holding the first such position, so every
 //! wanted position gets its log-prob and cache-on equals cache-off.
 //!
+//! # Recurrent layers (hybrid models)
+//!
+//! A gated-DeltaNet layer (Qwen 3.5) keeps no per-token K/V: what a
+//! continuation needs from the prefix is the layer's recurrent state and
+//! the last `conv_kernel − 1` inputs of its convolution, at the prefix's end.
+//! Each block of such a model carries that snapshot, per DeltaNet layer and
+//! per model, taken after the block's last token ([`store::ModelKv::state`]);
+//! it is written when the block is filled, counted in
+//! [`PairCache::bytes_per_block`] (so in the budget) and evicted with the
+//! block. A hit of `n` blocks starts the new tokens from block `n − 1`'s
+//! snapshot.
+//!
+//! Reusable boundaries are the delta rule's chunk boundaries: the block size
+//! of a pair with DeltaNet layers is rounded up to a multiple of the chunk
+//! (64 tokens, [`crate::model::config::DELTANET_CHUNK`];
+//! [`PairCache::block_size_for`]). Why: the chunked form is not bitwise the
+//! same computation when a chunk is cut at another place, and the backends
+//! chunk at absolute multiples of 64, so only a state snapshotted at such a
+//! boundary continues exactly as the uncached forward does, which keeps
+//! cache on = cache off exactly. One snapshot per block (rather than
+//! 16-token blocks with a snapshot on every fourth) also keeps the budget
+//! honest: a 9B model's snapshot (24 layers × 32 heads × 128 × 128 f32,
+//! 48 MiB per model) dwarfs a block's K/V. The price is the partial last
+//! block: up to 63 tokens of a request are recomputed instead of 15.
+//!
 //! # Block layout (the CUDA kernels' paged layout)
 //!
 //! Per model and per layer, K and V each live in one arena

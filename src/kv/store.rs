@@ -5,6 +5,12 @@
 //! another layer's K/V has none), plus the final-norm hidden state of each
 //! block's last token `[blocks, hidden]`.
 //!
+//! A recurrent (gated-DeltaNet) layer has no K/V; it keeps per block a
+//! snapshot of the sequence's recurrent state *after the block's last
+//! token*: `[v_heads, k_head_dim, v_head_dim]` f32, then the convolution's
+//! input tail `[conv_kernel − 1, conv_dim]` (see [`super`] for why blocks of
+//! such models are whole chunks).
+//!
 //! Arenas grow on demand as the pool hands out new block ids (in steps of a
 //! quarter of their size, never past the capacity), so an idle cache costs
 //! nothing and a full one exactly its budget.
@@ -17,12 +23,15 @@ pub struct ModelKv {
     /// Per layer, floats per token of K (and of V): `kv_heads · head_dim`,
     /// 0 for layers that share another layer's K/V.
     kv_dims: Vec<usize>,
+    /// Per layer, floats of the recurrent snapshot per block (0 for attention).
+    state_dims: Vec<usize>,
     hidden: usize,
     capacity: usize,
     /// Blocks every arena holds now.
     blocks: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    states: Vec<Vec<f32>>,
     last_hidden: Vec<f32>,
 }
 
@@ -31,11 +40,13 @@ impl ModelKv {
         ModelKv {
             block_size,
             kv_dims: Self::layer_dims(cfg),
+            state_dims: Self::layer_state_dims(cfg),
             hidden: cfg.hidden_size,
             capacity,
             blocks: 0,
             k: vec![Vec::new(); cfg.num_layers],
             v: vec![Vec::new(); cfg.num_layers],
+            states: vec![Vec::new(); cfg.num_layers],
             last_hidden: Vec::new(),
         }
     }
@@ -44,24 +55,43 @@ impl ModelKv {
     pub fn layer_dims(cfg: &Config) -> Vec<usize> {
         cfg.layers
             .iter()
-            .map(|l| {
-                if l.attn.kv_from.is_some() {
-                    0
-                } else {
-                    l.attn.kv_dim()
-                }
+            .map(|l| match l.attn() {
+                Some(a) if a.kv_from.is_none() => a.kv_dim(),
+                _ => 0,
             })
             .collect()
     }
 
-    /// Bytes one block of this model takes: K and V of every layer and one
-    /// hidden state.
-    pub fn bytes_per_block(cfg: &Config, block_size: usize) -> usize {
-        let kv: usize = Self::layer_dims(cfg)
+    /// Per layer, the floats of the recurrent snapshot a block holds: state
+    /// and convolution tail of a DeltaNet layer, 0 for attention.
+    pub fn layer_state_dims(cfg: &Config) -> Vec<usize> {
+        cfg.layers
             .iter()
-            .map(|d| 2 * block_size * d)
-            .sum();
-        (kv + cfg.hidden_size) * std::mem::size_of::<f32>()
+            .map(|l| {
+                l.deltanet()
+                    .map_or(0, |d| d.state_floats() + d.conv_tail_floats())
+            })
+            .collect()
+    }
+
+    /// Floats of one block: K and V of every attention layer, the snapshots
+    /// of every recurrent layer, one hidden state.
+    fn floats_per_block(
+        kv_dims: &[usize],
+        state_dims: &[usize],
+        bs: usize,
+        hidden: usize,
+    ) -> usize {
+        let kv: usize = kv_dims.iter().map(|d| 2 * bs * d).sum();
+        kv + state_dims.iter().sum::<usize>() + hidden
+    }
+
+    /// Bytes one block of this model takes: K and V of every attention
+    /// layer, the recurrent snapshot of every DeltaNet layer and one hidden
+    /// state.
+    pub fn bytes_per_block(cfg: &Config, block_size: usize) -> usize {
+        let (kv, st) = (Self::layer_dims(cfg), Self::layer_state_dims(cfg));
+        Self::floats_per_block(&kv, &st, block_size, cfg.hidden_size) * std::mem::size_of::<f32>()
     }
 
     pub fn block_size(&self) -> usize {
@@ -72,10 +102,19 @@ impl ModelKv {
         &self.kv_dims
     }
 
+    pub fn state_dims(&self) -> &[usize] {
+        &self.state_dims
+    }
+
     /// Bytes held now.
     pub fn bytes_allocated(&self) -> usize {
-        let kv: usize = self.kv_dims.iter().map(|d| 2 * self.block_size * d).sum();
-        self.blocks * (kv + self.hidden) * std::mem::size_of::<f32>()
+        let per = Self::floats_per_block(
+            &self.kv_dims,
+            &self.state_dims,
+            self.block_size,
+            self.hidden,
+        );
+        self.blocks * per * std::mem::size_of::<f32>()
     }
 
     /// Make room for block ids `< blocks`.
@@ -92,6 +131,10 @@ impl ModelKv {
                 arena.reserve_exact(target * kv - arena.len());
                 arena.resize(target * kv, 0.0);
             }
+        }
+        for (arena, &d) in self.states.iter_mut().zip(&self.state_dims) {
+            arena.reserve_exact(target * d - arena.len());
+            arena.resize(target * d, 0.0);
         }
         self.last_hidden
             .reserve_exact(target * self.hidden - self.last_hidden.len());
@@ -118,6 +161,17 @@ impl ModelKv {
     pub fn v_mut(&mut self, layer: usize, id: BlockId) -> &mut [f32] {
         let r = self.range(layer, id);
         &mut self.v[layer][r]
+    }
+
+    /// Recurrent snapshot of `layer` after block `id`'s last token: state
+    /// `[v_heads, k_head_dim, v_head_dim]`, then the convolution tail.
+    pub fn state(&self, layer: usize, id: BlockId) -> &[f32] {
+        let d = self.state_dims[layer];
+        &self.states[layer][id as usize * d..(id as usize + 1) * d]
+    }
+    pub fn state_mut(&mut self, layer: usize, id: BlockId) -> &mut [f32] {
+        let d = self.state_dims[layer];
+        &mut self.states[layer][id as usize * d..(id as usize + 1) * d]
     }
 
     /// Final-norm hidden state of block `id`'s last token: `[hidden]`.

@@ -1,13 +1,16 @@
 //! The model description: what one checkpoint computes, read from its
 //! `config.json` by the family file of its architecture ([`super::family`]).
 //!
-//! A [`Config`] lists every layer with its mixer ([`AttnDesc`]: heads, head
-//! dim, window, RoPE, q/k/v norms, bias, scale, K/V shared from an earlier
-//! layer), its MLP ([`MlpDesc`]), which of the four norm slots it has
+//! A [`Config`] lists every layer with its token mixer ([`Mixer`]: softmax
+//! attention, [`AttnDesc`]: heads, head dim, window, RoPE, q/k/v norms, bias,
+//! scale, output gate, K/V shared from an earlier layer; or gated-DeltaNet
+//! linear attention, [`DeltaNetDesc`]), its MLP ([`MlpDesc`]), which of the
+//! four norm slots it has
 //! ([`Norms`]: pre-norm, post-norm and sandwich blocks are combinations of
 //! them), and the per-layer extras (per-layer embedding input, a layer
 //! scalar); plus the embedding (scale, per-layer embeddings), the final norm
-//! and the LM head (tied, logit soft-cap). Both backends run the layer loop
+//! and the LM head (tied, logit soft-cap), and how RMSNorm weights apply
+//! ([`NormKind`]). Both backends run the layer loop
 //! from it, the tensor table ([`super::layout`]) names the weights from it,
 //! and `padv synth` writes checkpoints from it.
 //!
@@ -31,6 +34,7 @@ pub enum Arch {
     Qwen3,
     Olmo3,
     Gemma4,
+    Qwen3_5,
 }
 
 impl Arch {
@@ -93,6 +97,10 @@ pub struct AttnDesc {
     /// its norms and RoPE): Gemma's KV sharing. Such a layer has no k/v
     /// projections and no cache of its own.
     pub kv_from: Option<usize>,
+    /// `q_proj` gives, per head, the query and an output gate
+    /// (`[query (head_dim) | gate (head_dim)]`); the attention output is
+    /// multiplied by `sigmoid(gate)` before `o_proj` (Qwen 3.5).
+    pub output_gate: bool,
 }
 
 impl AttnDesc {
@@ -102,6 +110,73 @@ impl AttnDesc {
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }
+}
+
+/// Tokens per chunk of the chunked delta rule (transformers' and FLA's
+/// `chunk_size`). Backends chunk at absolute multiples of it, so a prefix
+/// cache of a model with DeltaNet layers reuses states at those boundaries.
+pub const DELTANET_CHUNK: usize = 64;
+
+/// Gated DeltaNet linear attention (Qwen3-Next, Qwen 3.5): `in_proj_qkv`
+/// → channels `[q | k | v]`, a causal depthwise convolution of
+/// `conv_kernel` taps and SiLU over them; q and k L2-normalised per head, q
+/// scaled by `1/√k_head_dim`; `β = sigmoid(in_proj_b x)`, `g = −exp(A_log) ·
+/// softplus(in_proj_a x + dt_bias)`; per value head the recurrence
+/// `S ← e^g S; S ← S + k (β (v − Sᵀk))ᵀ; o = Sᵀq` over an f32 state
+/// `[k_head_dim, v_head_dim]`, value head `j` reading key head
+/// `j / (v_heads / k_heads)`; then a plain-weight RMSNorm of `o` per value
+/// head times `silu(in_proj_z x)`. The output projection is `out_proj`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaNetDesc {
+    pub num_k_heads: usize,
+    pub num_v_heads: usize,
+    pub k_head_dim: usize,
+    pub v_head_dim: usize,
+    pub conv_kernel: usize,
+}
+
+impl DeltaNetDesc {
+    /// Width of q (and of k): `k_heads · k_head_dim`.
+    pub fn key_dim(&self) -> usize {
+        self.num_k_heads * self.k_head_dim
+    }
+    /// Width of v and of the output: `v_heads · v_head_dim`.
+    pub fn value_dim(&self) -> usize {
+        self.num_v_heads * self.v_head_dim
+    }
+    /// Channels of the convolution: `[q | k | v]`.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_dim() + self.value_dim()
+    }
+    /// Floats of the recurrent state of one sequence: `[v_heads, k_head_dim, v_head_dim]`.
+    pub fn state_floats(&self) -> usize {
+        self.num_v_heads * self.k_head_dim * self.v_head_dim
+    }
+    /// Floats of the convolution's input tail of one sequence: the last
+    /// `conv_kernel − 1` rows of `[q | k | v]` before the convolution.
+    pub fn conv_tail_floats(&self) -> usize {
+        self.conv_kernel.saturating_sub(1) * self.conv_dim()
+    }
+}
+
+/// The token mixer of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mixer {
+    /// Causal softmax attention with a K/V cache.
+    Attention(AttnDesc),
+    /// Gated DeltaNet: linear attention with a fixed-size recurrent state.
+    GatedDeltaNet(DeltaNetDesc),
+}
+
+/// How a stored RMSNorm weight `w` scales the normalised values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// `x̂ · w` (Llama, Olmo, Gemma 4).
+    Weight,
+    /// `x̂ · (1 + w)`, computed in f32 (zero-centred weights: Qwen 3.5's
+    /// layer, final and q/k norms; the DeltaNet's gated output norm stays
+    /// plain).
+    OnePlusWeight,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +220,7 @@ impl Norms {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerDesc {
-    pub attn: AttnDesc,
+    pub mixer: Mixer,
     pub mlp: MlpDesc,
     pub norms: Norms,
     /// After the MLP: `x += norm(proj(act(gate(x)) ⊙ P[l]))` with the
@@ -153,6 +228,32 @@ pub struct LayerDesc {
     pub per_layer_input: bool,
     /// At the end of the layer `x *= s` with a stored scalar.
     pub layer_scalar: bool,
+}
+
+impl LayerDesc {
+    /// The attention mixer, when the layer has one.
+    pub fn attn(&self) -> Option<&AttnDesc> {
+        match &self.mixer {
+            Mixer::Attention(a) => Some(a),
+            Mixer::GatedDeltaNet(_) => None,
+        }
+    }
+
+    /// The DeltaNet mixer, when the layer has one.
+    pub fn deltanet(&self) -> Option<&DeltaNetDesc> {
+        match &self.mixer {
+            Mixer::GatedDeltaNet(d) => Some(d),
+            Mixer::Attention(_) => None,
+        }
+    }
+
+    /// Width of the mixer's output before its output projection.
+    pub fn mixer_out_dim(&self) -> usize {
+        match &self.mixer {
+            Mixer::Attention(a) => a.q_dim(),
+            Mixer::GatedDeltaNet(d) => d.value_dim(),
+        }
+    }
 }
 
 /// Gemma's per-layer embeddings: for every token, `P = (norm(e·W_projᵀ ·
@@ -183,6 +284,8 @@ pub struct Config {
     pub vocab_size: usize,
     pub num_layers: usize,
     pub rms_norm_eps: f32,
+    /// How the weights of the layer, final and q/k norms apply.
+    pub norm: NormKind,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// Name prefix of the decoder's tensors: `model.`, or
@@ -243,7 +346,29 @@ impl Config {
             return err("`hidden_size` and `vocab_size` must be positive".into());
         }
         for (i, l) in self.layers.iter().enumerate() {
-            let a = &l.attn;
+            if l.mlp.intermediate == 0 {
+                return err(format!("layer {i}: `intermediate_size` must be positive"));
+            }
+            let a = match &l.mixer {
+                Mixer::Attention(a) => a,
+                Mixer::GatedDeltaNet(d) => {
+                    if d.num_k_heads == 0
+                        || d.num_v_heads % d.num_k_heads != 0
+                        || d.num_v_heads == 0
+                    {
+                        return err(format!(
+                            "layer {i}: `linear_num_value_heads` ({}) must be a positive multiple of `linear_num_key_heads` ({})",
+                            d.num_v_heads, d.num_k_heads
+                        ));
+                    }
+                    if d.k_head_dim == 0 || d.v_head_dim == 0 || d.conv_kernel == 0 {
+                        return err(format!(
+                            "layer {i}: linear attention head dims and `linear_conv_kernel_dim` must be positive"
+                        ));
+                    }
+                    continue;
+                }
+            };
             if a.num_heads == 0 || a.num_kv_heads == 0 || a.num_heads % a.num_kv_heads != 0 {
                 return err(format!(
                     "layer {i}: `num_attention_heads` ({}) must be a positive multiple of `num_key_value_heads` ({})",
@@ -269,17 +394,12 @@ impl Config {
                 ));
             }
             if let Some(src) = a.kv_from {
-                let s = &self.layers[src.min(i)].attn;
-                if src >= i
-                    || s.kv_from.is_some()
-                    || s.kv_dim() != a.kv_dim()
-                    || s.window != a.window
-                {
+                let shareable = self.layers[src.min(i)].attn().is_some_and(|s| {
+                    s.kv_from.is_none() && s.kv_dim() == a.kv_dim() && s.window == a.window
+                });
+                if src >= i || !shareable {
                     return err(format!("layer {i}: cannot share the K/V of layer {src}"));
                 }
-            }
-            if l.mlp.intermediate == 0 {
-                return err(format!("layer {i}: `intermediate_size` must be positive"));
             }
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
@@ -307,9 +427,11 @@ impl Config {
     /// attention geometry and RoPE; `None` when any layer differs.
     pub fn uniform(&self) -> Option<Uniform> {
         let first = self.layers.first()?;
-        let a = &first.attn;
+        let a = first.attn()?;
         let plain = |l: &LayerDesc| {
-            let b = &l.attn;
+            let Some(b) = l.attn() else {
+                return false;
+            };
             l.norms == Norms::PRE
                 && !l.per_layer_input
                 && !l.layer_scalar
@@ -323,11 +445,13 @@ impl Config {
                 && b.qk_norm == a.qk_norm
                 && b.qk_norm != QkNorm::FullWidth
                 && !b.v_norm
+                && !b.output_gate
                 && b.bias == a.bias
                 && b.scale == 1.0 / (b.head_dim as f32).sqrt()
                 && b.kv_from.is_none()
         };
         let simple = self.layers.iter().all(plain)
+            && self.norm == NormKind::Weight
             && self.embed
                 == EmbedDesc {
                     scale: None,
@@ -342,7 +466,11 @@ impl Config {
             qkv_bias: a.bias,
             qk_norm: a.qk_norm == QkNorm::PerHead,
             inv_freq: a.rope.inv_freq.clone(),
-            windows: self.layers.iter().map(|l| l.attn.window).collect(),
+            windows: self
+                .layers
+                .iter()
+                .map(|l| l.attn().and_then(|a| a.window))
+                .collect(),
         })
     }
 
@@ -354,12 +482,29 @@ impl Config {
             .layers
             .iter()
             .map(|l| {
-                let a = &l.attn;
-                let (q, kv) = (a.q_dim() as f64, a.kv_dim() as f64);
-                let kv_proj = if a.kv_from.is_some() { 0.0 } else { 2.0 * kv };
                 let ple = self.embed.per_layer.as_ref().filter(|_| l.per_layer_input);
                 let ple = ple.map_or(0.0, |p| 2.0 * h * p.dim as f64);
-                h * (q + kv_proj) + q * h + 3.0 * h * l.mlp.intermediate as f64 + ple
+                let mlp = 3.0 * h * l.mlp.intermediate as f64;
+                let mixer = match &l.mixer {
+                    Mixer::Attention(a) => {
+                        let gate = if a.output_gate { 2.0 } else { 1.0 };
+                        let (q, kv) = (a.q_dim() as f64, a.kv_dim() as f64);
+                        let kv_proj = if a.kv_from.is_some() { 0.0 } else { 2.0 * kv };
+                        h * (gate * q + kv_proj) + q * h
+                    }
+                    Mixer::GatedDeltaNet(d) => {
+                        let (dk, dv) = (d.k_head_dim as f64, d.v_head_dim as f64);
+                        let (conv, val) = (d.conv_dim() as f64, d.value_dim() as f64);
+                        // Projections in and out, the convolution, and per
+                        // value head the chunked rule's state products
+                        // (3·dk·dv) and intra-chunk products.
+                        let proj = h * (conv + val + 2.0 * d.num_v_heads as f64) + val * h;
+                        let c = DELTANET_CHUNK as f64;
+                        let rule = d.num_v_heads as f64 * (3.0 * dk * dv + c * (dk + dv));
+                        proj + d.conv_kernel as f64 * conv + rule
+                    }
+                };
+                mixer + mlp + ple
             })
             .sum();
         let head = if with_lm_head {
@@ -371,15 +516,30 @@ impl Config {
     }
 
     /// Multiply-adds of one query's attention over `context` keys, ×2, summed
-    /// over layers (windows respected).
+    /// over the attention layers (windows respected; linear attention costs
+    /// the same at any context and is counted in [`Config::flops_per_token`]).
     pub fn attention_flops(&self, context: usize) -> f64 {
         self.layers
             .iter()
-            .map(|l| {
-                let keys = l.attn.window.map_or(context, |w| w.min(context));
-                4.0 * (l.attn.q_dim() * keys) as f64
+            .filter_map(LayerDesc::attn)
+            .map(|a| {
+                let keys = a.window.map_or(context, |w| w.min(context));
+                4.0 * (a.q_dim() * keys) as f64
             })
             .sum()
+    }
+
+    /// Heads and K/V heads of the first attention layer (`(0, 0)` without one).
+    pub fn attention_heads(&self) -> (usize, usize) {
+        self.layers
+            .iter()
+            .find_map(LayerDesc::attn)
+            .map_or((0, 0), |a| (a.num_heads, a.num_kv_heads))
+    }
+
+    /// Whether some layer is a recurrent (linear-attention) mixer.
+    pub fn is_hybrid(&self) -> bool {
+        self.layers.iter().any(|l| l.deltanet().is_some())
     }
 }
 

@@ -6,10 +6,12 @@
 //! declares ignored), and `padv synth` writes checkpoints from it.
 //!
 //! Names are the ones transformers uses for every family here
-//! (`self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`, …); which norm
-//! sits in which slot depends on the block ([`Norms`]).
+//! (`self_attn.q_proj`, `linear_attn.in_proj_qkv`, `mlp.gate_proj`,
+//! `input_layernorm`, …); a layer's mixer tensors follow its mixer kind
+//! ([`MixerParts`]), and which norm sits in which slot depends on the block
+//! ([`Norms`]).
 
-use super::config::{Config, LayerDesc, Norms, QkNorm};
+use super::config::{AttnDesc, Config, DeltaNetDesc, LayerDesc, Mixer, Norms, QkNorm};
 use super::weights::{Tensor, Weights};
 use crate::{Error, Result};
 
@@ -20,10 +22,10 @@ pub struct Spec {
     pub shape: Vec<usize>,
 }
 
-/// The tensors of one decoder layer (`T`: a [`Spec`] or a bound [`Tensor`]).
+/// The tensors of a softmax-attention mixer.
 #[derive(Debug, Clone)]
-pub struct LayerParts<T> {
-    pub attn_in_norm: Option<T>,
+pub struct AttnParts<T> {
+    /// `[q_dim, hidden]`, or `[2 · q_dim, hidden]` with an output gate.
     pub q: T,
     /// `None` when the layer reads another layer's K/V.
     pub k: Option<T>,
@@ -34,6 +36,44 @@ pub struct LayerParts<T> {
     pub q_norm: Option<T>,
     pub k_norm: Option<T>,
     pub o: T,
+}
+
+/// The tensors of a gated-DeltaNet mixer (`linear_attn.*`).
+#[derive(Debug, Clone)]
+pub struct DeltaNetParts<T> {
+    /// `[conv_dim, hidden]`: channels `[q | k | v]`.
+    pub in_qkv: T,
+    /// `[value_dim, hidden]`: the output gate.
+    pub in_z: T,
+    /// `[v_heads, hidden]`: β before its sigmoid.
+    pub in_b: T,
+    /// `[v_heads, hidden]`: the decay's input.
+    pub in_a: T,
+    /// `[conv_dim, 1, kernel]`: depthwise causal convolution.
+    pub conv: T,
+    /// `[v_heads]`
+    pub a_log: T,
+    /// `[v_heads]`
+    pub dt_bias: T,
+    /// `[v_head_dim]`: the gated output norm (plain weight).
+    pub norm: T,
+    /// `[hidden, value_dim]`
+    pub out: T,
+}
+
+/// The tensors of a layer's token mixer.
+#[derive(Debug, Clone)]
+pub enum MixerParts<T> {
+    Attention(AttnParts<T>),
+    DeltaNet(DeltaNetParts<T>),
+}
+
+/// The tensors of one decoder layer (`T`: a [`Spec`] or a bound [`Tensor`]).
+/// The `attn_*` norm slots belong to the mixer, whichever kind it is.
+#[derive(Debug, Clone)]
+pub struct LayerParts<T> {
+    pub attn_in_norm: Option<T>,
+    pub mixer: MixerParts<T>,
     pub attn_out_norm: Option<T>,
     pub mlp_in_norm: Option<T>,
     pub gate: T,
@@ -65,24 +105,77 @@ pub struct DecoderParts<T> {
 
 pub type DecoderWeights<'a> = DecoderParts<Tensor<'a>>;
 pub type LayerWeights<'a> = LayerParts<Tensor<'a>>;
+pub type AttnWeights<'a> = AttnParts<Tensor<'a>>;
+pub type DeltaNetWeights<'a> = DeltaNetParts<Tensor<'a>>;
+
+fn opt<T, U>(x: Option<T>, f: &mut impl FnMut(T) -> Result<U>) -> Result<Option<U>> {
+    x.map(f).transpose()
+}
+
+impl<T> MixerParts<T> {
+    fn try_map<U>(self, f: &mut impl FnMut(T) -> Result<U>) -> Result<MixerParts<U>> {
+        Ok(match self {
+            MixerParts::Attention(a) => MixerParts::Attention(AttnParts {
+                q: f(a.q)?,
+                k: opt(a.k, f)?,
+                v: opt(a.v, f)?,
+                q_bias: opt(a.q_bias, f)?,
+                k_bias: opt(a.k_bias, f)?,
+                v_bias: opt(a.v_bias, f)?,
+                q_norm: opt(a.q_norm, f)?,
+                k_norm: opt(a.k_norm, f)?,
+                o: f(a.o)?,
+            }),
+            MixerParts::DeltaNet(d) => MixerParts::DeltaNet(DeltaNetParts {
+                in_qkv: f(d.in_qkv)?,
+                in_z: f(d.in_z)?,
+                in_b: f(d.in_b)?,
+                in_a: f(d.in_a)?,
+                conv: f(d.conv)?,
+                a_log: f(d.a_log)?,
+                dt_bias: f(d.dt_bias)?,
+                norm: f(d.norm)?,
+                out: f(d.out)?,
+            }),
+        })
+    }
+
+    /// The output projection (`o_proj` or `out_proj`).
+    pub fn out(&self) -> &T {
+        match self {
+            MixerParts::Attention(a) => &a.o,
+            MixerParts::DeltaNet(d) => &d.out,
+        }
+    }
+
+    /// Every present tensor, in a fixed order.
+    pub fn all(&self) -> Vec<&T> {
+        match self {
+            MixerParts::Attention(a) => {
+                let mut v = vec![&a.q, &a.o];
+                v.extend(
+                    [
+                        &a.k, &a.v, &a.q_bias, &a.k_bias, &a.v_bias, &a.q_norm, &a.k_norm,
+                    ]
+                    .into_iter()
+                    .flatten(),
+                );
+                v
+            }
+            MixerParts::DeltaNet(d) => vec![
+                &d.in_qkv, &d.in_z, &d.in_b, &d.in_a, &d.conv, &d.a_log, &d.dt_bias, &d.norm,
+                &d.out,
+            ],
+        }
+    }
+}
 
 impl<T> LayerParts<T> {
     fn try_map<U>(self, mut f: impl FnMut(T) -> Result<U>) -> Result<LayerParts<U>> {
-        fn opt<T, U>(x: Option<T>, f: &mut impl FnMut(T) -> Result<U>) -> Result<Option<U>> {
-            x.map(f).transpose()
-        }
         let f = &mut f;
         Ok(LayerParts {
             attn_in_norm: opt(self.attn_in_norm, f)?,
-            q: f(self.q)?,
-            k: opt(self.k, f)?,
-            v: opt(self.v, f)?,
-            q_bias: opt(self.q_bias, f)?,
-            k_bias: opt(self.k_bias, f)?,
-            v_bias: opt(self.v_bias, f)?,
-            q_norm: opt(self.q_norm, f)?,
-            k_norm: opt(self.k_norm, f)?,
-            o: f(self.o)?,
+            mixer: self.mixer.try_map(f)?,
             attn_out_norm: opt(self.attn_out_norm, f)?,
             mlp_in_norm: opt(self.mlp_in_norm, f)?,
             gate: f(self.gate)?,
@@ -100,13 +193,6 @@ impl<T> LayerParts<T> {
     pub fn all(&self) -> Vec<&T> {
         let opt = [
             &self.attn_in_norm,
-            &self.k,
-            &self.v,
-            &self.q_bias,
-            &self.k_bias,
-            &self.v_bias,
-            &self.q_norm,
-            &self.k_norm,
             &self.attn_out_norm,
             &self.mlp_in_norm,
             &self.mlp_out_norm,
@@ -115,7 +201,8 @@ impl<T> LayerParts<T> {
             &self.ple_norm,
             &self.layer_scalar,
         ];
-        let mut v = vec![&self.q, &self.o, &self.gate, &self.up, &self.down];
+        let mut v = self.mixer.all();
+        v.extend([&self.gate, &self.up, &self.down]);
         v.extend(opt.into_iter().flatten());
         v
     }
@@ -153,14 +240,8 @@ impl<T> DecoderParts<T> {
     }
 }
 
-fn layer_table(cfg: &Config, li: usize, l: &LayerDesc) -> LayerParts<Spec> {
-    let h = cfg.hidden_size;
-    let a = &l.attn;
+fn attn_table(a: &AttnDesc, h: usize, s: &impl Fn(&str, Vec<usize>) -> Spec) -> AttnParts<Spec> {
     let (qd, kvd) = (a.q_dim(), a.kv_dim());
-    let s = |n: &str, shape: Vec<usize>| Spec {
-        name: cfg.tensor(&format!("layers.{li}.{n}")),
-        shape,
-    };
     let when = |on: bool, n: &str, shape: Vec<usize>| on.then(|| s(n, shape));
     let own_kv = a.kv_from.is_none();
     let (qn, kn) = match a.qk_norm {
@@ -168,6 +249,48 @@ fn layer_table(cfg: &Config, li: usize, l: &LayerDesc) -> LayerParts<Spec> {
         QkNorm::PerHead => (Some(a.head_dim), Some(a.head_dim)),
         QkNorm::FullWidth => (Some(qd), Some(kvd)),
     };
+    let q_rows = if a.output_gate { 2 * qd } else { qd };
+    AttnParts {
+        q: s("self_attn.q_proj.weight", vec![q_rows, h]),
+        k: when(own_kv, "self_attn.k_proj.weight", vec![kvd, h]),
+        v: when(own_kv, "self_attn.v_proj.weight", vec![kvd, h]),
+        q_bias: when(a.bias, "self_attn.q_proj.bias", vec![q_rows]),
+        k_bias: when(a.bias && own_kv, "self_attn.k_proj.bias", vec![kvd]),
+        v_bias: when(a.bias && own_kv, "self_attn.v_proj.bias", vec![kvd]),
+        q_norm: qn.map(|d| s("self_attn.q_norm.weight", vec![d])),
+        k_norm: kn
+            .filter(|_| own_kv)
+            .map(|d| s("self_attn.k_norm.weight", vec![d])),
+        o: s("self_attn.o_proj.weight", vec![h, qd]),
+    }
+}
+
+fn deltanet_table(
+    d: &DeltaNetDesc,
+    h: usize,
+    s: &impl Fn(&str, Vec<usize>) -> Spec,
+) -> DeltaNetParts<Spec> {
+    let (conv, val, vh) = (d.conv_dim(), d.value_dim(), d.num_v_heads);
+    DeltaNetParts {
+        in_qkv: s("linear_attn.in_proj_qkv.weight", vec![conv, h]),
+        in_z: s("linear_attn.in_proj_z.weight", vec![val, h]),
+        in_b: s("linear_attn.in_proj_b.weight", vec![vh, h]),
+        in_a: s("linear_attn.in_proj_a.weight", vec![vh, h]),
+        conv: s("linear_attn.conv1d.weight", vec![conv, 1, d.conv_kernel]),
+        a_log: s("linear_attn.A_log", vec![vh]),
+        dt_bias: s("linear_attn.dt_bias", vec![vh]),
+        norm: s("linear_attn.norm.weight", vec![d.v_head_dim]),
+        out: s("linear_attn.out_proj.weight", vec![h, val]),
+    }
+}
+
+fn layer_table(cfg: &Config, li: usize, l: &LayerDesc) -> LayerParts<Spec> {
+    let h = cfg.hidden_size;
+    let s = |n: &str, shape: Vec<usize>| Spec {
+        name: cfg.tensor(&format!("layers.{li}.{n}")),
+        shape,
+    };
+    let when = |on: bool, n: &str, shape: Vec<usize>| on.then(|| s(n, shape));
     // Slot names: pre-norm blocks call their MLP input norm
     // `post_attention_layernorm`; post-norm and sandwich blocks use that name
     // for the attention output norm.
@@ -186,17 +309,10 @@ fn layer_table(cfg: &Config, li: usize, l: &LayerDesc) -> LayerParts<Spec> {
     let i = l.mlp.intermediate;
     LayerParts {
         attn_in_norm: when(attn_in, "input_layernorm.weight", vec![h]),
-        q: s("self_attn.q_proj.weight", vec![qd, h]),
-        k: when(own_kv, "self_attn.k_proj.weight", vec![kvd, h]),
-        v: when(own_kv, "self_attn.v_proj.weight", vec![kvd, h]),
-        q_bias: when(a.bias, "self_attn.q_proj.bias", vec![qd]),
-        k_bias: when(a.bias && own_kv, "self_attn.k_proj.bias", vec![kvd]),
-        v_bias: when(a.bias && own_kv, "self_attn.v_proj.bias", vec![kvd]),
-        q_norm: qn.map(|d| s("self_attn.q_norm.weight", vec![d])),
-        k_norm: kn
-            .filter(|_| own_kv)
-            .map(|d| s("self_attn.k_norm.weight", vec![d])),
-        o: s("self_attn.o_proj.weight", vec![h, qd]),
+        mixer: match &l.mixer {
+            Mixer::Attention(a) => MixerParts::Attention(attn_table(a, h, &s)),
+            Mixer::GatedDeltaNet(d) => MixerParts::DeltaNet(deltanet_table(d, h, &s)),
+        },
         attn_out_norm: when(attn_out, "post_attention_layernorm.weight", vec![h]),
         mlp_in_norm: when(mlp_in, mlp_in_name, vec![h]),
         gate: s("mlp.gate_proj.weight", vec![i, h]),

@@ -54,14 +54,14 @@ impl Model {
     /// One-line description: architecture, size, dtype.
     pub fn describe(&self) -> String {
         let c = &self.config;
-        let a = &c.layers[0].attn;
+        let (heads, kv_heads) = c.attention_heads();
         format!(
             "{} ({} layers, hidden {}, heads {}/{}, vocab {}, {})",
             c.arch.hf_name(),
             c.num_layers,
             c.hidden_size,
-            a.num_heads,
-            a.num_kv_heads,
+            heads,
+            kv_heads,
             c.vocab_size,
             self.dtype().name()
         )

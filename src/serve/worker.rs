@@ -182,8 +182,8 @@ fn describe(scorer: &Scorer) -> Value {
             "dtype": m.dtype().name(),
             "layers": c.num_layers,
             "hidden_size": c.hidden_size,
-            "heads": c.layers[0].attn.num_heads,
-            "kv_heads": c.layers[0].attn.num_kv_heads,
+            "heads": c.attention_heads().0,
+            "kv_heads": c.attention_heads().1,
             "vocab_size": c.vocab_size,
             "max_position_embeddings": c.max_position_embeddings,
         })

@@ -1,9 +1,11 @@
 //! Teacher-forced forward of one decoder over a packed batch of sequences,
 //! returning the final-norm hidden state of *every* new position. The layer
 //! loop reads the model description ([`crate::model::Config`]): each layer's
-//! attention mixer ([`super::mixer`]), its MLP ([`super::mlp`]), its norm
-//! slots (pre-norm, post-norm, sandwich; [`super::norm`]), and the per-layer
-//! extras (Gemma's per-layer inputs from [`super::embed`], a layer scalar).
+//! token mixer (softmax attention, [`super::mixer`], or gated-DeltaNet linear
+//! attention, [`super::deltanet`]) followed by its output projection, its MLP
+//! ([`super::mlp`]), its norm slots (pre-norm, post-norm, sandwich, with
+//! plain or zero-centred weights; [`super::norm`]), and the per-layer extras
+//! (Gemma's per-layer inputs from [`super::embed`], a layer scalar).
 //!
 //! Linear layers run over token chunks of all sequences at once (big GEMMs,
 //! bounded scratch: `CHUNK × intermediate` floats), attention runs per
@@ -16,19 +18,23 @@
 //! keys/values of the cached prefix are gathered from its block table in
 //! front of the new ones and attention runs with a `past` offset, and the new
 //! full blocks' K/V are written into the blocks the cache allocated for them
-//! (vLLM's `reshape_and_cache`). The cost is the new tokens' linear layers
+//! (vLLM's `reshape_and_cache`). DeltaNet layers start instead from the
+//! recurrent state snapshot of the prefix's last block and write a snapshot
+//! into every block they fill. The cost is the new tokens' linear layers
 //! plus their attention over the whole prefix.
 
+use super::deltanet::{DeltaNetLayer, DeltaNetScratch, deltanet_block};
 use super::embed::{embed, per_layer_inputs};
 use super::gemm::matmul_wt;
-use super::mixer::{MixerScratch, Rows, SharedKv, attention_block};
+use super::mixer::{AttnLayer, MixerScratch, Rows, SharedKv, attention_block};
 use super::mlp::{MlpScratch, act_mul_inplace, mlp};
-use super::norm::{add_normed, rms_norm, rms_norm_inplace};
+use super::norm::{add_normed, norm_weight, rms_norm, rms_norm_inplace};
 use super::rope::Ropes;
 use crate::kv::{BlockId, ModelKv};
 use crate::model::Model;
-use crate::model::config::Config;
-use crate::model::layout::LayerWeights;
+use crate::model::config::{Config, LayerDesc, Mixer};
+use crate::model::layout::{LayerWeights, MixerParts};
+use crate::model::weights::Tensor;
 use crate::{Error, Result};
 
 /// Tokens per chunk for the linear layers.
@@ -97,7 +103,9 @@ fn past_lengths(cfg: &Config, seqs: &[Packed], kv: &Option<KvBatch<'_>>) -> Resu
             seqs.len()
         )));
     }
-    if kv.store.kv_dims() != ModelKv::layer_dims(cfg) {
+    if kv.store.kv_dims() != ModelKv::layer_dims(cfg)
+        || kv.store.state_dims() != ModelKv::layer_state_dims(cfg)
+    {
         return Err(Error::Backend(
             "the KV store belongs to a model of another shape".into(),
         ));
@@ -157,47 +165,66 @@ pub fn forward_hidden_kv(
         past: &past,
         pos: &pos,
     };
-    let keep: Vec<bool> = (0..cfg.num_layers)
-        .map(|li| cfg.layers.iter().any(|l| l.attn.kv_from == Some(li)))
-        .collect();
     let mut shared = SharedKv::new(&cfg.layers);
     let c = CHUNK.min(t.max(1));
     let mut scratch = MixerScratch::default();
-    let max_qd = cfg.layers.iter().map(|l| l.attn.q_dim()).max().unwrap_or(0);
+    let mut dn_scratch = DeltaNetScratch::default();
+    let max_out = cfg
+        .layers
+        .iter()
+        .map(LayerDesc::mixer_out_dim)
+        .max()
+        .unwrap_or(0);
     let max_inter = cfg
         .layers
         .iter()
         .map(|l| l.mlp.intermediate)
         .max()
         .unwrap_or(0);
-    let mut attn = vec![0.0f32; t * max_qd];
+    let mut attn = vec![0.0f32; t * max_out];
     let mut normed = vec![0.0f32; c * h];
     let mut delta = vec![0.0f32; c * h];
     let mut mlp_scratch = MlpScratch::new(c, max_inter);
 
     for (li, (ld, lw)) in cfg.layers.iter().zip(&w.layers).enumerate() {
-        let qd = ld.attn.q_dim();
+        let qd = ld.mixer_out_dim();
         let attn = &mut attn[..t * qd];
-        attention_block(
-            li,
-            ld,
-            lw,
-            ropes.layer(li),
-            eps,
-            &x,
-            &rows,
-            &mut kv,
-            &mut shared,
-            keep[li],
-            &mut scratch,
-            attn,
-        );
-        let norms = |n: &Option<crate::model::weights::Tensor>| n.map(|n| n.data.to_f32_vec());
+        let norms = |n: &Option<Tensor>| n.as_ref().map(|n| norm_weight(cfg.norm, n));
+        let in_norm = norms(&lw.attn_in_norm);
+        match (&ld.mixer, &lw.mixer) {
+            (Mixer::Attention(desc), MixerParts::Attention(aw)) => {
+                let (q_norm, k_norm) = (norms(&aw.q_norm), norms(&aw.k_norm));
+                let layer = AttnLayer {
+                    li,
+                    desc,
+                    w: aw,
+                    in_norm: in_norm.as_deref(),
+                    q_norm: q_norm.as_deref(),
+                    k_norm: k_norm.as_deref(),
+                    rope: ropes.layer(li).expect("attention layers have a RoPE table"),
+                    eps,
+                    keep: SharedKv::is_source(&cfg.layers, li),
+                };
+                attention_block(&layer, &x, &rows, &mut kv, &mut shared, &mut scratch, attn);
+            }
+            (Mixer::GatedDeltaNet(desc), MixerParts::DeltaNet(dw)) => {
+                let layer = DeltaNetLayer {
+                    li,
+                    desc,
+                    w: dw,
+                    in_norm: in_norm.as_deref(),
+                    eps,
+                };
+                deltanet_block(&layer, &x, &rows, &mut kv, &mut dn_scratch, attn);
+            }
+            _ => unreachable!("the tensor table follows the description"),
+        }
         let (attn_out, mlp_in, mlp_out) = (
             norms(&lw.attn_out_norm),
             norms(&lw.mlp_in_norm),
             norms(&lw.mlp_out_norm),
         );
+        let o_proj = lw.mixer.out();
         for r0 in (0..t).step_by(c) {
             let r1 = (r0 + c).min(t);
             let n = r1 - r0;
@@ -205,10 +232,10 @@ pub fn forward_hidden_kv(
             // x += [norm](o(attn))
             let a = &attn[r0 * qd..r1 * qd];
             match &attn_out {
-                None => matmul_wt(a, n, &lw.o, xs, h, true),
+                None => matmul_wt(a, n, o_proj, xs, h, true),
                 Some(nw) => {
                     let d = &mut delta[..n * h];
-                    matmul_wt(a, n, &lw.o, d, h, false);
+                    matmul_wt(a, n, o_proj, d, h, false);
                     add_normed(xs, d, nw, eps);
                 }
             }
@@ -240,7 +267,7 @@ pub fn forward_hidden_kv(
             x.iter_mut().for_each(|v| *v *= s);
         }
     }
-    let final_norm = w.final_norm.data.to_f32_vec();
+    let final_norm = norm_weight(cfg.norm, &w.final_norm);
     rms_norm_inplace(&mut x, &final_norm, eps);
     Ok(x)
 }

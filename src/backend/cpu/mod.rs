@@ -8,11 +8,13 @@
 //!
 //! With the prefix cache on ([`crate::kv`]), a batch is sorted by tokens and
 //! run in waves: each wave forwards only the tokens after every sequence's
-//! cached prefix, writes the new full blocks' K/V, last hidden states and
-//! token scores into the cache, and takes the scores of cached positions from
+//! cached prefix, writes the new full blocks' K/V (recurrent snapshots for
+//! DeltaNet layers), last hidden states and token scores into the cache, and takes the scores of cached positions from
 //! it, so that the cost of a request is proportional to its new tokens.
 
 pub mod attention;
+pub mod delta_rule;
+pub mod deltanet;
 pub mod embed;
 pub mod forward;
 pub mod gemm;

@@ -1,8 +1,22 @@
 //! RMSNorm, the CPU twin of `kernels/rmsnorm.cu`, written to match
 //! transformers' f32 arithmetic: mean of squares in f32, then
-//! `x · rsqrt(var + eps) · w` (or without a weight: Gemma's v norm).
+//! `x · rsqrt(var + eps) · w` (or without a weight: Gemma's v norm). A
+//! zero-centred norm ([`NormKind::OnePlusWeight`]) is the same with the
+//! weight `1 + w` formed in f32 once ([`norm_weight`]), as transformers does.
 
 use rayon::prelude::*;
+
+use crate::model::config::NormKind;
+use crate::model::weights::Tensor;
+
+/// A stored norm weight as it scales the normalised values: `w`, or `1 + w`.
+pub fn norm_weight(kind: NormKind, t: &Tensor) -> Vec<f32> {
+    let mut w = t.data.to_f32_vec();
+    if kind == NormKind::OnePlusWeight {
+        w.iter_mut().for_each(|x| *x += 1.0);
+    }
+    w
+}
 
 /// `x[r] = x[r] / rms(x[r]) · w` for every row of width `w.len()`.
 pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {

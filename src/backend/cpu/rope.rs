@@ -71,10 +71,11 @@ pub fn rope_row(row: &mut [f32], table: &RopeTable, pos: usize) {
     }
 }
 
-/// The RoPE tables of one model, one per distinct layer RoPE.
+/// The RoPE tables of one model, one per distinct layer RoPE (layers
+/// without attention have none).
 pub struct Ropes {
     tables: Vec<RopeTable>,
-    of_layer: Vec<usize>,
+    of_layer: Vec<Option<usize>>,
     max_pos: usize,
 }
 
@@ -84,7 +85,11 @@ impl Ropes {
         let mut distinct: Vec<(&Rope, usize)> = Vec::new();
         let mut of_layer = Vec::with_capacity(cfg.layers.len());
         for l in &cfg.layers {
-            let key = (&l.attn.rope, l.attn.head_dim);
+            let Some(a) = l.attn() else {
+                of_layer.push(None);
+                continue;
+            };
+            let key = (&a.rope, a.head_dim);
             let i = match distinct.iter().position(|d| *d == key) {
                 Some(i) => i,
                 None => {
@@ -92,7 +97,7 @@ impl Ropes {
                     distinct.len() - 1
                 }
             };
-            of_layer.push(i);
+            of_layer.push(Some(i));
         }
         Ropes {
             tables: distinct
@@ -109,8 +114,9 @@ impl Ropes {
         Ropes::new(cfg, cfg.max_position_embeddings.clamp(1, 1 << 17))
     }
 
-    pub fn layer(&self, li: usize) -> &RopeTable {
-        &self.tables[self.of_layer[li]]
+    /// The table of attention layer `li` (`None` for other mixers).
+    pub fn layer(&self, li: usize) -> Option<&RopeTable> {
+        self.of_layer[li].map(|i| &self.tables[i])
     }
 
     pub fn max_pos(&self) -> usize {

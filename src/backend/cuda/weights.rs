@@ -11,6 +11,7 @@ use cudarc::driver::CudaSlice;
 
 use super::device::{CudaResultExt, DevTensor, Gpu};
 use crate::model::config::Uniform;
+use crate::model::layout::MixerParts;
 use crate::model::weights::DType;
 use crate::model::{Config, Model};
 use crate::{Error, Result};
@@ -62,7 +63,7 @@ impl DeviceModel {
         let stored = w
             .layers
             .first()
-            .map_or(w.embed.data.dtype(), |l| l.q.data.dtype());
+            .map_or(w.embed.data.dtype(), |l| l.mixer.out().data.dtype());
         let norm = |t: &Option<crate::model::weights::Tensor>| {
             t.as_ref()
                 .map(|t| gpu.upload(&t.data.to_f32_vec()))
@@ -81,7 +82,12 @@ impl DeviceModel {
             Ok(out)
         };
         let mut layers = Vec::with_capacity(w.layers.len());
-        for l in &w.layers {
+        for layer in &w.layers {
+            let MixerParts::Attention(l) = &layer.mixer else {
+                return Err(Error::Backend(
+                    "cuda: a layer without softmax attention".into(),
+                ));
+            };
             let (Some(k), Some(v)) = (&l.k, &l.v) else {
                 return Err(Error::Backend("cuda: a layer without its own K/V".into()));
             };
@@ -95,15 +101,15 @@ impl DeviceModel {
                 _ => None,
             };
             layers.push(DeviceLayer {
-                input_norm: norm(&l.attn_in_norm)?,
-                post_norm: norm(&l.mlp_in_norm)?,
+                input_norm: norm(&layer.attn_in_norm)?,
+                post_norm: norm(&layer.mlp_in_norm)?,
                 qkv: concat(&[&l.q, k, v])?,
                 qkv_bias,
                 q_norm: l.q_norm.as_ref().map(small).transpose()?,
                 k_norm: l.k_norm.as_ref().map(small).transpose()?,
                 o: concat(&[&l.o])?,
-                gate_up: concat(&[&l.gate, &l.up])?,
-                down: concat(&[&l.down])?,
+                gate_up: concat(&[&layer.gate, &layer.up])?,
+                down: concat(&[&layer.down])?,
             });
         }
         let embed = concat(&[&w.embed])?;
@@ -197,9 +203,10 @@ impl DeviceModel {
 fn uniform(cfg: &Config) -> Result<Uniform> {
     cfg.uniform().ok_or_else(|| {
         Error::Backend(format!(
-            "cuda: {} is not a plain pre-norm decoder (post-norm or sandwich blocks, per-layer \
-             head dims, embeddings or RoPE, K/V sharing or a logit soft-cap); the CUDA backend \
-             does not run it yet: use --device cpu",
+            "cuda: {} is not a plain pre-norm decoder (linear-attention layers, gated attention, \
+             zero-centred norms, post-norm or sandwich blocks, per-layer head dims, embeddings \
+             or RoPE, K/V sharing or a logit soft-cap); the CUDA backend does not run it yet: \
+             use --device cpu",
             cfg.arch.hf_name()
         ))
     })

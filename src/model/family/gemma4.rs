@@ -15,7 +15,8 @@
 use serde_json::{Value, json};
 
 use super::super::config::{
-    Act, Arch, AttnDesc, Config, EmbedDesc, Keys, LayerDesc, MlpDesc, Norms, PerLayerEmbed, QkNorm,
+    Act, Arch, AttnDesc, Config, EmbedDesc, Keys, LayerDesc, Mixer, MlpDesc, NormKind, Norms,
+    PerLayerEmbed, QkNorm,
 };
 use super::super::rope::{self, RopeScaling};
 use super::{Common, require_act};
@@ -25,12 +26,7 @@ const SLIDING: &str = "sliding_attention";
 const FULL: &str = "full_attention";
 
 pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
-    let k = top.nested("text_config").unwrap_or(top);
-    let mut c = Common::read(k, true)?;
-    c.tied = top.bool_or(
-        "tie_word_embeddings",
-        k.bool_or("tie_word_embeddings", true)?,
-    )?;
+    let (k, c) = Common::read_text(top, true)?;
     if k.get("head_dim").is_none() {
         return Err(k.err("missing `head_dim`"));
     }
@@ -177,7 +173,7 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
         };
         let hd = head_dims[li];
         layers.push(LayerDesc {
-            attn: AttnDesc {
+            mixer: Mixer::Attention(AttnDesc {
                 num_heads: c.heads,
                 num_kv_heads: kv_heads[li],
                 head_dim: hd,
@@ -188,7 +184,8 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
                 bias: false,
                 scale: 1.0,
                 kv_from,
-            },
+                output_gate: false,
+            }),
             mlp: MlpDesc {
                 intermediate: if double_wide && kv_from.is_some() {
                     2 * c.intermediate
@@ -222,6 +219,7 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
         vocab_size: c.vocab,
         num_layers: n,
         rms_norm_eps: c.eps,
+        norm: NormKind::Weight,
         max_position_embeddings: c.max_positions,
         tie_word_embeddings: c.tied,
         prefix: if wrapped {
@@ -284,16 +282,20 @@ mod tests {
     fn the_hub_form_describes_sliding_and_full_layers_and_kv_sharing() {
         let c = parse(&hub()).unwrap();
         assert_eq!(c.prefix, "model.language_model.");
-        let hd: Vec<usize> = c.layers.iter().map(|l| l.attn.head_dim).collect();
+        let hd: Vec<usize> = c
+            .layers
+            .iter()
+            .map(|l| l.attn().unwrap().head_dim)
+            .collect();
         assert_eq!(hd, [16, 16, 32, 16, 16, 32]);
-        let src: Vec<Option<usize>> = c.layers.iter().map(|l| l.attn.kv_from).collect();
+        let src: Vec<Option<usize>> = c.layers.iter().map(|l| l.attn().unwrap().kv_from).collect();
         assert_eq!(src, [None, None, None, Some(1), Some(1), Some(2)]);
-        let l = &c.layers[2].attn;
+        let l = c.layers[2].attn().unwrap();
         assert_eq!(
             (l.scale, l.window, l.qk_norm, l.v_norm),
             (1.0, None, QkNorm::PerHead, true)
         );
-        assert_eq!(c.layers[0].attn.window, Some(8));
+        assert_eq!(c.layers[0].attn().unwrap().window, Some(8));
         assert_eq!(c.final_logit_softcap, Some(30.0));
         assert!(c.uniform().is_none(), "the CUDA path must refuse it");
     }

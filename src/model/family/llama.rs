@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::super::config::{Act, Arch, AttnDesc, Config, Keys, LayerDesc, MlpDesc, Norms, QkNorm};
+use super::super::config::{Arch, AttnDesc, Config, Keys, Mixer, QkNorm};
 use super::super::rope;
 use super::{Common, require_act};
 use crate::Result;
@@ -40,8 +40,8 @@ pub(super) fn describe(k: Keys, arch: Arch) -> Result<Config> {
     let bias = arch == Arch::Qwen2 || k.bool_or("attention_bias", false)?;
     let layers = windows
         .into_iter()
-        .map(|window| LayerDesc {
-            attn: AttnDesc {
+        .map(|window| {
+            c.pre_norm_swiglu(Mixer::Attention(AttnDesc {
                 num_heads: c.heads,
                 num_kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
@@ -56,14 +56,8 @@ pub(super) fn describe(k: Keys, arch: Arch) -> Result<Config> {
                 bias,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
                 kv_from: None,
-            },
-            mlp: MlpDesc {
-                intermediate: c.intermediate,
-                act: Act::Silu,
-            },
-            norms: Norms::PRE,
-            per_layer_input: false,
-            layer_scalar: false,
+                output_gate: false,
+            }))
         })
         .collect();
     Ok(c.plain_config(arch, layers))
@@ -109,7 +103,12 @@ mod tests {
             json!({"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]}),
         )
         .unwrap();
-        let w = |c: &Config| c.layers.iter().map(|l| l.attn.window).collect::<Vec<_>>();
+        let w = |c: &Config| {
+            c.layers
+                .iter()
+                .map(|l| l.attn().unwrap().window)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(w(&c), vec![Some(8), None]);
         let mut v = base(json!({"sliding_window": 8}));
         v["architectures"] = json!(["MistralForCausalLM"]);
@@ -118,7 +117,7 @@ mod tests {
         v["architectures"] = json!(["Qwen2ForCausalLM"]);
         let q = Config::from_json(&v, Path::new("c")).unwrap();
         assert_eq!(w(&q), vec![None, None], "Qwen2 needs use_sliding_window");
-        assert!(q.layers[0].attn.bias);
+        assert!(q.layers[0].attn().unwrap().bias);
     }
 
     #[test]

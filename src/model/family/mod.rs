@@ -10,16 +10,19 @@
 mod gemma4;
 mod llama;
 mod olmo3;
+mod qwen3_5;
 
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::config::{Arch, Config, EmbedDesc, Keys, LayerDesc};
+use super::config::{
+    Act, Arch, Config, EmbedDesc, Keys, LayerDesc, Mixer, MlpDesc, NormKind, Norms,
+};
 use crate::{Error, Result};
 
 /// `architectures[0]` values we run.
-pub const SUPPORTED: [(&str, Arch); 7] = [
+pub const SUPPORTED: [(&str, Arch); 9] = [
     ("LlamaForCausalLM", Arch::Llama),
     ("MistralForCausalLM", Arch::Mistral),
     ("Qwen2ForCausalLM", Arch::Qwen2),
@@ -27,6 +30,8 @@ pub const SUPPORTED: [(&str, Arch); 7] = [
     ("Olmo3ForCausalLM", Arch::Olmo3),
     ("Gemma4ForConditionalGeneration", Arch::Gemma4),
     ("Gemma4ForCausalLM", Arch::Gemma4),
+    ("Qwen3_5ForConditionalGeneration", Arch::Qwen3_5),
+    ("Qwen3_5ForCausalLM", Arch::Qwen3_5),
 ];
 
 /// Describe the model of a `config.json`.
@@ -62,6 +67,7 @@ pub fn describe(v: &Value, path: &Path) -> Result<Config> {
         Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => llama::describe(k, arch),
         Arch::Olmo3 => olmo3::describe(k),
         Arch::Gemma4 => gemma4::describe(k, arch_name),
+        Arch::Qwen3_5 => qwen3_5::describe(k, arch_name),
     }
 }
 
@@ -118,6 +124,33 @@ impl Common {
 }
 
 impl Common {
+    /// The decoder keys of a config that may nest them in `text_config`
+    /// (multimodal wrappers) and the common keys read from them; a top-level
+    /// `tie_word_embeddings` wins over the nested one.
+    fn read_text(top: Keys, tied_default: bool) -> Result<(Keys, Common)> {
+        let k = top.nested("text_config").unwrap_or(top);
+        let mut c = Common::read(k, tied_default)?;
+        c.tied = top.bool_or(
+            "tie_word_embeddings",
+            k.bool_or("tie_word_embeddings", tied_default)?,
+        )?;
+        Ok((k, c))
+    }
+
+    /// A pre-norm SwiGLU block around `mixer` (Llama and its descendants).
+    fn pre_norm_swiglu(&self, mixer: Mixer) -> LayerDesc {
+        LayerDesc {
+            mixer,
+            mlp: MlpDesc {
+                intermediate: self.intermediate,
+                act: Act::Silu,
+            },
+            norms: Norms::PRE,
+            per_layer_input: false,
+            layer_scalar: false,
+        }
+    }
+
     /// A text decoder of `layers` under `model.*`: no embedding scale, no
     /// per-layer embeddings, no logit cap.
     fn plain_config(&self, arch: Arch, layers: Vec<LayerDesc>) -> Config {
@@ -127,6 +160,7 @@ impl Common {
             vocab_size: self.vocab,
             num_layers: self.layers,
             rms_norm_eps: self.eps,
+            norm: NormKind::Weight,
             max_position_embeddings: self.max_positions,
             tie_word_embeddings: self.tied,
             prefix: "model.".into(),

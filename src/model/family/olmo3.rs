@@ -6,7 +6,9 @@
 
 use serde_json::json;
 
-use super::super::config::{Act, Arch, AttnDesc, Config, Keys, LayerDesc, MlpDesc, Norms, QkNorm};
+use super::super::config::{
+    Act, Arch, AttnDesc, Config, Keys, LayerDesc, Mixer, MlpDesc, Norms, QkNorm,
+};
 use super::super::rope::{self, RopeScaling};
 use super::{Common, require_act};
 use crate::Result;
@@ -48,7 +50,7 @@ pub(super) fn describe(k: Keys) -> Result<Config> {
             return Err(k.err("`layer_types` has sliding layers but `sliding_window` is missing"));
         }
         layers.push(LayerDesc {
-            attn: AttnDesc {
+            mixer: Mixer::Attention(AttnDesc {
                 num_heads: c.heads,
                 num_kv_heads: c.kv_heads,
                 head_dim: c.head_dim,
@@ -63,7 +65,8 @@ pub(super) fn describe(k: Keys) -> Result<Config> {
                 bias,
                 scale: 1.0 / (c.head_dim as f32).sqrt(),
                 kv_from: None,
-            },
+                output_gate: false,
+            }),
             mlp: MlpDesc {
                 intermediate: c.intermediate,
                 act: Act::Silu,
@@ -95,13 +98,25 @@ mod tests {
         let c = Config::from_json(&v, Path::new("c")).unwrap();
         let (s, f) = (&c.layers[0], &c.layers[1]);
         assert_eq!(s.norms, Norms::POST);
-        assert_eq!(s.attn.qk_norm, QkNorm::FullWidth);
-        assert_eq!((s.attn.window, f.attn.window), (Some(16), None));
+        assert_eq!(s.attn().unwrap().qk_norm, QkNorm::FullWidth);
         assert_eq!(
-            (s.attn.rope.attention_factor, f.attn.rope.attention_factor),
+            (s.attn().unwrap().window, f.attn().unwrap().window),
+            (Some(16), None)
+        );
+        assert_eq!(
+            (
+                s.attn().unwrap().rope.attention_factor,
+                f.attn().unwrap().rope.attention_factor
+            ),
             (1.0, 1.2)
         );
-        assert_eq!(s.attn.rope.inv_freq[0], f.attn.rope.inv_freq[0]);
-        assert_ne!(s.attn.rope.inv_freq[5], f.attn.rope.inv_freq[5]);
+        assert_eq!(
+            s.attn().unwrap().rope.inv_freq[0],
+            f.attn().unwrap().rope.inv_freq[0]
+        );
+        assert_ne!(
+            s.attn().unwrap().rope.inv_freq[5],
+            f.attn().unwrap().rope.inv_freq[5]
+        );
     }
 }
