@@ -1,8 +1,8 @@
 //! The same input and settings give byte-identical output, run after run and
 //! for any thread count: the LM head folds fixed vocabulary ranges and merges
-//! them in order, attention blocks sit at absolute positions, and no GEMM
-//! splits its reduction. Checked on the embedded toyworld demo and on a
-//! fixture pair's long records, with and without the prefix cache.
+//! them in order, attention tasks and GEMM tiles never split a reduction
+//! across threads. Checked on the embedded toyworld demo and on a fixture
+//! pair's long records (where `--no-prefix-cache` gives the same bytes too).
 
 mod cli_common;
 
