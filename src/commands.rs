@@ -49,13 +49,14 @@ pub struct ModelArgs {
     /// mean | sum | last | min | max | bottom10
     #[arg(long, default_value = "mean")]
     pub step_agg: StepAgg,
-    #[arg(long, default_value_t = 1.0)]
+    /// Scale of the advantage: finite, |β| ≤ 1e6 (negative values need no `=`).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse_beta)]
     pub beta: f64,
     /// Keep only the last N tokens of each record (spans adjusted, cut actions flagged).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub max_length: Option<usize>,
     /// Tokens per forward batch.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = at_least_one)]
     pub batch_tokens: usize,
     /// Recompute shared prefixes instead of reusing their cached K/V.
     #[arg(long)]
@@ -97,12 +98,38 @@ impl ModelArgs {
             step_agg: self.step_agg,
             beta: self.beta,
             max_length: self.max_length,
-            batch_tokens: self.batch_tokens.max(1),
+            batch_tokens: self.batch_tokens,
             with_tokens,
             prefix_cache: !self.no_prefix_cache,
             kv_cache_mb: self.kv_cache_mb,
             gpu_dtype: self.gpu_dtype,
         }
+    }
+}
+
+/// `--beta`: the range the HTTP API accepts too.
+fn parse_beta(s: &str) -> std::result::Result<f64, String> {
+    let beta: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    padv::pipeline::check_beta(beta)
+}
+
+/// A count that must be positive (`--batch-tokens`, `--queue`, …).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// A duration that must be longer than zero (`--session-ttl`, `--request-timeout`).
+fn positive_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    match padv::serve::parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
     }
 }
 
@@ -429,6 +456,14 @@ pub fn select(a: SelectArgs) -> Result<()> {
         a.app.method,
         Aggregation::stored(a.app.model.step_agg),
     )?;
+    if !sel.left_out.is_empty() {
+        eprintln!(
+            "left out {} of {} trajectories without a valid {} score",
+            sel.left_out.len(),
+            set.trajectories.len(),
+            a.app.method
+        );
+    }
     let mut w = writer(&a.app.output)?;
     for r in sel.chosen_records(&set.trajectories) {
         writeln!(w, "{r}")?;
@@ -533,19 +568,19 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: std::net::SocketAddr,
     /// Close a session unused for this long (e.g. 90s, 10m, 1h).
-    #[arg(long, default_value = "10m", value_parser = padv::serve::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = positive_duration)]
     pub session_ttl: std::time::Duration,
     /// Open sessions at most (past it, opening one answers 429).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one)]
     pub max_sessions: usize,
     /// Requests waiting for the scoring worker at most (past it, 429).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub queue: usize,
     /// Larger request bodies answer 413.
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, default_value_t = 16 << 20, value_parser = at_least_one)]
     pub max_request_bytes: usize,
     /// A request not answered within this answers 504 and its work is dropped.
-    #[arg(long, default_value = "30s", value_parser = padv::serve::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: std::time::Duration,
 }
 
@@ -557,7 +592,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     config.addr = a.addr;
     config.session_ttl = a.session_ttl;
     config.max_sessions = a.max_sessions;
-    config.queue_capacity = a.queue.max(1);
+    config.queue_capacity = a.queue;
     config.max_request_bytes = a.max_request_bytes;
     config.request_timeout = a.request_timeout;
     eprintln!(

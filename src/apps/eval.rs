@@ -68,6 +68,9 @@ pub struct EvalReport {
     pub label_units: Vec<(LabelUnit, usize)>,
     pub n_trajectories: usize,
     pub skipped_error_records: usize,
+    /// Trajectories without a progress-advantage score (a step value
+    /// missing, or no steps), left out of its metrics.
+    pub unscored: usize,
 }
 
 /// The settings every trajectory in `set` shares; an error when they differ.
@@ -140,6 +143,10 @@ pub fn evaluate(set: &ScoredSet, aggregation: Option<Aggregation>) -> Result<Eva
         label_units,
         n_trajectories: trajectories.len(),
         skipped_error_records: set.skipped.len(),
+        unscored: scores[&Method::ProgressAdvantage]
+            .iter()
+            .filter(|s| s.is_none())
+            .count(),
     })
 }
 
@@ -224,9 +231,10 @@ fn best_of_n(
             }
             let picks: Vec<f64> = groups
                 .iter()
-                .map(|g| {
+                .filter_map(|g| {
                     let mut ranking: Vec<Ranked> = g
                         .iter()
+                        .filter(|&&i| s[i].is_some())
                         .map(|&i| Ranked {
                             index: i,
                             id: String::new(),
@@ -235,7 +243,7 @@ fn best_of_n(
                         })
                         .collect();
                     rank_best_first(&mut ranking);
-                    as_f(ok(ranking[0].index))
+                    Some(as_f(ok(ranking.first()?.index)))
                 })
                 .collect();
             (m, mean(&picks))
@@ -373,7 +381,7 @@ impl EvalReport {
             "best_of_n": bon,
             "attribution": att,
             "label_units": units,
-            "skipped": {"error_records": self.skipped_error_records},
+            "skipped": {"error_records": self.skipped_error_records, "unscored": self.unscored},
         })
     }
 
@@ -383,13 +391,21 @@ impl EvalReport {
         let s = &self.settings;
         let _ = writeln!(
             out,
-            "token_agg `{}`, step_agg `{}`, β = {}; {} trajectories{}.\n",
+            "token_agg `{}`, step_agg `{}`, β = {}; {} trajectories{}{}.\n",
             s.token_agg,
             s.step_agg,
             s.beta,
             self.n_trajectories,
             if self.skipped_error_records > 0 {
                 format!(", {} skipped", error_records(self.skipped_error_records))
+            } else {
+                String::new()
+            },
+            if self.unscored > 0 {
+                format!(
+                    ", {} without a valid progress-advantage score left out",
+                    self.unscored
+                )
             } else {
                 String::new()
             }
