@@ -100,7 +100,7 @@ fn print_report(table: &str, report: &impl serde::Serialize, json: Option<&Path>
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Score(a) => commands::score(a),
+        Command::Score(a) => crate::score_run::score(a),
         Command::Select(a) => commands::select(a),
         Command::Attribute(a) => commands::attribute(a),
         Command::Eval(a) => commands::eval(a),

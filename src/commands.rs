@@ -76,7 +76,7 @@ impl ModelArgs {
     fn uses_default(&self) -> bool {
         self.policy.is_none()
     }
-    fn pair(&self) -> (PathBuf, PathBuf) {
+    pub(crate) fn pair(&self) -> (PathBuf, PathBuf) {
         match (&self.policy, &self.reference) {
             (Some(p), Some(r)) => (p.clone(), r.clone()),
             _ => (
@@ -85,7 +85,7 @@ impl ModelArgs {
             ),
         }
     }
-    fn options(&self, with_tokens: bool) -> ScorerOptions {
+    pub(crate) fn options(&self, with_tokens: bool) -> ScorerOptions {
         let default_agg = if self.uses_default() {
             TokenAgg::Sum
         } else {
@@ -206,7 +206,7 @@ pub struct EvalArgs {
     pub sweep: bool,
 }
 
-fn progress(total: usize) -> ProgressBar {
+pub(crate) fn progress(total: usize) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -241,117 +241,12 @@ fn score_records(scorer: &mut Scorer, records: &[Record]) -> Vec<padv::Result<Sc
     out
 }
 
-pub fn score(a: ScoreArgs) -> Result<()> {
-    let input = a
-        .input
-        .clone()
-        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
-    let (policy, reference) = a.model.pair();
-    let mut scorer = Scorer::load(&policy, &reference, a.model.options(a.tokens))?;
-    let records = read_records(&input, a.model.format)?;
-    // Parse errors stay in place so the output has one line per input record.
-    let mut ok = Vec::new();
-    let mut slots = Vec::with_capacity(records.len());
-    for r in records {
-        match r {
-            Ok(r) => {
-                slots.push(Ok(ok.len()));
-                ok.push(r);
-            }
-            Err(e) => {
-                if a.on_error == OnError::Fail {
-                    return Err(e.into());
-                }
-                slots.push(Err(e));
-            }
-        }
-    }
-    let mut scored: Vec<Option<padv::Result<ScoredRecord>>> = score_records(&mut scorer, &ok)
-        .into_iter()
-        .map(Some)
-        .collect();
-    let mut lines: Vec<std::result::Result<ScoredRecord, (Option<String>, String)>> = Vec::new();
-    for slot in slots {
-        match slot {
-            Ok(i) => match scored[i].take().expect("each record is scored once") {
-                Ok(s) => lines.push(Ok(s)),
-                Err(e) => {
-                    if a.on_error == OnError::Fail {
-                        return Err(e.into());
-                    }
-                    lines.push(Err((Some(ok[i].id.clone()), e.to_string())));
-                }
-            },
-            Err(e) => lines.push(Err((None, e.to_string()))),
-        }
-    }
-    let json_line = |l: &std::result::Result<ScoredRecord, (Option<String>, String)>| match l {
-        Ok(s) => scorer.to_json(s),
-        Err((id, e)) => serde_json::json!({"id": id, "error": e}),
-    };
-    match &a.output {
-        Some(path) => {
-            let mut w: Box<dyn Write> = if path.as_os_str() == "-" {
-                Box::new(BufWriter::new(std::io::stdout().lock()))
-            } else {
-                Box::new(BufWriter::new(
-                    File::create(path).with_context(|| format!("creating {}", path.display()))?,
-                ))
-            };
-            for l in &lines {
-                writeln!(w, "{}", json_line(l))?;
-            }
-            w.flush()?;
-            if path.as_os_str() != "-" {
-                let errors = lines.iter().filter(|l| l.is_err()).count();
-                eprintln!(
-                    "wrote {} records ({errors} errors) to {}",
-                    lines.len(),
-                    path.display()
-                );
-                if let Some(c) = scorer.cache_stats() {
-                    eprintln!(
-                        "prefix cache: {} tokens computed, {} reused ({:.1}% hit rate), {} evictions",
-                        c.computed_tokens,
-                        c.hit_tokens,
-                        100.0 * c.hit_rate(),
-                        c.evictions
-                    );
-                }
-            }
-        }
-        None => {
-            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "policy {} | reference {} | {} | render {} | token-agg {} | step-agg {} | β {}",
-                policy.display(),
-                reference.display(),
-                scorer.backend_description(),
-                scorer.render_mode().name(),
-                scorer.options().token_agg,
-                scorer.options().step_agg,
-                scorer.options().beta
-            )?;
-            for l in &lines {
-                match l {
-                    Ok(s) => crate::table::write_record(&mut out, s, colour)?,
-                    Err((id, e)) => {
-                        writeln!(out, "\n{}: error: {e}", id.as_deref().unwrap_or("?"))?
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Trajectories for the apps: a scored JSONL is read as is; anything else is
 /// scored first with the pair (token arrays kept when `with_tokens`).
 fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet> {
     let opts = ReadOptions {
         group_by: a.group_by.clone(),
+        skip_invalid: a.on_error == OnError::Skip,
     };
     if is_scored_file(input) {
         if a.model.policy.is_some() {
@@ -382,7 +277,10 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
     for r in read_records(input, a.model.format)? {
         match r {
             Ok(r) => records.push(r),
-            Err(e) => skip(e, None)?,
+            Err(e) => {
+                let id = e.record_id().map(str::to_string);
+                skip(e, id)?
+            }
         }
     }
     let mut trajectories = Vec::new();
@@ -411,26 +309,23 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
     })
 }
 
-/// Whether the first record of a JSONL file is `padv score` output (reads
-/// only up to that line; directories and unreadable paths are not).
+/// Whether a JSONL file is `padv score` output, judged by its first line
+/// that is a JSON object (a damaged first line does not decide; directories
+/// and unreadable paths are not).
 fn is_scored_file(path: &Path) -> bool {
     use std::io::BufRead;
     let Ok(file) = File::open(path) else {
         return false;
     };
-    let first = std::io::BufReader::new(file)
-        .lines()
+    std::io::BufReader::new(file)
+        .split(b'\n')
         .map_while(std::result::Result::ok)
-        .find(|l| !l.trim().is_empty());
-    let Some(first) = first else {
-        return false;
-    };
-    serde_json::from_str::<Value>(&first)
-        .ok()
-        .and_then(|v| {
-            v.as_object().map(|o| {
-                o.contains_key("steps") || (o.contains_key("error") && !o.contains_key("messages"))
-            })
+        .take(1000)
+        .find_map(|line| match serde_json::from_slice::<Value>(&line) {
+            Ok(Value::Object(o)) => Some(
+                o.contains_key("steps") || (o.contains_key("error") && !o.contains_key("messages")),
+            ),
+            _ => None,
         })
         .unwrap_or(false)
 }

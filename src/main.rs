@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod score_run;
 mod table;
 
 use clap::Parser;
