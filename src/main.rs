@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod score_run;
+mod summary;
 mod table;
 
 use clap::Parser;

@@ -3,6 +3,7 @@
 //! an error (`--on-error fail`) or is killed keeps every record before that
 //! point. One output line per input record (blank lines are not records);
 //! a record that cannot be read or scored is `{"id", "error"}` in its place.
+//! The run ends with a [`Summary`] (on stderr when `--output` is used).
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -16,6 +17,7 @@ use padv::pipeline::{ScoredRecord, Scorer};
 use padv::trajectory::{Record, read_records};
 
 use crate::commands::{OnError, ScoreArgs, progress, toyworld};
+use crate::summary::Summary;
 
 /// Records scored (and written) together; the progress bar moves per slice.
 const SLICE: usize = 64;
@@ -107,7 +109,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     }
     let bar = progress(records.len());
     let start = Instant::now();
-    let (mut written, mut errors, mut tokens) = (0usize, 0usize, 0usize);
+    let mut summary = Summary::default();
     let mut records = records.into_iter();
     let outcome = loop {
         let slice: Vec<padv::Result<Record>> = records.by_ref().take(SLICE).collect();
@@ -132,16 +134,20 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             };
             match line {
                 Err((_, e)) if a.on_error == OnError::Fail => {
+                    summary.errors += 1;
                     failed = Some(e);
                     break;
                 }
                 line => {
                     match &line {
-                        Ok(s) => tokens += s.encoded.token_ids.len(),
-                        Err(_) => errors += 1,
+                        Ok(s) => {
+                            summary.tokens += s.encoded.token_ids.len();
+                            summary.steps += s.steps.len();
+                        }
+                        Err(_) => summary.errors += 1,
                     }
                     sink.write(&scorer, &line)?;
-                    written += 1;
+                    summary.records += 1;
                 }
             }
         }
@@ -149,30 +155,24 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         bar.inc(n);
         bar.set_message(format!(
             "{:.0} tokens/s",
-            tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+            summary.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
         ));
         if let Some(e) = failed {
             break Err(e);
         }
     };
     bar.finish_and_clear();
-    if let Sink::Json {
-        path: Some(path), ..
-    } = &sink
-    {
-        eprintln!(
-            "wrote {written} records ({errors} errors) to {}",
-            path.display()
-        );
-        if let Some(c) = scorer.cache_stats() {
-            eprintln!(
-                "prefix cache: {} tokens computed, {} reused ({:.1}% hit rate), {} evictions",
-                c.computed_tokens,
-                c.hit_tokens,
-                100.0 * c.hit_rate(),
-                c.evictions
-            );
+    summary.elapsed = start.elapsed();
+    summary.cache = scorer.cache_stats();
+    summary.stopped = outcome.is_err();
+    match &mut sink {
+        Sink::Json { path, .. } => {
+            eprintln!("{summary}");
+            if let Some(path) = path {
+                eprintln!("wrote {} records to {}", summary.records, path.display());
+            }
         }
+        Sink::Table { out, .. } => writeln!(out, "\n{summary}")?,
     }
     Ok(outcome?)
 }
