@@ -70,6 +70,10 @@ pub struct ModelArgs {
     /// runs an f32 checkpoint on tensor cores.
     #[arg(long)]
     pub gpu_dtype: Option<DType>,
+    /// Make warnings errors: a record whose chat-template render drops an
+    /// action's tool calls becomes an error record.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl ModelArgs {
@@ -103,6 +107,7 @@ impl ModelArgs {
             prefix_cache: !self.no_prefix_cache,
             kv_cache_mb: self.kv_cache_mb,
             gpu_dtype: self.gpu_dtype,
+            strict: self.strict,
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct ScorerOptions {
     /// to this dtype at upload; `None` keeps the checkpoint's. An error on
     /// the CPU backend, which computes in f32.
     pub gpu_dtype: Option<DType>,
+    /// Make a render warning (a chat template that drops an action's tool
+    /// calls, see [`Encoded::warnings`]) the record's error.
+    pub strict: bool,
 }
 
 /// The largest |β| accepted: past it `β·(log π_θ − log π_ref)` can overflow
@@ -105,6 +108,7 @@ impl Default for ScorerOptions {
             prefix_cache: true,
             kv_cache_mb: None,
             gpu_dtype: None,
+            strict: false,
         }
     }
 }
@@ -221,9 +225,15 @@ impl Scorer {
         }
     }
 
-    /// Render + tokenize + truncate one record, and check it fits the model.
+    /// Render + tokenize + truncate one record, and check it fits the model
+    /// (and, with `strict`, that the render lost nothing).
     pub fn encode(&self, record: &Record) -> Result<Encoded> {
         let mut enc = trajectory::encode(record, &self.tokenizer, self.render, None)?;
+        if self.opts.strict
+            && let Some(w) = enc.warnings.first()
+        {
+            return Err(Error::input(&record.location, format!("{w} (--strict)")));
+        }
         if let Some(max) = self.opts.max_length {
             enc.truncate_left(max);
         }
@@ -422,6 +432,9 @@ impl Scorer {
             o.insert("entropy_policy".into(), f(&s.tokens.entropy_policy));
             o.insert("self_certainty".into(), f(&s.tokens.self_certainty));
         };
+        if !s.encoded.warnings.is_empty() {
+            o.insert("warnings".into(), json!(s.encoded.warnings));
+        }
         if !s.is_trajectory() {
             arrays(&mut o);
             return Value::Object(o);

@@ -143,6 +143,15 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                         Ok(s) => {
                             summary.tokens += s.encoded.token_ids.len();
                             summary.steps += s.steps.len();
+                            summary.warnings += s.encoded.warnings.len();
+                            for w in &s.encoded.warnings {
+                                bar.suspend(|| {
+                                    eprintln!(
+                                        "warning: {} (id {}): {w}",
+                                        s.record.location, s.record.id
+                                    )
+                                });
+                            }
                         }
                         Err(_) => summary.errors += 1,
                     }

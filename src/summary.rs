@@ -37,6 +37,13 @@ impl fmt::Display for Summary {
             self.errors,
             self.warnings
         )?;
+        if self.warnings > 0 {
+            write!(
+                f,
+                "\nwarnings: a chat template dropped tool calls from actions; --render plain \
+                 scores the calls as written, --strict makes such records errors"
+            )?;
+        }
         if self.stopped {
             write!(f, "; stopped at the first error (--on-error fail)")?;
         }
