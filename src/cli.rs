@@ -119,7 +119,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(a) => {
             let (policy, reference) = match (a.policy, a.reference) {
-                (Some(p), Some(r)) => (p, r),
+                (Some(p), Some(r)) => {
+                    (padv::hub::resolve_model(&p)?, padv::hub::resolve_model(&r)?)
+                }
                 _ => bench::ensure_synth_pair(&a.shape, a.dtype)?,
             };
             if a.prefix_cache {

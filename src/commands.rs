@@ -28,10 +28,11 @@ pub fn toyworld() -> PathBuf {
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Policy checkpoint (HF directory). Default: the bundled toyworld policy.
+    /// Policy checkpoint: an HF directory, or a hub id ORG/NAME[@REV] found in the
+    /// local Hugging Face cache (never downloaded). Default: the bundled toyworld policy.
     #[arg(long, requires = "reference")]
     pub policy: Option<PathBuf>,
-    /// Reference checkpoint (HF directory). Default: the bundled toyworld reference.
+    /// Reference checkpoint (a directory or a cached hub id). Default: the bundled toyworld reference.
     #[arg(long, requires = "policy")]
     pub reference: Option<PathBuf>,
     /// auto | cpu | cuda[:N]

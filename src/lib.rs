@@ -45,6 +45,7 @@ pub mod apps;
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod hub;
 pub mod kv;
 pub mod model;
 pub mod pipeline;

@@ -156,9 +156,12 @@ pub struct Scorer {
 
 impl Scorer {
     /// Load both checkpoints and the (shared) tokenizer; fail early when the
-    /// two models cannot be scored together.
+    /// two models cannot be scored together. Each is a directory or a hub id
+    /// found in the local Hugging Face cache ([`crate::hub`]).
     pub fn load(policy: &Path, reference: &Path, opts: ScorerOptions) -> Result<Scorer> {
         opts.validate()?;
+        let policy = &crate::hub::resolve_model(policy)?;
+        let reference = &crate::hub::resolve_model(reference)?;
         let tokenizer = TokenizerBundle::load(policy)?;
         let ref_tok = TokenizerBundle::load(reference)?;
         tokenizer.same_as(&ref_tok)?;
