@@ -561,28 +561,17 @@ fn opt_f64(v: Option<&Value>, location: &str, field: &str) -> Result<Option<f64>
     }
 }
 
-/// A non-negative integer, also written as a float (`3.0`) or a string (`"3"`,
-/// as Who&When writes `mistake_step`).
+/// A non-negative integer ([`crate::trajectory::json_index`]: also `3.0` or
+/// `"3"`, as Who&When writes `mistake_step`); an error naming the field else.
 fn opt_index(v: Option<&Value>, location: &str, field: &str) -> Result<Option<usize>> {
-    let bad = |got: &Value| {
-        Error::input(
-            location,
-            format!("field `{field}`: expected a non-negative integer, got {got}"),
-        )
-    };
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(n @ Value::Number(num)) => {
-            if let Some(u) = num.as_u64() {
-                return Ok(Some(u as usize));
-            }
-            match num.as_f64() {
-                Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 1e15 => Ok(Some(f as usize)),
-                _ => Err(bad(n)),
-            }
-        }
-        Some(s @ Value::String(text)) => text.trim().parse::<usize>().map(Some).map_err(|_| bad(s)),
-        Some(other) => Err(bad(other)),
+        Some(v) => crate::trajectory::json_index(v).map(Some).ok_or_else(|| {
+            Error::input(
+                location,
+                format!("field `{field}`: expected a non-negative integer, got {v}"),
+            )
+        }),
     }
 }
 

@@ -366,6 +366,7 @@ fn parse_fields(
         Format::WhoAndWhen => parse_chat(&mut obj, loc, "history", ww)?,
         _ => parse_chat(&mut obj, loc, "messages", None)?,
     };
+    check_labels(&obj, &body, loc)?;
     let id = id
         .or_else(|| obj.get("question_ID").and_then(id_text))
         .unwrap_or_else(|| default_id.to_string());
@@ -386,6 +387,54 @@ fn parse_fields(
         body,
         passthrough: obj,
     })
+}
+
+/// A label naming a step that is not there is an error for the record:
+/// `failure_step` (0-based among the action steps) and `mistake_step` (0-based
+/// into the messages, Who&When's `history`). Values that are not indices are
+/// left for the applications to report.
+fn check_labels(obj: &Map<String, Value>, body: &Body, loc: &str) -> Result<()> {
+    let (actions, messages) = match body {
+        Body::Chat(chat) => (
+            chat.messages.iter().filter(|m| m.is_action).count(),
+            Some(chat.messages.len()),
+        ),
+        Body::Tokens { action_spans, .. } => (action_spans.as_ref().map_or(0, Vec::len), None),
+        Body::Text { .. } => (0, None),
+    };
+    let label = |field: &str| obj.get(field).and_then(json_index);
+    if let Some(step) = label("failure_step")
+        && step >= actions
+    {
+        return Err(Error::input(
+            loc,
+            format!("failure_step: {step} is past the record's {actions} action steps (0-based)"),
+        ));
+    }
+    if let Some(step) = label("mistake_step") {
+        let n = messages.unwrap_or(0);
+        if step >= n {
+            return Err(Error::input(
+                loc,
+                format!("mistake_step: {step} is past the record's {n} messages (0-based)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A non-negative integer, also written as a float (`3.0`) or a string
+/// (`"3"`, as Who&When writes `mistake_step`); `None` for anything else.
+pub(crate) fn json_index(v: &Value) -> Option<usize> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|u| u as usize).or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e15)
+                .map(|f| f as usize)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 fn parse_text(obj: &mut Map<String, Value>, loc: &str) -> Result<Body> {
