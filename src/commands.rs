@@ -19,6 +19,7 @@ use padv::backend::Device;
 use padv::model::DType;
 use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
+use padv::tokenizer::TokenizerBundle;
 use padv::trajectory::{Format, Record, RenderMode, read_records};
 
 /// The bundled toyworld pair and demo trajectories (the embedded default).
@@ -90,6 +91,17 @@ impl ModelArgs {
             ),
         }
     }
+    /// Load the pair, warning on stderr when chat records will be rendered
+    /// plain for want of a chat template.
+    pub(crate) fn load(&self, with_tokens: bool) -> Result<Scorer> {
+        let (policy, reference) = self.pair();
+        let scorer = Scorer::load(&policy, &reference, self.options(with_tokens))?;
+        if let Some(w) = scorer.render_fallback() {
+            eprintln!("warning: {w}");
+        }
+        Ok(scorer)
+    }
+
     pub(crate) fn options(&self, with_tokens: bool) -> ScorerOptions {
         let default_agg = if self.uses_default() {
             TokenAgg::Sum
@@ -263,8 +275,7 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
         }
         return Ok(apps::read_scored(input, &opts)?);
     }
-    let (policy, reference) = a.model.pair();
-    let mut scorer = Scorer::load(&policy, &reference, a.model.options(with_tokens))?;
+    let mut scorer = a.model.load(with_tokens)?;
     let mut records = Vec::new();
     let mut skipped = Vec::new();
     let mut skip = |e: padv::Error, id: Option<String>| -> Result<()> {
@@ -501,6 +512,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         config.policy.display(),
         config.reference.display()
     );
+    if let Ok(tok) = padv::hub::resolve_model(&config.policy).and_then(TokenizerBundle::load)
+        && let Some(w) = padv::pipeline::render_fallback(&tok, config.options.render)
+    {
+        eprintln!("padv serve: warning: {w}");
+    }
     padv::serve::run(config, |addr| {
         eprintln!("padv serve: listening on http://{addr}");
     })?;

@@ -210,6 +210,12 @@ impl Scorer {
         self.render
     }
 
+    /// A warning when chat records will be rendered plain without being asked
+    /// to ([`render_fallback`]).
+    pub fn render_fallback(&self) -> Option<String> {
+        render_fallback(&self.tokenizer, self.opts.render)
+    }
+
     pub fn backend_description(&self) -> String {
         self.backend.describe()
     }
@@ -485,6 +491,21 @@ impl Scorer {
         }
         Value::Object(o)
     }
+}
+
+/// Why chat records will be rendered plain although no render mode was
+/// asked for: the policy's tokenizer has no chat template. `None` when a
+/// mode was given or the template is there.
+pub fn render_fallback(tokenizer: &TokenizerBundle, render: Option<RenderMode>) -> Option<String> {
+    (render.is_none() && tokenizer.chat_template().is_none()).then(|| {
+        format!(
+            "{} has no chat template (no `chat_template` in tokenizer_config.json, no \
+             chat_template.jinja): chat records are rendered plain (`[role]: content`), which \
+             scores differently from the model's own chat format; pass --render plain to choose \
+             it explicitly",
+            tokenizer.dir().display()
+        )
+    })
 }
 
 /// An error naming the first scored position (`mask[t]`, or every `t ≥ 1`)

@@ -91,7 +91,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
     let (policy, reference) = a.model.pair();
-    let mut scorer = Scorer::load(&policy, &reference, a.model.options(a.tokens))?;
+    let mut scorer = a.model.load(a.tokens)?;
     let records = read_records(&input, a.model.format)?;
     let mut sink = Sink::open(a.output.as_deref())?;
     if let Sink::Table { out, .. } = &mut sink {

@@ -113,3 +113,50 @@ fn a_template_that_writes_tool_calls_gives_no_warning() {
     }
     assert!(checked > 0);
 }
+
+/// The llama fixture pair without `tokenizer_config.json` (so without a chat
+/// template); `padv score`'s stderr on the fixture inputs.
+fn score_without_template(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    for side in ["trained", "ref"] {
+        let to = dir.path().join(side);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(models.join(side)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "tokenizer_config.json" {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let run = padv()
+        .args(["score", "--device", "cpu", "--policy"])
+        .arg(dir.path().join("trained"))
+        .arg("--reference")
+        .arg(dir.path().join("ref"))
+        .args(extra)
+        .arg("--input")
+        .arg(models.join("../../inputs/tiny_trajectories.jsonl"))
+        .arg("--output")
+        .arg(dir.path().join("out.jsonl"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_policy_without_a_chat_template_is_said_to_be_rendered_plain() {
+    let stderr = score_without_template(&[]);
+    let warning = stderr
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.contains("has no chat template") && warning.contains("--render plain"),
+        "{warning}"
+    );
+    let asked = score_without_template(&["--render", "plain"]);
+    assert!(!asked.contains("warning:"), "{asked}");
+}
