@@ -100,7 +100,7 @@ fn print_report(table: &str, report: &impl serde::Serialize, json: Option<&Path>
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Score(a) => commands::score(a),
+        Command::Score(a) => crate::score_run::score(a),
         Command::Select(a) => commands::select(a),
         Command::Attribute(a) => commands::attribute(a),
         Command::Eval(a) => commands::eval(a),
@@ -119,7 +119,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(a) => {
             let (policy, reference) = match (a.policy, a.reference) {
-                (Some(p), Some(r)) => (p, r),
+                (Some(p), Some(r)) => {
+                    (padv::hub::resolve_model(&p)?, padv::hub::resolve_model(&r)?)
+                }
                 _ => bench::ensure_synth_pair(&a.shape, a.dtype)?,
             };
             if a.prefix_cache {

@@ -19,6 +19,7 @@ use padv::backend::Device;
 use padv::model::DType;
 use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
+use padv::tokenizer::TokenizerBundle;
 use padv::trajectory::{Format, Record, RenderMode, read_records};
 
 /// The bundled toyworld pair and demo trajectories (the embedded default).
@@ -28,10 +29,11 @@ pub fn toyworld() -> PathBuf {
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Policy checkpoint (HF directory). Default: the bundled toyworld policy.
+    /// Policy checkpoint: an HF directory, or a hub id ORG/NAME[@REV] found in the
+    /// local Hugging Face cache (never downloaded). Default: the bundled toyworld policy.
     #[arg(long, requires = "reference")]
     pub policy: Option<PathBuf>,
-    /// Reference checkpoint (HF directory). Default: the bundled toyworld reference.
+    /// Reference checkpoint (a directory or a cached hub id). Default: the bundled toyworld reference.
     #[arg(long, requires = "policy")]
     pub reference: Option<PathBuf>,
     /// auto | cpu | cuda[:N]
@@ -49,13 +51,14 @@ pub struct ModelArgs {
     /// mean | sum | last | min | max | bottom10
     #[arg(long, default_value = "mean")]
     pub step_agg: StepAgg,
-    #[arg(long, default_value_t = 1.0)]
+    /// Scale of the advantage: finite, |β| ≤ 1e6 (negative values need no `=`).
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse_beta)]
     pub beta: f64,
     /// Keep only the last N tokens of each record (spans adjusted, cut actions flagged).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub max_length: Option<usize>,
     /// Tokens per forward batch.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = at_least_one)]
     pub batch_tokens: usize,
     /// Recompute shared prefixes instead of reusing their cached K/V.
     #[arg(long)]
@@ -69,13 +72,17 @@ pub struct ModelArgs {
     /// runs an f32 checkpoint on tensor cores.
     #[arg(long)]
     pub gpu_dtype: Option<DType>,
+    /// Make warnings errors: a record whose chat-template render drops an
+    /// action's tool calls becomes an error record.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 impl ModelArgs {
     fn uses_default(&self) -> bool {
         self.policy.is_none()
     }
-    fn pair(&self) -> (PathBuf, PathBuf) {
+    pub(crate) fn pair(&self) -> (PathBuf, PathBuf) {
         match (&self.policy, &self.reference) {
             (Some(p), Some(r)) => (p.clone(), r.clone()),
             _ => (
@@ -84,7 +91,18 @@ impl ModelArgs {
             ),
         }
     }
-    fn options(&self, with_tokens: bool) -> ScorerOptions {
+    /// Load the pair, warning on stderr when chat records will be rendered
+    /// plain for want of a chat template.
+    pub(crate) fn load(&self, with_tokens: bool) -> Result<Scorer> {
+        let (policy, reference) = self.pair();
+        let scorer = Scorer::load(&policy, &reference, self.options(with_tokens))?;
+        if let Some(w) = scorer.render_fallback() {
+            eprintln!("warning: {w}");
+        }
+        Ok(scorer)
+    }
+
+    pub(crate) fn options(&self, with_tokens: bool) -> ScorerOptions {
         let default_agg = if self.uses_default() {
             TokenAgg::Sum
         } else {
@@ -97,12 +115,39 @@ impl ModelArgs {
             step_agg: self.step_agg,
             beta: self.beta,
             max_length: self.max_length,
-            batch_tokens: self.batch_tokens.max(1),
+            batch_tokens: self.batch_tokens,
             with_tokens,
             prefix_cache: !self.no_prefix_cache,
             kv_cache_mb: self.kv_cache_mb,
             gpu_dtype: self.gpu_dtype,
+            strict: self.strict,
         }
+    }
+}
+
+/// `--beta`: the range the HTTP API accepts too.
+fn parse_beta(s: &str) -> std::result::Result<f64, String> {
+    let beta: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    padv::pipeline::check_beta(beta)
+}
+
+/// A count that must be positive (`--batch-tokens`, `--queue`, …).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+/// A duration that must be longer than zero (`--session-ttl`, `--request-timeout`).
+fn positive_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    match padv::serve::parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".into()),
+        d => Ok(d),
     }
 }
 
@@ -179,7 +224,7 @@ pub struct EvalArgs {
     pub sweep: bool,
 }
 
-fn progress(total: usize) -> ProgressBar {
+pub(crate) fn progress(total: usize) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -214,117 +259,12 @@ fn score_records(scorer: &mut Scorer, records: &[Record]) -> Vec<padv::Result<Sc
     out
 }
 
-pub fn score(a: ScoreArgs) -> Result<()> {
-    let input = a
-        .input
-        .clone()
-        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
-    let (policy, reference) = a.model.pair();
-    let mut scorer = Scorer::load(&policy, &reference, a.model.options(a.tokens))?;
-    let records = read_records(&input, a.model.format)?;
-    // Parse errors stay in place so the output has one line per input record.
-    let mut ok = Vec::new();
-    let mut slots = Vec::with_capacity(records.len());
-    for r in records {
-        match r {
-            Ok(r) => {
-                slots.push(Ok(ok.len()));
-                ok.push(r);
-            }
-            Err(e) => {
-                if a.on_error == OnError::Fail {
-                    return Err(e.into());
-                }
-                slots.push(Err(e));
-            }
-        }
-    }
-    let mut scored: Vec<Option<padv::Result<ScoredRecord>>> = score_records(&mut scorer, &ok)
-        .into_iter()
-        .map(Some)
-        .collect();
-    let mut lines: Vec<std::result::Result<ScoredRecord, (Option<String>, String)>> = Vec::new();
-    for slot in slots {
-        match slot {
-            Ok(i) => match scored[i].take().expect("each record is scored once") {
-                Ok(s) => lines.push(Ok(s)),
-                Err(e) => {
-                    if a.on_error == OnError::Fail {
-                        return Err(e.into());
-                    }
-                    lines.push(Err((Some(ok[i].id.clone()), e.to_string())));
-                }
-            },
-            Err(e) => lines.push(Err((None, e.to_string()))),
-        }
-    }
-    let json_line = |l: &std::result::Result<ScoredRecord, (Option<String>, String)>| match l {
-        Ok(s) => scorer.to_json(s),
-        Err((id, e)) => serde_json::json!({"id": id, "error": e}),
-    };
-    match &a.output {
-        Some(path) => {
-            let mut w: Box<dyn Write> = if path.as_os_str() == "-" {
-                Box::new(BufWriter::new(std::io::stdout().lock()))
-            } else {
-                Box::new(BufWriter::new(
-                    File::create(path).with_context(|| format!("creating {}", path.display()))?,
-                ))
-            };
-            for l in &lines {
-                writeln!(w, "{}", json_line(l))?;
-            }
-            w.flush()?;
-            if path.as_os_str() != "-" {
-                let errors = lines.iter().filter(|l| l.is_err()).count();
-                eprintln!(
-                    "wrote {} records ({errors} errors) to {}",
-                    lines.len(),
-                    path.display()
-                );
-                if let Some(c) = scorer.cache_stats() {
-                    eprintln!(
-                        "prefix cache: {} tokens computed, {} reused ({:.1}% hit rate), {} evictions",
-                        c.computed_tokens,
-                        c.hit_tokens,
-                        100.0 * c.hit_rate(),
-                        c.evictions
-                    );
-                }
-            }
-        }
-        None => {
-            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "policy {} | reference {} | {} | render {} | token-agg {} | step-agg {} | β {}",
-                policy.display(),
-                reference.display(),
-                scorer.backend_description(),
-                scorer.render_mode().name(),
-                scorer.options().token_agg,
-                scorer.options().step_agg,
-                scorer.options().beta
-            )?;
-            for l in &lines {
-                match l {
-                    Ok(s) => crate::table::write_record(&mut out, s, colour)?,
-                    Err((id, e)) => {
-                        writeln!(out, "\n{}: error: {e}", id.as_deref().unwrap_or("?"))?
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Trajectories for the apps: a scored JSONL is read as is; anything else is
 /// scored first with the pair (token arrays kept when `with_tokens`).
 fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet> {
     let opts = ReadOptions {
         group_by: a.group_by.clone(),
+        skip_invalid: a.on_error == OnError::Skip,
     };
     if is_scored_file(input) {
         if a.model.policy.is_some() {
@@ -335,8 +275,7 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
         }
         return Ok(apps::read_scored(input, &opts)?);
     }
-    let (policy, reference) = a.model.pair();
-    let mut scorer = Scorer::load(&policy, &reference, a.model.options(with_tokens))?;
+    let mut scorer = a.model.load(with_tokens)?;
     let mut records = Vec::new();
     let mut skipped = Vec::new();
     let mut skip = |e: padv::Error, id: Option<String>| -> Result<()> {
@@ -355,7 +294,10 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
     for r in read_records(input, a.model.format)? {
         match r {
             Ok(r) => records.push(r),
-            Err(e) => skip(e, None)?,
+            Err(e) => {
+                let id = e.record_id().map(str::to_string);
+                skip(e, id)?
+            }
         }
     }
     let mut trajectories = Vec::new();
@@ -384,26 +326,23 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
     })
 }
 
-/// Whether the first record of a JSONL file is `padv score` output (reads
-/// only up to that line; directories and unreadable paths are not).
+/// Whether a JSONL file is `padv score` output, judged by its first line
+/// that is a JSON object (a damaged first line does not decide; directories
+/// and unreadable paths are not).
 fn is_scored_file(path: &Path) -> bool {
     use std::io::BufRead;
     let Ok(file) = File::open(path) else {
         return false;
     };
-    let first = std::io::BufReader::new(file)
-        .lines()
+    std::io::BufReader::new(file)
+        .split(b'\n')
         .map_while(std::result::Result::ok)
-        .find(|l| !l.trim().is_empty());
-    let Some(first) = first else {
-        return false;
-    };
-    serde_json::from_str::<Value>(&first)
-        .ok()
-        .and_then(|v| {
-            v.as_object().map(|o| {
-                o.contains_key("steps") || (o.contains_key("error") && !o.contains_key("messages"))
-            })
+        .take(1000)
+        .find_map(|line| match serde_json::from_slice::<Value>(&line) {
+            Ok(Value::Object(o)) => Some(
+                o.contains_key("steps") || (o.contains_key("error") && !o.contains_key("messages")),
+            ),
+            _ => None,
         })
         .unwrap_or(false)
 }
@@ -429,6 +368,14 @@ pub fn select(a: SelectArgs) -> Result<()> {
         a.app.method,
         Aggregation::stored(a.app.model.step_agg),
     )?;
+    if !sel.left_out.is_empty() {
+        eprintln!(
+            "left out {} of {} trajectories without a valid {} score",
+            sel.left_out.len(),
+            set.trajectories.len(),
+            a.app.method
+        );
+    }
     let mut w = writer(&a.app.output)?;
     for r in sel.chosen_records(&set.trajectories) {
         writeln!(w, "{r}")?;
@@ -533,19 +480,19 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: std::net::SocketAddr,
     /// Close a session unused for this long (e.g. 90s, 10m, 1h).
-    #[arg(long, default_value = "10m", value_parser = padv::serve::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = positive_duration)]
     pub session_ttl: std::time::Duration,
     /// Open sessions at most (past it, opening one answers 429).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one)]
     pub max_sessions: usize,
     /// Requests waiting for the scoring worker at most (past it, 429).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub queue: usize,
     /// Larger request bodies answer 413.
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, default_value_t = 16 << 20, value_parser = at_least_one)]
     pub max_request_bytes: usize,
     /// A request not answered within this answers 504 and its work is dropped.
-    #[arg(long, default_value = "30s", value_parser = padv::serve::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: std::time::Duration,
 }
 
@@ -557,7 +504,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     config.addr = a.addr;
     config.session_ttl = a.session_ttl;
     config.max_sessions = a.max_sessions;
-    config.queue_capacity = a.queue.max(1);
+    config.queue_capacity = a.queue;
     config.max_request_bytes = a.max_request_bytes;
     config.request_timeout = a.request_timeout;
     eprintln!(
@@ -565,6 +512,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         config.policy.display(),
         config.reference.display()
     );
+    if let Ok(tok) = padv::hub::resolve_model(&config.policy).and_then(TokenizerBundle::load)
+        && let Some(w) = padv::pipeline::render_fallback(&tok, config.options.render)
+    {
+        eprintln!("padv serve: warning: {w}");
+    }
     padv::serve::run(config, |addr| {
         eprintln!("padv serve: listening on http://{addr}");
     })?;

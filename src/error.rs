@@ -33,6 +33,10 @@ pub enum Error {
     Input { location: String, msg: String },
     #[error("{0}")]
     Backend(String),
+    /// One input record's problem, with the record's `id` as far as it could
+    /// be read (so an error record keeps it); the message is the inner one.
+    #[error("{error}")]
+    Record { id: String, error: Box<Error> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,6 +65,24 @@ impl Error {
         Error::Input {
             location: location.into(),
             msg: msg.into(),
+        }
+    }
+    /// This error, tagged with the `id` of the record it belongs to.
+    pub fn in_record(self, id: Option<String>) -> Self {
+        match (id, self) {
+            (Some(id), Error::Record { error, .. }) => Error::Record { id, error },
+            (Some(id), error) => Error::Record {
+                id,
+                error: Box::new(error),
+            },
+            (None, error) => error,
+        }
+    }
+    /// The `id` of the record this error belongs to, when it could be read.
+    pub fn record_id(&self) -> Option<&str> {
+        match self {
+            Error::Record { id, .. } => Some(id),
+            _ => None,
         }
     }
 }

@@ -47,6 +47,7 @@ pub mod bench;
 /// Constants shared with the CUDA kernels (build.rs passes them to nvcc).
 pub mod consts;
 pub mod error;
+pub mod hub;
 pub mod kv;
 pub mod model;
 pub mod pipeline;

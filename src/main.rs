@@ -2,6 +2,8 @@
 
 mod cli;
 mod commands;
+mod score_run;
+mod summary;
 mod table;
 
 use clap::Parser;

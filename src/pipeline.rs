@@ -58,6 +58,40 @@ pub struct ScorerOptions {
     /// to this dtype at upload; `None` keeps the checkpoint's. An error on
     /// the CPU backend, which computes in f32.
     pub gpu_dtype: Option<DType>,
+    /// Make a render warning (a chat template that drops an action's tool
+    /// calls, see [`Encoded::warnings`]) the record's error.
+    pub strict: bool,
+}
+
+/// The largest |β| accepted: past it `β·(log π_θ − log π_ref)` can overflow
+/// to ±inf for a long action scored with `sum` (1e308 certainly does).
+pub const MAX_BETA: f64 = 1e6;
+
+/// β as the CLI and the HTTP API accept it: finite, |β| ≤ [`MAX_BETA`];
+/// the error is the reason, for the caller to put after the field's name.
+pub fn check_beta(beta: f64) -> std::result::Result<f64, String> {
+    if beta.is_finite() && beta.abs() <= MAX_BETA {
+        Ok(beta)
+    } else {
+        Err(format!(
+            "must be a finite number with |β| ≤ {MAX_BETA:e}, got {beta}"
+        ))
+    }
+}
+
+impl ScorerOptions {
+    /// The checks [`Scorer::load`] makes: a usable β, a token budget and a
+    /// length limit of at least one token.
+    pub fn validate(&self) -> Result<()> {
+        check_beta(self.beta).map_err(|e| Error::input("beta", e))?;
+        if self.batch_tokens == 0 {
+            return Err(Error::input("batch_tokens", "must be at least 1"));
+        }
+        if self.max_length == Some(0) {
+            return Err(Error::input("max_length", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ScorerOptions {
@@ -74,6 +108,7 @@ impl Default for ScorerOptions {
             prefix_cache: true,
             kv_cache_mb: None,
             gpu_dtype: None,
+            strict: false,
         }
     }
 }
@@ -121,8 +156,12 @@ pub struct Scorer {
 
 impl Scorer {
     /// Load both checkpoints and the (shared) tokenizer; fail early when the
-    /// two models cannot be scored together.
+    /// two models cannot be scored together. Each is a directory or a hub id
+    /// found in the local Hugging Face cache ([`crate::hub`]).
     pub fn load(policy: &Path, reference: &Path, opts: ScorerOptions) -> Result<Scorer> {
+        opts.validate()?;
+        let policy = &crate::hub::resolve_model(policy)?;
+        let reference = &crate::hub::resolve_model(reference)?;
         let tokenizer = TokenizerBundle::load(policy)?;
         let ref_tok = TokenizerBundle::load(reference)?;
         tokenizer.same_as(&ref_tok)?;
@@ -171,6 +210,12 @@ impl Scorer {
         self.render
     }
 
+    /// A warning when chat records will be rendered plain without being asked
+    /// to ([`render_fallback`]).
+    pub fn render_fallback(&self) -> Option<String> {
+        render_fallback(&self.tokenizer, self.opts.render)
+    }
+
     pub fn backend_description(&self) -> String {
         self.backend.describe()
     }
@@ -189,9 +234,15 @@ impl Scorer {
         }
     }
 
-    /// Render + tokenize + truncate one record, and check it fits the model.
+    /// Render + tokenize + truncate one record, and check it fits the model
+    /// (and, with `strict`, that the render lost nothing).
     pub fn encode(&self, record: &Record) -> Result<Encoded> {
         let mut enc = trajectory::encode(record, &self.tokenizer, self.render, None)?;
+        if self.opts.strict
+            && let Some(w) = enc.warnings.first()
+        {
+            return Err(Error::input(&record.location, format!("{w} (--strict)")));
+        }
         if let Some(max) = self.opts.max_length {
             enc.truncate_left(max);
         }
@@ -244,7 +295,7 @@ impl Scorer {
                 Ok(scores) => {
                     for (&i, tokens) in batch.iter().zip(scores) {
                         let enc = encoded[i].as_ref().expect("encoded").clone();
-                        out[i] = Some(Ok(this.finish(records[i].clone(), enc, tokens)));
+                        out[i] = Some(this.finish(records[i].clone(), enc, tokens));
                     }
                 }
                 Err(e) => {
@@ -289,18 +340,30 @@ impl Scorer {
     }
 
     /// Which positions need the LM head: action tokens for trajectories
-    /// (unless token arrays are asked for), every position otherwise.
+    /// (unless token arrays are asked for); `None`: every position.
+    fn score_mask(&self, record: &Record, enc: &Encoded) -> Option<Vec<bool>> {
+        (has_actions(&record.body) && !self.opts.with_tokens)
+            .then(|| enc.action_mask().iter().map(|&m| m == 1).collect())
+    }
+
     fn request(&self, record: &Record, enc: &Encoded) -> SeqRequest {
-        let score_mask = (has_actions(&record.body) && !self.opts.with_tokens)
-            .then(|| enc.action_mask().iter().map(|&m| m == 1).collect());
         SeqRequest {
             token_ids: enc.token_ids.clone(),
-            score_mask,
+            score_mask: self.score_mask(record, enc),
         }
     }
 
-    /// Token scores → step scores, trajectory score and baselines.
-    pub fn finish(&self, record: Record, encoded: Encoded, tokens: TokenScores) -> ScoredRecord {
+    /// Token scores → step scores, trajectory score and baselines. An error
+    /// when a log-prob the scores are built from is not finite: a score is
+    /// never made of missing or non-finite numbers.
+    pub fn finish(
+        &self,
+        record: Record,
+        encoded: Encoded,
+        tokens: TokenScores,
+    ) -> Result<ScoredRecord> {
+        let mask = self.score_mask(&record, &encoded);
+        check_finite(&record.location, &tokens, mask.as_deref())?;
         let (ta, beta) = (self.opts.token_agg, self.opts.beta);
         let steps: Vec<StepScore> = encoded
             .actions
@@ -357,7 +420,7 @@ impl Scorer {
                 scored.baselines.push((m, v));
             }
         }
-        scored
+        Ok(scored)
     }
 
     /// The JSON line `padv score` writes for a record.
@@ -378,6 +441,9 @@ impl Scorer {
             o.insert("entropy_policy".into(), f(&s.tokens.entropy_policy));
             o.insert("self_certainty".into(), f(&s.tokens.self_certainty));
         };
+        if !s.encoded.warnings.is_empty() {
+            o.insert("warnings".into(), json!(s.encoded.warnings));
+        }
         if !s.is_trajectory() {
             arrays(&mut o);
             return Value::Object(o);
@@ -425,6 +491,47 @@ impl Scorer {
         }
         Value::Object(o)
     }
+}
+
+/// Why chat records will be rendered plain although no render mode was
+/// asked for: the policy's tokenizer has no chat template. `None` when a
+/// mode was given or the template is there.
+pub fn render_fallback(tokenizer: &TokenizerBundle, render: Option<RenderMode>) -> Option<String> {
+    (render.is_none() && tokenizer.chat_template().is_none()).then(|| {
+        format!(
+            "{} has no chat template (no `chat_template` in tokenizer_config.json, no \
+             chat_template.jinja): chat records are rendered plain (`[role]: content`), which \
+             scores differently from the model's own chat format; pass --render plain to choose \
+             it explicitly",
+            tokenizer.dir().display()
+        )
+    })
+}
+
+/// An error naming the first scored position (`mask[t]`, or every `t ≥ 1`)
+/// whose policy or reference log-prob is NaN or infinite.
+fn check_finite(location: &str, tokens: &TokenScores, mask: Option<&[bool]>) -> Result<()> {
+    for t in 1..tokens.len() {
+        if mask.is_some_and(|m| !m.get(t).copied().unwrap_or(false)) {
+            continue;
+        }
+        for (model, v) in [
+            ("policy", tokens.logp_policy[t]),
+            ("reference", tokens.logp_reference[t]),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::input(
+                    location,
+                    format!(
+                        "{model} log-prob at token position {t} is not finite ({v}): the {model} \
+                         checkpoint computes non-finite values (NaN/Inf weights, or a config value \
+                         out of range); no score is given"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn opt(x: Option<f64>) -> Value {

@@ -66,8 +66,14 @@ pub struct EvalReport {
     pub attribution: Vec<(Method, [AttributionScore; 3])>,
     /// How many attribution labels were counted in each unit.
     pub label_units: Vec<(LabelUnit, usize)>,
+    /// Attribution labels left out for naming a step the trajectory does not
+    /// have ([`label_in_range`]).
+    pub labels_out_of_range: usize,
     pub n_trajectories: usize,
     pub skipped_error_records: usize,
+    /// Trajectories without a progress-advantage score (a step value
+    /// missing, or no steps), left out of its metrics.
+    pub unscored: usize,
 }
 
 /// The settings every trajectory in `set` shares; an error when they differ.
@@ -124,7 +130,7 @@ pub fn evaluate(set: &ScoredSet, aggregation: Option<Aggregation>) -> Result<Eva
         .map(|&m| (m, uncertainty_of(trajectories, &scores[&m])))
         .collect();
     let best_of_n = best_of_n(trajectories, &scores);
-    let (attribution, label_units) = attribution(trajectories, agg.token)?;
+    let (attribution, label_units, labels_out_of_range) = attribution(trajectories, agg.token)?;
 
     Ok(EvalReport {
         settings: ScoreSettings {
@@ -138,8 +144,13 @@ pub fn evaluate(set: &ScoredSet, aggregation: Option<Aggregation>) -> Result<Eva
         best_of_n,
         attribution,
         label_units,
+        labels_out_of_range,
         n_trajectories: trajectories.len(),
         skipped_error_records: set.skipped.len(),
+        unscored: scores[&Method::ProgressAdvantage]
+            .iter()
+            .filter(|s| s.is_none())
+            .count(),
     })
 }
 
@@ -224,9 +235,10 @@ fn best_of_n(
             }
             let picks: Vec<f64> = groups
                 .iter()
-                .map(|g| {
+                .filter_map(|g| {
                     let mut ranking: Vec<Ranked> = g
                         .iter()
+                        .filter(|&&i| s[i].is_some())
                         .map(|&i| Ranked {
                             index: i,
                             id: String::new(),
@@ -235,7 +247,7 @@ fn best_of_n(
                         })
                         .collect();
                     rank_best_first(&mut ranking);
-                    as_f(ok(ranking[0].index))
+                    Some(as_f(ok(ranking.first()?.index)))
                 })
                 .collect();
             (m, mean(&picks))
@@ -251,14 +263,38 @@ fn best_of_n(
 
 type AttributionTable = Vec<(Method, [AttributionScore; 3])>;
 
+/// Whether a trajectory's error label names a step it has: `failure_step`
+/// below the number of action steps, `mistake_step` at most the last action's
+/// message (a scored record does not say how many messages followed it).
+pub fn label_in_range(t: &ScoredTrajectory) -> bool {
+    match error_label(t) {
+        Some((LabelUnit::ActionStep, s)) => s < t.steps.len(),
+        Some((LabelUnit::Message, m)) => t
+            .steps
+            .iter()
+            .filter_map(|s| s.message)
+            .max()
+            .is_none_or(|last| m <= last),
+        None => true,
+    }
+}
+
+/// The labels counted per unit.
+type LabelUnits = Vec<(LabelUnit, usize)>;
+
+/// The attribution table, the labels counted per unit, and the number of
+/// labels left out as out of range.
 fn attribution(
     trajectories: &[ScoredTrajectory],
     token: Option<TokenAgg>,
-) -> Result<(AttributionTable, Vec<(LabelUnit, usize)>)> {
-    let labelled: Vec<&ScoredTrajectory> = trajectories
-        .iter()
-        .filter(|t| error_label(t).is_some() && !t.steps.is_empty())
-        .collect();
+) -> Result<(AttributionTable, LabelUnits, usize)> {
+    let with_label = || {
+        trajectories
+            .iter()
+            .filter(|t| error_label(t).is_some() && !t.steps.is_empty())
+    };
+    let out_of_range = with_label().filter(|t| !label_in_range(t)).count();
+    let labelled: Vec<&ScoredTrajectory> = with_label().filter(|t| label_in_range(t)).collect();
     let count = |u: LabelUnit| {
         labelled
             .iter()
@@ -293,7 +329,7 @@ fn attribution(
         });
         table.push((m, scores));
     }
-    Ok((table, units))
+    Ok((table, units, out_of_range))
 }
 
 /// A JSON number, or `null` for NaN and infinities.
@@ -373,7 +409,11 @@ impl EvalReport {
             "best_of_n": bon,
             "attribution": att,
             "label_units": units,
-            "skipped": {"error_records": self.skipped_error_records},
+            "skipped": {
+                "error_records": self.skipped_error_records,
+                "unscored": self.unscored,
+                "labels_out_of_range": self.labels_out_of_range,
+            },
         })
     }
 
@@ -383,13 +423,21 @@ impl EvalReport {
         let s = &self.settings;
         let _ = writeln!(
             out,
-            "token_agg `{}`, step_agg `{}`, β = {}; {} trajectories{}.\n",
+            "token_agg `{}`, step_agg `{}`, β = {}; {} trajectories{}{}.\n",
             s.token_agg,
             s.step_agg,
             s.beta,
             self.n_trajectories,
             if self.skipped_error_records > 0 {
                 format!(", {} skipped", error_records(self.skipped_error_records))
+            } else {
+                String::new()
+            },
+            if self.unscored > 0 {
+                format!(
+                    ", {} without a valid progress-advantage score left out",
+                    self.unscored
+                )
             } else {
                 String::new()
             }
@@ -435,11 +483,19 @@ impl EvalReport {
             .collect();
         let _ = writeln!(
             out,
-            "Attribution labels: {}.",
+            "Attribution labels: {}{}.",
             if units.is_empty() {
                 "none".to_string()
             } else {
                 units.join("; ")
+            },
+            if self.labels_out_of_range > 0 {
+                format!(
+                    "; {} out of range (naming a step the trajectory does not have) left out",
+                    self.labels_out_of_range
+                )
+            } else {
+                String::new()
             }
         );
         out

@@ -5,6 +5,9 @@
 //! step with no scored tokens (truncated) contributes 0.0 to progress
 //! advantage and the log-prob baselines, keeping the step count stable, and is
 //! skipped by the certainty baselines, whose value is undefined without tokens.
+//! A step that is not truncated but has no value (its log-probs are missing)
+//! leaves the trajectory without a progress-advantage or log-prob score:
+//! a score is never built from missing steps.
 //! Self-certainty is the mean top-20 log-prob, used with the paper's sign;
 //! entropy is negated (lower entropy = more confident). The paper has no
 //! entropy baseline; this one is ours.
@@ -178,7 +181,15 @@ impl ScoredTrajectory {
     pub fn score(&self, method: Method, agg: Aggregation) -> Result<Option<f64>> {
         let values = self.step_values(method, agg.token)?;
         let steps: Vec<f64> = if method.unscored_counts_as_zero() {
-            values.into_iter().map(|v| v.unwrap_or(0.0)).collect()
+            let mut steps = Vec::with_capacity(values.len());
+            for (v, s) in values.into_iter().zip(&self.steps) {
+                match v {
+                    Some(v) => steps.push(v),
+                    None if s.truncated => steps.push(0.0),
+                    None => return Ok(None),
+                }
+            }
+            steps
         } else {
             values.into_iter().flatten().collect()
         };
@@ -219,17 +230,30 @@ mod tests {
     }
 
     #[test]
-    fn unscored_steps_count_as_zero_for_advantage_and_are_skipped_for_certainty() {
-        let t = traj(vec![
-            step(Some(3.0), Some(-2.0), Some(1.0)),
-            step(None, None, None),
-        ]);
+    fn truncated_steps_count_as_zero_for_advantage_and_are_skipped_for_certainty() {
+        let truncated = StepScore {
+            truncated: true,
+            ..step(None, None, None)
+        };
+        let t = traj(vec![step(Some(3.0), Some(-2.0), Some(1.0)), truncated]);
         let mean = Aggregation::stored(StepAgg::Mean);
         assert_eq!(t.score(Method::ProgressAdvantage, mean).unwrap(), Some(1.5));
         assert_eq!(t.score(Method::SelfCertainty, mean).unwrap(), Some(-2.0));
         assert_eq!(t.score(Method::Entropy, mean).unwrap(), Some(-1.0));
         assert_eq!(t.score(Method::DeepconfTail, mean).unwrap(), Some(-2.0));
         assert_eq!(t.score(Method::PolicyLogprob, mean).unwrap(), Some(1.0));
+    }
+
+    #[test]
+    fn a_missing_step_value_leaves_the_trajectory_without_a_score() {
+        let t = traj(vec![
+            step(Some(-3.0), Some(-2.0), Some(1.0)),
+            step(None, Some(-1.0), None),
+        ]);
+        let mean = Aggregation::stored(StepAgg::Mean);
+        assert_eq!(t.score(Method::ProgressAdvantage, mean).unwrap(), None);
+        assert_eq!(t.score(Method::PolicyLogprob, mean).unwrap(), None);
+        assert_eq!(t.score(Method::SelfCertainty, mean).unwrap(), Some(-1.5));
     }
 
     #[test]

@@ -121,12 +121,16 @@ impl From<Vec<ScoredTrajectory>> for ScoredSet {
 pub struct ReadOptions {
     /// Field naming the best-of-N group; dots reach into objects (`info.task`).
     pub group_by: String,
+    /// A line that is not a valid scored record (not UTF-8, not JSON, a bad
+    /// field) is counted in [`ScoredSet::skipped`] instead of failing the file.
+    pub skip_invalid: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             group_by: "task_id".to_string(),
+            skip_invalid: false,
         }
     }
 }
@@ -285,20 +289,50 @@ pub fn read_scored(path: &Path, opts: &ReadOptions) -> Result<ScoredSet> {
     )
 }
 
-/// Parse JSONL from any reader; `source` names it in error messages.
-pub fn parse_scored(reader: impl BufRead, source: &str, opts: &ReadOptions) -> Result<ScoredSet> {
+/// Parse JSONL from any reader; `source` names it in error messages. Blank
+/// lines are not records.
+pub fn parse_scored(
+    mut reader: impl BufRead,
+    source: &str,
+    opts: &ReadOptions,
+) -> Result<ScoredSet> {
     let mut set = ScoredSet::default();
-    for (i, line) in reader.lines().enumerate() {
-        let location = format!("{source}:{}", i + 1);
-        let line = line.map_err(|e| Error::input(&location, e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut buf = Vec::new();
+    for n in 1.. {
+        buf.clear();
+        if reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::input(source, e.to_string()))?
+            == 0
+        {
+            break;
         }
-        let value: Value = serde_json::from_str(&line)
-            .map_err(|e| Error::input(&location, format!("invalid JSON: {e}")))?;
-        match ScoredTrajectory::from_json(value, &location, opts)? {
-            Ok(t) => set.trajectories.push(t),
-            Err(s) => set.skipped.push(s),
+        let location = format!("{source}:{n}");
+        let mut id = None;
+        let parsed = std::str::from_utf8(&buf)
+            .map_err(|e| {
+                let msg = format!("invalid UTF-8 at byte {} of the line", e.valid_up_to());
+                Error::input(&location, msg)
+            })
+            .and_then(|line| {
+                if line.trim().is_empty() {
+                    return Ok(None);
+                }
+                let value: Value = serde_json::from_str(line)
+                    .map_err(|e| Error::input(&location, format!("invalid JSON: {e}")))?;
+                id = value.get("id").and_then(scalar_text);
+                ScoredTrajectory::from_json(value, &location, opts).map(Some)
+            });
+        match parsed {
+            Ok(None) => {}
+            Ok(Some(Ok(t))) => set.trajectories.push(t),
+            Ok(Some(Err(s))) => set.skipped.push(s),
+            Err(e) if opts.skip_invalid => set.skipped.push(SkippedRecord {
+                location,
+                id,
+                error: e.to_string(),
+            }),
+            Err(e) => return Err(e),
         }
     }
     Ok(set)
@@ -527,28 +561,17 @@ fn opt_f64(v: Option<&Value>, location: &str, field: &str) -> Result<Option<f64>
     }
 }
 
-/// A non-negative integer, also written as a float (`3.0`) or a string (`"3"`,
-/// as Who&When writes `mistake_step`).
+/// A non-negative integer ([`crate::trajectory::json_index`]: also `3.0` or
+/// `"3"`, as Who&When writes `mistake_step`); an error naming the field else.
 fn opt_index(v: Option<&Value>, location: &str, field: &str) -> Result<Option<usize>> {
-    let bad = |got: &Value| {
-        Error::input(
-            location,
-            format!("field `{field}`: expected a non-negative integer, got {got}"),
-        )
-    };
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(n @ Value::Number(num)) => {
-            if let Some(u) = num.as_u64() {
-                return Ok(Some(u as usize));
-            }
-            match num.as_f64() {
-                Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 1e15 => Ok(Some(f as usize)),
-                _ => Err(bad(n)),
-            }
-        }
-        Some(s @ Value::String(text)) => text.trim().parse::<usize>().map(Some).map_err(|_| bad(s)),
-        Some(other) => Err(bad(other)),
+        Some(v) => crate::trajectory::json_index(v).map(Some).ok_or_else(|| {
+            Error::input(
+                location,
+                format!("field `{field}`: expected a non-negative integer, got {v}"),
+            )
+        }),
     }
 }
 
@@ -673,6 +696,35 @@ mod tests {
     }
 
     #[test]
+    fn skipping_invalid_lines_counts_them_with_their_line_and_id() {
+        let good = json!({"id": "g", "steps": [], "settings": settings()});
+        let mut text = b"{not json\n".to_vec();
+        text.extend(b"{\"id\": \"\xff\"}\n");
+        text.extend(format!("{}\n", json!({"id": "n", "steps": 3})).as_bytes());
+        text.extend(format!("{good}\n").as_bytes());
+        let opts = ReadOptions {
+            skip_invalid: true,
+            ..ReadOptions::default()
+        };
+        let set = parse_scored(&text[..], "mem", &opts).unwrap();
+        assert_eq!(set.trajectories.len(), 1);
+        let skipped: Vec<_> = set
+            .skipped
+            .iter()
+            .map(|s| (s.location.as_str(), s.id.as_deref()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [("mem:1", None), ("mem:2", None), ("mem:3", Some("n"))]
+        );
+        assert!(
+            set.skipped[1].error.contains("UTF-8"),
+            "{:?}",
+            set.skipped[1]
+        );
+    }
+
+    #[test]
     fn in_memory_trajectories_take_labels_and_group_from_their_input_record() {
         let steps = vec![StepScore::default()];
         let input = json!({"id": "m", "task_id": "t9", "reward": 0.25, "failure_step": 0});
@@ -690,6 +742,7 @@ mod tests {
     fn group_by_reaches_into_nested_objects() {
         let opts = ReadOptions {
             group_by: "meta.task".into(),
+            ..ReadOptions::default()
         };
         let v = json!({"id": "h", "steps": [], "settings": settings(), "meta": {"task": "q1"}});
         let t = ScoredTrajectory::from_json(v, "x", &opts).unwrap().unwrap();

@@ -1,7 +1,9 @@
 //! Best-of-N selection: in every group (rollouts of one task) keep the
 //! highest-scoring trajectory, as `runners/tau2_bon.py` does with a stable
 //! descending sort — so among tied scores the earliest trajectory wins. A
-//! trajectory without a score ranks below every scored one.
+//! trajectory without a score (no steps, or a step whose value is missing) is
+//! left out and counted in [`Selection::left_out`]; a group left with no
+//! scored rollout has no pick.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -42,6 +44,8 @@ pub struct Selection {
     pub method: Method,
     pub aggregation: Aggregation,
     pub groups: Vec<GroupPick>,
+    /// Indices of the trajectories left out for having no score.
+    pub left_out: Vec<usize>,
 }
 
 /// Pick the best trajectory of each group by `method`. Every trajectory must
@@ -67,16 +71,25 @@ pub fn select(
         members[at].1.push(i);
     }
     let mut groups = Vec::with_capacity(members.len());
+    let mut left_out = Vec::new();
     for (group, idx) in members {
         let mut ranking = Vec::with_capacity(idx.len());
         for i in idx {
             let t = &trajectories[i];
+            let score = t.score(method, aggregation)?;
+            if score.is_none() {
+                left_out.push(i);
+                continue;
+            }
             ranking.push(Ranked {
                 index: i,
                 id: t.id.clone(),
-                score: t.score(method, aggregation)?,
+                score,
                 success: t.labels.success,
             });
+        }
+        if ranking.is_empty() {
+            continue;
         }
         rank_best_first(&mut ranking);
         let best = ranking[0].score;
@@ -94,6 +107,7 @@ pub fn select(
         method,
         aggregation,
         groups,
+        left_out,
     })
 }
 
@@ -270,9 +284,12 @@ mod tests {
     }
 
     #[test]
-    fn unscored_rollouts_rank_last() {
+    fn unscored_rollouts_are_left_out_and_counted() {
         let none = ScoredTrajectory::new("n", vec![], ScoreSettings::default()).with_group("g");
-        let ts = vec![none, t("s", "g", -3.0, false)];
+        let missing =
+            ScoredTrajectory::new("m", vec![StepScore::default()], ScoreSettings::default())
+                .with_group("h");
+        let ts = vec![none, t("s", "g", -3.0, false), missing];
         let s = select(
             &ts,
             Method::ProgressAdvantage,
@@ -280,6 +297,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.chosen(), vec![1]);
+        assert_eq!(s.groups[0].ranking.len(), 1);
+        assert_eq!(s.left_out, vec![0, 2]);
     }
 
     #[test]

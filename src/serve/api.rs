@@ -121,10 +121,10 @@ impl Overrides {
             o.step_agg = Some(parse_name::<StepAgg>("step_agg", &v)?);
         }
         if let Some(v) = obj.remove("beta") {
-            match v.as_f64() {
-                Some(b) if b.is_finite() => o.beta = Some(b),
-                _ => return Err(ApiError::field("beta", "expected a finite number")),
-            }
+            let b = v
+                .as_f64()
+                .ok_or_else(|| ApiError::field("beta", "expected a finite number"))?;
+            o.beta = Some(crate::pipeline::check_beta(b).map_err(|e| ApiError::field("beta", e))?);
         }
         if allow_tokens && let Some(v) = obj.remove("tokens") {
             o.tokens = Some(
@@ -438,6 +438,10 @@ mod tests {
         );
         assert_eq!(
             field_of(parse_score(b"{\"trajectories\": [], \"beta\": \"x\"}")),
+            "beta"
+        );
+        assert_eq!(
+            field_of(parse_score(b"{\"trajectories\": [], \"beta\": 1e308}")),
             "beta"
         );
         assert_eq!(

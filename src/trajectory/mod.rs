@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-pub(crate) use read::kind as json_kind;
+pub(crate) use read::{json_index, kind as json_kind};
 pub use read::{read_records, record_from_json};
 pub use render::{encode, render_text};
 
@@ -212,6 +212,9 @@ pub struct ToolCall {
 pub struct Encoded {
     pub token_ids: Vec<u32>,
     pub actions: Vec<Action>,
+    /// What the render lost without failing, one sentence each, naming the
+    /// message (`messages[3]: the chat template dropped the tool call …`).
+    pub warnings: Vec<String>,
 }
 
 /// The tokens `token_ids[start..end]` of one step.
@@ -335,6 +338,7 @@ mod tests {
                     truncated: false,
                 },
             ],
+            warnings: Vec::new(),
         };
         enc.truncate_left(6);
         assert_eq!(enc.token_ids, vec![4, 5, 6, 7, 8, 9]);

@@ -5,7 +5,10 @@
 //! bare message list, a list or a single record) and fall back to JSONL when
 //! that fails but the first line is a JSON value. A directory is a Who&When
 //! set. File-level problems are the outer error; each record's own problem is
-//! its own `Err`, so callers can skip it and keep one output per input.
+//! its own `Err` (a JSONL line that is not UTF-8 included), tagged with the
+//! record's `id` when it can be read ([`crate::Error::record_id`]), so callers
+//! can skip it and keep one output per input record. Blank lines are not
+//! records: they give no result.
 
 use std::path::{Path, PathBuf};
 
@@ -30,21 +33,27 @@ pub fn read_records(path: &Path, format: Option<Format>) -> Result<Vec<Result<Re
             )),
         };
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
     let file = path.display().to_string();
     let is_jsonl = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
     if !is_jsonl {
-        match serde_json::from_str::<Value>(text) {
-            Ok(doc) => return read_document(path, &file, doc, format),
-            Err(e) => {
-                let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-                if serde_json::from_str::<Value>(first).is_err() {
-                    return Err(Error::input(file, format!("invalid JSON: {e}")));
-                }
-            }
+        let not_a_document = match std::str::from_utf8(bytes) {
+            Ok(text) => match serde_json::from_str::<Value>(text) {
+                Ok(doc) => return read_document(path, &file, doc, format),
+                Err(e) => format!("invalid JSON: {e}"),
+            },
+            Err(e) => format!(
+                "invalid UTF-8 on line {} (a JSON document must be UTF-8 throughout)",
+                line_at(bytes, e.valid_up_to())
+            ),
+        };
+        let first = lines(bytes)
+            .find_map(|(_, l)| std::str::from_utf8(l).ok().filter(|l| !l.trim().is_empty()));
+        if first.is_none_or(|l| serde_json::from_str::<Value>(l).is_err()) {
+            return Err(Error::input(file, not_a_document));
         }
     }
     if matches!(format, Some(Format::Tau2)) {
@@ -53,20 +62,45 @@ pub fn read_records(path: &Path, format: Option<Format>) -> Result<Vec<Result<Re
             "tau2 results are one JSON document with `simulations`, not JSONL",
         ));
     }
-    Ok(read_jsonl(&file, text, format))
+    Ok(read_jsonl(&file, bytes, format))
 }
 
-fn read_jsonl(file: &str, text: &str, format: Option<Format>) -> Vec<Result<Record>> {
-    let name = file_name(file);
-    text.lines()
+/// The lines of `bytes` with their 1-based numbers (`\n` or `\r\n` endings).
+fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            let loc = format!("{file}:{}", i + 1);
-            let value: Value = serde_json::from_str(line)
-                .map_err(|e| Error::input(&loc, format!("malformed JSON: {e}")))?;
-            let obj = into_object(value, &loc)?;
-            parse_record(obj, &loc, &format!("{name}:{}", i + 1), format, None)
+        .map(|(i, l)| (i + 1, l))
+}
+
+/// The 1-based line number of byte `at`.
+fn line_at(bytes: &[u8], at: usize) -> usize {
+    1 + bytes[..at].iter().filter(|&&b| b == b'\n').count()
+}
+
+/// One result per non-blank line; a line that is not UTF-8 is that line's error.
+fn read_jsonl(file: &str, bytes: &[u8], format: Option<Format>) -> Vec<Result<Record>> {
+    let name = file_name(file);
+    lines(bytes)
+        .filter_map(|(n, line)| {
+            let loc = format!("{file}:{n}");
+            let line = match std::str::from_utf8(line) {
+                Ok(l) if l.trim().is_empty() => return None,
+                Ok(l) => l,
+                Err(e) => {
+                    return Some(Err(Error::input(
+                        &loc,
+                        format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()),
+                    )));
+                }
+            };
+            Some(
+                serde_json::from_str(line)
+                    .map_err(|e| Error::input(&loc, format!("malformed JSON: {e}")))
+                    .and_then(|v| into_object(v, &loc))
+                    .and_then(|obj| parse_record(obj, &loc, &format!("{name}:{n}"), format, None)),
+            )
         })
         .collect()
 }
@@ -151,7 +185,8 @@ fn read_tau2(file: &str, mut obj: Map<String, Value>) -> Result<Vec<Result<Recor
             let loc = format!("{file}: simulation {label}");
             let obj = into_object(sim, &loc)?;
             if !obj.contains_key("messages") {
-                return Err(Error::input(&loc, "missing `messages`"));
+                let id = obj.get("id").and_then(id_text);
+                return Err(Error::input(&loc, "missing `messages`").in_record(id));
             }
             let mut rec = parse_record(obj, &loc, &label, Some(Format::Messages), None)?;
             rec.format = Format::Tau2;
@@ -268,8 +303,22 @@ fn id_text(v: &Value) -> Option<String> {
 }
 
 /// One record object → [`Record`]. `default_id` names it when it has no id;
-/// `ww` is set for Who&When files.
+/// `ww` is set for Who&When files. An error carries the record's `id` (or
+/// Who&When's `question_ID`) when it has a readable one.
 fn parse_record(
+    obj: Map<String, Value>,
+    loc: &str,
+    default_id: &str,
+    expect: Option<Format>,
+    ww: Option<&WhoAndWhenFile>,
+) -> Result<Record> {
+    let id = ["id", "question_ID"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(id_text));
+    parse_fields(obj, loc, default_id, expect, ww).map_err(|e| e.in_record(id))
+}
+
+fn parse_fields(
     mut obj: Map<String, Value>,
     loc: &str,
     default_id: &str,
@@ -317,6 +366,7 @@ fn parse_record(
         Format::WhoAndWhen => parse_chat(&mut obj, loc, "history", ww)?,
         _ => parse_chat(&mut obj, loc, "messages", None)?,
     };
+    check_labels(&obj, &body, loc)?;
     let id = id
         .or_else(|| obj.get("question_ID").and_then(id_text))
         .unwrap_or_else(|| default_id.to_string());
@@ -337,6 +387,54 @@ fn parse_record(
         body,
         passthrough: obj,
     })
+}
+
+/// A label naming a step that is not there is an error for the record:
+/// `failure_step` (0-based among the action steps) and `mistake_step` (0-based
+/// into the messages, Who&When's `history`). Values that are not indices are
+/// left for the applications to report.
+fn check_labels(obj: &Map<String, Value>, body: &Body, loc: &str) -> Result<()> {
+    let (actions, messages) = match body {
+        Body::Chat(chat) => (
+            chat.messages.iter().filter(|m| m.is_action).count(),
+            Some(chat.messages.len()),
+        ),
+        Body::Tokens { action_spans, .. } => (action_spans.as_ref().map_or(0, Vec::len), None),
+        Body::Text { .. } => (0, None),
+    };
+    let label = |field: &str| obj.get(field).and_then(json_index);
+    if let Some(step) = label("failure_step")
+        && step >= actions
+    {
+        return Err(Error::input(
+            loc,
+            format!("failure_step: {step} is past the record's {actions} action steps (0-based)"),
+        ));
+    }
+    if let Some(step) = label("mistake_step") {
+        let n = messages.unwrap_or(0);
+        if step >= n {
+            return Err(Error::input(
+                loc,
+                format!("mistake_step: {step} is past the record's {n} messages (0-based)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A non-negative integer, also written as a float (`3.0`) or a string
+/// (`"3"`, as Who&When writes `mistake_step`); `None` for anything else.
+pub(crate) fn json_index(v: &Value) -> Option<usize> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|u| u as usize).or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e15)
+                .map(|f| f as usize)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 fn parse_text(obj: &mut Map<String, Value>, loc: &str) -> Result<Body> {

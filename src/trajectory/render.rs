@@ -11,7 +11,9 @@
 //!   template writes after the content, as in Qwen3's `<tool_call>` blocks),
 //!   or the first token after the content when no special token follows
 //!   before the next message. This is the span HF's `{% generation %}`
-//!   assistant masks give.
+//!   assistant masks give. An action whose tool calls are not in its turn
+//!   of the render (a template that ignores `tool_calls`, as SmolLM2's does)
+//!   is scored without them, with a warning in [`Encoded::warnings`].
 //! - Plain mode follows the paper's reference renderer (each message
 //!   tokenized alone after BOS, the whole message is the action).
 
@@ -38,7 +40,7 @@ pub fn encode(
             add_special_tokens,
         } => Encoded {
             token_ids: tok.encode(text, *add_special_tokens)?,
-            actions: Vec::new(),
+            ..Encoded::default()
         },
         Body::Tokens {
             token_ids,
@@ -56,6 +58,7 @@ pub fn encode(
                     truncated: false,
                 })
                 .collect(),
+            warnings: Vec::new(),
         },
         Body::Chat(chat) => match render {
             RenderMode::Template => encode_template(record, chat, tok)?,
@@ -165,9 +168,11 @@ fn encode_template(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Resul
     let who_and_when = record.format == Format::WhoAndWhen;
     let mut found: Vec<Option<(usize, usize)>> = vec![None; chat.messages.len()];
     let field = if who_and_when { "history" } else { "messages" };
+    let mut turn_from = vec![0; chat.messages.len()];
     let mut cursor = 0;
     for (i, m) in chat.messages.iter().enumerate() {
         let mut from = cursor;
+        turn_from[i] = cursor;
         let assistant_turn = template_message_role(m, who_and_when) == "assistant";
         if m.is_action && assistant_turn {
             let prefix = render_with(record, tmpl, &values[..i], &tools, true);
@@ -200,6 +205,7 @@ fn encode_template(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Resul
 
     // Pass 2: byte ranges → token spans.
     let mut actions = Vec::new();
+    let mut warnings = Vec::new();
     let mut next_token = 0;
     for (i, m) in chat.messages.iter().enumerate() {
         let Some((cs, ce)) = found[i] else { continue };
@@ -233,8 +239,40 @@ fn encode_template(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Resul
             truncated: false,
         });
         next_token = end;
+        // The turn: from the end of the previous message through the action.
+        let end_byte = if end > start { offsets[end - 1].1 } else { ce };
+        let turn = char_range(&full, turn_from[i].min(cs), end_byte.max(ce));
+        for call in m
+            .tool_calls
+            .iter()
+            .filter(|c| !turn.contains(c.name.as_str()))
+        {
+            warnings.push(format!(
+                "{field}[{i}]: the chat template dropped the tool call `{}`, so the action is \
+                 scored without it; --render plain writes the calls",
+                call.name
+            ));
+        }
     }
-    Ok(Encoded { token_ids, actions })
+    Ok(Encoded {
+        token_ids,
+        actions,
+        warnings,
+    })
+}
+
+/// `text[start..end]` widened to character boundaries (token offsets may
+/// fall inside a character).
+fn char_range(text: &str, mut start: usize, mut end: usize) -> &str {
+    end = end.min(text.len());
+    start = start.min(end);
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    &text[start..end]
 }
 
 fn template_message_role(m: &Message, who_and_when: bool) -> &str {
@@ -319,7 +357,11 @@ fn encode_plain(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Result<E
             });
         }
     }
-    Ok(Encoded { token_ids, actions })
+    Ok(Encoded {
+        token_ids,
+        actions,
+        warnings: Vec::new(),
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! `add_generation_prompt`, `tools`), Python string methods through
 //! minijinja-contrib's pycompat, and Python-exact `tojson` and `trim`.
 //! HF's `{% generation %}` blocks (assistant-mask markers) render as plain
-//! blocks.
+//! blocks. A render is bounded: after [`FUEL`] template instructions it stops
+//! with an error blaming the template (a loop that does not end would
+//! otherwise hang a `padv serve` worker).
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, Value};
@@ -14,6 +16,11 @@ use minijinja::{Environment, Error, ErrorKind};
 use super::python;
 
 const NAME: &str = "chat_template";
+
+/// Template instructions one render may execute (minijinja's fuel). Real
+/// chat templates spend about a hundred per message; 5 million is about a
+/// tenth of a second of work.
+pub const FUEL: u64 = 5_000_000;
 
 /// The special tokens named in `tokenizer_config.json`, as strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +47,7 @@ impl ChatTemplate {
             .build()
             .map_err(|e| describe(&e))?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_filter("trim", trim);
@@ -78,7 +86,15 @@ impl ChatTemplate {
         }
         let tmpl = self.env.get_template(NAME).map_err(|e| describe(&e))?;
         tmpl.render(Value::from_pairs(ctx))
-            .map_err(|e| describe(&e))
+            .map_err(|e| match e.kind() {
+                ErrorKind::OutOfFuel => format!(
+                    "the template did not finish within {FUEL} instructions (a loop that does not \
+                 end, or far too much work per message): the template is at fault, not the \
+                 record; fix `chat_template` in tokenizer_config.json (or chat_template.jinja), \
+                 or use --render plain"
+                ),
+                _ => describe(&e),
+            })
     }
 }
 
@@ -344,6 +360,33 @@ mod tests {
         let src = "{{- bos_token }}{%- for m in messages %}{%- generation %}{{ m.content }}{%- endgeneration %}{% endfor %}";
         let out = render(src, serde_json::json!([{"content": "x"}, {"content": "y"}])).unwrap();
         assert_eq!(out, "<s>xy");
+    }
+
+    #[test]
+    fn a_template_that_loops_stops_with_an_error_blaming_the_template() {
+        let src = "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}";
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(render(src, serde_json::json!([])));
+        });
+        let out = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("rendering did not stop within 60 s");
+        let err = out.unwrap_err();
+        assert!(
+            err.contains("did not finish") && err.contains("template is at fault"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_long_conversation_renders_well_within_the_fuel() {
+        let src = "{% for m in messages %}<|{{ m.role }}|>{{ m.content | trim }}{% if m.tool_calls %}{{ m.tool_calls | tojson }}{% endif %}<|end|>{% endfor %}";
+        let msgs: Vec<_> = (0..5000)
+            .map(|i| serde_json::json!({"role": "user", "content": format!(" m{i} ")}))
+            .collect();
+        let out = render(src, serde_json::Value::Array(msgs)).unwrap();
+        assert!(out.ends_with("<|user|>m4999<|end|>"));
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! The `score` command: records are scored in slices and each slice is
+//! written as soon as it completes, in input order, so a run that stops on
+//! an error (`--on-error fail`) or is killed keeps every record before that
+//! point. One output line per input record (blank lines are not records);
+//! a record that cannot be read or scored is `{"id", "error"}` in its place.
+//! The run ends with a [`Summary`] (on stderr when `--output` is used).
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use padv::pipeline::{ScoredRecord, Scorer};
+use padv::trajectory::{Record, read_records};
+
+use crate::commands::{OnError, ScoreArgs, progress, toyworld};
+use crate::summary::Summary;
+
+/// Records scored (and written) together; the progress bar moves per slice.
+const SLICE: usize = 64;
+
+/// One output line: a scored record, or an error with the record's id.
+type Line = std::result::Result<ScoredRecord, (Option<String>, padv::Error)>;
+
+/// Where the lines go.
+enum Sink {
+    /// JSON lines to a file (`path`) or to stdout (`None`).
+    Json {
+        w: Box<dyn Write>,
+        path: Option<PathBuf>,
+    },
+    /// One table per record on stdout.
+    Table {
+        out: std::io::StdoutLock<'static>,
+        colour: bool,
+    },
+}
+
+impl Sink {
+    fn open(output: Option<&Path>) -> Result<Sink> {
+        Ok(match output {
+            Some(p) if p.as_os_str() == "-" => Sink::Json {
+                w: Box::new(BufWriter::new(std::io::stdout().lock())),
+                path: None,
+            },
+            Some(p) => Sink::Json {
+                w: Box::new(BufWriter::new(
+                    File::create(p).with_context(|| format!("creating {}", p.display()))?,
+                )),
+                path: Some(p.to_path_buf()),
+            },
+            None => Sink::Table {
+                out: std::io::stdout().lock(),
+                colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            },
+        })
+    }
+
+    fn write(&mut self, scorer: &Scorer, line: &Line) -> Result<()> {
+        match self {
+            Sink::Json { w, .. } => {
+                let v = match line {
+                    Ok(s) => scorer.to_json(s),
+                    Err((id, e)) => json!({"id": id, "error": e.to_string()}),
+                };
+                writeln!(w, "{v}")?;
+            }
+            Sink::Table { out, colour } => match line {
+                Ok(s) => crate::table::write_record(out, s, *colour)?,
+                Err((id, e)) => writeln!(out, "\n{}: error: {e}", id.as_deref().unwrap_or("?"))?,
+            },
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            Sink::Json { w, .. } => w.flush()?,
+            Sink::Table { out, .. } => out.flush()?,
+        }
+        Ok(())
+    }
+}
+
+pub fn score(a: ScoreArgs) -> Result<()> {
+    let input = a
+        .input
+        .clone()
+        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
+    let (policy, reference) = a.model.pair();
+    let mut scorer = a.model.load(a.tokens)?;
+    let records = read_records(&input, a.model.format)?;
+    let mut sink = Sink::open(a.output.as_deref())?;
+    if let Sink::Table { out, .. } = &mut sink {
+        writeln!(
+            out,
+            "policy {} | reference {} | {} | render {} | token-agg {} | step-agg {} | β {}",
+            policy.display(),
+            reference.display(),
+            scorer.backend_description(),
+            scorer.render_mode().name(),
+            scorer.options().token_agg,
+            scorer.options().step_agg,
+            scorer.options().beta
+        )?;
+    }
+    let bar = progress(records.len());
+    let start = Instant::now();
+    let mut summary = Summary::default();
+    let mut records = records.into_iter();
+    let outcome = loop {
+        let slice: Vec<padv::Result<Record>> = records.by_ref().take(SLICE).collect();
+        if slice.is_empty() {
+            break Ok(());
+        }
+        let n = slice.len() as u64;
+        let mut ok = Vec::with_capacity(slice.len());
+        let unread: Vec<Option<padv::Error>> = slice
+            .into_iter()
+            .map(|r| r.map(|r| ok.push(r)).err())
+            .collect();
+        let mut scored = scorer.score(&ok).into_iter().zip(&ok);
+        let mut failed = None;
+        for slot in unread {
+            let line: Line = match slot {
+                None => {
+                    let (s, r) = scored.next().expect("one result per record");
+                    s.map_err(|e| (Some(r.id.clone()), e))
+                }
+                Some(e) => Err((e.record_id().map(str::to_string), e)),
+            };
+            match line {
+                Err((_, e)) if a.on_error == OnError::Fail => {
+                    summary.errors += 1;
+                    failed = Some(e);
+                    break;
+                }
+                line => {
+                    match &line {
+                        Ok(s) => {
+                            summary.tokens += s.encoded.token_ids.len();
+                            summary.steps += s.steps.len();
+                            summary.warnings += s.encoded.warnings.len();
+                            for w in &s.encoded.warnings {
+                                bar.suspend(|| {
+                                    eprintln!(
+                                        "warning: {} (id {}): {w}",
+                                        s.record.location, s.record.id
+                                    )
+                                });
+                            }
+                        }
+                        Err(_) => summary.errors += 1,
+                    }
+                    sink.write(&scorer, &line)?;
+                    summary.records += 1;
+                }
+            }
+        }
+        sink.flush()?;
+        bar.inc(n);
+        bar.set_message(format!(
+            "{:.0} tokens/s",
+            summary.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9)
+        ));
+        if let Some(e) = failed {
+            break Err(e);
+        }
+    };
+    bar.finish_and_clear();
+    summary.elapsed = start.elapsed();
+    summary.cache = scorer.cache_stats();
+    summary.stopped = outcome.is_err();
+    match &mut sink {
+        Sink::Json { path, .. } => {
+            eprintln!("{summary}");
+            if let Some(path) = path {
+                eprintln!("wrote {} records to {}", summary.records, path.display());
+            }
+        }
+        Sink::Table { out, .. } => writeln!(out, "\n{summary}")?,
+    }
+    Ok(outcome?)
+}

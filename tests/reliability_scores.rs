@@ -1,0 +1,238 @@
+//! No score is ever a number built from missing or non-finite data: a
+//! checkpoint with NaN weights gives error records (counted, and fatal with
+//! `--on-error fail`), `select`/`eval` leave unscored records out and say so,
+//! and the CLI refuses the option values the HTTP API refuses.
+
+mod cli_common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cli_common::{padv, succeed};
+use serde_json::{Value, json};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A copy of the llama fixture policy whose final norm weights are NaN.
+fn nan_policy(dir: &Path) -> PathBuf {
+    let src = fixtures().join("models/llama/trained");
+    let dst = dir.join("nan_policy");
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    let path = dst.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header["model.norm.weight"];
+    assert_eq!(t["dtype"], "F32");
+    let (a, b) = (
+        t["data_offsets"][0].as_u64().unwrap() as usize,
+        t["data_offsets"][1].as_u64().unwrap() as usize,
+    );
+    for chunk in bytes[8 + n + a..8 + n + b].chunks_mut(4) {
+        chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&path, bytes).unwrap();
+    dst
+}
+
+fn score_nan(dir: &Path, on_error: &str) -> (Output, PathBuf) {
+    let out = dir.join(format!("out-{on_error}.jsonl"));
+    let output = padv()
+        .args([
+            "score",
+            "--device",
+            "cpu",
+            "--on-error",
+            on_error,
+            "--policy",
+        ])
+        .arg(nan_policy(dir))
+        .arg("--reference")
+        .arg(fixtures().join("models/llama/ref"))
+        .arg("--input")
+        .arg(fixtures().join("inputs/tiny_trajectories.jsonl"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    (output, out)
+}
+
+#[test]
+fn nan_weights_make_every_record_an_error_naming_the_non_finite_log_prob() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, out) = score_nan(dir.path(), "skip");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        assert!(l.get("score").is_none(), "a score was written: {l}");
+        let e = l["error"].as_str().unwrap_or_else(|| panic!("{l}"));
+        assert!(
+            e.contains("policy log-prob at token position") && e.contains("not finite"),
+            "{e}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!("{} errors", lines.len())),
+        "{stderr}"
+    );
+
+    let (output, _) = score_nan(dir.path(), "fail");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("not finite"), "{stderr}");
+}
+
+/// A scored file by hand: in group `g`, `a` has a step value and `b` a
+/// step whose value is missing (null, not truncated).
+fn scored_with_a_missing_step(dir: &Path) -> PathBuf {
+    let settings = json!({"token_agg": "mean", "step_agg": "mean", "beta": 1.0});
+    let step = |adv: Value| {
+        json!({"step": 0, "message": 1, "n_tokens": 3, "advantage": adv,
+               "logp_policy": adv, "logp_reference": 0.0, "truncated": false})
+    };
+    let lines = [
+        json!({"id": "a", "task_id": "g", "success": true, "steps": [step(json!(-1.0))], "settings": settings}),
+        json!({"id": "b", "task_id": "g", "success": false, "steps": [step(Value::Null)], "settings": settings}),
+        json!({"id": "c", "task_id": "h", "success": false, "steps": [step(json!(-2.0))], "settings": settings}),
+    ];
+    let path = dir.join("scored.jsonl");
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn select_leaves_out_rollouts_without_a_valid_score_and_says_how_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = scored_with_a_missing_step(dir.path());
+    let out = succeed(padv().args(["select", "--input"]).arg(&input));
+    let chosen: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = chosen.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "c"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("left out 1 of 3"), "{stderr}");
+}
+
+#[test]
+fn eval_leaves_out_trajectories_without_a_valid_score_and_says_how_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = scored_with_a_missing_step(dir.path());
+    let json_path = dir.path().join("eval.json");
+    let out = succeed(
+        padv()
+            .args(["eval", "--input"])
+            .arg(&input)
+            .arg("--json")
+            .arg(&json_path),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 without a valid progress-advantage score left out"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["skipped"]["unscored"], 1);
+    assert_eq!(report["uncertainty"]["progress_advantage"]["n"], 2);
+}
+
+/// Runs `cmd`, killing it after `limit` (a server that should not have
+/// started); `None` when it had to be killed.
+fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+fn refused(args: &[&str], flag: &str, reason: &str) {
+    let out = output_within(padv().args(args), Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("`padv {}` was not refused", args.join(" ")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "`padv {}` succeeded", args.join(" "));
+    assert!(
+        stderr.contains(flag) && stderr.contains(reason),
+        "`padv {}`: {stderr}",
+        args.join(" ")
+    );
+}
+
+#[test]
+fn beta_values_the_http_api_rejects_are_rejected_by_the_cli() {
+    for beta in ["NaN", "inf", "-inf", "1e308"] {
+        refused(&["score", "--beta", beta], "--beta", "finite");
+    }
+}
+
+#[test]
+fn a_negative_beta_is_accepted_without_an_equals_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    succeed(
+        padv()
+            .args(["score", "--device", "cpu", "--beta", "-1", "--output"])
+            .arg(&out),
+    );
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["settings"]["beta"], -1.0);
+}
+
+#[test]
+fn zero_budgets_queues_and_durations_are_rejected() {
+    refused(
+        &["score", "--batch-tokens", "0"],
+        "--batch-tokens",
+        "at least 1",
+    );
+    refused(
+        &["score", "--max-length", "0"],
+        "--max-length",
+        "at least 1",
+    );
+    let addr = ["--addr", "127.0.0.1:0"];
+    refused(
+        &["serve", addr[0], addr[1], "--queue", "0"],
+        "--queue",
+        "at least 1",
+    );
+    refused(
+        &["serve", addr[0], addr[1], "--session-ttl", "0s"],
+        "--session-ttl",
+        "longer than zero",
+    );
+}
