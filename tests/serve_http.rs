@@ -160,6 +160,17 @@ fn score_answers_every_record_in_order_with_bad_records_in_place() {
     server.shutdown().unwrap();
 }
 
+/// The index of the highest advantage among `candidates`, the earliest of
+/// equals (as `openapi.json` documents `best`).
+fn argmax(candidates: &[Value]) -> u64 {
+    let scored: Vec<(u64, f64)> = candidates
+        .iter()
+        .filter_map(|c| Some((c["candidate"].as_u64()?, c["advantage"].as_f64()?)))
+        .collect();
+    let top = scored.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+    scored.iter().find(|s| s.1 == top).unwrap().0
+}
+
 #[test]
 fn sessions_open_step_compare_fork_and_close() {
     let server = start(|_| {});
@@ -187,16 +198,19 @@ fn sessions_open_step_compare_fork_and_close() {
     assert_eq!(s["n_messages"], 3);
     assert_eq!(s["score"], s["steps"][0]["advantage"]);
 
-    // Candidates leave the session as it was.
+    // Candidates leave the session as it was. The last two repeat the first
+    // two, so whichever of those is best is tied by a later one.
     let c = http
         .post_json(
             &steps_path,
-            &json!({"observation": msgs[3], "candidates": [msgs[4], "wait", {"role": "user", "content": "hi"}]}),
+            &json!({"observation": msgs[3], "candidates": [
+                msgs[4], "wait", {"role": "user", "content": "hi"}, "wait", msgs[4],
+            ]}),
         )
         .unwrap();
     let c = checked(&c, "POST", "/v1/sessions/{id}/steps");
     let cands = c["candidates"].as_array().unwrap();
-    assert_eq!(cands.len(), 3);
+    assert_eq!(cands.len(), 5);
     assert_eq!(cands[1]["candidate"], 1);
     assert!(cands[1]["advantage"].is_number());
     assert!(
@@ -207,7 +221,10 @@ fn sessions_open_step_compare_fork_and_close() {
         "{}",
         cands[2]
     );
-    assert!(c["best"].as_u64().unwrap() < 2);
+    assert_eq!(cands[3]["advantage"], cands[1]["advantage"], "same action");
+    assert_eq!(cands[4]["advantage"], cands[0]["advantage"], "same action");
+    assert_ne!(cands[0]["advantage"], cands[1]["advantage"]);
+    assert_eq!(c["best"].as_u64(), Some(argmax(cands)), "{c:#}");
 
     let info = http.get(&format!("/v1/sessions/{id}")).unwrap();
     let info = checked(&info, "GET", "/v1/sessions/{id}");
