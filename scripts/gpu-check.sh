@@ -12,10 +12,14 @@
 #   scripts/gpu-check.sh run      # on the GPU machine, from the repo root:
 #                                 # runs .gpu-bundle/* (no cargo needed there)
 #   scripts/gpu-check.sh padv-bench  # only `padv bench --device cuda` (roofline)
+#   scripts/gpu-check.sh check-ran NAME LOG  # did LOG (the output of test
+#                                 # binary NAME) pass all of its GPU tests?
 #
 # The split exists for GPU machines without a Rust toolchain or network:
 # build here, carry `.gpu-bundle` (e.g. the device tool's `carry`), run there.
 # Logs and the table go to $OUT (when set) or .gpu-bundle/results/.
+# The run fails when a test binary passed fewer GPU tests than its source
+# holds (a build without the `cuda` feature passes "0 passed" otherwise).
 # Env: CUDA_ARCHS (default 80,90), PADV_BENCH_SKIP_7B=1, GPU_CHECK_NO_BENCH=1.
 set -euo pipefail
 
@@ -127,18 +131,50 @@ padv_bench() {
   return $rc
 }
 
+# How many GPU tests tests/NAME.rs holds: every test of a file compiled only
+# with the feature (`#![cfg(feature = "cuda")]`), else the tests marked
+# `#[cfg(feature = "cuda")]`.
+gpu_tests_in() {
+  local src="$root/tests/$1.rs"
+  if grep -q '^#!\[cfg(feature = "cuda")\]' "$src"; then
+    grep -c '^#\[test\]' "$src" || true
+  else
+    grep -A1 '^#\[cfg(feature = "cuda")\]' "$src" | grep -c '^#\[test\]' || true
+  fi
+}
+
+# Succeed when LOG, the output of test binary NAME, reports as many passed
+# tests as NAME's source has GPU tests: a binary built without the feature,
+# a filter that matches nothing, or a crash before the summary reads fewer.
+check_ran() {
+  local name="$1" log="$2" want got
+  want="$(gpu_tests_in "$name")"
+  got="$(awk '/^test result:/ { for (i = 2; i <= NF; i++) if ($i ~ /^passed/) n += $(i - 1) }
+              END { print n + 0 }' "$log")"
+  echo "gpu-check: $name: $got passed of $want GPU tests"
+  [[ "$want" -gt 0 && "$got" -ge "$want" ]]
+}
+
 run() {
   prepare
 
   export PADV_REQUIRE_GPU=1 CARGO_MANIFEST_DIR="$root"
-  local parity_rc=0 bench_rc=0
-  : >"$out/parity.log"
-  for t in cuda_kernel_parity cuda_parity; do
-    timeout 150 "$bundle/$t" --test-threads=1 --nocapture >>"$out/parity.log" 2>&1 || parity_rc=$?
+  local parity_rc=0 bench_rc=0 t
+  local tests=(cuda_kernel_parity cuda_parity toyworld_steps)
+  for t in "${tests[@]}"; do
+    # toyworld_steps also holds CPU tests; its GPU ones have `gpu` in their names.
+    local filter=() limit=150
+    [[ "$t" == toyworld_steps ]] && filter=(gpu) limit=120
+    timeout "$limit" "$bundle/$t" "${filter[@]}" --test-threads=1 --nocapture \
+      >"$out/parity-$t.log" 2>&1 || parity_rc=$?
   done
-  timeout 120 "$bundle/toyworld_steps" gpu --test-threads=1 --nocapture >>"$out/parity.log" 2>&1 \
-    || parity_rc=$?
+  : >"$out/ran.log"
+  for t in "${tests[@]}"; do
+    check_ran "$t" "$out/parity-$t.log" >>"$out/ran.log" || parity_rc=1
+  done
+  for t in "${tests[@]}"; do cat "$out/parity-$t.log"; done >"$out/parity.log"
   grep -E "^test |test result|max \|Δ" "$out/parity.log" || true
+  cat "$out/ran.log"
 
   # The CLI end to end: `padv score` on the toyworld demo, CUDA against CPU.
   local tw=assets/toyworld tmp cli_rc=0
@@ -168,6 +204,7 @@ run() {
     echo
     echo "parity (kernels, then models): exit $parity_rc"
     grep -E '^test result' "$out/parity.log" | sed 's/^/  /' || echo '  no result'
+    sed 's/^gpu-check: /  /' "$out/ran.log"
     grep -E "max \|Δ\| (gpu vs|vs transformers)" "$out/parity.log" | sed 's/^/  /' || true
     echo
     echo "padv score, toyworld demo_ref, cuda vs cpu:"
@@ -193,6 +230,7 @@ case "$mode" in
   build) build ;;
   run) run ;;
   padv-bench) prepare && padv_bench; cat "$out/padv-bench.log" ;;
+  check-ran) check_ran "$2" "$3" ;;
   all) build && run ;;
-  *) echo "usage: $0 [all|build|run|padv-bench]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|build|run|padv-bench|check-ran NAME LOG]" >&2; exit 2 ;;
 esac

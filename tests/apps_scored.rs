@@ -207,11 +207,17 @@ fn mistake_step_labels_are_compared_as_message_indices() {
         .compare(Predictor::SharpestDrop, &t.location)
         .unwrap()
         .unwrap();
-    assert_eq!(
-        pred,
-        t.steps[a.pick(Predictor::SharpestDrop)].message.unwrap()
-    );
-    assert_eq!(label % 2, 0, "labels are message indices of actions here");
+    // From the record itself: its `mistake_step`, and the message of its
+    // lowest-advantage step (the earliest; the first step when none is < 0).
+    let record = t.record.as_ref().unwrap();
+    assert_eq!(Some(label as u64), record["mistake_step"].as_u64());
+    let steps = record["steps"].as_array().unwrap();
+    let adv = |k: usize| steps[k]["advantage"].as_f64().unwrap();
+    let lowest = (0..steps.len())
+        .filter(|&k| adv(k) < 0.0)
+        .min_by(|&a, &b| adv(a).total_cmp(&adv(b)))
+        .unwrap_or(0);
+    assert_eq!(Some(pred as u64), steps[lowest]["message"].as_u64());
     let j = evaluate(&s, None).unwrap().to_json();
     assert_eq!(j["label_units"]["mistake_step"]["n"], 10);
     assert_eq!(j["label_units"]["failure_step"]["n"], 0);
@@ -224,6 +230,27 @@ fn the_report_charts_every_method_when_all_baselines_are_present() {
     let html = render_html(&s, &report, &ReportOptions::default()).unwrap();
     assert!(!html.contains("no scores"));
     assert!(html.contains("DeepConf bottom-10%"));
+    // Best-of-N baselines from the records' own labels: per task, the
+    // fraction of successful rollouts (Mean@N) and whether any succeeded.
+    let mut tasks: Vec<(String, Vec<bool>)> = Vec::new();
+    for t in &s.trajectories {
+        let r = t.record.as_ref().unwrap();
+        let (task, ok) = (r["task_id"].as_str().unwrap(), r["success"] == true);
+        match tasks.iter_mut().find(|g| g.0 == task) {
+            Some(g) => g.1.push(ok),
+            None => tasks.push((task.to_string(), vec![ok])),
+        }
+    }
+    let per_task =
+        |f: fn(&[bool]) -> f64| tasks.iter().map(|g| f(&g.1)).sum::<f64>() / tasks.len() as f64;
+    let mean_at_n = per_task(|v| v.iter().filter(|&&b| b).count() as f64 / v.len() as f64);
+    let pass_at_n = per_task(|v| f64::from(u8::from(v.contains(&true))));
+    let note = format!(
+        "Best-of-N over {} groups: Mean@N {mean_at_n:.3}, Pass@N {pass_at_n:.3}.",
+        tasks.len()
+    );
+    assert!(html.contains(&note), "no `{note}` in the report");
+    assert!(html.contains("16 trajectories (1 error record skipped)"));
     if let Ok(out) = std::env::var("PADV_SYNTH_REPORT_OUT") {
         std::fs::write(out, &html).unwrap();
     }

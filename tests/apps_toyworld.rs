@@ -178,6 +178,19 @@ fn attribution_counts_only_trajectories_with_a_failure_label() {
     assert_eq!(report.label_units[0].1, 183);
 }
 
+/// The cells after the label of the metrics-table row labelled `label`, as
+/// text.
+fn table_row(html: &str, label: &str) -> Vec<String> {
+    let start = html
+        .find(&format!("<td>{label}</td>"))
+        .unwrap_or_else(|| panic!("no row {label}"));
+    let row = &html[start..start + html[start..].find("</tr>").unwrap()];
+    row.split("</td>")
+        .skip(1)
+        .filter_map(|cell| Some(cell.rsplit_once('>')?.1.to_string()))
+        .collect()
+}
+
 #[test]
 fn the_report_is_one_self_contained_html_file_with_every_chart() {
     use padv::apps::report::{ReportOptions, render_html};
@@ -196,6 +209,29 @@ fn the_report_is_one_self_contained_html_file_with_every_chart() {
         "Step scores of demo-",
     ] {
         assert!(html.contains(needle), "missing {needle}");
+    }
+    // The metrics table prints the independent numbers (three decimals).
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(asset("expected_eval_demo_ref.json")).unwrap(),
+    )
+    .unwrap();
+    for m in CHECKED {
+        let (u, name) = (&expected["uncertainty"][m.name()], m.name());
+        let mut want = vec![
+            format!("{:.3}", u["auroc"].as_f64().unwrap()),
+            format!("{:.3}", u["spearman"].as_f64().unwrap()),
+            u["n"].to_string(),
+            format!(
+                "{:.3}",
+                expected["best_of_n"][name]["success"].as_f64().unwrap()
+            ),
+        ];
+        for p in Predictor::ALL {
+            let a = &expected["attribution"][name][p.name()];
+            want.push(format!("{:.3}", a["accuracy"].as_f64().unwrap()));
+            want.push(format!("{:.3}", a["mae"].as_f64().unwrap()));
+        }
+        assert_eq!(table_row(&html, m.label()), want, "{name}");
     }
     // Nothing is fetched: no scripts, links or remote URLs.
     for banned in ["<script", "<link", "http://", "https://", "url("] {

@@ -107,8 +107,9 @@ fn score_with_on_error_skip_writes_one_line_per_input_record() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    // Line 2 is the first bad one (malformed JSON).
     assert!(
-        err.contains("bad.jsonl:"),
+        err.contains("bad.jsonl:2: malformed JSON"),
         "error names file and line: {err}"
     );
 }

@@ -2,6 +2,10 @@
 //! `cuda` feature): `--device cuda` is a clean error naming the reason, and
 //! `--device auto` falls back to the CPU. With a usable GPU these cases are
 //! covered by tests/cuda_parity.rs instead.
+//!
+//! Also the guard of GPU runs: with `PADV_REQUIRE_GPU` set, a build without
+//! the `cuda` feature (whose GPU test files compile to nothing and pass
+//! empty) or a machine without a usable device fails here.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,4 +50,20 @@ fn auto_device_falls_back_to_the_cpu_without_a_gpu() {
         "{}",
         scorer.describe()
     );
+}
+
+#[test]
+fn requiring_a_gpu_fails_without_the_cuda_feature_or_a_device() {
+    if std::env::var_os("PADV_REQUIRE_GPU").is_none() {
+        return;
+    }
+    if !cfg!(feature = "cuda") {
+        panic!(
+            "PADV_REQUIRE_GPU is set but the tests were built without `--features cuda`: \
+             no GPU test would run"
+        );
+    }
+    if let Err(why) = cuda::probe() {
+        panic!("PADV_REQUIRE_GPU is set but CUDA is unusable: {why}");
+    }
 }

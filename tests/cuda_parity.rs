@@ -75,6 +75,7 @@ fn batch_for(records: &[Vec<u32>]) -> Vec<SeqRequest> {
 fn assert_scores_close(name: &str, gpu: &[TokenScores], cpu: &[TokenScores], tol: Tol) {
     let mut worst = 0.0f32;
     let (mut sum, mut count) = (0.0f64, 0usize);
+    assert_eq!(gpu.len(), cpu.len(), "{name}: sequences");
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
         for (key, a, b) in [
             ("logp_policy", &g.logp_policy, &c.logp_policy),
@@ -125,11 +126,15 @@ fn compare_pair(name: &str, dir: &Path, records: &[Vec<u32>], compute: Option<DT
     let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
     let batch = batch_for(records);
     let mut cpu = open_pair(Device::Cpu, policy.clone(), reference.clone()).unwrap();
+    let dtype = compute.unwrap_or(policy.dtype());
     let mut gpu = match compute {
         Some(d) => CudaPair::with_compute_dtype(0, policy, reference, d).unwrap(),
         None => CudaPair::new(0, policy, reference).unwrap(),
     };
     eprintln!("{name}: {}", gpu.describe());
+    // The tolerance assumes this arithmetic: the device must compute in it.
+    let (p, r) = gpu.models();
+    assert_eq!((p.dtype, r.dtype), (dtype, dtype), "{name}: compute dtype");
     let want = cpu.score(&batch).unwrap();
     let got = gpu.score(&batch).unwrap();
     assert_scores_close(name, &got, &want, tol);
@@ -168,9 +173,10 @@ const F32_TOL: Tol = Tol {
 };
 // A bf16 checkpoint in its own dtype: the GPU stores every GEMM input (and
 // the KV pool) in bf16, the CPU keeps them in f32, so six roundings of
-// 2⁻⁹ relative per layer reach logits of size ~9. A NumPy emulation of exactly
-// these roundings on the llama_bf16 fixture gives max |Δ logp| = 0.060 and
-// mean 0.010 (each site alone 0.013–0.028); bounds at ~2.5× that. A wrong
+// 2⁻⁹ relative per layer reach logits of size ~9. scripts/bf16_emulation.py
+// emulates exactly these roundings: on the llama_bf16 fixture records it gives
+// max |Δ logp| = 0.060 and mean 0.010 (0.049 / 0.013 on the two long
+// sequences), the H200 measured 0.060 / 0.006; bounds at ~2.5× that. A wrong
 // kernel moves log-probs by O(1).
 const BF16_TOL: Tol = Tol {
     max: 0.15,
@@ -245,13 +251,16 @@ fn f32_fixture_pairs_match_transformers_on_the_gpu() {
             })
             .collect();
         let scores = scorer.score(&batch).unwrap();
+        assert_eq!(scores.len(), records.len(), "{name}: records");
         let mut worst = 0.0f64;
         for (r, s) in records.iter().zip(&scores) {
             for (key, got) in [
                 ("logprobs_trained", &s.logp_policy),
                 ("logprobs_ref", &s.logp_reference),
             ] {
-                for (t, w) in r[key].as_array().unwrap().iter().enumerate().skip(1) {
+                let want = r[key].as_array().unwrap();
+                assert_eq!(got.len(), want.len(), "{name} {key}: length");
+                for (t, w) in want.iter().enumerate().skip(1) {
                     let d = (w.as_f64().unwrap() - got[t] as f64).abs();
                     worst = worst.max(d);
                     assert!(

@@ -84,12 +84,14 @@ fn forked_candidates_hit_the_shared_state_and_score_as_without_the_cache() {
         json!({"role": "assistant", "content": "wait"}),
         json!({"role": "assistant", "content": "go south"}),
     ];
+    let n = candidates.len();
     let a = on
         .candidates(&session, Some(messages[3].clone()), candidates.clone())
         .unwrap();
     let b = off
         .candidates(&session, Some(messages[3].clone()), candidates)
         .unwrap();
+    assert_eq!((a.len(), b.len()), (n, n), "one step per candidate");
     for (x, y) in a.iter().zip(&b) {
         assert!((x.advantage.unwrap() - y.advantage.unwrap()).abs() < 1e-5);
     }

@@ -1,8 +1,8 @@
 //! The service answers what the CLI writes: `POST /v1/score` equals
 //! `padv score` with the same options, and a trajectory replayed step by
-//! step through the session endpoints (several at once, so their steps are
-//! batched together) gets the same step scores as `padv score` on the whole
-//! trajectory.
+//! step through the session endpoints (several at once, so their steps may
+//! share a worker round; tests/serve_batching.rs makes sure they do) gets the
+//! same step scores as `padv score` on the whole trajectory.
 
 mod cli_common;
 mod serve_common;
@@ -163,9 +163,5 @@ fn session_steps_equal_padv_score_on_the_same_trajectories() {
         assert_close(&w["steps"][1], &real, TOL, &format!("{id} candidate"));
         assert_eq!(candidates[1]["step"], 1);
     }
-    let m = server.metrics();
-    let rounds = m.rounds.load(std::sync::atomic::Ordering::Relaxed);
-    let jobs = m.round_jobs.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(jobs >= rounds, "{jobs} jobs in {rounds} rounds");
     server.shutdown().unwrap();
 }

@@ -389,17 +389,23 @@ async fn step(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<R
                 .enumerate()
                 .map(|(i, r)| candidate(i, r, first_new))
                 .collect();
-            let best = candidates
-                .iter()
-                .filter_map(|c| Some((c["candidate"].as_u64()?, c["advantage"].as_f64()?)))
-                .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
-                .map(|(i, _)| i);
+            let best = best_candidate(&candidates);
             json!({ "session_id": id, "candidates": candidates, "best": best })
         }
     };
     drop(state);
     slot.touch();
     Ok(json_response(StatusCode::OK, &resp))
+}
+
+/// The index of the candidate with the highest advantage, the earliest on
+/// ties (as `openapi.json` documents); candidates that failed are passed over.
+fn best_candidate(candidates: &[Value]) -> Option<u64> {
+    candidates
+        .iter()
+        .filter_map(|c| Some((c["candidate"].as_u64()?, c["advantage"].as_f64()?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| i)
 }
 
 /// One candidate's step (its last new action), or its error, tagged with its index.
@@ -436,4 +442,20 @@ pub fn new_steps(scored: &Value, first_new: usize) -> Vec<Value> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_candidate_is_the_earliest_highest_advantage_and_errors_are_passed_over() {
+        let c = |i: u64, a: f64| json!({"candidate": i, "advantage": a});
+        let err = |i: u64| json!({"candidate": i, "error": "not an action"});
+        let best = |v: &[Value]| best_candidate(v);
+        assert_eq!(best(&[c(0, -1.0), c(1, 0.5), c(2, -3.0)]), Some(1));
+        assert_eq!(best(&[c(0, 0.2), c(1, 0.7), c(2, 0.7), c(3, 0.1)]), Some(1));
+        assert_eq!(best(&[err(0), c(1, -2.0), err(2), c(3, -1.0)]), Some(3));
+        assert_eq!(best(&[err(0), err(1)]), None);
+    }
 }

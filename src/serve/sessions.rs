@@ -178,19 +178,35 @@ mod tests {
         }
     }
 
+    /// Make session `id` look unused for `by` longer than it is: the tests
+    /// move the clock instead of sleeping, which a loaded machine stretches.
+    fn age(store: &SessionStore, id: &str, by: Duration) {
+        let slot = store.lock().get(id).cloned().expect("an open session");
+        let mut last = slot.last_used.lock().unwrap();
+        *last = last
+            .checked_sub(by)
+            .expect("the monotonic clock is older than `by`");
+    }
+
+    const TTL: Duration = Duration::from_secs(10);
+
     #[test]
     fn idle_sessions_expire_and_count_as_evictions() {
         let metrics = Arc::new(Metrics::new(1));
-        let store = SessionStore::new(Duration::from_millis(30), 10, metrics.clone());
+        let store = SessionStore::new(TTL, 10, metrics.clone());
         let a = store.insert(state()).unwrap();
         let b = store.insert(state()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        let (within, past) = (TTL / 2, TTL + Duration::from_secs(1));
+        for id in [&a, &b] {
+            age(&store, id, within);
+        }
         store.get(&a).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        age(&store, &b, past);
         assert_eq!(store.sweep(), 1, "only b was idle past the TTL");
         assert_eq!(store.get(&b).unwrap_err().status, 404);
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(store.get(&a).unwrap_err().status, 404);
+        assert_eq!(store.len(), 1);
+        age(&store, &a, past);
+        assert_eq!(store.get(&a).unwrap_err().status, 404, "expired on lookup");
         assert_eq!(metrics.sessions_evicted.load(Ordering::Relaxed), 2);
         assert!(store.is_empty());
     }
@@ -198,14 +214,15 @@ mod tests {
     #[test]
     fn a_session_in_use_does_not_expire_and_a_full_store_answers_429() {
         let metrics = Arc::new(Metrics::new(1));
-        let store = SessionStore::new(Duration::from_millis(10), 1, metrics);
+        let store = SessionStore::new(TTL, 1, metrics);
         let a = store.insert(state()).unwrap();
         let slot = store.get(&a).unwrap();
         let guard = slot.state.try_lock().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        age(&store, &a, TTL * 2);
         assert_eq!(store.sweep(), 0);
         assert_eq!(store.insert(state()).unwrap_err().status, 429);
         drop(guard);
         assert!(store.insert(state()).is_ok(), "the idle one made room");
+        assert_eq!(store.get(&a).unwrap_err().status, 404);
     }
 }
