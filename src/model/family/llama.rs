@@ -153,6 +153,10 @@ mod tests {
             (json!({"layer_types": ["full_attention"]}), "layer_types"),
             (json!({"rms_norm_eps": -1.0}), "rms_norm_eps"),
             (json!({"rope_theta": 0}), "rope_theta"),
+            (
+                json!({"num_hidden_layers": 1_000_000_000u64}),
+                "num_hidden_layers",
+            ),
         ] {
             let e = parse(extra.clone()).unwrap_err().to_string();
             assert!(e.contains(key), "{extra}: {e}");

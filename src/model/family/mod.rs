@@ -101,6 +101,34 @@ impl Common {
                 hidden / heads
             }
         };
+        // Sizes far beyond any real model are config errors, refused before
+        // anything is allocated from them (the tensors are checked later).
+        for (key, v, max) in [
+            (
+                "num_hidden_layers",
+                k.opt_usize("num_hidden_layers")?.unwrap_or(0),
+                4096,
+            ),
+            ("hidden_size", hidden, 1 << 20),
+            ("num_attention_heads", heads, 1 << 14),
+            ("num_key_value_heads", kv_heads, 1 << 14),
+            (
+                "intermediate_size",
+                k.opt_usize("intermediate_size")?.unwrap_or(0),
+                1 << 22,
+            ),
+            (
+                "vocab_size",
+                k.opt_usize("vocab_size")?.unwrap_or(0),
+                1 << 26,
+            ),
+        ] {
+            if v > max {
+                return Err(k.err(format!(
+                    "`{key}` is {v}, beyond any model padv can load (≤ {max})"
+                )));
+            }
+        }
         if kv_heads == 0 || heads % kv_heads != 0 {
             return Err(k.err(format!(
                 "`num_attention_heads` ({heads}) must be a multiple of `num_key_value_heads` ({kv_heads})"
