@@ -12,6 +12,17 @@ fn stderr_of(args: &[&std::ffi::OsStr]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `padv score` with `model` as policy and reference; its stderr.
+fn score_pair(model: &std::path::Path) -> String {
+    let pair = [
+        "--policy".as_ref(),
+        model.as_os_str(),
+        "--reference".as_ref(),
+        model.as_os_str(),
+    ];
+    stderr_of(&[&["score".as_ref()], &pair[..]].concat())
+}
+
 #[test]
 fn an_os_error_is_printed_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -40,13 +51,7 @@ fn a_tokenizer_json_that_cannot_be_read_is_not_called_missing() {
     std::fs::create_dir_all(&model).unwrap();
     let tok = model.join("tokenizer.json");
     std::os::unix::fs::symlink(&tok, &tok).unwrap();
-    let stderr = stderr_of(&[
-        "score".as_ref(),
-        "--policy".as_ref(),
-        model.as_os_str(),
-        "--reference".as_ref(),
-        model.as_os_str(),
-    ]);
+    let stderr = score_pair(&model);
     assert!(!stderr.contains("not found"), "{stderr}");
     assert!(
         stderr.contains("tokenizer.json") && stderr.contains("symbolic links"),
@@ -58,13 +63,7 @@ fn a_tokenizer_json_that_cannot_be_read_is_not_called_missing() {
 fn a_checkpoint_directory_that_does_not_exist_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let absent = dir.path().join("no-such-model");
-    let stderr = stderr_of(&[
-        "score".as_ref(),
-        "--policy".as_ref(),
-        absent.as_os_str(),
-        "--reference".as_ref(),
-        absent.as_os_str(),
-    ]);
+    let stderr = score_pair(&absent);
     let shown = format!("{}: No such file or directory", absent.display());
     assert!(stderr.contains(&shown), "{stderr}");
 }
