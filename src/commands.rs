@@ -27,6 +27,13 @@ pub fn toyworld() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld")
 }
 
+/// `--input`, or the bundled demo trajectories.
+pub fn input_or_demo(input: &Option<PathBuf>) -> PathBuf {
+    input
+        .clone()
+        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"))
+}
+
 #[derive(Args, Clone)]
 pub struct ModelArgs {
     /// Policy checkpoint: an HF directory, or a hub id ORG/NAME[@REV] found in the
@@ -357,11 +364,7 @@ fn writer(path: &Option<PathBuf>) -> Result<Box<dyn Write>> {
 }
 
 pub fn select(a: SelectArgs) -> Result<()> {
-    let input = a
-        .app
-        .input
-        .clone()
-        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
+    let input = input_or_demo(&a.app.input);
     let set = scored_set(&a.app, false, &input)?;
     let sel = apps::select(
         &set.trajectories,
@@ -388,10 +391,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
 }
 
 pub fn attribute(a: AppArgs) -> Result<()> {
-    let input = a
-        .input
-        .clone()
-        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
+    let input = input_or_demo(&a.input);
     let set = scored_set(&a, false, &input)?;
     let mut w = writer(&a.output)?;
     for t in &set.trajectories {

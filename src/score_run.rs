@@ -16,7 +16,7 @@ use serde_json::json;
 use padv::pipeline::{ScoredRecord, Scorer};
 use padv::trajectory::{Record, read_records};
 
-use crate::commands::{OnError, ScoreArgs, progress, toyworld};
+use crate::commands::{OnError, ScoreArgs, input_or_demo, progress};
 use crate::summary::Summary;
 
 /// Records scored (and written) together; the progress bar moves per slice.
@@ -86,10 +86,7 @@ impl Sink {
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let input = a
-        .input
-        .clone()
-        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"));
+    let input = input_or_demo(&a.input);
     let (policy, reference) = a.model.pair();
     let mut scorer = a.model.load(a.tokens)?;
     let records = read_records(&input, a.model.format)?;

@@ -62,8 +62,9 @@ impl TokenizerBundle {
     /// (or `dir/special_tokens_map.json`) and `dir/chat_template.jinja`.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
+        std::fs::metadata(&dir).map_err(|e| Error::io(&dir, e))?;
         let tok_path = dir.join("tokenizer.json");
-        if !tok_path.is_file() {
+        if !is_file(&tok_path)? {
             return Err(Error::Tokenizer {
                 path: tok_path,
                 msg: "file not found (a Hugging Face `tokenizer.json` is required)".into(),
@@ -77,9 +78,9 @@ impl TokenizerBundle {
 
         let config_path = dir.join("tokenizer_config.json");
         let map_path = dir.join("special_tokens_map.json");
-        let config = if config_path.is_file() {
+        let config = if is_file(&config_path)? {
             Some((read_json(&config_path)?, config_path))
-        } else if map_path.is_file() {
+        } else if is_file(&map_path)? {
             Some((read_json(&map_path)?, map_path))
         } else {
             None
@@ -89,7 +90,7 @@ impl TokenizerBundle {
             None => (SpecialTokens::default(), None),
         };
         let jinja_path = dir.join("chat_template.jinja");
-        if jinja_path.is_file() {
+        if is_file(&jinja_path)? {
             let text =
                 std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?;
             chat_template = Some(text);
@@ -299,6 +300,17 @@ impl TokenizerBundle {
 
 fn show_token(t: Option<&str>) -> String {
     t.map_or_else(|| "none".to_string(), |t| format!("`{t}`"))
+}
+
+/// Whether `path` is a file; `false` when it does not exist, an error naming
+/// it when it cannot be looked at (no permission, a symlink loop), rather
+/// than "not found".
+fn is_file(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.is_file()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {

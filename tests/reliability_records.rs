@@ -26,6 +26,19 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
+/// `padv score --on-error skip` from `input`; the lines it wrote.
+fn score_skipping(input: &Path) -> Vec<Value> {
+    let out = input.with_extension("out.jsonl");
+    succeed(
+        padv()
+            .args(["score", "--device", "cpu", "--on-error", "skip", "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(&out),
+    );
+    output_lines(&out)
+}
+
 fn output_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -64,15 +77,7 @@ fn a_line_that_is_not_utf8_is_an_error_record_and_the_others_are_scored() {
     bytes.extend(b"{\"id\": \"x\xff\", \"text\": \"caf\xe9\"}\n");
     bytes.extend(format!("{}\n\n{}\n", lines[1], lines[2]).as_bytes());
     let input = write(dir.path(), "in.jsonl", &bytes);
-    let out = dir.path().join("out.jsonl");
-    succeed(
-        padv()
-            .args(["score", "--device", "cpu", "--on-error", "skip", "--input"])
-            .arg(&input)
-            .arg("--output")
-            .arg(&out),
-    );
-    let written = output_lines(&out);
+    let written = score_skipping(&input);
     // One line per non-blank input line (line 4 is blank).
     assert_eq!(written.len(), 4);
     let e = written[1]["error"].as_str().unwrap();
@@ -89,15 +94,10 @@ fn error_records_keep_the_id_of_the_record_they_stand_for() {
         r#"{"messages": []}"#,
     ];
     let input = write(dir.path(), "in.jsonl", lines.join("\n").as_bytes());
-    let out = dir.path().join("out.jsonl");
-    succeed(
-        padv()
-            .args(["score", "--device", "cpu", "--on-error", "skip", "--input"])
-            .arg(&input)
-            .arg("--output")
-            .arg(&out),
-    );
-    let ids: Vec<Value> = output_lines(&out).iter().map(|r| r["id"].clone()).collect();
+    let ids: Vec<Value> = score_skipping(&input)
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
     assert_eq!(ids, [Value::from("x7"), Value::from("12"), Value::Null]);
 }
 

@@ -433,14 +433,11 @@ impl EvalReport {
             } else {
                 String::new()
             },
-            if self.unscored > 0 {
-                format!(
-                    ", {} without a valid progress-advantage score left out",
-                    self.unscored
-                )
-            } else {
-                String::new()
-            }
+            note(
+                ", ",
+                self.unscored,
+                "without a valid progress-advantage score left out"
+            )
         );
         out.push_str(
             "| method | AUROC | Spearman ρ | n | best-of-N | min-cum acc / MAE | \
@@ -489,14 +486,11 @@ impl EvalReport {
             } else {
                 units.join("; ")
             },
-            if self.labels_out_of_range > 0 {
-                format!(
-                    "; {} out of range (naming a step the trajectory does not have) left out",
-                    self.labels_out_of_range
-                )
-            } else {
-                String::new()
-            }
+            note(
+                "; ",
+                self.labels_out_of_range,
+                "out of range (naming a step the trajectory does not have) left out"
+            )
         );
         out
     }
@@ -540,6 +534,15 @@ pub fn sweep_markdown(reports: &[EvalReport]) -> String {
 }
 
 /// `1 error record`, `3 error records`.
+/// `sep`, `n` and `what` when `n > 0`; nothing otherwise.
+fn note(sep: &str, n: usize, what: &str) -> String {
+    if n > 0 {
+        format!("{sep}{n} {what}")
+    } else {
+        String::new()
+    }
+}
+
 pub(crate) fn error_records(n: usize) -> String {
     format!("{n} error record{}", if n == 1 { "" } else { "s" })
 }

@@ -20,6 +20,8 @@ use crate::{Error, Result};
 
 const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 const SPLITS: [&str; 2] = ["Hand-Crafted", "Algorithm-Generated"];
+/// The fields that make an object a record, one per kind.
+const RECORD_KEYS: [&str; 4] = ["text", "token_ids", "messages", "history"];
 
 /// Reads every record of `path` (a file, or a Who&When directory).
 /// `format` forces a format; `None` detects it.
@@ -115,6 +117,24 @@ fn read_document(
     match doc {
         Value::Object(obj) if obj.contains_key("simulations") || format == Some(Format::Tau2) => {
             read_tau2(file, obj)
+        }
+        Value::Object(obj)
+            if format.is_none_or(|f| f == Format::Jsonl)
+                && !RECORD_KEYS.iter().any(|k| obj.contains_key(*k)) =>
+        {
+            let keys: Vec<&str> = obj.keys().map(String::as_str).take(8).collect();
+            Ok(vec![Err(Error::input(
+                file,
+                format!(
+                    "neither a record (one of `text`, `token_ids`, `messages`, `history`) nor \
+                     τ²-bench results (`simulations`); its top-level keys: {}",
+                    if keys.is_empty() {
+                        "none".to_string()
+                    } else {
+                        keys.join(", ")
+                    }
+                ),
+            ))])
         }
         Value::Object(obj) => {
             let ww = obj.contains_key("history").then(|| WhoAndWhenFile {
