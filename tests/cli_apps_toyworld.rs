@@ -10,6 +10,7 @@ mod cli_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use cli_common::{padv, succeed};
 use padv::apps::{
@@ -55,7 +56,10 @@ fn hf_steps() -> HashMap<String, Vec<f64>> {
         .collect()
 }
 
-/// The demo scored through the library as the CLI does by default.
+/// The demo scored through the library as the CLI does by default (once,
+/// for both tests).
+static LIBRARY: LazyLock<Vec<ScoredTrajectory>> = LazyLock::new(library);
+
 fn library() -> Vec<ScoredTrajectory> {
     let tw = toyworld();
     let opts = ScorerOptions {
@@ -99,10 +103,10 @@ fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
 fn attribute_prints_the_step_scores_picks_and_labels_of_the_library() {
     let out = succeed(padv().args(["attribute", "--device", "cpu"]));
     let lines = jsonl(&String::from_utf8(out.stdout).unwrap());
-    let (demo, hf, lib) = (demo(), hf_steps(), library());
+    let (demo, hf, lib) = (demo(), hf_steps(), &*LIBRARY);
     assert_eq!(lines.len(), demo.len());
     assert_eq!(lib.len(), demo.len());
-    for ((line, record), t) in lines.iter().zip(&demo).zip(&lib) {
+    for ((line, record), t) in lines.iter().zip(&demo).zip(lib) {
         let id = record["id"].as_str().unwrap();
         assert_eq!(line["id"], id);
         assert_eq!(line["method"], "progress_advantage");
@@ -189,9 +193,9 @@ fn select_explain_ranks_every_group_like_the_library_and_ties_go_to_the_earliest
     let out = succeed(padv().args(["select", "--device", "cpu", "--explain"]));
     let chosen = jsonl(&String::from_utf8(out.stdout).unwrap());
     let sections = explain_sections(&String::from_utf8(out.stderr).unwrap());
-    let (demo, hf, lib) = (demo(), hf_steps(), library());
+    let (demo, hf, lib) = (demo(), hf_steps(), &*LIBRARY);
     let sel = select(
-        &lib,
+        lib,
         Method::ProgressAdvantage,
         Aggregation::stored(StepAgg::Mean),
     )
