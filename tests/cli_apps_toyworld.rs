@@ -7,19 +7,20 @@
 //! table with scores and outcomes.
 
 mod cli_common;
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use cli_common::{padv, succeed};
+use common::read_all;
 use padv::apps::{
     Aggregation, Method, Predictor, ReadOptions, ScoredTrajectory, attribute, select,
 };
 use padv::backend::Device;
 use padv::pipeline::{Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
-use padv::trajectory::read_records;
 use serde_json::Value;
 
 /// Against transformers: the f32 budget of tests/toyworld_steps.rs.
@@ -69,13 +70,8 @@ fn library() -> Vec<ScoredTrajectory> {
     };
     let mut scorer =
         Scorer::load(&tw.join("models/trained"), &tw.join("models/ref"), opts).unwrap();
-    let records: Vec<_> = read_records(&tw.join("demo_trained.jsonl"), None)
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
     scorer
-        .score(&records)
+        .score(&read_all(&tw.join("demo_trained.jsonl")))
         .into_iter()
         .map(|s| {
             let s = s.unwrap();
