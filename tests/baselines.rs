@@ -7,15 +7,16 @@
 //! bottom-10%) — through the library and through `padv score --tokens`.
 
 mod cli_common;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cli_common::{padv, succeed};
+use common::read_all;
 use padv::backend::Device;
 use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
 use padv::score::aggregate::TokenAgg;
-use padv::trajectory::read_records;
 use serde_json::Value;
 
 const BETA: f64 = 0.5;
@@ -41,6 +42,14 @@ fn floats(v: &Value) -> Vec<f64> {
         .unwrap()
         .iter()
         .map(|x| x.as_f64().unwrap_or(f64::NAN))
+        .collect()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
         .collect()
 }
 
@@ -125,12 +134,7 @@ fn expected(pair: &str) -> Vec<Expected> {
             }
             Expected {
                 id: r["id"].as_str().unwrap().to_string(),
-                token_ids: r["token_ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t.as_u64().unwrap())
-                    .collect(),
+                token_ids: ids(&r["token_ids"]),
                 entropy: floats(&r["entropy_policy"]),
                 self_certainty: floats(&r["self_certainty"]),
                 advantages,
@@ -201,12 +205,7 @@ fn from_cli(v: &Value) -> Got {
     });
     Got {
         id: v["id"].as_str().unwrap().to_string(),
-        token_ids: v["token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_u64().unwrap())
-            .collect(),
+        token_ids: ids(&v["token_ids"]),
         entropy: floats(&v["entropy_policy"]),
         self_certainty: floats(&v["self_certainty"]),
         steps,
@@ -302,13 +301,8 @@ fn library(pair: &str) -> Vec<Got> {
         ..ScorerOptions::default()
     };
     let mut scorer = Scorer::load(&dir.join("trained"), &dir.join("ref"), opts).unwrap();
-    let records: Vec<_> = read_records(&input(), None)
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
     scorer
-        .score(&records)
+        .score(&read_all(&input()))
         .iter()
         .map(|s| from_library(s.as_ref().unwrap()))
         .collect()

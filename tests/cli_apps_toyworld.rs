@@ -7,18 +7,20 @@
 //! table with scores and outcomes.
 
 mod cli_common;
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use cli_common::{padv, succeed};
+use common::read_all;
 use padv::apps::{
     Aggregation, Method, Predictor, ReadOptions, ScoredTrajectory, attribute, select,
 };
 use padv::backend::Device;
 use padv::pipeline::{Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
-use padv::trajectory::read_records;
 use serde_json::Value;
 
 /// Against transformers: the f32 budget of tests/toyworld_steps.rs.
@@ -55,7 +57,10 @@ fn hf_steps() -> HashMap<String, Vec<f64>> {
         .collect()
 }
 
-/// The demo scored through the library as the CLI does by default.
+/// The demo scored through the library as the CLI does by default (once,
+/// for both tests).
+static LIBRARY: LazyLock<Vec<ScoredTrajectory>> = LazyLock::new(library);
+
 fn library() -> Vec<ScoredTrajectory> {
     let tw = toyworld();
     let opts = ScorerOptions {
@@ -65,13 +70,8 @@ fn library() -> Vec<ScoredTrajectory> {
     };
     let mut scorer =
         Scorer::load(&tw.join("models/trained"), &tw.join("models/ref"), opts).unwrap();
-    let records: Vec<_> = read_records(&tw.join("demo_trained.jsonl"), None)
-        .unwrap()
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
     scorer
-        .score(&records)
+        .score(&read_all(&tw.join("demo_trained.jsonl")))
         .into_iter()
         .map(|s| {
             let s = s.unwrap();
@@ -99,10 +99,10 @@ fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
 fn attribute_prints_the_step_scores_picks_and_labels_of_the_library() {
     let out = succeed(padv().args(["attribute", "--device", "cpu"]));
     let lines = jsonl(&String::from_utf8(out.stdout).unwrap());
-    let (demo, hf, lib) = (demo(), hf_steps(), library());
+    let (demo, hf, lib) = (demo(), hf_steps(), &*LIBRARY);
     assert_eq!(lines.len(), demo.len());
     assert_eq!(lib.len(), demo.len());
-    for ((line, record), t) in lines.iter().zip(&demo).zip(&lib) {
+    for ((line, record), t) in lines.iter().zip(&demo).zip(lib) {
         let id = record["id"].as_str().unwrap();
         assert_eq!(line["id"], id);
         assert_eq!(line["method"], "progress_advantage");
@@ -189,9 +189,9 @@ fn select_explain_ranks_every_group_like_the_library_and_ties_go_to_the_earliest
     let out = succeed(padv().args(["select", "--device", "cpu", "--explain"]));
     let chosen = jsonl(&String::from_utf8(out.stdout).unwrap());
     let sections = explain_sections(&String::from_utf8(out.stderr).unwrap());
-    let (demo, hf, lib) = (demo(), hf_steps(), library());
+    let (demo, hf, lib) = (demo(), hf_steps(), &*LIBRARY);
     let sel = select(
-        &lib,
+        lib,
         Method::ProgressAdvantage,
         Aggregation::stored(StepAgg::Mean),
     )
