@@ -288,7 +288,7 @@ mod tests {
         }
     }
 
-    fn noise(n: usize, seed: u32) -> Vec<f32> {
+    pub(super) fn noise(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
                 (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) >> 8) as f32
@@ -323,17 +323,8 @@ mod tests {
 
 #[cfg(test)]
 mod exactness {
+    use super::tests::noise;
     use super::*;
-
-    fn noise(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) >> 8) as f32
-                    / (1u32 << 24) as f32
-                    - 0.5
-            })
-            .collect()
-    }
 
     #[test]
     fn a_query_row_gets_the_same_bits_whatever_prefix_is_cached() {
