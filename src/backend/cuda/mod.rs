@@ -134,7 +134,15 @@ impl CudaPair {
 
 impl PairScorer for CudaPair {
     fn describe(&self) -> String {
-        format!("cuda:{} {}", self.ordinal, self.gpu.describe())
+        // The compute dtype is part of the description, so a caller (and a
+        // test through `Scorer`) can tell a bf16 run from an f32 one.
+        format!(
+            "cuda:{} {} (compute {}/{})",
+            self.ordinal,
+            self.gpu.describe(),
+            self.policy.dtype.name(),
+            self.reference.dtype.name()
+        )
     }
 
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
