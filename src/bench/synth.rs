@@ -35,20 +35,26 @@ pub struct Shape {
     pub extra: Option<fn(&mut serde_json::Value)>,
 }
 
-/// Olmo 3: three sliding-window layers then a full one with YaRN.
-fn olmo3_keys(c: &mut serde_json::Value) {
+/// `layer_types` of `c`'s layer count: every `period`-th layer full
+/// attention, the others sliding.
+fn layer_types(c: &serde_json::Value, period: u64) -> serde_json::Value {
     let n = c["num_hidden_layers"].as_u64().unwrap_or(0);
-    let types: Vec<&str> = (0..n)
-        .map(|i| {
-            if (i + 1) % 4 == 0 {
+    let full = |i: u64| (i + 1).is_multiple_of(period);
+    json!(
+        (0..n)
+            .map(|i| if full(i) {
                 "full_attention"
             } else {
                 "sliding_attention"
-            }
-        })
-        .collect();
+            })
+            .collect::<Vec<_>>()
+    )
+}
+
+/// Olmo 3: three sliding-window layers then a full one with YaRN.
+fn olmo3_keys(c: &mut serde_json::Value) {
     c["model_type"] = json!("olmo3");
-    c["layer_types"] = json!(types);
+    c["layer_types"] = layer_types(c, 4);
     c["sliding_window"] = json!(4096);
     c["max_position_embeddings"] = json!(65536);
     c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
@@ -62,18 +68,9 @@ fn olmo3_keys(c: &mut serde_json::Value) {
 fn gemma4_keys(c: &mut serde_json::Value) {
     let n = c["num_hidden_layers"].as_u64().unwrap_or(0);
     let hd = c["head_dim"].as_u64().unwrap_or(0);
-    let types: Vec<&str> = (0..n)
-        .map(|i| {
-            if (i + 1) % 6 == 0 {
-                "full_attention"
-            } else {
-                "sliding_attention"
-            }
-        })
-        .collect();
     let vocab = c["vocab_size"].clone();
     c["model_type"] = json!("gemma4_text");
-    c["layer_types"] = json!(types);
+    c["layer_types"] = layer_types(c, 6);
     c["global_head_dim"] = json!(2 * hd);
     c["hidden_activation"] = json!("gelu_pytorch_tanh");
     c.as_object_mut().map(|o| o.remove("hidden_act"));

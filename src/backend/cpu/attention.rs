@@ -42,8 +42,6 @@ impl AttnShape {
 }
 
 const Q_BLOCK: usize = 64;
-/// Largest head dim the CPU attention takes (Gemma 4's full layers use 512).
-pub const MAX_HEAD_DIM: usize = 512;
 
 thread_local! {
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -288,7 +286,7 @@ mod tests {
         }
     }
 
-    pub(super) fn noise(n: usize, seed: u32) -> Vec<f32> {
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
                 (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) >> 8) as f32
@@ -319,12 +317,6 @@ mod tests {
             }
         }
     }
-}
-
-#[cfg(test)]
-mod exactness {
-    use super::tests::noise;
-    use super::*;
 
     #[test]
     fn a_query_row_gets_the_same_bits_whatever_prefix_is_cached() {

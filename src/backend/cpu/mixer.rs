@@ -102,15 +102,12 @@ fn add_bias(buf: &mut [f32], bias: Option<&[f32]>, width: usize) {
 }
 
 fn qk_norm(buf: &mut [f32], kind: QkNorm, w: Option<&[f32]>, head_dim: usize, eps: f32) {
-    let (Some(w), width) = (
-        w,
-        match kind {
-            QkNorm::None => return,
-            QkNorm::PerHead => head_dim,
-            QkNorm::FullWidth => w.map_or(1, <[f32]>::len),
-        },
-    ) else {
+    let (Some(w), false) = (w, kind == QkNorm::None) else {
         return;
+    };
+    let width = match kind {
+        QkNorm::PerHead => head_dim,
+        _ => w.len(), // FullWidth: the whole projection
     };
     for part in buf.chunks_mut(width) {
         rms_norm_row(part, w, eps);

@@ -63,32 +63,30 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
 
     // Full-layer head dims: `per_layer_config` (what transformers writes)
     // wins over the hub's `global_head_dim` (missing: 512, null or 0: head_dim).
+    let plc = k.get("per_layer_config");
+    let full_head_dim = match (plc, k.v.get("global_head_dim")) {
+        (Some(_), _) | (None, Some(Value::Null)) => c.head_dim,
+        (None, None) => 512,
+        (None, Some(_)) => match k.usize("global_head_dim")? {
+            0 => c.head_dim,
+            g => g,
+        },
+    };
     let mut head_dims: Vec<usize> = types
         .iter()
         .map(|t| {
             if t == SLIDING {
-                return Ok(c.head_dim);
+                c.head_dim
+            } else {
+                full_head_dim
             }
-            Ok(match k.v.get("global_head_dim") {
-                None => 512,
-                Some(Value::Null) => c.head_dim,
-                Some(_) => match k.usize("global_head_dim")? {
-                    0 => c.head_dim,
-                    g => g,
-                },
-            })
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let mut kv_heads = vec![c.kv_heads; n];
-    if let Some(plc) = k.get("per_layer_config") {
+    if let Some(plc) = plc {
         let obj = plc
             .as_object()
             .ok_or_else(|| k.err("`per_layer_config` must be an object keyed by layer index"))?;
-        for (i, hd) in head_dims.iter_mut().enumerate() {
-            if types[i] == FULL {
-                *hd = c.head_dim;
-            }
-        }
         for (key, over) in obj {
             let li: usize = key.parse().ok().filter(|&l| l < n).ok_or_else(|| {
                 k.err(format!(
