@@ -54,6 +54,8 @@ pub mod pipeline;
 pub mod score;
 pub mod serve;
 pub mod session;
+/// Run-time choice of the CPU kernels (`PADV_CPU_KERNELS`), and `dispatch!`.
+pub mod simd;
 pub mod tokenizer;
 pub mod trajectory;
 

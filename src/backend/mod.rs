@@ -104,6 +104,7 @@ pub fn open_pair_with(
     gpu_dtype: Option<DType>,
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
+    crate::simd::check()?;
     // `auto` scores a pair the CUDA backend does not run (hybrid models,
     // sandwich blocks, …) on the CPU; asking for CUDA by name is refused.
     let cpu_only = [&policy, &reference]

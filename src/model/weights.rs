@@ -82,11 +82,7 @@ impl Data<'_> {
         match self {
             Data::F32(s) => out.copy_from_slice(&s[start..end]),
             Data::F16(s) => s[start..end].convert_to_f32_slice(out),
-            Data::BF16(s) => {
-                for (o, v) in out.iter_mut().zip(&s[start..end]) {
-                    *o = f32::from_bits((v.to_bits() as u32) << 16);
-                }
-            }
+            Data::BF16(s) => widen_bf16(&s[start..end], out),
         }
     }
     /// The whole tensor widened to f32 (only for small tensors: norms, biases).
@@ -94,6 +90,15 @@ impl Data<'_> {
         let mut v = vec![0.0; self.len()];
         self.widen_into(0, &mut v);
         v
+    }
+}
+
+crate::dispatch! {
+    /// bf16 → f32 is a 16-bit shift: exact.
+    fn widen_bf16(src: &[half::bf16], out: &mut [f32]) {
+        for (o, v) in out.iter_mut().zip(src) {
+            *o = f32::from_bits((v.to_bits() as u32) << 16);
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod deltanet;
 pub mod embed;
 pub mod forward;
 pub mod gemm;
+mod gemm_portable;
 pub mod lm_head;
 pub mod mixer;
 pub mod mlp;
@@ -228,7 +229,11 @@ impl Models {
 
 impl PairScorer for CpuPair {
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({} kernels, {} threads)",
+            crate::simd::level().name(),
+            rayon::current_num_threads()
+        )
     }
 
     fn set_prefix_cache(&mut self, opts: Option<KvOptions>) -> Result<()> {
