@@ -88,6 +88,9 @@ fn an_unknown_or_unavailable_level_is_an_error_naming_the_variable() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("supports at most"), "{err}");
+        assert!(
+            !out.status.success() && err.contains("supports at most"),
+            "{err}"
+        );
     }
 }
