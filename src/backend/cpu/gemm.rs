@@ -359,6 +359,12 @@ mod avx512 {
                 // SAFETY: 16 f16 = 32 bytes read.
                 unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr() as *const __m256i)) }
             }
+            Data::Merged(m) => {
+                let mut v = [0f32; 16];
+                m.widen_into(at, &mut v);
+                // SAFETY: the array has 16 elements.
+                unsafe { _mm512_loadu_ps(v.as_ptr()) }
+            }
         }
     }
 
