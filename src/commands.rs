@@ -353,7 +353,7 @@ fn scored_sets(
                 input.display()
             );
         }
-        return Ok(vec![(None, apps::read_scored(input, &opts)?)]);
+        return Ok(split_by_alpha(apps::read_scored(input, &opts)?));
     }
     let mut scorer = a.model.load(with_tokens)?;
     let mut records = Vec::new();
@@ -415,6 +415,30 @@ fn scored_sets(
         ));
     }
     Ok(sets)
+}
+
+/// A merge sweep's scored file (records with an `alpha` field) as one set
+/// per α, in order of first appearance; error lines count in every set.
+fn split_by_alpha(set: ScoredSet) -> Vec<(Option<f64>, ScoredSet)> {
+    let alpha = |t: &ScoredTrajectory| t.record.as_ref().and_then(|r| r["alpha"].as_f64());
+    if set.trajectories.iter().all(|t| alpha(t).is_none()) {
+        return vec![(None, set)];
+    }
+    let mut sets: Vec<(Option<f64>, ScoredSet)> = Vec::new();
+    for t in set.trajectories {
+        let a = alpha(&t);
+        match sets.iter_mut().find(|(b, _)| *b == a) {
+            Some((_, s)) => s.trajectories.push(t),
+            None => sets.push((
+                a,
+                ScoredSet {
+                    trajectories: vec![t],
+                    skipped: set.skipped.clone(),
+                },
+            )),
+        }
+    }
+    sets
 }
 
 /// Whether a JSONL file is `padv score` output, judged by its first line

@@ -280,3 +280,40 @@ fn a_policy_of_another_shape_is_refused_naming_the_tensor() {
         "{err}"
     );
 }
+
+#[test]
+fn eval_prints_a_table_per_alpha_from_raw_trajectories_and_from_a_sweep_file() {
+    let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld");
+    let dir = tempfile::tempdir().unwrap();
+    let scored = dir.path().join("sweep.jsonl");
+    let model = |cmd: &mut Command| {
+        cmd.arg("--policy")
+            .arg(toy.join("models/trained"))
+            .arg("--reference")
+            .arg(toy.join("models/ref"))
+            .args(["--device", "cpu", "--merge", "ties", "--alpha", "0.2,0.6"]);
+    };
+    let mut cmd = padv();
+    cmd.args(["score", "--output"])
+        .arg(&scored)
+        .arg("--input")
+        .arg(toy.join("demo_ref.jsonl"));
+    model(&mut cmd);
+    succeed(&mut cmd);
+    let from_file = succeed(padv().args(["eval", "--input"]).arg(&scored));
+    let mut cmd = padv();
+    cmd.args(["eval", "--input"])
+        .arg(toy.join("demo_ref.jsonl"));
+    model(&mut cmd);
+    let direct = succeed(&mut cmd);
+    let (from_file, direct) = (
+        String::from_utf8(from_file.stdout).unwrap(),
+        String::from_utf8(direct.stdout).unwrap(),
+    );
+    for text in [&from_file, &direct] {
+        let a = text.find("α = 0.2").expect(text);
+        let b = text.find("α = 0.6").expect(text);
+        assert!(a < b);
+    }
+    assert_eq!(from_file, direct, "the same tables either way");
+}

@@ -196,7 +196,7 @@ pub struct Merged<'a> {
 }
 
 /// Elements merged per step (stack buffers).
-const CHUNK: usize = 64;
+const CHUNK: usize = 256;
 
 impl Merged<'_> {
     pub fn len(&self) -> usize {
@@ -288,13 +288,25 @@ impl Merged<'_> {
 fn round_to(dtype: DType, v: &mut [f32]) {
     match dtype {
         DType::F32 => {}
-        DType::BF16 => v
-            .iter_mut()
-            .for_each(|x| *x = half::bf16::from_f32(*x).to_f32()),
+        DType::BF16 => v.iter_mut().for_each(|x| *x = round_bf16(*x)),
         DType::F16 => v
             .iter_mut()
             .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
     }
+}
+
+/// `bf16::from_f32(x).to_f32()` without branches (the loop vectorises):
+/// round to nearest even on the upper 16 bits; a NaN stays a quiet NaN.
+#[inline]
+fn round_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    let nan = (b | 0x0040_0000) & 0xffff_0000;
+    f32::from_bits(if (b & 0x7fff_ffff) > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
+    })
 }
 
 /// SplitMix64's finaliser: a bijective 64-bit mix.
@@ -314,10 +326,12 @@ pub fn dare_key(seed: u64, name: &str) -> u64 {
 }
 
 /// Whether DARE keeps entry `index` of the tensor keyed `key`: 24 bits of
-/// a counter-based hash as a uniform in [0, 1), below `density`.
+/// a counter-based hash (the SplitMix64 stream started at `key`, at
+/// position `index`) as a uniform in [0, 1), below `density`.
 #[inline]
 pub fn dare_keeps(key: u64, index: u64, density: f32) -> bool {
-    let u = (mix(key ^ mix(index)) >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
+    let state = key.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let u = (mix(state) >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
     u < density
 }
 
@@ -640,6 +654,28 @@ mod tests {
         for i in 0..64 {
             let want = 0.5 * p[i].to_f32() + 0.5 * r[i].to_f32();
             assert_eq!(got[i], half::bf16::from_f32(want).to_f32());
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_equals_the_half_crate_on_edge_values() {
+        let mut xs = noise(4096, 9);
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            f32::from_bits(0x3f80_8000), // a tie, rounds to even (down)
+            f32::from_bits(0x3f81_8000), // a tie, rounds to even (up)
+            f32::from_bits(0x7f7f_ffff), // rounds up to infinity
+        ]);
+        for x in xs {
+            let want = half::bf16::from_f32(x).to_f32();
+            assert_eq!(round_bf16(x).to_bits(), want.to_bits(), "{x:e}");
         }
     }
 
