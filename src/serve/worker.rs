@@ -193,6 +193,7 @@ fn describe(scorer: &Scorer) -> Value {
         "policy": model(&scorer.policy),
         "reference": model(&scorer.reference),
         "device": scorer.backend_description(),
+        "merge": o.merge.as_ref().map(|m| m.to_json()),
         "defaults": {
             "render": scorer.render_mode().name(),
             "token_agg": o.token_agg.name(),

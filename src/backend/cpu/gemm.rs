@@ -302,7 +302,12 @@ mod avx512 {
     fn pack(w: Data, k: usize, n0: usize, nc: usize, k0: usize, kc: usize, bp: &mut [f32]) {
         let mut row = [0.0f32; KC];
         let panels = nc.div_ceil(NR);
-        let kc16 = kc / 16 * 16;
+        // A merged view forms its weights in runs (`Merged::widen_into`):
+        // it takes the row path, one call per row of the block.
+        let kc16 = match w {
+            Data::Merged(_) => 0,
+            _ => kc / 16 * 16,
+        };
         for q in 0..panels {
             let panel = &mut bp[q * kc * NR..(q + 1) * kc * NR];
             for half in 0..2 {
@@ -366,6 +371,13 @@ mod avx512 {
                 let v = &s[at..at + 16];
                 // SAFETY: 16 f16 = 32 bytes read.
                 unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr() as *const __m256i)) }
+            }
+            Data::Merged(m) => {
+                // Not reached from `pack` (see there); correct all the same.
+                let mut v = [0f32; 16];
+                m.widen_into(at, &mut v);
+                // SAFETY: the array has 16 elements.
+                unsafe { _mm512_loadu_ps(v.as_ptr()) }
             }
         }
     }
