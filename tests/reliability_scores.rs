@@ -235,4 +235,19 @@ fn zero_budgets_queues_and_durations_are_rejected() {
         "--session-ttl",
         "longer than zero",
     );
+    refused(
+        &["serve", addr[0], addr[1], "--read-timeout", "0s"],
+        "--read-timeout",
+        "longer than zero",
+    );
+    refused(
+        &["serve", addr[0], addr[1], "--max-connections", "0"],
+        "--max-connections",
+        "at least 1",
+    );
+    refused(
+        &["serve", addr[0], addr[1], "--api-key", "two words"],
+        "--api-key",
+        "without spaces",
+    );
 }
