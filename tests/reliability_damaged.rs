@@ -281,35 +281,50 @@ fn checkpoints_that_give_non_finite_numbers_score_no_record() {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .count();
-    let cases: [(&str, &Damage); 4] = [
-        ("an infinite weight in layer 1", &|m| {
-            edit_weights(m, |h, data| {
-                let v: Value = serde_json::from_str(h).unwrap();
-                let a = v["model.layers.1.post_attention_layernorm.weight"]["data_offsets"][0]
-                    .as_u64()
-                    .unwrap() as usize;
-                data[a..a + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
-            })
-        }),
-        ("rms_norm_eps -1", &|m| {
-            edit_config(m, "rms_norm_eps", json!(-1.0))
-        }),
-        ("rope_theta 0", &|m| edit_config(m, "rope_theta", json!(0))),
-        ("NaN embeddings", &|m| {
-            edit_weights(m, |h, data| {
-                let v: Value = serde_json::from_str(h).unwrap();
-                let o = &v["model.embed_tokens.weight"]["data_offsets"];
-                let (a, b) = (
-                    o[0].as_u64().unwrap() as usize,
-                    o[1].as_u64().unwrap() as usize,
-                );
-                for c in data[a..b].chunks_mut(4) {
-                    c.copy_from_slice(&f32::NAN.to_le_bytes());
-                }
-            })
-        }),
+    // (case, damage, where the error says the numbers stopped being finite)
+    let cases: [(&str, &Damage, &str); 4] = [
+        (
+            "an infinite weight in layer 1",
+            &|m| {
+                edit_weights(m, |h, data| {
+                    let v: Value = serde_json::from_str(h).unwrap();
+                    let a = v["model.layers.1.post_attention_layernorm.weight"]["data_offsets"][0]
+                        .as_u64()
+                        .unwrap() as usize;
+                    data[a..a + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+                })
+            },
+            "first not finite after decoder layer 1",
+        ),
+        (
+            "rms_norm_eps -1",
+            &|m| edit_config(m, "rms_norm_eps", json!(-1.0)),
+            "",
+        ),
+        (
+            "rope_theta 0",
+            &|m| edit_config(m, "rope_theta", json!(0)),
+            "",
+        ),
+        (
+            "NaN embeddings",
+            &|m| {
+                edit_weights(m, |h, data| {
+                    let v: Value = serde_json::from_str(h).unwrap();
+                    let o = &v["model.embed_tokens.weight"]["data_offsets"];
+                    let (a, b) = (
+                        o[0].as_u64().unwrap() as usize,
+                        o[1].as_u64().unwrap() as usize,
+                    );
+                    for c in data[a..b].chunks_mut(4) {
+                        c.copy_from_slice(&f32::NAN.to_le_bytes());
+                    }
+                })
+            },
+            "first not finite after the token embedding",
+        ),
     ];
-    for (i, (case, damage)) in cases.iter().enumerate() {
+    for (i, (case, damage, stage)) in cases.iter().enumerate() {
         let model = copy_policy(dir, &format!("nonfinite{i}"));
         damage(&model);
         let (output, out) = score(&model, &input(), dir);
@@ -332,7 +347,11 @@ fn checkpoints_that_give_non_finite_numbers_score_no_record() {
         for l in &lines {
             assert!(l.get("score").is_none(), "{case}: a score was written: {l}");
             let e = l["error"].as_str().unwrap_or_else(|| panic!("{case}: {l}"));
-            assert!(e.contains("not finite"), "{case}: {e}");
+            assert!(
+                e.contains("policy log-prob") && e.contains("not finite"),
+                "{case}: {e}"
+            );
+            assert!(e.contains(stage), "{case}: `{stage}` not in {e}");
         }
     }
 }
