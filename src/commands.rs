@@ -645,9 +645,28 @@ pub struct ServeArgs {
     /// Larger request bodies answer 413.
     #[arg(long, default_value_t = 16 << 20, value_parser = at_least_one)]
     pub max_request_bytes: usize,
-    /// A request not answered within this answers 504 and its work is dropped.
+    /// A request received in full and not answered within this (queue wait
+    /// and scoring) answers 504 and its work is dropped.
     #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: std::time::Duration,
+    /// A request's head, and then its body, must each arrive within this;
+    /// else the connection is closed (a late body answers 408 first).
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    pub read_timeout: std::time::Duration,
+    /// Connections served at once (past it, 503 and closed).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    pub max_connections: usize,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "PADV_API_KEY", hide_env_values = true, value_parser = api_key)]
+    pub api_key: Option<String>,
+}
+
+/// A non-empty key without whitespace or control characters.
+fn api_key(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the API key must be non-empty, without spaces or control characters".into());
+    }
+    Ok(s.to_string())
 }
 
 /// `padv serve`: the HTTP service in the foreground until SIGINT/SIGTERM.
@@ -664,6 +683,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     config.queue_capacity = a.queue;
     config.max_request_bytes = a.max_request_bytes;
     config.request_timeout = a.request_timeout;
+    config.read_timeout = a.read_timeout;
+    config.max_connections = a.max_connections;
+    config.api_key = a.api_key;
     eprintln!(
         "padv serve: loading {} and {}",
         config.policy.display(),
@@ -673,6 +695,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         && let Some(w) = padv::pipeline::render_fallback(&tok, config.options.render)
     {
         eprintln!("padv serve: warning: {w}");
+    }
+    if config.api_key.is_none() && !config.addr.ip().is_loopback() {
+        eprintln!(
+            "padv serve: warning: listening on {} without --api-key: anyone who can reach \
+             it can score, read and change every session (see docs/serve.md)",
+            config.addr
+        );
     }
     padv::serve::run(config, |addr| {
         eprintln!("padv serve: listening on http://{addr}");

@@ -20,6 +20,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 
@@ -166,7 +167,15 @@ pub struct Scorer {
     backend: Box<dyn PairScorer>,
     render: RenderMode,
     opts: ScorerOptions,
+    /// Records whose non-finite log-prob was traced to a layer so far
+    /// (bounded by [`TRACE_NONFINITE_AT_MOST`]).
+    traced: AtomicUsize,
 }
+
+/// Records whose non-finite log-prob is traced to the first non-finite
+/// layer (each trace is one more CPU forward of that record); later ones
+/// are reported without the layer.
+const TRACE_NONFINITE_AT_MOST: usize = 8;
 
 impl Scorer {
     /// Load both checkpoints and the (shared) tokenizer; fail early when the
@@ -211,6 +220,7 @@ impl Scorer {
             backend,
             render,
             opts,
+            traced: AtomicUsize::new(0),
         })
     }
 
@@ -468,7 +478,9 @@ impl Scorer {
         tokens: TokenScores,
     ) -> Result<ScoredRecord> {
         let mask = self.score_mask(&record, &encoded);
-        check_finite(&record.location, &tokens, mask.as_deref())?;
+        if let Some((model, t, v)) = first_nonfinite_logp(&tokens, mask.as_deref()) {
+            return Err(self.nonfinite(&record.location, model, t, v, &encoded.token_ids));
+        }
         let (ta, beta) = (self.opts.token_agg, self.opts.beta);
         let steps: Vec<StepScore> = encoded
             .actions
@@ -618,30 +630,53 @@ pub fn render_fallback(tokenizer: &TokenizerBundle, render: Option<RenderMode>) 
     })
 }
 
-/// An error naming the first scored position (`mask[t]`, or every `t ≥ 1`)
-/// whose policy or reference log-prob is NaN or infinite.
-fn check_finite(location: &str, tokens: &TokenScores, mask: Option<&[bool]>) -> Result<()> {
-    for t in 1..tokens.len() {
-        if mask.is_some_and(|m| !m.get(t).copied().unwrap_or(false)) {
-            continue;
-        }
-        for (model, v) in [
-            ("policy", tokens.logp_policy[t]),
-            ("reference", tokens.logp_reference[t]),
-        ] {
-            if !v.is_finite() {
-                return Err(Error::input(
-                    location,
-                    format!(
-                        "{model} log-prob at token position {t} is not finite ({v}): the {model} \
-                         checkpoint computes non-finite values (NaN/Inf weights, or a config value \
-                         out of range); no score is given"
-                    ),
-                ));
+/// The first scored position (`mask[t]`, or every `t ≥ 1`) whose policy or
+/// reference log-prob is NaN or infinite: (model, position, value).
+fn first_nonfinite_logp(
+    tokens: &TokenScores,
+    mask: Option<&[bool]>,
+) -> Option<(&'static str, usize, f32)> {
+    (1..tokens.len())
+        .filter(|&t| mask.is_none_or(|m| m.get(t).copied().unwrap_or(false)))
+        .find_map(|t| {
+            [
+                ("policy", tokens.logp_policy[t]),
+                ("reference", tokens.logp_reference[t]),
+            ]
+            .into_iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(model, v)| (model, t, v))
+        })
+}
+
+impl Scorer {
+    /// The error for a non-finite log-prob, naming where in the model the
+    /// numbers first stop being finite: only now, for the first few such
+    /// records, is the record run again through the CPU forward with a
+    /// finite scan after each layer.
+    fn nonfinite(&self, location: &str, model: &str, t: usize, v: f32, ids: &[u32]) -> Error {
+        let m = if model == "policy" {
+            &self.policy
+        } else {
+            &self.reference
+        };
+        let traced = self.traced.fetch_add(1, Ordering::Relaxed) < TRACE_NONFINITE_AT_MOST;
+        let stage = match traced.then(|| crate::backend::cpu::forward::first_nonfinite(m, ids)) {
+            Some(Ok(Some(stage))) => {
+                format!("; its hidden state is first not finite after {stage}")
             }
-        }
+            Some(Ok(None)) => "; its hidden states are finite, its LM head is not".to_string(),
+            _ => String::new(),
+        };
+        Error::input(
+            location,
+            format!(
+                "{model} log-prob at token position {t} is not finite ({v}){stage}: the {model} \
+                 checkpoint computes non-finite values (NaN/Inf weights, or a config value out \
+                 of range); no score is given"
+            ),
+        )
     }
-    Ok(())
 }
 
 fn opt(x: Option<f64>) -> Value {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod family;
+mod header;
 pub mod layout;
 pub mod merge;
 pub mod rope;

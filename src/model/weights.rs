@@ -224,7 +224,10 @@ impl Weights {
     pub fn open(dir: &Path) -> Result<Arc<Weights>> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index.exists() {
+        // `exists()` would call a symlink loop or an unreadable directory
+        // "no model.safetensors": ask, and report the OS error.
+        let present = |p: &Path| p.try_exists().map_err(|e| Error::io(p, e));
+        let files: Vec<PathBuf> = if present(&index)? {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::config(&index, format!("invalid JSON: {e}")))?;
@@ -239,7 +242,7 @@ impl Weights {
             names.sort();
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
-        } else if single.exists() {
+        } else if present(&single)? {
             vec![single]
         } else {
             return Err(Error::config(
@@ -260,10 +263,9 @@ impl Weights {
             // assume the checkpoint is not modified while padv runs.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
             let (header_len, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| {
-                Error::config(
-                    path,
-                    format!("not a valid safetensors file (truncated?): {e}"),
-                )
+                let why = super::header::problem(&map[..])
+                    .unwrap_or_else(|| format!("not a valid safetensors file: {e}"));
+                Error::config(path, why)
             })?;
             let data_start = 8 + header_len;
             let tensors = meta.tensors();
