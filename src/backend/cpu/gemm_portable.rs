@@ -53,10 +53,21 @@ unsafe fn kernel<const R: usize, const FUSED: bool>(
     }
     for (r, row) in acc.iter().enumerate() {
         // SAFETY: r < R rows of C with `cols` valid values each.
-        let out = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = if load_c { v + *o } else { v };
-        }
+        unsafe { store_row(c.add(r * ldc), row, cols, load_c) };
+    }
+}
+
+/// `C[0..cols] = v (+ C)`: how every kernel ends a row (the block's sum
+/// added to C, as the AVX-512 kernel does).
+///
+/// # Safety
+/// `c` holds `cols ≤ v.len()` values.
+#[inline(always)]
+unsafe fn store_row(c: *mut f32, v: &[f32], cols: usize, load_c: bool) {
+    // SAFETY: forwarded from the caller.
+    let out = unsafe { std::slice::from_raw_parts_mut(c, cols) };
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = if load_c { x + *o } else { x };
     }
 }
 
@@ -291,10 +302,7 @@ mod avx2 {
                 let mut t = [0.0f32; 16];
                 _mm256_storeu_ps(t.as_mut_ptr(), acc0[r]);
                 _mm256_storeu_ps(t.as_mut_ptr().add(8), acc1[r]);
-                let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
-                for (o, &v) in out.iter_mut().zip(&t) {
-                    *o = if load_c { v + *o } else { v };
-                }
+                super::store_row(c.add(r * ldc), &t, cols, load_c);
             }
         }
     }
@@ -360,10 +368,7 @@ mod sse2 {
                 let mut t = [0.0f32; 8];
                 _mm_storeu_ps(t.as_mut_ptr(), acc0[r]);
                 _mm_storeu_ps(t.as_mut_ptr().add(4), acc1[r]);
-                let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
-                for (o, &v) in out.iter_mut().zip(&t) {
-                    *o = if load_c { v + *o } else { v };
-                }
+                super::store_row(c.add(r * ldc), &t, cols, load_c);
             }
         }
     }
