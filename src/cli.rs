@@ -48,8 +48,9 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// One of: qwen2.5-0.5b, qwen2.5-7b, qwen3-0.6b, smollm2-135m, llama-3.2-1b.
-    #[arg(long)]
+    /// A real model's shape.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+        synth::SHAPES.iter().map(|s| s.name)))]
     pub shape: String,
     #[arg(long)]
     pub out: PathBuf,

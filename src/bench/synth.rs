@@ -85,6 +85,36 @@ fn gemma4_keys(c: &mut serde_json::Value) {
     c.as_object_mut().map(|o| o.remove("rope_theta"));
 }
 
+/// Qwen 3.5: three gated-DeltaNet layers then a gated full-attention one;
+/// 128-dim DeltaNet heads, as many value heads as the hidden size holds
+/// and half as many key heads (9B: 32 and 16), RoPE on a quarter of each
+/// attention head's dims.
+fn qwen3_5_keys(c: &mut serde_json::Value) {
+    let hidden = c["hidden_size"].as_u64().unwrap_or(0);
+    c["model_type"] = json!("qwen3_5_text");
+    c["full_attention_interval"] = json!(4);
+    c["layer_types"] = json!(
+        (0..c["num_hidden_layers"].as_u64().unwrap_or(0))
+            .map(|i| if (i + 1) % 4 == 0 {
+                "full_attention"
+            } else {
+                "linear_attention"
+            })
+            .collect::<Vec<_>>()
+    );
+    c["attn_output_gate"] = json!(true);
+    c["attention_bias"] = json!(false);
+    c["linear_conv_kernel_dim"] = json!(4);
+    c["linear_key_head_dim"] = json!(128);
+    c["linear_value_head_dim"] = json!(128);
+    c["linear_num_value_heads"] = json!((hidden / 128).max(1));
+    c["linear_num_key_heads"] = json!((hidden / 256).max(1));
+    c["max_position_embeddings"] = json!(262_144);
+    c["rope_parameters"] =
+        json!({"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25});
+    c.as_object_mut().map(|o| o.remove("rope_theta"));
+}
+
 pub const SHAPES: &[Shape] = &[
     Shape {
         name: "qwen2.5-0.5b",
@@ -200,6 +230,38 @@ pub const SHAPES: &[Shape] = &[
         tied: true,
         rope_theta: 1e4,
         extra: Some(gemma4_keys),
+    },
+    // Qwen3.5-9B's text decoder (24 DeltaNet + 8 gated attention layers),
+    // the paper's default pair.
+    Shape {
+        name: "qwen3.5-9b",
+        arch: "Qwen3_5ForCausalLM",
+        hidden: 4096,
+        intermediate: 12288,
+        layers: 32,
+        heads: 16,
+        kv_heads: 4,
+        head_dim: 256,
+        vocab: 248_320,
+        tied: false,
+        rope_theta: 1e7,
+        extra: Some(qwen3_5_keys),
+    },
+    // Qwen 3.5's layer pattern and head ratios at a quarter of the width,
+    // for CPU benches (hidden 1024, 24 layers; the full vocabulary).
+    Shape {
+        name: "qwen3.5-0.6b",
+        arch: "Qwen3_5ForCausalLM",
+        hidden: 1024,
+        intermediate: 3072,
+        layers: 24,
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 256,
+        vocab: 248_320,
+        tied: true,
+        rope_theta: 1e7,
+        extra: Some(qwen3_5_keys),
     },
     // Gemma 4's blocks scaled down to fit a CPU bench (12 layers, vocab 64k).
     Shape {
@@ -411,13 +473,19 @@ mod tests {
         assert!((7.0e9..9.0e9).contains(&e4b), "{e4b}");
         let olmo = shape("olmo3-7b").unwrap().num_params().unwrap() as f64;
         assert!((7.0e9..7.6e9).contains(&olmo), "{olmo}");
+        let q35 = shape("qwen3.5-9b").unwrap().num_params().unwrap() as f64;
+        // Qwen3.5-9B's language model: 8.95B parameters.
+        assert!((8.9e9..9.0e9).contains(&q35), "{q35}");
+        let q35s = shape("qwen3.5-0.6b").unwrap().num_params().unwrap() as f64;
+        assert!((5.5e8..6.0e8).contains(&q35s), "{q35s}");
     }
 
     #[test]
-    fn synthesized_olmo3_and_gemma4_checkpoints_load_and_score_finite_values() {
+    fn synthesized_olmo3_gemma4_and_qwen3_5_checkpoints_load_and_score_finite_values() {
         for (arch, extra) in [
             ("Olmo3ForCausalLM", olmo3_keys as fn(&mut serde_json::Value)),
             ("Gemma4ForCausalLM", gemma4_keys),
+            ("Qwen3_5ForCausalLM", qwen3_5_keys),
         ] {
             let tiny = Shape {
                 name: "tiny",
