@@ -16,7 +16,8 @@ use padv::apps::{
     self, Aggregation, Method, ReadOptions, ReportOptions, ScoredSet, ScoredTrajectory,
 };
 use padv::backend::Device;
-use padv::model::DType;
+use padv::model::merge::{DEFAULT_DENSITY, check_alpha, check_density};
+use padv::model::{DType, MergeMethod, MergeOptions};
 use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::tokenizer::TokenizerBundle;
@@ -83,9 +84,41 @@ pub struct ModelArgs {
     /// action's tool calls becomes an error record.
     #[arg(long)]
     pub strict: bool,
+    /// Score against a weight-space merge of reference and policy instead of
+    /// the reference: π_α = θ_ref + α·τ, τ = θ_policy − θ_ref per tensor in
+    /// f32, rounded to the checkpoint's dtype; no merged copy is made.
+    /// linear: α·θ_policy + (1 − α)·θ_ref. ties: keep τ's entries with |τ| at
+    /// least the tensor's k-th largest, k = max(1, ⌊density·numel⌋).
+    /// dare_linear: keep each entry of τ with probability density (seeded
+    /// by --merge-seed, the tensor's name and the entry's index), rescaled by
+    /// 1/density. With one policy, dare_ties equals dare_linear (sign
+    /// election is the identity) and emr reduces to linear (unified vector τ,
+    /// rescale λ = 1), up to rounding.
+    #[arg(long, requires = "alpha")]
+    pub merge: Option<MergeMethod>,
+    /// α of the merge in [0, 1] (0: the reference, 1: the policy); several,
+    /// comma-separated, score every α in one run: the policy's log-probs
+    /// once, each record written once per α with an `alpha` field.
+    #[arg(long, requires = "merge", value_delimiter = ',', value_parser = parse_alpha)]
+    pub alpha: Vec<f64>,
+    /// Fraction of τ kept by ties / dare_*, in (0, 1] (default 0.2).
+    #[arg(long, requires = "merge", value_parser = parse_density)]
+    pub density: Option<f64>,
+    /// Seed of the dare_* masks.
+    #[arg(long, requires = "merge", default_value_t = 0)]
+    pub merge_seed: u64,
 }
 
 impl ModelArgs {
+    /// The merge's α values (empty without `--merge`).
+    pub(crate) fn alphas(&self) -> &[f64] {
+        if self.merge.is_some() {
+            &self.alpha
+        } else {
+            &[]
+        }
+    }
+
     fn uses_default(&self) -> bool {
         self.policy.is_none()
     }
@@ -128,17 +161,39 @@ impl ModelArgs {
             kv_cache_mb: self.kv_cache_mb,
             gpu_dtype: self.gpu_dtype,
             strict: self.strict,
+            merge: self
+                .merge
+                .zip(self.alpha.first())
+                .map(|(method, &alpha)| MergeOptions {
+                    method,
+                    alpha,
+                    density: self.density.unwrap_or(DEFAULT_DENSITY),
+                    seed: self.merge_seed,
+                }),
         }
     }
 }
 
+/// A number argument (the range is checked by the caller).
+fn number(s: &str) -> std::result::Result<f64, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))
+}
+
 /// `--beta`: the range the HTTP API accepts too.
 fn parse_beta(s: &str) -> std::result::Result<f64, String> {
-    let beta: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number"))?;
-    padv::pipeline::check_beta(beta)
+    number(s).and_then(padv::pipeline::check_beta)
+}
+
+/// `--alpha`: one value of the list.
+fn parse_alpha(s: &str) -> std::result::Result<f64, String> {
+    number(s).and_then(check_alpha)
+}
+
+/// `--density`.
+fn parse_density(s: &str) -> std::result::Result<f64, String> {
+    number(s).and_then(check_density)
 }
 
 /// A count that must be positive (`--batch-tokens`, `--queue`, …).
@@ -243,18 +298,31 @@ pub(crate) fn progress(total: usize) -> ProgressBar {
     bar
 }
 
-/// Score records in slices (for the progress bar); one result per record.
-fn score_records(scorer: &mut Scorer, records: &[Record]) -> Vec<padv::Result<ScoredRecord>> {
+/// Score records in slices (for the progress bar); one result per record
+/// and α (`alphas` of a merge sweep; empty: one plain pass).
+fn score_records(
+    scorer: &mut Scorer,
+    records: &[Record],
+    alphas: &[f64],
+) -> Result<Vec<Vec<padv::Result<ScoredRecord>>>> {
     let bar = progress(records.len());
     let start = Instant::now();
-    let mut out = Vec::with_capacity(records.len());
+    let mut out: Vec<Vec<_>> = (0..alphas.len().max(1))
+        .map(|_| Vec::with_capacity(records.len()))
+        .collect();
     let mut tokens = 0usize;
     for part in records.chunks(64) {
-        for r in scorer.score(part) {
-            if let Ok(s) = &r {
-                tokens += s.encoded.token_ids.len();
+        let scored = match alphas {
+            [_, _, ..] => scorer.score_sweep(part, alphas)?,
+            _ => vec![scorer.score(part)],
+        };
+        for (out, scored) in out.iter_mut().zip(scored) {
+            for r in scored {
+                if let Ok(s) = &r {
+                    tokens += s.encoded.token_ids.len();
+                }
+                out.push(r);
             }
-            out.push(r);
         }
         bar.inc(part.len() as u64);
         bar.set_message(format!(
@@ -263,12 +331,17 @@ fn score_records(scorer: &mut Scorer, records: &[Record]) -> Vec<padv::Result<Sc
         ));
     }
     bar.finish_and_clear();
-    out
+    Ok(out)
 }
 
 /// Trajectories for the apps: a scored JSONL is read as is; anything else is
-/// scored first with the pair (token arrays kept when `with_tokens`).
-fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet> {
+/// scored first with the pair (token arrays kept when `with_tokens`). One
+/// set per α of a merge (`None`: no merge, or scored input).
+fn scored_sets(
+    a: &AppArgs,
+    with_tokens: bool,
+    input: &Path,
+) -> Result<Vec<(Option<f64>, ScoredSet)>> {
     let opts = ReadOptions {
         group_by: a.group_by.clone(),
         skip_invalid: a.on_error == OnError::Skip,
@@ -280,12 +353,13 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
                 input.display()
             );
         }
-        return Ok(apps::read_scored(input, &opts)?);
+        return Ok(split_by_alpha(apps::read_scored(input, &opts)?));
     }
     let mut scorer = a.model.load(with_tokens)?;
     let mut records = Vec::new();
     let mut skipped = Vec::new();
-    let mut skip = |e: padv::Error, id: Option<String>| -> Result<()> {
+    // A record that cannot be read or scored: the run's error, or skipped.
+    let skip = |skipped: &mut Vec<_>, e: padv::Error, id: Option<String>| -> Result<()> {
         if a.on_error == OnError::Fail {
             return Err(e.into());
         }
@@ -303,34 +377,68 @@ fn scored_set(a: &AppArgs, with_tokens: bool, input: &Path) -> Result<ScoredSet>
             Ok(r) => records.push(r),
             Err(e) => {
                 let id = e.record_id().map(str::to_string);
-                skip(e, id)?
+                skip(&mut skipped, e, id)?
             }
         }
     }
-    let mut trajectories = Vec::new();
-    for (s, r) in score_records(&mut scorer, &records)
+    let alphas = a.model.alphas();
+    let mut sets = Vec::new();
+    for (k, scored) in score_records(&mut scorer, &records, alphas)?
         .into_iter()
-        .zip(&records)
+        .enumerate()
     {
-        let s = match s {
-            Ok(s) => s,
-            Err(e) => {
-                skip(e, Some(r.id.clone()))?;
-                continue;
+        let mut trajectories = Vec::new();
+        let mut skipped = skipped.clone();
+        for (s, r) in scored.into_iter().zip(&records) {
+            let s = match s {
+                Ok(s) => s,
+                Err(e) => {
+                    skip(&mut skipped, e, Some(r.id.clone()))?;
+                    continue;
+                }
+            };
+            let mut t =
+                ScoredTrajectory::new(s.record.id.clone(), s.steps.clone(), scorer.settings())
+                    .with_input_record(scorer.to_json(&s), &opts)?;
+            t.location = s.record.location.clone();
+            if with_tokens {
+                t = t.with_tokens(s.tokens.clone())?;
             }
-        };
-        let mut t = ScoredTrajectory::new(s.record.id.clone(), s.steps.clone(), scorer.settings())
-            .with_input_record(scorer.to_json(&s), &opts)?;
-        t.location = s.record.location.clone();
-        if with_tokens {
-            t = t.with_tokens(s.tokens.clone())?;
+            trajectories.push(t);
         }
-        trajectories.push(t);
+        sets.push((
+            alphas.get(k).copied(),
+            ScoredSet {
+                trajectories,
+                skipped,
+            },
+        ));
     }
-    Ok(ScoredSet {
-        trajectories,
-        skipped,
-    })
+    Ok(sets)
+}
+
+/// A merge sweep's scored file (records with an `alpha` field) as one set
+/// per α, in order of first appearance; error lines count in every set.
+fn split_by_alpha(set: ScoredSet) -> Vec<(Option<f64>, ScoredSet)> {
+    let alpha = |t: &ScoredTrajectory| t.record.as_ref().and_then(|r| r["alpha"].as_f64());
+    if set.trajectories.iter().all(|t| alpha(t).is_none()) {
+        return vec![(None, set)];
+    }
+    let mut sets: Vec<(Option<f64>, ScoredSet)> = Vec::new();
+    for t in set.trajectories {
+        let a = alpha(&t);
+        match sets.iter_mut().find(|(b, _)| *b == a) {
+            Some((_, s)) => s.trajectories.push(t),
+            None => sets.push((
+                a,
+                ScoredSet {
+                    trajectories: vec![t],
+                    skipped: set.skipped.clone(),
+                },
+            )),
+        }
+    }
+    sets
 }
 
 /// Whether a JSONL file is `padv score` output, judged by its first line
@@ -363,45 +471,54 @@ fn writer(path: &Option<PathBuf>) -> Result<Box<dyn Write>> {
     })
 }
 
+/// ` at α = A` for a merge sweep's set, empty otherwise.
+fn at_alpha(alpha: Option<f64>) -> String {
+    alpha.map_or(String::new(), |a| format!(" at α = {a}"))
+}
+
 pub fn select(a: SelectArgs) -> Result<()> {
     let input = input_or_demo(&a.app.input);
-    let set = scored_set(&a.app, false, &input)?;
-    let sel = apps::select(
-        &set.trajectories,
-        a.app.method,
-        Aggregation::stored(a.app.model.step_agg),
-    )?;
-    if !sel.left_out.is_empty() {
-        eprintln!(
-            "left out {} of {} trajectories without a valid {} score",
-            sel.left_out.len(),
-            set.trajectories.len(),
-            a.app.method
-        );
-    }
     let mut w = writer(&a.app.output)?;
-    for r in sel.chosen_records(&set.trajectories) {
-        writeln!(w, "{r}")?;
+    // A sweep's chosen records carry their `alpha` field.
+    for (alpha, set) in scored_sets(&a.app, false, &input)? {
+        let sel = apps::select(
+            &set.trajectories,
+            a.app.method,
+            Aggregation::stored(a.app.model.step_agg),
+        )?;
+        if !sel.left_out.is_empty() {
+            eprintln!(
+                "left out {} of {} trajectories without a valid {} score{}",
+                sel.left_out.len(),
+                set.trajectories.len(),
+                a.app.method,
+                at_alpha(alpha)
+            );
+        }
+        for r in sel.chosen_records(&set.trajectories) {
+            writeln!(w, "{r}")?;
+        }
+        if a.explain {
+            eprintln!("{}{}", at_alpha(alpha), sel.explain_markdown());
+        }
     }
     w.flush()?;
-    if a.explain {
-        eprintln!("{}", sel.explain_markdown());
-    }
     Ok(())
 }
 
 pub fn attribute(a: AppArgs) -> Result<()> {
     let input = input_or_demo(&a.input);
-    let set = scored_set(&a, false, &input)?;
     let mut w = writer(&a.output)?;
-    for t in &set.trajectories {
-        match apps::attribute(t, a.method, None)? {
-            Some(att) => writeln!(w, "{}", att.to_json())?,
-            None => writeln!(
-                w,
-                "{}",
-                serde_json::json!({"id": t.id, "error": "no scored steps"})
-            )?,
+    for (alpha, set) in scored_sets(&a, false, &input)? {
+        for t in &set.trajectories {
+            let mut v = match apps::attribute(t, a.method, None)? {
+                Some(att) => att.to_json(),
+                None => serde_json::json!({"id": t.id, "error": "no scored steps"}),
+            };
+            if let (Some(alpha), Some(o)) = (alpha, v.as_object_mut()) {
+                o.insert("alpha".into(), alpha.into());
+            }
+            writeln!(w, "{v}")?;
         }
     }
     w.flush()?;
@@ -418,33 +535,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     let mut json_out = serde_json::Map::new();
     for input in &inputs {
-        let set = scored_set(&a.app, a.sweep, input)?;
-        if inputs.len() > 1 {
-            println!("\n## {}\n", input.display());
-        }
-        let report = apps::evaluate(&set, None)?;
-        let value = if a.sweep {
-            let reports = apps::sweep(&set)?;
-            println!("{}", apps::sweep_markdown(&reports));
-            apps::sweep_json(&reports)
-        } else {
-            println!("{}", report.to_markdown());
-            report.to_json()
-        };
-        json_out.insert(input.display().to_string(), value);
-        if let Some(path) = &a.report {
-            let path = if inputs.len() > 1 {
-                suffixed(path, input)
-            } else {
-                path.clone()
-            };
-            let opts = ReportOptions {
-                title: format!("padv evaluation — {}", input.display()),
-                ..ReportOptions::default()
-            };
-            std::fs::write(&path, apps::render_html(&set, &report, &opts)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
+        for (alpha, set) in scored_sets(&a.app, a.sweep, input)? {
+            eval_set(&a, input, alpha, inputs.len() > 1, &set, &mut json_out)?;
         }
     }
     if let Some(path) = &a.json {
@@ -457,6 +549,68 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// One input's (and one α's) tables, JSON entry and report.
+fn eval_set(
+    a: &EvalArgs,
+    input: &Path,
+    alpha: Option<f64>,
+    several_inputs: bool,
+    set: &ScoredSet,
+    json_out: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let mut key = input.display().to_string();
+    if let Some(alpha) = alpha {
+        key = format!("{key} alpha={alpha}");
+        println!(
+            "\n## {}α = {alpha}\n",
+            if several_inputs {
+                format!("{} ", input.display())
+            } else {
+                String::new()
+            }
+        );
+    } else if several_inputs {
+        println!("\n## {}\n", input.display());
+    }
+    let report = apps::evaluate(set, None)?;
+    let value = if a.sweep {
+        let reports = apps::sweep(set)?;
+        println!("{}", apps::sweep_markdown(&reports));
+        apps::sweep_json(&reports)
+    } else {
+        println!("{}", report.to_markdown());
+        report.to_json()
+    };
+    json_out.insert(key, value);
+    if let Some(path) = &a.report {
+        let mut path = if several_inputs {
+            suffixed(path, input)
+        } else {
+            path.clone()
+        };
+        if let Some(alpha) = alpha {
+            path = alpha_suffixed(&path, alpha);
+        }
+        let opts = ReportOptions {
+            title: format!("padv evaluation — {}{}", input.display(), at_alpha(alpha)),
+            ..ReportOptions::default()
+        };
+        std::fs::write(&path, apps::render_html(set, &report, &opts)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `report.html` at α = 0.3 → `report-a0.3.html`.
+fn alpha_suffixed(path: &Path, alpha: f64) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("report");
+    path.with_file_name(format!("{stem}-a{alpha}.html"))
 }
 
 /// `report.html` + `demo_ref.jsonl` → `report-demo_ref.html`.
@@ -491,13 +645,35 @@ pub struct ServeArgs {
     /// Larger request bodies answer 413.
     #[arg(long, default_value_t = 16 << 20, value_parser = at_least_one)]
     pub max_request_bytes: usize,
-    /// A request not answered within this answers 504 and its work is dropped.
+    /// A request received in full and not answered within this (queue wait
+    /// and scoring) answers 504 and its work is dropped.
     #[arg(long, default_value = "30s", value_parser = positive_duration)]
     pub request_timeout: std::time::Duration,
+    /// A request's head, and then its body, must each arrive within this;
+    /// else the connection is closed (a late body answers 408 first).
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    pub read_timeout: std::time::Duration,
+    /// Connections served at once (past it, 503 and closed).
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
+    pub max_connections: usize,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, env = "PADV_API_KEY", hide_env_values = true, value_parser = api_key)]
+    pub api_key: Option<String>,
+}
+
+/// A non-empty key without whitespace or control characters.
+fn api_key(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the API key must be non-empty, without spaces or control characters".into());
+    }
+    Ok(s.to_string())
 }
 
 /// `padv serve`: the HTTP service in the foreground until SIGINT/SIGTERM.
 pub fn serve(a: ServeArgs) -> Result<()> {
+    if a.model.alphas().len() > 1 {
+        bail!("padv serve scores against one merged reference: give one --alpha");
+    }
     let (policy, reference) = a.model.pair();
     let mut config = padv::serve::ServeConfig::new(policy, reference);
     config.options = a.model.options(false);
@@ -507,6 +683,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     config.queue_capacity = a.queue;
     config.max_request_bytes = a.max_request_bytes;
     config.request_timeout = a.request_timeout;
+    config.read_timeout = a.read_timeout;
+    config.max_connections = a.max_connections;
+    config.api_key = a.api_key;
     eprintln!(
         "padv serve: loading {} and {}",
         config.policy.display(),
@@ -516,6 +695,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         && let Some(w) = padv::pipeline::render_fallback(&tok, config.options.render)
     {
         eprintln!("padv serve: warning: {w}");
+    }
+    if config.api_key.is_none() && !config.addr.ip().is_loopback() {
+        eprintln!(
+            "padv serve: warning: listening on {} without --api-key: anyone who can reach \
+             it can score, read and change every session (see docs/serve.md)",
+            config.addr
+        );
     }
     padv::serve::run(config, |addr| {
         eprintln!("padv serve: listening on http://{addr}");

@@ -56,6 +56,8 @@ pub mod score;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod session;
+/// Run-time choice of the CPU kernels (`PADV_CPU_KERNELS`), and `dispatch!`.
+pub mod simd;
 pub mod tokenizer;
 pub mod trajectory;
 

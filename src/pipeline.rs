@@ -20,6 +20,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 
@@ -28,7 +29,7 @@ use crate::apps::metrics::num;
 use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
 use crate::backend::{Device, PairScorer, SeqRequest, open_pair_with};
 use crate::kv::{CacheStats, KvOptions};
-use crate::model::{DType, Model};
+use crate::model::{DType, MergeOptions, MergePlan, Model};
 use crate::score::TokenScores;
 use crate::score::aggregate::{StepAgg, TokenAgg};
 use crate::tokenizer::TokenizerBundle;
@@ -61,6 +62,9 @@ pub struct ScorerOptions {
     /// Make a render warning (a chat template that drops an action's tool
     /// calls, see [`Encoded::warnings`]) the record's error.
     pub strict: bool,
+    /// Replace the reference by its weight-space merge with the policy, π_α
+    /// ([`crate::model::merge`]); α changes with [`Scorer::set_alpha`].
+    pub merge: Option<MergeOptions>,
 }
 
 /// The largest |β| accepted: past it `β·(log π_θ − log π_ref)` can overflow
@@ -90,6 +94,9 @@ impl ScorerOptions {
         if self.max_length == Some(0) {
             return Err(Error::input("max_length", "must be at least 1"));
         }
+        if let Some(m) = &self.merge {
+            m.validate()?;
+        }
         Ok(())
     }
 }
@@ -109,6 +116,7 @@ impl Default for ScorerOptions {
             kv_cache_mb: None,
             gpu_dtype: None,
             strict: false,
+            merge: None,
         }
     }
 }
@@ -125,6 +133,8 @@ pub struct ScoredRecord {
     pub score: Option<f64>,
     /// Every baseline's trajectory score, by method name.
     pub baselines: Vec<(Method, Option<f64>)>,
+    /// The merged reference it was scored against (with its α), if any.
+    pub merge: Option<MergeOptions>,
 }
 
 impl ScoredRecord {
@@ -147,12 +157,25 @@ fn has_actions(body: &Body) -> bool {
 
 pub struct Scorer {
     pub policy: Arc<Model>,
+    /// The reference scored against: π_α when merging.
     pub reference: Arc<Model>,
+    /// The reference checkpoint itself, and the merge plan (keep rules found
+    /// once; every α reuses them).
+    stored_reference: Arc<Model>,
+    plan: Option<Arc<MergePlan>>,
     pub tokenizer: TokenizerBundle,
     backend: Box<dyn PairScorer>,
     render: RenderMode,
     opts: ScorerOptions,
+    /// Records whose non-finite log-prob was traced to a layer so far
+    /// (bounded by [`TRACE_NONFINITE_AT_MOST`]).
+    traced: AtomicUsize,
 }
+
+/// Records whose non-finite log-prob is traced to the first non-finite
+/// layer (each trace is one more CPU forward of that record); later ones
+/// are reported without the layer.
+const TRACE_NONFINITE_AT_MOST: usize = 8;
 
 impl Scorer {
     /// Load both checkpoints and the (shared) tokenizer; fail early when the
@@ -166,7 +189,16 @@ impl Scorer {
         let ref_tok = TokenizerBundle::load(reference)?;
         tokenizer.same_as(&ref_tok)?;
         let policy = Arc::new(Model::load(policy)?);
-        let reference = Arc::new(Model::load(reference)?);
+        let stored_reference = Arc::new(Model::load(reference)?);
+        crate::model::check_pair(&policy, &stored_reference)?;
+        let (reference, plan) = match &opts.merge {
+            None => (stored_reference.clone(), None),
+            Some(m) => {
+                let plan = Arc::new(MergePlan::new(&stored_reference, policy.clone(), m)?);
+                let merged = stored_reference.merged(plan.clone(), m.alpha)?;
+                (Arc::new(merged), Some(plan))
+            }
+        };
         let mut backend = open_pair_with(
             opts.device,
             policy.clone(),
@@ -182,10 +214,13 @@ impl Scorer {
         Ok(Scorer {
             policy,
             reference,
+            stored_reference,
+            plan,
             tokenizer,
             backend,
             render,
             opts,
+            traced: AtomicUsize::new(0),
         })
     }
 
@@ -195,15 +230,74 @@ impl Scorer {
 
     /// Change how records are rendered, scored and aggregated without
     /// reloading the pair (a server applies each request's options this way).
-    /// The device is fixed at load and kept.
+    /// The device and the merge are fixed at load and kept (α changes with
+    /// [`Scorer::set_alpha`]).
     pub fn set_options(&mut self, opts: ScorerOptions) {
         self.render = opts
             .render
             .unwrap_or_else(|| RenderMode::default_for(&self.tokenizer));
         self.opts = ScorerOptions {
             device: self.opts.device,
+            merge: self.opts.merge.clone(),
             ..opts
         };
+    }
+
+    /// The merged reference's α, `None` without a merge.
+    pub fn alpha(&self) -> Option<f64> {
+        self.opts.merge.as_ref().map(|m| m.alpha)
+    }
+
+    /// Score against π_α from now on: the merged views are re-formed over
+    /// the same mapped files (nothing is reloaded; the keep rules are
+    /// reused) and the prefix cache starts afresh, so no cached block
+    /// crosses α values. An error without a merge or for α outside [0, 1].
+    pub fn set_alpha(&mut self, alpha: f64) -> Result<()> {
+        let (Some(plan), Some(m)) = (&self.plan, &self.opts.merge) else {
+            return Err(Error::input(
+                "alpha",
+                "the scorer has no merged reference (load it with a merge)",
+            ));
+        };
+        if m.alpha == alpha {
+            return Ok(());
+        }
+        let merged = Arc::new(self.stored_reference.merged(plan.clone(), alpha)?);
+        self.backend.set_reference(merged.clone())?;
+        self.reference = merged;
+        self.opts.merge = Some(m.at(alpha));
+        Ok(())
+    }
+
+    /// Score `records` against π_α for every α of `alphas`, in one pass
+    /// over the policy: its log-probs are computed at the first α and reused,
+    /// later α values run the reference side only. One result list per α,
+    /// in order; the scorer is left at the last α.
+    pub fn score_sweep(
+        &mut self,
+        records: &[Record],
+        alphas: &[f64],
+    ) -> Result<Vec<Vec<Result<ScoredRecord>>>> {
+        let Some((&first, rest)) = alphas.split_first() else {
+            return Ok(Vec::new());
+        };
+        self.set_alpha(first)?;
+        let base = self.score(records);
+        let mut out = Vec::with_capacity(alphas.len());
+        for &alpha in rest {
+            self.set_alpha(alpha)?;
+            let encoded = base
+                .iter()
+                .zip(records)
+                .map(|(b, r)| match b {
+                    Ok(b) => Ok(b.encoded.clone()),
+                    Err(e) => Err(Error::input(&r.location, strip_location(e, &r.location))),
+                })
+                .collect();
+            out.push(self.score_encoded(records, encoded, Some(&base)));
+        }
+        out.insert(0, base);
+        Ok(out)
     }
 
     pub fn render_mode(&self) -> RenderMode {
@@ -271,6 +365,18 @@ impl Scorer {
     /// under `batch_tokens`; an error in one record does not affect others.
     pub fn score(&mut self, records: &[Record]) -> Vec<Result<ScoredRecord>> {
         let encoded: Vec<Result<Encoded>> = records.iter().map(|r| self.encode(r)).collect();
+        self.score_encoded(records, encoded, None)
+    }
+
+    /// [`Scorer::score`] of encoded records; with `policy` (an earlier
+    /// pass over the same records), the backend scores the reference only
+    /// and each record's policy fields come from there.
+    fn score_encoded(
+        &mut self,
+        records: &[Record],
+        encoded: Vec<Result<Encoded>>,
+        policy: Option<&[Result<ScoredRecord>]>,
+    ) -> Vec<Result<ScoredRecord>> {
         let mut out: Vec<Option<Result<ScoredRecord>>> = (0..records.len()).map(|_| None).collect();
         let mut batch: Vec<usize> = Vec::new();
         let mut batch_tokens = 0usize;
@@ -291,9 +397,18 @@ impl Scorer {
                     )
                 })
                 .collect();
-            match this.backend.score(&reqs) {
+            let scores = match policy {
+                None => this.backend.score(&reqs),
+                Some(_) => this.backend.score_reference(&reqs),
+            };
+            match scores {
                 Ok(scores) => {
-                    for (&i, tokens) in batch.iter().zip(scores) {
+                    for (&i, mut tokens) in batch.iter().zip(scores) {
+                        if let Some(Ok(p)) = policy.map(|p| &p[i]) {
+                            tokens.logp_policy.clone_from(&p.tokens.logp_policy);
+                            tokens.entropy_policy.clone_from(&p.tokens.entropy_policy);
+                            tokens.self_certainty.clone_from(&p.tokens.self_certainty);
+                        }
                         let enc = encoded[i].as_ref().expect("encoded").clone();
                         out[i] = Some(this.finish(records[i].clone(), enc, tokens));
                     }
@@ -363,7 +478,9 @@ impl Scorer {
         tokens: TokenScores,
     ) -> Result<ScoredRecord> {
         let mask = self.score_mask(&record, &encoded);
-        check_finite(&record.location, &tokens, mask.as_deref())?;
+        if let Some((model, t, v)) = first_nonfinite_logp(&tokens, mask.as_deref()) {
+            return Err(self.nonfinite(&record.location, model, t, v, &encoded.token_ids));
+        }
         let (ta, beta) = (self.opts.token_agg, self.opts.beta);
         let steps: Vec<StepScore> = encoded
             .actions
@@ -404,6 +521,7 @@ impl Scorer {
             steps,
             score: None,
             baselines: Vec::new(),
+            merge: self.opts.merge.clone(),
         };
         if scored.is_trajectory() && !scored.steps.is_empty() {
             let t = ScoredTrajectory::new(
@@ -441,6 +559,9 @@ impl Scorer {
             o.insert("entropy_policy".into(), f(&s.tokens.entropy_policy));
             o.insert("self_certainty".into(), f(&s.tokens.self_certainty));
         };
+        if let Some(m) = &s.merge {
+            o.insert("alpha".into(), num(m.alpha));
+        }
         if !s.encoded.warnings.is_empty() {
             o.insert("warnings".into(), json!(s.encoded.warnings));
         }
@@ -476,15 +597,16 @@ impl Scorer {
             .map(|(m, v)| (m.name().to_string(), opt(*v)))
             .collect();
         o.insert("baselines".into(), Value::Object(baselines));
-        o.insert(
-            "settings".into(),
-            json!({
-                "token_agg": self.opts.token_agg.name(),
-                "step_agg": self.opts.step_agg.name(),
-                "beta": self.opts.beta,
-                "render": self.render.name(),
-            }),
-        );
+        let mut settings = json!({
+            "token_agg": self.opts.token_agg.name(),
+            "step_agg": self.opts.step_agg.name(),
+            "beta": self.opts.beta,
+            "render": self.render.name(),
+        });
+        if let Some(m) = &s.merge {
+            settings["merge"] = m.to_json();
+        }
+        o.insert("settings".into(), settings);
         if self.opts.with_tokens {
             arrays(&mut o);
             o.insert("action_mask".into(), json!(s.encoded.action_mask()));
@@ -508,30 +630,53 @@ pub fn render_fallback(tokenizer: &TokenizerBundle, render: Option<RenderMode>) 
     })
 }
 
-/// An error naming the first scored position (`mask[t]`, or every `t ≥ 1`)
-/// whose policy or reference log-prob is NaN or infinite.
-fn check_finite(location: &str, tokens: &TokenScores, mask: Option<&[bool]>) -> Result<()> {
-    for t in 1..tokens.len() {
-        if mask.is_some_and(|m| !m.get(t).copied().unwrap_or(false)) {
-            continue;
-        }
-        for (model, v) in [
-            ("policy", tokens.logp_policy[t]),
-            ("reference", tokens.logp_reference[t]),
-        ] {
-            if !v.is_finite() {
-                return Err(Error::input(
-                    location,
-                    format!(
-                        "{model} log-prob at token position {t} is not finite ({v}): the {model} \
-                         checkpoint computes non-finite values (NaN/Inf weights, or a config value \
-                         out of range); no score is given"
-                    ),
-                ));
+/// The first scored position (`mask[t]`, or every `t ≥ 1`) whose policy or
+/// reference log-prob is NaN or infinite: (model, position, value).
+fn first_nonfinite_logp(
+    tokens: &TokenScores,
+    mask: Option<&[bool]>,
+) -> Option<(&'static str, usize, f32)> {
+    (1..tokens.len())
+        .filter(|&t| mask.is_none_or(|m| m.get(t).copied().unwrap_or(false)))
+        .find_map(|t| {
+            [
+                ("policy", tokens.logp_policy[t]),
+                ("reference", tokens.logp_reference[t]),
+            ]
+            .into_iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(model, v)| (model, t, v))
+        })
+}
+
+impl Scorer {
+    /// The error for a non-finite log-prob, naming where in the model the
+    /// numbers first stop being finite: only now, for the first few such
+    /// records, is the record run again through the CPU forward with a
+    /// finite scan after each layer.
+    fn nonfinite(&self, location: &str, model: &str, t: usize, v: f32, ids: &[u32]) -> Error {
+        let m = if model == "policy" {
+            &self.policy
+        } else {
+            &self.reference
+        };
+        let traced = self.traced.fetch_add(1, Ordering::Relaxed) < TRACE_NONFINITE_AT_MOST;
+        let stage = match traced.then(|| crate::backend::cpu::forward::first_nonfinite(m, ids)) {
+            Some(Ok(Some(stage))) => {
+                format!("; its hidden state is first not finite after {stage}")
             }
-        }
+            Some(Ok(None)) => "; its hidden states are finite, its LM head is not".to_string(),
+            _ => String::new(),
+        };
+        Error::input(
+            location,
+            format!(
+                "{model} log-prob at token position {t} is not finite ({v}){stage}: the {model} \
+                 checkpoint computes non-finite values (NaN/Inf weights, or a config value out \
+                 of range); no score is given"
+            ),
+        )
     }
-    Ok(())
 }
 
 fn opt(x: Option<f64>) -> Value {

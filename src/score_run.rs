@@ -119,16 +119,33 @@ pub fn score(a: ScoreArgs) -> Result<()> {
             .into_iter()
             .map(|r| r.map(|r| ok.push(r)).err())
             .collect();
-        let mut scored = scorer.score(&ok).into_iter().zip(&ok);
+        // One result list per α (one list without a sweep), written
+        // record by record: a record's lines for every α are adjacent.
+        let per_alpha = match a.model.alphas() {
+            alphas if alphas.len() > 1 => scorer.score_sweep(&ok, alphas)?,
+            _ => vec![scorer.score(&ok)],
+        };
+        let mut per_alpha: Vec<_> = per_alpha.into_iter().map(Vec::into_iter).collect();
         let mut failed = None;
-        for slot in unread {
-            let line: Line = match slot {
+        let mut ids = ok.iter().map(|r| r.id.clone());
+        let lines = unread.into_iter().flat_map(|slot| -> Vec<Line> {
+            match slot {
                 None => {
-                    let (s, r) = scored.next().expect("one result per record");
-                    s.map_err(|e| (Some(r.id.clone()), e))
+                    let id = ids.next().expect("one result per record");
+                    per_alpha
+                        .iter_mut()
+                        .map(|results| {
+                            results
+                                .next()
+                                .expect("one result per record")
+                                .map_err(|e| (Some(id.clone()), e))
+                        })
+                        .collect()
                 }
-                Some(e) => Err((e.record_id().map(str::to_string), e)),
-            };
+                Some(e) => vec![Err((e.record_id().map(str::to_string), e))],
+            }
+        });
+        for line in lines {
             match line {
                 Err((_, e)) if a.on_error == OnError::Fail => {
                     summary.errors += 1;

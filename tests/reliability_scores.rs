@@ -84,6 +84,10 @@ fn nan_weights_make_every_record_an_error_naming_the_non_finite_log_prob() {
             e.contains("policy log-prob at token position") && e.contains("not finite"),
             "{e}"
         );
+        // The trace finds the NaN final norm (the first records are traced).
+        if std::ptr::eq(l, &lines[0]) {
+            assert!(e.contains("first not finite after the final norm"), "{e}");
+        }
     }
     assert!(
         stderr.contains(&format!("{} errors", lines.len())),
@@ -234,5 +238,20 @@ fn zero_budgets_queues_and_durations_are_rejected() {
         &["serve", addr[0], addr[1], "--session-ttl", "0s"],
         "--session-ttl",
         "longer than zero",
+    );
+    refused(
+        &["serve", addr[0], addr[1], "--read-timeout", "0s"],
+        "--read-timeout",
+        "longer than zero",
+    );
+    refused(
+        &["serve", addr[0], addr[1], "--max-connections", "0"],
+        "--max-connections",
+        "at least 1",
+    );
+    refused(
+        &["serve", addr[0], addr[1], "--api-key", "two words"],
+        "--api-key",
+        "without spaces",
     );
 }

@@ -45,6 +45,10 @@ class Scorer:
         gpu_dtype: Literal["bf16", "f16", "f32"] | None = None,
         strict: bool = False,
         format: str | None = None,
+        merge: Literal["linear", "ties", "dare_linear", "dare_ties", "emr"] | None = None,
+        alpha: float | None = None,
+        density: float | None = None,
+        merge_seed: int = 0,
     ) -> None: ...
     def score(
         self,
@@ -53,6 +57,18 @@ class Scorer:
         on_error: Literal["raise", "skip"] = "raise",
     ) -> list[Scored]:
         """One dict per record, equal to ``padv score``'s JSON line."""
+    def score_sweep(
+        self,
+        records: Iterable[Record] | Path,
+        alphas: Sequence[float],
+        *,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> list[list[Scored]]:
+        """One list per α (needs ``merge=``), as ``padv score --alpha A,B,...``; the policy is computed once."""
+    @property
+    def alpha(self) -> float | None: ...
+    def set_alpha(self, alpha: float) -> None:
+        """Score against π_α from now on (needs ``merge=``)."""
     def score_tokens(
         self,
         token_ids: Sequence[Sequence[int]] | npt.ArrayLike,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use numpy::IntoPyArray;
+use padv::model::merge::{DEFAULT_DENSITY, MergeOptions, check_alpha};
 use padv::pipeline::{ScoredRecord, ScorerOptions};
 use padv::trajectory::{Format, Record, read_records, record_from_json};
 use pyo3::prelude::*;
@@ -49,6 +50,13 @@ const ARRAY_KEYS: [&str; 7] = [
 ///     strict: a record whose chat-template render drops tool calls is an error.
 ///     format: input format when :meth:`score` reads a path (auto-detected by
 ///         default): ``jsonl | messages | tau2 | who-and-when | tokens | text``.
+///     merge: score against a merged reference π_α instead of the reference:
+///         ``linear | ties | dare_linear | dare_ties | emr`` (see docs/merge.md).
+///     alpha: π_α's α in [0, 1] (0: the reference, 1: the policy); needed with
+///         ``merge``; :meth:`set_alpha` and :meth:`score_sweep` change it.
+///     density: fraction of the task vector kept by TIES/DARE, in (0, 1]
+///         (default 0.2).
+///     merge_seed: DARE's mask seed (default 0).
 ///
 /// Raises:
 ///     PadvError: an option out of range, or checkpoints that cannot be
@@ -73,6 +81,9 @@ struct Arrays {
     action_mask: Option<Vec<u8>>,
 }
 
+/// A record's scored form (or its error) with its JSON line.
+type Scored = (padv::Result<ScoredRecord>, Value);
+
 /// A record's result, or its error (with the id as far as it was read).
 type Outcome = Result<Line, (Option<String>, padv::Error)>;
 
@@ -84,45 +95,67 @@ impl Scorer {
     }
 
     /// Score `records` in slices of [`SLICE`] with the GIL released,
-    /// checking for signals between slices (Ctrl-C raises here).
+    /// checking for signals between slices (Ctrl-C raises here). One list of
+    /// outcomes per α of `alphas` (a merge sweep), or one list without.
     fn score_all(
         &self,
         py: Python<'_>,
         records: Vec<padv::Result<Record>>,
-    ) -> PyResult<Vec<Outcome>> {
-        let mut out = Vec::with_capacity(records.len());
+        alphas: &[f64],
+    ) -> PyResult<Vec<Vec<Outcome>>> {
+        let mut out: Vec<Vec<Outcome>> = (0..alphas.len().max(1))
+            .map(|_| Vec::with_capacity(records.len()))
+            .collect();
         let mut records = records.into_iter();
         loop {
             let slice: Vec<padv::Result<Record>> = records.by_ref().take(SLICE).collect();
             if slice.is_empty() {
                 return Ok(out);
             }
-            out.extend(py.detach(|| self.score_slice(slice)));
+            let scored = py.detach(|| self.score_slice(slice, alphas))?;
+            for (all, part) in out.iter_mut().zip(scored) {
+                all.extend(part);
+            }
             py.check_signals()?;
         }
     }
 
     /// One slice, as `padv score` scores it: the records that were read
-    /// are scored together; the others keep their read error in place.
-    fn score_slice(&self, slice: Vec<padv::Result<Record>>) -> Vec<Outcome> {
+    /// are scored together (once per α of a sweep); the others keep their
+    /// read error in place.
+    fn score_slice(
+        &self,
+        slice: Vec<padv::Result<Record>>,
+        alphas: &[f64],
+    ) -> PyResult<Vec<Vec<Outcome>>> {
         let mut ok = Vec::with_capacity(slice.len());
         let unread: Vec<Option<padv::Error>> = slice
             .into_iter()
             .map(|r| r.map(|r| ok.push(r)).err())
             .collect();
-        let scorer = self.lock();
-        let mut scored = scorer_score(scorer, &ok).into_iter().zip(&ok);
-        unread
+        let per_alpha = scorer_score(self.lock(), &ok, alphas).map_err(to_py_err)?;
+        Ok(per_alpha
             .into_iter()
-            .map(|slot| match slot {
-                None => {
-                    let ((s, json), r) = scored.next().expect("one result per record");
-                    s.map(|s| line(s, json))
-                        .map_err(|e| (Some(r.id.clone()), e))
-                }
-                Some(e) => Err((e.record_id().map(str::to_string), e)),
+            .map(|scored| {
+                let mut scored = scored.into_iter().zip(&ok);
+                unread
+                    .iter()
+                    .map(|slot| match slot {
+                        None => {
+                            let ((s, json), r) = scored.next().expect("one result per record");
+                            s.map(|s| line(s, json))
+                                .map_err(|e| (Some(r.id.clone()), e))
+                        }
+                        // The same read error in every α's list; only its
+                        // message and id reach Python (raising stops earlier).
+                        Some(e) => Err((
+                            e.record_id().map(str::to_string),
+                            padv::Error::Backend(e.to_string()),
+                        )),
+                    })
+                    .collect()
             })
-            .collect()
+            .collect())
     }
 
     /// Results as Python objects; the first error raised with `on_error="raise"`.
@@ -145,20 +178,34 @@ impl Scorer {
     }
 }
 
-/// Score with the lock held and turn each result into its JSON line (the
-/// scorer is needed for that, and the lock is released at the end).
+/// Score with the lock held (once per α of `alphas` when there are two or
+/// more: the policy side is computed once) and turn each result into its
+/// JSON line (the scorer is needed for that; the lock is released at the end).
 fn scorer_score(
     mut scorer: MutexGuard<'_, padv::Scorer>,
     records: &[Record],
-) -> Vec<(padv::Result<ScoredRecord>, Value)> {
-    scorer
-        .score(records)
+    alphas: &[f64],
+) -> padv::Result<Vec<Vec<Scored>>> {
+    let per_alpha = match alphas {
+        [_, _, ..] => scorer.score_sweep(records, alphas)?,
+        [alpha] => {
+            scorer.set_alpha(*alpha)?;
+            vec![scorer.score(records)]
+        }
+        [] => vec![scorer.score(records)],
+    };
+    Ok(per_alpha
         .into_iter()
-        .map(|r| {
-            let json = r.as_ref().map(|s| scorer.to_json(s)).unwrap_or(Value::Null);
-            (r, json)
+        .map(|results| {
+            results
+                .into_iter()
+                .map(|r| {
+                    let json = r.as_ref().map(|s| scorer.to_json(s)).unwrap_or(Value::Null);
+                    (r, json)
+                })
+                .collect()
         })
-        .collect()
+        .collect())
 }
 
 /// The line without its token arrays, which travel as vectors.
@@ -227,6 +274,50 @@ pub(crate) fn read_input(
     Ok(out)
 }
 
+/// `on_error`: true for "raise", false for "skip".
+fn on_error_raises(on_error: &str) -> PyResult<bool> {
+    match on_error {
+        "raise" => Ok(true),
+        "skip" => Ok(false),
+        other => Err(bad_arg(
+            "on_error",
+            format!("`{other}`: expected raise or skip"),
+        )),
+    }
+}
+
+/// The merged reference asked for (`merge` and `alpha` go together; the
+/// density and seed only with a merge).
+fn merge_options(
+    merge: Option<&str>,
+    alpha: Option<f64>,
+    density: Option<f64>,
+    seed: u64,
+) -> PyResult<Option<MergeOptions>> {
+    let Some(method) = merge else {
+        if alpha.is_some() || density.is_some() || seed != 0 {
+            return Err(bad_arg(
+                "merge",
+                "alpha, density and merge_seed need merge=linear|ties|dare_linear|dare_ties|emr",
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(alpha) = alpha else {
+        return Err(bad_arg(
+            "alpha",
+            "merge= needs alpha= (0: the reference, 1: the policy)",
+        ));
+    };
+    let m = MergeOptions {
+        density: density.unwrap_or(DEFAULT_DENSITY),
+        seed,
+        ..MergeOptions::new(parse("merge", method)?, alpha)
+    };
+    m.validate().map_err(to_py_err)?;
+    Ok(Some(m))
+}
+
 fn parse<T: std::str::FromStr>(name: &str, s: &str) -> PyResult<T>
 where
     T::Err: std::fmt::Display,
@@ -239,7 +330,8 @@ impl Scorer {
     #[new]
     #[pyo3(signature = (policy, reference, *, device="auto", render=None, token_agg="mean",
         step_agg="mean", beta=1.0, max_length=None, batch_tokens=8192, tokens=false,
-        prefix_cache=true, kv_cache_mb=None, gpu_dtype=None, strict=false, format=None))]
+        prefix_cache=true, kv_cache_mb=None, gpu_dtype=None, strict=false, format=None,
+        merge=None, alpha=None, density=None, merge_seed=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -258,7 +350,12 @@ impl Scorer {
         gpu_dtype: Option<&str>,
         strict: bool,
         format: Option<&str>,
+        merge: Option<&str>,
+        alpha: Option<f64>,
+        density: Option<f64>,
+        merge_seed: u64,
     ) -> PyResult<Self> {
+        let merge = merge_options(merge, alpha, density, merge_seed)?;
         let opts = ScorerOptions {
             device: parse("device", device)?,
             render: render.map(|r| parse("render", r)).transpose()?,
@@ -272,6 +369,7 @@ impl Scorer {
             kv_cache_mb,
             gpu_dtype: gpu_dtype.map(|d| parse("gpu_dtype", d)).transpose()?,
             strict,
+            merge,
         };
         let format = format.map(|f| parse("format", f)).transpose()?;
         let scorer = py
@@ -309,23 +407,66 @@ impl Scorer {
         records: &Bound<'_, PyAny>,
         on_error: &str,
     ) -> PyResult<Vec<Py<PyAny>>> {
-        let raise = match on_error {
-            "raise" => true,
-            "skip" => false,
-            other => {
-                return Err(bad_arg(
-                    "on_error",
-                    format!("`{other}`: expected raise or skip"),
-                ));
-            }
-        };
+        let raise = on_error_raises(on_error)?;
         let records = read_input(py, records, self.format)?;
         if raise && let Some(Err(e)) = records.iter().find(|r| r.is_err()) {
             // Nothing is scored for a call that would raise on reading anyway.
             return Err(PadvError::new_err(e.to_string()));
         }
-        let outcomes = self.score_all(py, records)?;
-        self.to_python(py, outcomes, raise)
+        let outcomes = self.score_all(py, records, &[])?;
+        let one = outcomes.into_iter().next().unwrap_or_default();
+        self.to_python(py, one, raise)
+    }
+
+    /// Score ``records`` against the merged reference π_α at every α of
+    /// ``alphas`` (needs ``merge=``): the policy side is computed once.
+    ///
+    /// Returns:
+    ///     One list per α, in the order of ``alphas``, each as :meth:`score`
+    ///     returns it; every dict carries its ``alpha``. The scorer is left at
+    ///     the last α.
+    #[pyo3(signature = (records, alphas, *, on_error="raise"))]
+    fn score_sweep(
+        &self,
+        py: Python<'_>,
+        records: &Bound<'_, PyAny>,
+        alphas: Vec<f64>,
+        on_error: &str,
+    ) -> PyResult<Vec<Vec<Py<PyAny>>>> {
+        let raise = on_error_raises(on_error)?;
+        if alphas.is_empty() {
+            return Err(bad_arg("alphas", "expected at least one α"));
+        }
+        for &a in &alphas {
+            check_alpha(a).map_err(|e| bad_arg("alphas", e))?;
+        }
+        if py.detach(|| self.lock().alpha()).is_none() {
+            return Err(bad_arg(
+                "alphas",
+                "the scorer has no merged reference (load it with merge=...)",
+            ));
+        }
+        let records = read_input(py, records, self.format)?;
+        if raise && let Some(Err(e)) = records.iter().find(|r| r.is_err()) {
+            return Err(PadvError::new_err(e.to_string()));
+        }
+        self.score_all(py, records, &alphas)?
+            .into_iter()
+            .map(|outcomes| self.to_python(py, outcomes, raise))
+            .collect()
+    }
+
+    /// The merged reference's α (``None`` without ``merge=``).
+    #[getter]
+    fn alpha(&self, py: Python<'_>) -> Option<f64> {
+        py.detach(|| self.lock().alpha())
+    }
+
+    /// Score against π_α from now on (needs ``merge=``); the prefix cache is
+    /// cleared when α changes.
+    fn set_alpha(&self, py: Python<'_>, alpha: f64) -> PyResult<()> {
+        py.detach(|| self.lock().set_alpha(alpha))
+            .map_err(to_py_err)
     }
 
     /// Per-token log-probs of sequences an RL framework already tokenized.
@@ -388,18 +529,22 @@ impl Scorer {
     }
 
     /// The settings every result carries: ``token_agg``, ``step_agg``,
-    /// ``beta``, ``render``.
+    /// ``beta``, ``render`` (and ``merge`` with a merged reference).
     #[getter]
     fn settings<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let s = py.detach(|| {
             let s = self.lock();
             let o = s.options();
-            json!({
+            let mut v = json!({
                 "token_agg": o.token_agg.name(),
                 "step_agg": o.step_agg.name(),
                 "beta": o.beta,
                 "render": s.render_mode().name(),
-            })
+            });
+            if let Some(m) = &o.merge {
+                v["merge"] = m.to_json();
+            }
+            v
         });
         to_py(py, &s)
     }

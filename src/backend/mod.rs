@@ -33,6 +33,21 @@ pub trait PairScorer: Send {
     fn set_prefix_cache(&mut self, _opts: Option<crate::kv::KvOptions>) -> Result<()> {
         Ok(())
     }
+    /// Score a batch's reference side only (an α sweep's later points: the
+    /// policy's fields are NaN, to be taken from an earlier pass). The
+    /// default scores both models.
+    fn score_reference(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
+        self.score(batch)
+    }
+    /// Replace the reference (a merged reference at another α: the same
+    /// mapped files, no reloading); anything cached for the old one is
+    /// dropped, so no prefix hit crosses references.
+    fn set_reference(&mut self, _reference: Arc<Model>) -> Result<()> {
+        Err(crate::Error::Backend(format!(
+            "{} cannot replace its reference model",
+            self.describe()
+        )))
+    }
     /// Prefix-cache counters and gauges; `None` when the backend keeps none.
     fn cache_stats(&self) -> Option<crate::kv::CacheStats> {
         None
@@ -104,6 +119,7 @@ pub fn open_pair_with(
     gpu_dtype: Option<DType>,
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
+    crate::simd::check()?;
     // `auto` scores a pair the CUDA backend does not run (hybrid models,
     // sandwich blocks, …) on the CPU; asking for CUDA by name is refused.
     let cpu_only = [&policy, &reference]

@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod family;
+mod header;
 pub mod layout;
+pub mod merge;
 pub mod rope;
 pub mod weights;
 
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 pub use config::{Arch, Config};
 pub use layout::DecoderWeights;
+pub use merge::{MergeMethod, MergeOptions, MergePlan};
 pub use weights::{DType, Weights};
 
 use crate::{Error, Result};
@@ -22,6 +25,8 @@ pub struct Model {
     pub dir: PathBuf,
     pub config: Config,
     pub weights: Arc<Weights>,
+    /// A merged reference: the plan (policy, keep rules) and α.
+    merge: Option<(Arc<MergePlan>, f64)>,
 }
 
 impl Model {
@@ -38,11 +43,41 @@ impl Model {
             dir: dir.to_path_buf(),
             config,
             weights,
+            merge: None,
         })
     }
 
-    /// The shape-checked tensors (cheap: a few hash lookups per layer).
+    /// This reference merged with the plan's policy at `alpha`: the same
+    /// mapped files (nothing is read or copied), every tensor a merged view.
+    pub fn merged(&self, plan: Arc<MergePlan>, alpha: f64) -> Result<Model> {
+        merge::check_alpha(alpha).map_err(|e| Error::input("alpha", e))?;
+        Ok(Model {
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            weights: self.weights.clone(),
+            merge: Some((plan, alpha)),
+        })
+    }
+
+    /// The merge plan and α of a merged reference.
+    pub fn merge(&self) -> Option<(&Arc<MergePlan>, f64)> {
+        self.merge.as_ref().map(|(p, a)| (p, *a))
+    }
+
+    /// The shape-checked tensors (cheap: a few hash lookups per layer); for
+    /// a merged reference, merged views of them.
     pub fn bind(&self) -> DecoderWeights<'_> {
+        let stored = self.bind_stored();
+        match &self.merge {
+            None => stored,
+            Some((plan, alpha)) => stored
+                .try_map(|t| plan.view(t, *alpha))
+                .expect("the merge plan was built from these tensors"),
+        }
+    }
+
+    /// The checkpoint's own tensors, never merged.
+    pub fn bind_stored(&self) -> DecoderWeights<'_> {
         DecoderWeights::bind(&self.config, &self.weights)
             .expect("tensors were validated when the model was loaded")
     }

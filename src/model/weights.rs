@@ -10,6 +10,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+use super::merge::Merged;
 use crate::{Error, Result};
 
 /// Stored element type of a weight tensor.
@@ -50,18 +51,18 @@ impl std::str::FromStr for DType {
 
 /// A borrowed, typed view of a tensor's bytes inside a mapped file.
 #[derive(Clone, Copy)]
-pub enum Data<'a> {
+pub enum Stored<'a> {
     F32(&'a [f32]),
     F16(&'a [half::f16]),
     BF16(&'a [half::bf16]),
 }
 
-impl Data<'_> {
+impl Stored<'_> {
     pub fn len(&self) -> usize {
         match self {
-            Data::F32(s) => s.len(),
-            Data::F16(s) => s.len(),
-            Data::BF16(s) => s.len(),
+            Stored::F32(s) => s.len(),
+            Stored::F16(s) => s.len(),
+            Stored::BF16(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -69,9 +70,9 @@ impl Data<'_> {
     }
     pub fn dtype(&self) -> DType {
         match self {
-            Data::F32(_) => DType::F32,
-            Data::F16(_) => DType::F16,
-            Data::BF16(_) => DType::BF16,
+            Stored::F32(_) => DType::F32,
+            Stored::F16(_) => DType::F16,
+            Stored::BF16(_) => DType::BF16,
         }
     }
     /// Widen `[start, start + out.len())` into `out` as f32.
@@ -80,13 +81,69 @@ impl Data<'_> {
         use half::slice::HalfFloatSliceExt;
         let end = start + out.len();
         match self {
-            Data::F32(s) => out.copy_from_slice(&s[start..end]),
-            Data::F16(s) => s[start..end].convert_to_f32_slice(out),
-            Data::BF16(s) => {
-                for (o, v) in out.iter_mut().zip(&s[start..end]) {
-                    *o = f32::from_bits((v.to_bits() as u32) << 16);
-                }
-            }
+            Stored::F32(s) => out.copy_from_slice(&s[start..end]),
+            Stored::F16(s) => s[start..end].convert_to_f32_slice(out),
+            Stored::BF16(s) => widen_bf16(&s[start..end], out),
+        }
+    }
+}
+
+/// A weight as compute reads it: stored bytes, or a merge of two stored
+/// tensors formed while widening ([`crate::model::merge`]).
+#[derive(Clone, Copy)]
+pub enum Data<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+    BF16(&'a [half::bf16]),
+    Merged(Merged<'a>),
+}
+
+impl<'a> From<Stored<'a>> for Data<'a> {
+    fn from(s: Stored<'a>) -> Data<'a> {
+        match s {
+            Stored::F32(s) => Data::F32(s),
+            Stored::F16(s) => Data::F16(s),
+            Stored::BF16(s) => Data::BF16(s),
+        }
+    }
+}
+
+impl<'a> Data<'a> {
+    /// The stored bytes, `None` for a merged view.
+    pub fn stored(&self) -> Option<Stored<'a>> {
+        match *self {
+            Data::F32(s) => Some(Stored::F32(s)),
+            Data::F16(s) => Some(Stored::F16(s)),
+            Data::BF16(s) => Some(Stored::BF16(s)),
+            Data::Merged(_) => None,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Merged(m) => m.len(),
+            _ => self.stored().map_or(0, |s| s.len()),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The checkpoint's dtype (a merged view rounds to the reference's).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::F16(_) => DType::F16,
+            Data::BF16(_) => DType::BF16,
+            Data::Merged(m) => m.dtype(),
+        }
+    }
+    /// Widen `[start, start + out.len())` into `out` as f32.
+    #[inline]
+    pub fn widen_into(&self, start: usize, out: &mut [f32]) {
+        match self {
+            Data::F32(s) => Stored::F32(s).widen_into(start, out),
+            Data::F16(s) => Stored::F16(s).widen_into(start, out),
+            Data::BF16(s) => Stored::BF16(s).widen_into(start, out),
+            Data::Merged(m) => m.widen_into(start, out),
         }
     }
     /// The whole tensor widened to f32 (only for small tensors: norms, biases).
@@ -94,6 +151,15 @@ impl Data<'_> {
         let mut v = vec![0.0; self.len()];
         self.widen_into(0, &mut v);
         v
+    }
+}
+
+crate::dispatch! {
+    /// bf16 → f32 is a 16-bit shift: exact.
+    fn widen_bf16(src: &[half::bf16], out: &mut [f32]) {
+        for (o, v) in out.iter_mut().zip(src) {
+            *o = f32::from_bits((v.to_bits() as u32) << 16);
+        }
     }
 }
 
@@ -158,7 +224,10 @@ impl Weights {
     pub fn open(dir: &Path) -> Result<Arc<Weights>> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index.exists() {
+        // `exists()` would call a symlink loop or an unreadable directory
+        // "no model.safetensors": ask, and report the OS error.
+        let present = |p: &Path| p.try_exists().map_err(|e| Error::io(p, e));
+        let files: Vec<PathBuf> = if present(&index)? {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::config(&index, format!("invalid JSON: {e}")))?;
@@ -173,7 +242,7 @@ impl Weights {
             names.sort();
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
-        } else if single.exists() {
+        } else if present(&single)? {
             vec![single]
         } else {
             return Err(Error::config(
@@ -194,10 +263,9 @@ impl Weights {
             // assume the checkpoint is not modified while padv runs.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
             let (header_len, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| {
-                Error::config(
-                    path,
-                    format!("not a valid safetensors file (truncated?): {e}"),
-                )
+                let why = super::header::problem(&map[..])
+                    .unwrap_or_else(|| format!("not a valid safetensors file: {e}"));
+                Error::config(path, why)
             })?;
             let data_start = 8 + header_len;
             let tensors = meta.tensors();
@@ -250,6 +318,11 @@ impl Weights {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The stored shape of `name`, if the checkpoint has it.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
     pub fn contains(&self, name: &str) -> bool {

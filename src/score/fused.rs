@@ -126,15 +126,13 @@ impl RowAccum {
     /// Fold in the logits `block` = vocabulary entries `[first, first + len)`;
     /// `target` is the row's target token id.
     #[inline]
-    #[allow(clippy::needless_range_loop)] // lane loops index three arrays in step
     pub fn update(&mut self, block: &[f32], first: usize, target: usize) {
         if target >= first && target < first + block.len() {
             self.target = Some(block[target - first]);
         }
-        let bm = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let bm = block_max(block);
         self.rescale_to(bm);
         let m = self.m;
-        let mut lanes = block.chunks_exact(LANES);
         if let Some(top) = &mut self.top {
             if bm > top.floor {
                 for &z in block {
@@ -143,27 +141,9 @@ impl RowAccum {
                     }
                 }
             }
-            for c in &mut lanes {
-                for l in 0..LANES {
-                    let e = fast_exp(c[l] - m);
-                    self.s[l] += e;
-                    self.w[l] = e.mul_add(c[l], self.w[l]);
-                }
-            }
-            for (l, &z) in lanes.remainder().iter().enumerate() {
-                let e = fast_exp(z - m);
-                self.s[l] += e;
-                self.w[l] = e.mul_add(z, self.w[l]);
-            }
+            fold_exp_and_weighted(&mut self.s, &mut self.w, block, m);
         } else {
-            for c in &mut lanes {
-                for l in 0..LANES {
-                    self.s[l] += fast_exp(c[l] - m);
-                }
-            }
-            for (l, &z) in lanes.remainder().iter().enumerate() {
-                self.s[l] += fast_exp(z - m);
-            }
+            fold_exp(&mut self.s, block, m);
         }
     }
 
@@ -208,6 +188,57 @@ impl RowAccum {
             logp: self.target.map_or(f32::NAN, |t| (t as f64 - lse) as f32),
             entropy,
             top_mean,
+        }
+    }
+}
+
+crate::dispatch! {
+    /// The largest logit of a block.
+    fn block_max(block: &[f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (m, &x) in lanes.iter_mut().zip(c) {
+                *m = m.max(x);
+            }
+        }
+        chunks.remainder().iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+crate::dispatch! {
+    /// `s[l] += e^(z − m)` and `w[l] += e^(z − m)·z` over the block, lane `l`
+    /// taking every `LANES`-th entry (the order every level sums in).
+    #[allow(clippy::needless_range_loop)] // lane loops index three arrays in step
+    fn fold_exp_and_weighted(s: &mut [f32; LANES], w: &mut [f32; LANES], block: &[f32], m: f32) {
+        let mut lanes = block.chunks_exact(LANES);
+        for c in &mut lanes {
+            for l in 0..LANES {
+                let e = fast_exp(c[l] - m);
+                s[l] += e;
+                w[l] = e.mul_add(c[l], w[l]);
+            }
+        }
+        for (l, &z) in lanes.remainder().iter().enumerate() {
+            let e = fast_exp(z - m);
+            s[l] += e;
+            w[l] = e.mul_add(z, w[l]);
+        }
+    }
+}
+
+crate::dispatch! {
+    /// `s[l] += e^(z − m)` over the block (the reference needs only the normaliser).
+    #[allow(clippy::needless_range_loop)]
+    fn fold_exp(s: &mut [f32; LANES], block: &[f32], m: f32) {
+        let mut lanes = block.chunks_exact(LANES);
+        for c in &mut lanes {
+            for l in 0..LANES {
+                s[l] += fast_exp(c[l] - m);
+            }
+        }
+        for (l, &z) in lanes.remainder().iter().enumerate() {
+            s[l] += fast_exp(z - m);
         }
     }
 }

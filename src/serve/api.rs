@@ -311,7 +311,7 @@ pub fn parse_step(body: &[u8]) -> Result<StepRequest, ApiError> {
     }
     if let Some(a) = action {
         let mut list = observation;
-        list.push(message("action", a, "assistant")?);
+        list.push(action_message("action", a)?);
         return Ok(StepRequest::Append(list));
     }
     let Some(candidates) = candidates else {
@@ -361,6 +361,35 @@ fn message_list(field: &str, v: Value, default_role: Option<&str>) -> Result<Vec
             }
         })
         .collect()
+}
+
+/// An action: an `assistant` message, or a string taken as one. Another role
+/// is an error, not a message with nothing to score. (A candidate of another
+/// role is that candidate's error in the answer, next to the others' scores.)
+fn action_message(field: &str, v: Value) -> Result<Value, ApiError> {
+    let m = message(field, v, "assistant")?;
+    match m["role"].as_str() {
+        Some("assistant") => Ok(m),
+        other => Err(ApiError::field(
+            &format!("{field}.role"),
+            format!(
+                "an action is an `assistant` message, found `{}` (send an observation as                  `observation`, or any run of messages as `messages`)",
+                other.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// `POST /v1/sessions/{id}/fork` takes no body (or an empty object).
+pub fn parse_fork(body: &[u8]) -> Result<(), ApiError> {
+    let obj = body_object(body)?;
+    match obj.keys().next() {
+        Some(k) => Err(ApiError::field(
+            k,
+            "unknown field (a fork takes no body: it copies the session as it is)",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A message object, or a string as `{"role": default_role, "content": s}`.
@@ -459,6 +488,16 @@ mod tests {
             "candidates[1]"
         );
         assert_eq!(field_of(parse_step(b"{}")), "action");
+        assert_eq!(
+            field_of(parse_step(
+                br#"{"action": {"role": "user", "content": "go north"}}"#
+            )),
+            "action.role"
+        );
+        assert_eq!(field_of(parse_fork(br#"{"messages": []}"#)), "messages");
+        assert_eq!(field_of(parse_fork(b"[1]")), "body");
+        assert_eq!(field_of(parse_fork(b"nonsense")), "body");
+        assert!(parse_fork(b"").is_ok() && parse_fork(b" {} ").is_ok());
         assert_eq!(
             field_of(parse_create_session(b"{\"tools\": \"x\"}")),
             "tools"

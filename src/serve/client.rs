@@ -49,6 +49,8 @@ impl Response {
 pub struct Client {
     addr: SocketAddr,
     timeout: Duration,
+    /// Sent as `Authorization: Bearer KEY` (a server started with `--api-key`).
+    api_key: Option<String>,
     conn: Option<BufReader<TcpStream>>,
 }
 
@@ -57,6 +59,7 @@ impl Client {
         Client {
             addr,
             timeout: Duration::from_secs(120),
+            api_key: None,
             conn: None,
         }
     }
@@ -64,6 +67,12 @@ impl Client {
     /// Read and write timeout of the connection (default 120 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Client {
         self.timeout = timeout;
+        self
+    }
+
+    /// Send `Authorization: Bearer key` with every request.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Client {
+        self.api_key = Some(key.into());
         self
     }
 
@@ -122,6 +131,9 @@ impl Client {
             "{method} {path} HTTP/1.1\r\nhost: {}\r\naccept: */*\r\n",
             self.addr
         );
+        if let Some(key) = &self.api_key {
+            head.push_str(&format!("authorization: Bearer {key}\r\n"));
+        }
         if let Some(b) = body {
             head.push_str(&format!(
                 "content-type: application/json\r\ncontent-length: {}\r\n",

@@ -85,6 +85,13 @@ pub struct Metrics {
     pub jobs_abandoned: AtomicU64,
     pub worker_busy_ns: AtomicU64,
     pub sessions_evicted: AtomicU64,
+    /// Connections being served, their cap, those refused past the cap
+    /// (`503`), and those closed for a request head slower than the read
+    /// timeout.
+    pub connections_open: AtomicUsize,
+    pub max_connections: AtomicUsize,
+    pub connections_refused: AtomicU64,
+    pub header_timeouts: AtomicU64,
     /// The backend's prefix-cache counters after the latest round.
     pub cache: Mutex<Option<crate::kv::CacheStats>>,
 }
@@ -105,6 +112,10 @@ impl Metrics {
             jobs_abandoned: AtomicU64::new(0),
             worker_busy_ns: AtomicU64::new(0),
             sessions_evicted: AtomicU64::new(0),
+            connections_open: AtomicUsize::new(0),
+            max_connections: AtomicUsize::new(0),
+            connections_refused: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
             cache: Mutex::default(),
         }
     }
@@ -248,6 +259,30 @@ impl Metrics {
             "padv_session_evictions_total",
             "Sessions closed for being idle longer than the TTL.",
             load(&self.sessions_evicted),
+        );
+        gauge(
+            &mut out,
+            "padv_connections_open",
+            "Connections being served.",
+            self.connections_open.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "padv_connections_max",
+            "Connections served at once before answering 503.",
+            self.max_connections.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "padv_connections_refused_total",
+            "Connections answered 503 because --max-connections were open.",
+            load(&self.connections_refused),
+        );
+        counter(
+            &mut out,
+            "padv_header_timeouts_total",
+            "Connections closed because a request head took longer than --read-timeout.",
+            load(&self.header_timeouts),
         );
         let cache = self.cache.lock().map(|c| *c).unwrap_or(None);
         if let Some(c) = cache {

@@ -11,6 +11,8 @@
 //! - [`worker`]: one thread owns the [`Scorer`](crate::Scorer) and scores a
 //!   bounded queue in rounds (continuous batching under a token budget).
 //! - [`metrics`]: the Prometheus text at `/metrics`.
+//! - [`listen`]: the accept loop (hyper): header read timeout, connection
+//!   cap, graceful shutdown.
 //! - [`client`]: a minimal blocking HTTP/1.1 client (tests, load generator).
 //!
 //! Embedding: [`Server::start`] serves on a background thread until
@@ -42,6 +44,7 @@
 
 pub mod api;
 pub mod client;
+pub mod listen;
 pub mod metrics;
 pub mod routes;
 pub mod sessions;
@@ -51,6 +54,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -80,10 +84,20 @@ pub struct ServeConfig {
     pub max_sessions: usize,
     /// Requests waiting for the worker at most; past it, 429.
     pub queue_capacity: usize,
-    /// Larger bodies answer 413.
+    /// Larger bodies answer 413 (at once when `Content-Length` says so).
     pub max_request_bytes: usize,
-    /// A request not answered within this answers 504 (its work is dropped).
+    /// A request received in full and not answered within this answers 504
+    /// (its work is dropped): queue wait and scoring, not the upload.
     pub request_timeout: Duration,
+    /// A request's head must arrive within this (counted from the
+    /// connection's start, or from the previous answer on a kept-alive
+    /// one), else the connection is closed; its body must then arrive
+    /// within this too, else `408` and the connection is closed.
+    pub read_timeout: Duration,
+    /// Connections served at once; one more is answered `503` and closed.
+    pub max_connections: usize,
+    /// When set, every route but `/health` needs `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
 }
 
 impl ServeConfig {
@@ -99,6 +113,9 @@ impl ServeConfig {
             queue_capacity: 64,
             max_request_bytes: 16 << 20,
             request_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            api_key: None,
         }
     }
 
@@ -191,10 +208,14 @@ struct Prepared {
     state: Arc<AppState>,
     worker: JoinHandle<()>,
     ttl: Duration,
+    limits: listen::Limits,
 }
 
 fn prepare(config: ServeConfig) -> Result<(std::net::TcpListener, Prepared)> {
     let metrics = Arc::new(Metrics::new(config.queue_capacity.max(1)));
+    metrics
+        .max_connections
+        .store(config.max_connections.max(1), Ordering::Relaxed);
     let w = worker::spawn(
         config.policy.clone(),
         config.reference.clone(),
@@ -221,6 +242,8 @@ fn prepare(config: ServeConfig) -> Result<(std::net::TcpListener, Prepared)> {
         models: w.models,
         timeout: config.request_timeout,
         max_request_bytes: config.max_request_bytes,
+        read_timeout: config.read_timeout,
+        api_key: config.api_key,
     });
     Ok((
         listener,
@@ -228,6 +251,10 @@ fn prepare(config: ServeConfig) -> Result<(std::net::TcpListener, Prepared)> {
             state,
             worker: w.thread,
             ttl: config.session_ttl,
+            limits: listen::Limits {
+                read_timeout: config.read_timeout,
+                max_connections: config.max_connections.max(1),
+            },
         },
     ))
 }
@@ -251,15 +278,19 @@ impl Prepared {
                 state.sessions.sweep();
             }
         });
-        let served = axum::serve(listener, routes::router(self.state.clone()))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        listen::serve(
+            listener,
+            routes::router(self.state.clone()),
+            self.limits,
+            self.state.metrics.clone(),
+            shutdown,
+        )
+        .await;
         sweeper.abort();
         // Every handler has answered; let the worker finish and stop.
         let queue = self.state.queue.clone();
         let _ = tokio::task::spawn_blocking(move || queue.stop()).await;
         let joined = tokio::task::spawn_blocking(move || self.worker.join()).await;
-        served.map_err(|e| Error::Backend(format!("server error: {e}")))?;
         match joined {
             Ok(Ok(())) => Ok(()),
             _ => Err(Error::Backend("the scoring worker panicked".into())),

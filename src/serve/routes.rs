@@ -17,6 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::OwnedMutexGuard;
 
@@ -59,6 +60,10 @@ pub struct AppState {
     pub models: Value,
     pub timeout: Duration,
     pub max_request_bytes: usize,
+    /// Time for a body to arrive once its request's head has.
+    pub read_timeout: Duration,
+    /// `Authorization: Bearer` key every route but `/health` needs, when set.
+    pub api_key: Option<String>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -77,6 +82,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sessions/{id}/fork", post(fork))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(state.max_request_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -94,6 +101,95 @@ async fn track(
     let resp = next.run(req).await;
     st.metrics
         .request(&method, &route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// With `--api-key`, every route but `/health` answers `401` unless the
+/// request carries `Authorization: Bearer KEY`. Checked before the body is
+/// read.
+async fn authorize(State(st): Shared, req: Request, next: Next) -> Response {
+    let Some(key) = st.api_key.as_deref() else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let message = match given {
+        Some(token) if same_key(token.as_bytes(), key.as_bytes()) => {
+            return next.run(req).await;
+        }
+        Some(_) => "the API key is wrong",
+        None => "this server needs an API key: send `Authorization: Bearer KEY`",
+    };
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+/// Equal keys, compared in time that depends on their lengths only.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the whole body before the handler runs: a `Content-Length` over
+/// `--max-request-bytes` is `413` before any of it is read, a body that has
+/// not arrived within `--read-timeout` is `408`, and both close the
+/// connection (the rest of the body is never read).
+async fn read_body(State(st): Shared, req: Request, next: Next) -> Response {
+    let limit = st.max_request_bytes;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return closing(too_large(limit));
+    }
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(st.read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => {
+            let body = axum::body::Body::from(collected.to_bytes());
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => closing(too_large(limit)),
+        Ok(Err(e)) => closing(ApiError::field(
+            "body",
+            format!("the request body could not be read: {e}"),
+        )),
+        Err(_) => closing(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within the server's read timeout ({:?})",
+                st.read_timeout
+            ),
+        )),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body exceeds the server's limit of {limit} bytes"),
+    )
+}
+
+/// An error answer after which the connection is closed.
+fn closing(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
     resp
 }
 
@@ -156,13 +252,7 @@ impl AppState {
 fn body_bytes(st: &AppState, body: Body) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body exceeds the server's limit of {} bytes",
-                    st.max_request_bytes
-                ),
-            )
+            too_large(st.max_request_bytes)
         } else {
             ApiError::field("body", r.body_text())
         }
@@ -318,7 +408,8 @@ async fn delete_session(State(st): Shared, Path(id): Path<String>) -> Result<Res
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn fork(State(st): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn fork(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+    api::parse_fork(&body_bytes(&st, body)?)?;
     let (_, state) = st.locked_session(&id, st.deadline()).await?;
     let copy = SessionState {
         session: state.session.fork(),

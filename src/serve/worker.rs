@@ -158,7 +158,8 @@ pub fn spawn(
                     return;
                 }
             };
-            let _ = loaded_tx.send(Ok(describe(&scorer)));
+            let names = [model_name(&policy), model_name(&reference)];
+            let _ = loaded_tx.send(Ok(describe(&scorer, names)));
             serve_queue(&mut scorer, &rx, &m);
         })
         .map_err(|e| Error::Backend(format!("cannot start the scoring thread: {e}")))?;
@@ -172,12 +173,25 @@ pub fn spawn(
     })
 }
 
+/// How `/v1/models` names a model given as `spec`: a hub id as given
+/// (`Qwen/Qwen3-0.6B`), a directory by its last component. Never the
+/// absolute path, which would tell clients about the server's file system.
+pub fn model_name(spec: &std::path::Path) -> String {
+    if spec.is_dir() {
+        let full = spec.canonicalize().unwrap_or_else(|_| spec.to_path_buf());
+        if let Some(name) = full.file_name() {
+            return name.to_string_lossy().into_owned();
+        }
+    }
+    spec.to_string_lossy().into_owned()
+}
+
 /// `/v1/models`: the pair, dtype, device, architecture and defaults.
-fn describe(scorer: &Scorer) -> Value {
-    let model = |m: &Model| {
+fn describe(scorer: &Scorer, [policy, reference]: [String; 2]) -> Value {
+    let model = |m: &Model, name: String| {
         let c = &m.config;
         json!({
-            "path": m.dir.display().to_string(),
+            "name": name,
             "architecture": c.arch.hf_name(),
             "dtype": m.dtype().name(),
             "layers": c.num_layers,
@@ -190,9 +204,10 @@ fn describe(scorer: &Scorer) -> Value {
     };
     let o = scorer.options();
     json!({
-        "policy": model(&scorer.policy),
-        "reference": model(&scorer.reference),
+        "policy": model(&scorer.policy, policy),
+        "reference": model(&scorer.reference, reference),
         "device": scorer.backend_description(),
+        "merge": o.merge.as_ref().map(|m| m.to_json()),
         "defaults": {
             "render": scorer.render_mode().name(),
             "token_agg": o.token_agg.name(),

@@ -180,41 +180,43 @@ pub fn attention(
 /// Lanes of the vectorised softmax (one AVX-512 register of f32).
 const SOFTMAX_LANES: usize = 16;
 
-/// `row ← softmax(row)`: exact max, `fast_exp`, and the sum kept in 16
-/// independent lanes so the loops vectorise (a single running sum made the
-/// exponentials a scalar, latency-bound chain: 30% of the toyworld demo's
-/// time in a profile).
-pub fn softmax_in_place(row: &mut [f32]) {
-    const L: usize = SOFTMAX_LANES;
-    let mut lanes = [f32::NEG_INFINITY; L];
-    let mut chunks = row.chunks_exact(L);
-    for c in &mut chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            *m = m.max(x);
+crate::dispatch! {
+    /// `row ← softmax(row)`: exact max, `fast_exp`, and the sum kept in 16
+    /// independent lanes so the loops vectorise (a single running sum made the
+    /// exponentials a scalar, latency-bound chain: 30% of the toyworld demo's
+    /// time in a profile).
+    pub fn softmax_in_place(row: &mut [f32]) {
+        const L: usize = SOFTMAX_LANES;
+        let mut lanes = [f32::NEG_INFINITY; L];
+        let mut chunks = row.chunks_exact(L);
+        for c in &mut chunks {
+            for (m, &x) in lanes.iter_mut().zip(c) {
+                *m = m.max(x);
+            }
         }
-    }
-    let m = chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    let mut sums = [0.0f32; L];
-    let mut chunks = row.chunks_exact_mut(L);
-    for c in &mut chunks {
-        for (s, x) in sums.iter_mut().zip(c) {
+        let m = chunks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sums = [0.0f32; L];
+        let mut chunks = row.chunks_exact_mut(L);
+        for c in &mut chunks {
+            for (s, x) in sums.iter_mut().zip(c) {
+                *x = fast_exp(*x - m);
+                *s += *x;
+            }
+        }
+        let mut sum = 0.0f32;
+        for x in chunks.into_remainder() {
             *x = fast_exp(*x - m);
-            *s += *x;
+            sum += *x;
         }
-    }
-    let mut sum = 0.0f32;
-    for x in chunks.into_remainder() {
-        *x = fast_exp(*x - m);
-        sum += *x;
-    }
-    let inv = 1.0 / (sum + sums.iter().sum::<f32>());
-    for x in row.iter_mut() {
-        *x *= inv;
+        let inv = 1.0 / (sum + sums.iter().sum::<f32>());
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
     }
 }
 

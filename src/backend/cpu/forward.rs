@@ -130,7 +130,61 @@ pub fn forward_hidden_kv(
     ropes: &Ropes,
     tokens: &[u32],
     seqs: &[Packed],
+    kv: Option<KvBatch<'_>>,
+) -> Result<Vec<f32>> {
+    forward_watched(model, ropes, tokens, seqs, kv, &mut |_, _| {})
+}
+
+/// A point of the forward pass whose output [`first_nonfinite`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The token embedding (with its scale).
+    Embedding,
+    /// Decoder layer `i` (0-based), its residual output.
+    Layer(usize),
+    /// The final norm.
+    FinalNorm,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Embedding => f.write_str("the token embedding"),
+            Stage::Layer(i) => write!(f, "decoder layer {i}"),
+            Stage::FinalNorm => f.write_str("the final norm"),
+        }
+    }
+}
+
+/// The first stage whose hidden state is not finite when `tokens` run as
+/// one sequence; `None` when every hidden state is (then the LM head made
+/// the non-finite values). A diagnostic, run only after a log-prob came out
+/// non-finite: a second forward of that sequence on the CPU, with a finite
+/// scan of the hidden state after each stage.
+pub fn first_nonfinite(model: &Model, tokens: &[u32]) -> Result<Option<Stage>> {
+    let ropes = Ropes::new(&model.config, tokens.len().max(1));
+    let seqs = [Packed {
+        start: 0,
+        len: tokens.len(),
+    }];
+    let mut first = None;
+    forward_watched(model, &ropes, tokens, &seqs, None, &mut |stage, x| {
+        if first.is_none() && x.iter().any(|v| !v.is_finite()) {
+            first = Some(stage);
+        }
+    })?;
+    Ok(first)
+}
+
+/// The forward pass, calling `watch` with the hidden state after the
+/// embedding, after each layer and after the final norm.
+fn forward_watched(
+    model: &Model,
+    ropes: &Ropes,
+    tokens: &[u32],
+    seqs: &[Packed],
     mut kv: Option<KvBatch<'_>>,
+    watch: &mut dyn FnMut(Stage, &[f32]),
 ) -> Result<Vec<f32>> {
     let cfg = &model.config;
     check_tokens(model, tokens)?;
@@ -153,6 +207,7 @@ pub fn forward_hidden_kv(
     let eps = cfg.rms_norm_eps;
 
     let mut x = embed(cfg, &w, tokens);
+    watch(Stage::Embedding, &x);
     let ple = per_layer_inputs(cfg, &w, tokens, &x);
     let mut pos = vec![0usize; t];
     for (s, &p) in seqs.iter().zip(&past) {
@@ -266,9 +321,11 @@ pub fn forward_hidden_kv(
             let s = s.data.to_f32_vec()[0];
             x.iter_mut().for_each(|v| *v *= s);
         }
+        watch(Stage::Layer(li), &x);
     }
     let final_norm = norm_weight(cfg.norm, &w.final_norm);
     rms_norm_inplace(&mut x, &final_norm, eps);
+    watch(Stage::FinalNorm, &x);
     Ok(x)
 }
 

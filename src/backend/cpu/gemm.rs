@@ -7,8 +7,9 @@
 //! one pass over the tile and no f32 copy of the matrix ever exists. The
 //! AVX-512 micro-kernel keeps an `MR × NR` (14 × 32) block of C in 28 zmm
 //! registers and broadcasts A straight from its row-major storage (no A
-//! packing: 14 row streams of `kc` floats stay in L1/L2). Machines without
-//! AVX-512 widen the tile and use the `gemm` crate's kernels.
+//! packing: 14 row streams of `kc` floats stay in L1/L2). Below the AVX-512
+//! level (`crate::simd`) `gemm_portable` does the same arithmetic in plain
+//! loops (same bits at the `avx2` level).
 //!
 //! [`tile_product`] is the single-threaded unit; [`matmul_wt`] spreads
 //! (weight tile × token range) tasks over rayon; the LM head uses
@@ -20,13 +21,14 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::model::weights::{Data, Tensor};
+use crate::simd::Level;
 
 /// Rows of C per micro-kernel call.
 const MR: usize = 14;
 /// Columns of C per micro-kernel call (two zmm vectors).
-const NR: usize = 32;
+pub(super) const NR: usize = 32;
 /// Depth of one packed block (B micro-panel `KC × NR × 4` = 24 KB, in L1).
-const KC: usize = 192;
+pub(super) const KC: usize = 192;
 /// Weight rows per task tile.
 pub const NC: usize = 128;
 
@@ -37,13 +39,27 @@ thread_local! {
 /// Take this thread's scratch buffer (re-entrancy safe: nested users get a
 /// fresh one) and give it back afterwards.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = take_scratch(len);
+    let r = f(&mut buf[..len]);
+    give_back_scratch(buf);
+    r
+}
+
+/// This thread's scratch buffer, at least `len` long (a closure-free
+/// [`with_scratch`] for callers compiled with other target features: a
+/// closure would be compiled without them).
+#[inline(always)]
+pub(super) fn take_scratch(len: usize) -> Vec<f32> {
     let mut buf = PACK.with(|b| std::mem::take(&mut *b.borrow_mut()));
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
-    let r = f(&mut buf[..len]);
+    buf
+}
+
+#[inline(always)]
+pub(super) fn give_back_scratch(buf: Vec<f32>) {
     PACK.with(|b| *b.borrow_mut() = buf);
-    r
 }
 
 /// Single-threaded `C[0..m, 0..nc] (+)= A[0..m, 0..k] · W[n0..n0+nc, 0..k]ᵀ`.
@@ -68,19 +84,25 @@ pub fn tile_product(
     assert!(a.len() >= (m - 1) * lda + k, "tile_product: A too small");
     assert!(c.len() >= (m - 1) * ldc + nc, "tile_product: C too small");
     assert!(w.len() >= (n0 + nc) * k, "tile_product: W too small");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
-        // SAFETY: the feature was just detected; bounds were asserted above.
-        unsafe { avx512::tile_product(a, lda, m, k, w, n0, nc, c, ldc, accumulate) };
-        return;
-    }
-    fallback_tile_product(a, lda, m, k, w, n0, nc, c, ldc, accumulate);
+    tile_product_at(
+        crate::simd::level(),
+        a,
+        lda,
+        m,
+        k,
+        w,
+        n0,
+        nc,
+        c,
+        ldc,
+        accumulate,
+    );
 }
 
+/// [`tile_product`] with the kernels of `level` (at most the CPU's).
 #[allow(clippy::too_many_arguments)]
-fn fallback_tile_product(
+fn tile_product_at(
+    level: Level,
     a: &[f32],
     lda: usize,
     m: usize,
@@ -92,36 +114,22 @@ fn fallback_tile_product(
     ldc: usize,
     accumulate: bool,
 ) {
-    let cp = c.as_mut_ptr();
-    let mul = |wp: *const f32| unsafe {
-        gemm::gemm(
-            m,
-            nc,
-            k,
-            cp,
-            1,
-            ldc as isize,
-            accumulate,
-            a.as_ptr(),
-            1,
-            lda as isize,
-            wp,
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    };
-    match w {
-        Data::F32(s) => mul(s[n0 * k..].as_ptr()),
-        _ => with_scratch(nc * k, |buf| {
-            w.widen_into(n0 * k, buf);
-            mul(buf.as_ptr());
-        }),
+    use super::gemm_portable as portable;
+    debug_assert!(
+        level <= crate::simd::detected(),
+        "{level:?} kernels on this CPU"
+    );
+    match level {
+        // SAFETY (both): the level implies the features; bounds were asserted above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe {
+            avx512::tile_product(a, lda, m, k, w, n0, nc, c, ldc, accumulate)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe {
+            portable::tile_product_avx2(a, lda, m, k, w, n0, nc, c, ldc, accumulate)
+        },
+        _ => portable::tile_product_portable(a, lda, m, k, w, n0, nc, c, ldc, accumulate),
     }
 }
 
@@ -294,7 +302,12 @@ mod avx512 {
     fn pack(w: Data, k: usize, n0: usize, nc: usize, k0: usize, kc: usize, bp: &mut [f32]) {
         let mut row = [0.0f32; KC];
         let panels = nc.div_ceil(NR);
-        let kc16 = kc / 16 * 16;
+        // A merged view forms its weights in runs (`Merged::widen_into`):
+        // it takes the row path, one call per row of the block.
+        let kc16 = match w {
+            Data::Merged(_) => 0,
+            _ => kc / 16 * 16,
+        };
         for q in 0..panels {
             let panel = &mut bp[q * kc * NR..(q + 1) * kc * NR];
             for half in 0..2 {
@@ -358,6 +371,13 @@ mod avx512 {
                 let v = &s[at..at + 16];
                 // SAFETY: 16 f16 = 32 bytes read.
                 unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr() as *const __m256i)) }
+            }
+            Data::Merged(m) => {
+                // Not reached from `pack` (see there); correct all the same.
+                let mut v = [0f32; 16];
+                m.widen_into(at, &mut v);
+                // SAFETY: the array has 16 elements.
+                unsafe { _mm512_loadu_ps(v.as_ptr()) }
             }
         }
     }
@@ -605,10 +625,74 @@ mod tests {
                         );
                     }
                 }
-                let mut fb = vec![0.0; rows * n];
-                fallback_tile_product(&x, k, rows, k, data, 0, n, &mut fb, n, false);
-                for (a, b) in fb.iter().zip(&want) {
-                    assert!((a - b).abs() < 1e-4 * (k as f32).sqrt());
+                for level in levels() {
+                    let mut fb = vec![0.0; rows * n];
+                    tile_product_at(level, &x, k, rows, k, data, 0, n, &mut fb, n, false);
+                    for (a, b) in fb.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-4 * (k as f32).sqrt(), "{level:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kernel levels this CPU can run.
+    fn levels() -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|&l| l <= crate::simd::detected())
+            .collect()
+    }
+
+    /// Every level gives each row the same bits however many rows share the
+    /// call (what makes a cached prefix change nothing), and the fused levels
+    /// (avx2, avx512) give the same bits as each other.
+    #[test]
+    fn a_row_gets_the_same_bits_in_any_batch_and_at_every_fused_level() {
+        let (rows, n, k) = (37, 70, 450);
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let wb: Vec<half::bf16> = (0..n * k)
+            .map(|i| half::bf16::from_f32(((i * 104729) % 89) as f32 / 89.0 - 0.5))
+            .collect();
+        let data = Data::BF16(&wb);
+        let mut fused: Option<Vec<f32>> = None;
+        for level in levels() {
+            let mut all = vec![0.0; rows * n];
+            tile_product_at(level, &x, k, rows, k, data, 0, n, &mut all, n, false);
+            for (start, len) in [(0, 1), (5, 3), (13, 14), (30, 7), (36, 1)] {
+                let mut part = vec![0.0; len * n];
+                tile_product_at(
+                    level,
+                    &x[start * k..],
+                    k,
+                    len,
+                    k,
+                    data,
+                    0,
+                    n,
+                    &mut part,
+                    n,
+                    false,
+                );
+                let same = part
+                    .iter()
+                    .zip(&all[start * n..])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{level:?}: rows {start}..+{len} alone differ from the whole batch"
+                );
+            }
+            let fma = level != Level::Portable || cfg!(target_arch = "aarch64");
+            if fma {
+                match &fused {
+                    Some(f) => assert!(
+                        f.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{level:?} differs from the other fused level"
+                    ),
+                    None => fused = Some(all),
                 }
             }
         }

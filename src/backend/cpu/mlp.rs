@@ -14,11 +14,17 @@ pub fn silu_mul_inplace(gate: &mut [f32], up: &[f32]) {
     gate.par_chunks_mut(4096)
         .zip(up.par_chunks(4096))
         .for_each(|(g, u)| {
-            for (g, u) in g.iter_mut().zip(u) {
-                let s = *g / (1.0 + fast_exp(-*g));
-                *g = s * u;
-            }
+            silu_mul_chunk(g, u);
         });
+}
+
+crate::dispatch! {
+    fn silu_mul_chunk(gate: &mut [f32], up: &[f32]) {
+        for (g, u) in gate.iter_mut().zip(up) {
+            let s = *g / (1.0 + fast_exp(-*g));
+            *g = s * u;
+        }
+    }
 }
 
 /// GELU with the tanh approximation (`gelu_pytorch_tanh`), in f32.

@@ -18,6 +18,7 @@ pub mod deltanet;
 pub mod embed;
 pub mod forward;
 pub mod gemm;
+mod gemm_portable;
 pub mod lm_head;
 pub mod mixer;
 pub mod mlp;
@@ -48,6 +49,8 @@ struct Models {
 pub struct CpuPair {
     models: Models,
     cache: Option<PairCache>,
+    /// The cache's options, to start it afresh when the reference changes.
+    kv_opts: Option<KvOptions>,
     /// Token counters (the cache adds its gauges).
     counters: CacheStats,
 }
@@ -63,6 +66,7 @@ impl CpuPair {
                 reference,
             },
             cache: None,
+            kv_opts: None,
             counters: CacheStats::default(),
         }
     }
@@ -74,6 +78,7 @@ impl CpuPair {
     }
 
     fn set_cache(&mut self, opts: Option<KvOptions>) {
+        self.kv_opts = opts;
         let m = &self.models;
         self.cache = opts.map(|o| PairCache::new(&m.policy, &m.reference, o));
     }
@@ -93,15 +98,21 @@ enum Row {
 }
 
 impl Models {
-    /// Forward one wave's new tokens through both models and fill `out` for
-    /// its requests; with a cache, fill the wave's new blocks too.
+    /// Forward one wave's new tokens through both models (the reference
+    /// only without `with_policy`, leaving the policy's fields NaN) and fill
+    /// `out` for its requests; with a cache, fill the wave's new blocks too.
     fn score_wave(
         &self,
         mut cache: Option<&mut PairCache>,
         batch: &[SeqRequest],
         wave: &[Admitted],
         out: &mut [TokenScores],
+        with_policy: bool,
     ) -> Result<()> {
+        assert!(
+            with_policy || cache.is_none(),
+            "the cache holds both models' blocks"
+        );
         let bs = cache.as_ref().map_or(1, |c| c.block_size());
         let past = |a: &Admitted| a.hit.len() * bs;
         let mut tokens = Vec::new();
@@ -123,6 +134,12 @@ impl Models {
             .collect();
         let (hp, hr) = if tokens.is_empty() {
             (Vec::new(), Vec::new())
+        } else if !with_policy {
+            let m = (&self.reference, &self.rope_reference);
+            (
+                Vec::new(),
+                forward_hidden_kv(m.0, m.1, &tokens, &seqs, None)?,
+            )
         } else {
             let m = (&self.policy, &self.rope_policy);
             let kv = cache.as_deref_mut().map(|c| KvBatch {
@@ -194,17 +211,31 @@ impl Models {
             .map(|&(wi, t, _)| batch[wave[wi].seq].token_ids[t])
             .collect();
         let (pw, rw) = (self.policy.bind(), self.reference.bind());
-        let xp = gather(&hp, h_p, cache.as_deref().map(|c| &c.policy));
+        let xp = if with_policy {
+            gather(&hp, h_p, cache.as_deref().map(|c| &c.policy))
+        } else {
+            Vec::new()
+        };
         drop(hp);
         let (cap_p, cap_r) = (
             self.policy.config.final_logit_softcap,
             self.reference.config.final_logit_softcap,
         );
-        let ps = lm_head_stats(&xp, wanted_rows.len(), &pw.lm_head, &targets, true, cap_p);
+        let ps = if with_policy {
+            lm_head_stats(&xp, wanted_rows.len(), &pw.lm_head, &targets, true, cap_p)
+        } else {
+            Vec::new()
+        };
         drop(xp);
         let xr = gather(&hr, h_r, cache.as_deref().map(|c| &c.reference));
         drop(hr);
         let rs = lm_head_stats(&xr, wanted_rows.len(), &rw.lm_head, &targets, false, cap_r);
+        if !with_policy {
+            for (&(wi, t, _), r) in wanted_rows.iter().zip(rs) {
+                out[wave[wi].seq].logp_reference[t] = r.logp;
+            }
+            return Ok(());
+        }
         for ((&(wi, t, _), p), r) in wanted_rows.iter().zip(ps).zip(rs) {
             let a = &wave[wi];
             let o = &mut out[a.seq];
@@ -228,7 +259,11 @@ impl Models {
 
 impl PairScorer for CpuPair {
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({} kernels, {} threads)",
+            crate::simd::level().name(),
+            rayon::current_num_threads()
+        )
     }
 
     fn set_prefix_cache(&mut self, opts: Option<KvOptions>) -> Result<()> {
@@ -257,10 +292,49 @@ impl PairScorer for CpuPair {
         // of a small model's online step in a profile.
         rayon::scope(|_| self.score_here(batch))
     }
+
+    fn score_reference(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
+        rayon::scope(|_| {
+            self.check_batch(batch)?;
+            let mut out = nan_scores(batch);
+            self.counters.computed_tokens +=
+                batch.iter().map(|r| r.token_ids.len() as u64).sum::<u64>();
+            self.models
+                .score_wave(None, batch, &uncached(batch), &mut out, false)?;
+            Ok(out)
+        })
+    }
+
+    fn set_reference(&mut self, reference: Arc<Model>) -> Result<()> {
+        crate::model::check_pair(&self.models.policy, &reference)?;
+        self.models.rope_reference = Ropes::for_model(&reference.config);
+        self.models.reference = reference;
+        // Cached blocks hold the old reference's K/V and scores.
+        self.set_cache(self.kv_opts);
+        Ok(())
+    }
+}
+
+/// Every request as a wave member with nothing cached.
+fn uncached(batch: &[SeqRequest]) -> Vec<Admitted> {
+    (0..batch.len())
+        .map(|seq| Admitted {
+            seq,
+            hit: Vec::new(),
+            fill: Vec::new(),
+        })
+        .collect()
+}
+
+fn nan_scores(batch: &[SeqRequest]) -> Vec<TokenScores> {
+    batch
+        .iter()
+        .map(|r| TokenScores::new_nan(r.token_ids.len()))
+        .collect()
 }
 
 impl CpuPair {
-    fn score_here(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
+    fn check_batch(&self, batch: &[SeqRequest]) -> Result<()> {
         let max_pos = self.models.rope_policy.max_pos();
         for r in batch {
             check_tokens(&self.models.policy, &r.token_ids)?;
@@ -271,21 +345,17 @@ impl CpuPair {
                 )));
             }
         }
-        let mut out: Vec<TokenScores> = batch
-            .iter()
-            .map(|r| TokenScores::new_nan(r.token_ids.len()))
-            .collect();
+        Ok(())
+    }
+
+    fn score_here(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
+        self.check_batch(batch)?;
+        let mut out = nan_scores(batch);
         let Some(cache) = self.cache.as_mut() else {
-            let wave: Vec<Admitted> = (0..batch.len())
-                .map(|seq| Admitted {
-                    seq,
-                    hit: Vec::new(),
-                    fill: Vec::new(),
-                })
-                .collect();
             self.counters.computed_tokens +=
                 batch.iter().map(|r| r.token_ids.len() as u64).sum::<u64>();
-            self.models.score_wave(None, batch, &wave, &mut out)?;
+            self.models
+                .score_wave(None, batch, &uncached(batch), &mut out, true)?;
             return Ok(out);
         };
         // Sorted by tokens, sequences sharing a prefix are neighbours; each
@@ -301,7 +371,10 @@ impl CpuPair {
                 self.counters.hit_tokens += hit;
                 self.counters.computed_tokens += batch[a.seq].token_ids.len() as u64 - hit;
             }
-            match self.models.score_wave(Some(cache), batch, &wave, &mut out) {
+            match self
+                .models
+                .score_wave(Some(cache), batch, &wave, &mut out, true)
+            {
                 Ok(()) => cache.commit(batch, &wave),
                 Err(e) => {
                     cache.abandon(&wave);

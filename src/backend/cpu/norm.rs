@@ -41,26 +41,28 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         });
 }
 
-#[inline]
+#[inline(always)]
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
     let ss: f32 = row.iter().map(|v| v * v).sum();
     1.0 / (ss / row.len() as f32 + eps).sqrt()
 }
 
-#[inline]
-pub fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f32) {
-    let inv = inv_rms(row, eps);
-    for (v, g) in row.iter_mut().zip(w) {
-        *v = g * (*v * inv);
+crate::dispatch! {
+    pub fn rms_norm_row(row: &mut [f32], w: &[f32], eps: f32) {
+        let inv = inv_rms(row, eps);
+        for (v, g) in row.iter_mut().zip(w) {
+            *v = g * (*v * inv);
+        }
     }
 }
 
-/// RMSNorm without a weight.
-#[inline]
-pub fn rms_norm_row_unit(row: &mut [f32], eps: f32) {
-    let inv = inv_rms(row, eps);
-    for v in row.iter_mut() {
-        *v *= inv;
+crate::dispatch! {
+    /// RMSNorm without a weight.
+    pub fn rms_norm_row_unit(row: &mut [f32], eps: f32) {
+        let inv = inv_rms(row, eps);
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
     }
 }
 

@@ -55,18 +55,19 @@ impl RopeTable {
     }
 }
 
-/// Rotate-half RoPE on every head of one row (`heads × head_dim` values) at `pos`.
-#[inline]
-pub fn rope_row(row: &mut [f32], table: &RopeTable, pos: usize) {
-    let h = table.half;
-    let cos = &table.cos[pos * h..(pos + 1) * h];
-    let sin = &table.sin[pos * h..(pos + 1) * h];
-    for head in row.chunks_mut(table.head_dim) {
-        let (a, b) = head[..2 * h].split_at_mut(h);
-        for i in 0..h {
-            let (x0, x1) = (a[i], b[i]);
-            a[i] = x0 * cos[i] - x1 * sin[i];
-            b[i] = x1 * cos[i] + x0 * sin[i];
+crate::dispatch! {
+    /// Rotate-half RoPE on every head of one row (`heads × head_dim` values) at `pos`.
+    pub fn rope_row(row: &mut [f32], table: &RopeTable, pos: usize) {
+        let h = table.half;
+        let cos = &table.cos[pos * h..(pos + 1) * h];
+        let sin = &table.sin[pos * h..(pos + 1) * h];
+        for head in row.chunks_mut(table.head_dim) {
+            let (a, b) = head[..2 * h].split_at_mut(h);
+            for i in 0..h {
+                let (x0, x1) = (a[i], b[i]);
+                a[i] = x0 * cos[i] - x1 * sin[i];
+                b[i] = x1 * cos[i] + x0 * sin[i];
+            }
         }
     }
 }

@@ -348,16 +348,20 @@ impl DevTensor {
     /// Write `data` at element `offset`, converting to this tensor's dtype
     /// when the stored dtype differs.
     pub fn write(&mut self, gpu: &Gpu, offset: usize, data: Data<'_>) -> Result<()> {
-        if data.dtype() == self.dtype {
-            let bytes: &[u8] = match data {
-                Data::F32(s) => bytemuck::cast_slice(s),
-                Data::F16(s) => bytemuck::cast_slice(s),
-                Data::BF16(s) => bytemuck::cast_slice(s),
-            };
-            self.write_bytes(gpu, offset, data.len(), bytes)
-        } else {
-            // Mixed-dtype checkpoint: widen, then narrow to our dtype.
-            self.write_f32(gpu, offset, &data.to_f32_vec())
+        let bytes: Option<&[u8]> = match data {
+            Data::F32(s) => Some(bytemuck::cast_slice(s)),
+            Data::F16(s) => Some(bytemuck::cast_slice(s)),
+            Data::BF16(s) => Some(bytemuck::cast_slice(s)),
+            Data::Merged(_) => None,
+        };
+        match bytes {
+            Some(bytes) if data.dtype() == self.dtype => {
+                self.write_bytes(gpu, offset, data.len(), bytes)
+            }
+            // Mixed-dtype checkpoint, or a merged reference formed host-side
+            // (already rounded to the checkpoint's dtype): widen, then
+            // narrow to our dtype.
+            _ => self.write_f32(gpu, offset, &data.to_f32_vec()),
         }
     }
 

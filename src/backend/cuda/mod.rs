@@ -145,6 +145,15 @@ impl PairScorer for CudaPair {
         )
     }
 
+    /// A merged reference at another α: formed host-side tensor by tensor
+    /// from the mapped files (no file is re-read) and uploaded in the
+    /// current reference's compute dtype.
+    fn set_reference(&mut self, reference: Arc<Model>) -> Result<()> {
+        let dtype = self.reference.dtype;
+        self.reference = DeviceModel::upload(&self.gpu, &reference, Some(dtype))?;
+        self.gpu.synchronize()
+    }
+
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let gpu = &self.gpu;
         gpu.ctx
