@@ -4,8 +4,8 @@
 //! Data path: trajectory → render + tokenize ([`trajectory`], [`tokenizer`]) →
 //! teacher-forced forward of both models ([`backend`], [`model`]) → fused
 //! log-prob difference per token ([`score::fused`]) → step and trajectory scores
-//! ([`score::aggregate`]) → applications ([`apps`], and the HTTP service
-//! [`serve`]).
+//! ([`score::aggregate`]) → applications ([`apps`], and, with the default
+//! feature `serve`, the HTTP service `serve`).
 //!
 //! Embedding: load a pair once with [`Scorer::load`], score whole records
 //! with [`Scorer::score`], or follow an agent step by step with a
@@ -52,6 +52,8 @@ pub mod kv;
 pub mod model;
 pub mod pipeline;
 pub mod score;
+/// The HTTP service (`padv serve`); feature `serve` (on by default).
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod session;
 /// Run-time choice of the CPU kernels (`PADV_CPU_KERNELS`), and `dispatch!`.

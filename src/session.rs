@@ -87,6 +87,28 @@ impl Session {
         }
         record_from_json(obj, "session")
     }
+
+    /// The records that scoring candidate actions scores: this session,
+    /// then `observation` (if any) and one action each; and the index of
+    /// the first message after the observation (where each candidate's
+    /// step is).
+    pub fn candidate_records(
+        &self,
+        observation: Option<Value>,
+        actions: Vec<Value>,
+    ) -> Result<(Vec<crate::trajectory::Record>, usize)> {
+        let prefix: Vec<Value> = observation.into_iter().collect();
+        let first_new = self.messages.len() + prefix.len();
+        let records = actions
+            .into_iter()
+            .map(|a| {
+                let mut m = prefix.clone();
+                m.push(a);
+                self.record(&m)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((records, first_new))
+    }
 }
 
 impl Scorer {
@@ -120,16 +142,7 @@ impl Scorer {
         observation: Option<Value>,
         actions: Vec<Value>,
     ) -> Result<Vec<StepScore>> {
-        let prefix: Vec<Value> = observation.into_iter().collect();
-        let first_new = session.messages.len() + prefix.len();
-        let records = actions
-            .into_iter()
-            .map(|a| {
-                let mut m = prefix.clone();
-                m.push(a);
-                session.record(&m)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (records, first_new) = session.candidate_records(observation, actions)?;
         self.score(&records)
             .into_iter()
             .enumerate()

@@ -169,14 +169,14 @@ fn half_open_connections_are_capped_and_closed_after_the_read_timeout() {
     extra
         .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         .unwrap();
-    let (answer, took) =
-        read_until_closed(&mut extra, Instant::now()).expect("no answer within 8 s");
+    let (answer, _) = read_until_closed(&mut extra, Instant::now()).expect("no answer within 8 s");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
     );
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Its time is not asserted (a loaded machine): a 503, not a 200 after
+    // the idle ones time out, shows it was refused without waiting for a slot.
     // Every one of them is closed by the server within the read timeout.
     for (i, s) in idle.iter_mut().enumerate() {
         assert!(
@@ -193,7 +193,15 @@ fn half_open_connections_are_capped_and_closed_after_the_read_timeout() {
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} not in /metrics"))
     };
-    assert!(value("padv_connections_refused_total ") >= (300 - cap) as f64);
+    // Each of the 301 was either refused or taken and then closed by the
+    // header timeout (on a loaded machine, early ones may time out before
+    // the last connect, freeing slots: the split depends on timing, the sum
+    // does not).
+    let refused = value("padv_connections_refused_total ");
+    let timed_out = value("padv_header_timeouts_total ");
+    assert!(refused >= 1.0, "{refused}");
+    assert!(timed_out >= cap as f64, "{timed_out}");
+    assert_eq!(refused + timed_out, 301.0, "{refused} + {timed_out}");
     assert!(value("padv_connections_max ") == cap as f64);
     assert!(value("padv_connections_open ") <= cap as f64);
     let r = client(&server)

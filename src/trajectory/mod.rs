@@ -22,7 +22,9 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-pub(crate) use read::{json_index, kind as json_kind};
+pub(crate) use read::json_index;
+#[cfg(feature = "serve")]
+pub(crate) use read::kind as json_kind;
 pub use read::{read_records, record_from_json};
 pub use render::{encode, render_text};
 
