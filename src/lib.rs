@@ -4,8 +4,8 @@
 //! Data path: trajectory → render + tokenize ([`trajectory`], [`tokenizer`]) →
 //! teacher-forced forward of both models ([`backend`], [`model`]) → fused
 //! log-prob difference per token ([`score::fused`]) → step and trajectory scores
-//! ([`score::aggregate`]) → applications ([`apps`], and the HTTP service
-//! [`serve`]).
+//! ([`score::aggregate`], typed as [`score::scored`], with the baselines in
+//! [`score::method`]) → applications ([`apps`], and the HTTP service [`serve`]).
 //!
 //! Embedding: load a pair once with [`Scorer::load`], score whole records
 //! with [`Scorer::score`], or follow an agent step by step with a
@@ -61,4 +61,5 @@ pub mod trajectory;
 
 pub use error::{Error, Result};
 pub use pipeline::{ScoredRecord, Scorer, ScorerOptions};
+pub use score::{Method, ScoreSettings, ScoredTrajectory, StepScore};
 pub use session::Session;

@@ -24,14 +24,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 
-use crate::apps::method::Aggregation;
-use crate::apps::metrics::num;
-use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
 use crate::backend::{Device, PairScorer, SeqRequest, open_pair_with};
 use crate::kv::{CacheStats, KvOptions};
 use crate::model::{DType, MergeOptions, MergePlan, Model};
-use crate::score::TokenScores;
 use crate::score::aggregate::{StepAgg, TokenAgg};
+use crate::score::{
+    Aggregation, Method, ScoreSettings, ScoredTrajectory, StepScore, TokenScores, num,
+};
 use crate::tokenizer::TokenizerBundle;
 use crate::trajectory::{self, Body, Encoded, Record, RenderMode};
 use crate::{Error, Result};

@@ -15,8 +15,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::apps::scored::ScoredTrajectory;
 use crate::score::aggregate::{StepAgg, TokenAgg};
+use crate::score::scored::ScoredTrajectory;
 use crate::{Error, Result};
 
 /// A trajectory scorer: progress advantage or one of its baselines.
@@ -197,7 +197,7 @@ impl ScoredTrajectory {
     }
 }
 
-fn stored_value(method: Method, s: &crate::apps::scored::StepScore) -> Option<f64> {
+fn stored_value(method: Method, s: &crate::score::scored::StepScore) -> Option<f64> {
     match method {
         Method::ProgressAdvantage => s.advantage,
         Method::PolicyLogprob => s.logp_policy,
@@ -211,8 +211,8 @@ fn stored_value(method: Method, s: &crate::apps::scored::StepScore) -> Option<f6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::scored::{ScoreSettings, StepScore};
     use crate::score::TokenScores;
+    use crate::score::scored::{ScoreSettings, StepScore};
 
     fn step(adv: Option<f64>, sc: Option<f64>, ent: Option<f64>) -> StepScore {
         StepScore {
