@@ -3,7 +3,10 @@
 //!
 //! `cpu` is the reference implementation and always present; `cuda` is
 //! compiled with the `cuda` feature, and a stand-in that returns a clear
-//! error replaces it otherwise (no `cfg` spread through callers).
+//! error replaces it otherwise (no `cfg` spread through callers). `plan`
+//! is what both share: batch checks, which rows to score and where their
+//! hidden states come from, waves over the prefix cache, the scatter of
+//! results.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -11,6 +14,7 @@ pub mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_disabled.rs"]
 pub mod cuda;
+pub mod plan;
 
 use std::fmt;
 use std::str::FromStr;

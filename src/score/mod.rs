@@ -30,6 +30,18 @@ pub struct SeqRequest {
     pub score_mask: Option<Vec<bool>>,
 }
 
+impl SeqRequest {
+    /// Whether the log-prob of position `t` is asked for (never position 0:
+    /// nothing predicts it).
+    pub fn wants(&self, t: usize) -> bool {
+        t >= 1
+            && self
+                .score_mask
+                .as_ref()
+                .is_none_or(|m| m.get(t).copied().unwrap_or(false))
+    }
+}
+
 /// Per-token outputs of scoring one sequence with a policy/reference pair.
 ///
 /// Every vector has the sequence's length `T`. Entry `t` describes the
