@@ -94,7 +94,6 @@ impl fmt::Display for Device {
     }
 }
 
-/// Load a pair onto `device`.
 /// The CUDA ordinal `device` resolves to (`auto` with a usable GPU: 0), or
 /// `None` for the CPU.
 pub fn cuda_ordinal(device: Device) -> Option<usize> {
@@ -105,6 +104,8 @@ pub fn cuda_ordinal(device: Device) -> Option<usize> {
     }
 }
 
+/// Load a pair onto `device` (`auto`: the GPU when there is one and it runs
+/// the pair's architecture, else the CPU), computing in the checkpoint's dtype.
 pub fn open_pair(
     device: Device,
     policy: Arc<Model>,
