@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// `KV_BLOCK`, `ATTN_BR`, `TOP_K`: shared with the Rust side.
+/// `FOR_NVCC` (KV block, tile sizes, top-k, …): shared with the Rust side.
 mod consts {
     #![allow(dead_code)]
     include!("src/consts.rs");
@@ -135,9 +135,7 @@ fn run_jobs(nvcc: &Path, include: &Path, jobs: &[Job]) {
         let mut cmd = Command::new(nvcc);
         cmd.args(&job.args)
             .args(["-O3", "-std=c++17", "-lineinfo", "-Xptxas=-warn-spills"])
-            .arg(format!("-DKV_BLOCK={}", consts::KV_BLOCK))
-            .arg(format!("-DATTN_BR={}", consts::ATTN_BR))
-            .arg(format!("-DTOP_K={}", consts::TOP_K))
+            .args(consts::FOR_NVCC.map(|(name, v)| format!("-D{name}={v}")))
             .arg("-I")
             .arg(include)
             .arg("-o")

@@ -15,9 +15,10 @@
 // Paged KV layout (written by rope.cu, read here):
 //   k_pool, v_pool: [pool_rows, kv_heads, head_dim] in the cache dtype T,
 //   pool_rows = num_blocks · KV_BLOCK. The pool is cut into blocks of
-//   KV_BLOCK = 16 consecutive token rows. Sequence s owns the blocks listed in
-//   block_table[s, 0 .. ceil(len_s / 16)); its key j lives at pool row
-//   block_table[s, j / 16] · 16 + j % 16. Blocks need not be contiguous or in
+//   KV_BLOCK (16, src/consts.rs) consecutive token rows. Sequence s owns the
+//   blocks listed in block_table[s, 0 .. ceil(len_s / KV_BLOCK)); its key j
+//   lives at pool row block_table[s, j / KV_BLOCK] · KV_BLOCK + j % KV_BLOCK.
+//   Blocks need not be contiguous or in
 //   order, so a prefix shared by several sequences can be stored once (the
 //   CPU prefix cache, src/kv, uses this layout; the CUDA backend builds its
 //   block tables per batch and does not share blocks across calls yet).
@@ -53,13 +54,16 @@
 // static shared memory.
 #include "common.cuh"
 
-// KV_BLOCK and ATTN_BR come from src/consts.rs (build.rs passes -D).
-#if !defined(KV_BLOCK) || !defined(ATTN_BR)
-#error "KV_BLOCK and ATTN_BR are defined by build.rs from src/consts.rs"
+// The block and tile sizes come from src/consts.rs (build.rs passes -D); the
+// host sizes shared memory and launches from the same values.
+#if !defined(KV_BLOCK) || !defined(ATTN_BR) || !defined(SIMT_BR) || !defined(ATTN_BC) || \
+    !defined(ATTN_WARPS) || !defined(MMA_WARPS)
+#error "KV_BLOCK, ATTN_BR, SIMT_BR, ATTN_BC, ATTN_WARPS, MMA_WARPS are defined by build.rs from src/consts.rs"
 #endif
-#define SIMT_BR 32
-#define ATTN_BC 32
-#define ATTN_WARPS 8
+static_assert(ATTN_BC == 32, "the SIMT kernel gives each lane of a warp one key of a tile");
+static_assert(ATTN_BR % SIMT_BR == 0 && SIMT_BR % ATTN_WARPS == 0,
+              "a tile is whole SIMT half-tiles of whole rows per warp");
+static_assert(ATTN_BR == MMA_WARPS * 16, "the tensor-core kernel's warps take 16 query rows each");
 #define ROWS (SIMT_BR / ATTN_WARPS)
 
 template <typename T, int SLOTS>
@@ -202,7 +206,6 @@ INSTANTIATE_T(PAGED_ATTENTION)
 //   B 16×8 (k × n):    b0 (k 2c.., n g), b1 (k 2c+8.., n g)
 //   C 16×8 f32:        c0,c1 (g, 2c, 2c+1), c2,c3 (g+8, 2c, 2c+1)
 #define MMA_BC 64
-#define MMA_WARPS 4
 
 __device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16*) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

@@ -39,19 +39,22 @@
 // `ld` floats (ld % 4 == 0, so every row starts 16-byte aligned).
 #include "common.cuh"
 
-// TOP_K comes from src/consts.rs (build.rs passes -D).
-#ifndef TOP_K
-#error "TOP_K is defined by build.rs from src/consts.rs"
+// TOP_K, FUSED_THREADS and FUSED_PARTIAL_FLOATS come from src/consts.rs
+// (build.rs passes -D); the host launches and allocates from the same values.
+#if !defined(TOP_K) || !defined(FUSED_THREADS) || !defined(FUSED_PARTIAL_FLOATS)
+#error "TOP_K, FUSED_THREADS and FUSED_PARTIAL_FLOATS are defined by build.rs from src/consts.rs"
 #endif
-#define FUSED_THREADS 256
 #define FUSED_UNROLL 4
 
-// One slice's state, written by fused_logprob_partial (32 floats).
+// One slice's state, written by fused_logprob_partial (FUSED_PARTIAL_FLOATS floats).
 struct __align__(16) Partial {
     float m_p, s_p, w_p, m_r, s_r, pad[3];
     float top[TOP_K];  // descending; −inf where the slice had fewer
-    float pad2[32 - 8 - TOP_K];
+    float pad2[FUSED_PARTIAL_FLOATS - 8 - TOP_K];
 };
+static_assert(sizeof(Partial) == FUSED_PARTIAL_FLOATS * sizeof(float),
+              "the host allocates FUSED_PARTIAL_FLOATS floats per partial");
+static_assert(TOP_K <= 32, "a warp holds the running top-k, one value per lane");
 
 struct Online {
     float m;  // running max

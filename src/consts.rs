@@ -1,12 +1,43 @@
 // Constants the Rust code and the CUDA kernels must agree on. `build.rs`
-// includes this file and passes each value to nvcc as `-DNAME=value`; the
-// kernels refuse to compile without them, so the two sides cannot drift.
+// includes this file and passes every entry of `FOR_NVCC` to nvcc as
+// `-DNAME=value`; the kernels refuse to compile without them and check
+// the relations between them (`static_assert`), so the two sides cannot
+// drift: change a value here and both sides change.
 
 /// Tokens per KV block: the prefix cache's default block size and the CUDA
-/// KV pool's block (`kernels/attention.cu`, `kernels/rope.cu`).
+/// KV pool's block (`kernels/attention.cu` reads it; the host computes the
+/// pool slots `kernels/rope.cu` writes).
 pub const KV_BLOCK: usize = 16;
-/// Queries per CUDA attention tile.
+/// Queries per CUDA attention tile (both kernels; the tensor-core kernel's
+/// `MMA_WARPS` warps take 16 query rows each).
 pub const ATTN_BR: usize = 64;
+/// Queries per half-tile of the SIMT attention kernel (its shared memory is
+/// sized from it on the host).
+pub const SIMT_BR: usize = 32;
+/// Keys per tile of the SIMT attention kernel: one per lane of a warp.
+pub const ATTN_BC: usize = 32;
+/// Warps of the SIMT attention kernel (launched with `ATTN_WARPS · 32` threads).
+pub const ATTN_WARPS: usize = 8;
+/// Warps of the tensor-core attention kernel (launched with `MMA_WARPS · 32` threads).
+pub const MMA_WARPS: usize = 4;
 /// Top log-probs averaged by the self-certainty baseline (CPU fused scorer
 /// and `kernels/fused_logprob.cu`).
 pub const TOP_K: usize = 20;
+/// Threads of the fused scorer's kernels (`kernels/fused_logprob.cu`).
+pub const FUSED_THREADS: usize = 256;
+/// Floats per slice partial of the fused scorer (`struct Partial`), which
+/// the host allocates.
+pub const FUSED_PARTIAL_FLOATS: usize = 32;
+
+/// Every constant above, by the name the kernels use.
+pub const FOR_NVCC: [(&str, usize); 9] = [
+    ("KV_BLOCK", KV_BLOCK),
+    ("ATTN_BR", ATTN_BR),
+    ("SIMT_BR", SIMT_BR),
+    ("ATTN_BC", ATTN_BC),
+    ("ATTN_WARPS", ATTN_WARPS),
+    ("MMA_WARPS", MMA_WARPS),
+    ("TOP_K", TOP_K),
+    ("FUSED_THREADS", FUSED_THREADS),
+    ("FUSED_PARTIAL_FLOATS", FUSED_PARTIAL_FLOATS),
+];

@@ -4,7 +4,8 @@
 //! Data path: trajectory → render + tokenize ([`trajectory`], [`tokenizer`]) →
 //! teacher-forced forward of both models ([`backend`], [`model`]) → fused
 //! log-prob difference per token ([`score::fused`]) → step and trajectory scores
-//! ([`score::aggregate`]) → applications ([`apps`], and, with the default
+//! ([`score::aggregate`], typed as [`score::scored`], with the baselines in
+//! [`score::method`]) → applications ([`apps`], and, with the default
 //! feature `serve`, the HTTP service `serve`).
 //!
 //! Embedding: load a pair once with [`Scorer::load`], score whole records
@@ -63,4 +64,5 @@ pub mod trajectory;
 
 pub use error::{Error, Result};
 pub use pipeline::{ScoredRecord, Scorer, ScorerOptions};
+pub use score::{Method, ScoreSettings, ScoredTrajectory, StepScore};
 pub use session::Session;

@@ -24,14 +24,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 
-use crate::apps::method::Aggregation;
-use crate::apps::metrics::num;
-use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
 use crate::backend::{Device, PairScorer, SeqRequest, open_pair_with};
 use crate::kv::{CacheStats, KvOptions};
 use crate::model::{DType, MergeOptions, MergePlan, Model};
-use crate::score::TokenScores;
 use crate::score::aggregate::{StepAgg, TokenAgg};
+use crate::score::{
+    Aggregation, Method, ScoreSettings, ScoredTrajectory, StepScore, TokenScores, num,
+};
 use crate::tokenizer::TokenizerBundle;
 use crate::trajectory::{self, Body, Encoded, Record, RenderMode};
 use crate::{Error, Result};
@@ -489,12 +488,14 @@ impl Scorer {
                 let span = a.start..a.end;
                 let mean = |v: &[f32]| TokenAgg::Mean.apply(&v[span.clone()]);
                 if a.truncated || a.is_empty() {
-                    // A truncated or empty action scores 0 and is flagged.
+                    // An action that lost tokens to max_length, or that
+                    // rendered to none, scores 0 and is flagged as such.
                     return StepScore {
                         message: Some(a.message_index),
                         n_tokens: a.len(),
                         advantage: Some(0.0),
-                        truncated: true,
+                        truncated: a.truncated,
+                        empty: !a.truncated,
                         span: Some((a.start, a.end)),
                         ..StepScore::default()
                     };
@@ -510,6 +511,7 @@ impl Scorer {
                     entropy: mean(&tokens.entropy_policy),
                     self_certainty: mean(&tokens.self_certainty),
                     truncated: false,
+                    empty: false,
                     span: Some((a.start, a.end)),
                 }
             })
@@ -584,6 +586,7 @@ impl Scorer {
                     "entropy": opt(st.entropy),
                     "self_certainty": opt(st.self_certainty),
                     "truncated": st.truncated,
+                    "empty": st.empty,
                     "span": st.span.map(|(a, b)| json!([a, b])),
                 })
             })

@@ -28,8 +28,8 @@
 
 use serde_json::{Value, json};
 
-use crate::apps::StepScore;
 use crate::pipeline::Scorer;
+use crate::score::StepScore;
 use crate::trajectory::record_from_json;
 use crate::{Error, Result};
 

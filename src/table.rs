@@ -87,8 +87,70 @@ pub fn write_record(out: &mut impl Write, s: &ScoredRecord, colour: bool) -> io:
             cell(st.logp_reference),
             st.entropy.map_or("—".into(), |e| format!("{e:.3}")),
             snippet(s, st.message, 40),
-            if st.truncated { "  (truncated)" } else { "" }
+            match (st.truncated, st.empty) {
+                (true, _) => "  (truncated)",
+                (_, true) => "  (empty)",
+                _ => "",
+            }
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use padv::StepScore;
+    use padv::pipeline::ScoredRecord;
+    use padv::score::TokenScores;
+    use padv::trajectory::{Encoded, record_from_json};
+    use serde_json::json;
+
+    #[test]
+    fn truncated_and_empty_steps_are_marked_each_by_its_own_word() {
+        let record = record_from_json(
+            json!({"id": "r", "messages": [
+                {"role": "user", "content": "start"},
+                {"role": "assistant", "content": "go north"},
+                {"role": "assistant", "content": "go east"},
+                {"role": "assistant", "content": ""}]}),
+            "mem:1",
+        )
+        .unwrap();
+        let step = |message, truncated, empty| StepScore {
+            message: Some(message),
+            advantage: Some(0.0),
+            truncated,
+            empty,
+            ..StepScore::default()
+        };
+        let scored = ScoredRecord {
+            record,
+            encoded: Encoded::default(),
+            tokens: TokenScores::default(),
+            steps: vec![
+                step(1, false, false),
+                step(2, true, false),
+                step(3, false, true),
+            ],
+            score: Some(0.0),
+            baselines: Vec::new(),
+            merge: None,
+        };
+        let mut out = Vec::new();
+        super::write_record(&mut out, &scored, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let marks: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .map(
+                |l| match (l.contains("(truncated)"), l.contains("(empty)")) {
+                    (true, false) => "truncated",
+                    (false, true) => "empty",
+                    (false, false) => "",
+                    (true, true) => "both",
+                },
+            )
+            .collect();
+        assert_eq!(marks, ["", "truncated", "empty"], "{text}");
+    }
 }

@@ -10,6 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cli_common::{padv, succeed};
+use padv::backend::Device;
+use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
+use padv::trajectory::record_from_json;
 use serde_json::{Value, json};
 
 fn fixtures() -> PathBuf {
@@ -98,6 +101,65 @@ fn nan_weights_make_every_record_an_error_naming_the_non_finite_log_prob() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("not finite"), "{stderr}");
+}
+
+/// (`truncated`, `empty`, `n_tokens`) of each step as `padv score` writes it.
+fn step_flags(scorer: &Scorer, s: &ScoredRecord) -> Vec<(bool, bool, u64)> {
+    let line = scorer.to_json(s);
+    line["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| {
+            let flag = |k: &str| st[k].as_bool().unwrap_or_else(|| panic!("{k}: {line}"));
+            (
+                flag("truncated"),
+                flag("empty"),
+                st["n_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_empty_action_is_flagged_empty_and_a_cut_one_truncated_and_both_count_zero() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld/models");
+    let opts = ScorerOptions {
+        device: Device::Cpu,
+        max_length: Some(8),
+        ..ScorerOptions::default()
+    };
+    let mut scorer = Scorer::load(&models.join("trained"), &models.join("ref"), opts).unwrap();
+    // `--max-length 8` cuts the first 4 of 12 tokens: the first action
+    // [2, 6) keeps 2 of its tokens, the second [8, 11) is whole.
+    let record = record_from_json(
+        json!({"id": "t", "token_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+               "action_spans": [[2, 6], [8, 11]]}),
+        "mem:1",
+    )
+    .unwrap();
+    let cut = scorer.score(&[record]).pop().unwrap().unwrap();
+    assert_eq!(
+        step_flags(&scorer, &cut),
+        [(true, false, 2), (false, false, 3)]
+    );
+    let whole = cut.steps[1].advantage.unwrap();
+    assert_eq!(cut.steps[0].advantage, Some(0.0));
+    assert_eq!(cut.score, Some(whole / 2.0), "a truncated step counts 0.0");
+
+    // An action that rendered to no tokens (a chat template can render an
+    // empty reply so): the same record with its second action empty.
+    let mut encoded = cut.encoded.clone();
+    encoded.actions[1].end = encoded.actions[1].start;
+    let empty = scorer
+        .finish(cut.record.clone(), encoded, cut.tokens.clone())
+        .unwrap();
+    assert_eq!(
+        step_flags(&scorer, &empty),
+        [(true, false, 2), (false, true, 0)]
+    );
+    assert_eq!(empty.steps[1].advantage, Some(0.0));
+    assert_eq!(empty.score, Some(0.0), "an empty step counts 0.0");
 }
 
 /// A scored file by hand: in group `g`, `a` has a step value and `b` a

@@ -17,7 +17,7 @@ Scored = dict[str, Any]
 
 Step = dict[str, Any]
 """One step of a scored record: step, message, n_tokens, advantage, logp_policy,
-logp_reference, entropy, self_certainty, truncated, span."""
+logp_reference, entropy, self_certainty, truncated, empty, span."""
 
 Path = str | PathLike[str]
 

@@ -18,9 +18,9 @@ use std::str::FromStr;
 
 use serde_json::{Value, json};
 
-use crate::apps::method::Method;
-use crate::apps::scored::ScoredTrajectory;
 use crate::score::aggregate::TokenAgg;
+use crate::score::method::Method;
+use crate::score::scored::ScoredTrajectory;
 use crate::{Error, Result};
 
 /// A rule turning per-step scores into one predicted error step.
@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_method_without_any_step_values_predicts_nothing() {
-        use crate::apps::scored::{ScoreSettings, StepScore};
+        use crate::score::scored::{ScoreSettings, StepScore};
         let steps = vec![StepScore {
             advantage: Some(-1.0),
             ..StepScore::default()
@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn who_and_when_labels_compare_message_indices() {
-        use crate::apps::scored::{Labels, ScoreSettings, StepScore};
+        use crate::score::scored::{Labels, ScoreSettings, StepScore};
         let steps = [(2, 0.5), (4, -2.0), (6, 0.1)]
             .map(|(m, a)| StepScore {
                 message: Some(m),

@@ -20,11 +20,12 @@ use std::fmt::Write;
 use serde_json::{Map, Value, json};
 
 use crate::apps::attribute::{LabelUnit, Predictor, attribute, error_label};
-use crate::apps::method::{Aggregation, Method};
-use crate::apps::metrics::{auroc, mean, num, spearman};
-use crate::apps::scored::{ScoreSettings, ScoredSet, ScoredTrajectory};
+use crate::apps::metrics::{auroc, mean, spearman};
 use crate::apps::select::{Ranked, rank_best_first};
 use crate::score::aggregate::{StepAgg, TokenAgg};
+use crate::score::method::{Aggregation, Method};
+use crate::score::num;
+use crate::score::scored::{ScoreSettings, ScoredSet, ScoredTrajectory};
 use crate::{Error, Result};
 
 /// How well one method's trajectory score predicts the outcome.
@@ -559,7 +560,7 @@ pub(crate) fn fmt(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::scored::{Labels, StepScore};
+    use crate::score::scored::{Labels, StepScore};
 
     fn t(
         id: &str,

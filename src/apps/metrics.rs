@@ -6,13 +6,6 @@
 //!
 //! Undefined values (one class only, a constant input) are NaN.
 
-use serde_json::Value;
-
-/// A metric as JSON: NaN and infinities (undefined) become `null`.
-pub(crate) fn num(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
-}
-
 /// 1-based ranks; tied values share the average of the ranks they span.
 pub fn average_ranks(values: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..values.len()).collect();

@@ -2,8 +2,9 @@
 //! (deeplearning-wisc/progress-advantage: `runners/tau2_uq.py`,
 //! `runners/tau2_bon.py`, `runners/fa.py`):
 //!
-//! - [`scored`]: the typed form of `padv score` output (records or in-memory).
-//! - [`method`]: progress advantage and the baselines as trajectory scores.
+//! - [`scored`], [`method`]: re-exported from [`crate::score`], where the
+//!   output types live (the typed form of `padv score` output; progress
+//!   advantage and the baselines as trajectory scores).
 //! - [`metrics`]: AUROC (Mann–Whitney) and Spearman ρ (average ranks).
 //! - [`select`]: best-of-N — keep the highest-scoring rollout per group.
 //! - [`attribute`]: the decisive-error step by three predictors.
@@ -16,18 +17,17 @@
 
 pub mod attribute;
 pub mod eval;
-pub mod method;
 pub mod metrics;
 pub mod report;
-pub mod scored;
 pub mod select;
 
+pub use crate::score::{method, scored};
+
+pub use crate::score::{
+    Aggregation, Labels, Method, ReadOptions, ScoreSettings, ScoredSet, ScoredTrajectory,
+    SkippedRecord, StepScore, parse_scored, read_scored,
+};
 pub use attribute::{Attribution, Predictor, attribute};
 pub use eval::{EvalReport, evaluate, sweep, sweep_json, sweep_markdown};
-pub use method::{Aggregation, Method};
 pub use report::{ReportOptions, render_html};
-pub use scored::{
-    Labels, ReadOptions, ScoreSettings, ScoredSet, ScoredTrajectory, SkippedRecord, StepScore,
-    parse_scored, read_scored,
-};
 pub use select::{Selection, select};

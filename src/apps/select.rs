@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::Result;
-use crate::apps::method::{Aggregation, Method};
-use crate::apps::metrics::num;
-use crate::apps::scored::ScoredTrajectory;
+use crate::score::method::{Aggregation, Method};
+use crate::score::num;
+use crate::score::scored::ScoredTrajectory;
 
 /// One candidate of a group, as ranked.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,8 +224,8 @@ impl Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::scored::{Labels, ScoreSettings, StepScore};
     use crate::score::aggregate::StepAgg;
+    use crate::score::scored::{Labels, ScoreSettings, StepScore};
 
     fn t(id: &str, group: &str, adv: f64, success: bool) -> ScoredTrajectory {
         let step = StepScore {

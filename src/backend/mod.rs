@@ -3,7 +3,10 @@
 //!
 //! `cpu` is the reference implementation and always present; `cuda` is
 //! compiled with the `cuda` feature, and a stand-in that returns a clear
-//! error replaces it otherwise (no `cfg` spread through callers).
+//! error replaces it otherwise (no `cfg` spread through callers). `plan`
+//! is what both share: batch checks, which rows to score and where their
+//! hidden states come from, waves over the prefix cache, the scatter of
+//! results.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -11,6 +14,7 @@ pub mod cuda;
 #[cfg(not(feature = "cuda"))]
 #[path = "cuda_disabled.rs"]
 pub mod cuda;
+pub mod plan;
 
 use std::fmt;
 use std::str::FromStr;
@@ -90,7 +94,6 @@ impl fmt::Display for Device {
     }
 }
 
-/// Load a pair onto `device`.
 /// The CUDA ordinal `device` resolves to (`auto` with a usable GPU: 0), or
 /// `None` for the CPU.
 pub fn cuda_ordinal(device: Device) -> Option<usize> {
@@ -101,6 +104,8 @@ pub fn cuda_ordinal(device: Device) -> Option<usize> {
     }
 }
 
+/// Load a pair onto `device` (`auto`: the GPU when there is one and it runs
+/// the pair's architecture, else the CPU), computing in the checkpoint's dtype.
 pub fn open_pair(
     device: Device,
     policy: Arc<Model>,

@@ -3,11 +3,13 @@
 //! scores of every cached block; plus the batch planner that admits requests
 //! in waves so that shared prefixes are computed once and then hit.
 //!
-//! A backend scores a batch as: sort the requests by tokens, then repeatedly
+//! A backend scores a batch as (`backend::plan::in_waves`, shared by the
+//! backends): sort the requests by tokens, then repeatedly
 //! [`PairCache::admit`] a wave (look up, reference the hit, allocate blocks
 //! for the new full blocks), run the forward over the wave's new tokens
-//! writing K/V into those blocks, fill their hidden states and token scores,
-//! and [`PairCache::commit`] the wave (index the new blocks, release all).
+//! writing K/V into those blocks, fill their hidden states and token scores
+//! (`backend::plan::WavePlan` says which rows), and [`PairCache::commit`]
+//! the wave (index the new blocks, release all).
 
 use std::hash::{Hash, Hasher};
 
@@ -33,14 +35,6 @@ pub struct Admitted {
     /// `fill[j]` receives block `hit.len() + j` of the sequence. Shorter
     /// than the sequence's uncached full blocks when the budget is spent.
     pub fill: Vec<BlockId>,
-}
-
-/// Whether request `r` asks for the log-prob of position `t`.
-pub fn wanted(r: &SeqRequest, t: usize) -> bool {
-    t >= 1
-        && r.score_mask
-            .as_ref()
-            .is_none_or(|m| m.get(t).copied().unwrap_or(false))
 }
 
 pub struct PairCache {
@@ -137,7 +131,7 @@ impl PairCache {
     fn usable(&self, hit: &[BlockId], r: &SeqRequest) -> usize {
         let bs = self.block_size();
         (1..hit.len() * bs)
-            .find(|&t| wanted(r, t) && self.score(hit[t / bs], t % bs)[0].is_nan())
+            .find(|&t| r.wants(t) && self.score(hit[t / bs], t % bs)[0].is_nan())
             .map_or(hit.len(), |t| t / bs)
     }
 

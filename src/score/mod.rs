@@ -1,8 +1,25 @@
-//! Scoring: the fused per-token log-prob difference (`fused`) and the
-//! aggregation of token scores into step and trajectory scores.
+//! Scoring: the fused per-token log-prob difference ([`fused`]), the
+//! aggregation of token scores into step and trajectory scores
+//! ([`aggregate`]), and the core output types every consumer shares: the
+//! scored step and trajectory ([`scored`]) and progress advantage with its
+//! baselines as trajectory scores ([`method`]). The pipeline and sessions
+//! produce these; the applications (`apps`) read them.
 
 pub mod aggregate;
 pub mod fused;
+pub mod method;
+pub mod scored;
+
+pub use method::{Aggregation, Method};
+pub use scored::{
+    Labels, ReadOptions, ScoreSettings, ScoredSet, ScoredTrajectory, SkippedRecord, StepScore,
+    parse_scored, read_scored,
+};
+
+/// A number as JSON: NaN and infinities (undefined) become `null`.
+pub(crate) fn num(x: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(x).map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
 
 /// One sequence to score.
 #[derive(Debug, Clone, Default)]
@@ -11,6 +28,18 @@ pub struct SeqRequest {
     /// Positions `t` whose log-prob is wanted (`mask[t]`); `None` = all `t ≥ 1`.
     /// The LM head runs only where asked.
     pub score_mask: Option<Vec<bool>>,
+}
+
+impl SeqRequest {
+    /// Whether the log-prob of position `t` is asked for (never position 0:
+    /// nothing predicts it).
+    pub fn wants(&self, t: usize) -> bool {
+        t >= 1
+            && self
+                .score_mask
+                .as_ref()
+                .is_none_or(|m| m.get(t).copied().unwrap_or(false))
+    }
 }
 
 /// Per-token outputs of scoring one sequence with a policy/reference pair.

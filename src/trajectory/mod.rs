@@ -227,7 +227,9 @@ pub struct Action {
     pub start: usize,
     /// Exclusive.
     pub end: usize,
-    /// The action lost tokens to `max_length` (left truncation), or has none.
+    /// The action lost tokens to `max_length` (left truncation). An action
+    /// that rendered to no tokens at all is empty ([`Action::is_empty`]),
+    /// not truncated.
     pub truncated: bool,
 }
 

@@ -65,9 +65,6 @@ pub fn encode(
             RenderMode::Plain => encode_plain(record, chat, tok)?,
         },
     };
-    for a in &mut enc.actions {
-        a.truncated |= a.is_empty();
-    }
     if let Some(max) = max_length {
         enc.truncate_left(max);
     }

@@ -9,8 +9,8 @@ use std::fmt::Write;
 
 use crate::apps::attribute::{Attribution, Predictor};
 use crate::apps::eval::{BestOfN, fmt};
-use crate::apps::method::Method;
 use crate::apps::report::svg::{Frame, Scale, axes, esc, nice_ticks, tick_label};
+use crate::score::method::Method;
 
 /// Okabe–Ito colours, readable with colour-vision deficiencies.
 pub fn method_color(m: Method) -> &'static str {

@@ -13,9 +13,9 @@ use std::fmt::Write;
 use crate::Result;
 use crate::apps::attribute::{Predictor, attribute};
 use crate::apps::eval::{EvalReport, error_records, fmt};
-use crate::apps::method::{Aggregation, Method};
 use crate::apps::metrics::roc_curve;
-use crate::apps::scored::{ScoredSet, ScoredTrajectory};
+use crate::score::method::{Aggregation, Method};
+use crate::score::scored::{ScoredSet, ScoredTrajectory};
 use charts::{best_of_n_chart, roc_chart, short, step_chart, step_legend};
 use svg::esc;
 

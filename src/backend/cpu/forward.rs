@@ -40,12 +40,7 @@ use crate::{Error, Result};
 /// Tokens per chunk for the linear layers.
 pub const CHUNK: usize = 1024;
 
-/// One sequence inside a packed batch: rows `[start, start + len)`.
-#[derive(Debug, Clone, Copy)]
-pub struct Packed {
-    pub start: usize,
-    pub len: usize,
-}
+pub use crate::backend::plan::Packed;
 
 /// The cache side of one packed sequence.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,21 +58,6 @@ pub struct SeqKv<'a> {
 pub struct KvBatch<'a> {
     pub store: &'a mut ModelKv,
     pub seqs: &'a [SeqKv<'a>],
-}
-
-/// Check every token id against the model's vocabularies.
-pub fn check_tokens(model: &Model, tokens: &[u32]) -> Result<()> {
-    let cfg = &model.config;
-    let mut v = cfg.vocab_size;
-    if let Some(p) = &cfg.embed.per_layer {
-        v = v.min(p.vocab);
-    }
-    if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= v) {
-        return Err(Error::Backend(format!(
-            "token id {t} at position {i} is outside the model's vocabulary (size {v})"
-        )));
-    }
-    Ok(())
 }
 
 /// Final-norm hidden states `[tokens.len(), hidden]` for every position.
@@ -187,7 +167,7 @@ fn forward_watched(
     watch: &mut dyn FnMut(Stage, &[f32]),
 ) -> Result<Vec<f32>> {
     let cfg = &model.config;
-    check_tokens(model, tokens)?;
+    crate::backend::plan::check_vocab(cfg, tokens)?;
     let past = past_lengths(cfg, seqs, &kv)?;
     let longest = seqs
         .iter()

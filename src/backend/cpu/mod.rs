@@ -7,10 +7,12 @@
 //! ever held.
 //!
 //! With the prefix cache on ([`crate::kv`]), a batch is sorted by tokens and
-//! run in waves: each wave forwards only the tokens after every sequence's
-//! cached prefix, writes the new full blocks' K/V (recurrent snapshots for
-//! DeltaNet layers), last hidden states and token scores into the cache, and takes the scores of cached positions from
-//! it, so that the cost of a request is proportional to its new tokens.
+//! run in waves ([`super::plan`]: the planning both backends share): each
+//! wave forwards only the tokens after every sequence's cached prefix,
+//! writes the new full blocks' K/V (recurrent snapshots for DeltaNet
+//! layers), last hidden states and token scores into the cache, and takes
+//! the scores of cached positions from it, so that the cost of a request is
+//! proportional to its new tokens.
 
 pub mod attention;
 pub mod delta_rule;
@@ -28,15 +30,15 @@ pub mod rope;
 
 use std::sync::Arc;
 
-use self::forward::{KvBatch, Packed, SeqKv, check_tokens, forward_hidden_kv};
+use self::forward::{KvBatch, SeqKv, forward_hidden_kv};
 use self::lm_head::lm_head_stats;
 use self::rope::Ropes;
+use super::plan::{self, Row, WavePlan, count_uncached, in_waves, nan_scores, uncached};
 use super::{PairScorer, SeqRequest};
-use crate::kv::cache::wanted;
-use crate::kv::{Admitted, BlockId, CacheStats, KvOptions, PairCache};
+use crate::Result;
+use crate::kv::{Admitted, CacheStats, KvOptions, PairCache};
 use crate::model::Model;
 use crate::score::TokenScores;
-use crate::{Error, Result};
 
 /// The two models and their RoPE tables.
 struct Models {
@@ -89,14 +91,6 @@ impl CpuPair {
     }
 }
 
-/// Where the hidden state predicting a wanted position comes from.
-enum Row {
-    /// Row of this wave's forward output.
-    New(usize),
-    /// Last-token hidden state of a cached block (the first new position).
-    Boundary(BlockId),
-}
-
 impl Models {
     /// Forward one wave's new tokens through both models (the reference
     /// only without `with_policy`, leaving the policy's fields NaN) and fill
@@ -114,17 +108,8 @@ impl Models {
             "the cache holds both models' blocks"
         );
         let bs = cache.as_ref().map_or(1, |c| c.block_size());
-        let past = |a: &Admitted| a.hit.len() * bs;
-        let mut tokens = Vec::new();
-        let mut seqs = Vec::with_capacity(wave.len());
-        for a in wave {
-            let ids = &batch[a.seq].token_ids[past(a)..];
-            seqs.push(Packed {
-                start: tokens.len(),
-                len: ids.len(),
-            });
-            tokens.extend_from_slice(ids);
-        }
+        let plan = WavePlan::new(batch, wave, bs);
+        let (tokens, seqs) = (&plan.tokens, &plan.seqs);
         let kv_seqs: Vec<SeqKv> = wave
             .iter()
             .map(|a| SeqKv {
@@ -136,68 +121,42 @@ impl Models {
             (Vec::new(), Vec::new())
         } else if !with_policy {
             let m = (&self.reference, &self.rope_reference);
-            (
-                Vec::new(),
-                forward_hidden_kv(m.0, m.1, &tokens, &seqs, None)?,
-            )
+            (Vec::new(), forward_hidden_kv(m.0, m.1, tokens, seqs, None)?)
         } else {
             let m = (&self.policy, &self.rope_policy);
             let kv = cache.as_deref_mut().map(|c| KvBatch {
                 store: &mut c.policy,
                 seqs: &kv_seqs,
             });
-            let hp = forward_hidden_kv(m.0, m.1, &tokens, &seqs, kv)?;
+            let hp = forward_hidden_kv(m.0, m.1, tokens, seqs, kv)?;
             let m = (&self.reference, &self.rope_reference);
             let kv = cache.as_deref_mut().map(|c| KvBatch {
                 store: &mut c.reference,
                 seqs: &kv_seqs,
             });
-            (hp, forward_hidden_kv(m.0, m.1, &tokens, &seqs, kv)?)
+            (hp, forward_hidden_kv(m.0, m.1, tokens, seqs, kv)?)
         };
         let (h_p, h_r) = (
             self.policy.config.hidden_size,
             self.reference.config.hidden_size,
         );
-        // The row before every filled block's successor: its last token.
         if let Some(c) = cache.as_deref_mut() {
-            for (a, s) in wave.iter().zip(&seqs) {
-                for (j, &id) in a.fill.iter().enumerate() {
-                    let row = s.start + (j + 1) * bs - 1;
-                    c.policy
-                        .last_hidden_mut(id)
-                        .copy_from_slice(&hp[row * h_p..(row + 1) * h_p]);
-                    c.reference
-                        .last_hidden_mut(id)
-                        .copy_from_slice(&hr[row * h_r..(row + 1) * h_r]);
-                }
+            for &(id, row) in &plan.fills {
+                c.policy
+                    .last_hidden_mut(id)
+                    .copy_from_slice(&hp[row * h_p..(row + 1) * h_p]);
+                c.reference
+                    .last_hidden_mut(id)
+                    .copy_from_slice(&hr[row * h_r..(row + 1) * h_r]);
             }
+            plan.scatter_cached(out, |id, slot| c.score(id, slot));
         }
 
-        // (wave member, position t ≥ 1, source of the row predicting t).
-        let mut wanted_rows: Vec<(usize, usize, Row)> = Vec::new();
-        for (wi, a) in wave.iter().enumerate() {
-            let r = &batch[a.seq];
-            let p = past(a);
-            for t in (1..r.token_ids.len()).filter(|&t| wanted(r, t)) {
-                if t < p {
-                    let c = cache.as_deref().expect("a prefix implies a cache");
-                    let [lp, lr, ent, sc] = c.score(a.hit[t / bs], t % bs);
-                    let o = &mut out[a.seq];
-                    o.logp_policy[t] = lp;
-                    o.logp_reference[t] = lr;
-                    o.entropy_policy[t] = ent;
-                    o.self_certainty[t] = sc;
-                } else if t == p {
-                    wanted_rows.push((wi, t, Row::Boundary(a.hit[p / bs - 1])));
-                } else {
-                    wanted_rows.push((wi, t, Row::New(seqs[wi].start + t - 1 - p)));
-                }
-            }
-        }
+        let n = plan.wanted.len();
         let gather = |hidden: &[f32], h: usize, store: Option<&crate::kv::ModelKv>| {
-            let mut x = Vec::with_capacity(wanted_rows.len() * h);
-            for (_, _, row) in &wanted_rows {
-                match *row {
+            let mut x = Vec::with_capacity(n * h);
+            for w in &plan.wanted {
+                match w.row {
                     Row::New(r) => x.extend_from_slice(&hidden[r * h..(r + 1) * h]),
                     Row::Boundary(id) => x.extend_from_slice(
                         store.expect("a prefix implies a cache").last_hidden(id),
@@ -206,10 +165,7 @@ impl Models {
             }
             x
         };
-        let targets: Vec<u32> = wanted_rows
-            .iter()
-            .map(|&(wi, t, _)| batch[wave[wi].seq].token_ids[t])
-            .collect();
+        let targets = plan.targets(batch);
         let (pw, rw) = (self.policy.bind(), self.reference.bind());
         let xp = if with_policy {
             gather(&hp, h_p, cache.as_deref().map(|c| &c.policy))
@@ -222,36 +178,27 @@ impl Models {
             self.reference.config.final_logit_softcap,
         );
         let ps = if with_policy {
-            lm_head_stats(&xp, wanted_rows.len(), &pw.lm_head, &targets, true, cap_p)
+            lm_head_stats(&xp, n, &pw.lm_head, &targets, true, cap_p)
         } else {
             Vec::new()
         };
         drop(xp);
         let xr = gather(&hr, h_r, cache.as_deref().map(|c| &c.reference));
         drop(hr);
-        let rs = lm_head_stats(&xr, wanted_rows.len(), &rw.lm_head, &targets, false, cap_r);
+        let rs = lm_head_stats(&xr, n, &rw.lm_head, &targets, false, cap_r);
         if !with_policy {
-            for (&(wi, t, _), r) in wanted_rows.iter().zip(rs) {
-                out[wave[wi].seq].logp_reference[t] = r.logp;
-            }
+            let stats = rs.iter().map(|r| [f32::NAN, r.logp, f32::NAN, f32::NAN]);
+            plan.scatter(out, stats, |_, _, _| {});
             return Ok(());
         }
-        for ((&(wi, t, _), p), r) in wanted_rows.iter().zip(ps).zip(rs) {
-            let a = &wave[wi];
-            let o = &mut out[a.seq];
-            o.logp_policy[t] = p.logp;
-            o.logp_reference[t] = r.logp;
-            o.entropy_policy[t] = p.entropy;
-            o.self_certainty[t] = p.top_mean;
-            if let Some(c) = cache.as_deref_mut() {
-                // Keep the score in the filled block holding position t.
-                if let Some(&id) = (t / bs)
-                    .checked_sub(a.hit.len())
-                    .and_then(|j| a.fill.get(j))
-                {
-                    c.set_score(id, t % bs, [p.logp, r.logp, p.entropy, p.top_mean]);
-                }
-            }
+        let stats = ps
+            .iter()
+            .zip(&rs)
+            .map(|(p, r)| [p.logp, r.logp, p.entropy, p.top_mean]);
+        match cache {
+            // Keep each score in the filled block holding its position.
+            Some(c) => plan.scatter(out, stats, |id, slot, s| c.set_score(id, slot, s)),
+            None => plan.scatter(out, stats, |_, _, _| {}),
         }
         Ok(())
     }
@@ -297,8 +244,7 @@ impl PairScorer for CpuPair {
         rayon::scope(|_| {
             self.check_batch(batch)?;
             let mut out = nan_scores(batch);
-            self.counters.computed_tokens +=
-                batch.iter().map(|r| r.token_ids.len() as u64).sum::<u64>();
+            count_uncached(&mut self.counters, batch);
             self.models
                 .score_wave(None, batch, &uncached(batch), &mut out, false)?;
             Ok(out)
@@ -315,74 +261,24 @@ impl PairScorer for CpuPair {
     }
 }
 
-/// Every request as a wave member with nothing cached.
-fn uncached(batch: &[SeqRequest]) -> Vec<Admitted> {
-    (0..batch.len())
-        .map(|seq| Admitted {
-            seq,
-            hit: Vec::new(),
-            fill: Vec::new(),
-        })
-        .collect()
-}
-
-fn nan_scores(batch: &[SeqRequest]) -> Vec<TokenScores> {
-    batch
-        .iter()
-        .map(|r| TokenScores::new_nan(r.token_ids.len()))
-        .collect()
-}
-
 impl CpuPair {
     fn check_batch(&self, batch: &[SeqRequest]) -> Result<()> {
-        let max_pos = self.models.rope_policy.max_pos();
-        for r in batch {
-            check_tokens(&self.models.policy, &r.token_ids)?;
-            if r.token_ids.len() > max_pos {
-                return Err(Error::Backend(format!(
-                    "sequence of {} tokens is longer than the RoPE table ({max_pos})",
-                    r.token_ids.len()
-                )));
-            }
-        }
-        Ok(())
+        let m = &self.models;
+        plan::check_batch(batch, [&m.policy.config, &m.reference.config])
     }
 
     fn score_here(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         self.check_batch(batch)?;
         let mut out = nan_scores(batch);
+        let models = &self.models;
         let Some(cache) = self.cache.as_mut() else {
-            self.counters.computed_tokens +=
-                batch.iter().map(|r| r.token_ids.len() as u64).sum::<u64>();
-            self.models
-                .score_wave(None, batch, &uncached(batch), &mut out, true)?;
+            count_uncached(&mut self.counters, batch);
+            models.score_wave(None, batch, &uncached(batch), &mut out, true)?;
             return Ok(out);
         };
-        // Sorted by tokens, sequences sharing a prefix are neighbours; each
-        // wave computes a shared prefix once and the next one hits it.
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by(|&a, &b| batch[a].token_ids.cmp(&batch[b].token_ids));
-        while !order.is_empty() {
-            let (wave, rest) = cache.admit(batch, &order);
-            let bs = cache.block_size() as u64;
-            for a in &wave {
-                let hit = a.hit.len() as u64 * bs;
-                self.counters.lookups += 1;
-                self.counters.hit_tokens += hit;
-                self.counters.computed_tokens += batch[a.seq].token_ids.len() as u64 - hit;
-            }
-            match self
-                .models
-                .score_wave(Some(cache), batch, &wave, &mut out, true)
-            {
-                Ok(()) => cache.commit(batch, &wave),
-                Err(e) => {
-                    cache.abandon(&wave);
-                    return Err(e);
-                }
-            }
-            order = rest;
-        }
+        in_waves(cache, batch, &mut self.counters, |cache, wave| {
+            models.score_wave(Some(cache), batch, wave, &mut out, true)
+        })?;
         Ok(out)
     }
 }

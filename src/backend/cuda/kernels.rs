@@ -42,13 +42,19 @@ pub const FUSED_TOP_K: usize = crate::consts::TOP_K;
 /// Most slices one row is cut into (one warp merges them).
 const FUSED_MAX_SPLITS: usize = 32;
 /// Floats per slice partial (`struct Partial` in fused_logprob.cu).
-const FUSED_PARTIAL_FLOATS: usize = 32;
+const FUSED_PARTIAL_FLOATS: usize = crate::consts::FUSED_PARTIAL_FLOATS;
+/// Threads of the fused scorer's kernels (their `__launch_bounds__`).
+const FUSED_THREADS: u32 = crate::consts::FUSED_THREADS as u32;
 
 const THREADS: u32 = 256;
 /// Threads of the tensor-core attention kernel (`MMA_WARPS` · 32).
-const MMA_THREADS: u32 = 128;
-/// Queries per half-tile of the SIMT attention kernel (`SIMT_BR`).
-const SIMT_BR: usize = 32;
+const MMA_THREADS: u32 = (crate::consts::MMA_WARPS * 32) as u32;
+/// Threads of the SIMT attention kernel (`ATTN_WARPS` · 32).
+const ATTN_THREADS: u32 = (crate::consts::ATTN_WARPS * 32) as u32;
+/// Queries per half-tile of the SIMT attention kernel.
+const SIMT_BR: usize = crate::consts::SIMT_BR;
+/// Keys per tile of the SIMT attention kernel.
+const ATTN_BC: usize = crate::consts::ATTN_BC;
 /// Passed for an absent optional pointer argument.
 static NULL: u64 = 0;
 
@@ -373,8 +379,8 @@ impl Gpu {
             let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
             (
                 name,
-                THREADS,
-                ((SIMT_BR * hd + 32 * (hd + 1) + 32 * hd) * 4) as u32,
+                ATTN_THREADS,
+                ((SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4) as u32,
             )
         };
         let f = self.function("attention", &name, smem)?;
@@ -464,7 +470,7 @@ impl Gpu {
         // SAFETY: as in `embedding`; rows are 16-byte aligned (ld % 4 == 0 and
         // device allocations are 256-byte aligned; views start at row bounds);
         // `part` holds n × splits partials.
-        unsafe { b.launch(cfg((n as u32, splits as u32, 1), THREADS, 0)) }
+        unsafe { b.launch(cfg((n as u32, splits as u32, 1), FUSED_THREADS, 0)) }
             .ctx("fused_logprob_partial")?;
         let f = self.function("fused_logprob", "fused_logprob_finish", 0)?;
         let mut b = self.stream.launch_builder(&f);
@@ -476,10 +482,16 @@ impl Gpu {
             .arg(&nn)
             .arg(&sp)
             .arg(&l);
-        let rows_per_block = THREADS as usize / 32;
+        let rows_per_block = FUSED_THREADS as usize / 32;
         // SAFETY: as above; one warp per row, rows ≥ n return at once.
-        unsafe { b.launch(cfg((n.div_ceil(rows_per_block) as u32, 1, 1), THREADS, 0)) }
-            .ctx("fused_logprob_finish")?;
+        unsafe {
+            b.launch(cfg(
+                (n.div_ceil(rows_per_block) as u32, 1, 1),
+                FUSED_THREADS,
+                0,
+            ))
+        }
+        .ctx("fused_logprob_finish")?;
         Ok(())
     }
 

@@ -28,6 +28,7 @@ pub use self::device::{DevTensor, DevView, DevViewMut, Gpu, device_count, probe}
 use self::device::{backend_err, sub, sub_mut};
 use self::forward::{DeviceBatch, PagedBatch, forward_rows};
 use self::weights::{DeviceModel, check_free};
+use super::plan::{self, Row, WavePlan, nan_scores, uncached};
 use super::{PairScorer, SeqRequest};
 use crate::model::weights::DType;
 use crate::model::{Config, Model};
@@ -36,8 +37,6 @@ use crate::{Error, Result};
 
 /// Floats of logits per model held at once while scoring (512 MiB).
 const LOGIT_BUDGET: usize = 128 << 20;
-/// Longest sequence accepted, as on the CPU (its RoPE table bound).
-const MAX_POSITIONS: usize = 1 << 17;
 
 /// A policy/reference pair on one CUDA device.
 pub struct CudaPair {
@@ -159,56 +158,35 @@ impl PairScorer for CudaPair {
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
-        let mut tokens = Vec::new();
-        let mut lens = Vec::with_capacity(batch.len());
-        for r in batch {
-            lens.push(r.token_ids.len());
-            tokens.extend_from_slice(&r.token_ids);
-        }
-        for m in [&self.policy, &self.reference] {
-            check_vocab(&m.config, &tokens)?;
-            let limit = m.config.max_position_embeddings.clamp(1, MAX_POSITIONS);
-            let longest = lens.iter().copied().max().unwrap_or(0);
-            if longest > limit {
-                return Err(backend_err(format!(
-                    "sequence of {longest} tokens is longer than the model's {limit} positions"
-                )));
-            }
-        }
+        let (p, r) = (&self.policy.config, &self.reference.config);
+        plan::check_batch(batch, [p, r])?;
+        // One wave, nothing cached: every wanted position t is predicted by
+        // packed row t − 1 of its sequence.
+        let plan = WavePlan::new(batch, &uncached(batch), 1);
+        let lens: Vec<usize> = plan.seqs.iter().map(|s| s.len).collect();
         let layout = PagedBatch::new(&lens);
-
-        // (sequence, t ≥ 1) pairs to score; packed row t − 1 predicts token t.
-        let mut wanted: Vec<(usize, usize)> = Vec::new();
-        let mut rows: Vec<i32> = Vec::new();
-        let mut targets: Vec<u32> = Vec::new();
-        for (si, r) in batch.iter().enumerate() {
-            for t in 1..r.token_ids.len() {
-                if r.score_mask
-                    .as_ref()
-                    .is_none_or(|m| m.get(t).copied().unwrap_or(false))
-                {
-                    wanted.push((si, t));
-                    rows.push(layout.seq_start[si] + t as i32 - 1);
-                    targets.push(r.token_ids[t]);
-                }
-            }
-        }
-        let mut out: Vec<TokenScores> = batch
+        let rows: Vec<i32> = plan
+            .wanted
             .iter()
-            .map(|r| TokenScores::new_nan(r.token_ids.len()))
+            .map(|w| match w.row {
+                Row::New(row) => row as i32,
+                Row::Boundary(_) => unreachable!("nothing is cached"),
+            })
             .collect();
-        if wanted.is_empty() {
+        let targets = plan.targets(batch);
+        let mut out = nan_scores(batch);
+        if plan.wanted.is_empty() {
             return Ok(out);
         }
 
-        let dev_batch = DeviceBatch::upload(gpu, &tokens, layout)?;
+        let dev_batch = DeviceBatch::upload(gpu, &plan.tokens, layout)?;
         let dev_rows = gpu.upload(&rows)?;
         let dev_targets = gpu.upload(&targets)?;
         let hp = forward_rows(gpu, &self.policy, &dev_batch, &dev_rows)?;
         let hr = forward_rows(gpu, &self.reference, &dev_batch, &dev_rows)?;
         drop(dev_batch);
 
-        let n = wanted.len();
+        let n = plan.wanted.len();
         let vocab = self.policy.config.vocab_size;
         let ld = vocab.next_multiple_of(4);
         let (h_p, h_r) = (
@@ -250,24 +228,8 @@ impl PairScorer for CudaPair {
             )?;
         }
         let host = gpu.download(&stats.as_view())?;
-        for (&(si, t), s) in wanted.iter().zip(host.chunks_exact(4)) {
-            let o = &mut out[si];
-            o.logp_policy[t] = s[0];
-            o.logp_reference[t] = s[1];
-            o.entropy_policy[t] = s[2];
-            o.self_certainty[t] = s[3];
-        }
+        let stats = host.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]);
+        plan.scatter(&mut out, stats, |_, _, _| {});
         Ok(out)
     }
-}
-
-/// Token ids against a config's vocabulary (the CPU check needs a `Model`).
-fn check_vocab(cfg: &Config, tokens: &[u32]) -> Result<()> {
-    let v = cfg.vocab_size;
-    if let Some((i, &t)) = tokens.iter().enumerate().find(|(_, t)| **t as usize >= v) {
-        return Err(Error::Backend(format!(
-            "token id {t} at position {i} is outside the model's vocabulary (size {v})"
-        )));
-    }
-    Ok(())
 }

@@ -2,10 +2,10 @@
 //! each oriented so that higher means "predicted more successful".
 //!
 //! Follows the paper's `_score_trajectory` (`runners/tau2_uq.py`): an action
-//! step with no scored tokens (truncated) contributes 0.0 to progress
+//! step with no scored tokens (truncated, or empty) contributes 0.0 to progress
 //! advantage and the log-prob baselines, keeping the step count stable, and is
 //! skipped by the certainty baselines, whose value is undefined without tokens.
-//! A step that is not truncated but has no value (its log-probs are missing)
+//! A step that is neither but has no value (its log-probs are missing)
 //! leaves the trajectory without a progress-advantage or log-prob score:
 //! a score is never built from missing steps.
 //! Self-certainty is the mean top-20 log-prob, used with the paper's sign;
@@ -15,8 +15,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::apps::scored::ScoredTrajectory;
 use crate::score::aggregate::{StepAgg, TokenAgg};
+use crate::score::scored::ScoredTrajectory;
 use crate::{Error, Result};
 
 /// A trajectory scorer: progress advantage or one of its baselines.
@@ -185,7 +185,7 @@ impl ScoredTrajectory {
             for (v, s) in values.into_iter().zip(&self.steps) {
                 match v {
                     Some(v) => steps.push(v),
-                    None if s.truncated => steps.push(0.0),
+                    None if s.truncated || s.empty => steps.push(0.0),
                     None => return Ok(None),
                 }
             }
@@ -197,7 +197,7 @@ impl ScoredTrajectory {
     }
 }
 
-fn stored_value(method: Method, s: &crate::apps::scored::StepScore) -> Option<f64> {
+fn stored_value(method: Method, s: &crate::score::scored::StepScore) -> Option<f64> {
     match method {
         Method::ProgressAdvantage => s.advantage,
         Method::PolicyLogprob => s.logp_policy,
@@ -211,8 +211,8 @@ fn stored_value(method: Method, s: &crate::apps::scored::StepScore) -> Option<f6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apps::scored::{ScoreSettings, StepScore};
     use crate::score::TokenScores;
+    use crate::score::scored::{ScoreSettings, StepScore};
 
     fn step(adv: Option<f64>, sc: Option<f64>, ent: Option<f64>) -> StepScore {
         StepScore {
@@ -230,18 +230,24 @@ mod tests {
     }
 
     #[test]
-    fn truncated_steps_count_as_zero_for_advantage_and_are_skipped_for_certainty() {
+    fn truncated_and_empty_steps_count_as_zero_for_advantage_and_are_skipped_for_certainty() {
         let truncated = StepScore {
             truncated: true,
             ..step(None, None, None)
         };
-        let t = traj(vec![step(Some(3.0), Some(-2.0), Some(1.0)), truncated]);
-        let mean = Aggregation::stored(StepAgg::Mean);
-        assert_eq!(t.score(Method::ProgressAdvantage, mean).unwrap(), Some(1.5));
-        assert_eq!(t.score(Method::SelfCertainty, mean).unwrap(), Some(-2.0));
-        assert_eq!(t.score(Method::Entropy, mean).unwrap(), Some(-1.0));
-        assert_eq!(t.score(Method::DeepconfTail, mean).unwrap(), Some(-2.0));
-        assert_eq!(t.score(Method::PolicyLogprob, mean).unwrap(), Some(1.0));
+        let empty = StepScore {
+            empty: true,
+            ..step(None, None, None)
+        };
+        for unscored in [truncated, empty] {
+            let t = traj(vec![step(Some(3.0), Some(-2.0), Some(1.0)), unscored]);
+            let mean = Aggregation::stored(StepAgg::Mean);
+            assert_eq!(t.score(Method::ProgressAdvantage, mean).unwrap(), Some(1.5));
+            assert_eq!(t.score(Method::SelfCertainty, mean).unwrap(), Some(-2.0));
+            assert_eq!(t.score(Method::Entropy, mean).unwrap(), Some(-1.0));
+            assert_eq!(t.score(Method::DeepconfTail, mean).unwrap(), Some(-2.0));
+            assert_eq!(t.score(Method::PolicyLogprob, mean).unwrap(), Some(1.0));
+        }
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub struct StepScore {
     pub entropy: Option<f64>,
     /// Mean over the action tokens of the mean top-20 policy log-prob.
     pub self_certainty: Option<f64>,
+    /// The action lost tokens to `--max-length` (it scores 0.0).
     pub truncated: bool,
+    /// The action rendered to no tokens at all (it scores 0.0).
+    pub empty: bool,
     /// Token positions `[start, end)` of the action in [`ScoredTrajectory::tokens`].
     pub span: Option<(usize, usize)>,
 }
@@ -398,19 +401,8 @@ fn parse_steps(obj: &Map<String, Value>, location: &str) -> Result<Vec<StepScore
             logp_reference: opt_f64(s.get("logp_reference"), location, &field("logp_reference"))?,
             entropy: opt_f64(s.get("entropy"), location, &field("entropy"))?,
             self_certainty: opt_f64(s.get("self_certainty"), location, &field("self_certainty"))?,
-            truncated: match s.get("truncated") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(other) => {
-                    return Err(Error::input(
-                        location,
-                        format!(
-                            "field `{}`: expected a boolean, got {other}",
-                            field("truncated")
-                        ),
-                    ));
-                }
-            },
+            truncated: opt_flag(s.get("truncated"), location, &field("truncated"))?,
+            empty: opt_flag(s.get("empty"), location, &field("empty"))?,
             span,
         });
     }
@@ -561,6 +553,18 @@ fn opt_f64(v: Option<&Value>, location: &str, field: &str) -> Result<Option<f64>
     }
 }
 
+/// A boolean, `false` when absent or null.
+fn opt_flag(v: Option<&Value>, location: &str, field: &str) -> Result<bool> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(Error::input(
+            location,
+            format!("field `{field}`: expected a boolean, got {other}"),
+        )),
+    }
+}
+
 /// A non-negative integer ([`crate::trajectory::json_index`]: also `3.0` or
 /// `"3"`, as Who&When writes `mistake_step`); an error naming the field else.
 fn opt_index(v: Option<&Value>, location: &str, field: &str) -> Result<Option<usize>> {
@@ -596,7 +600,8 @@ mod tests {
                 {"step": 0, "message": 2, "n_tokens": 3, "advantage": 0.5,
                  "logp_policy": -1.0, "logp_reference": -2.0, "entropy": 0.3,
                  "self_certainty": -4.0, "truncated": false},
-                {"step": 1, "message": 4, "n_tokens": 0, "advantage": null, "truncated": true}
+                {"step": 1, "message": 4, "n_tokens": 0, "advantage": null, "truncated": true},
+                {"step": 2, "message": 6, "n_tokens": 0, "advantage": 0.0, "empty": true}
             ],
             "settings": settings()
         }))
@@ -607,10 +612,11 @@ mod tests {
         assert_eq!(t.labels.success, Some(true));
         assert_eq!(t.labels.reward, Some(1.0));
         assert_eq!(t.labels.mistake_step, Some(3));
-        assert_eq!(t.steps.len(), 2);
+        assert_eq!(t.steps.len(), 3);
         assert_eq!(t.steps[0].message, Some(2));
         assert_eq!(t.steps[1].advantage, None);
-        assert!(t.steps[1].truncated);
+        assert!(t.steps[1].truncated && !t.steps[1].empty);
+        assert!(t.steps[2].empty && !t.steps[2].truncated);
         assert_eq!(t.settings.token_agg, TokenAgg::Sum);
         assert_eq!(t.settings.beta, 0.5);
     }
