@@ -526,18 +526,46 @@ pub fn matmul_wt(
         x.len()
     );
     assert!(out.len() >= (rows - 1) * ldo + n, "matmul: out too small");
+    for_each_tile(rows, n, out, ldo, MR, |t0, t1, c0, c1, c| {
+        tile_product(
+            &x[t0 * k..],
+            k,
+            t1 - t0,
+            k,
+            w.data,
+            c0,
+            c1 - c0,
+            c,
+            ldo,
+            accumulate,
+        )
+    });
+}
+
+/// Spread the tiles of an `[rows, n]` output over rayon: `f(t0, t1, c0, c1,
+/// c)` computes rows `[t0, t1)`, columns `[c0, c1)` (`c` starts at
+/// `out[t0, c0]`, row stride `ldo`). Tiles are `NC` columns wide, rows are
+/// split in multiples of `mr` only when the column tiles alone cannot feed
+/// every thread; tasks write disjoint tiles.
+pub(super) fn for_each_tile(
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+    mr: usize,
+    f: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+) {
     let threads = rayon::current_num_threads().max(1);
     let n_tiles = n.div_ceil(NC);
-    // Split tokens (in MR multiples) when weight tiles alone cannot feed every thread.
     let m_splits = if n_tiles >= 4 * threads {
         1
     } else {
         (4 * threads)
             .div_ceil(n_tiles)
-            .min(rows.div_ceil(MR))
+            .min(rows.div_ceil(mr))
             .max(1)
     };
-    let m_step = rows.div_ceil(m_splits).div_ceil(MR) * MR;
+    let m_step = rows.div_ceil(m_splits).div_ceil(mr) * mr;
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_len = out.len();
     let run = |task: usize| {
@@ -547,22 +575,12 @@ pub fn matmul_wt(
             return;
         }
         let (c0, c1) = (nj * NC, ((nj + 1) * NC).min(n));
-        // SAFETY: tasks write disjoint (rows × columns) tiles of `out`.
+        // SAFETY: tasks write disjoint (rows × columns) tiles of `out`,
+        // which holds rows·ldo values (asserted by the callers).
         let c = unsafe {
             std::slice::from_raw_parts_mut(out_ptr.get().add(t0 * ldo), out_len - t0 * ldo)
         };
-        tile_product(
-            &x[t0 * k..],
-            k,
-            t1 - t0,
-            k,
-            w.data,
-            c0,
-            c1 - c0,
-            &mut c[c0..],
-            ldo,
-            accumulate,
-        );
+        f(t0, t1, c0, c1, &mut c[c0..]);
     };
     let tasks = n_tiles * m_splits;
     if tasks == 1 {

@@ -18,6 +18,7 @@ pub mod deltanet;
 pub mod embed;
 pub mod forward;
 pub mod gemm;
+pub mod gemm_bf16;
 mod gemm_portable;
 pub mod lm_head;
 pub mod mixer;
