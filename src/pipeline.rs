@@ -27,9 +27,9 @@ use serde_json::{Map, Value, json};
 use crate::apps::method::Aggregation;
 use crate::apps::metrics::num;
 use crate::apps::{Method, ScoreSettings, ScoredTrajectory, StepScore};
-use crate::backend::{Device, PairScorer, SeqRequest, open_pair_with};
+use crate::backend::{ComputeDtype, Device, PairScorer, SeqRequest, open_pair_with};
 use crate::kv::{CacheStats, KvOptions};
-use crate::model::{DType, MergeOptions, MergePlan, Model};
+use crate::model::{MergeOptions, MergePlan, Model};
 use crate::score::TokenScores;
 use crate::score::aggregate::{StepAgg, TokenAgg};
 use crate::tokenizer::TokenizerBundle;
@@ -55,10 +55,10 @@ pub struct ScorerOptions {
     pub prefix_cache: bool,
     /// Prefix-cache budget in MiB; `None`: [`crate::kv::default_budget_bytes`].
     pub kv_cache_mb: Option<usize>,
-    /// CUDA backend: convert weights (and so GEMM inputs and the KV cache)
-    /// to this dtype at upload; `None` keeps the checkpoint's. An error on
-    /// the CPU backend, which computes in f32.
-    pub gpu_dtype: Option<DType>,
+    /// The arithmetic of both backends ([`ComputeDtype`]): on CUDA the
+    /// upload dtype (`Auto`: the checkpoint's), on the CPU f32 (`Auto`) or
+    /// bf16 GEMMs.
+    pub compute_dtype: ComputeDtype,
     /// Make a render warning (a chat template that drops an action's tool
     /// calls, see [`Encoded::warnings`]) the record's error.
     pub strict: bool,
@@ -114,7 +114,7 @@ impl Default for ScorerOptions {
             with_tokens: false,
             prefix_cache: true,
             kv_cache_mb: None,
-            gpu_dtype: None,
+            compute_dtype: ComputeDtype::Auto,
             strict: false,
             merge: None,
         }
@@ -203,7 +203,7 @@ impl Scorer {
             opts.device,
             policy.clone(),
             reference.clone(),
-            opts.gpu_dtype,
+            opts.compute_dtype,
         )?;
         if opts.prefix_cache {
             backend.set_prefix_cache(Some(KvOptions::with_budget_mb(opts.kv_cache_mb)))?;

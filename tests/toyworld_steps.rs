@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use padv::apps::StepScore;
-use padv::backend::Device;
-use padv::model::DType;
+use padv::backend::{ComputeDtype, Device};
 use padv::pipeline::{Scorer, ScorerOptions};
 use padv::score::aggregate::TokenAgg;
 use serde_json::Value;
@@ -49,11 +48,11 @@ struct Deviation {
 
 /// For each of [`KEYS`], every step's deviation over all 256 trajectories
 /// of `demo_{set}.jsonl`.
-fn deviations(set: &str, device: Device, gpu_dtype: Option<DType>) -> [Vec<Deviation>; 3] {
+fn deviations(set: &str, device: Device, compute_dtype: ComputeDtype) -> [Vec<Deviation>; 3] {
     let dir = toyworld();
     let opts = ScorerOptions {
         device,
-        gpu_dtype,
+        compute_dtype,
         token_agg: TokenAgg::Sum,
         ..ScorerOptions::default()
     };
@@ -97,7 +96,7 @@ fn mean<'a>(d: impl IntoIterator<Item = &'a Deviation>, f: fn(&Deviation) -> f64
 
 /// f32 arithmetic: every step within 1e-4 of transformers.
 fn check(set: &str, device: Device) {
-    let d = deviations(set, device, None);
+    let d = deviations(set, device, ComputeDtype::Auto);
     let worst = d.iter().flatten().map(|x| x.abs).fold(0.0, f64::max);
     let avg = mean(d.iter().flatten(), |x| x.abs);
     eprintln!("demo_{set} on {device:?}: max |Δ| vs transformers = {worst:.2e}, mean {avg:.2e}");
@@ -141,7 +140,7 @@ fn toyworld_trained_rollouts_match_transformers_on_the_gpu() {
     }
 }
 
-/// The f32 toyworld pair run in bf16 on the GPU (`gpu_dtype`): every
+/// The f32 toyworld pair run in bf16 on the GPU (`compute_dtype`): every
 /// matrix, GEMM input and the KV cache rounded to bf16, and (head_dim 32)
 /// the tensor-core attention's Q and P. `python3 scripts/bf16_emulation.py
 /// assets/toyworld/models T`, with T = `padv score --tokens` of demo_ref.jsonl,
@@ -162,7 +161,7 @@ fn toyworld_ref_rollouts_in_bf16_on_the_gpu_stay_near_transformers() {
     if cuda_common::gpu().is_none() {
         return;
     }
-    let d = deviations("ref", Device::Cuda(0), Some(DType::BF16));
+    let d = deviations("ref", Device::Cuda(0), ComputeDtype::Bf16);
     for (i, (key, _)) in KEYS.iter().enumerate() {
         for x in &d[i] {
             let bound = MARGIN * BF16_TOKEN_MAX[i] * x.n_tokens as f64;

@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
 use crate::backend::cpu::gemm::matmul_wt;
+use crate::backend::cpu::gemm_bf16::Gemm;
 use crate::backend::cpu::rope::Ropes;
 use crate::backend::{Device, SeqRequest, open_pair};
 use crate::model::weights::{Data, Tensor};
@@ -140,6 +141,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         let seqs = [Packed { start: 0, len: t }];
         // Warm the page cache / mappings once.
         forward_hidden(
+            Gemm::F32,
             &policy,
             &rope,
             &tokens[..t.min(64)],
@@ -150,7 +152,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         )?;
         let mut err = None;
         let forward_s = best_of(opts.repeats, || {
-            if let Err(e) = forward_hidden(&policy, &rope, &tokens, &seqs) {
+            if let Err(e) = forward_hidden(Gemm::F32, &policy, &rope, &tokens, &seqs) {
                 err = Some(e);
             }
         });

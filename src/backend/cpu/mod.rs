@@ -1,5 +1,7 @@
 //! The CPU backend: the reference implementation of every op, multithreaded
-//! with rayon, f32 compute over weights kept in their stored dtype.
+//! with rayon, f32 compute over weights kept in their stored dtype (or, in
+//! bf16 compute mode, the weight GEMMs and the LM head in bf16 with f32
+//! accumulation: [`gemm_bf16`]).
 //!
 //! Pair scoring runs each model's forward over a packed batch, then runs the
 //! LM head only at positions whose log-prob is asked for, folded tile by tile
@@ -30,6 +32,7 @@ pub mod rope;
 use std::sync::Arc;
 
 use self::forward::{KvBatch, Packed, SeqKv, check_tokens, forward_hidden_kv};
+use self::gemm_bf16::Gemm;
 use self::lm_head::lm_head_stats;
 use self::rope::Ropes;
 use super::{PairScorer, SeqRequest};
@@ -45,6 +48,8 @@ struct Models {
     reference: Arc<Model>,
     rope_policy: Ropes,
     rope_reference: Ropes,
+    /// The arithmetic of both models' weight GEMMs and LM heads.
+    gemm: Gemm,
 }
 
 pub struct CpuPair {
@@ -65,11 +70,18 @@ impl CpuPair {
                 rope_reference: Ropes::for_model(&reference.config),
                 policy,
                 reference,
+                gemm: Gemm::F32,
             },
             cache: None,
             kv_opts: None,
             counters: CacheStats::default(),
         }
+    }
+
+    /// The same pair with its GEMMs in `gemm`'s arithmetic (default f32).
+    pub fn with_gemm(mut self, gemm: Gemm) -> CpuPair {
+        self.models.gemm = gemm;
+        self
     }
 
     /// The same pair with a prefix cache sized by `opts` (`None`: none).
@@ -139,7 +151,7 @@ impl Models {
             let m = (&self.reference, &self.rope_reference);
             (
                 Vec::new(),
-                forward_hidden_kv(m.0, m.1, &tokens, &seqs, None)?,
+                forward_hidden_kv(self.gemm, m.0, m.1, &tokens, &seqs, None)?,
             )
         } else {
             let m = (&self.policy, &self.rope_policy);
@@ -147,13 +159,16 @@ impl Models {
                 store: &mut c.policy,
                 seqs: &kv_seqs,
             });
-            let hp = forward_hidden_kv(m.0, m.1, &tokens, &seqs, kv)?;
+            let hp = forward_hidden_kv(self.gemm, m.0, m.1, &tokens, &seqs, kv)?;
             let m = (&self.reference, &self.rope_reference);
             let kv = cache.as_deref_mut().map(|c| KvBatch {
                 store: &mut c.reference,
                 seqs: &kv_seqs,
             });
-            (hp, forward_hidden_kv(m.0, m.1, &tokens, &seqs, kv)?)
+            (
+                hp,
+                forward_hidden_kv(self.gemm, m.0, m.1, &tokens, &seqs, kv)?,
+            )
         };
         let (h_p, h_r) = (
             self.policy.config.hidden_size,
@@ -223,14 +238,30 @@ impl Models {
             self.reference.config.final_logit_softcap,
         );
         let ps = if with_policy {
-            lm_head_stats(&xp, wanted_rows.len(), &pw.lm_head, &targets, true, cap_p)
+            lm_head_stats(
+                self.gemm,
+                &xp,
+                wanted_rows.len(),
+                &pw.lm_head,
+                &targets,
+                true,
+                cap_p,
+            )
         } else {
             Vec::new()
         };
         drop(xp);
         let xr = gather(&hr, h_r, cache.as_deref().map(|c| &c.reference));
         drop(hr);
-        let rs = lm_head_stats(&xr, wanted_rows.len(), &rw.lm_head, &targets, false, cap_r);
+        let rs = lm_head_stats(
+            self.gemm,
+            &xr,
+            wanted_rows.len(),
+            &rw.lm_head,
+            &targets,
+            false,
+            cap_r,
+        );
         if !with_policy {
             for (&(wi, t, _), r) in wanted_rows.iter().zip(rs) {
                 out[wave[wi].seq].logp_reference[t] = r.logp;
