@@ -178,7 +178,10 @@ fn bf16_scores_are_the_same_bits_with_and_without_the_prefix_cache() {
     on.score(&[req(&prefix)]).unwrap();
     let cached = on.score(&[req(&longer)]).unwrap();
     let fresh = off.score(&[req(&longer)]).unwrap();
-    assert!(on.cache_stats().unwrap().hit_tokens > 0, "no prefix was reused");
+    assert!(
+        on.cache_stats().unwrap().hit_tokens > 0,
+        "no prefix was reused"
+    );
     kv_common::assert_same("bf16 cache on/off", &fresh[0], &cached[0], 0.0);
 }
 

@@ -578,45 +578,6 @@ mod avx512bf16 {
             }
         }
     }
-
-    /// The `vdpbf16ps` roof: 12 independent accumulators, `iters` rounds of
-    /// 12 instructions (32 flops each); returns a sum so nothing is elided.
-    ///
-    /// # Safety
-    /// AVX512-BF16.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(crate) unsafe fn roof_loop(iters: usize) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 12];
-        let x = bh(_mm512_set1_epi32(0x3f80_3f80));
-        let y = bh(_mm512_set1_epi32(0x3400_3400));
-        for _ in 0..iters {
-            for a in acc.iter_mut() {
-                *a = _mm512_dpbf16_ps(*a, x, y);
-            }
-        }
-        let s = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
-        _mm512_reduce_add_ps(s)
-    }
-}
-
-/// Peak rate of `vdpbf16ps` on one thread (GFLOP/s), `None` without the
-/// instruction.
-pub fn bf16_roof_gflops() -> Option<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx512_bf16() {
-        let iters = 20_000_000;
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            // SAFETY: the CPU has AVX512-BF16.
-            std::hint::black_box(unsafe { avx512bf16::roof_loop(iters) });
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        return Some((iters * 12 * 32) as f64 / best / 1e9);
-    }
-    None
 }
 
 /// The f64 product of the bf16-rounded operands, the reference of the tests.

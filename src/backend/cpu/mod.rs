@@ -291,8 +291,13 @@ impl Models {
 
 impl PairScorer for CpuPair {
     fn describe(&self) -> String {
+        let gemm = match self.models.gemm {
+            Gemm::F32 => String::new(),
+            g if g.native() => ", bf16 GEMMs (vdpbf16ps)".to_string(),
+            _ => ", bf16 GEMMs (emulated: no AVX512-BF16)".to_string(),
+        };
         format!(
-            "cpu ({} kernels, {} threads)",
+            "cpu ({} kernels{gemm}, {} threads)",
             crate::simd::level().name(),
             rayon::current_num_threads()
         )
