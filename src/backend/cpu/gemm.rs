@@ -134,6 +134,9 @@ fn tile_product_at(
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use avx512::transpose16;
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
@@ -385,7 +388,7 @@ mod avx512 {
     /// In-register 16 × 16 transpose: `r[i][c]` becomes `r[c][i]`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn transpose16(r: &mut [__m512; 16]) {
+    pub(in crate::backend::cpu) fn transpose16(r: &mut [__m512; 16]) {
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
             t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);

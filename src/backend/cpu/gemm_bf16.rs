@@ -193,36 +193,88 @@ fn pack(w: Data, k: usize, n0: usize, nc: usize, p0: usize, kp: usize, bp: &mut 
         .take(nc.div_ceil(NR))
         .enumerate()
     {
-        for col in 0..NR {
-            let j = q * NR + col;
-            if j >= nc {
-                for p in 0..kp {
-                    panel[p * NR + col] = 0;
-                }
-                continue;
-            }
-            let at = (n0 + j) * k + d0;
-            let mut put = |p: usize, lo: u16, hi: u16| {
-                panel[p * NR + col] = lo as u32 | (hi as u32) << 16;
-            };
-            match w {
-                Data::BF16(s) => {
-                    let s = &s[at..at + depth];
-                    for (p, v) in s.chunks(2).enumerate() {
-                        let hi = v.get(1).map_or(0, |h| flush(h.to_bits()));
-                        put(p, flush(v[0].to_bits()), hi);
+        for c0 in [0, 16] {
+            // Pairs [0, done) of these 16 columns packed in registers.
+            let done = pack16(
+                w,
+                k,
+                n0 + q * NR + c0,
+                nc.saturating_sub(q * NR + c0),
+                p0,
+                kp,
+                &mut panel[c0..],
+            );
+            for col in c0..c0 + 16 {
+                let j = q * NR + col;
+                if j >= nc {
+                    for p in 0..kp {
+                        panel[p * NR + col] = 0;
                     }
+                    continue;
                 }
-                _ => {
-                    w.widen_into(at, &mut row[..depth]);
-                    for (p, v) in row[..depth].chunks(2).enumerate() {
-                        let hi = v.get(1).map_or(0, |&h| bf16_bits(h));
-                        put(p, bf16_bits(v[0]), hi);
+                let at = (n0 + j) * k + d0 + 2 * done;
+                let depth = depth - 2 * done;
+                let mut put = |p: usize, lo: u16, hi: u16| {
+                    panel[(done + p) * NR + col] = lo as u32 | (hi as u32) << 16;
+                };
+                match w {
+                    Data::BF16(s) => {
+                        for (p, v) in s[at..at + depth].chunks(2).enumerate() {
+                            let hi = v.get(1).map_or(0, |h| flush(h.to_bits()));
+                            put(p, flush(v[0].to_bits()), hi);
+                        }
+                    }
+                    _ => {
+                        w.widen_into(at, &mut row[..depth]);
+                        for (p, v) in row[..depth].chunks(2).enumerate() {
+                            let hi = v.get(1).map_or(0, |&h| bf16_bits(h));
+                            put(p, bf16_bits(v[0]), hi);
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// Pack 16 stored-bf16 weight rows from `r0` (when `rows ≥ 16`) into the
+/// panel columns at `panel[0..16]` in 16 × 16 blocks of pairs: each row's
+/// pairs are its raw memory, so a block is one 32-bit transpose in
+/// registers (the f32 packer's), with denormals flushed. Returns the pairs
+/// done (a multiple of 16 inside the row; the rest is the caller's).
+fn pack16(
+    w: Data,
+    k: usize,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kp: usize,
+    panel: &mut [u32],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Data::BF16(s) = w
+        && rows >= 16
+        && crate::simd::level() == crate::simd::Level::Avx512
+    {
+        // Whole groups of 16 pairs that lie inside every row.
+        let full = kp.min(k / 2 - p0.min(k / 2)) / 16 * 16;
+        assert!(s.len() >= (r0 + 16) * k && panel.len() >= (full.max(1) - 1) * NR + 16);
+        // SAFETY: AVX-512 (the level); rows r0..r0+16 hold depth
+        // 2·(p0 + full) ≤ k (asserted), the panel (kp, NR) rows of 16.
+        unsafe {
+            avx512bf16::pack16(
+                s.as_ptr() as *const u16,
+                k,
+                r0,
+                p0,
+                full,
+                panel.as_mut_ptr(),
+            )
+        };
+        return full;
+    }
+    let _ = (w, k, r0, rows, p0, kp, panel);
+    0
 }
 
 /// Single-threaded `C[0..m, 0..nc] (+)= A · W[n0..n0+nc, 0..k]ᵀ` with `A`
@@ -441,6 +493,42 @@ mod avx512bf16 {
         }
     }
 
+    /// Rows `r0..r0+16` of a bf16 matrix (`k` columns), pairs
+    /// `[p0, p0 + full)`, into `panel[p·NR + i]` (pair p, row i).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; the rows hold those pairs, the panel `full` rows of NR.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack16(
+        s: *const u16,
+        k: usize,
+        r0: usize,
+        p0: usize,
+        full: usize,
+        panel: *mut u32,
+    ) {
+        use crate::backend::cpu::gemm::transpose16;
+        let exp = _mm512_set1_epi16(0x7f80);
+        let sign = _mm512_set1_epi16(i16::MIN);
+        for g in (0..full).step_by(16) {
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, v) in r.iter_mut().enumerate() {
+                // SAFETY: 32 bf16 of row r0 + i from depth 2·(p0 + g).
+                let x =
+                    unsafe { _mm512_loadu_si512(s.add((r0 + i) * k + 2 * (p0 + g)) as *const _) };
+                // Exponent zero (denormal or zero): keep the sign only.
+                let normal = _mm512_test_epi16_mask(x, exp);
+                let x = _mm512_mask_blend_epi16(normal, _mm512_and_si512(x, sign), x);
+                *v = _mm512_castsi512_ps(x);
+            }
+            transpose16(&mut r);
+            for (p, v) in r.iter().enumerate() {
+                // SAFETY: pair g + p < full, columns 0..16 of the panel row.
+                unsafe { _mm512_storeu_ps(panel.add((g + p) * NR) as *mut f32, *v) };
+            }
+        }
+    }
+
     #[inline(always)]
     fn bh(v: __m512i) -> __m512bh {
         // SAFETY: both are 512 bits of plain data.
@@ -595,7 +683,7 @@ pub fn matmul_wt_bf16_reference(x: &[f32], rows: usize, w: &Tensor) -> Vec<f64> 
 }
 
 /// NC is the tile width of the drivers; the packing assumes whole panels.
-const _: () = assert!(NC % NR == 0);
+const _: () = assert!(NC.is_multiple_of(NR));
 
 #[cfg(test)]
 mod tests {
@@ -657,8 +745,11 @@ mod tests {
     #[test]
     fn the_emulation_gives_the_instructions_bits_in_any_batch() {
         let (rows, n, k) = (37, 70, 901);
-        let (x, wf) = inputs(rows, n, k);
-        let wb: Vec<half::bf16> = wf.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let (mut x, wf) = inputs(rows, n, k);
+        let mut wb: Vec<half::bf16> = wf.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        // Denormal inputs (read as zeros by the instruction) on both sides.
+        (x[5], x[k + 8]) = (1e-39, -3e-40);
+        (wb[3], wb[k + 17]) = (half::bf16::from_bits(0x0001), half::bf16::from_bits(0x8042));
         let data = Data::BF16(&wb);
         let lhs = Lhs::new(Gemm::Bf16, &x, rows, k);
         let Lhs::Bf16 { pairs, .. } = &lhs else {
@@ -700,9 +791,10 @@ mod tests {
 
     #[test]
     fn rounding_is_to_nearest_even_and_flushes_denormals() {
-        for v in [
-            1.0f32, -3.5, 1e30, 65504.0, 1.00390625, 1.01171875, 2e-38, 3e38,
-        ] {
+        // Ties: 1 + 2⁻⁸ rounds down to 1, 1 + 3·2⁻⁸ up to 1 + 2⁻⁶ (even).
+        const T1: f32 = f32::from_bits(0x3f80_8000);
+        const T2: f32 = f32::from_bits(0x3f81_8000);
+        for v in [1.0f32, -3.5, 1e30, 65504.0, T1, T2, 2e-38, 3e38] {
             assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{v}");
         }
         assert_eq!(bf16_bits(1e-39), 0);
