@@ -572,9 +572,8 @@ mod avx512bf16 {
         }
     }
 
-    /// The 14 × 32 tile, the f32 kernel's schedule with `vpbroadcastd` of a
-    /// pair and `vdpbf16ps`: zmm0–27 hold C, zmm28/29 the panel row,
-    /// zmm30/31 alternate as A broadcasts.
+    /// The 14 × 32 tile: the f32 kernel's asm loop with `vpbroadcastd` of
+    /// a pair and `vdpbf16ps` ([`crate::backend::cpu::gemm::tile_14x32`]).
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn full(
         kp: usize,
@@ -585,85 +584,12 @@ mod avx512bf16 {
         ldc: usize,
         load_c: bool,
     ) {
-        use std::arch::asm;
-        let mut acc = [_mm512_setzero_ps(); 28];
-        let ldab = lda * 4;
+        use crate::backend::cpu::gemm::{store_14x32, tile_14x32};
+        // SAFETY: forwarded from `block` (14 rows of kp pairs at stride lda,
+        // kp panel rows of 32 pairs, 14 rows of 32 floats of C).
         unsafe {
-            asm!(
-                "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
-                "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
-                "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
-                "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
-                "vxorps zmm12, zmm12, zmm12", "vxorps zmm13, zmm13, zmm13", "vxorps zmm14, zmm14, zmm14",
-                "vxorps zmm15, zmm15, zmm15", "vxorps zmm16, zmm16, zmm16", "vxorps zmm17, zmm17, zmm17",
-                "vxorps zmm18, zmm18, zmm18", "vxorps zmm19, zmm19, zmm19", "vxorps zmm20, zmm20, zmm20",
-                "vxorps zmm21, zmm21, zmm21", "vxorps zmm22, zmm22, zmm22", "vxorps zmm23, zmm23, zmm23",
-                "vxorps zmm24, zmm24, zmm24", "vxorps zmm25, zmm25, zmm25", "vxorps zmm26, zmm26, zmm26",
-                "vxorps zmm27, zmm27, zmm27",
-                "2:",
-                "vmovups zmm28, [{b}]",
-                "vmovups zmm29, [{b} + 64]",
-                "vpbroadcastd zmm30, dword ptr [{a0}]",
-                "vdpbf16ps zmm0, zmm30, zmm28", "vdpbf16ps zmm1, zmm30, zmm29",
-                "vpbroadcastd zmm31, dword ptr [{a0} + {lda}]",
-                "vdpbf16ps zmm2, zmm31, zmm28", "vdpbf16ps zmm3, zmm31, zmm29",
-                "vpbroadcastd zmm30, dword ptr [{a0} + {lda}*2]",
-                "vdpbf16ps zmm4, zmm30, zmm28", "vdpbf16ps zmm5, zmm30, zmm29",
-                "vpbroadcastd zmm31, dword ptr [{a0} + {lda3}]",
-                "vdpbf16ps zmm6, zmm31, zmm28", "vdpbf16ps zmm7, zmm31, zmm29",
-                "vpbroadcastd zmm30, dword ptr [{a0} + {lda}*4]",
-                "vdpbf16ps zmm8, zmm30, zmm28", "vdpbf16ps zmm9, zmm30, zmm29",
-                "vpbroadcastd zmm31, dword ptr [{a5}]",
-                "vdpbf16ps zmm10, zmm31, zmm28", "vdpbf16ps zmm11, zmm31, zmm29",
-                "vpbroadcastd zmm30, dword ptr [{a5} + {lda}]",
-                "vdpbf16ps zmm12, zmm30, zmm28", "vdpbf16ps zmm13, zmm30, zmm29",
-                "vpbroadcastd zmm31, dword ptr [{a5} + {lda}*2]",
-                "vdpbf16ps zmm14, zmm31, zmm28", "vdpbf16ps zmm15, zmm31, zmm29",
-                "vpbroadcastd zmm30, dword ptr [{a5} + {lda3}]",
-                "vdpbf16ps zmm16, zmm30, zmm28", "vdpbf16ps zmm17, zmm30, zmm29",
-                "vpbroadcastd zmm31, dword ptr [{a5} + {lda}*4]",
-                "vdpbf16ps zmm18, zmm31, zmm28", "vdpbf16ps zmm19, zmm31, zmm29",
-                "vpbroadcastd zmm30, dword ptr [{a10}]",
-                "vdpbf16ps zmm20, zmm30, zmm28", "vdpbf16ps zmm21, zmm30, zmm29",
-                "vpbroadcastd zmm31, dword ptr [{a10} + {lda}]",
-                "vdpbf16ps zmm22, zmm31, zmm28", "vdpbf16ps zmm23, zmm31, zmm29",
-                "vpbroadcastd zmm30, dword ptr [{a10} + {lda}*2]",
-                "vdpbf16ps zmm24, zmm30, zmm28", "vdpbf16ps zmm25, zmm30, zmm29",
-                "vpbroadcastd zmm31, dword ptr [{a10} + {lda3}]",
-                "vdpbf16ps zmm26, zmm31, zmm28", "vdpbf16ps zmm27, zmm31, zmm29",
-                "add {a0}, 4",
-                "add {a5}, 4",
-                "add {a10}, 4",
-                "add {b}, 128",
-                "dec {k}",
-                "jnz 2b",
-                a0 = inout(reg) a => _,
-                a5 = inout(reg) a.byte_add(5 * ldab) => _,
-                a10 = inout(reg) a.byte_add(10 * ldab) => _,
-                lda = in(reg) ldab,
-                lda3 = in(reg) 3 * ldab,
-                b = inout(reg) bp => _,
-                k = inout(reg) kp => _,
-                out("zmm0") acc[0], out("zmm1") acc[1], out("zmm2") acc[2], out("zmm3") acc[3],
-                out("zmm4") acc[4], out("zmm5") acc[5], out("zmm6") acc[6], out("zmm7") acc[7],
-                out("zmm8") acc[8], out("zmm9") acc[9], out("zmm10") acc[10], out("zmm11") acc[11],
-                out("zmm12") acc[12], out("zmm13") acc[13], out("zmm14") acc[14], out("zmm15") acc[15],
-                out("zmm16") acc[16], out("zmm17") acc[17], out("zmm18") acc[18], out("zmm19") acc[19],
-                out("zmm20") acc[20], out("zmm21") acc[21], out("zmm22") acc[22], out("zmm23") acc[23],
-                out("zmm24") acc[24], out("zmm25") acc[25], out("zmm26") acc[26], out("zmm27") acc[27],
-                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            for r in 0..MR {
-                let cp = c.add(r * ldc);
-                let (mut v0, mut v1) = (acc[2 * r], acc[2 * r + 1]);
-                if load_c {
-                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cp));
-                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(cp.add(16)));
-                }
-                _mm512_storeu_ps(cp, v0);
-                _mm512_storeu_ps(cp.add(16), v1);
-            }
+            let acc = tile_14x32!("vpbroadcastd", "vdpbf16ps", a, lda, bp, kp);
+            store_14x32(&acc, c, ldc, load_c);
         }
     }
 }
