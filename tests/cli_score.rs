@@ -171,3 +171,52 @@ fn compute_dtype_bf16_runs_on_the_cpu_and_f16_is_refused_there() {
     assert!(!out.status.success());
     assert!(err.contains("unknown compute dtype `b16`"), "{err}");
 }
+
+/// bf16 mode gives the same bytes at every kernel level this CPU runs
+/// (`PADV_CPU_KERNELS`): `vdpbf16ps` where the CPU has AVX512-BF16, its f32
+/// emulation elsewhere, and attention/norms whose levels agree here.
+#[test]
+fn bf16_scores_are_the_same_bytes_at_every_kernel_level() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let models = root.join("models/qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut outputs = Vec::new();
+    for level in ["avx512", "avx2", "portable"] {
+        let out_path = dir.path().join(format!("{level}.jsonl"));
+        let out = padv()
+            .env("PADV_CPU_KERNELS", level)
+            .args([
+                "score",
+                "--device",
+                "cpu",
+                "--tokens",
+                "--compute-dtype",
+                "bf16",
+            ])
+            .arg("--policy")
+            .arg(models.join("trained"))
+            .arg("--reference")
+            .arg(models.join("ref"))
+            .arg("--input")
+            .arg(root.join("inputs/tiny_trajectories.jsonl"))
+            .arg("--output")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("this CPU supports at most") {
+            eprintln!("{level}: not on this CPU, skipped");
+            continue;
+        }
+        assert!(out.status.success(), "{level}: {err}");
+        outputs.push((level, std::fs::read(&out_path).unwrap()));
+    }
+    assert!(!outputs.is_empty());
+    for (level, bytes) in &outputs[1..] {
+        assert!(
+            bytes == &outputs[0].1,
+            "{level} differs from {}",
+            outputs[0].0
+        );
+    }
+}
