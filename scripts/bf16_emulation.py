@@ -23,7 +23,15 @@ The exact run stands for transformers' f32 forward: f32-vs-f64 noise is
 by a running max per 64-key tile; here P is taken against the row's final
 max, which changes which values are rounded but not how finely.
 
-usage: bf16_emulation.py PAIR_DIR TOKENS
+With --cpu it emulates the CPU backend's bf16 compute mode instead
+(`--compute-dtype bf16` on the CPU, src/backend/cpu/gemm_bf16.rs): every
+weight GEMM's two inputs rounded to bf16 (the matrices of q/k/v/o,
+gate/up/down and the LM head; the normed inputs of q/k/v and gate/up, the
+attention output, silu(gate)·up and the final-normed hidden state), the
+products summed in f32. The embedding rows, K, V and the whole attention
+stay exact (f32 there).
+
+usage: bf16_emulation.py [--cpu] PAIR_DIR TOKENS
   PAIR_DIR  holds trained/ (the policy) and ref/ (config.json, model.safetensors)
   TOKENS    tests/fixtures/expected/tiny_*.json (records[].token_ids), or JSON
             lines with token_ids and action_mask (`padv score --tokens`)
@@ -85,8 +93,9 @@ class Llama:
     def __init__(self, model_dir):
         d = Path(model_dir)
         c = json.loads((d / "config.json").read_text())
-        if c.get("attention_bias") or c.get("rope_scaling"):
-            raise SystemExit(f"{d}: biases and RoPE scaling are not emulated")
+        scaling = c.get("rope_scaling") or {}
+        if scaling and scaling.get("rope_type") != "llama3":
+            raise SystemExit(f"{d}: RoPE scaling {scaling.get('rope_type')} is not emulated")
         self.hidden = c["hidden_size"]
         self.heads = c["num_attention_heads"]
         self.kv_heads = c["num_key_value_heads"]
@@ -96,6 +105,8 @@ class Llama:
         theta = c.get("rope_theta") or c.get("rope_parameters", {}).get("rope_theta")
         half = np.arange(0, self.head_dim, 2, dtype=np.float32) / np.float32(self.head_dim)
         self.inv_freq = (np.float32(1.0) / np.power(np.float32(theta), half)).astype(np.float32)
+        if scaling:
+            self.inv_freq = llama3_scaled(self.inv_freq, scaling)
         self.w = read_safetensors(d / "model.safetensors")
         if "lm_head.weight" not in self.w:
             self.w["lm_head.weight"] = self.w["model.embed_tokens.weight"]
@@ -103,6 +114,15 @@ class Llama:
     def weights(self, rnd):
         """Matrices as uploaded (rounded by `rnd`); norm weights stay exact."""
         return {k: (v if v.ndim == 1 else rnd(v)) for k, v in self.w.items()}
+
+    def proj(self, x, w, p):
+        """`x @ Wᵀ (+ bias)` of projection `p` (Qwen2's q/k/v have biases)."""
+        y = x @ w[p + ".weight"].T
+        return y + w[p + ".bias"] if p + ".bias" in w else y
+
+    def qk_norm(self, x, w, p):
+        """Qwen3's per-head RMSNorm of q or k, when the model has one."""
+        return self.rms(x, w[p]) if p in w else x
 
     def rms(self, x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
@@ -135,18 +155,22 @@ class Llama:
             p = bf16(p)
         return np.einsum("hqk,khd->qhd", p / den, v)
 
-    def logprobs(self, ids, rnd):
+    def logprobs(self, ids, rnd, cpu=False):
         w = self.weights(rnd)
         t, hd = len(ids), self.head_dim
-        x = w["model.embed_tokens.weight"][ids]
+        # The CPU's bf16 mode rounds GEMM inputs only: K, V and attention exact.
+        kv = exact if cpu else rnd
+        x = (self.w if cpu else w)["model.embed_tokens.weight"][ids]
         for i in range(self.layers):
             p = f"model.layers.{i}."
             n = rnd(self.rms(x, w[p + "input_layernorm.weight"]))
-            q = (n @ w[p + "self_attn.q_proj.weight"].T).reshape(t, self.heads, hd)
-            k = (n @ w[p + "self_attn.k_proj.weight"].T).reshape(t, self.kv_heads, hd)
-            v = (n @ w[p + "self_attn.v_proj.weight"].T).reshape(t, self.kv_heads, hd)
-            q, k = self.rope(q), rnd(self.rope(k))
-            a = rnd(self.attention(q, k, rnd(v), rnd).reshape(t, self.heads * hd))
+            q = self.proj(n, w, p + "self_attn.q_proj").reshape(t, self.heads, hd)
+            k = self.proj(n, w, p + "self_attn.k_proj").reshape(t, self.kv_heads, hd)
+            v = self.proj(n, w, p + "self_attn.v_proj").reshape(t, self.kv_heads, hd)
+            q = self.qk_norm(q, w, p + "self_attn.q_norm.weight")
+            k = self.qk_norm(k, w, p + "self_attn.k_norm.weight")
+            q, k = self.rope(q), kv(self.rope(k))
+            a = rnd(self.attention(q, k, kv(v), kv).reshape(t, self.heads * hd))
             x = x + a @ w[p + "self_attn.o_proj.weight"].T
             n = rnd(self.rms(x, w[p + "post_attention_layernorm.weight"]))
             g = n @ w[p + "mlp.gate_proj.weight"].T
@@ -160,6 +184,18 @@ class Llama:
         out = np.full(t, np.nan)
         out[1:] = ls[np.arange(t - 1), ids[1:]]
         return out
+
+
+def llama3_scaled(inv_freq, s):
+    """transformers' `llama3` RoPE frequencies (rope_type llama3)."""
+    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old = s["original_max_position_embeddings"]
+    wavelen = 2 * np.pi / inv_freq
+    out = np.where(wavelen > old / lo, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+    return np.where(medium, smoothed, out).astype(np.float32)
 
 
 def read_tokens(path):
@@ -182,9 +218,12 @@ def runs(mask):
 
 
 def main():
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    cpu = "--cpu" in args
+    args = [a for a in args if a != "--cpu"]
+    if len(args) != 2:
         raise SystemExit(__doc__)
-    pair, tokens = Path(sys.argv[1]), sys.argv[2]
+    pair, tokens = Path(args[0]), args[1]
     policy, reference = Llama(pair / "trained"), Llama(pair / "ref")
     per_token = {"policy": [], "reference": [], "diff": []}
     # Per action step and key: the |Δ| of each of its tokens and of their sum.
@@ -196,7 +235,7 @@ def main():
         ids = np.asarray(ids)
         d = {}
         for name, m in (("policy", policy), ("reference", reference)):
-            d[name] = m.logprobs(ids, bf16) - m.logprobs(ids, exact)
+            d[name] = m.logprobs(ids, bf16, cpu) - m.logprobs(ids, exact)
         d["diff"] = d["policy"] - d["reference"]
         for name, v in d.items():
             per_token[name].append(np.abs(v[1:]))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use padv::backend::Device;
+use padv::backend::{ComputeDtype, Device};
 use padv::bench::{self, BenchOptions, synth};
 use padv::model::DType;
 
@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// Also write the figures as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// CPU compute modes to time side by side (f32, bf16; f16 is refused on
+    /// the CPU).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    pub compute_dtype: Vec<ComputeDtype>,
     /// Measure the KV-prefix cache instead: agent trajectories scored step by
     /// step and rollouts sharing a task prompt, cache off vs on.
     #[arg(long)]
@@ -147,6 +151,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 lengths: a.tokens,
                 device: a.device,
                 repeats: a.repeats,
+                modes: a
+                    .compute_dtype
+                    .iter()
+                    .map(|c| c.cpu())
+                    .collect::<padv::Result<_>>()?,
             })?;
             print_report(&report.table(), &report, a.json.as_deref())?;
             Ok(())

@@ -15,9 +15,9 @@ use serde_json::Value;
 use padv::apps::{
     self, Aggregation, Method, ReadOptions, ReportOptions, ScoredSet, ScoredTrajectory,
 };
-use padv::backend::Device;
+use padv::backend::{ComputeDtype, Device};
 use padv::model::merge::{DEFAULT_DENSITY, check_alpha, check_density};
-use padv::model::{DType, MergeMethod, MergeOptions};
+use padv::model::{MergeMethod, MergeOptions};
 use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::tokenizer::TokenizerBundle;
@@ -74,12 +74,15 @@ pub struct ModelArgs {
     /// Prefix-cache budget in MiB (default: a quarter of available memory, 64 MiB–16 GiB).
     #[arg(long)]
     pub kv_cache_mb: Option<usize>,
-    /// CUDA backend only: bf16 | f16 | f32, the dtype weights, GEMM inputs and
-    /// the KV cache are converted to at upload (default: the checkpoint's).
-    /// f32 gives the CPU backend's arithmetic on a bf16/f16 checkpoint; bf16
-    /// runs an f32 checkpoint on tensor cores.
-    #[arg(long)]
-    pub gpu_dtype: Option<DType>,
+    /// f32 | bf16 | f16 | auto (alias --gpu-dtype). CUDA: the dtype weights,
+    /// GEMM inputs and the KV cache are converted to at upload (auto: the
+    /// checkpoint's; f32 gives the CPU's arithmetic on a bf16 checkpoint).
+    /// CPU: auto = f32, the exact path; bf16 runs the weight GEMMs and the
+    /// LM head on bf16-rounded inputs with f32 accumulation (vdpbf16ps with
+    /// AVX512-BF16, the same numbers emulated elsewhere), ~2× the GEMM rate;
+    /// f16 is refused.
+    #[arg(long, alias = "gpu-dtype", default_value = "auto")]
+    pub compute_dtype: ComputeDtype,
     /// Make warnings errors: a record whose chat-template render drops an
     /// action's tool calls becomes an error record.
     #[arg(long)]
@@ -159,7 +162,7 @@ impl ModelArgs {
             with_tokens,
             prefix_cache: !self.no_prefix_cache,
             kv_cache_mb: self.kv_cache_mb,
-            gpu_dtype: self.gpu_dtype,
+            compute_dtype: self.compute_dtype,
             strict: self.strict,
             merge: self
                 .merge

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 
-use crate::backend::{Device, PairScorer, SeqRequest, open_pair_with};
+use crate::backend::{ComputeDtype, Device, PairScorer, SeqRequest, open_pair_with};
 use crate::kv::{CacheStats, KvOptions};
-use crate::model::{DType, MergeOptions, MergePlan, Model};
+use crate::model::{MergeOptions, MergePlan, Model};
 use crate::score::aggregate::{StepAgg, TokenAgg};
 use crate::score::{
     Aggregation, Method, ScoreSettings, ScoredTrajectory, StepScore, TokenScores, num,
@@ -54,10 +54,10 @@ pub struct ScorerOptions {
     pub prefix_cache: bool,
     /// Prefix-cache budget in MiB; `None`: [`crate::kv::default_budget_bytes`].
     pub kv_cache_mb: Option<usize>,
-    /// CUDA backend: convert weights (and so GEMM inputs and the KV cache)
-    /// to this dtype at upload; `None` keeps the checkpoint's. An error on
-    /// the CPU backend, which computes in f32.
-    pub gpu_dtype: Option<DType>,
+    /// The arithmetic of both backends ([`ComputeDtype`]): on CUDA the
+    /// upload dtype (`Auto`: the checkpoint's), on the CPU f32 (`Auto`) or
+    /// bf16 GEMMs.
+    pub compute_dtype: ComputeDtype,
     /// Make a render warning (a chat template that drops an action's tool
     /// calls, see [`Encoded::warnings`]) the record's error.
     pub strict: bool,
@@ -113,7 +113,7 @@ impl Default for ScorerOptions {
             with_tokens: false,
             prefix_cache: true,
             kv_cache_mb: None,
-            gpu_dtype: None,
+            compute_dtype: ComputeDtype::Auto,
             strict: false,
             merge: None,
         }
@@ -202,7 +202,7 @@ impl Scorer {
             opts.device,
             policy.clone(),
             reference.clone(),
-            opts.gpu_dtype,
+            opts.compute_dtype,
         )?;
         if opts.prefix_cache {
             backend.set_prefix_cache(Some(KvOptions::with_budget_mb(opts.kv_cache_mb)))?;

@@ -2,7 +2,7 @@
 //! advantage (template rendering, token_agg sum, β = 1) of all 512 demo
 //! trajectories equals the numbers transformers computed
 //! (assets/toyworld/expected_steps_demo_*.jsonl), to 1e-4 in f32 (CPU and
-//! GPU), and in bf16 on the GPU within what scripts/bf16_emulation.py
+//! GPU), and in bf16 (CPU and GPU) within what scripts/bf16_emulation.py
 //! predicts for each step's action tokens.
 
 mod common;
@@ -13,8 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use padv::apps::StepScore;
-use padv::backend::Device;
-use padv::model::DType;
+use padv::backend::{ComputeDtype, Device};
 use padv::pipeline::{Scorer, ScorerOptions};
 use padv::score::aggregate::TokenAgg;
 use serde_json::Value;
@@ -49,11 +48,11 @@ struct Deviation {
 
 /// For each of [`KEYS`], every step's deviation over all 256 trajectories
 /// of `demo_{set}.jsonl`.
-fn deviations(set: &str, device: Device, gpu_dtype: Option<DType>) -> [Vec<Deviation>; 3] {
+fn deviations(set: &str, device: Device, compute_dtype: ComputeDtype) -> [Vec<Deviation>; 3] {
     let dir = toyworld();
     let opts = ScorerOptions {
         device,
-        gpu_dtype,
+        compute_dtype,
         token_agg: TokenAgg::Sum,
         ..ScorerOptions::default()
     };
@@ -97,7 +96,7 @@ fn mean<'a>(d: impl IntoIterator<Item = &'a Deviation>, f: fn(&Deviation) -> f64
 
 /// f32 arithmetic: every step within 1e-4 of transformers.
 fn check(set: &str, device: Device) {
-    let d = deviations(set, device, None);
+    let d = deviations(set, device, ComputeDtype::Auto);
     let worst = d.iter().flatten().map(|x| x.abs).fold(0.0, f64::max);
     let avg = mean(d.iter().flatten(), |x| x.abs);
     eprintln!("demo_{set} on {device:?}: max |Δ| vs transformers = {worst:.2e}, mean {avg:.2e}");
@@ -141,31 +140,19 @@ fn toyworld_trained_rollouts_match_transformers_on_the_gpu() {
     }
 }
 
-/// The f32 toyworld pair run in bf16 on the GPU (`gpu_dtype`): every
-/// matrix, GEMM input and the KV cache rounded to bf16, and (head_dim 32)
-/// the tensor-core attention's Q and P. `python3 scripts/bf16_emulation.py
-/// assets/toyworld/models T`, with T = `padv score --tokens` of demo_ref.jsonl,
-/// emulates exactly these roundings (it reproduces the H200's 0.060 max on
-/// the llama_bf16 fixture); over the 7474 action tokens of demo_ref it moves
-/// a token's log-prob difference / policy / reference log-prob by at most
-/// `BF16_TOKEN_MAX` and on average `BF16_TOKEN_MEAN`.
-/// A step sums its action tokens (2–3 here), so a step of n tokens is held to
-/// n·2.5·max, and the mean over steps to 2.5·mean·(mean tokens per step).
-/// The roundings must show: a mean below a tenth of the emulated one means
-/// the run was not in bf16 (f32 lands near 1e-6, thousands of times lower).
-#[cfg(feature = "cuda")]
-#[test]
-fn toyworld_ref_rollouts_in_bf16_on_the_gpu_stay_near_transformers() {
-    const BF16_TOKEN_MAX: [f64; 3] = [0.193, 0.164, 0.0446];
-    const BF16_TOKEN_MEAN: [f64; 3] = [0.00165, 0.00117, 0.00083];
+/// bf16 arithmetic: a token's |Δ| (difference / policy / reference
+/// log-prob) from the emulation is at most `token_max` and on average
+/// `token_mean` over demo_ref's 7474 action tokens. A step sums its action
+/// tokens (2–3 here), so a step of n tokens is held to n·2.5·max, and the
+/// mean over steps to 2.5·mean·(mean tokens per step). The roundings must
+/// show: a mean below a tenth of the emulated one means the run was not in
+/// bf16 (f32 lands near 1e-6, thousands of times lower).
+fn check_bf16(device: Device, token_max: [f64; 3], token_mean: [f64; 3]) {
     const MARGIN: f64 = 2.5;
-    if cuda_common::gpu().is_none() {
-        return;
-    }
-    let d = deviations("ref", Device::Cuda(0), Some(DType::BF16));
+    let d = deviations("ref", device, ComputeDtype::Bf16);
     for (i, (key, _)) in KEYS.iter().enumerate() {
         for x in &d[i] {
-            let bound = MARGIN * BF16_TOKEN_MAX[i] * x.n_tokens as f64;
+            let bound = MARGIN * token_max[i] * x.n_tokens as f64;
             assert!(
                 x.abs <= bound,
                 "{} ({} tokens): |Δ| {} > {bound}",
@@ -175,12 +162,51 @@ fn toyworld_ref_rollouts_in_bf16_on_the_gpu_stay_near_transformers() {
             );
         }
         let avg = mean(&d[i], |x| x.abs);
-        let expected = BF16_TOKEN_MEAN[i] * mean(&d[i], |x| x.n_tokens as f64);
-        eprintln!("bf16 {key}: mean |Δ| {avg:.2e} per step, emulated ~{expected:.2e}");
+        let worst = d[i].iter().map(|x| x.abs).fold(0.0, f64::max);
+        let expected = token_mean[i] * mean(&d[i], |x| x.n_tokens as f64);
+        eprintln!(
+            "bf16 on {device:?} {key}: max |Δ| {worst:.2e}, mean {avg:.2e} per step, emulated ~{expected:.2e}"
+        );
         assert!(avg <= MARGIN * expected, "{key}: mean |Δ| {avg:.2e}");
         assert!(
             avg >= expected / 10.0,
             "{key}: mean |Δ| {avg:.2e} is too small for bf16 arithmetic: was it used?"
         );
     }
+}
+
+/// The CPU's bf16 compute mode (`--compute-dtype bf16`): every weight GEMM's
+/// inputs (LM head included) rounded to bf16, attention and K/V in f32.
+/// `python3 scripts/bf16_emulation.py --cpu assets/toyworld/models T` (T as
+/// below) emulates exactly these roundings: over the 7474 action tokens a
+/// token's difference / policy / reference log-prob moves by at most 0.0547
+/// / 0.0479 / 0.0276 and on average 0.00119 / 0.00078 / 0.00070.
+#[test]
+fn toyworld_ref_rollouts_in_bf16_on_the_cpu_stay_near_transformers() {
+    check_bf16(
+        Device::Cpu,
+        [0.0547, 0.0479, 0.0276],
+        [0.00119, 0.00078, 0.00070],
+    );
+}
+
+/// The f32 toyworld pair run in bf16 on the GPU (`compute_dtype`): every
+/// matrix, GEMM input and the KV cache rounded to bf16, and (head_dim 32)
+/// the tensor-core attention's Q and P. `python3 scripts/bf16_emulation.py
+/// assets/toyworld/models T`, with T = `padv score --tokens` of demo_ref.jsonl,
+/// emulates exactly these roundings (it reproduces the H200's 0.060 max on
+/// the llama_bf16 fixture); over the 7474 action tokens it moves a token's
+/// log-prob difference / policy / reference log-prob by at most 0.193 /
+/// 0.164 / 0.0446 and on average 0.00165 / 0.00117 / 0.00083.
+#[cfg(feature = "cuda")]
+#[test]
+fn toyworld_ref_rollouts_in_bf16_on_the_gpu_stay_near_transformers() {
+    if cuda_common::gpu().is_none() {
+        return;
+    }
+    check_bf16(
+        Device::Cuda(0),
+        [0.193, 0.164, 0.0446],
+        [0.00165, 0.00117, 0.00083],
+    );
 }

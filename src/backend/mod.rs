@@ -94,6 +94,91 @@ impl fmt::Display for Device {
     }
 }
 
+/// The arithmetic asked for (`--compute-dtype`), one setting for both
+/// backends.
+///
+/// - CUDA: the dtype weights, GEMM inputs and the KV cache are converted to
+///   at upload; `auto` keeps the checkpoint's.
+/// - CPU: `f32` (and `auto`) is the exact path; `bf16` runs the weight GEMMs
+///   and the LM head on bf16 inputs with f32 accumulation
+///   ([`cpu::gemm_bf16`]: `vdpbf16ps` where the CPU has AVX512-BF16, the
+///   same roundings in f32 arithmetic elsewhere: the same numbers on every
+///   machine); norms, softmax, RoPE, attention, the DeltaNet recurrence and
+///   the scoring stay f32. `f16` is refused: no CPU instruction does f16
+///   dot products with f32 accumulation at a gain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputeDtype {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ComputeDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeDtype::Auto => "auto",
+            ComputeDtype::F32 => "f32",
+            ComputeDtype::Bf16 => "bf16",
+            ComputeDtype::F16 => "f16",
+        }
+    }
+
+    /// The CUDA backend's upload dtype (`None`: the checkpoint's).
+    pub fn gpu(self) -> Option<DType> {
+        match self {
+            ComputeDtype::Auto => None,
+            ComputeDtype::F32 => Some(DType::F32),
+            ComputeDtype::Bf16 => Some(DType::BF16),
+            ComputeDtype::F16 => Some(DType::F16),
+        }
+    }
+
+    /// The CPU backend's GEMM arithmetic; `f16` is an error saying why.
+    pub fn cpu(self) -> Result<cpu::gemm_bf16::Gemm> {
+        use cpu::gemm_bf16::Gemm;
+        match self {
+            ComputeDtype::Auto | ComputeDtype::F32 => Ok(Gemm::F32),
+            ComputeDtype::Bf16 => Ok(Gemm::Bf16),
+            ComputeDtype::F16 => Err(crate::Error::Backend(
+                "compute dtype f16 is for the CUDA backend: the CPU backend computes \
+                 in f32 or bf16 (no CPU instruction here does f16 dot products \
+                 faster); use --compute-dtype bf16 or f32"
+                    .into(),
+            )),
+        }
+    }
+}
+
+impl From<DType> for ComputeDtype {
+    fn from(d: DType) -> ComputeDtype {
+        match d {
+            DType::F32 => ComputeDtype::F32,
+            DType::BF16 => ComputeDtype::Bf16,
+            DType::F16 => ComputeDtype::F16,
+        }
+    }
+}
+
+impl FromStr for ComputeDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(ComputeDtype::Auto),
+            _ => s.parse::<DType>().map(ComputeDtype::from).map_err(|_| {
+                format!("unknown compute dtype `{s}`; expected f32, bf16, f16 or auto")
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The CUDA ordinal `device` resolves to (`auto` with a usable GPU: 0), or
 /// `None` for the CPU.
 pub fn cuda_ordinal(device: Device) -> Option<usize> {
@@ -105,23 +190,22 @@ pub fn cuda_ordinal(device: Device) -> Option<usize> {
 }
 
 /// Load a pair onto `device` (`auto`: the GPU when there is one and it runs
-/// the pair's architecture, else the CPU), computing in the checkpoint's dtype.
+/// the pair's architecture, else the CPU), in f32 on the CPU and the
+/// checkpoint's dtype on CUDA.
 pub fn open_pair(
     device: Device,
     policy: Arc<Model>,
     reference: Arc<Model>,
 ) -> Result<Box<dyn PairScorer>> {
-    open_pair_with(device, policy, reference, None)
+    open_pair_with(device, policy, reference, ComputeDtype::Auto)
 }
 
-/// [`open_pair`], with the CUDA backend's compute dtype (`None`: the
-/// checkpoint's). Asking for one on the CPU backend is an error: it always
-/// computes in f32.
+/// [`open_pair`] in the arithmetic `compute` asks for ([`ComputeDtype`]).
 pub fn open_pair_with(
     device: Device,
     policy: Arc<Model>,
     reference: Arc<Model>,
-    gpu_dtype: Option<DType>,
+    compute: ComputeDtype,
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
     crate::simd::check()?;
@@ -134,29 +218,16 @@ pub fn open_pair_with(
         (Device::Auto, Some(_)) => None,
         (d, _) => cuda_ordinal(d),
     };
-    match (ordinal, gpu_dtype) {
+    match (ordinal, compute.gpu()) {
         (Some(n), None) => Ok(Box::new(cuda::CudaPair::new(n, policy, reference)?)),
         (Some(n), Some(d)) => Ok(Box::new(cuda::CudaPair::with_compute_dtype(
             n, policy, reference, d,
         )?)),
-        (None, Some(d)) => {
-            let why = match device {
-                Device::Cpu => "the CPU was asked for".to_string(),
-                _ if let Some(m) = cpu_only => format!(
-                    "the CUDA backend does not run {} yet",
-                    m.config.arch.hf_name()
-                ),
-                _ => format!(
-                    "no usable CUDA device: {}",
-                    cuda::probe().err().unwrap_or_default()
-                ),
-            };
-            Err(crate::Error::Backend(format!(
-                "GPU dtype {} asked for, but scoring runs on the CPU backend ({why}), \
-                 which computes in f32",
-                d.name()
-            )))
+        (None, _) => {
+            let gemm = compute.cpu()?;
+            Ok(Box::new(
+                cpu::CpuPair::new(policy, reference).with_gemm(gemm),
+            ))
         }
-        (None, None) => Ok(Box::new(cpu::CpuPair::new(policy, reference))),
     }
 }

@@ -3,6 +3,7 @@
 //! scorer against a naive log-softmax + gather over the same logits.
 
 pub mod prefix;
+pub mod roof;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -14,9 +15,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
-use crate::backend::cpu::gemm::matmul_wt;
+use crate::backend::cpu::gemm_bf16::Gemm;
 use crate::backend::cpu::rope::Ropes;
-use crate::backend::{Device, SeqRequest, open_pair};
+use crate::backend::{ComputeDtype, Device, SeqRequest, open_pair_with};
 use crate::model::weights::{Data, Tensor};
 use crate::model::{Config, DType, Model};
 use crate::score::fused::{naive_row_stats, row_logp, row_stats};
@@ -28,6 +29,8 @@ pub struct BenchOptions {
     pub lengths: Vec<usize>,
     pub device: Device,
     pub repeats: usize,
+    /// CPU compute modes timed side by side (each its own pair scorer).
+    pub modes: Vec<Gemm>,
 }
 
 /// Best-of-`n` wall time in seconds.
@@ -42,9 +45,9 @@ fn best_of<F: FnMut()>(n: usize, mut f: F) -> f64 {
 }
 
 /// GEMM rate of this machine with all threads (GFLOP/s): padv's own kernel
-/// on an MLP-shaped product (512 tokens × 4864 × 896, bf16 weights), the
-/// roof that the forward is compared against.
-pub fn gemm_peak_gflops() -> f64 {
+/// in `gemm`'s arithmetic on an MLP-shaped product (512 tokens × 4864 ×
+/// 896, bf16 weights).
+pub fn gemm_peak_gflops(gemm: Gemm) -> f64 {
     let (m, n, k) = (512, 4864, 896);
     let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
     let b: Vec<half::bf16> = (0..n * k)
@@ -57,7 +60,7 @@ pub fn gemm_peak_gflops() -> f64 {
         shape: &shape,
         data: Data::BF16(&b),
     };
-    let secs = best_of(8, || matmul_wt(&a, m, &w, &mut c, n, false));
+    let secs = best_of(8, || gemm.matmul_wt(&a, m, &w, &mut c, n, false));
     2.0 * (m * n * k) as f64 / secs / 1e9
 }
 
@@ -97,6 +100,8 @@ pub fn forward_flops(c: &Config, t: usize, lm_head_rows: usize) -> f64 {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchRow {
     pub tokens: usize,
+    /// The CPU compute mode (`f32`, `bf16`).
+    pub mode: &'static str,
     pub forward_s: f64,
     pub forward_gflops: f64,
     pub pair_s: f64,
@@ -110,7 +115,13 @@ pub struct BenchReport {
     pub model: String,
     pub device: String,
     pub threads: usize,
+    /// padv's f32 GEMM on an MLP-shaped product, all threads.
     pub gemm_peak_gflops: f64,
+    /// The same product in bf16 compute (when timed).
+    pub gemm_bf16_gflops: Option<f64>,
+    /// Instruction roofs on all threads ([`roof`]): f32 FMA, `vdpbf16ps`.
+    pub roof_f32_gflops: Option<f64>,
+    pub roof_bf16_gflops: Option<f64>,
     pub mapped_weights_mb: f64,
     pub rows: Vec<BenchRow>,
     pub fused_rows_per_s: f64,
@@ -127,8 +138,21 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let policy = Arc::new(Model::load(&opts.policy)?);
     let reference = Arc::new(Model::load(&opts.reference)?);
     let mapped = (policy.weights.mapped_bytes() + reference.weights.mapped_bytes()) as f64 / 1e6;
-    let peak = gemm_peak_gflops();
-    let mut scorer = open_pair(opts.device, policy.clone(), reference.clone())?;
+    let (roof_f32, roof_bf16) = (roof::f32_fma_roof_gflops(), roof::bf16_dot_roof_gflops());
+    let peak = gemm_peak_gflops(Gemm::F32);
+    let peak_bf16 = opts
+        .modes
+        .contains(&Gemm::Bf16)
+        .then(|| gemm_peak_gflops(Gemm::Bf16));
+    let mut scorers = Vec::new();
+    for &gemm in &opts.modes {
+        let compute = match gemm {
+            Gemm::F32 => ComputeDtype::Auto,
+            Gemm::Bf16 => ComputeDtype::Bf16,
+        };
+        let s = open_pair_with(opts.device, policy.clone(), reference.clone(), compute)?;
+        scorers.push((gemm, s));
+    }
     let vocab = policy.config.vocab_size;
     let rope = Ropes::new(
         &policy.config,
@@ -138,51 +162,56 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     for &t in &opts.lengths {
         let tokens = random_tokens(t, vocab, t as u64);
         let seqs = [Packed { start: 0, len: t }];
-        // Warm the page cache / mappings once.
-        forward_hidden(
-            &policy,
-            &rope,
-            &tokens[..t.min(64)],
-            &[Packed {
-                start: 0,
-                len: t.min(64),
-            }],
-        )?;
-        let mut err = None;
-        let forward_s = best_of(opts.repeats, || {
-            if let Err(e) = forward_hidden(&policy, &rope, &tokens, &seqs) {
-                err = Some(e);
+        for (gemm, scorer) in scorers.iter_mut() {
+            let gemm = *gemm;
+            // Warm the page cache / mappings once.
+            forward_hidden(
+                gemm,
+                &policy,
+                &rope,
+                &tokens[..t.min(64)],
+                &[Packed {
+                    start: 0,
+                    len: t.min(64),
+                }],
+            )?;
+            let mut err = None;
+            let forward_s = best_of(opts.repeats, || {
+                if let Err(e) = forward_hidden(gemm, &policy, &rope, &tokens, &seqs) {
+                    err = Some(e);
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
             }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
-        reset_peak_rss();
-        let req = [SeqRequest {
-            token_ids: tokens.clone(),
-            score_mask: None,
-        }];
-        let pair_s = best_of(opts.repeats, || {
-            if let Err(e) = scorer.score(&req) {
-                err = Some(e);
+            reset_peak_rss();
+            let req = [SeqRequest {
+                token_ids: tokens.clone(),
+                score_mask: None,
+            }];
+            let pair_s = best_of(opts.repeats, || {
+                if let Err(e) = scorer.score(&req) {
+                    err = Some(e);
+                }
+            });
+            if let Some(e) = err {
+                return Err(e);
             }
-        });
-        if let Some(e) = err {
-            return Err(e);
+            let rss = peak_rss_bytes().map(|b| b as f64 / 1e6);
+            let (pc, rc) = (&policy.config, &reference.config);
+            let f1 = forward_flops(pc, t, 0);
+            let pair_flops = forward_flops(pc, t, t - 1) + forward_flops(rc, t, t - 1);
+            rows.push(BenchRow {
+                tokens: t,
+                mode: gemm.name(),
+                forward_s,
+                forward_gflops: f1 / forward_s / 1e9,
+                pair_s,
+                pair_tokens_per_s: t as f64 / pair_s,
+                pair_gflops: pair_flops / pair_s / 1e9,
+                peak_rss_mb: rss,
+            });
         }
-        let rss = peak_rss_bytes().map(|b| b as f64 / 1e6);
-        let (pc, rc) = (&policy.config, &reference.config);
-        let f1 = forward_flops(pc, t, 0);
-        let pair_flops = forward_flops(pc, t, t - 1) + forward_flops(rc, t, t - 1);
-        rows.push(BenchRow {
-            tokens: t,
-            forward_s,
-            forward_gflops: f1 / forward_s / 1e9,
-            pair_s,
-            pair_tokens_per_s: t as f64 / pair_s,
-            pair_gflops: pair_flops / pair_s / 1e9,
-            peak_rss_mb: rss,
-        });
     }
     // Fused scorer vs materialised log-softmax + gather on the same logits.
     let n_rows = 32;
@@ -204,9 +233,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     });
     Ok(BenchReport {
         model: policy.describe(),
-        device: scorer.describe(),
+        device: scorers
+            .iter()
+            .map(|(_, s)| s.describe())
+            .collect::<Vec<_>>()
+            .join(" | "),
         threads: rayon::current_num_threads(),
         gemm_peak_gflops: peak,
+        gemm_bf16_gflops: peak_bf16,
+        roof_f32_gflops: roof_f32,
+        roof_bf16_gflops: roof_bf16,
         mapped_weights_mb: mapped,
         rows,
         fused_rows_per_s: n_rows as f64 / fused_s,
@@ -218,19 +254,45 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
 impl BenchReport {
     /// Human-readable table.
     pub fn table(&self) -> String {
+        let gf = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
         let mut s = format!(
-            "model: {}\ndevice: {} | GEMM rate (measured, 512×4864×896 bf16): {:.1} GFLOP/s | mapped weights (pair): {:.0} MB\n\n",
-            self.model, self.device, self.gemm_peak_gflops, self.mapped_weights_mb
+            "model: {}\ndevice: {} | mapped weights (pair): {:.0} MB\n\
+             roofs ({} threads, 12-accumulator loops): f32 vfmadd {} GFLOP/s, vdpbf16ps {} GFLOP/s | \
+             GEMM rate (512×4864×896, bf16 weights): f32 {:.1}, bf16 {} GFLOP/s\n\n",
+            self.model,
+            self.device,
+            self.mapped_weights_mb,
+            self.threads,
+            gf(self.roof_f32_gflops),
+            gf(self.roof_bf16_gflops),
+            self.gemm_peak_gflops,
+            gf(self.gemm_bf16_gflops),
         );
-        s += "| T | forward s | forward GFLOP/s | % of GEMM peak | pair score s | pair tokens/s | pair GFLOP/s | peak RSS MB |\n";
-        s += "|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        s += "| T | mode | forward s | forward GFLOP/s | pair score s | pair tokens/s | pair GFLOP/s | % of roof | × f32 | peak RSS MB |\n";
+        s += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         for r in &self.rows {
+            // The mode's own instruction roof (bf16 without the instruction
+            // runs emulated f32 arithmetic: the f32 roof).
+            let roof = match r.mode {
+                "bf16" => self.roof_bf16_gflops.or(self.roof_f32_gflops),
+                _ => self.roof_f32_gflops,
+            };
+            let pct = roof.map_or("n/a".into(), |f| {
+                format!("{:.0}%", 100.0 * r.pair_gflops / f)
+            });
+            let base = self
+                .rows
+                .iter()
+                .find(|b| b.tokens == r.tokens && b.mode == "f32");
+            let ratio = base.map_or("n/a".into(), |b| {
+                format!("{:.2}", r.pair_tokens_per_s / b.pair_tokens_per_s)
+            });
             s += &format!(
-                "| {} | {:.3} | {:.1} | {:.0}% | {:.3} | {:.1} | {:.1} | {} |\n",
+                "| {} | {} | {:.3} | {:.1} | {:.3} | {:.1} | {:.1} | {pct} | {ratio} | {} |\n",
                 r.tokens,
+                r.mode,
                 r.forward_s,
                 r.forward_gflops,
-                100.0 * r.forward_gflops / self.gemm_peak_gflops,
                 r.pair_s,
                 r.pair_tokens_per_s,
                 r.pair_gflops,

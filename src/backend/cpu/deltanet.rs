@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::delta_rule::{HeadInputs, chunked};
 use super::forward::KvBatch;
-use super::gemm::matmul_wt;
+use super::gemm_bf16::Gemm;
 use super::mixer::{Rows, input_chunks};
 use super::norm::rms_norm_row;
 use crate::model::config::DeltaNetDesc;
@@ -41,6 +41,8 @@ pub struct DeltaNetLayer<'a> {
     /// The block's input norm (weight as applied), when it has one.
     pub in_norm: Option<&'a [f32]>,
     pub eps: f32,
+    /// The arithmetic of the input projections.
+    pub gemm: Gemm,
 }
 
 /// Reused buffers.
@@ -145,10 +147,14 @@ pub fn deltanet_block(
     }
     let mut normed = std::mem::take(&mut s.normed);
     input_chunks(x, h, l.in_norm, l.eps, &mut normed, |r0, n, input| {
-        matmul_wt(input, n, &w.in_qkv, &mut s.qkv[r0 * cd..], cd, false);
-        matmul_wt(input, n, &w.in_z, &mut s.z[r0 * vd..], vd, false);
-        matmul_wt(input, n, &w.in_b, &mut s.b[r0 * vh..], vh, false);
-        matmul_wt(input, n, &w.in_a, &mut s.a[r0 * vh..], vh, false);
+        l.gemm
+            .matmul_wt(input, n, &w.in_qkv, &mut s.qkv[r0 * cd..], cd, false);
+        l.gemm
+            .matmul_wt(input, n, &w.in_z, &mut s.z[r0 * vd..], vd, false);
+        l.gemm
+            .matmul_wt(input, n, &w.in_b, &mut s.b[r0 * vh..], vh, false);
+        l.gemm
+            .matmul_wt(input, n, &w.in_a, &mut s.a[r0 * vh..], vh, false);
     });
     s.normed = normed;
 

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::matmul_wt;
+use super::gemm_bf16::Gemm;
 use super::norm::rms_norm_row;
 use crate::model::Config;
 use crate::model::layout::DecoderWeights;
@@ -44,6 +44,7 @@ pub fn embed(cfg: &Config, w: &DecoderWeights, tokens: &[u32]) -> Vec<f32> {
 /// embedding `x`; `None` for models without them. Token ids were checked
 /// against the per-layer vocabulary by the caller.
 pub fn per_layer_inputs(
+    gemm: Gemm,
     cfg: &Config,
     w: &DecoderWeights,
     tokens: &[u32],
@@ -54,7 +55,7 @@ pub fn per_layer_inputs(
     let width = cfg.num_layers * p.dim;
     let t = tokens.len();
     let mut out = vec![0.0f32; t * width];
-    matmul_wt(x, t, &proj, &mut out, width, false);
+    gemm.matmul_wt(x, t, &proj, &mut out, width, false);
     let norm = norm.data.to_f32_vec();
     let embed_scale = scale_in(table.data.dtype(), p.embed_scale);
     let eps = cfg.rms_norm_eps;

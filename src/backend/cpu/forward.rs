@@ -25,7 +25,7 @@
 
 use super::deltanet::{DeltaNetLayer, DeltaNetScratch, deltanet_block};
 use super::embed::{embed, per_layer_inputs};
-use super::gemm::matmul_wt;
+use super::gemm_bf16::Gemm;
 use super::mixer::{AttnLayer, MixerScratch, Rows, SharedKv, attention_block};
 use super::mlp::{MlpScratch, act_mul_inplace, mlp};
 use super::norm::{add_normed, norm_weight, rms_norm, rms_norm_inplace};
@@ -60,14 +60,16 @@ pub struct KvBatch<'a> {
     pub seqs: &'a [SeqKv<'a>],
 }
 
-/// Final-norm hidden states `[tokens.len(), hidden]` for every position.
+/// Final-norm hidden states `[tokens.len(), hidden]` for every position,
+/// the weight GEMMs in `gemm`'s arithmetic.
 pub fn forward_hidden(
+    gemm: Gemm,
     model: &Model,
     ropes: &Ropes,
     tokens: &[u32],
     seqs: &[Packed],
 ) -> Result<Vec<f32>> {
-    forward_hidden_kv(model, ropes, tokens, seqs, None)
+    forward_hidden_kv(gemm, model, ropes, tokens, seqs, None)
 }
 
 /// Check the cache side against the batch and return each sequence's past.
@@ -106,13 +108,14 @@ fn past_lengths(cfg: &Config, seqs: &[Packed], kv: &Option<KvBatch<'_>>) -> Resu
 /// of every sequence, and each sequence's prefix and the blocks to fill come
 /// from `kv`. Returns the hidden states of the new positions only.
 pub fn forward_hidden_kv(
+    gemm: Gemm,
     model: &Model,
     ropes: &Ropes,
     tokens: &[u32],
     seqs: &[Packed],
     kv: Option<KvBatch<'_>>,
 ) -> Result<Vec<f32>> {
-    forward_watched(model, ropes, tokens, seqs, kv, &mut |_, _| {})
+    forward_watched(gemm, model, ropes, tokens, seqs, kv, &mut |_, _| {})
 }
 
 /// A point of the forward pass whose output [`first_nonfinite`] checks.
@@ -140,7 +143,8 @@ impl std::fmt::Display for Stage {
 /// one sequence; `None` when every hidden state is (then the LM head made
 /// the non-finite values). A diagnostic, run only after a log-prob came out
 /// non-finite: a second forward of that sequence on the CPU, with a finite
-/// scan of the hidden state after each stage.
+/// scan of the hidden state after each stage (in f32: bf16 compute keeps
+/// f32's range, so it finds the same stage).
 pub fn first_nonfinite(model: &Model, tokens: &[u32]) -> Result<Option<Stage>> {
     let ropes = Ropes::new(&model.config, tokens.len().max(1));
     let seqs = [Packed {
@@ -148,17 +152,26 @@ pub fn first_nonfinite(model: &Model, tokens: &[u32]) -> Result<Option<Stage>> {
         len: tokens.len(),
     }];
     let mut first = None;
-    forward_watched(model, &ropes, tokens, &seqs, None, &mut |stage, x| {
-        if first.is_none() && x.iter().any(|v| !v.is_finite()) {
-            first = Some(stage);
-        }
-    })?;
+    forward_watched(
+        Gemm::F32,
+        model,
+        &ropes,
+        tokens,
+        &seqs,
+        None,
+        &mut |stage, x| {
+            if first.is_none() && x.iter().any(|v| !v.is_finite()) {
+                first = Some(stage);
+            }
+        },
+    )?;
     Ok(first)
 }
 
 /// The forward pass, calling `watch` with the hidden state after the
 /// embedding, after each layer and after the final norm.
 fn forward_watched(
+    gemm: Gemm,
     model: &Model,
     ropes: &Ropes,
     tokens: &[u32],
@@ -188,7 +201,7 @@ fn forward_watched(
 
     let mut x = embed(cfg, &w, tokens);
     watch(Stage::Embedding, &x);
-    let ple = per_layer_inputs(cfg, &w, tokens, &x);
+    let ple = per_layer_inputs(gemm, cfg, &w, tokens, &x);
     let mut pos = vec![0usize; t];
     for (s, &p) in seqs.iter().zip(&past) {
         for i in 0..s.len {
@@ -239,6 +252,7 @@ fn forward_watched(
                     rope: ropes.layer(li).expect("attention layers have a RoPE table"),
                     eps,
                     keep: SharedKv::is_source(&cfg.layers, li),
+                    gemm,
                 };
                 attention_block(&layer, &x, &rows, &mut kv, &mut shared, &mut scratch, attn);
             }
@@ -249,6 +263,7 @@ fn forward_watched(
                     w: dw,
                     in_norm: in_norm.as_deref(),
                     eps,
+                    gemm,
                 };
                 deltanet_block(&layer, &x, &rows, &mut kv, &mut dn_scratch, attn);
             }
@@ -267,10 +282,10 @@ fn forward_watched(
             // x += [norm](o(attn))
             let a = &attn[r0 * qd..r1 * qd];
             match &attn_out {
-                None => matmul_wt(a, n, o_proj, xs, h, true),
+                None => gemm.matmul_wt(a, n, o_proj, xs, h, true),
                 Some(nw) => {
                     let d = &mut delta[..n * h];
-                    matmul_wt(a, n, o_proj, d, h, false);
+                    gemm.matmul_wt(a, n, o_proj, d, h, false);
                     add_normed(xs, d, nw, eps);
                 }
             }
@@ -286,15 +301,15 @@ fn forward_watched(
                 }
             };
             match &mlp_out {
-                None => mlp(&ld.mlp, lw, input, n, xs, true, &mut mlp_scratch),
+                None => mlp(gemm, &ld.mlp, lw, input, n, xs, true, &mut mlp_scratch),
                 Some(nw) => {
                     let d = &mut delta[..n * h];
-                    mlp(&ld.mlp, lw, input, n, d, false, &mut mlp_scratch);
+                    mlp(gemm, &ld.mlp, lw, input, n, d, false, &mut mlp_scratch);
                     add_normed(xs, d, nw, eps);
                 }
             }
             if let (Some(p), true) = (&ple, ld.per_layer_input) {
-                per_layer_input(cfg, li, lw, p, r0, xs, &mut delta[..n * h]);
+                per_layer_input(gemm, cfg, li, lw, p, r0, xs, &mut delta[..n * h]);
             }
         }
         if let Some(s) = &lw.layer_scalar {
@@ -310,7 +325,9 @@ fn forward_watched(
 }
 
 /// `x += norm(proj(act(gate(x)) ⊙ P[l]))` for rows `[r0, r0 + n)`.
+#[allow(clippy::too_many_arguments)]
 fn per_layer_input(
+    gemm: Gemm,
     cfg: &Config,
     li: usize,
     lw: &LayerWeights,
@@ -331,13 +348,13 @@ fn per_layer_input(
     let n = xs.len() / h;
     let width = cfg.num_layers * p.dim;
     let mut g = vec![0.0f32; n * p.dim];
-    matmul_wt(xs, n, gate, &mut g, p.dim, false);
+    gemm.matmul_wt(xs, n, gate, &mut g, p.dim, false);
     let mut pl = vec![0.0f32; n * p.dim];
     for (i, row) in pl.chunks_mut(p.dim).enumerate() {
         let at = (r0 + i) * width + li * p.dim;
         row.copy_from_slice(&ple[at..at + p.dim]);
     }
     act_mul_inplace(cfg.layers[li].mlp.act, &mut g, &pl);
-    matmul_wt(&g, n, proj, delta, h, false);
+    gemm.matmul_wt(&g, n, proj, delta, h, false);
     add_normed(xs, delta, &norm.data.to_f32_vec(), cfg.rms_norm_eps);
 }

@@ -133,6 +133,95 @@ fn tile_product_at(
     }
 }
 
+/// The 14 × 32 micro-tile loop of the AVX-512 kernels, as one asm block
+/// (LLVM unrolls the intrinsic version and spills accumulators, so the hot
+/// loop is pinned down here): `$bcast` broadcasts one 32-bit A element per
+/// row (`vbroadcastss` a float, `vpbroadcastd` a bf16 pair), `$op`
+/// accumulates it against the packed B row (`vfmadd231ps`, `vdpbf16ps`).
+/// zmm0–27 hold C (row r in 2r, 2r+1), zmm28/29 the B row, zmm30/31
+/// alternate as A broadcasts; A rows are addressed as `a0|a5|a10 +
+/// {0,1,2,3,4}·lda`. Evaluates to the 28 accumulators. Unsafe: `$a` must
+/// hold 14 rows of `$k` 32-bit elements at stride `$lda`, `$b` `$k` rows of
+/// 32, `$k ≥ 1`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_14x32 {
+    ($bcast:literal, $op:literal, $a:expr, $lda:expr, $b:expr, $k:expr) => {{
+        let mut acc = [std::arch::x86_64::_mm512_setzero_ps(); 28];
+        let (a, ldab) = ($a, $lda * 4);
+        std::arch::asm!(
+            "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
+            "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
+            "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
+            "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
+            "vxorps zmm12, zmm12, zmm12", "vxorps zmm13, zmm13, zmm13", "vxorps zmm14, zmm14, zmm14",
+            "vxorps zmm15, zmm15, zmm15", "vxorps zmm16, zmm16, zmm16", "vxorps zmm17, zmm17, zmm17",
+            "vxorps zmm18, zmm18, zmm18", "vxorps zmm19, zmm19, zmm19", "vxorps zmm20, zmm20, zmm20",
+            "vxorps zmm21, zmm21, zmm21", "vxorps zmm22, zmm22, zmm22", "vxorps zmm23, zmm23, zmm23",
+            "vxorps zmm24, zmm24, zmm24", "vxorps zmm25, zmm25, zmm25", "vxorps zmm26, zmm26, zmm26",
+            "vxorps zmm27, zmm27, zmm27",
+            "2:",
+            "vmovups zmm28, [{b}]",
+            "vmovups zmm29, [{b} + 64]",
+            concat!($bcast, " zmm30, dword ptr [{a0}]"),
+            concat!($op, " zmm0, zmm30, zmm28"), concat!($op, " zmm1, zmm30, zmm29"),
+            concat!($bcast, " zmm31, dword ptr [{a0} + {lda}]"),
+            concat!($op, " zmm2, zmm31, zmm28"), concat!($op, " zmm3, zmm31, zmm29"),
+            concat!($bcast, " zmm30, dword ptr [{a0} + {lda}*2]"),
+            concat!($op, " zmm4, zmm30, zmm28"), concat!($op, " zmm5, zmm30, zmm29"),
+            concat!($bcast, " zmm31, dword ptr [{a0} + {lda3}]"),
+            concat!($op, " zmm6, zmm31, zmm28"), concat!($op, " zmm7, zmm31, zmm29"),
+            concat!($bcast, " zmm30, dword ptr [{a0} + {lda}*4]"),
+            concat!($op, " zmm8, zmm30, zmm28"), concat!($op, " zmm9, zmm30, zmm29"),
+            concat!($bcast, " zmm31, dword ptr [{a5}]"),
+            concat!($op, " zmm10, zmm31, zmm28"), concat!($op, " zmm11, zmm31, zmm29"),
+            concat!($bcast, " zmm30, dword ptr [{a5} + {lda}]"),
+            concat!($op, " zmm12, zmm30, zmm28"), concat!($op, " zmm13, zmm30, zmm29"),
+            concat!($bcast, " zmm31, dword ptr [{a5} + {lda}*2]"),
+            concat!($op, " zmm14, zmm31, zmm28"), concat!($op, " zmm15, zmm31, zmm29"),
+            concat!($bcast, " zmm30, dword ptr [{a5} + {lda3}]"),
+            concat!($op, " zmm16, zmm30, zmm28"), concat!($op, " zmm17, zmm30, zmm29"),
+            concat!($bcast, " zmm31, dword ptr [{a5} + {lda}*4]"),
+            concat!($op, " zmm18, zmm31, zmm28"), concat!($op, " zmm19, zmm31, zmm29"),
+            concat!($bcast, " zmm30, dword ptr [{a10}]"),
+            concat!($op, " zmm20, zmm30, zmm28"), concat!($op, " zmm21, zmm30, zmm29"),
+            concat!($bcast, " zmm31, dword ptr [{a10} + {lda}]"),
+            concat!($op, " zmm22, zmm31, zmm28"), concat!($op, " zmm23, zmm31, zmm29"),
+            concat!($bcast, " zmm30, dword ptr [{a10} + {lda}*2]"),
+            concat!($op, " zmm24, zmm30, zmm28"), concat!($op, " zmm25, zmm30, zmm29"),
+            concat!($bcast, " zmm31, dword ptr [{a10} + {lda3}]"),
+            concat!($op, " zmm26, zmm31, zmm28"), concat!($op, " zmm27, zmm31, zmm29"),
+            "add {a0}, 4",
+            "add {a5}, 4",
+            "add {a10}, 4",
+            "add {b}, 128",
+            "dec {k}",
+            "jnz 2b",
+            a0 = inout(reg) a => _,
+            a5 = inout(reg) a.byte_add(5 * ldab) => _,
+            a10 = inout(reg) a.byte_add(10 * ldab) => _,
+            lda = in(reg) ldab,
+            lda3 = in(reg) 3 * ldab,
+            b = inout(reg) $b => _,
+            k = inout(reg) $k => _,
+            out("zmm0") acc[0], out("zmm1") acc[1], out("zmm2") acc[2], out("zmm3") acc[3],
+            out("zmm4") acc[4], out("zmm5") acc[5], out("zmm6") acc[6], out("zmm7") acc[7],
+            out("zmm8") acc[8], out("zmm9") acc[9], out("zmm10") acc[10], out("zmm11") acc[11],
+            out("zmm12") acc[12], out("zmm13") acc[13], out("zmm14") acc[14], out("zmm15") acc[15],
+            out("zmm16") acc[16], out("zmm17") acc[17], out("zmm18") acc[18], out("zmm19") acc[19],
+            out("zmm20") acc[20], out("zmm21") acc[21], out("zmm22") acc[22], out("zmm23") acc[23],
+            out("zmm24") acc[24], out("zmm25") acc[25], out("zmm26") acc[26], out("zmm27") acc[27],
+            out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+            options(nostack, readonly),
+        );
+        acc
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use tile_14x32;
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx512::{store_14x32, transpose16};
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -179,10 +268,7 @@ mod avx512 {
         }
     }
 
-    /// The full 14 × 32 tile in hand-scheduled assembly: LLVM unrolls the
-    /// intrinsic version and spills accumulators, so the hot loop is pinned
-    /// down here. zmm0–27 hold C, zmm28/29 the B row, zmm30/31 alternate as
-    /// A broadcasts; A rows are addressed as `a0|a5|a10 + {0,1,2,3,4}·lda`.
+    /// The full 14 × 32 tile in hand-scheduled assembly ([`tile_14x32`]).
     #[target_feature(enable = "avx512f")]
     unsafe fn kernel_full(
         kc: usize,
@@ -193,76 +279,29 @@ mod avx512 {
         ldc: usize,
         load_c: bool,
     ) {
-        use std::arch::asm;
-        let mut acc = [_mm512_setzero_ps(); 28];
-        let ldab = lda * 4;
+        // SAFETY: forwarded from the caller (14 rows of A of kc values at
+        // stride lda, kc rows of 32 packed values, 14 rows of 32 of C).
         unsafe {
-            asm!(
-                "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
-                "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
-                "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
-                "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
-                "vxorps zmm12, zmm12, zmm12", "vxorps zmm13, zmm13, zmm13", "vxorps zmm14, zmm14, zmm14",
-                "vxorps zmm15, zmm15, zmm15", "vxorps zmm16, zmm16, zmm16", "vxorps zmm17, zmm17, zmm17",
-                "vxorps zmm18, zmm18, zmm18", "vxorps zmm19, zmm19, zmm19", "vxorps zmm20, zmm20, zmm20",
-                "vxorps zmm21, zmm21, zmm21", "vxorps zmm22, zmm22, zmm22", "vxorps zmm23, zmm23, zmm23",
-                "vxorps zmm24, zmm24, zmm24", "vxorps zmm25, zmm25, zmm25", "vxorps zmm26, zmm26, zmm26",
-                "vxorps zmm27, zmm27, zmm27",
-                "2:",
-                "vmovups zmm28, [{b}]",
-                "vmovups zmm29, [{b} + 64]",
-                "vbroadcastss zmm30, dword ptr [{a0}]",
-                "vfmadd231ps zmm0, zmm30, zmm28", "vfmadd231ps zmm1, zmm30, zmm29",
-                "vbroadcastss zmm31, dword ptr [{a0} + {lda}]",
-                "vfmadd231ps zmm2, zmm31, zmm28", "vfmadd231ps zmm3, zmm31, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a0} + {lda}*2]",
-                "vfmadd231ps zmm4, zmm30, zmm28", "vfmadd231ps zmm5, zmm30, zmm29",
-                "vbroadcastss zmm31, dword ptr [{a0} + {lda3}]",
-                "vfmadd231ps zmm6, zmm31, zmm28", "vfmadd231ps zmm7, zmm31, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a0} + {lda}*4]",
-                "vfmadd231ps zmm8, zmm30, zmm28", "vfmadd231ps zmm9, zmm30, zmm29",
-                "vbroadcastss zmm31, dword ptr [{a5}]",
-                "vfmadd231ps zmm10, zmm31, zmm28", "vfmadd231ps zmm11, zmm31, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a5} + {lda}]",
-                "vfmadd231ps zmm12, zmm30, zmm28", "vfmadd231ps zmm13, zmm30, zmm29",
-                "vbroadcastss zmm31, dword ptr [{a5} + {lda}*2]",
-                "vfmadd231ps zmm14, zmm31, zmm28", "vfmadd231ps zmm15, zmm31, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a5} + {lda3}]",
-                "vfmadd231ps zmm16, zmm30, zmm28", "vfmadd231ps zmm17, zmm30, zmm29",
-                "vbroadcastss zmm31, dword ptr [{a5} + {lda}*4]",
-                "vfmadd231ps zmm18, zmm31, zmm28", "vfmadd231ps zmm19, zmm31, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a10}]",
-                "vfmadd231ps zmm20, zmm30, zmm28", "vfmadd231ps zmm21, zmm30, zmm29",
-                "vbroadcastss zmm31, dword ptr [{a10} + {lda}]",
-                "vfmadd231ps zmm22, zmm31, zmm28", "vfmadd231ps zmm23, zmm31, zmm29",
-                "vbroadcastss zmm30, dword ptr [{a10} + {lda}*2]",
-                "vfmadd231ps zmm24, zmm30, zmm28", "vfmadd231ps zmm25, zmm30, zmm29",
-                "vbroadcastss zmm31, dword ptr [{a10} + {lda3}]",
-                "vfmadd231ps zmm26, zmm31, zmm28", "vfmadd231ps zmm27, zmm31, zmm29",
-                "add {a0}, 4",
-                "add {a5}, 4",
-                "add {a10}, 4",
-                "add {b}, 128",
-                "dec {k}",
-                "jnz 2b",
-                a0 = inout(reg) a => _,
-                a5 = inout(reg) a.byte_add(5 * ldab) => _,
-                a10 = inout(reg) a.byte_add(10 * ldab) => _,
-                lda = in(reg) ldab,
-                lda3 = in(reg) 3 * ldab,
-                b = inout(reg) bp => _,
-                k = inout(reg) kc => _,
-                out("zmm0") acc[0], out("zmm1") acc[1], out("zmm2") acc[2], out("zmm3") acc[3],
-                out("zmm4") acc[4], out("zmm5") acc[5], out("zmm6") acc[6], out("zmm7") acc[7],
-                out("zmm8") acc[8], out("zmm9") acc[9], out("zmm10") acc[10], out("zmm11") acc[11],
-                out("zmm12") acc[12], out("zmm13") acc[13], out("zmm14") acc[14], out("zmm15") acc[15],
-                out("zmm16") acc[16], out("zmm17") acc[17], out("zmm18") acc[18], out("zmm19") acc[19],
-                out("zmm20") acc[20], out("zmm21") acc[21], out("zmm22") acc[22], out("zmm23") acc[23],
-                out("zmm24") acc[24], out("zmm25") acc[25], out("zmm26") acc[26], out("zmm27") acc[27],
-                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                options(nostack, readonly),
-            );
-            for r in 0..MR {
+            let acc = super::tile_14x32!("vbroadcastss", "vfmadd231ps", a, lda, bp, kc);
+            store_14x32(&acc, c, ldc, load_c);
+        }
+    }
+
+    /// `C[0..14, 0..32] = acc (+ C)`, accumulator `2r + h` holding row r,
+    /// columns 16h..16h+16.
+    ///
+    /// # Safety
+    /// `c` holds 14 rows of 32 floats at stride `ldc`.
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::backend::cpu) unsafe fn store_14x32(
+        acc: &[__m512; 28],
+        c: *mut f32,
+        ldc: usize,
+        load_c: bool,
+    ) {
+        for r in 0..MR {
+            // SAFETY: row r < 14 of C, 32 values.
+            unsafe {
                 let cp = c.add(r * ldc);
                 let (mut v0, mut v1) = (acc[2 * r], acc[2 * r + 1]);
                 if load_c {
@@ -385,7 +424,7 @@ mod avx512 {
     /// In-register 16 × 16 transpose: `r[i][c]` becomes `r[c][i]`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn transpose16(r: &mut [__m512; 16]) {
+    pub(in crate::backend::cpu) fn transpose16(r: &mut [__m512; 16]) {
         let mut t = [_mm512_setzero_ps(); 16];
         for i in 0..8 {
             t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -526,18 +565,46 @@ pub fn matmul_wt(
         x.len()
     );
     assert!(out.len() >= (rows - 1) * ldo + n, "matmul: out too small");
+    for_each_tile(rows, n, out, ldo, MR, |t0, t1, c0, c1, c| {
+        tile_product(
+            &x[t0 * k..],
+            k,
+            t1 - t0,
+            k,
+            w.data,
+            c0,
+            c1 - c0,
+            c,
+            ldo,
+            accumulate,
+        )
+    });
+}
+
+/// Spread the tiles of an `[rows, n]` output over rayon: `f(t0, t1, c0, c1,
+/// c)` computes rows `[t0, t1)`, columns `[c0, c1)` (`c` starts at
+/// `out[t0, c0]`, row stride `ldo`). Tiles are `NC` columns wide, rows are
+/// split in multiples of `mr` only when the column tiles alone cannot feed
+/// every thread; tasks write disjoint tiles.
+pub(super) fn for_each_tile(
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+    ldo: usize,
+    mr: usize,
+    f: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+) {
     let threads = rayon::current_num_threads().max(1);
     let n_tiles = n.div_ceil(NC);
-    // Split tokens (in MR multiples) when weight tiles alone cannot feed every thread.
     let m_splits = if n_tiles >= 4 * threads {
         1
     } else {
         (4 * threads)
             .div_ceil(n_tiles)
-            .min(rows.div_ceil(MR))
+            .min(rows.div_ceil(mr))
             .max(1)
     };
-    let m_step = rows.div_ceil(m_splits).div_ceil(MR) * MR;
+    let m_step = rows.div_ceil(m_splits).div_ceil(mr) * mr;
     let out_ptr = OutPtr(out.as_mut_ptr());
     let out_len = out.len();
     let run = |task: usize| {
@@ -547,22 +614,12 @@ pub fn matmul_wt(
             return;
         }
         let (c0, c1) = (nj * NC, ((nj + 1) * NC).min(n));
-        // SAFETY: tasks write disjoint (rows × columns) tiles of `out`.
+        // SAFETY: tasks write disjoint (rows × columns) tiles of `out`,
+        // which holds rows·ldo values (asserted by the callers).
         let c = unsafe {
             std::slice::from_raw_parts_mut(out_ptr.get().add(t0 * ldo), out_len - t0 * ldo)
         };
-        tile_product(
-            &x[t0 * k..],
-            k,
-            t1 - t0,
-            k,
-            w.data,
-            c0,
-            c1 - c0,
-            &mut c[c0..],
-            ldo,
-            accumulate,
-        );
+        f(t0, t1, c0, c1, &mut c[c0..]);
     };
     let tasks = n_tiles * m_splits;
     if tasks == 1 {

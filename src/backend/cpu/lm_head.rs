@@ -7,7 +7,8 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{NC, tile_product};
+use super::gemm::NC;
+use super::gemm_bf16::{Gemm, Lhs};
 use crate::model::weights::Tensor;
 use crate::score::fused::{RowAccum, RowStats};
 
@@ -20,8 +21,10 @@ const GROUPS: usize = 64;
 /// Stats of `softmax(x · Wᵀ)` for every row of `x` (`[rows, hidden]`),
 /// at `targets[r]`. `full`: also entropy and top-k mean (the policy).
 /// `softcap`: logits are `c · tanh(z / c)` (Gemma), applied to each tile
-/// before it is folded.
+/// before it is folded. The logits' GEMM runs in `gemm`'s arithmetic (the
+/// rows rounded once per pass in bf16).
 pub fn lm_head_stats(
+    gemm: Gemm,
     x: &[f32],
     rows: usize,
     w: &Tensor,
@@ -37,6 +40,7 @@ pub fn lm_head_stats(
         let m = r1 - r0;
         let xs = &x[r0 * k..r1 * k];
         let tg = &targets[r0..r1];
+        let lhs = Lhs::new(gemm, xs, m, k);
         // The vocabulary is cut into GROUPS fixed ranges of tiles, each
         // folded in order on one thread, and the groups are merged in order:
         // the result does not depend on the thread count or on scheduling
@@ -52,7 +56,7 @@ pub fn lm_head_stats(
                 for j in g * per_group..((g + 1) * per_group).min(tiles) {
                     let j0 = j * NC;
                     let nc = NC.min(vocab - j0);
-                    tile_product(xs, k, m, k, w.data, j0, nc, &mut tile, NC, false);
+                    lhs.tile_product(0, m, w.data, j0, nc, &mut tile, NC, false);
                     for (i, a) in acc.iter_mut().enumerate() {
                         let row = &mut tile[i * NC..i * NC + nc];
                         if let Some(c) = softcap {
@@ -107,12 +111,12 @@ mod tests {
             data: Data::BF16(&w),
         };
         let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 7) % vocab as u32).collect();
-        let got = lm_head_stats(&x, rows, &t, &targets, true, None);
+        let got = lm_head_stats(Gemm::F32, &x, rows, &t, &targets, true, None);
         let logits = matmul_wt_reference(&x, rows, &t);
         // Soft-capped (Gemma): the same folding over c·tanh(z/c), computed
         // here in f64 on the materialised logits.
         let cap = 3.0f32;
-        let capped = lm_head_stats(&x, rows, &t, &targets, true, Some(cap));
+        let capped = lm_head_stats(Gemm::F32, &x, rows, &t, &targets, true, Some(cap));
         for r in 0..rows {
             let row: Vec<f32> = logits[r * vocab..(r + 1) * vocab]
                 .iter()
@@ -148,7 +152,7 @@ mod tests {
                 "{r}: {g:?} vs {want:?}"
             );
         }
-        let logp_only = lm_head_stats(&x, rows, &t, &targets, false, None);
+        let logp_only = lm_head_stats(Gemm::F32, &x, rows, &t, &targets, false, None);
         assert!(
             logp_only
                 .iter()

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::attention::{AttnShape, attention};
 use super::forward::{CHUNK, KvBatch, Packed};
-use super::gemm::matmul_wt;
+use super::gemm_bf16::Gemm;
 use super::norm::{rms_norm, rms_norm_row, rms_norm_row_unit};
 use super::rope::{RopeTable, rope_row};
 use crate::model::config::{AttnDesc, LayerDesc, QkNorm};
@@ -128,6 +128,8 @@ pub struct AttnLayer<'a> {
     pub eps: f32,
     /// A later layer reads this layer's K/V: keep the new rows in [`SharedKv`].
     pub keep: bool,
+    /// The arithmetic of the q/k/v projections.
+    pub gemm: Gemm,
 }
 
 /// Split a gated projection `[n, heads, 2·hd]` into queries and gates
@@ -176,11 +178,12 @@ pub fn attention_block(
         let qs = &mut s.q[r0 * qd..r1 * qd];
         if a.output_gate {
             s.q_gate.resize(n * 2 * qd, 0.0);
-            matmul_wt(input, n, &w.q, &mut s.q_gate, 2 * qd, false);
+            l.gemm
+                .matmul_wt(input, n, &w.q, &mut s.q_gate, 2 * qd, false);
             add_bias(&mut s.q_gate, qb.as_deref(), 2 * qd);
             split_gate(&s.q_gate, hd, qs, &mut s.gate[r0 * qd..r1 * qd]);
         } else {
-            matmul_wt(input, n, &w.q, qs, qd, false);
+            l.gemm.matmul_wt(input, n, &w.q, qs, qd, false);
             add_bias(qs, qb.as_deref(), qd);
         }
         qk_norm(qs, a.qk_norm, l.q_norm, hd, eps);
@@ -190,8 +193,8 @@ pub fn attention_block(
         if let (true, Some(wk), Some(wv)) = (own, &w.k, &w.v) {
             let ks = &mut s.k[r0 * kvd..r1 * kvd];
             let vs = &mut s.v[r0 * kvd..r1 * kvd];
-            matmul_wt(input, n, wk, ks, kvd, false);
-            matmul_wt(input, n, wv, vs, kvd, false);
+            l.gemm.matmul_wt(input, n, wk, ks, kvd, false);
+            l.gemm.matmul_wt(input, n, wv, vs, kvd, false);
             add_bias(ks, kb.as_deref(), kvd);
             add_bias(vs, vb.as_deref(), kvd);
             qk_norm(ks, a.qk_norm, l.k_norm, hd, eps);

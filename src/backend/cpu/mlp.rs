@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::matmul_wt;
+use super::gemm_bf16::Gemm;
 use crate::model::config::{Act, MlpDesc};
 use crate::model::layout::LayerWeights;
 use crate::score::fused::fast_exp;
@@ -64,8 +64,11 @@ impl MlpScratch {
     }
 }
 
-/// `out (+)= down(act(gate(x)) · up(x))` for `n` rows of `x`.
+/// `out (+)= down(act(gate(x)) · up(x))` for `n` rows of `x`, the GEMMs in
+/// `gemm`'s arithmetic.
+#[allow(clippy::too_many_arguments)]
 pub fn mlp(
+    gemm: Gemm,
     desc: &MlpDesc,
     w: &LayerWeights,
     x: &[f32],
@@ -79,10 +82,10 @@ pub fn mlp(
     s.gate.resize(n * inter, 0.0);
     s.up.resize(n * inter, 0.0);
     let (g, u) = (&mut s.gate[..n * inter], &mut s.up[..n * inter]);
-    matmul_wt(x, n, &w.gate, g, inter, false);
-    matmul_wt(x, n, &w.up, u, inter, false);
+    gemm.matmul_wt(x, n, &w.gate, g, inter, false);
+    gemm.matmul_wt(x, n, &w.up, u, inter, false);
     act_mul_inplace(desc.act, g, u);
-    matmul_wt(g, n, &w.down, &mut out[..n * h], h, accumulate);
+    gemm.matmul_wt(g, n, &w.down, &mut out[..n * h], h, accumulate);
 }
 
 #[cfg(test)]

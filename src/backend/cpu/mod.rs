@@ -1,5 +1,7 @@
 //! The CPU backend: the reference implementation of every op, multithreaded
-//! with rayon, f32 compute over weights kept in their stored dtype.
+//! with rayon, f32 compute over weights kept in their stored dtype (or, in
+//! bf16 compute mode, the weight GEMMs and the LM head in bf16 with f32
+//! accumulation: [`gemm_bf16`]).
 //!
 //! Pair scoring runs each model's forward over a packed batch, then runs the
 //! LM head only at positions whose log-prob is asked for, folded tile by tile
@@ -20,6 +22,7 @@ pub mod deltanet;
 pub mod embed;
 pub mod forward;
 pub mod gemm;
+pub mod gemm_bf16;
 mod gemm_portable;
 pub mod lm_head;
 pub mod mixer;
@@ -31,6 +34,7 @@ pub mod rope;
 use std::sync::Arc;
 
 use self::forward::{KvBatch, SeqKv, forward_hidden_kv};
+use self::gemm_bf16::Gemm;
 use self::lm_head::lm_head_stats;
 use self::rope::Ropes;
 use super::plan::{self, Row, WavePlan, count_uncached, in_waves, nan_scores, uncached};
@@ -46,6 +50,8 @@ struct Models {
     reference: Arc<Model>,
     rope_policy: Ropes,
     rope_reference: Ropes,
+    /// The arithmetic of both models' weight GEMMs and LM heads.
+    gemm: Gemm,
 }
 
 pub struct CpuPair {
@@ -66,11 +72,18 @@ impl CpuPair {
                 rope_reference: Ropes::for_model(&reference.config),
                 policy,
                 reference,
+                gemm: Gemm::F32,
             },
             cache: None,
             kv_opts: None,
             counters: CacheStats::default(),
         }
+    }
+
+    /// The same pair with its GEMMs in `gemm`'s arithmetic (default f32).
+    pub fn with_gemm(mut self, gemm: Gemm) -> CpuPair {
+        self.models.gemm = gemm;
+        self
     }
 
     /// The same pair with a prefix cache sized by `opts` (`None`: none).
@@ -121,20 +134,26 @@ impl Models {
             (Vec::new(), Vec::new())
         } else if !with_policy {
             let m = (&self.reference, &self.rope_reference);
-            (Vec::new(), forward_hidden_kv(m.0, m.1, tokens, seqs, None)?)
+            (
+                Vec::new(),
+                forward_hidden_kv(self.gemm, m.0, m.1, tokens, seqs, None)?,
+            )
         } else {
             let m = (&self.policy, &self.rope_policy);
             let kv = cache.as_deref_mut().map(|c| KvBatch {
                 store: &mut c.policy,
                 seqs: &kv_seqs,
             });
-            let hp = forward_hidden_kv(m.0, m.1, tokens, seqs, kv)?;
+            let hp = forward_hidden_kv(self.gemm, m.0, m.1, tokens, seqs, kv)?;
             let m = (&self.reference, &self.rope_reference);
             let kv = cache.as_deref_mut().map(|c| KvBatch {
                 store: &mut c.reference,
                 seqs: &kv_seqs,
             });
-            (hp, forward_hidden_kv(m.0, m.1, tokens, seqs, kv)?)
+            (
+                hp,
+                forward_hidden_kv(self.gemm, m.0, m.1, tokens, seqs, kv)?,
+            )
         };
         let (h_p, h_r) = (
             self.policy.config.hidden_size,
@@ -178,14 +197,14 @@ impl Models {
             self.reference.config.final_logit_softcap,
         );
         let ps = if with_policy {
-            lm_head_stats(&xp, n, &pw.lm_head, &targets, true, cap_p)
+            lm_head_stats(self.gemm, &xp, n, &pw.lm_head, &targets, true, cap_p)
         } else {
             Vec::new()
         };
         drop(xp);
         let xr = gather(&hr, h_r, cache.as_deref().map(|c| &c.reference));
         drop(hr);
-        let rs = lm_head_stats(&xr, n, &rw.lm_head, &targets, false, cap_r);
+        let rs = lm_head_stats(self.gemm, &xr, n, &rw.lm_head, &targets, false, cap_r);
         if !with_policy {
             let stats = rs.iter().map(|r| [f32::NAN, r.logp, f32::NAN, f32::NAN]);
             plan.scatter(out, stats, |_, _, _| {});
@@ -206,8 +225,13 @@ impl Models {
 
 impl PairScorer for CpuPair {
     fn describe(&self) -> String {
+        let gemm = match self.models.gemm {
+            Gemm::F32 => String::new(),
+            g if g.native() => ", bf16 GEMMs (vdpbf16ps)".to_string(),
+            _ => ", bf16 GEMMs (emulated: no AVX512-BF16)".to_string(),
+        };
         format!(
-            "cpu ({} kernels, {} threads)",
+            "cpu ({} kernels{gemm}, {} threads)",
             crate::simd::level().name(),
             rayon::current_num_threads()
         )
