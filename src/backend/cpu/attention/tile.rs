@@ -92,7 +92,10 @@ pub(super) fn exp1<const FUSED: bool>(x: f32) -> f32 {
     // max/min rather than clamp: a NaN becomes −87, as `_mm512_max_ps` does.
     #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    // Round to nearest even by the 1.5·2²³ shift (|x·log₂e| < 2²²): the
+    // AVX-512 round instruction's result, and no libm call on SSE2.
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
     let r = fma(n, -0.693_145_75, x);
     let r = fma(n, -1.428_606_8e-6, r);
     let mut p = 1.987_569_1e-4_f32;
@@ -128,15 +131,26 @@ impl<const FUSED: bool> Lanes for Plain<FUSED> {
     }
     #[inline(always)]
     unsafe fn load(p: *const f32, n: usize) -> Self {
+        // SAFETY (both): the caller's contract. (No `copy_nonoverlapping`
+        // of a variable length: that is a `memcpy` call per vector.)
+        if n >= 16 {
+            return Plain(unsafe { std::ptr::read_unaligned(p as *const [f32; 16]) });
+        }
         let mut v = [0.0; 16];
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n.min(16)) };
+        for (l, x) in v.iter_mut().enumerate().take(n) {
+            *x = unsafe { *p.add(l) };
+        }
         Plain(v)
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32, n: usize) {
-        // SAFETY: the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, n.min(16)) };
+        // SAFETY (both): the caller's contract.
+        if n >= 16 {
+            return unsafe { std::ptr::write_unaligned(p as *mut [f32; 16], self.0) };
+        }
+        for (l, &x) in self.0.iter().enumerate().take(n) {
+            unsafe { *p.add(l) = x };
+        }
     }
     #[inline(always)]
     fn fma(a: Self, b: Self, c: Self) -> Self {
@@ -181,7 +195,7 @@ impl<const FUSED: bool> Lanes for Plain<FUSED> {
     }
     #[inline(always)]
     fn exp(self) -> Self {
-        Plain(self.0.map(exp1::<FUSED>))
+        Plain(std::array::from_fn(|l| exp1::<FUSED>(self.0[l])))
     }
     #[inline(always)]
     fn exp1(x: f32) -> f32 {
@@ -538,11 +552,15 @@ unsafe fn micro<V: Lanes, const R: usize>(
         let col = rows.g * hd + d0;
         // SAFETY: as above; V rows k0..k0+keys exist.
         unsafe {
-            match w.div_ceil(16) {
-                4 => pv::<V, R, 4>(c, s, r0, k0, keys, col, d0, w, &alpha),
-                3 => pv::<V, R, 3>(c, s, r0, k0, keys, col, d0, w, &alpha),
-                2 => pv::<V, R, 2>(c, s, r0, k0, keys, col, d0, w, &alpha),
-                _ => pv::<V, R, 1>(c, s, r0, k0, keys, col, d0, w, &alpha),
+            match (w.div_ceil(16), w.is_multiple_of(16)) {
+                (4, true) => pv::<V, R, 4, true>(c, s, r0, k0, keys, col, d0, w, &alpha),
+                (4, false) => pv::<V, R, 4, false>(c, s, r0, k0, keys, col, d0, w, &alpha),
+                (3, true) => pv::<V, R, 3, true>(c, s, r0, k0, keys, col, d0, w, &alpha),
+                (3, false) => pv::<V, R, 3, false>(c, s, r0, k0, keys, col, d0, w, &alpha),
+                (2, true) => pv::<V, R, 2, true>(c, s, r0, k0, keys, col, d0, w, &alpha),
+                (2, false) => pv::<V, R, 2, false>(c, s, r0, k0, keys, col, d0, w, &alpha),
+                (_, true) => pv::<V, R, 1, true>(c, s, r0, k0, keys, col, d0, w, &alpha),
+                (_, false) => pv::<V, R, 1, false>(c, s, r0, k0, keys, col, d0, w, &alpha),
             }
         }
         d0 += w;
@@ -550,13 +568,13 @@ unsafe fn micro<V: Lanes, const R: usize>(
 }
 
 /// `O[rows, d0..d0+w] ← α·O + P·V[k0..k0+keys, col..col+w]` with `NV`
-/// vectors per row.
+/// vectors per row (`FULL`: all of 16 values, no tail to mask).
 ///
 /// # Safety
 /// As [`micro`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn pv<V: Lanes, const R: usize, const NV: usize>(
+unsafe fn pv<V: Lanes, const R: usize, const NV: usize, const FULL: bool>(
     c: &Call,
     s: &mut Scratch,
     r0: usize,
@@ -570,7 +588,11 @@ unsafe fn pv<V: Lanes, const R: usize, const NV: usize>(
     let hd = c.shape.head_dim;
     let mut n_of = [0usize; NV];
     for (v, n) in n_of.iter_mut().enumerate() {
-        *n = (w - (v * 16).min(w)).min(16);
+        *n = if FULL {
+            16
+        } else {
+            (w - (v * 16).min(w)).min(16)
+        };
     }
     let op = s.o.as_mut_ptr();
     let pp = s.p.as_ptr();
