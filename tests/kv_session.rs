@@ -1,6 +1,6 @@
 //! The streaming session API benefits from the prefix cache: appending a step
 //! computes about the step's tokens only, forked candidates share their state,
-//! and every score equals the uncached one.
+//! and every score equals the uncached one bit for bit.
 
 use std::path::Path;
 
@@ -50,8 +50,14 @@ fn session_steps_cost_their_new_tokens_and_score_as_without_the_cache() {
         let b = off.append(&mut s_off, pair.to_vec()).unwrap();
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
-            assert!((x.advantage.unwrap() - y.advantage.unwrap()).abs() < 1e-5);
-            assert!((x.logp_policy.unwrap() - y.logp_policy.unwrap()).abs() < 1e-5);
+            assert_eq!(
+                x.advantage.unwrap().to_bits(),
+                y.advantage.unwrap().to_bits()
+            );
+            assert_eq!(
+                x.logp_policy.unwrap().to_bits(),
+                y.logp_policy.unwrap().to_bits()
+            );
         }
         total_len = off.cache_stats().unwrap().computed_tokens;
     }
@@ -93,7 +99,10 @@ fn forked_candidates_hit_the_shared_state_and_score_as_without_the_cache() {
         .unwrap();
     assert_eq!((a.len(), b.len()), (n, n), "one step per candidate");
     for (x, y) in a.iter().zip(&b) {
-        assert!((x.advantage.unwrap() - y.advantage.unwrap()).abs() < 1e-5);
+        assert_eq!(
+            x.advantage.unwrap().to_bits(),
+            y.advantage.unwrap().to_bits()
+        );
     }
     let stats = on.cache_stats().unwrap();
     assert_eq!(stats.lookups, 3);

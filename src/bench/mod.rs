@@ -1,6 +1,8 @@
 //! `padv bench`: measured, not asserted. Reports the machine's GEMM peak,
 //! forward GFLOP/s against it, pair-scoring tokens/s, peak RSS, and the fused
-//! scorer against a naive log-softmax + gather over the same logits.
+//! scorer against a naive log-softmax + gather over the same logits, and on
+//! the CPU where a pair-scoring run's time goes (GEMMs, attention, LM head,
+//! the rest: `backend::cpu::profile`).
 
 pub mod prefix;
 pub mod roof;
@@ -16,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
 use crate::backend::cpu::gemm_bf16::Gemm;
+use crate::backend::cpu::profile;
 use crate::backend::cpu::rope::Ropes;
 use crate::backend::{ComputeDtype, Device, SeqRequest, open_pair_with};
 use crate::model::weights::{Data, Tensor};
@@ -81,9 +84,14 @@ pub fn reset_peak_rss() -> bool {
 /// plus causal attention scores and values).
 pub fn forward_flops(c: &Config, t: usize, lm_head_rows: usize) -> f64 {
     let linear = c.flops_per_token(false) * t as f64;
+    let head = 2.0 * (c.hidden_size * c.vocab_size) as f64 * lm_head_rows as f64;
+    linear + attention_flops(c, t) + head
+}
+
+/// FLOPs of causal attention (`Q·Kᵀ` and `P·V`) over `t` tokens.
+pub fn attention_flops(c: &Config, t: usize) -> f64 {
     // Σ over queries i of the keys each layer shows it (window respected).
-    let attn: f64 = c
-        .layers
+    c.layers
         .iter()
         .filter_map(|l| l.attn())
         .map(|a| {
@@ -91,9 +99,7 @@ pub fn forward_flops(c: &Config, t: usize, lm_head_rows: usize) -> f64 {
             let keys = (w * (w + 1) / 2 + (t - w) * w) as f64;
             4.0 * keys * a.q_dim() as f64
         })
-        .sum();
-    let head = 2.0 * (c.hidden_size * c.vocab_size) as f64 * lm_head_rows as f64;
-    linear + attn + head
+        .sum()
 }
 
 /// One row of the report.
@@ -108,6 +114,25 @@ pub struct BenchRow {
     pub pair_tokens_per_s: f64,
     pub pair_gflops: f64,
     pub peak_rss_mb: Option<f64>,
+    /// One profiled pair-scoring run, split by part (CPU only).
+    pub parts: Option<Parts>,
+}
+
+/// Where a pair-scoring run's wall time goes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Parts {
+    pub total_s: f64,
+    /// The weight GEMMs (projections and MLP), the attention tiles, the
+    /// folded LM heads, the gated-DeltaNet layers' convolution and chunked
+    /// delta rule (hybrid models), and everything else (norms, RoPE,
+    /// embeddings, …).
+    pub gemm_s: f64,
+    pub attention_s: f64,
+    pub lm_head_s: f64,
+    pub delta_rule_s: f64,
+    pub rest_s: f64,
+    pub gemm_gflops: f64,
+    pub attention_gflops: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -199,6 +224,30 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             }
             let rss = peak_rss_bytes().map(|b| b as f64 / 1e6);
             let (pc, rc) = (&policy.config, &reference.config);
+            let parts = if scorer.describe().starts_with("cpu") {
+                profile::enable(true);
+                profile::take();
+                let t0 = Instant::now();
+                let r = scorer.score(&req);
+                let total_s = t0.elapsed().as_secs_f64();
+                let b = profile::take();
+                profile::enable(false);
+                r?;
+                let linear = (pc.flops_per_token(false) + rc.flops_per_token(false)) * t as f64;
+                let attn = attention_flops(pc, t) + attention_flops(rc, t);
+                Some(Parts {
+                    total_s,
+                    gemm_s: b.gemm_s,
+                    attention_s: b.attention_s,
+                    lm_head_s: b.lm_head_s,
+                    delta_rule_s: b.delta_rule_s,
+                    rest_s: total_s - b.gemm_s - b.attention_s - b.lm_head_s - b.delta_rule_s,
+                    gemm_gflops: linear / b.gemm_s / 1e9,
+                    attention_gflops: attn / b.attention_s / 1e9,
+                })
+            } else {
+                None
+            };
             let f1 = forward_flops(pc, t, 0);
             let pair_flops = forward_flops(pc, t, t - 1) + forward_flops(rc, t, t - 1);
             rows.push(BenchRow {
@@ -210,6 +259,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                 pair_tokens_per_s: t as f64 / pair_s,
                 pair_gflops: pair_flops / pair_s / 1e9,
                 peak_rss_mb: rss,
+                parts,
             });
         }
     }
@@ -298,6 +348,29 @@ impl BenchReport {
                 r.pair_gflops,
                 r.peak_rss_mb.map_or("n/a".into(), |m| format!("{m:.0}"))
             );
+        }
+        if self.rows.iter().any(|r| r.parts.is_some()) {
+            s += "\nforward breakdown (one profiled pair-scoring run, wall time):\n\n";
+            s += "| T | mode | pair s | GEMMs s | GEMM GFLOP/s | attention s | attention GFLOP/s | LM head s | DeltaNet conv + rule s | rest s |\n";
+            s += "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+            for (t, mode, p) in self
+                .rows
+                .iter()
+                .filter_map(|r| Some((r.tokens, r.mode, r.parts.as_ref()?)))
+            {
+                let pct = |x: f64| format!("{x:.3} ({:.0}%)", 100.0 * x / p.total_s);
+                s += &format!(
+                    "| {t} | {mode} | {:.3} | {} | {:.1} | {} | {:.1} | {} | {} | {} |\n",
+                    p.total_s,
+                    pct(p.gemm_s),
+                    p.gemm_gflops,
+                    pct(p.attention_s),
+                    p.attention_gflops,
+                    pct(p.lm_head_s),
+                    pct(p.delta_rule_s),
+                    pct(p.rest_s)
+                );
+            }
         }
         s += &format!(
             "\nfused scorer (policy stats + reference logp, vocab {}): {:.0} rows/s | naive log-softmax + gather: {:.0} rows/s | ratio {:.1}×\n",

@@ -1,12 +1,10 @@
 //! Causal attention over one sequence (GQA, sliding window, a cached
-//! prefix), the CPU twin of `kernels/attention.cu`: per (head, 64-query
-//! block aligned to absolute positions), `S = Q·Kᵀ` and `O = P·V` through
-//! the `gemm` crate around a 16-lane softmax; nothing of size `T²` is held. `attention_reference` is
-//! the direct f64 twin the tests use.
+//! prefix), the CPU twin of `kernels/attention.cu`: one task per (KV head,
+//! 64-query block aligned to absolute positions) runs padv's fused tile
+//! ([`tile`]: `Q·Kᵀ`, an online softmax and `P·V` per 64-key tile, AVX-512 /
+//! AVX2 / portable through [`crate::simd`]); nothing of size `T²` is held.
+//! `attention_reference` is the direct f64 twin the tests use.
 
-use std::cell::RefCell;
-
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::score::fused::fast_exp;
@@ -41,30 +39,18 @@ impl AttnShape {
     }
 }
 
-const Q_BLOCK: usize = 64;
+mod tile;
 
-thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
+use tile::{Call, Plain, Q_BLOCK, Scratch};
 
 /// Causal attention for one sequence whose queries sit at absolute positions
 /// `[past, past + q_len)` and whose keys/values cover `[0, past + q_len)`.
 ///
 /// `q`: `[q_len, heads·hd]`, `k`/`v`: `[kv_len, kv_heads·hd]` (row strides
 /// `k_stride`/`v_stride` allow views into a packed cache), `out`: `[q_len,
-/// heads·hd]`. Scores are computed block by block (`Q_BLOCK` queries × the
-/// visible keys) with GEMMs and a row softmax; nothing of size `T²` is held.
+/// heads·hd]`. One task per (KV head, 64-query block aligned to absolute
+/// positions) runs the fused tile of [`tile`]; a row's bits depend only on
+/// the row and its keys (see there), so a cached prefix changes none.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
@@ -77,104 +63,93 @@ pub fn attention(
     shape: AttnShape,
     out: &mut [f32],
 ) {
-    let AttnShape {
-        num_heads,
-        num_kv_heads,
-        head_dim: hd,
-        window,
-        scale,
-    } = shape;
-    let qd = num_heads * hd;
-    let group = num_heads / num_kv_heads;
-    // Query blocks are aligned to absolute positions (multiples of
-    // Q_BLOCK) and a block's key range follows from its aligned start, so a
-    // query row sees the same GEMM shapes whether its prefix was computed in
-    // this call or cached. (A call that ends mid-block still gives its last
-    // rows a shorter key range than a longer call would, and the `gemm`
-    // crate's small-size paths then round differently: a few ulps.)
-    let first_abs = past / Q_BLOCK * Q_BLOCK;
-    let n_blocks = (past + q_len).div_ceil(Q_BLOCK) - past / Q_BLOCK;
-    let out_ptr = SharedOut(out.as_mut_ptr());
-    let tasks: Vec<(usize, usize)> = (0..num_heads)
-        .flat_map(|h| (0..n_blocks).map(move |b| (h, b)))
+    let _span = super::profile::span(super::profile::Part::Attention);
+    let level = crate::simd::level();
+    attention_at(level, q, k, k_stride, v, v_stride, past, q_len, shape, out)
+}
+
+/// [`attention`] with the kernels of `level` (at most [`crate::simd::level`]).
+#[allow(clippy::too_many_arguments)]
+fn attention_at(
+    level: crate::simd::Level,
+    q: &[f32],
+    k: &[f32],
+    k_stride: usize,
+    v: &[f32],
+    v_stride: usize,
+    past: usize,
+    q_len: usize,
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    assert!(level <= crate::simd::detected());
+    let (nh, nkv, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    let kv_len = past + q_len;
+    assert!(nkv > 0 && nh % nkv == 0, "{nh} heads over {nkv} KV heads");
+    assert!(q.len() >= q_len * nh * hd && out.len() >= q_len * nh * hd);
+    assert!(k_stride >= nkv * hd && v_stride >= nkv * hd);
+    assert!(q_len == 0 || (k.len() >= (kv_len - 1) * k_stride + nkv * hd));
+    assert!(q_len == 0 || (v.len() >= (kv_len - 1) * v_stride + nkv * hd));
+    if q_len == 0 || hd == 0 {
+        return;
+    }
+    let call = Call {
+        q: q.as_ptr(),
+        k: k.as_ptr(),
+        k_stride,
+        v: v.as_ptr(),
+        v_stride,
+        out: out.as_mut_ptr(),
+        past,
+        q_len,
+        shape,
+    };
+    // Blocks aligned to absolute positions; the longest (latest) first so
+    // the threads finish together.
+    let first = past / Q_BLOCK;
+    let last = (kv_len - 1) / Q_BLOCK;
+    let tasks: Vec<(usize, usize)> = (first..=last)
+        .rev()
+        .flat_map(|b| (0..nkv).map(move |g| (g, b)))
         .collect();
-    tasks.par_iter().for_each(|&(h, b)| {
-        let kvh = h / group;
-        let abs0 = first_abs + b * Q_BLOCK;
-        let q0 = abs0.max(past) - past;
-        let q1 = (abs0 + Q_BLOCK - past).min(q_len);
-        let nq = q1 - q0;
-        // Visible key range for the whole aligned block.
-        let k_end = past + q1;
-        let k_begin = match window {
-            Some(w) => (abs0 + 1).saturating_sub(w),
-            None => 0,
-        };
-        let nk = k_end - k_begin;
-        SCORES.with(|buf| {
-            let mut s = buf.borrow_mut();
-            s.resize(nq * nk, 0.0);
-            // S = Q_blk · K_visibleᵀ
-            unsafe {
-                gemm::gemm(
-                    nq,
-                    nk,
-                    hd,
-                    s.as_mut_ptr(),
-                    1,
-                    nk as isize,
-                    false,
-                    q.as_ptr().add(q0 * qd + h * hd),
-                    1,
-                    qd as isize,
-                    k.as_ptr().add(k_begin * k_stride + kvh * hd),
-                    k_stride as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            for (r, row) in s.chunks_mut(nk).enumerate() {
-                let i = past + q0 + r; // absolute query position
-                let lo = match window {
-                    Some(w) => (i + 1).saturating_sub(w),
-                    None => 0,
-                };
-                let (lo, hi) = (lo - k_begin, i + 1 - k_begin);
-                softmax_in_place(&mut row[lo..hi]);
-                row[..lo].fill(0.0);
-                row[hi..].fill(0.0);
-            }
-            // O_blk = P · V_visible
-            unsafe {
-                gemm::gemm(
-                    nq,
-                    hd,
-                    nk,
-                    out_ptr.get().add(q0 * qd + h * hd),
-                    1,
-                    qd as isize,
-                    false,
-                    s.as_ptr(),
-                    1,
-                    nk as isize,
-                    v.as_ptr().add(k_begin * v_stride + kvh * hd),
-                    1,
-                    v_stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-        });
+    tasks.par_iter().for_each(|&(g, b)| {
+        let p0 = (b * Q_BLOCK).max(past) - past;
+        let p1 = ((b + 1) * Q_BLOCK - past).min(q_len);
+        // SAFETY: the buffers were checked above; each task writes only its
+        // block's rows of its group's heads.
+        unsafe { run_task(level, &call, g, p0, p1) };
     });
+}
+
+/// One task at `level`.
+///
+/// # Safety
+/// As `tile::task`; `level` is at most what the CPU supports.
+unsafe fn run_task(level: crate::simd::Level, c: &Call, g: usize, p0: usize, p1: usize) {
+    tile::SCRATCH.with(|s| {
+        let s = &mut *s.borrow_mut();
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            unsafe fn avx512(c: &Call, s: &mut Scratch, g: usize, p0: usize, p1: usize) {
+                unsafe { tile::task::<tile::avx512::Zmm, 6>(c, s, g, p0, p1) }
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(c: &Call, s: &mut Scratch, g: usize, p0: usize, p1: usize) {
+                unsafe { tile::task::<Plain<true>, 4>(c, s, g, p0, p1) }
+            }
+            match level {
+                // SAFETY: `level` is at most what the CPU reports.
+                crate::simd::Level::Avx512 => return unsafe { avx512(c, s, g, p0, p1) },
+                crate::simd::Level::Avx2 => return unsafe { avx2(c, s, g, p0, p1) },
+                crate::simd::Level::Portable => {}
+            }
+        }
+        // x86-64's baseline has no FMA; aarch64's has.
+        const FUSED: bool = cfg!(target_arch = "aarch64");
+        // SAFETY: forwarded from the caller.
+        unsafe { tile::task::<Plain<FUSED>, 4>(c, s, g, p0, p1) }
+    })
 }
 
 /// Lanes of the vectorised softmax (one AVX-512 register of f32).
@@ -298,58 +273,184 @@ mod tests {
             .collect()
     }
 
+    use crate::simd::Level;
+
+    /// The levels this CPU can run.
+    fn levels() -> Vec<Level> {
+        [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|&l| l <= crate::simd::detected())
+            .collect()
+    }
+
+    /// Random Q/K/V for `t` positions (`past` of them cached) with strided
+    /// K/V rows (two spare columns), as the cache gather lays them out.
+    struct Case {
+        shape: AttnShape,
+        past: usize,
+        t: usize,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: Vec<f32>,
+    }
+
+    impl Case {
+        fn new(
+            heads: usize,
+            kv: usize,
+            hd: usize,
+            window: Option<usize>,
+            past: usize,
+            t: usize,
+        ) -> Case {
+            let kvd = kv * hd;
+            let seed = (heads * 31 + hd * 7 + t) as u32;
+            Case {
+                shape: AttnShape::new(heads, kv, hd, window),
+                past,
+                t,
+                q: noise(t * heads * hd, seed)
+                    .iter()
+                    .map(|x| x * 4.0)
+                    .collect(),
+                k: noise(t * (kvd + 2), seed + 1)
+                    .iter()
+                    .map(|x| x * 4.0)
+                    .collect(),
+                v: noise(t * (kvd + 2), seed + 2),
+            }
+        }
+        fn qd(&self) -> usize {
+            self.shape.num_heads * self.shape.head_dim
+        }
+        fn stride(&self) -> usize {
+            self.shape.num_kv_heads * self.shape.head_dim + 2
+        }
+        /// The rows `[from, t)` computed with `[0, from)` as cached keys.
+        fn run(&self, level: Level, from: usize) -> Vec<f32> {
+            let (qd, ks) = (self.qd(), self.stride());
+            let mut out = vec![f32::NAN; (self.t - from) * qd];
+            let n = self.t * ks;
+            attention_at(
+                level,
+                &self.q[from * qd..],
+                &self.k[..n],
+                ks,
+                &self.v[..n],
+                ks,
+                from,
+                self.t - from,
+                self.shape,
+                &mut out,
+            );
+            out
+        }
+        /// The f64 reference for rows `[past, t)`.
+        fn reference(&self) -> Vec<f32> {
+            let (kvd, ks) = (self.shape.num_kv_heads * self.shape.head_dim, self.stride());
+            let dense =
+                |x: &[f32]| -> Vec<f32> { x.chunks(ks).flat_map(|r| r[..kvd].to_vec()).collect() };
+            attention_reference(
+                &self.q[self.past * self.qd()..],
+                &dense(&self.k),
+                &dense(&self.v),
+                self.past,
+                self.t - self.past,
+                self.shape,
+            )
+        }
+    }
+
     #[test]
-    fn blocked_attention_equals_direct_attention_with_gqa_window_and_past() {
-        for (window, past, q_len) in [
-            (None, 0, 150),
-            (Some(17), 0, 150),
-            (None, 40, 70),
-            (Some(33), 40, 70),
-        ] {
-            let shape = AttnShape::new(4, 2, 8, window);
-            let kv_len = past + q_len;
-            let q = noise(q_len * 32, 1);
-            let k = noise(kv_len * 16, 2);
-            let v = noise(kv_len * 16, 3);
-            let want = attention_reference(&q, &k, &v, past, q_len, shape);
-            let mut got = vec![f32::NAN; q_len * 32];
-            attention(&q, &k, 16, &v, 16, past, q_len, shape, &mut got);
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-5, "{window:?} {past}: {a} vs {b}");
+    fn the_tile_equals_direct_attention_at_every_level_for_gqa_windows_head_dims_and_prefixes() {
+        // (heads, kv heads, head dim, window, past, t): odd lengths, key
+        // tiles cut by windows, GQA ratios 1–7, head dims 12–128.
+        let cases = [
+            (4, 2, 8, None, 0, 150),
+            (4, 2, 8, Some(17), 0, 150),
+            (4, 2, 8, None, 40, 110),
+            (4, 2, 8, Some(33), 40, 110),
+            (4, 4, 12, Some(70), 0, 201),
+            (9, 3, 64, None, 0, 257),
+            (9, 3, 64, Some(100), 63, 300),
+            (14, 2, 64, None, 130, 131),
+            (7, 7, 80, Some(65), 1, 190),
+            (8, 2, 128, None, 65, 200),
+            (2, 1, 96, Some(1), 0, 77),
+            (3, 1, 16, None, 0, 1),
+        ];
+        for (h, kv, hd, window, past, t) in cases {
+            let c = Case::new(h, kv, hd, window, past, t);
+            let want = c.reference();
+            for level in levels() {
+                let got = c.run(level, past);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 2e-6 + 1e-5 * b.abs(),
+                        "{level:?} {h}/{kv}×{hd} {window:?} past {past} t {t} [{i}]: {a} vs {b}"
+                    );
+                }
             }
         }
     }
 
     #[test]
-    fn a_query_row_gets_the_same_bits_whatever_prefix_is_cached() {
-        for window in [None, Some(21)] {
-            let shape = AttnShape::new(4, 2, 16, window);
-            let t = 150;
-            let (q, k, v) = (noise(t * 64, 1), noise(t * 32, 2), noise(t * 32, 3));
-            let mut full = vec![0.0; t * 64];
-            attention(&q, &k, 32, &v, 32, 0, t, shape, &mut full);
-            // (A one-row call takes the `gemm` crate's vector path: not listed.)
-            for past in [1usize, 8, 16, 40, 64, 70, 140] {
-                let mut part = vec![0.0; (t - past) * 64];
-                attention(
-                    &q[past * 64..],
-                    &k,
-                    32,
-                    &v,
-                    32,
-                    past,
-                    t - past,
-                    shape,
-                    &mut part,
-                );
-                let want = &full[past * 64..];
-                assert!(
-                    part.iter()
-                        .zip(want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{window:?} past {past}"
-                );
+    fn a_query_row_gets_the_same_bits_whatever_prefix_is_cached_or_call_length() {
+        for (h, kv, hd, window) in [
+            (4, 2, 16, None),
+            (4, 2, 16, Some(21)),
+            (9, 3, 64, Some(90)),
+            (6, 1, 80, None),
+        ] {
+            let c = Case::new(h, kv, hd, window, 0, 230);
+            let qd = c.qd();
+            for level in levels() {
+                let full = c.run(level, 0);
+                for past in [1usize, 8, 16, 40, 63, 64, 70, 129, 200, 229] {
+                    let part = c.run(level, past);
+                    assert!(
+                        part.iter()
+                            .zip(&full[past * qd..])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{level:?} {h}/{kv}×{hd} {window:?} past {past}"
+                    );
+                }
+                // Calls that end earlier (a shorter sequence) and start
+                // anywhere give their rows the same bits too.
+                for (from, to) in [(0usize, 1usize), (0, 65), (5, 6), (30, 97), (128, 192)] {
+                    let short = Case {
+                        t: to,
+                        ..Case::new(h, kv, hd, window, 0, 230)
+                    };
+                    let part = short.run(level, from);
+                    assert!(
+                        part.iter()
+                            .zip(&full[from * qd..to * qd])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{level:?} {h}/{kv}×{hd} {window:?} rows {from}..{to}"
+                    );
+                }
             }
+        }
+    }
+
+    #[test]
+    fn the_avx2_tile_gives_the_bits_of_the_avx512_tile() {
+        if crate::simd::detected() < Level::Avx512 {
+            return; // nothing to compare on this CPU
+        }
+        for (h, kv, hd, window) in [
+            (4, 2, 16, None),
+            (9, 3, 64, Some(90)),
+            (8, 2, 128, None),
+            (7, 7, 80, Some(65)),
+        ] {
+            let c = Case::new(h, kv, hd, window, 0, 170);
+            let (a, b) = (c.run(Level::Avx2, 0), c.run(Level::Avx512, 0));
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{h}/{kv}×{hd} {window:?}"
+            );
         }
     }
 }

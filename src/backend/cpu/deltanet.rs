@@ -158,6 +158,7 @@ pub fn deltanet_block(
     });
     s.normed = normed;
 
+    let delta_span = super::profile::span(super::profile::Part::DeltaRule);
     // 2. Convolution + SiLU, per sequence from its prefix's tail.
     let conv = w.conv.data.to_f32_vec();
     let kernel = d.conv_kernel;
@@ -257,6 +258,7 @@ pub fn deltanet_block(
             HeadOut { out: o, snaps }
         })
         .collect();
+    drop(delta_span);
 
     // 5. Scatter, gated norm, snapshots.
     let norm = w.norm.data.to_f32_vec();

@@ -555,6 +555,7 @@ pub fn matmul_wt(
     ldo: usize,
     accumulate: bool,
 ) {
+    let _span = super::profile::span(super::profile::Part::Gemm);
     let (n, k) = (w.rows(), w.cols());
     if rows == 0 || n == 0 {
         return;

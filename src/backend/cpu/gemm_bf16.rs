@@ -75,6 +75,7 @@ impl Gemm {
         match self {
             Gemm::F32 => super::gemm::matmul_wt(x, rows, w, out, ldo, accumulate),
             Gemm::Bf16 => {
+                let _span = super::profile::span(super::profile::Part::Gemm);
                 let (n, k) = (w.rows(), w.cols());
                 if rows == 0 || n == 0 {
                     return;

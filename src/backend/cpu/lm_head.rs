@@ -32,6 +32,7 @@ pub fn lm_head_stats(
     full: bool,
     softcap: Option<f32>,
 ) -> Vec<RowStats> {
+    let _span = super::profile::span(super::profile::Part::LmHead);
     let (vocab, k) = (w.rows(), w.cols());
     assert_eq!(targets.len(), rows, "lm_head_stats: one target per row");
     let mut out = Vec::with_capacity(rows);

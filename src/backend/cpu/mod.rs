@@ -29,6 +29,7 @@ pub mod mixer;
 pub mod mlp;
 pub mod norm;
 pub mod ops;
+pub mod profile;
 pub mod rope;
 
 use std::sync::Arc;
