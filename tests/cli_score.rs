@@ -172,11 +172,16 @@ fn compute_dtype_bf16_runs_on_the_cpu_and_f16_is_refused_there() {
     assert!(err.contains("unknown compute dtype `b16`"), "{err}");
 }
 
-/// bf16 mode gives the same bytes at every kernel level this CPU runs
-/// (`PADV_CPU_KERNELS`): `vdpbf16ps` where the CPU has AVX512-BF16, its f32
-/// emulation elsewhere, and attention/norms whose levels agree here.
+/// bf16 mode gives the same bytes at the FMA kernel levels this CPU runs
+/// (`PADV_CPU_KERNELS`: `vdpbf16ps` where the CPU has AVX512-BF16, its f32
+/// emulation at avx2, attention tiles with the same bits). The portable
+/// level's bf16 GEMM is the same emulation, but its attention tile rounds
+/// products and sums apart (no FMA on baseline x86): a last-bit change
+/// before an activation's bf16 rounding can move it by a bf16 ulp, so its
+/// scores agree within bf16 mode's own error (this pair: ≤ 0.056 per model
+/// from transformers f32, docs/cpu.md), not to the bit.
 #[test]
-fn bf16_scores_are_the_same_bytes_at_every_kernel_level() {
+fn bf16_scores_are_the_same_bytes_at_every_fma_kernel_level() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let models = root.join("models/qwen3");
     let dir = tempfile::tempdir().unwrap();
@@ -212,11 +217,35 @@ fn bf16_scores_are_the_same_bytes_at_every_kernel_level() {
         outputs.push((level, std::fs::read(&out_path).unwrap()));
     }
     assert!(!outputs.is_empty());
+    let (first, base) = &outputs[0];
     for (level, bytes) in &outputs[1..] {
-        assert!(
-            bytes == &outputs[0].1,
-            "{level} differs from {}",
-            outputs[0].0
-        );
+        if *level != "portable" {
+            assert!(bytes == base, "{level} differs from {first}");
+            continue;
+        }
+        let lines = |b: &[u8]| -> Vec<Value> {
+            String::from_utf8_lossy(b)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let (a, b) = (lines(base), lines(bytes));
+        assert_eq!(a.len(), b.len());
+        let mut worst = 0.0f64;
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x["token_ids"], y["token_ids"]);
+            for key in ["logp_policy", "logp_reference"] {
+                let (xs, ys) = (x[key].as_array().unwrap(), y[key].as_array().unwrap());
+                assert_eq!(xs.len(), ys.len());
+                for (u, v) in xs.iter().zip(ys) {
+                    if let (Some(u), Some(v)) = (u.as_f64(), v.as_f64()) {
+                        worst = worst.max((u - v).abs());
+                    } else {
+                        assert_eq!(u, v, "{key}: a null on one level only");
+                    }
+                }
+            }
+        }
+        assert!(worst <= 0.12, "portable differs from {first} by {worst}");
     }
 }

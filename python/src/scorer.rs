@@ -46,7 +46,11 @@ const ARRAY_KEYS: [&str; 7] = [
 ///         action mask to each trajectory's result.
 ///     prefix_cache: reuse the K/V of shared prefixes across records and calls.
 ///     kv_cache_mb: prefix-cache budget in MiB (default: a quarter of memory).
-///     gpu_dtype: CUDA only: ``bf16 | f16 | f32`` for weights and the KV cache.
+///     compute_dtype: ``auto | f32 | bf16 | f16`` (``--compute-dtype``): on the CPU
+///         ``auto``/``f32`` is the exact path and ``bf16`` runs the weight GEMMs and
+///         the LM head on bf16 inputs (f32 accumulation; about 1.6× faster, error
+///         in docs/cpu.md); on CUDA the dtype of weights and the KV cache
+///         (``auto``: the checkpoint's). ``gpu_dtype`` is an alias.
 ///     strict: a record whose chat-template render drops tool calls is an error.
 ///     format: input format when :meth:`score` reads a path (auto-detected by
 ///         default): ``jsonl | messages | tau2 | who-and-when | tokens | text``.
@@ -330,7 +334,7 @@ impl Scorer {
     #[new]
     #[pyo3(signature = (policy, reference, *, device="auto", render=None, token_agg="mean",
         step_agg="mean", beta=1.0, max_length=None, batch_tokens=8192, tokens=false,
-        prefix_cache=true, kv_cache_mb=None, gpu_dtype=None, strict=false, format=None,
+        prefix_cache=true, kv_cache_mb=None, compute_dtype=None, gpu_dtype=None, strict=false, format=None,
         merge=None, alpha=None, density=None, merge_seed=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -347,6 +351,7 @@ impl Scorer {
         tokens: bool,
         prefix_cache: bool,
         kv_cache_mb: Option<usize>,
+        compute_dtype: Option<&str>,
         gpu_dtype: Option<&str>,
         strict: bool,
         format: Option<&str>,
@@ -367,7 +372,17 @@ impl Scorer {
             with_tokens: tokens,
             prefix_cache,
             kv_cache_mb,
-            gpu_dtype: gpu_dtype.map(|d| parse("gpu_dtype", d)).transpose()?,
+            compute_dtype: match (compute_dtype, gpu_dtype) {
+                (Some(_), Some(_)) => {
+                    return Err(bad_arg(
+                        "gpu_dtype",
+                        "an alias of compute_dtype: give one of the two",
+                    ));
+                }
+                (Some(d), None) => parse("compute_dtype", d)?,
+                (None, Some(d)) => parse("gpu_dtype", d)?,
+                (None, None) => Default::default(),
+            },
             strict,
             merge,
         };

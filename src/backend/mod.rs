@@ -102,8 +102,8 @@ impl fmt::Display for Device {
 /// - CPU: `f32` (and `auto`) is the exact path; `bf16` runs the weight GEMMs
 ///   and the LM head on bf16 inputs with f32 accumulation
 ///   ([`cpu::gemm_bf16`]: `vdpbf16ps` where the CPU has AVX512-BF16, the
-///   same roundings in f32 arithmetic elsewhere: the same numbers on every
-///   machine); norms, softmax, RoPE, attention, the DeltaNet recurrence and
+///   same roundings in f32 arithmetic elsewhere: the same GEMM bits on
+///   every machine, docs/cpu.md); norms, softmax, RoPE, attention, the DeltaNet recurrence and
 ///   the scoring stay f32. `f16` is refused: no CPU instruction does f16
 ///   dot products with f32 accumulation at a gain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
