@@ -506,6 +506,8 @@ mod tests {
                 write(&tiny, d.path(), DType::BF16, i as u64).unwrap();
             }
             let load = |d: &tempfile::TempDir| std::sync::Arc::new(Model::load(d.path()).unwrap());
+            // The architecture is named as the config names it.
+            assert_eq!(load(&dirs[0]).config.arch_name, arch);
             let mut pair = crate::backend::open_pair(
                 crate::backend::Device::Cpu,
                 load(&dirs[0]),

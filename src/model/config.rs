@@ -38,6 +38,8 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The first `architectures[0]` name of this family (a loaded config
+    /// keeps its own in [`Config::arch_name`]).
     pub fn hf_name(self) -> &'static str {
         family::SUPPORTED
             .iter()
@@ -280,6 +282,8 @@ pub struct EmbedDesc {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub arch: Arch,
+    /// `architectures[0]` of the config (one of [`family::SUPPORTED`]).
+    pub arch_name: &'static str,
     pub hidden_size: usize,
     pub vocab_size: usize,
     pub num_layers: usize,

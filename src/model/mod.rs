@@ -92,7 +92,7 @@ impl Model {
         let (heads, kv_heads) = c.attention_heads();
         format!(
             "{} ({} layers, hidden {}, heads {}/{}, vocab {}, {})",
-            c.arch.hf_name(),
+            c.arch_name,
             c.num_layers,
             c.hidden_size,
             heads,

@@ -192,7 +192,7 @@ fn describe(scorer: &Scorer, [policy, reference]: [String; 2]) -> Value {
         let c = &m.config;
         json!({
             "name": name,
-            "architecture": c.arch.hf_name(),
+            "architecture": c.arch_name,
             "dtype": m.dtype().name(),
             "layers": c.num_layers,
             "hidden_size": c.hidden_size,

@@ -207,7 +207,7 @@ fn uniform(cfg: &Config) -> Result<Uniform> {
              zero-centred norms, post-norm or sandwich blocks, per-layer head dims, embeddings \
              or RoPE, K/V sharing or a logit soft-cap); the CUDA backend does not run it yet: \
              use --device cpu",
-            cfg.arch.hf_name()
+            cfg.arch_name
         ))
     })
 }

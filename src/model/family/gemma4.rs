@@ -213,6 +213,7 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
     let wrapped = arch_name == "Gemma4ForConditionalGeneration";
     Ok(Config {
         arch: Arch::Gemma4,
+        arch_name: Arch::Gemma4.hf_name(),
         hidden_size: c.hidden,
         vocab_size: c.vocab,
         num_layers: n,

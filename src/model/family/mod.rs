@@ -54,21 +54,23 @@ pub fn describe(v: &Value, path: &Path) -> Result<Config> {
                 supported()
             ))
         })?;
-    let arch = SUPPORTED
+    let (name, arch) = SUPPORTED
         .iter()
         .find(|(n, _)| *n == arch_name)
-        .map(|(_, a)| *a)
+        .copied()
         .ok_or_else(|| Error::UnsupportedArch {
             path: path.to_path_buf(),
             arch: arch_name.to_string(),
             supported: supported(),
         })?;
-    match arch {
+    let mut cfg = match arch {
         Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 => llama::describe(k, arch),
         Arch::Olmo3 => olmo3::describe(k),
         Arch::Gemma4 => gemma4::describe(k, arch_name),
         Arch::Qwen3_5 => qwen3_5::describe(k, arch_name),
-    }
+    }?;
+    cfg.arch_name = name;
+    Ok(cfg)
 }
 
 /// Keys every decoder reads the same way.
@@ -184,6 +186,7 @@ impl Common {
     fn plain_config(&self, arch: Arch, layers: Vec<LayerDesc>) -> Config {
         Config {
             arch,
+            arch_name: arch.hf_name(),
             hidden_size: self.hidden,
             vocab_size: self.vocab,
             num_layers: self.layers,
