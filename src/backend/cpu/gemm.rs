@@ -220,7 +220,7 @@ macro_rules! tile_14x32 {
 pub(super) use tile_14x32;
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx512::{store_14x32, transpose16};
+pub(super) use avx512::{store_14x32, store_masked, transpose16};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
@@ -256,15 +256,7 @@ mod avx512 {
                     acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
                 }
             }
-            for r in 0..R {
-                let cp = c.add(r * ldc);
-                if load_c {
-                    acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(mask0, cp));
-                    acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(mask1, cp.add(16)));
-                }
-                _mm512_mask_storeu_ps(cp, mask0, acc0[r]);
-                _mm512_mask_storeu_ps(cp.add(16), mask1, acc1[r]);
-            }
+            store_masked(&acc0, &acc1, c, ldc, mask0, mask1, load_c);
         }
     }
 
@@ -284,6 +276,37 @@ mod avx512 {
         unsafe {
             let acc = super::tile_14x32!("vbroadcastss", "vfmadd231ps", a, lda, bp, kc);
             store_14x32(&acc, c, ldc, load_c);
+        }
+    }
+
+    /// `C[r, 0..32] = [acc0[r] | acc1[r]] (+ C)` for `r < R`, the columns
+    /// of the two 16-wide halves chosen by `mask0` / `mask1` (an edge tile).
+    ///
+    /// # Safety
+    /// `c` holds `R` rows at stride `ldc` with the masked columns in bounds.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend::cpu) unsafe fn store_masked<const R: usize>(
+        acc0: &[__m512; R],
+        acc1: &[__m512; R],
+        c: *mut f32,
+        ldc: usize,
+        mask0: u16,
+        mask1: u16,
+        load_c: bool,
+    ) {
+        for r in 0..R {
+            // SAFETY: row r < R of C, the masked columns.
+            unsafe {
+                let cp = c.add(r * ldc);
+                let (mut v0, mut v1) = (acc0[r], acc1[r]);
+                if load_c {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, cp));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, cp.add(16)));
+                }
+                _mm512_mask_storeu_ps(cp, mask0, v0);
+                _mm512_mask_storeu_ps(cp.add(16), mask1, v1);
+            }
         }
     }
 

@@ -561,15 +561,7 @@ mod avx512bf16 {
                     acc1[i] = _mm512_dpbf16_ps(acc1[i], av, b1);
                 }
             }
-            for i in 0..R {
-                let cp = c.add(i * ldc);
-                if load_c {
-                    acc0[i] = _mm512_add_ps(acc0[i], _mm512_maskz_loadu_ps(mask0, cp));
-                    acc1[i] = _mm512_add_ps(acc1[i], _mm512_maskz_loadu_ps(mask1, cp.add(16)));
-                }
-                _mm512_mask_storeu_ps(cp, mask0, acc0[i]);
-                _mm512_mask_storeu_ps(cp.add(16), mask1, acc1[i]);
-            }
+            crate::backend::cpu::gemm::store_masked(&acc0, &acc1, c, ldc, mask0, mask1, load_c);
         }
     }
 
