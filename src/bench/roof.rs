@@ -49,6 +49,15 @@ fn all_threads(flops_per_instr: usize, f: impl Fn() -> f32 + Sync) -> f64 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// The sum of the accumulators (kept live, so the loop is not removed).
+    #[target_feature(enable = "avx512f")]
+    fn sum(acc: &[__m512; 12]) -> f32 {
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
+        _mm512_reduce_add_ps(s)
+    }
+
     /// # Safety
     /// AVX-512 F.
     #[target_feature(enable = "avx512f,fma")]
@@ -60,10 +69,7 @@ mod x86 {
                 *a = _mm512_fmadd_ps(x, y, *a);
             }
         }
-        let s = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
-        _mm512_reduce_add_ps(s)
+        sum(&acc)
     }
 
     /// # Safety
@@ -83,9 +89,6 @@ mod x86 {
                 *a = _mm512_dpbf16_ps(*a, x, y);
             }
         }
-        let s = acc
-            .iter()
-            .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
-        _mm512_reduce_add_ps(s)
+        sum(&acc)
     }
 }

@@ -36,17 +36,13 @@ pub struct Shape {
 }
 
 /// `layer_types` of `c`'s layer count: every `period`-th layer full
-/// attention, the others sliding.
-fn layer_types(c: &serde_json::Value, period: u64) -> serde_json::Value {
+/// attention, the others `other` (`sliding_attention`, `linear_attention`).
+fn layer_types(c: &serde_json::Value, period: u64, other: &str) -> serde_json::Value {
     let n = c["num_hidden_layers"].as_u64().unwrap_or(0);
     let full = |i: u64| (i + 1).is_multiple_of(period);
     json!(
         (0..n)
-            .map(|i| if full(i) {
-                "full_attention"
-            } else {
-                "sliding_attention"
-            })
+            .map(|i| if full(i) { "full_attention" } else { other })
             .collect::<Vec<_>>()
     )
 }
@@ -54,7 +50,7 @@ fn layer_types(c: &serde_json::Value, period: u64) -> serde_json::Value {
 /// Olmo 3: three sliding-window layers then a full one with YaRN.
 fn olmo3_keys(c: &mut serde_json::Value) {
     c["model_type"] = json!("olmo3");
-    c["layer_types"] = layer_types(c, 4);
+    c["layer_types"] = layer_types(c, 4, "sliding_attention");
     c["sliding_window"] = json!(4096);
     c["max_position_embeddings"] = json!(65536);
     c["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
@@ -70,7 +66,7 @@ fn gemma4_keys(c: &mut serde_json::Value) {
     let hd = c["head_dim"].as_u64().unwrap_or(0);
     let vocab = c["vocab_size"].clone();
     c["model_type"] = json!("gemma4_text");
-    c["layer_types"] = layer_types(c, 6);
+    c["layer_types"] = layer_types(c, 6, "sliding_attention");
     c["global_head_dim"] = json!(2 * hd);
     c["hidden_activation"] = json!("gelu_pytorch_tanh");
     c.as_object_mut().map(|o| o.remove("hidden_act"));
@@ -93,15 +89,7 @@ fn qwen3_5_keys(c: &mut serde_json::Value) {
     let hidden = c["hidden_size"].as_u64().unwrap_or(0);
     c["model_type"] = json!("qwen3_5_text");
     c["full_attention_interval"] = json!(4);
-    c["layer_types"] = json!(
-        (0..c["num_hidden_layers"].as_u64().unwrap_or(0))
-            .map(|i| if (i + 1) % 4 == 0 {
-                "full_attention"
-            } else {
-                "linear_attention"
-            })
-            .collect::<Vec<_>>()
-    );
+    c["layer_types"] = layer_types(c, 4, "linear_attention");
     c["attn_output_gate"] = json!(true);
     c["attention_bias"] = json!(false);
     c["linear_conv_kernel_dim"] = json!(4);
