@@ -24,7 +24,7 @@
 //! 28 zmm registers and broadcasts one pair of A per row (`vpbroadcastd`),
 //! the f32 kernel's structure with the pair in place of the float.
 
-use super::gemm::{NC, NR, for_each_tile, tile_product};
+use super::gemm::{NC, NR, for_each_tile, give_back_scratch, take_scratch, tile_product};
 use crate::model::weights::{Data, Tensor};
 
 /// Rows of C per micro-kernel call (the f32 kernel's).
@@ -338,11 +338,14 @@ fn tile_product_at(
     let panels = nc.div_ceil(NR);
     let nkb = k2.div_ceil(KP).max(1);
     let kp_len = k2.div_ceil(nkb);
-    let mut bp = vec![0u32; panels * kp_len * NR];
+    // The f32 path's per-thread packing buffer, as u32 pairs (`pack`
+    // writes every element it hands out, padding included).
+    let mut scratch = take_scratch(panels * kp_len * NR);
+    let bp: &mut [u32] = bytemuck::cast_slice_mut(&mut scratch[..panels * kp_len * NR]);
     for kb in 0..nkb {
         let p0 = kb * kp_len;
         let kp = kp_len.min(k2 - p0);
-        pack(w, k, n0, nc, p0, kp, &mut bp);
+        pack(w, k, n0, nc, p0, kp, bp);
         let load_c = accumulate || kb > 0;
         for q in 0..panels {
             let cols = (nc - q * NR).min(NR);
@@ -379,6 +382,7 @@ fn tile_product_at(
             }
         }
     }
+    give_back_scratch(scratch);
 }
 
 /// `f32` of the high / low bf16 of a pair.
