@@ -162,6 +162,22 @@ impl Scorer {
             .collect())
     }
 
+    /// Read `records` and score them (per α of `alphas`); with `raise`,
+    /// nothing is scored when a record cannot even be read.
+    fn read_and_score(
+        &self,
+        py: Python<'_>,
+        records: &Bound<'_, PyAny>,
+        raise: bool,
+        alphas: &[f64],
+    ) -> PyResult<Vec<Vec<Outcome>>> {
+        let records = read_input(py, records, self.format)?;
+        if raise && let Some(Err(e)) = records.iter().find(|r| r.is_err()) {
+            return Err(PadvError::new_err(e.to_string()));
+        }
+        self.score_all(py, records, alphas)
+    }
+
     /// Results as Python objects; the first error raised with `on_error="raise"`.
     fn to_python(
         &self,
@@ -423,12 +439,7 @@ impl Scorer {
         on_error: &str,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let raise = on_error_raises(on_error)?;
-        let records = read_input(py, records, self.format)?;
-        if raise && let Some(Err(e)) = records.iter().find(|r| r.is_err()) {
-            // Nothing is scored for a call that would raise on reading anyway.
-            return Err(PadvError::new_err(e.to_string()));
-        }
-        let outcomes = self.score_all(py, records, &[])?;
+        let outcomes = self.read_and_score(py, records, raise, &[])?;
         let one = outcomes.into_iter().next().unwrap_or_default();
         self.to_python(py, one, raise)
     }
@@ -461,11 +472,7 @@ impl Scorer {
                 "the scorer has no merged reference (load it with merge=...)",
             ));
         }
-        let records = read_input(py, records, self.format)?;
-        if raise && let Some(Err(e)) = records.iter().find(|r| r.is_err()) {
-            return Err(PadvError::new_err(e.to_string()));
-        }
-        self.score_all(py, records, &alphas)?
+        self.read_and_score(py, records, raise, &alphas)?
             .into_iter()
             .map(|outcomes| self.to_python(py, outcomes, raise))
             .collect()
