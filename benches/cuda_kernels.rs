@@ -226,6 +226,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
         gpu.fill_uniform(&mut v.all_mut(), 13, -1.0, 1.0).unwrap();
         let table = gpu.upload(&layout.block_table).unwrap();
         let starts = gpu.upload(&layout.seq_start).unwrap();
+        let past = gpu.upload(&layout.past).unwrap();
         let tiles = gpu.upload(&layout.tiles).unwrap();
         let mut out = DevTensor::alloc(gpu, DType::BF16, n * heads * hd).unwrap();
         let pairs: f64 = lens.iter().map(|&l| (l * (l + 1) / 2) as f64).sum();
@@ -242,6 +243,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
                     &v.all(),
                     &table.as_view(),
                     &starts.as_view(),
+                    &past.as_view(),
                     &tiles.as_view(),
                     layout.max_blocks,
                     &mut out.all_mut(),

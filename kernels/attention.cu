@@ -19,9 +19,13 @@
 //   blocks listed in block_table[s, 0 .. ceil(len_s / KV_BLOCK)); its key j
 //   lives at pool row block_table[s, j / KV_BLOCK] · KV_BLOCK + j % KV_BLOCK.
 //   Blocks need not be contiguous or in
-//   order, so a prefix shared by several sequences can be stored once (the
-//   CPU prefix cache, src/kv, uses this layout; the CUDA backend builds its
-//   block tables per batch and does not share blocks across calls yet).
+//   order. With the prefix cache (src/backend/cuda/kv.rs), sequence s's first
+//   past[s] keys (whole blocks) were copied into the pool from the cache and
+//   only the tokens after them are packed as queries: packed query r of s is
+//   at position past[s] + r and sees keys 0 … past[s] + r. Without a window,
+//   key tiles start at position 0 whatever `past` is, so a row meets the
+//   same tiles in the same order cached or not (tiles past its own position
+//   add exact zeros): the same bits.
 //
 // Work split: one thread block per (query tile, head). A query tile is
 // ATTN_BR = 64 consecutive queries of one sequence (the host lists the tiles of
@@ -72,6 +76,7 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
                                 const T* __restrict__ v_pool,         // [pool_rows, kv_heads, hd] T
                                 const int32_t* __restrict__ block_table,  // [num_seqs, max_blocks]
                                 const int32_t* __restrict__ seq_start,    // [num_seqs + 1] first packed row
+                                const int32_t* __restrict__ past,         // [num_seqs] cached tokens before the packed ones
                                 const int32_t* __restrict__ tiles,        // [num_tiles, 2] (sequence, first query)
                                 T* __restrict__ out,                  // [n, heads, hd] T
                                 int heads, int kv_heads, int hd, int max_blocks, int window,
@@ -83,7 +88,7 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
 
     const int seq = tiles[2 * blockIdx.x], tile0 = tiles[2 * blockIdx.x + 1];
     const int h = blockIdx.y, kvh = h / (heads / kv_heads);
-    const int base = seq_start[seq];
+    const int base = seq_start[seq], p0 = past[seq];
     const size_t qd = (size_t)heads * hd, kvd = (size_t)kv_heads * hd;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int32_t* table = block_table + (size_t)seq * max_blocks;
@@ -106,8 +111,10 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
             for (int s = 0; s < SLOTS; ++s) acc[i][s] = 0.0f;
         }
 
-        const int k_hi = q0 + nq;  // keys [k_lo, k_hi) can be visible to this tile
-        const int k_lo = window > 0 ? max(0, q0 - window + 1) : 0;
+        // Query r of the half is at position p0 + q0 + r; keys [k_lo, k_hi)
+        // can be visible to it.
+        const int k_hi = p0 + q0 + nq;
+        const int k_lo = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
         for (int kt = k_lo; kt < k_hi; kt += ATTN_BC) {
             __syncthreads();  // the previous tile is consumed (first pass: qs is stored)
             for (int e = threadIdx.x; e < ATTN_BC * hd; e += blockDim.x) {
@@ -141,7 +148,7 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
             for (int i = 0; i < ROWS; ++i) {
                 const int r = warp * ROWS + i;
                 if (r >= nq) continue;  // warp-uniform
-                const int qi = q0 + r;
+                const int qi = p0 + q0 + r;
                 const bool vis = j < k_hi && j <= qi && (window <= 0 || j > qi - window);
                 const float si = vis ? s[i] : -INFINITY;
                 const float mn = fmaxf(m[i], warp_max(si));
@@ -186,9 +193,9 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
     extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)                             \
         paged_attention_##SUFFIX##_s##SLOTS(                                                  \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
-            const int32_t* seq_start, const int32_t* tiles, T* out, int heads, int kv_heads,  \
-            int hd, int max_blocks, int window, float scale) {                                \
-        paged_attention<T, SLOTS>(q, k_pool, v_pool, block_table, seq_start, tiles, out,      \
+            const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
+            int heads, int kv_heads, int hd, int max_blocks, int window, float scale) {       \
+        paged_attention<T, SLOTS>(q, k_pool, v_pool, block_table, seq_start, past, tiles, out, \
                                   heads, kv_heads, hd, max_blocks, window, scale);            \
     }
 #define PAGED_ATTENTION(SUFFIX, T)        \
@@ -242,6 +249,7 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
                                     const T* __restrict__ v_pool,
                                     const int32_t* __restrict__ block_table,
                                     const int32_t* __restrict__ seq_start,
+                                    const int32_t* __restrict__ past,
                                     const int32_t* __restrict__ tiles, T* __restrict__ out,
                                     int heads, int kv_heads, int max_blocks, int window,
                                     float scale) {
@@ -258,7 +266,7 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
 
     const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
     const int h = blockIdx.y, kvh = h / (heads / kv_heads);
-    const int base = seq_start[seq];
+    const int base = seq_start[seq], p0 = past[seq];
     const int nq = min(ATTN_BR, seq_start[seq + 1] - base - q0);
     const size_t qd = (size_t)heads * HD, kvd = (size_t)kv_heads * HD;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -291,9 +299,10 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
 #pragma unroll
     for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
 
-    const int qi_lo = q0 + r_lo, qi_hi = q0 + r_hi;
-    const int k_hi = q0 + nq;
-    const int k_lo = window > 0 ? max(0, q0 - window + 1) : 0;
+    // Positions: packed query r is at p0 + q0 + r, keys count from 0.
+    const int qi_lo = p0 + q0 + r_lo, qi_hi = p0 + q0 + r_hi;
+    const int k_hi = p0 + q0 + nq;
+    const int k_lo = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
     for (int kt = k_lo; kt < k_hi; kt += MMA_BC) {
         __syncthreads();  // the previous tile's ks / vs are consumed
         // K and V rows: coalesced 16-byte loads and stores (consecutive
@@ -417,9 +426,10 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                              \
         paged_attention_mma_##SUFFIX##_d##HD(                                                 \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
-            const int32_t* seq_start, const int32_t* tiles, T* out, int heads, int kv_heads,  \
-            int /* hd = HD */, int max_blocks, int window, float scale) {                     \
-        paged_attention_mma<T, HD>(q, k_pool, v_pool, block_table, seq_start, tiles, out,     \
+            const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
+            int heads, int kv_heads, int /* hd = HD */, int max_blocks, int window,          \
+            float scale) {                                                                    \
+        paged_attention_mma<T, HD>(q, k_pool, v_pool, block_table, seq_start, past, tiles, out, \
                                    heads, kv_heads, max_blocks, window, scale);               \
     }
 #define PAGED_ATTENTION_MMA(SUFFIX, T)       \

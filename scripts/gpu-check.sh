@@ -54,8 +54,9 @@ build() {
   export CARGO_TARGET_DIR="$root/target-gpu"
   local json
   json="$(cargo test --release --features cuda --test cuda_kernel_parity --test cuda_parity \
-    --test toyworld_steps --no-run --message-format=json)"
-  json+=$'\n'"$(cargo build --release --features cuda --bin padv --message-format=json)"
+    --test cuda_kv --test toyworld_steps --no-run --message-format=json)"
+  json+=$'\n'"$(cargo build --release --features cuda --bin padv --example loadgen \
+    --message-format=json)"
   json+=$'\n'"$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json)"
   local raw="$CARGO_TARGET_DIR/bundle"
   rm -rf "$raw" && mkdir -p "$raw" "$bundle"
@@ -68,7 +69,8 @@ for line in sys.stdin:
         continue
     exe = m.get("executable")
     name = (m.get("target") or {}).get("name")
-    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kernels", "toyworld_steps", "padv"):
+    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kv", "cuda_kernels",
+                        "toyworld_steps", "padv", "loadgen"):
         shutil.copy(exe, sys.argv[1] + "/" + name)
         print("gpu-check: bundled", name)
 ' "$raw"
@@ -126,8 +128,36 @@ padv_bench() {
       --reference $tw/models/ref --tokens 128,512 --repeats 3 || rc=$?
     timeout 180 "$bundle/padv" bench --device cuda --shape qwen2.5-0.5b --tokens 1024,4096 \
       --repeats 3 || rc=$?
+    timeout 150 "$bundle/padv" bench --device cuda --prefix-cache --shape qwen2.5-0.5b \
+      --repeats 2 || rc=$?
   } >"$out/padv-bench.log" 2>&1
   echo "padv bench --device cuda: exit $rc" >>"$out/padv-bench.log"
+  return $rc
+}
+
+# `padv serve --device cuda` (toyworld) under examples/loadgen, one agent,
+# prefix cache on and off: step latency p50/p99 and hit rate.
+http_get() {
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"
+}
+
+serve_load() {
+  local rc=0 port=18431 flag
+  for flag in "" --no-prefix-cache; do
+    "$bundle/padv" serve --device cuda --addr "127.0.0.1:$port" $flag >>"$out/serve.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 60); do
+      http_get "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    echo "## serve --device cuda ${flag:-(cache on)}" >>"$out/serve-load.log"
+    timeout 60 "$bundle/loadgen" --addr "127.0.0.1:$port" --agents 1 --batch-clients 0 \
+      --no-overload --seconds 8 >>"$out/serve-load.log" 2>&1 || rc=$?
+    http_get "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -E "prefix|cache" \
+      >>"$out/serve-load.log" || true
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    port=$((port + 1))
+  done
   return $rc
 }
 
@@ -160,7 +190,7 @@ run() {
 
   export PADV_REQUIRE_GPU=1 CARGO_MANIFEST_DIR="$root"
   local parity_rc=0 bench_rc=0 t
-  local tests=(cuda_kernel_parity cuda_parity toyworld_steps)
+  local tests=(cuda_kernel_parity cuda_parity cuda_kv toyworld_steps)
   for t in "${tests[@]}"; do
     # toyworld_steps also holds CPU tests; its GPU ones have `gpu` in their names.
     local filter=() limit=150
@@ -195,6 +225,7 @@ run() {
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
     PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
     padv_bench || bench_rc=$?
+    serve_load || bench_rc=$?
   fi
 
   {
@@ -221,6 +252,11 @@ run() {
     if [[ -f "$out/padv-bench.log" ]]; then
       echo
       grep -E '^(model|device|\|)' "$out/padv-bench.log" || tail -n 3 "$out/padv-bench.log"
+    fi
+    if [[ -f "$out/serve-load.log" ]]; then
+      echo
+      grep -E '^(## serve|\| (on|off|POST|endpoint)|padv_prefix|.*hit)' "$out/serve-load.log" \
+        || tail -n 20 "$out/serve-load.log"
     fi
   } | tee "$out/summary.md"
   [[ $parity_rc -eq 0 && $bench_rc -eq 0 ]]

@@ -131,6 +131,9 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             if a.prefix_cache {
                 let mut o = padv::bench::prefix::PrefixBenchOptions::new(policy, reference);
+                if padv::backend::cuda_ordinal(a.device).is_some() {
+                    o = o.scaled(4);
+                }
                 (o.device, o.repeats) = (a.device, a.repeats);
                 let report = padv::bench::prefix::run(&o)?;
                 print_report(&report.table(), &report, a.json.as_deref())?;

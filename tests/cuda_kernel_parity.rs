@@ -233,11 +233,15 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
     }
 }
 
+/// Every attention case, its sequences scored whole and with a cached
+/// prefix (`past`: the first whole blocks of about half of each sequence
+/// already in the pool, only the rest packed as queries, as the prefix
+/// cache runs it).
 #[test]
-fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_blocks() {
+fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_and_past() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(4);
-    for (heads, kv_heads, hd, window, lens) in [
+    let cases = [
         (4, 2, 32, None, vec![150usize, 37, 1]),
         (4, 4, 64, Some(17), vec![100]),
         (8, 1, 128, Some(40), vec![70, 33]),
@@ -246,10 +250,25 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
         (4, 2, 64, Some(1), vec![20]),
         (14, 2, 64, None, vec![257, 64]),
         (4, 2, 128, None, vec![300, 5]),
-    ] {
+    ];
+    for ((heads, kv_heads, hd, window, lens), cached) in cases
+        .iter()
+        .flat_map(|c| [(c.clone(), false), (c.clone(), true)])
+    {
         let shape = AttnShape::new(heads, kv_heads, hd, window);
         let (qd, kvd) = (heads * hd, kv_heads * hd);
-        let n: usize = lens.iter().sum();
+        let total: usize = lens.iter().sum();
+        let seqs: Vec<(usize, usize)> = lens
+            .iter()
+            .map(|&l| {
+                let past = if cached {
+                    l / 2 / KV_BLOCK * KV_BLOCK
+                } else {
+                    0
+                };
+                (past, l - past)
+            })
+            .collect();
         let needed: usize = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).sum();
         // A fixed shuffle of the blocks over a larger pool.
         let mut order: Vec<usize> = (0..needed + 3).collect();
@@ -257,39 +276,57 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
             order.swap(i, rng.below(i + 1));
         }
         order.truncate(needed);
-        let layout = PagedBatch::with_blocks(&lens, &order);
-        let q = rng.vec(n * qd, 1.0);
-        let k = rng.vec(n * kvd, 1.0);
-        let v = rng.vec(n * kvd, 1.0);
+        let layout = PagedBatch::with_past_blocks(&seqs, &order);
+        let n = layout.tokens();
+        let q = rng.vec(total * qd, 1.0);
+        let k = rng.vec(total * kvd, 1.0);
+        let v = rng.vec(total * kvd, 1.0);
+        // Sequence s's tokens start at row `first[s]` of q/k/v.
+        let first: Vec<usize> = lens
+            .iter()
+            .scan(0, |a, &l| Some(std::mem::replace(a, *a + l)))
+            .collect();
+        // The packed (new) queries only.
+        let q_new: Vec<f32> = seqs
+            .iter()
+            .zip(&first)
+            .flat_map(|(&(past, new), &f)| q[(f + past) * qd..(f + past + new) * qd].to_vec())
+            .collect();
         for dt in DTYPES {
             let (kr, vr) = (rounded(dt, &k), rounded(dt, &v));
             let mut want = Vec::with_capacity(n * qd);
             for (s, &len) in lens.iter().enumerate() {
-                let a = layout.seq_start[s] as usize;
-                let b = a + len;
-                want.extend(ops::attention_reference(
+                let (a, b) = (first[s], first[s] + len);
+                let all = ops::attention_reference(
                     &q[a * qd..b * qd],
                     &kr[a * kvd..b * kvd],
                     &vr[a * kvd..b * kvd],
                     0,
                     len,
                     shape,
-                ));
+                );
+                want.extend_from_slice(&all[seqs[s].0 * qd..]);
             }
-            // Scatter K/V rows into their pool slots (NaN elsewhere).
+            // Scatter every position's K/V rows (cached ones too) into its
+            // pool slot through the block table (NaN elsewhere).
             let rows = layout.pool_rows();
             let mut kp = vec![f32::NAN; rows * kvd];
             let mut vp = vec![f32::NAN; rows * kvd];
-            for (t, &slot) in layout.slots.iter().enumerate() {
-                let s = slot as usize;
-                kp[s * kvd..(s + 1) * kvd].copy_from_slice(&kr[t * kvd..(t + 1) * kvd]);
-                vp[s * kvd..(s + 1) * kvd].copy_from_slice(&vr[t * kvd..(t + 1) * kvd]);
+            for (s, &len) in lens.iter().enumerate() {
+                for i in 0..len {
+                    let block = layout.block_table[s * layout.max_blocks + i / KV_BLOCK] as usize;
+                    let slot = block * KV_BLOCK + i % KV_BLOCK;
+                    let t = first[s] + i;
+                    kp[slot * kvd..(slot + 1) * kvd].copy_from_slice(&kr[t * kvd..(t + 1) * kvd]);
+                    vp[slot * kvd..(slot + 1) * kvd].copy_from_slice(&vr[t * kvd..(t + 1) * kvd]);
+                }
             }
             let dkp = DevTensor::from_f32(&gpu, &kp, dt).unwrap();
             let dvp = DevTensor::from_f32(&gpu, &vp, dt).unwrap();
-            let dq = gpu.upload(&q).unwrap();
+            let dq = gpu.upload(&q_new).unwrap();
             let table = gpu.upload(&layout.block_table).unwrap();
             let starts = gpu.upload(&layout.seq_start).unwrap();
+            let past = gpu.upload(&layout.past).unwrap();
             let tiles = gpu.upload(&layout.tiles).unwrap();
             let mut kernels = vec![AttnKernel::Simt];
             if gpu.attention_has_tensor_cores(dt, hd) {
@@ -304,6 +341,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
                     &dvp.all(),
                     &table.as_view(),
                     &starts.as_view(),
+                    &past.as_view(),
                     &tiles.as_view(),
                     layout.max_blocks,
                     &mut out.all_mut(),
@@ -325,7 +363,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_and_shuffled_block
                 };
                 assert_close(
                     &format!(
-                        "attention {kernel:?} h{heads}/{kv_heads} hd{hd} window {window:?} {lens:?} {dt:?}"
+                        "attention {kernel:?} h{heads}/{kv_heads} hd{hd} window {window:?} {seqs:?} {dt:?}"
                     ),
                     &out.to_f32_vec(&gpu).unwrap(),
                     &want,

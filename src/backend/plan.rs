@@ -26,7 +26,7 @@
 //! speaks of block ids, so a device-resident store can take the same plan.
 
 use super::SeqRequest;
-use crate::kv::{Admitted, BlockId, CacheStats, PairCache};
+use crate::kv::{Admitted, BlockId, BlockStore, CacheStats, PairCache};
 use crate::model::config::Config;
 use crate::score::TokenScores;
 use crate::{Error, Result};
@@ -243,11 +243,11 @@ fn set(o: &mut TokenScores, t: usize, [lp, lr, ent, sc]: [f32; 4]) {
 /// admitted wave (writing its filled blocks), after which the wave is
 /// committed, or abandoned when `run` fails. `counters` gain the lookups,
 /// hit and computed tokens.
-pub fn in_waves(
-    cache: &mut PairCache,
+pub fn in_waves<S: BlockStore>(
+    cache: &mut PairCache<S>,
     batch: &[SeqRequest],
     counters: &mut CacheStats,
-    mut run: impl FnMut(&mut PairCache, &[Admitted]) -> Result<()>,
+    mut run: impl FnMut(&mut PairCache<S>, &[Admitted]) -> Result<()>,
 ) -> Result<()> {
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by(|&a, &b| batch[a].token_ids.cmp(&batch[b].token_ids));

@@ -14,7 +14,7 @@
 use std::hash::{Hash, Hasher};
 
 use super::pool::{BlockId, BlockPool, Committed};
-use super::store::ModelKv;
+use super::store::{BlockStore, ModelKv};
 use super::{CacheStats, KvOptions};
 use crate::model::Model;
 use crate::model::config::DELTANET_CHUNK;
@@ -37,17 +37,19 @@ pub struct Admitted {
     pub fill: Vec<BlockId>,
 }
 
-pub struct PairCache {
+/// The index, both models' block stores (`S`: the CPU's [`ModelKv`], or a
+/// backend's device-resident store) and the token scores.
+pub struct PairCache<S = ModelKv> {
     pool: BlockPool,
-    pub policy: ModelKv,
-    pub reference: ModelKv,
+    pub policy: S,
+    pub reference: S,
     /// `[blocks, block_size]` token scores.
     scores: Vec<TokenScore>,
     budget_bytes: usize,
 }
 
 /// Identity of a pair, the root of every key: model directories and shapes.
-fn fingerprint(policy: &Model, reference: &Model) -> u64 {
+pub fn fingerprint(policy: &Model, reference: &Model) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     for m in [policy, reference] {
         m.dir.hash(&mut h);
@@ -58,17 +60,22 @@ fn fingerprint(policy: &Model, reference: &Model) -> u64 {
     h.finish()
 }
 
-impl PairCache {
+impl PairCache<ModelKv> {
+    /// A cache in host memory (the CPU backend's).
     pub fn new(policy: &Model, reference: &Model, opts: KvOptions) -> PairCache {
         let bs = Self::block_size_for(policy, reference, opts.block_size);
-        let per_block = Self::bytes_per_block(policy, reference, bs);
-        let capacity = opts.budget_bytes / per_block;
-        PairCache {
-            pool: BlockPool::new(bs, capacity, fingerprint(policy, reference)),
-            policy: ModelKv::new(&policy.config, bs, capacity),
-            reference: ModelKv::new(&reference.config, bs, capacity),
-            scores: Vec::new(),
-            budget_bytes: opts.budget_bytes,
+        let stores = ModelKv::bytes_per_block(&policy.config, bs)
+            + ModelKv::bytes_per_block(&reference.config, bs);
+        let id = fingerprint(policy, reference);
+        let made = PairCache::with_stores(id, opts, bs, stores, |cap| {
+            Ok::<_, std::convert::Infallible>((
+                ModelKv::new(&policy.config, bs, cap),
+                ModelKv::new(&reference.config, bs, cap),
+            ))
+        });
+        match made {
+            Ok(c) => c,
+            Err(never) => match never {},
         }
     }
 
@@ -92,6 +99,32 @@ impl PairCache {
         ModelKv::bytes_per_block(&policy.config, bs)
             + ModelKv::bytes_per_block(&reference.config, bs)
             + bs * std::mem::size_of::<TokenScore>()
+    }
+}
+
+impl<S: BlockStore> PairCache<S> {
+    /// A cache for the pair named by `fingerprint` (see [`fingerprint`]), of
+    /// blocks of `block_size` tokens whose stores cost `store_bytes` per
+    /// block for the pair (token scores are added here); `stores(capacity)`
+    /// makes them for the capacity the budget allows.
+    pub fn with_stores<E>(
+        fingerprint: u64,
+        opts: KvOptions,
+        block_size: usize,
+        store_bytes: usize,
+        stores: impl FnOnce(usize) -> std::result::Result<(S, S), E>,
+    ) -> std::result::Result<PairCache<S>, E> {
+        let bs = block_size.max(1);
+        let per_block = store_bytes + bs * std::mem::size_of::<TokenScore>();
+        let capacity = opts.budget_bytes / per_block.max(1);
+        let (p, r) = stores(capacity)?;
+        Ok(PairCache {
+            pool: BlockPool::new(bs, capacity, fingerprint),
+            policy: p,
+            reference: r,
+            scores: Vec::new(),
+            budget_bytes: opts.budget_bytes,
+        })
     }
 
     pub fn block_size(&self) -> usize {

@@ -73,9 +73,10 @@
 //! `p % block_size`. This is the pool layout of `kernels/attention.cu`
 //! (`k_pool`/`v_pool` `[num_blocks · 16, kv_heads, head_dim]`, `block_table`
 //! of pool blocks per sequence, `KV_BLOCK = 16` = [`DEFAULT_BLOCK_SIZE`]).
-//! The CUDA backend does not use this cache yet: it builds its own block
-//! tables per batch (`backend::cuda::forward::PagedBatch`); a device-resident
-//! pool taking its ids from here is the planned next step. Per layer the
+//! The CUDA backend keeps the same index over device-resident stores
+//! (`backend::cuda::kv::DeviceKv`, the arenas in the model's dtype): a
+//! wave copies its hit blocks into its paged pool and its filled blocks
+//! back, per layer. Per layer the
 //! arena width follows the layer's own K/V geometry (Gemma's full layers are
 //! wider; layers sharing another layer's K/V have none). The last-token
 //! hidden states are `[num_blocks, hidden]` per model, the token scores
@@ -83,7 +84,8 @@
 //! sequence's cached blocks into a contiguous view per layer (one copy of
 //! `block_size` rows per block) and runs the strided CPU attention over it.
 //!
-//! [`cache::PairCache`] ties pool and stores together and plans a batch:
+//! [`cache::PairCache`] ties pool and stores together (generic over the
+//! store, [`store::BlockStore`]) and plans a batch:
 //! requests are sorted by tokens and admitted in waves, so that sequences that
 //! share a not-yet-cached prefix compute it once (first wave) and hit it
 //! afterwards.
@@ -94,7 +96,7 @@ pub mod store;
 
 pub use cache::{Admitted, PairCache};
 pub use pool::{BlockId, BlockPool};
-pub use store::ModelKv;
+pub use store::{BlockStore, ModelKv};
 
 /// Tokens per block (vLLM's default; the CUDA pool's block, [`crate::consts`]).
 pub const DEFAULT_BLOCK_SIZE: usize = crate::consts::KV_BLOCK;

@@ -18,6 +18,25 @@
 use super::BlockId;
 use crate::model::Config;
 
+/// What the prefix cache asks of a model's block storage, whatever memory
+/// it lives in: room for the block ids the pool hands out, and its size.
+pub trait BlockStore {
+    /// Make room for block ids `< blocks` (never more than the capacity the
+    /// store was made for).
+    fn ensure(&mut self, blocks: usize);
+    /// Bytes held now.
+    fn bytes_allocated(&self) -> usize;
+}
+
+impl BlockStore for ModelKv {
+    fn ensure(&mut self, blocks: usize) {
+        ModelKv::ensure(self, blocks)
+    }
+    fn bytes_allocated(&self) -> usize {
+        ModelKv::bytes_allocated(self)
+    }
+}
+
 pub struct ModelKv {
     block_size: usize,
     /// Per layer, floats per token of K (and of V): `kv_heads · head_dim`,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use padv::backend::cpu::CpuPair;
 use padv::backend::{PairScorer, SeqRequest};
-use padv::kv::{CacheStats, KvOptions, PairCache};
+use padv::kv::{BlockPool, CacheStats, KvOptions, PairCache};
 use padv::model::Model;
 use padv::score::TokenScores;
 use rand::Rng;
@@ -61,12 +61,23 @@ pub fn assert_same(what: &str, off: &TokenScores, on: &TokenScores, tol: f32) {
     }
 }
 
+/// A scorer with a prefix cache whose index the tests can inspect.
+pub trait WithCache: PairScorer {
+    fn pool(&self) -> &BlockPool;
+}
+
+impl WithCache for CpuPair {
+    fn pool(&self) -> &BlockPool {
+        self.cache().expect("a cache").pool()
+    }
+}
+
 /// Score `batch` with both pairs and compare within `tol`; returns the
 /// cached pair's stats delta.
 pub fn check_within(
     what: &str,
-    off: &mut CpuPair,
-    on: &mut CpuPair,
+    off: &mut dyn PairScorer,
+    on: &mut impl WithCache,
     batch: &[SeqRequest],
     tol: f32,
 ) -> CacheStats {
@@ -76,7 +87,7 @@ pub fn check_within(
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert_same(&format!("{what} #{i}"), x, y, tol);
     }
-    let pool = on.cache().unwrap().pool();
+    let pool = on.pool();
     pool.check_invariants().unwrap();
     assert_eq!(pool.referenced(), 0, "{what}: blocks left referenced");
     on.cache_stats().unwrap().since(&before)
@@ -126,8 +137,8 @@ pub fn action_request(tokens: &[u32], spans: &[(usize, usize)]) -> SeqRequest {
 #[allow(clippy::too_many_arguments)]
 pub fn check_growing_prefixes(
     what: &str,
-    off: &mut CpuPair,
-    on: &mut CpuPair,
+    off: &mut dyn PairScorer,
+    on: &mut impl WithCache,
     tokens: &[u32],
     spans: &[(usize, usize)],
     block: usize,

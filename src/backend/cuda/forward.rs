@@ -28,6 +28,7 @@ use cudarc::driver::CudaSlice;
 
 use super::device::{DevTensor, Gpu, sub, sub_mut};
 use super::kernels::{ATTN_BR, AttnKernel, KV_BLOCK};
+use super::kv::{DeviceKv, WaveCopies};
 use super::weights::DeviceModel;
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
@@ -37,12 +38,17 @@ pub const LINEAR_CHUNK: usize = 4096;
 
 /// Where each token of a packed batch lives in the paged KV pool, and the
 /// attention work list. Built on the host; see kernels/attention.cu for the
-/// layout.
+/// layout. A sequence may start after `past` cached tokens (a prefix-cache
+/// hit, a multiple of [`KV_BLOCK`]): its first `past / KV_BLOCK` blocks then
+/// hold K/V copied in from the cache, and only the tokens after them are
+/// packed, computed and written.
 #[derive(Debug, Clone)]
 pub struct PagedBatch {
     /// `[num_seqs + 1]`: first packed row of each sequence.
     pub seq_start: Vec<i32>,
-    /// `[T]`: position of each token within its sequence.
+    /// `[num_seqs]`: cached tokens before each sequence's packed ones.
+    pub past: Vec<i32>,
+    /// `[T]`: position of each packed token within its sequence.
     pub pos: Vec<i32>,
     /// `[T]`: pool row of each token (`block · KV_BLOCK + offset`).
     pub slots: Vec<i32>,
@@ -52,42 +58,60 @@ pub struct PagedBatch {
     pub max_blocks: usize,
     /// Blocks in the pool.
     pub num_blocks: usize,
-    /// `[num_tiles, 2]`: (sequence, first query) of each attention tile.
+    /// `[num_tiles, 2]`: (sequence, first packed query) of each attention tile.
     pub tiles: Vec<i32>,
 }
 
 impl PagedBatch {
     /// Sequences of `lens` tokens, each given the next free blocks in order.
     pub fn new(lens: &[usize]) -> PagedBatch {
-        let needed: usize = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).sum();
+        let seqs: Vec<(usize, usize)> = lens.iter().map(|&l| (0, l)).collect();
+        Self::with_past(&seqs)
+    }
+
+    /// Sequences of `(past, new)` tokens (`past` a multiple of
+    /// [`KV_BLOCK`]), each given the next free blocks in order.
+    pub fn with_past(seqs: &[(usize, usize)]) -> PagedBatch {
+        let needed: usize = seqs.iter().map(|(p, n)| (p + n).div_ceil(KV_BLOCK)).sum();
         let order: Vec<usize> = (0..needed).collect();
-        Self::with_blocks(lens, &order)
+        Self::with_past_blocks(seqs, &order)
     }
 
     /// As [`PagedBatch::new`], but logical block `b` (counting over all
     /// sequences in order) is stored in pool block `order[b]`; the pool has
     /// `max(order) + 1` blocks. Tests use a shuffled order to exercise paging.
     pub fn with_blocks(lens: &[usize], order: &[usize]) -> PagedBatch {
-        let max_blocks = lens.iter().map(|l| l.div_ceil(KV_BLOCK)).max().unwrap_or(0);
-        let total: usize = lens.iter().sum();
+        let seqs: Vec<(usize, usize)> = lens.iter().map(|&l| (0, l)).collect();
+        Self::with_past_blocks(&seqs, order)
+    }
+
+    /// [`PagedBatch::with_past`] over the pool blocks `order`.
+    pub fn with_past_blocks(seqs: &[(usize, usize)], order: &[usize]) -> PagedBatch {
+        let blocks = |&(p, n): &(usize, usize)| (p + n).div_ceil(KV_BLOCK);
+        let max_blocks = seqs.iter().map(blocks).max().unwrap_or(0);
+        let total: usize = seqs.iter().map(|s| s.1).sum();
         let mut b = PagedBatch {
-            seq_start: Vec::with_capacity(lens.len() + 1),
+            seq_start: Vec::with_capacity(seqs.len() + 1),
+            past: Vec::with_capacity(seqs.len()),
             pos: Vec::with_capacity(total),
             slots: Vec::with_capacity(total),
-            block_table: vec![-1; lens.len() * max_blocks],
+            block_table: vec![-1; seqs.len() * max_blocks],
             max_blocks,
             num_blocks: order.iter().max().map_or(0, |m| m + 1),
             tiles: Vec::new(),
         };
         let mut start = 0usize;
         let mut logical = 0usize;
-        for (s, &len) in lens.iter().enumerate() {
+        for (s, seq) in seqs.iter().enumerate() {
+            let (past, len) = *seq;
+            debug_assert!(past.is_multiple_of(KV_BLOCK));
             b.seq_start.push(start as i32);
-            for j in 0..len.div_ceil(KV_BLOCK) {
+            b.past.push(past as i32);
+            for j in 0..blocks(seq) {
                 b.block_table[s * max_blocks + j] = order[logical] as i32;
                 logical += 1;
             }
-            for i in 0..len {
+            for i in past..past + len {
                 let block = b.block_table[s * max_blocks + i / KV_BLOCK] as usize;
                 b.pos.push(i as i32);
                 b.slots.push((block * KV_BLOCK + i % KV_BLOCK) as i32);
@@ -126,6 +150,7 @@ pub struct DeviceBatch {
     pub pos: CudaSlice<i32>,
     pub slots: CudaSlice<i32>,
     pub seq_start: CudaSlice<i32>,
+    pub past: CudaSlice<i32>,
     pub block_table: CudaSlice<i32>,
     pub tiles: CudaSlice<i32>,
     pub layout: PagedBatch,
@@ -138,6 +163,7 @@ impl DeviceBatch {
             pos: gpu.upload(&layout.pos)?,
             slots: gpu.upload(&layout.slots)?,
             seq_start: gpu.upload(&layout.seq_start)?,
+            past: gpu.upload(&layout.past)?,
             block_table: gpu.upload(&layout.block_table)?,
             tiles: gpu.upload(&layout.tiles)?,
             layout,
@@ -146,12 +172,16 @@ impl DeviceBatch {
 }
 
 /// Run `m` over `batch`; return the final-normed hidden states of packed rows
-/// `rows` (`[rows.len(), hidden]` in the model's dtype).
+/// `rows` (`[rows.len(), hidden]` in the model's dtype). With `kv` (the
+/// model's prefix-cache store and the wave's copies), each layer first
+/// copies the hit blocks' K/V into the pool and afterwards the filled
+/// blocks' K/V into the store (module doc of [`super::kv`]).
 pub fn forward_rows(
     gpu: &Gpu,
     m: &DeviceModel,
     batch: &DeviceBatch,
     rows: &CudaSlice<i32>,
+    mut kv: Option<(&mut DeviceKv, &WaveCopies)>,
 ) -> Result<DevTensor> {
     let (cfg, u) = (&m.config, &m.shape);
     let t = batch.layout.tokens();
@@ -232,6 +262,21 @@ pub fn forward_rows(
             )?;
         }
 
+        let block = KV_BLOCK * kvd;
+        if let Some((store, copies)) = kv.as_mut() {
+            gpu.copy_rows(
+                &store.k[li].all(),
+                &mut k_pool.all_mut(),
+                &copies.hits,
+                block,
+            )?;
+            gpu.copy_rows(
+                &store.v[li].all(),
+                &mut v_pool.all_mut(),
+                &copies.hits,
+                block,
+            )?;
+        }
         gpu.paged_attention(
             AttnKernel::Auto,
             &q.as_view(),
@@ -239,11 +284,26 @@ pub fn forward_rows(
             &v_pool.all(),
             &batch.block_table.as_view(),
             &batch.seq_start.as_view(),
+            &batch.past.as_view(),
             &batch.tiles.as_view(),
             batch.layout.max_blocks,
             &mut attn.all_mut(),
             shape,
         )?;
+        if let Some((store, copies)) = kv.as_mut() {
+            gpu.copy_rows(
+                &k_pool.all(),
+                &mut store.k[li].all_mut(),
+                &copies.fills,
+                block,
+            )?;
+            gpu.copy_rows(
+                &v_pool.all(),
+                &mut store.v[li].all_mut(),
+                &copies.fills,
+                block,
+            )?;
+        }
 
         for &(r0, r1) in &chunks {
             let n = r1 - r0;

@@ -300,7 +300,9 @@ impl Gpu {
 
     /// Causal (optionally windowed) attention over the paged KV pool —
     /// kernels/attention.cu; CPU twin: `ops::attention`. `tiles` lists
-    /// `(sequence, first query)` pairs, [`ATTN_BR`] queries each; see
+    /// `(sequence, first query)` pairs, [`ATTN_BR`] queries each; sequence
+    /// `s`'s packed queries sit at positions `past[s]…` (its first `past[s]`
+    /// keys are cached, already in the pool); see
     /// [`super::forward::PagedBatch`] for how they are built.
     /// `kernel`: [`AttnKernel::Auto`] picks tensor cores where they apply
     /// (tests and benches force each); `TensorCore` where it does not apply
@@ -314,6 +316,7 @@ impl Gpu {
         v_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
         block_table: &CudaView<'_, i32>, // [num_seqs, max_blocks]
         seq_start: &CudaView<'_, i32>,   // [num_seqs + 1]
+        past: &CudaView<'_, i32>,        // [num_seqs]
         tiles: &CudaView<'_, i32>,       // [num_tiles, 2]
         max_blocks: usize,
         out: &mut DevViewMut<'_>, // [n, heads·hd]
@@ -353,6 +356,9 @@ impl Gpu {
         })?;
         check(tiles.len().is_multiple_of(2), || {
             "attention: tiles not [n, 2]".into()
+        })?;
+        check(past.len() == num_seqs, || {
+            format!("attention: past has {} != {num_seqs} sequences", past.len())
         })?;
         let num_tiles = tiles.len() / 2;
         let win = window.unwrap_or(0);
@@ -398,6 +404,7 @@ impl Gpu {
             .arg(&v_pool.view)
             .arg(block_table)
             .arg(seq_start)
+            .arg(past)
             .arg(tiles)
             .arg(&mut out.view)
             .arg(&h)

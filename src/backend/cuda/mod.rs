@@ -17,6 +17,7 @@
 pub mod device;
 pub mod forward;
 pub mod kernels;
+pub mod kv;
 pub mod roofline;
 pub mod weights;
 
@@ -24,12 +25,15 @@ use std::sync::Arc;
 
 pub use cudarc;
 
+use self::device::{CudaResultExt, backend_err, sub, sub_mut};
 pub use self::device::{DevTensor, DevView, DevViewMut, Gpu, device_count, probe};
-use self::device::{backend_err, sub, sub_mut};
 use self::forward::{DeviceBatch, PagedBatch, forward_rows};
+use self::kernels::KV_BLOCK;
+use self::kv::{DeviceCache, DeviceKv, RowCopies, WaveCopies};
 use self::weights::{DeviceModel, check_free};
-use super::plan::{self, Row, WavePlan, nan_scores, uncached};
+use super::plan::{self, Row, WavePlan, count_uncached, in_waves, nan_scores, uncached};
 use super::{PairScorer, SeqRequest};
+use crate::kv::{Admitted, CacheStats, KvOptions};
 use crate::model::weights::DType;
 use crate::model::{Config, Model};
 use crate::score::TokenScores;
@@ -44,6 +48,13 @@ pub struct CudaPair {
     ordinal: usize,
     policy: DeviceModel,
     reference: DeviceModel,
+    /// Identity of the pair for the prefix cache's keys.
+    fingerprint: u64,
+    cache: Option<DeviceCache>,
+    /// The cache's options, to start it afresh when the reference changes.
+    kv_opts: Option<KvOptions>,
+    /// Token counters (the cache adds its gauges).
+    counters: CacheStats,
 }
 
 impl CudaPair {
@@ -86,12 +97,32 @@ impl CudaPair {
         let p = DeviceModel::upload(&gpu, policy, compute)?;
         let r = DeviceModel::upload(&gpu, reference, compute)?;
         gpu.synchronize()?;
-        Ok(CudaPair {
+        Ok(CudaPair::assemble(
             gpu,
             ordinal,
-            policy: p,
-            reference: r,
-        })
+            p,
+            r,
+            crate::kv::cache::fingerprint(policy, reference),
+        ))
+    }
+
+    fn assemble(
+        gpu: Gpu,
+        ordinal: usize,
+        policy: DeviceModel,
+        reference: DeviceModel,
+        fingerprint: u64,
+    ) -> CudaPair {
+        CudaPair {
+            gpu,
+            ordinal,
+            policy,
+            reference,
+            fingerprint,
+            cache: None,
+            kv_opts: None,
+            counters: CacheStats::default(),
+        }
     }
 
     /// A pair with random weights of the given shapes, generated on the
@@ -112,12 +143,7 @@ impl CudaPair {
         let gpu = Gpu::new(ordinal)?;
         let p = DeviceModel::random(&gpu, policy, dtype, seed)?;
         let r = DeviceModel::random(&gpu, reference, dtype, seed ^ 0x5EED)?;
-        Ok(CudaPair {
-            gpu,
-            ordinal,
-            policy: p,
-            reference: r,
-        })
+        Ok(CudaPair::assemble(gpu, ordinal, p, r, seed))
     }
 
     /// The device, for benches that time kernels on the same context.
@@ -129,6 +155,206 @@ impl CudaPair {
     pub fn models(&self) -> (&DeviceModel, &DeviceModel) {
         (&self.policy, &self.reference)
     }
+
+    /// The prefix cache, when on.
+    pub fn cache(&self) -> Option<&DeviceCache> {
+        self.cache.as_ref()
+    }
+
+    /// Turn the device prefix cache on (`Some`) or off. Its K/V arenas are
+    /// allocated whole now: the budget is capped at half the device memory
+    /// free at this point (the forward's activations need the rest), and
+    /// blocks are [`KV_BLOCK`] tokens (the pool layout's).
+    fn set_cache(&mut self, opts: Option<KvOptions>) -> Result<()> {
+        self.kv_opts = opts;
+        self.cache = None;
+        let Some(o) = opts else { return Ok(()) };
+        if o.block_size != KV_BLOCK {
+            return Err(Error::Backend(format!(
+                "cuda: the device prefix cache uses blocks of {KV_BLOCK} tokens (the paged \
+                 pool's), not {}",
+                o.block_size
+            )));
+        }
+        let (free, _) = self.gpu.ctx.mem_get_info().ctx("memory info")?;
+        let budget = o.budget_bytes.min(free / 2);
+        let opts = KvOptions {
+            budget_bytes: budget,
+            ..o
+        };
+        let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
+        let store = DeviceKv::bytes_per_block(p) + DeviceKv::bytes_per_block(r);
+        let cache = DeviceCache::with_stores(self.fingerprint, opts, KV_BLOCK, store, |cap| {
+            Ok::<_, Error>((DeviceKv::new(gpu, p, cap)?, DeviceKv::new(gpu, r, cap)?))
+        })?;
+        self.cache = Some(cache);
+        Ok(())
+    }
+}
+
+/// Score one wave (nothing cached without `cache`): forward both models
+/// over its new tokens, take the boundary rows' hidden states from the
+/// cache, run both LM heads and the fused scorer on the wanted rows, and
+/// fill `out` (and the wave's filled blocks: K/V in the forward, their last
+/// hidden states and scores here).
+#[allow(clippy::too_many_arguments)]
+fn score_wave(
+    gpu: &Gpu,
+    policy: &DeviceModel,
+    reference: &DeviceModel,
+    mut cache: Option<&mut DeviceCache>,
+    batch: &[SeqRequest],
+    wave: &[Admitted],
+    out: &mut [TokenScores],
+) -> Result<()> {
+    let bs = cache.as_ref().map_or(1, |c| c.block_size());
+    let plan = WavePlan::new(batch, wave, bs);
+    if let Some(c) = cache.as_deref() {
+        plan.scatter_cached(out, |id, slot| c.score(id, slot));
+    }
+    let n = plan.wanted.len();
+    if n == 0 && plan.fills.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<(usize, usize)> = wave
+        .iter()
+        .zip(&plan.seqs)
+        .map(|(a, s)| (a.hit.len() * bs, s.len))
+        .collect();
+    let layout = PagedBatch::with_past(&seqs);
+    // Rows of the forward's output: the wanted rows in order (a boundary
+    // row's slot is filled from the cache below), then each filled block's
+    // last row.
+    let mut rows: Vec<i32> = plan
+        .wanted
+        .iter()
+        .map(|w| match w.row {
+            Row::New(row) => row as i32,
+            Row::Boundary(_) => 0,
+        })
+        .collect();
+    rows.extend(plan.fills.iter().map(|&(_, row)| row as i32));
+    let boundary: Vec<(usize, usize)> = (plan.wanted.iter().enumerate())
+        .filter_map(|(i, w)| match w.row {
+            Row::Boundary(id) => Some((id as usize, i)),
+            Row::New(_) => None,
+        })
+        .collect();
+    let last: Vec<(usize, usize)> = (plan.fills.iter().enumerate())
+        .map(|(j, &(id, _))| (n + j, id as usize))
+        .collect();
+    let copies = match cache.as_deref() {
+        Some(_) => {
+            let members: Vec<_> = wave.iter().map(|a| (&a.hit[..], &a.fill[..])).collect();
+            let table = &layout.block_table;
+            Some(WaveCopies::new(gpu, &members, table, layout.max_blocks)?)
+        }
+        None => None,
+    };
+    let targets = plan.targets(batch);
+
+    let dev_batch = DeviceBatch::upload(gpu, &plan.tokens, layout)?;
+    let dev_rows = gpu.upload(&rows)?;
+    let dev_targets = gpu.upload(&targets)?;
+    let (boundary, last) = (
+        RowCopies::upload(gpu, boundary)?,
+        RowCopies::upload(gpu, last)?,
+    );
+    let mut hidden = Vec::with_capacity(2);
+    for (m, side) in [(policy, 0), (reference, 1)] {
+        let store = cache.as_deref_mut().map(|c| {
+            if side == 0 {
+                &mut c.policy
+            } else {
+                &mut c.reference
+            }
+        });
+        let kv = store.zip(copies.as_ref());
+        let mut h = forward_rows(gpu, m, &dev_batch, &dev_rows, kv)?;
+        if let Some(c) = cache.as_deref_mut() {
+            let store = if side == 0 {
+                &mut c.policy
+            } else {
+                &mut c.reference
+            };
+            let width = m.config.hidden_size;
+            gpu.copy_rows(&store.last_hidden.all(), &mut h.all_mut(), &boundary, width)?;
+            gpu.copy_rows(&h.all(), &mut store.last_hidden.all_mut(), &last, width)?;
+        }
+        hidden.push(h);
+    }
+    drop(dev_batch);
+    if n == 0 {
+        return Ok(());
+    }
+    let stats = lm_head_stats(
+        gpu,
+        policy,
+        reference,
+        &hidden[0],
+        &hidden[1],
+        &dev_targets,
+        n,
+    )?;
+    let stats = stats.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]);
+    match cache {
+        // Keep each score in the filled block holding its position.
+        Some(c) => plan.scatter(out, stats, |id, slot, s| c.set_score(id, slot, s)),
+        None => plan.scatter(out, stats, |_, _, _| {}),
+    }
+    Ok(())
+}
+
+/// Both LM heads (cuBLAS, f32 logits, in chunks of [`LOGIT_BUDGET`]) and the
+/// fused scorer over the first `n` rows of the hidden states: `[n, 4]` on
+/// the host.
+fn lm_head_stats(
+    gpu: &Gpu,
+    policy: &DeviceModel,
+    reference: &DeviceModel,
+    hp: &DevTensor,
+    hr: &DevTensor,
+    dev_targets: &cudarc::driver::CudaSlice<u32>,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let vocab = policy.config.vocab_size;
+    let ld = vocab.next_multiple_of(4);
+    let (h_p, h_r) = (policy.config.hidden_size, reference.config.hidden_size);
+    let chunk = (LOGIT_BUDGET / ld).clamp(16, 4096).min(n);
+    let mut lp = gpu.alloc_f32(chunk * ld)?;
+    let mut lr = gpu.alloc_f32(chunk * ld)?;
+    let mut stats = gpu.alloc_f32(4 * n)?;
+    for c0 in (0..n).step_by(chunk) {
+        let c1 = (c0 + chunk).min(n);
+        let c = c1 - c0;
+        gpu.matmul_wt(
+            &hp.view(c0 * h_p, c1 * h_p)?,
+            &policy.lm_head().all(),
+            &mut sub_mut(&mut lp, 0, c * ld)?,
+            c,
+            vocab,
+            h_p,
+            ld,
+        )?;
+        gpu.matmul_wt(
+            &hr.view(c0 * h_r, c1 * h_r)?,
+            &reference.lm_head().all(),
+            &mut sub_mut(&mut lr, 0, c * ld)?,
+            c,
+            vocab,
+            h_r,
+            ld,
+        )?;
+        gpu.fused_logprob(
+            &sub(&lp, 0, c * ld)?,
+            &sub(&lr, 0, c * ld)?,
+            &sub(dev_targets, c0, c1)?,
+            &mut sub_mut(&mut stats, 4 * c0, 4 * c1)?,
+            vocab,
+            ld,
+        )?;
+    }
+    gpu.download(&stats.as_view())
 }
 
 impl PairScorer for CudaPair {
@@ -146,11 +372,28 @@ impl PairScorer for CudaPair {
 
     /// A merged reference at another α: formed host-side tensor by tensor
     /// from the mapped files (no file is re-read) and uploaded in the
-    /// current reference's compute dtype.
+    /// current reference's compute dtype. The prefix cache starts afresh
+    /// (its blocks hold the old reference's K/V and scores).
     fn set_reference(&mut self, reference: Arc<Model>) -> Result<()> {
         let dtype = self.reference.dtype;
+        self.cache = None;
         self.reference = DeviceModel::upload(&self.gpu, &reference, Some(dtype))?;
-        self.gpu.synchronize()
+        self.gpu.synchronize()?;
+        self.set_cache(self.kv_opts)
+    }
+
+    fn set_prefix_cache(&mut self, opts: Option<KvOptions>) -> Result<()> {
+        self.set_cache(opts)
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        let gauges = self.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
+        Some(CacheStats {
+            lookups: self.counters.lookups,
+            hit_tokens: self.counters.hit_tokens,
+            computed_tokens: self.counters.computed_tokens,
+            ..gauges
+        })
     }
 
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
@@ -158,78 +401,18 @@ impl PairScorer for CudaPair {
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
-        let (p, r) = (&self.policy.config, &self.reference.config);
-        plan::check_batch(batch, [p, r])?;
-        // One wave, nothing cached: every wanted position t is predicted by
-        // packed row t − 1 of its sequence.
-        let plan = WavePlan::new(batch, &uncached(batch), 1);
-        let lens: Vec<usize> = plan.seqs.iter().map(|s| s.len).collect();
-        let layout = PagedBatch::new(&lens);
-        let rows: Vec<i32> = plan
-            .wanted
-            .iter()
-            .map(|w| match w.row {
-                Row::New(row) => row as i32,
-                Row::Boundary(_) => unreachable!("nothing is cached"),
-            })
-            .collect();
-        let targets = plan.targets(batch);
+        let (p, r) = (&self.policy, &self.reference);
+        plan::check_batch(batch, [&p.config, &r.config])?;
         let mut out = nan_scores(batch);
-        if plan.wanted.is_empty() {
-            return Ok(out);
+        match self.cache.as_mut() {
+            None => {
+                count_uncached(&mut self.counters, batch);
+                score_wave(gpu, p, r, None, batch, &uncached(batch), &mut out)?;
+            }
+            Some(cache) => in_waves(cache, batch, &mut self.counters, |cache, wave| {
+                score_wave(gpu, p, r, Some(cache), batch, wave, &mut out)
+            })?,
         }
-
-        let dev_batch = DeviceBatch::upload(gpu, &plan.tokens, layout)?;
-        let dev_rows = gpu.upload(&rows)?;
-        let dev_targets = gpu.upload(&targets)?;
-        let hp = forward_rows(gpu, &self.policy, &dev_batch, &dev_rows)?;
-        let hr = forward_rows(gpu, &self.reference, &dev_batch, &dev_rows)?;
-        drop(dev_batch);
-
-        let n = plan.wanted.len();
-        let vocab = self.policy.config.vocab_size;
-        let ld = vocab.next_multiple_of(4);
-        let (h_p, h_r) = (
-            self.policy.config.hidden_size,
-            self.reference.config.hidden_size,
-        );
-        let chunk = (LOGIT_BUDGET / ld).clamp(16, 4096).min(n);
-        let mut lp = gpu.alloc_f32(chunk * ld)?;
-        let mut lr = gpu.alloc_f32(chunk * ld)?;
-        let mut stats = gpu.alloc_f32(4 * n)?;
-        for c0 in (0..n).step_by(chunk) {
-            let c1 = (c0 + chunk).min(n);
-            let c = c1 - c0;
-            gpu.matmul_wt(
-                &hp.view(c0 * h_p, c1 * h_p)?,
-                &self.policy.lm_head().all(),
-                &mut sub_mut(&mut lp, 0, c * ld)?,
-                c,
-                vocab,
-                h_p,
-                ld,
-            )?;
-            gpu.matmul_wt(
-                &hr.view(c0 * h_r, c1 * h_r)?,
-                &self.reference.lm_head().all(),
-                &mut sub_mut(&mut lr, 0, c * ld)?,
-                c,
-                vocab,
-                h_r,
-                ld,
-            )?;
-            gpu.fused_logprob(
-                &sub(&lp, 0, c * ld)?,
-                &sub(&lr, 0, c * ld)?,
-                &sub(&dev_targets, c0, c1)?,
-                &mut sub_mut(&mut stats, 4 * c0, 4 * c1)?,
-                vocab,
-                ld,
-            )?;
-        }
-        let host = gpu.download(&stats.as_view())?;
-        let stats = host.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]);
-        plan.scatter(&mut out, stats, |_, _, _| {});
         Ok(out)
     }
 }

@@ -1,0 +1,144 @@
+//! The prefix cache on the GPU changes cost, not scores: growing prefixes
+//! scored step by step, forks of one prompt in one batch, a budget so small
+//! that blocks are evicted mid-batch, and repeated requests answered from
+//! cached scores, each with the device cache on against the same pair with
+//! it off. Attention reads each row's keys in the same tiles whatever is
+//! cached, so the only differences come from cuBLAS picking other kernels
+//! for other row counts: the tolerances are the GPU parity tests' (f32
+//! 1e-4; a bf16 pair in bf16, whose activations are rounded to bf16 between
+//! GEMMs, 0.15) and the measured differences are printed.
+//!
+//! Without a usable CUDA device every test prints why and returns;
+//! `PADV_REQUIRE_GPU=1` makes that a failure.
+#![cfg(feature = "cuda")]
+
+mod cuda_common;
+mod kv_common;
+
+use cuda_common::gpu;
+use kv_common::{WithCache, action_request, check_growing_prefixes, check_within, fork_request};
+use padv::backend::cuda::CudaPair;
+use padv::backend::cuda::kv::DeviceKv;
+use padv::backend::{PairScorer, SeqRequest};
+use padv::kv::{BlockPool, KvOptions};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+impl WithCache for CudaPair {
+    fn pool(&self) -> &BlockPool {
+        self.cache().expect("a device cache").pool()
+    }
+}
+
+/// The pairs the CUDA backend runs, with the tolerance of their arithmetic.
+const PAIRS: [(&str, f32); 5] = [
+    ("llama", 1e-4),
+    ("qwen2", 1e-4),
+    ("qwen3", 1e-4),
+    ("mistral", 1e-4),
+    ("llama_bf16", 0.15),
+];
+const BLOCK: usize = 16;
+
+/// (cache off, cache on with a budget of `blocks` blocks) on device 0.
+fn pairs(name: &str, blocks: usize) -> (CudaPair, CudaPair) {
+    let (p, r) = kv_common::load(name);
+    let off = CudaPair::new(0, p.clone(), r.clone()).unwrap();
+    let mut on = CudaPair::new(0, p, r).unwrap();
+    let (dp, dr) = on.models();
+    let per_block = DeviceKv::bytes_per_block(dp) + DeviceKv::bytes_per_block(dr) + BLOCK * 16;
+    on.set_prefix_cache(Some(KvOptions {
+        budget_bytes: blocks * per_block,
+        block_size: BLOCK,
+    }))
+    .unwrap();
+    assert_eq!(on.cache_stats().unwrap().blocks_capacity, blocks, "{name}");
+    (off, on)
+}
+
+#[test]
+fn growing_prefixes_score_the_same_with_the_device_cache_on_and_off() {
+    let Some(_gpu) = gpu() else { return };
+    for (k, (name, tol)) in PAIRS.iter().enumerate() {
+        let (mut off, mut on) = pairs(name, 1000);
+        let mut rng = SmallRng::seed_from_u64(k as u64);
+        let (tokens, spans) = kv_common::trajectory(&mut rng, 500, 70, 6, 5..40, 1..12);
+        check_growing_prefixes(name, &mut off, &mut on, &tokens, &spans, BLOCK, *tol);
+        eprintln!(
+            "{name}: growing prefixes ok ({:?})",
+            on.cache_stats().unwrap()
+        );
+    }
+}
+
+#[test]
+fn forks_of_one_prompt_share_its_blocks_and_score_as_without_the_cache() {
+    let Some(_gpu) = gpu() else { return };
+    for (k, (name, tol)) in PAIRS.iter().enumerate() {
+        let (mut off, mut on) = pairs(name, 1000);
+        let mut rng = SmallRng::seed_from_u64(100 + k as u64);
+        let prompt: Vec<u32> = (0..150).map(|_| rng.random_range(0..500)).collect();
+        let batch: Vec<SeqRequest> = (0..8)
+            .map(|_| {
+                let tail: Vec<u32> = (0..rng.random_range(5..60))
+                    .map(|_| rng.random_range(0..500))
+                    .collect();
+                let span = (0, tail.len());
+                fork_request(&prompt, &tail, &[span])
+            })
+            .collect();
+        let d = check_within(&format!("{name} forks"), &mut off, &mut on, &batch, *tol);
+        // The prompt's 9 full blocks are computed once and hit 7 times.
+        assert!(
+            d.hit_tokens as usize >= 7 * (150 / BLOCK) * BLOCK,
+            "{name}: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn a_budget_of_a_few_blocks_evicts_and_still_scores_as_without_the_cache() {
+    let Some(_gpu) = gpu() else { return };
+    for (k, (name, tol)) in PAIRS.iter().enumerate() {
+        let (mut off, mut on) = pairs(name, 6);
+        let mut rng = SmallRng::seed_from_u64(200 + k as u64);
+        let mut evicted = 0;
+        for round in 0..4 {
+            let (tokens, spans) = kv_common::trajectory(&mut rng, 500, 40, 4, 5..30, 1..10);
+            let req = action_request(&tokens, &spans);
+            let d = check_within(
+                &format!("{name} round {round}"),
+                &mut off,
+                &mut on,
+                &[req],
+                *tol,
+            );
+            evicted += d.evictions;
+        }
+        assert!(evicted > 0, "{name}: nothing evicted with 6 blocks");
+    }
+}
+
+#[test]
+fn a_repeated_request_is_answered_from_cached_blocks_and_scores() {
+    let Some(_gpu) = gpu() else { return };
+    let (mut off, mut on) = pairs("llama", 1000);
+    let mut rng = SmallRng::seed_from_u64(7);
+    let tokens: Vec<u32> = (0..100).map(|_| rng.random_range(0..500)).collect();
+    let req = SeqRequest {
+        token_ids: tokens,
+        score_mask: None,
+    };
+    let first = check_within("first", &mut off, &mut on, std::slice::from_ref(&req), 1e-4);
+    assert_eq!(first.computed_tokens, 100);
+    let again = on.score(std::slice::from_ref(&req)).unwrap();
+    let second = on.score(std::slice::from_ref(&req)).unwrap();
+    // Only the partial last block (100 % 16 = 4 tokens) is recomputed, and
+    // the answer does not depend on how much was cached.
+    let d = check_within("again", &mut off, &mut on, std::slice::from_ref(&req), 1e-4);
+    assert_eq!(d.computed_tokens, 4, "{d:?}");
+    assert_eq!(d.hit_tokens, 96, "{d:?}");
+    for (a, b) in again.iter().zip(&second) {
+        kv_common::assert_same("repeat", a, b, 0.0);
+    }
+}
