@@ -20,7 +20,9 @@
 # Logs and the table go to $OUT (when set) or .gpu-bundle/results/.
 # The run fails when a test binary passed fewer GPU tests than its source
 # holds (a build without the `cuda` feature passes "0 passed" otherwise).
-# Env: CUDA_ARCHS (default 80,90), PADV_BENCH_SKIP_7B=1, GPU_CHECK_NO_BENCH=1.
+# Env: CUDA_ARCHS (default 80,90), PADV_BENCH_SKIP_7B=1, GPU_CHECK_NO_BENCH=1,
+# GPU_CHECK_BENCHES="kernels roofline prefix serve" (the default: all; a
+# subset runs only those).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -122,14 +124,18 @@ prepare() {
 # `padv bench --device cuda` (the roofline table) on the bundled toyworld
 # pair and on a synthesized Qwen2.5-0.5B-shaped pair (~10 s to write).
 padv_bench() {
-  local tw=assets/toyworld rc=0
+  local tw=assets/toyworld rc=0 benches="${1:- roofline prefix }"
   {
-    timeout 120 "$bundle/padv" bench --device cuda --policy $tw/models/trained \
-      --reference $tw/models/ref --tokens 128,512 --repeats 3 || rc=$?
-    timeout 180 "$bundle/padv" bench --device cuda --shape qwen2.5-0.5b --tokens 1024,4096 \
-      --repeats 3 || rc=$?
-    timeout 150 "$bundle/padv" bench --device cuda --prefix-cache --shape qwen2.5-0.5b \
-      --repeats 2 || rc=$?
+    if [[ "$benches" == *" roofline "* ]]; then
+      timeout 120 "$bundle/padv" bench --device cuda --policy $tw/models/trained \
+        --reference $tw/models/ref --tokens 128,512 --repeats 3 || rc=$?
+      timeout 180 "$bundle/padv" bench --device cuda --shape qwen2.5-0.5b --tokens 1024,4096 \
+        --repeats 3 || rc=$?
+    fi
+    if [[ "$benches" == *" prefix "* ]]; then
+      timeout 150 "$bundle/padv" bench --device cuda --prefix-cache --shape qwen2.5-0.5b \
+        --repeats 2 || rc=$?
+    fi
   } >"$out/padv-bench.log" 2>&1
   echo "padv bench --device cuda: exit $rc" >>"$out/padv-bench.log"
   return $rc
@@ -222,10 +228,13 @@ run() {
   python3 scripts/compare_scores.py "$tmp/cuda.jsonl" "$tmp/cpu.jsonl" >>"$out/cli.log" 2>&1 \
     || cli_rc=$?
   [[ $cli_rc -eq 0 ]] || parity_rc=$cli_rc
+  local benches=" ${GPU_CHECK_BENCHES:-kernels roofline prefix serve} "
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
-    PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
-    padv_bench || bench_rc=$?
-    serve_load || bench_rc=$?
+    if [[ "$benches" == *" kernels "* ]]; then
+      PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
+    fi
+    padv_bench "$benches" || bench_rc=$?
+    if [[ "$benches" == *" serve "* ]]; then serve_load || bench_rc=$?; fi
   fi
 
   {
@@ -265,7 +274,7 @@ run() {
 case "$mode" in
   build) build ;;
   run) run ;;
-  padv-bench) prepare && padv_bench; cat "$out/padv-bench.log" ;;
+  padv-bench) prepare && padv_bench " roofline prefix "; cat "$out/padv-bench.log" ;;
   check-ran) check_ran "$2" "$3" ;;
   all) build && run ;;
   *) echo "usage: $0 [all|build|run|padv-bench|check-ran NAME LOG]" >&2; exit 2 ;;

@@ -15,11 +15,14 @@ use padv::score::TokenScores;
 use rand::Rng;
 use rand::rngs::SmallRng;
 
-/// The fixture pair `name`: (policy, reference).
+/// The fixture pair `name`: (policy, reference). `CARGO_MANIFEST_DIR` at run
+/// time wins, so a test binary built here runs from another checkout
+/// (scripts/gpu-check.sh carries them to a GPU machine).
 pub fn load(name: &str) -> (Arc<Model>, Arc<Model>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name);
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
+    let dir = root.join("tests/fixtures/models").join(name);
     (
         Arc::new(Model::load(&dir.join("trained")).unwrap()),
         Arc::new(Model::load(&dir.join("ref")).unwrap()),
