@@ -248,6 +248,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
                     layout.max_blocks,
                     &mut out.all_mut(),
                     shape,
+                    0,
                 )
             });
             rates.push(median(&name).map(|t| flops / t / 1e12));
@@ -258,6 +259,61 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
                 tc / simt
             ));
         }
+    }
+    g.finish();
+}
+
+/// An agent step over a cached context: 256 new queries after 4,096 cached
+/// keys (one sequence, 0.5B heads), the tensor-core kernel with one block
+/// per (tile, head) against the key range split to fill the GPU.
+fn bench_attention_step(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
+    let mut g = c.benchmark_group("attention_step");
+    configure(&mut g, false);
+    let (heads, kv_heads, hd) = (14usize, 2usize, 64usize);
+    let layout = PagedBatch::with_past(&[(4096, 256)]);
+    let n = layout.tokens();
+    let shape = AttnShape::new(heads, kv_heads, hd, None);
+    let pool = layout.pool_rows() * kv_heads * hd;
+    let mut q = DevTensor::alloc(gpu, DType::F32, n * heads * hd).unwrap();
+    let mut k = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
+    let mut v = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
+    gpu.fill_uniform(&mut q.all_mut(), 21, -1.0, 1.0).unwrap();
+    gpu.fill_uniform(&mut k.all_mut(), 22, -1.0, 1.0).unwrap();
+    gpu.fill_uniform(&mut v.all_mut(), 23, -1.0, 1.0).unwrap();
+    let table = gpu.upload(&layout.block_table).unwrap();
+    let starts = gpu.upload(&layout.seq_start).unwrap();
+    let past = gpu.upload(&layout.past).unwrap();
+    let tiles = gpu.upload(&layout.tiles).unwrap();
+    let mut out = DevTensor::alloc(gpu, DType::BF16, n * heads * hd).unwrap();
+    let qv = q.f32_view().unwrap();
+    let mut times = Vec::new();
+    for splits in [1usize, 0] {
+        let name = format!("attention_step_0.5b_splits{splits}_4096+256");
+        timed(&mut g, &name, gpu, || {
+            gpu.paged_attention(
+                AttnKernel::TensorCore,
+                &qv,
+                &k.all(),
+                &v.all(),
+                &table.as_view(),
+                &starts.as_view(),
+                &past.as_view(),
+                &tiles.as_view(),
+                layout.max_blocks,
+                &mut out.all_mut(),
+                shape,
+                splits,
+            )
+        });
+        times.push(median(&name));
+    }
+    if let [Some(one), Some(auto)] = times[..] {
+        s.lines.push(format!(
+            "| attention step 0.5b, 256 queries after 4096 cached keys | {:.1} µs split KV, {:.1} µs one block per tile | {:.1}× |",
+            auto * 1e6,
+            one * 1e6,
+            one / auto
+        ));
     }
     g.finish();
 }
@@ -333,6 +389,7 @@ fn main() {
     bench_memory(&mut c, &gpu, &mut s);
     let peak = bench_gemm(&mut c, &gpu, &mut s);
     bench_attention(&mut c, &gpu, &mut s);
+    bench_attention_step(&mut c, &gpu, &mut s);
     // 8 × 1024 (many short agent contexts) and 2 × 4096 (long ones: the
     // issue's T ≥ 4096 target, where attention's share grows).
     for (seqs, len) in [(8, 1024), (2, 4096)] {

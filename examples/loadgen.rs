@@ -38,6 +38,8 @@ struct Args {
     overload_clients: usize,
     candidates_every: usize,
     batch_clients: usize,
+    /// Trajectories to replay (default: the bundled toyworld demo).
+    demo: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args> {
         overload_clients: 32,
         candidates_every: 2,
         batch_clients: 1,
+        demo: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,10 +66,12 @@ fn parse_args() -> Result<Args> {
             "--candidates-every" => a.candidates_every = value()?.parse()?,
             "--batch-clients" => a.batch_clients = value()?.parse()?,
             "--no-overload" => a.overload = false,
+            "--demo" => a.demo = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
                     "loadgen [--addr 127.0.0.1:PORT] [--agents 8] [--batch-clients 1] [--seconds 15]\n\
-                     \x20       [--max-requests 50000] [--overload-clients 32] [--candidates-every 2] [--no-overload]"
+                     \x20       [--max-requests 50000] [--overload-clients 32] [--candidates-every 2] [--no-overload]\n\
+                     \x20       [--demo TRAJECTORIES.jsonl]"
                 );
                 std::process::exit(0);
             }
@@ -159,10 +164,11 @@ impl Probe {
     }
 }
 
-fn demo() -> Result<Vec<Value>> {
-    let path =
+fn demo(path: Option<&std::path::Path>) -> Result<Vec<Value>> {
+    let bundled =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld/demo_trained.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let path = path.unwrap_or(&bundled);
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| Ok(serde_json::from_str(l)?))
@@ -386,7 +392,7 @@ fn phase(
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let demo = Arc::new(demo()?);
+    let demo = Arc::new(demo(args.demo.as_deref())?);
     let start_server = |queue: usize| -> Result<Server> {
         let mut c = ServeConfig::toyworld();
         c.addr = "127.0.0.1:0".parse()?;

@@ -251,8 +251,9 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
                                     const int32_t* __restrict__ seq_start,
                                     const int32_t* __restrict__ past,
                                     const int32_t* __restrict__ tiles, T* __restrict__ out,
+                                    float* __restrict__ part,  // split partials (splits > 1)
                                     int heads, int kv_heads, int max_blocks, int window,
-                                    float scale) {
+                                    float scale, int splits) {
     // (`hd` is the template's HD; the entry point takes it for a signature
     // shared with the SIMT kernel.)
     constexpr int KC = HD / 16;        // k-steps of Q·Kᵀ over head_dim
@@ -303,7 +304,13 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     const int qi_lo = p0 + q0 + r_lo, qi_hi = p0 + q0 + r_hi;
     const int k_hi = p0 + q0 + nq;
     const int k_lo = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
-    for (int kt = k_lo; kt < k_hi; kt += MMA_BC) {
+    // Split z of `splits` takes a contiguous run of whole key tiles (an
+    // empty run leaves m = −inf, l = 0 for the merge to weigh by 0).
+    const int n_tiles = (k_hi - k_lo + MMA_BC - 1) / MMA_BC;
+    const int per = (n_tiles + splits - 1) / splits;
+    const int kt_begin = k_lo + min(n_tiles, (int)blockIdx.z * per) * MMA_BC;
+    const int kt_end = min(k_hi, k_lo + min(n_tiles, ((int)blockIdx.z + 1) * per) * MMA_BC);
+    for (int kt = kt_begin; kt < kt_end; kt += MMA_BC) {
         __syncthreads();  // the previous tile's ks / vs are consumed
         // K and V rows: coalesced 16-byte loads and stores (consecutive
         // threads along head_dim). Keys past the end are zeros, so P·V never
@@ -407,6 +414,26 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
         l[i] += __shfl_xor_sync(FULL_MASK, l[i], 1);
         l[i] += __shfl_xor_sync(FULL_MASK, l[i], 2);
     }
+    if (splits > 1) {
+        // Unnormalised O, m (log2 units) and l of this split, for
+        // attention_merge: part[((row · heads + h) · splits + z) · (HD + 2) …].
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = i == 0 ? r_lo : r_hi;
+            if (r >= nq) continue;
+            float* pp = part + (((size_t)(base + q0 + r) * heads + h) * splits + blockIdx.z) * (HD + 2);
+#pragma unroll
+            for (int dt = 0; dt < DT; ++dt) {
+                *reinterpret_cast<float2*>(pp + dt * 8 + 2 * c) =
+                    make_float2(acc[dt][2 * i], acc[dt][2 * i + 1]);
+            }
+            if (c == 0) {
+                pp[HD] = m[i];
+                pp[HD + 1] = l[i];
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int r = i == 0 ? r_lo : r_hi;
@@ -427,10 +454,10 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
         paged_attention_mma_##SUFFIX##_d##HD(                                                 \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
-            int heads, int kv_heads, int /* hd = HD */, int max_blocks, int window,          \
-            float scale) {                                                                    \
+            float* part, int heads, int kv_heads, int /* hd = HD */, int max_blocks,          \
+            int window, float scale, int splits) {                                            \
         paged_attention_mma<T, HD>(q, k_pool, v_pool, block_table, seq_start, past, tiles, out, \
-                                   heads, kv_heads, max_blocks, window, scale);               \
+                                   part, heads, kv_heads, max_blocks, window, scale, splits); \
     }
 #define PAGED_ATTENTION_MMA(SUFFIX, T)       \
     PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32)    \
@@ -438,3 +465,38 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128)
 PAGED_ATTENTION_MMA(bf16, __nv_bfloat16)
 PAGED_ATTENTION_MMA(f16, __half)
+
+// ---------------------------------------------------------------------------
+// Split-KV merge (FlashDecoding's reduction): when few query tiles meet long
+// key ranges (an agent step of a few hundred tokens after thousands of cached
+// ones: tiles × heads blocks would leave most multiprocessors idle while each
+// walks every key tile), the tensor-core kernel runs `splits` blocks per
+// (tile, head), each over a contiguous run of key tiles, writing its
+// unnormalised O, running max m (log2 units) and sum l. Here each row and head
+// combines them: M = max m_z, w_z = 2^(m_z − M), O = Σ w_z O_z / Σ w_z l_z.
+// Launch: grid (rows, heads), HD threads (one head-dim element each).
+template <typename T>
+__device__ void attention_merge(const float* __restrict__ part,  // [rows, heads, splits, HD + 2]
+                                T* __restrict__ out,             // [rows, heads·HD]
+                                int heads, int hd, int splits) {
+    const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+    const float* pp = part + ((size_t)row * heads + h) * splits * (hd + 2);
+    float mx = -INFINITY;
+    for (int z = 0; z < splits; ++z) mx = fmaxf(mx, pp[z * (hd + 2) + hd]);
+    float o = 0.0f, l = 0.0f;
+    for (int z = 0; z < splits; ++z) {
+        const float* pz = pp + z * (hd + 2);
+        const float w = pz[hd] == -INFINITY ? 0.0f : exp2f(pz[hd] - mx);
+        l += w * pz[hd + 1];
+        if (d < hd) o += w * pz[d];
+    }
+    if (d < hd) out[(size_t)row * heads * hd + (size_t)h * hd + d] = from_f32<T>(o / l);
+}
+
+#define ATTENTION_MERGE(SUFFIX, T)                                                           \
+    extern "C" __global__ void attention_merge_##SUFFIX(const float* part, T* out, int heads, \
+                                                        int hd, int splits) {                 \
+        attention_merge<T>(part, out, heads, hd, splits);                                    \
+    }
+ATTENTION_MERGE(bf16, __nv_bfloat16)
+ATTENTION_MERGE(f16, __half)

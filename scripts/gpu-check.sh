@@ -150,7 +150,8 @@ http_get() {
 serve_load() {
   local rc=0 port=18431 flag
   for flag in "" --no-prefix-cache; do
-    "$bundle/padv" serve --device cuda --addr "127.0.0.1:$port" $flag >>"$out/serve.log" 2>&1 &
+    "$bundle/padv" serve --device cuda --policy assets/toyworld/models/trained \
+      --reference assets/toyworld/models/ref --addr "127.0.0.1:$port" $flag >>"$out/serve.log" 2>&1 &
     local pid=$!
     for _ in $(seq 60); do
       http_get "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
@@ -158,7 +159,8 @@ serve_load() {
     done
     echo "## serve --device cuda ${flag:-(cache on)}" >>"$out/serve-load.log"
     timeout 60 "$bundle/loadgen" --addr "127.0.0.1:$port" --agents 1 --batch-clients 0 \
-      --no-overload --seconds 8 >>"$out/serve-load.log" 2>&1 || rc=$?
+      --no-overload --seconds 8 --demo assets/toyworld/demo_trained.jsonl \
+      >>"$out/serve-load.log" 2>&1 || rc=$?
     http_get "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -E "prefix|cache" \
       >>"$out/serve-load.log" || true
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true

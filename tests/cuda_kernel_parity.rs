@@ -328,11 +328,13 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
             let starts = gpu.upload(&layout.seq_start).unwrap();
             let past = gpu.upload(&layout.past).unwrap();
             let tiles = gpu.upload(&layout.tiles).unwrap();
-            let mut kernels = vec![AttnKernel::Simt];
+            // Tensor cores: one block per (tile, head), the key range split
+            // in 3 (merged by attention_merge), and the launcher's choice.
+            let mut kernels = vec![(AttnKernel::Simt, 0)];
             if gpu.attention_has_tensor_cores(dt, hd) {
-                kernels.push(AttnKernel::TensorCore);
+                kernels.extend([1, 3, 0].map(|s| (AttnKernel::TensorCore, s)));
             }
-            for kernel in kernels {
+            for (kernel, splits) in kernels {
                 let mut out = DevTensor::poisoned(&gpu, dt, n * qd).unwrap();
                 gpu.paged_attention(
                     kernel,
@@ -346,6 +348,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
                     layout.max_blocks,
                     &mut out.all_mut(),
                     shape,
+                    splits,
                 )
                 .unwrap();
                 // SIMT: f32 online softmax vs the f64 reference; outputs are
@@ -356,6 +359,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
                 // in bf16 (2⁻¹² in f16) each, so the output, a weighted mean
                 // of |v| ≤ 1, moves by at most ~2·2⁻⁹ ≈ 4e-3 (5e-4); bounds at
                 // 2× that. A dropped or doubled key tile moves it by ≥ 1e-2.
+                // Splits merge f32 partials: within the same bounds.
                 let abs = match (kernel, dt) {
                     (AttnKernel::TensorCore, DType::BF16) => 8e-3,
                     (AttnKernel::TensorCore, _) => 1e-3,
@@ -363,7 +367,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
                 };
                 assert_close(
                     &format!(
-                        "attention {kernel:?} h{heads}/{kv_heads} hd{hd} window {window:?} {seqs:?} {dt:?}"
+                        "attention {kernel:?} splits {splits} h{heads}/{kv_heads} hd{hd} window {window:?} {seqs:?} {dt:?}"
                     ),
                     &out.to_f32_vec(&gpu).unwrap(),
                     &want,

@@ -289,6 +289,7 @@ pub fn forward_rows(
             batch.layout.max_blocks,
             &mut attn.all_mut(),
             shape,
+            0,
         )?;
         if let Some((store, copies)) = kv.as_mut() {
             gpu.copy_rows(

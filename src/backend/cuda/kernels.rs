@@ -35,6 +35,8 @@ pub enum AttnKernel {
     /// mma.sync (bf16/f16 caches, head_dim 32/64/128, sm_80+).
     TensorCore,
 }
+/// Most key-range splits of the tensor-core attention kernel.
+pub const MAX_KV_SPLITS: usize = 16;
 /// Largest head_dim the attention kernel takes (8 slots of 32 lanes).
 pub const MAX_HEAD_DIM: usize = 256;
 /// Top log-probs averaged for self-certainty (`TOP_K` in fused_logprob.cu, from [`crate::consts`]).
@@ -306,7 +308,9 @@ impl Gpu {
     /// [`super::forward::PagedBatch`] for how they are built.
     /// `kernel`: [`AttnKernel::Auto`] picks tensor cores where they apply
     /// (tests and benches force each); `TensorCore` where it does not apply
-    /// is an error.
+    /// is an error. `splits`: key-range splits of the tensor-core kernel
+    /// (0: as many as fill the GPU, up to [`MAX_KV_SPLITS`]; the SIMT kernel
+    /// never splits).
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention(
         &self,
@@ -321,6 +325,7 @@ impl Gpu {
         max_blocks: usize,
         out: &mut DevViewMut<'_>, // [n, heads·hd]
         shape: AttnShape,
+        splits: usize,
     ) -> Result<()> {
         let AttnShape {
             num_heads: nh,
@@ -375,21 +380,6 @@ impl Gpu {
                 self.arch().1
             )
         })?;
-        // Both kernels take the same arguments.
-        let (name, threads, smem) = if mma && kernel != AttnKernel::Simt {
-            let name = format!("paged_attention_mma_{}_d{hd}", suffix(k_pool.dtype));
-            (name, MMA_THREADS, 0) // static shared memory
-        } else {
-            // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
-            let slots = hd.div_ceil(32).next_power_of_two();
-            let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
-            (
-                name,
-                ATTN_THREADS,
-                ((SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4) as u32,
-            )
-        };
-        let f = self.function("attention", &name, smem)?;
         let scale = 1.0 / (hd as f32).sqrt();
         let (h, kh, d, mb, w) = (
             nh as i32,
@@ -398,6 +388,54 @@ impl Gpu {
             max_blocks as i32,
             win as i32,
         );
+        if !(mma && kernel != AttnKernel::Simt) {
+            // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
+            let slots = hd.div_ceil(32).next_power_of_two();
+            let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
+            let smem = ((SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4) as u32;
+            let f = self.function("attention", &name, smem)?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(q)
+                .arg(&k_pool.view)
+                .arg(&v_pool.view)
+                .arg(block_table)
+                .arg(seq_start)
+                .arg(past)
+                .arg(tiles)
+                .arg(&mut out.view)
+                .arg(&h)
+                .arg(&kh)
+                .arg(&d)
+                .arg(&mb)
+                .arg(&w)
+                .arg(&scale);
+            // SAFETY: as in `embedding`; block-table entries and tiles come from
+            // `PagedBatch`, which keeps them inside the pool and the sequences.
+            unsafe { b.launch(cfg((num_tiles as u32, nh as u32, 1), ATTN_THREADS, smem)) }
+                .ctx(&name)?;
+            return Ok(());
+        }
+        // Tensor cores, with the key range split when the (tile, head)
+        // blocks alone leave multiprocessors idle: each split should keep at
+        // least 4 key tiles (256 keys) of the longest sequence.
+        let splits = match splits {
+            0 => {
+                let blocks = num_tiles * nh;
+                let want = (2 * self.multiprocessors() as usize).div_ceil(blocks.max(1));
+                want.min((max_blocks * KV_BLOCK / 256).max(1))
+                    .clamp(1, MAX_KV_SPLITS)
+            }
+            s => s.min(MAX_KV_SPLITS),
+        };
+        let n = q.len() / qd;
+        let mut part = self.alloc_f32(if splits > 1 {
+            n * nh * splits * (hd + 2)
+        } else {
+            1
+        })?;
+        let name = format!("paged_attention_mma_{}_d{hd}", suffix(k_pool.dtype));
+        let f = self.function("attention", &name, 0)?;
+        let sp = splits as i32;
         let mut b = self.stream.launch_builder(&f);
         b.arg(q)
             .arg(&k_pool.view)
@@ -407,15 +445,27 @@ impl Gpu {
             .arg(past)
             .arg(tiles)
             .arg(&mut out.view)
+            .arg(&mut part)
             .arg(&h)
             .arg(&kh)
             .arg(&d)
             .arg(&mb)
             .arg(&w)
-            .arg(&scale);
-        // SAFETY: as in `embedding`; block-table entries and tiles come from
-        // `PagedBatch`, which keeps them inside the pool and the sequences.
-        unsafe { b.launch(cfg((num_tiles as u32, nh as u32, 1), threads, smem)) }.ctx(&name)?;
+            .arg(&scale)
+            .arg(&sp);
+        let grid = (num_tiles as u32, nh as u32, splits as u32);
+        // SAFETY: as above; with splits > 1 `part` holds n × heads × splits
+        // partials of hd + 2 floats, written for every packed row (every
+        // row lies in exactly one tile).
+        unsafe { b.launch(cfg(grid, MMA_THREADS, 0)) }.ctx(&name)?;
+        if splits > 1 {
+            let name = typed("attention_merge", k_pool.dtype);
+            let f = self.function("attention", &name, 0)?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&part).arg(&mut out.view).arg(&h).arg(&d).arg(&sp);
+            // SAFETY: `part` was fully written above; out is [n, heads·hd].
+            unsafe { b.launch(cfg((n as u32, nh as u32, 1), hd as u32, 0)) }.ctx(&name)?;
+        }
         Ok(())
     }
 
