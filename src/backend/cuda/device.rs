@@ -111,6 +111,7 @@ impl Gpu {
         // SAFETY: padv issues all work on one stream, so the per-buffer events
         // cudarc records for cross-stream ordering are not needed.
         unsafe { ctx.disable_event_tracking() };
+        keep_pool_memory(&ctx);
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).ctx("create cuBLAS handle")?;
         let arch = ctx.compute_capability().ctx("compute capability")?;
@@ -144,6 +145,13 @@ impl Gpu {
             smem_optin,
             sms,
         })
+    }
+
+    /// Device memory this process can still allocate: the driver's free
+    /// memory plus what the stream-ordered pool holds unused.
+    pub fn free_memory(&self) -> Result<usize> {
+        let (free, _total) = self.ctx.mem_get_info().ctx("memory info")?;
+        Ok(free + pool_idle_bytes(&self.ctx))
     }
 
     /// e.g. `NVIDIA H200 (sm_90, cubin sm_90)`.
@@ -288,6 +296,59 @@ fn load_image(
         ))
     })?;
     Ok((module, format!("PTX compute_{} (JIT)", img.ptx_arch)))
+}
+
+/// Bytes of the pool's reservation not in use (free for our allocations, but
+/// counted as used by `cuMemGetInfo`); 0 when it cannot be read.
+fn pool_idle_bytes(ctx: &CudaContext) -> usize {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let (mut reserved, mut used) = (0u64, 0u64);
+    // SAFETY: as in `keep_pool_memory`; both attributes are u64.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) != sys::CUresult::CUDA_SUCCESS
+        {
+            return 0;
+        }
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT;
+        if sys::cuMemPoolGetAttribute(pool, attr, (&mut reserved as *mut u64).cast())
+            != sys::CUresult::CUDA_SUCCESS
+        {
+            return 0;
+        }
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT;
+        if sys::cuMemPoolGetAttribute(pool, attr, (&mut used as *mut u64).cast())
+            != sys::CUresult::CUDA_SUCCESS
+        {
+            return 0;
+        }
+    }
+    reserved.saturating_sub(used) as usize
+}
+
+/// Keep memory freed into the device's stream-ordered pool (cudarc allocates
+/// with `cuMemAllocAsync`) instead of handing it back to the driver at every
+/// synchronisation, the default (release threshold 0): each scoring call
+/// allocates the same activations, K/V pool and logits again, and a fresh
+/// allocation of hundreds of MiB costs milliseconds where reusing the pool's
+/// costs nothing. Best effort: a device without memory pools allocates
+/// synchronously anyway.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` receives a handle owned by the driver; the attribute
+    // value is a u64 as CU_MEMPOOL_ATTR_RELEASE_THRESHOLD expects.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
+        {
+            let mut keep = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            );
+        }
+    }
 }
 
 /// A device buffer whose element type is a weight dtype (f32, bf16, f16):

@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 pub use cudarc;
 
-use self::device::{CudaResultExt, backend_err, sub, sub_mut};
 pub use self::device::{DevTensor, DevView, DevViewMut, Gpu, device_count, probe};
+use self::device::{backend_err, sub, sub_mut};
 use self::forward::{DeviceBatch, PagedBatch, forward_rows};
 use self::kernels::KV_BLOCK;
 use self::kv::{DeviceCache, DeviceKv, RowCopies, WaveCopies};
@@ -176,8 +176,7 @@ impl CudaPair {
                 o.block_size
             )));
         }
-        let (free, _) = self.gpu.ctx.mem_get_info().ctx("memory info")?;
-        let budget = o.budget_bytes.min(free / 2);
+        let budget = o.budget_bytes.min(self.gpu.free_memory()? / 2);
         let opts = KvOptions {
             budget_bytes: budget,
             ..o

@@ -9,7 +9,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::device::{CudaResultExt, DevTensor, Gpu};
+use super::device::{DevTensor, Gpu};
 use crate::model::config::Uniform;
 use crate::model::layout::MixerParts;
 use crate::model::weights::DType;
@@ -214,7 +214,7 @@ fn uniform(cfg: &Config) -> Result<Uniform> {
 
 /// Check a device-side allocation size request before making it.
 pub(crate) fn check_free(gpu: &Gpu, bytes: usize, what: &str) -> Result<()> {
-    let (free, _total) = gpu.ctx.mem_get_info().ctx("memory info")?;
+    let free = gpu.free_memory()?;
     if bytes > free {
         return Err(crate::Error::Backend(format!(
             "cuda: {what} needs {:.1} GiB, {:.1} GiB free on the device",
