@@ -449,8 +449,12 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
 }
 
 // Entry points `paged_attention_mma_<dtype>_d<HD>`, HD ∈ {32, 64, 128}.
+// Blocks per SM the register budget must allow (runs 5–8 on an H200: the
+// split-KV bounds cost d128 7 registers, 168 → 175, which dropped it from 3
+// to 2 blocks per SM and from 145 to 113 TFLOP/s at 2×4096).
+#define MMA_MIN_BLOCKS(HD) ((HD) >= 128 ? 3 : (HD) >= 64 ? 4 : 5)
 #define PAGED_ATTENTION_MMA_HD(SUFFIX, T, HD)                                                 \
-    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                              \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, MMA_MIN_BLOCKS(HD))          \
         paged_attention_mma_##SUFFIX##_d##HD(                                                 \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
