@@ -24,12 +24,14 @@ by a running max per 64-key tile; here P is taken against the row's final
 max, which changes which values are rounded but not how finely.
 
 With --cpu it emulates the CPU backend's bf16 compute mode instead
-(`--compute-dtype bf16` on the CPU, src/backend/cpu/gemm_bf16.rs): every
-weight GEMM's two inputs rounded to bf16 (the matrices of q/k/v/o,
-gate/up/down and the LM head; the normed inputs of q/k/v and gate/up, the
-attention output, silu(gate)·up and the final-normed hidden state), the
-products summed in f32. The embedding rows, K, V and the whole attention
-stay exact (f32 there).
+(`--compute-dtype bf16` on the CPU, src/backend/cpu/gemm_bf16.rs and
+attention/tile_bf16.rs): every weight GEMM's two inputs rounded to bf16
+(the matrices of q/k/v/o, gate/up/down and the LM head; the normed inputs of
+q/k/v and gate/up, the attention output, silu(gate)·up and the final-normed
+hidden state), the products summed in f32; in attention Q, K and V rounded
+to bf16 (scores scaled by 1/sqrt(head_dim) after the product, in f32) and
+the softmax numerators P rounded for P·V, the row sums of the unrounded P.
+The embedding rows stay exact.
 
 usage: bf16_emulation.py [--cpu] PAIR_DIR TOKENS
   PAIR_DIR  holds trained/ (the policy) and ref/ (config.json, model.safetensors)
@@ -136,9 +138,10 @@ class Llama:
         rot = np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
         return x * cos + rot * sin
 
-    def attention(self, q, k, v, rnd):
+    def attention(self, q, k, v, rnd, cpu=False):
         t, hd = q.shape[0], self.head_dim
-        tensor_cores = rnd is bf16 and hd in (32, 64, 128)
+        tensor_cores = rnd is bf16 and hd in (32, 64, 128) and not cpu
+        cpu_bf16 = rnd is bf16 and cpu
         group = self.heads // self.kv_heads
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
@@ -146,20 +149,22 @@ class Llama:
             # The kernel's scores are base-2: exp2(bf16(q·c)·k), c = log2(e)/sqrt(hd).
             c = np.log2(np.e) / np.sqrt(hd)
             s = np.einsum("qhd,khd->hqk", bf16(q * c), k) * np.log(2.0)
+        elif cpu_bf16:
+            # The CPU tile: bf16(q)·bf16(k) (k arrives rounded), then the scale.
+            s = np.einsum("qhd,khd->hqk", bf16(q), k) / np.sqrt(hd)
         else:
             s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
         s = np.where(np.tril(np.ones((t, t), dtype=bool))[None], s, -np.inf)
         p = np.exp(s - s.max(axis=-1, keepdims=True))
         den = p.sum(axis=-1, keepdims=True)
-        if tensor_cores:
+        if tensor_cores or cpu_bf16:
             p = bf16(p)
         return np.einsum("hqk,khd->qhd", p / den, v)
 
     def logprobs(self, ids, rnd, cpu=False):
         w = self.weights(rnd)
         t, hd = len(ids), self.head_dim
-        # The CPU's bf16 mode rounds GEMM inputs only: K, V and attention exact.
-        kv = exact if cpu else rnd
+        # Both modes round K and V (the CPU's tile when it packs them).
         x = (self.w if cpu else w)["model.embed_tokens.weight"][ids]
         for i in range(self.layers):
             p = f"model.layers.{i}."
@@ -169,8 +174,8 @@ class Llama:
             v = self.proj(n, w, p + "self_attn.v_proj").reshape(t, self.kv_heads, hd)
             q = self.qk_norm(q, w, p + "self_attn.q_norm.weight")
             k = self.qk_norm(k, w, p + "self_attn.k_norm.weight")
-            q, k = self.rope(q), kv(self.rope(k))
-            a = rnd(self.attention(q, k, kv(v), kv).reshape(t, self.heads * hd))
+            q, k = self.rope(q), rnd(self.rope(k))
+            a = rnd(self.attention(q, k, rnd(v), rnd, cpu).reshape(t, self.heads * hd))
             x = x + a @ w[p + "self_attn.o_proj.weight"].T
             n = rnd(self.rms(x, w[p + "post_attention_layernorm.weight"]))
             g = n @ w[p + "mlp.gate_proj.weight"].T

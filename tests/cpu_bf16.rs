@@ -5,7 +5,8 @@
 //! The bounds come from `python3 scripts/bf16_emulation.py --cpu PAIR
 //! tests/fixtures/expected/tiny_PAIR.json`, a float64 NumPy forward with
 //! exactly this mode's roundings (every weight GEMM's inputs, the LM head's
-//! included, rounded to bf16; embedding, K/V and attention exact), as the GPU
+//! included, rounded to bf16; in attention Q, K, V and the softmax
+//! numerators for P·V rounded; embedding exact), as the GPU
 //! bf16 test derives its own (tests/cuda_parity.rs): bound = 2.5 × the
 //! emulated max and mean |Δ logp| per model. The emulation covers the six
 //! Llama-family pairs (biases, q/k norms and llama3 RoPE scaling included);
@@ -33,12 +34,12 @@ fn fixtures() -> PathBuf {
 /// Emulated |Δ logp| per model (the larger of policy and reference), max and
 /// mean over the fixture records' 314 scored tokens.
 const EMULATED: [(&str, f64, f64); 6] = [
-    ("llama", 0.0649, 0.01285),
-    ("llama3scaled", 0.0632, 0.01417),
-    ("llama_bf16", 0.0390, 0.00932),
-    ("mistral", 0.0641, 0.01483),
-    ("qwen2", 0.0525, 0.01112),
-    ("qwen3", 0.0562, 0.01279),
+    ("llama", 0.0597, 0.01453),
+    ("llama3scaled", 0.0810, 0.01679),
+    ("llama_bf16", 0.0577, 0.01122),
+    ("mistral", 0.0729, 0.01609),
+    ("qwen2", 0.0670, 0.01220),
+    ("qwen3", 0.0594, 0.01315),
 ];
 const MARGIN: f64 = 2.5;
 

@@ -40,6 +40,7 @@ impl AttnShape {
 }
 
 mod tile;
+mod tile_bf16;
 
 use tile::{Call, Plain, Q_BLOCK, Scratch};
 
@@ -83,6 +84,30 @@ fn attention_at(
     out: &mut [f32],
 ) {
     assert!(level <= crate::simd::detected());
+    let Some(call) = checked_call(q, k, k_stride, v, v_stride, past, q_len, shape, out) else {
+        return;
+    };
+    for_each_task(&call, |g, p0, p1| {
+        // SAFETY: the buffers were checked; each task writes only its
+        // block's rows of its group's heads.
+        unsafe { run_task(level, &call, g, p0, p1) }
+    });
+}
+
+/// The call's operands after checking every buffer against the shape;
+/// `None` when there is nothing to compute.
+#[allow(clippy::too_many_arguments)]
+fn checked_call(
+    q: &[f32],
+    k: &[f32],
+    k_stride: usize,
+    v: &[f32],
+    v_stride: usize,
+    past: usize,
+    q_len: usize,
+    shape: AttnShape,
+    out: &mut [f32],
+) -> Option<Call> {
     let (nh, nkv, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
     let kv_len = past + q_len;
     assert!(nkv > 0 && nh % nkv == 0, "{nh} heads over {nkv} KV heads");
@@ -91,9 +116,9 @@ fn attention_at(
     assert!(q_len == 0 || (k.len() >= (kv_len - 1) * k_stride + nkv * hd));
     assert!(q_len == 0 || (v.len() >= (kv_len - 1) * v_stride + nkv * hd));
     if q_len == 0 || hd == 0 {
-        return;
+        return None;
     }
-    let call = Call {
+    Some(Call {
         q: q.as_ptr(),
         k: k.as_ptr(),
         k_stride,
@@ -103,9 +128,15 @@ fn attention_at(
         past,
         q_len,
         shape,
-    };
-    // Blocks aligned to absolute positions; the longest (latest) first so
-    // the threads finish together.
+    })
+}
+
+/// Every task (KV head `g`, query rows `[p0, p1)`) of `c`, in parallel:
+/// blocks aligned to absolute positions, the longest (latest) first so the
+/// threads finish together.
+fn for_each_task(c: &Call, run: impl Fn(usize, usize, usize) + Sync) {
+    let (past, q_len, nkv) = (c.past, c.q_len, c.shape.num_kv_heads);
+    let kv_len = past + q_len;
     let first = past / Q_BLOCK;
     let last = (kv_len - 1) / Q_BLOCK;
     let tasks: Vec<(usize, usize)> = (first..=last)
@@ -115,10 +146,106 @@ fn attention_at(
     tasks.par_iter().for_each(|&(g, b)| {
         let p0 = (b * Q_BLOCK).max(past) - past;
         let p1 = ((b + 1) * Q_BLOCK - past).min(q_len);
-        // SAFETY: the buffers were checked above; each task writes only its
-        // block's rows of its group's heads.
-        unsafe { run_task(level, &call, g, p0, p1) };
+        run(g, p0, p1);
     });
+}
+
+/// [`attention`] in the CPU's bf16 mode: both products on bf16 pairs
+/// ([`tile_bf16`]: `vdpbf16ps` where the CPU has AVX512-BF16, its exact
+/// arithmetic in f32 lanes elsewhere), softmax and sums in f32.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bf16(
+    q: &[f32],
+    k: &[f32],
+    k_stride: usize,
+    v: &[f32],
+    v_stride: usize,
+    past: usize,
+    q_len: usize,
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    let _span = super::profile::span(super::profile::Part::Attention);
+    let level = crate::simd::level();
+    let native = crate::simd::has_avx512_bf16();
+    attention_bf16_at(
+        level, native, q, k, k_stride, v, v_stride, past, q_len, shape, out,
+    )
+}
+
+/// [`attention_bf16`] with the kernels of `level`, `vdpbf16ps` itself only
+/// when `native` (tests compare the two).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_bf16_at(
+    level: crate::simd::Level,
+    native: bool,
+    q: &[f32],
+    k: &[f32],
+    k_stride: usize,
+    v: &[f32],
+    v_stride: usize,
+    past: usize,
+    q_len: usize,
+    shape: AttnShape,
+    out: &mut [f32],
+) {
+    assert!(level <= crate::simd::detected());
+    assert!(!native || crate::simd::has_avx512_bf16());
+    let Some(call) = checked_call(q, k, k_stride, v, v_stride, past, q_len, shape, out) else {
+        return;
+    };
+    let packed = tile_bf16::Packed::new(&call);
+    for_each_task(&call, |g, p0, p1| {
+        // SAFETY: the buffers were checked; each task writes only its
+        // block's rows of its group's heads.
+        unsafe { run_task_bf16(level, native, &call, &packed, g, p0, p1) }
+    });
+}
+
+/// One bf16 task at `level` (`vdpbf16ps` when `native`).
+///
+/// # Safety
+/// As `tile_bf16::task`; `level` and `native` are what the CPU supports.
+unsafe fn run_task_bf16(
+    level: crate::simd::Level,
+    native: bool,
+    c: &Call,
+    pk: &tile_bf16::Packed,
+    g: usize,
+    p0: usize,
+    p1: usize,
+) {
+    use tile_bf16::{SCRATCH, Scratch, task};
+    SCRATCH.with(|s| {
+        let s = &mut *s.borrow_mut();
+        #[cfg(target_arch = "x86_64")]
+        {
+            type Args<'a> = (&'a Call, &'a tile_bf16::Packed, &'a mut Scratch);
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")]
+            unsafe fn native_bf16((c, pk, s): Args<'_>, g: usize, p0: usize, p1: usize) {
+                unsafe { task::<tile::avx512::Zmm, 6>(c, pk, s, g, p0, p1) }
+            }
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            unsafe fn avx512((c, pk, s): Args<'_>, g: usize, p0: usize, p1: usize) {
+                unsafe { task::<Plain<true>, 4>(c, pk, s, g, p0, p1) }
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2((c, pk, s): Args<'_>, g: usize, p0: usize, p1: usize) {
+                unsafe { task::<Plain<true>, 4>(c, pk, s, g, p0, p1) }
+            }
+            // SAFETY: `level` / `native` are at most what the CPU reports.
+            match (native, level) {
+                (true, _) => return unsafe { native_bf16((c, pk, s), g, p0, p1) },
+                (_, crate::simd::Level::Avx512) => return unsafe { avx512((c, pk, s), g, p0, p1) },
+                (_, crate::simd::Level::Avx2) => return unsafe { avx2((c, pk, s), g, p0, p1) },
+                (_, crate::simd::Level::Portable) => {}
+            }
+        }
+        let _ = native;
+        const FUSED: bool = cfg!(target_arch = "aarch64");
+        // SAFETY: forwarded from the caller.
+        unsafe { task::<Plain<FUSED>, 4>(c, pk, s, g, p0, p1) }
+    })
 }
 
 /// One task at `level`.
@@ -345,6 +472,40 @@ mod tests {
             );
             out
         }
+        /// [`Case::run`] in bf16 mode (`vdpbf16ps` when `native`).
+        fn run_bf16(&self, level: Level, native: bool, from: usize) -> Vec<f32> {
+            let (qd, ks) = (self.qd(), self.stride());
+            let mut out = vec![f32::NAN; (self.t - from) * qd];
+            let n = self.t * ks;
+            attention_bf16_at(
+                level,
+                native,
+                &self.q[from * qd..],
+                &self.k[..n],
+                ks,
+                &self.v[..n],
+                ks,
+                from,
+                self.t - from,
+                self.shape,
+                &mut out,
+            );
+            out
+        }
+        /// This case with Q, K and V rounded to bf16.
+        fn rounded(&self) -> Case {
+            let r = |x: &[f32]| -> Vec<f32> {
+                x.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_f32())
+                    .collect()
+            };
+            Case {
+                q: r(&self.q),
+                k: r(&self.k),
+                v: r(&self.v),
+                ..*self
+            }
+        }
         /// The f64 reference for rows `[past, t)`.
         fn reference(&self) -> Vec<f32> {
             let (kvd, ks) = (self.shape.num_kv_heads * self.shape.head_dim, self.stride());
@@ -451,6 +612,91 @@ mod tests {
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{h}/{kv}×{hd} {window:?}"
             );
+        }
+    }
+
+    /// The bf16 levels this CPU runs: (level, native `vdpbf16ps`).
+    fn bf16_levels() -> Vec<(Level, bool)> {
+        let mut l: Vec<(Level, bool)> = levels().into_iter().map(|l| (l, false)).collect();
+        if crate::simd::has_avx512_bf16() {
+            l.push((Level::Avx512, true));
+        }
+        l
+    }
+
+    #[test]
+    fn the_bf16_tile_is_attention_on_bf16_inputs_with_bf16_probabilities() {
+        // Against the f64 reference on Q, K, V rounded to bf16: what is left
+        // is P's rounding for P·V (2⁻⁹ relative per weight, |v| ≤ 0.5: the
+        // output moves by at most ~1e-3) and f32 sums. The reference on the
+        // unrounded inputs is farther on average (a silent f32 run is not).
+        let cases = [
+            (4, 2, 8, None, 0, 150),
+            (4, 2, 8, Some(33), 40, 110),
+            (4, 4, 12, Some(70), 0, 201),
+            (9, 3, 64, None, 0, 257),
+            (9, 3, 64, Some(100), 63, 300),
+            (7, 7, 80, Some(65), 1, 190),
+            (8, 2, 128, None, 65, 200),
+            (3, 1, 15, None, 0, 70),
+            (3, 1, 16, None, 0, 1),
+        ];
+        for (h, kv, hd, window, past, t) in cases {
+            let c = Case::new(h, kv, hd, window, past, t);
+            let (want, exact) = (c.rounded().reference(), c.reference());
+            for (level, native) in bf16_levels() {
+                let got = c.run_bf16(level, native, past);
+                let at =
+                    format!("{level:?} native {native} {h}/{kv}×{hd} {window:?} past {past} t {t}");
+                let (mut to_rounded, mut to_exact) = (0.0f64, 0.0f64);
+                for (i, ((a, b), e)) in got.iter().zip(&want).zip(&exact).enumerate() {
+                    assert!((a - b).abs() < 2e-3, "{at} [{i}]: {a} vs {b}");
+                    to_rounded += (a - b).abs() as f64;
+                    to_exact += (a - e).abs() as f64;
+                }
+                assert!(
+                    t < 2 || to_rounded < to_exact,
+                    "{at}: {to_rounded} vs {to_exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_emulated_bf16_tile_gives_the_instructions_bits_and_prefixes_change_none() {
+        for (h, kv, hd, window) in [
+            (4, 2, 16, None),
+            (9, 3, 64, Some(90)),
+            (8, 2, 128, None),
+            (7, 7, 80, Some(65)),
+            (3, 1, 15, None),
+        ] {
+            let c = Case::new(h, kv, hd, window, 0, 170);
+            let qd = c.qd();
+            let mut fused = Vec::new(); // the levels with fused multiply-adds
+            for (level, native) in bf16_levels() {
+                let full = c.run_bf16(level, native, 0);
+                if level >= Level::Avx2 {
+                    fused.push((level, native, full.clone()));
+                }
+                for past in [1usize, 16, 63, 64, 129] {
+                    let part = c.run_bf16(level, native, past);
+                    assert!(
+                        part.iter()
+                            .zip(&full[past * qd..])
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{level:?} native {native} {h}/{kv}×{hd} {window:?} past {past}"
+                    );
+                }
+            }
+            // vdpbf16ps and its emulation at AVX2 and AVX-512: the same bits.
+            for w in fused.windows(2) {
+                let ((l0, n0, a), (l1, n1, b)) = (&w[0], &w[1]);
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{l0:?}/{n0} vs {l1:?}/{n1}: {h}/{kv}×{hd} {window:?}"
+                );
+            }
         }
     }
 }

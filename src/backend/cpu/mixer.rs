@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::{AttnShape, attention};
+use super::attention::{AttnShape, attention, attention_bf16};
 use super::forward::{CHUNK, KvBatch, Packed};
 use super::gemm_bf16::Gemm;
 use super::norm::{rms_norm, rms_norm_row, rms_norm_row_unit};
@@ -229,6 +229,11 @@ pub fn attention_block(
         scale: a.scale,
     };
     let bs = kv.as_ref().map_or(0, |kv| kv.store.block_size());
+    // bf16 mode: both attention products on bf16 pairs too.
+    let attend = match l.gemm {
+        Gemm::F32 => attention,
+        Gemm::Bf16 => attention_bf16,
+    };
     for (si, sq) in rows.seqs.iter().enumerate() {
         let (r0, r1) = (sq.start, sq.start + sq.len);
         let p = rows.past[si];
@@ -236,7 +241,7 @@ pub fn attention_block(
         let q = &s.q[r0 * qd..r1 * qd];
         if sq.len > 0 && p == 0 {
             let (kr, vr) = (&k[r0 * kvd..r1 * kvd], &v[r0 * kvd..r1 * kvd]);
-            attention(q, kr, kvd, vr, kvd, 0, sq.len, shape, o);
+            attend(q, kr, kvd, vr, kvd, 0, sq.len, shape, o);
         } else if sq.len > 0 {
             let kvb = kv.as_ref().expect("a prefix implies a cache");
             let n = (p + sq.len) * kvd;
@@ -247,7 +252,7 @@ pub fn attention_block(
             kvb.store.gather(kv_layer, kvb.seqs[si].past, kp, vp);
             kn.copy_from_slice(&k[r0 * kvd..r1 * kvd]);
             vn.copy_from_slice(&v[r0 * kvd..r1 * kvd]);
-            attention(
+            attend(
                 q,
                 &s.k_all[..n],
                 kvd,

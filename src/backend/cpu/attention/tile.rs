@@ -36,7 +36,7 @@ pub(super) const KT: usize = 64;
 /// Query positions per task, aligned to absolute positions.
 pub(super) const Q_BLOCK: usize = 64;
 /// Head-dim values per pass of `P·V` (four vectors).
-const DC: usize = 64;
+pub(super) const DC: usize = 64;
 
 /// One attention call's operands (see `super::attention`).
 #[derive(Clone, Copy)]
@@ -111,7 +111,7 @@ pub(super) fn exp1<const FUSED: bool>(x: f32) -> f32 {
 
 /// `[f32; 16]` lanes for the `avx2` (`FUSED`) and `portable` levels.
 #[derive(Clone, Copy)]
-pub(super) struct Plain<const FUSED: bool>([f32; 16]);
+pub(super) struct Plain<const FUSED: bool>(pub [f32; 16]);
 
 impl<const FUSED: bool> Plain<FUSED> {
     #[inline(always)]
@@ -211,7 +211,7 @@ pub(super) mod avx512 {
 
     /// One `__m512` register.
     #[derive(Clone, Copy)]
-    pub struct Zmm(__m512);
+    pub struct Zmm(pub __m512);
 
     /// Lanes `[lo, hi)` of 16 as a mask (bounds clipped).
     #[inline(always)]
@@ -346,25 +346,38 @@ thread_local! {
 /// `g·group + r % group`. (Plain methods, no closures: a closure would be
 /// compiled without the caller's target features.)
 #[derive(Clone, Copy)]
-struct Rows {
-    past: usize,
-    p0: usize,
-    group: usize,
-    g: usize,
-    hd: usize,
-    qd: usize,
-    window: Option<usize>,
+pub(super) struct Rows {
+    pub past: usize,
+    pub p0: usize,
+    pub group: usize,
+    pub g: usize,
+    pub hd: usize,
+    pub qd: usize,
+    pub window: Option<usize>,
 }
 
 impl Rows {
+    /// The rows of task (`kv head g`, query positions from `p0`) of `c`.
+    pub fn of(c: &Call, g: usize, p0: usize) -> Rows {
+        let sh = c.shape;
+        Rows {
+            past: c.past,
+            p0,
+            group: sh.num_heads / sh.num_kv_heads,
+            g,
+            hd: sh.head_dim,
+            qd: sh.num_heads * sh.head_dim,
+            window: sh.window,
+        }
+    }
     /// The absolute position of row `r`.
     #[inline(always)]
-    fn abs(self, r: usize) -> usize {
+    pub fn abs(self, r: usize) -> usize {
         self.past + self.p0 + r / self.group
     }
     /// Its first visible key.
     #[inline(always)]
-    fn lo(self, r: usize) -> usize {
+    pub fn lo(self, r: usize) -> usize {
         match self.window {
             Some(w) => (self.abs(r) + 1).saturating_sub(w),
             None => 0,
@@ -372,7 +385,7 @@ impl Rows {
     }
     /// The offset of its query (and output) row in `[q_len, heads·hd]`.
     #[inline(always)]
-    fn offset(self, r: usize) -> usize {
+    pub fn offset(self, r: usize) -> usize {
         (self.p0 + r / self.group) * self.qd + (self.g * self.group + r % self.group) * self.hd
     }
 }
@@ -396,21 +409,12 @@ pub(super) unsafe fn task<V: Lanes, const MR: usize>(
         num_heads,
         num_kv_heads,
         head_dim: hd,
-        window,
         ..
     } = c.shape;
     let group = num_heads / num_kv_heads;
     let kv_len = c.past + c.q_len;
     let n_rows = (p1 - p0) * group;
-    let rows = Rows {
-        past: c.past,
-        p0,
-        group,
-        g,
-        hd,
-        qd: num_heads * hd,
-        window,
-    };
+    let rows = Rows::of(c, g, p0);
     s.kt.resize(hd * KT, 0.0);
     s.p.resize(MR * KT, 0.0);
     s.o.clear();
