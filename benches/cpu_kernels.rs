@@ -6,7 +6,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
 use padv::backend::cpu::gemm::matmul_wt;
-use padv::backend::cpu::ops::{AttnShape, attention};
+use padv::backend::cpu::ops::{AttnShape, attention, attention_bf16};
 use padv::model::weights::{Data, Tensor};
 use padv::score::fused::{naive_row_stats, row_stats};
 
@@ -71,6 +71,10 @@ fn attn(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("blocked", |b| {
         b.iter(|| attention(&q, &k, 128, &v, 128, 0, t, shape, &mut out))
+    });
+    // The bf16 mode's tile (vdpbf16ps where the CPU has it), side by side.
+    g.bench_function("blocked_bf16", |b| {
+        b.iter(|| attention_bf16(&q, &k, 128, &v, 128, 0, t, shape, &mut out))
     });
     g.finish();
 }
