@@ -66,13 +66,37 @@ pub fn attention(
 ) {
     let _span = super::profile::span(super::profile::Part::Attention);
     let level = crate::simd::level();
-    attention_at(level, q, k, k_stride, v, v_stride, past, q_len, shape, out)
+    attention_at(
+        level,
+        Tile::F32,
+        q,
+        k,
+        k_stride,
+        v,
+        v_stride,
+        past,
+        q_len,
+        shape,
+        out,
+    )
 }
 
-/// [`attention`] with the kernels of `level` (at most [`crate::simd::level`]).
+/// Which tile a call runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tile {
+    F32,
+    /// The bf16 mode's ([`tile_bf16`]); `vdpbf16ps` itself when `native`.
+    Bf16 {
+        native: bool,
+    },
+}
+
+/// [`attention`] / [`attention_bf16`] with the kernels of `level` (at most
+/// [`crate::simd::level`]).
 #[allow(clippy::too_many_arguments)]
 fn attention_at(
     level: crate::simd::Level,
+    tile: Tile,
     q: &[f32],
     k: &[f32],
     k_stride: usize,
@@ -87,11 +111,20 @@ fn attention_at(
     let Some(call) = checked_call(q, k, k_stride, v, v_stride, past, q_len, shape, out) else {
         return;
     };
-    for_each_task(&call, |g, p0, p1| {
-        // SAFETY: the buffers were checked; each task writes only its
-        // block's rows of its group's heads.
-        unsafe { run_task(level, &call, g, p0, p1) }
-    });
+    // SAFETY (both): the buffers were checked; each task writes only its
+    // block's rows of its group's heads.
+    match tile {
+        Tile::F32 => for_each_task(&call, |g, p0, p1| unsafe {
+            run_task(level, &call, g, p0, p1)
+        }),
+        Tile::Bf16 { native } => {
+            assert!(!native || crate::simd::has_avx512_bf16());
+            let packed = tile_bf16::Packed::new(&call);
+            for_each_task(&call, |g, p0, p1| unsafe {
+                run_task_bf16(level, native, &call, &packed, g, p0, p1)
+            })
+        }
+    }
 }
 
 /// The call's operands after checking every buffer against the shape;
@@ -167,39 +200,12 @@ pub fn attention_bf16(
 ) {
     let _span = super::profile::span(super::profile::Part::Attention);
     let level = crate::simd::level();
-    let native = crate::simd::has_avx512_bf16();
-    attention_bf16_at(
-        level, native, q, k, k_stride, v, v_stride, past, q_len, shape, out,
-    )
-}
-
-/// [`attention_bf16`] with the kernels of `level`, `vdpbf16ps` itself only
-/// when `native` (tests compare the two).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_bf16_at(
-    level: crate::simd::Level,
-    native: bool,
-    q: &[f32],
-    k: &[f32],
-    k_stride: usize,
-    v: &[f32],
-    v_stride: usize,
-    past: usize,
-    q_len: usize,
-    shape: AttnShape,
-    out: &mut [f32],
-) {
-    assert!(level <= crate::simd::detected());
-    assert!(!native || crate::simd::has_avx512_bf16());
-    let Some(call) = checked_call(q, k, k_stride, v, v_stride, past, q_len, shape, out) else {
-        return;
+    let tile = Tile::Bf16 {
+        native: crate::simd::has_avx512_bf16(),
     };
-    let packed = tile_bf16::Packed::new(&call);
-    for_each_task(&call, |g, p0, p1| {
-        // SAFETY: the buffers were checked; each task writes only its
-        // block's rows of its group's heads.
-        unsafe { run_task_bf16(level, native, &call, &packed, g, p0, p1) }
-    });
+    attention_at(
+        level, tile, q, k, k_stride, v, v_stride, past, q_len, shape, out,
+    )
 }
 
 /// One bf16 task at `level` (`vdpbf16ps` when `native`).
@@ -455,31 +461,19 @@ mod tests {
         }
         /// The rows `[from, t)` computed with `[0, from)` as cached keys.
         fn run(&self, level: Level, from: usize) -> Vec<f32> {
+            self.run_tile(level, Tile::F32, from)
+        }
+        /// [`Case::run`] in bf16 mode (`vdpbf16ps` when `native`).
+        fn run_bf16(&self, level: Level, native: bool, from: usize) -> Vec<f32> {
+            self.run_tile(level, Tile::Bf16 { native }, from)
+        }
+        fn run_tile(&self, level: Level, tile: Tile, from: usize) -> Vec<f32> {
             let (qd, ks) = (self.qd(), self.stride());
             let mut out = vec![f32::NAN; (self.t - from) * qd];
             let n = self.t * ks;
             attention_at(
                 level,
-                &self.q[from * qd..],
-                &self.k[..n],
-                ks,
-                &self.v[..n],
-                ks,
-                from,
-                self.t - from,
-                self.shape,
-                &mut out,
-            );
-            out
-        }
-        /// [`Case::run`] in bf16 mode (`vdpbf16ps` when `native`).
-        fn run_bf16(&self, level: Level, native: bool, from: usize) -> Vec<f32> {
-            let (qd, ks) = (self.qd(), self.stride());
-            let mut out = vec![f32::NAN; (self.t - from) * qd];
-            let n = self.t * ks;
-            attention_bf16_at(
-                level,
-                native,
+                tile,
                 &self.q[from * qd..],
                 &self.k[..n],
                 ks,
