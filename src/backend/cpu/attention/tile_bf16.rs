@@ -114,23 +114,15 @@ mod native {
         }
         #[inline(always)]
         unsafe fn store_bf16(self, p: *mut u16) {
-            // Nearest-even on the bits, as `bf16_bits` (lanes are finite
-            // softmax numerators: no NaN; a denormal becomes a signed zero).
+            // `vcvtneps2bf16`: nearest-even, a denormal input becomes a
+            // signed zero, never MXCSR-dependent: `bf16_bits` on every
+            // non-NaN value (the lanes are softmax numerators).
             unsafe {
-                let b = _mm512_castps_si512(self.0);
-                let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-                let r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), odd);
-                let h = _mm512_srli_epi32::<16>(r);
-                let tiny = _mm512_cmpeq_epi32_mask(
-                    _mm512_and_si512(b, _mm512_set1_epi32(0x7f80_0000)),
-                    _mm512_setzero_si512(),
+                let h = _mm512_cvtneps_pbh(self.0);
+                _mm256_storeu_si256(
+                    p as *mut __m256i,
+                    std::mem::transmute::<__m256bh, __m256i>(h),
                 );
-                let sign = _mm512_srli_epi32::<16>(_mm512_and_si512(
-                    b,
-                    _mm512_set1_epi32(0x8000_0000u32 as i32),
-                ));
-                let h = _mm512_mask_mov_epi32(h, tiny, sign);
-                _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtepi32_epi16(h));
             }
         }
     }
