@@ -287,6 +287,39 @@ fn f32_fixture_pairs_match_transformers_on_the_gpu() {
 }
 
 #[test]
+fn reference_only_scoring_gives_the_full_passs_reference_log_probs() {
+    let Some(_gpu) = gpu() else { return };
+    // An α sweep's later points: the reference alone (its forward, LM head
+    // and the fused scorer on its own rows), the policy's fields NaN.
+    for name in ["llama", "llama_bf16"] {
+        let dir = fixtures().join("models").join(name);
+        let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
+        let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
+        let mut scorer = CudaPair::new(0, policy, reference).unwrap();
+        let batch = batch_for(&fixture_records(name));
+        let full = scorer.score(&batch).unwrap();
+        let refs = scorer.score_reference(&batch).unwrap();
+        let mut scored = 0;
+        for (i, (f, r)) in full.iter().zip(&refs).enumerate() {
+            assert_eq!(f.len(), r.len(), "{name} seq {i}");
+            for t in 0..f.len() {
+                let (a, b) = (f.logp_reference[t], r.logp_reference[t]);
+                assert_eq!(a.is_nan(), b.is_nan(), "{name} seq {i}[{t}]");
+                assert!(
+                    a.is_nan() || (a - b).abs() <= 1e-6,
+                    "{name} seq {i}[{t}]: {a} vs {b}"
+                );
+                scored += usize::from(!b.is_nan());
+                for x in [r.logp_policy[t], r.entropy_policy[t], r.self_certainty[t]] {
+                    assert!(x.is_nan(), "{name} seq {i}[{t}]: policy field {x}");
+                }
+            }
+        }
+        assert!(scored > 100, "{name}: {scored} positions");
+    }
+}
+
+#[test]
 fn auto_device_picks_the_gpu_when_one_is_present() {
     let Some(gpu) = gpu() else { return };
     let arch = gpu.arch();

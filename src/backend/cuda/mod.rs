@@ -195,7 +195,9 @@ impl CudaPair {
 /// over its new tokens, take the boundary rows' hidden states from the
 /// cache, run both LM heads and the fused scorer on the wanted rows, and
 /// fill `out` (and the wave's filled blocks: K/V in the forward, their last
-/// hidden states and scores here).
+/// hidden states and scores here). Without `with_policy` (an α sweep's
+/// later points, no cache) only the reference runs; the policy's fields
+/// stay NaN.
 #[allow(clippy::too_many_arguments)]
 fn score_wave(
     gpu: &Gpu,
@@ -205,7 +207,12 @@ fn score_wave(
     batch: &[SeqRequest],
     wave: &[Admitted],
     out: &mut [TokenScores],
+    with_policy: bool,
 ) -> Result<()> {
+    assert!(
+        with_policy || cache.is_none(),
+        "the cache holds both models' blocks"
+    );
     let bs = cache.as_ref().map_or(1, |c| c.block_size());
     let plan = WavePlan::new(batch, wave, bs);
     if let Some(c) = cache.as_deref() {
@@ -260,7 +267,12 @@ fn score_wave(
         RowCopies::upload(gpu, last)?,
     );
     let mut hidden = Vec::with_capacity(2);
-    for (m, side) in [(policy, 0), (reference, 1)] {
+    let sides: &[(&DeviceModel, usize)] = if with_policy {
+        &[(policy, 0), (reference, 1)]
+    } else {
+        &[(reference, 1)]
+    };
+    for &(m, side) in sides {
         let store = cache.as_deref_mut().map(|c| {
             if side == 0 {
                 &mut c.policy
@@ -284,6 +296,17 @@ fn score_wave(
     }
     drop(dev_batch);
     if n == 0 {
+        return Ok(());
+    }
+    if !with_policy {
+        // The reference's rows on both sides of the fused scorer: its
+        // reference log-prob is exactly the one a full pass computes.
+        let hr = &hidden[0];
+        let stats = lm_head_stats(gpu, reference, reference, hr, hr, &dev_targets, n)?;
+        let stats = stats
+            .chunks_exact(4)
+            .map(|s| [f32::NAN, s[1], f32::NAN, f32::NAN]);
+        plan.scatter(out, stats, |_, _, _| {});
         return Ok(());
     }
     let stats = lm_head_stats(
@@ -406,12 +429,27 @@ impl PairScorer for CudaPair {
         match self.cache.as_mut() {
             None => {
                 count_uncached(&mut self.counters, batch);
-                score_wave(gpu, p, r, None, batch, &uncached(batch), &mut out)?;
+                score_wave(gpu, p, r, None, batch, &uncached(batch), &mut out, true)?;
             }
             Some(cache) => in_waves(cache, batch, &mut self.counters, |cache, wave| {
-                score_wave(gpu, p, r, Some(cache), batch, wave, &mut out)
+                score_wave(gpu, p, r, Some(cache), batch, wave, &mut out, true)
             })?,
         }
+        Ok(out)
+    }
+
+    /// The reference alone (an α sweep's later points): its forward, LM head
+    /// and log-probs; the policy's fields NaN. Uncached, as on the CPU.
+    fn score_reference(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
+        let gpu = &self.gpu;
+        gpu.ctx
+            .bind_to_thread()
+            .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
+        let (p, r) = (&self.policy, &self.reference);
+        plan::check_batch(batch, [&p.config, &r.config])?;
+        let mut out = nan_scores(batch);
+        count_uncached(&mut self.counters, batch);
+        score_wave(gpu, p, r, None, batch, &uncached(batch), &mut out, false)?;
         Ok(out)
     }
 }
