@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
 use padv::backend::PairScorer;
 use padv::backend::cpu::ops::AttnShape;
+use padv::backend::cuda::cudarc::driver::CudaSlice;
 use padv::backend::cuda::forward::PagedBatch;
 use padv::backend::cuda::kernels::AttnKernel;
 use padv::backend::cuda::{CudaPair, DevTensor, Gpu, probe, roofline};
@@ -207,6 +208,69 @@ fn bench_gemm(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) -> Option<f64> {
     Some(rate)
 }
 
+/// One attention call's operands on the device: random Q (f32) and a bf16
+/// K/V pool laid out by `layout`, uploaded once.
+struct AttnCall {
+    layout: PagedBatch,
+    shape: AttnShape,
+    q: DevTensor,
+    k: DevTensor,
+    v: DevTensor,
+    out: DevTensor,
+    table: CudaSlice<i32>,
+    starts: CudaSlice<i32>,
+    past: CudaSlice<i32>,
+    tiles: CudaSlice<i32>,
+}
+
+impl AttnCall {
+    fn new(
+        gpu: &Gpu,
+        layout: PagedBatch,
+        (heads, kv_heads, hd): (usize, usize, usize),
+        seed: u64,
+    ) -> AttnCall {
+        let n = layout.tokens();
+        let pool = layout.pool_rows() * kv_heads * hd;
+        let mut q = DevTensor::alloc(gpu, DType::F32, n * heads * hd).unwrap();
+        let mut k = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
+        let mut v = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
+        for (i, t) in [&mut q, &mut k, &mut v].into_iter().enumerate() {
+            gpu.fill_uniform(&mut t.all_mut(), seed + i as u64, -1.0, 1.0)
+                .unwrap();
+        }
+        AttnCall {
+            shape: AttnShape::new(heads, kv_heads, hd, None),
+            q,
+            k,
+            v,
+            out: DevTensor::alloc(gpu, DType::BF16, n * heads * hd).unwrap(),
+            table: gpu.upload(&layout.block_table).unwrap(),
+            starts: gpu.upload(&layout.seq_start).unwrap(),
+            past: gpu.upload(&layout.past).unwrap(),
+            tiles: gpu.upload(&layout.tiles).unwrap(),
+            layout,
+        }
+    }
+
+    fn run(&mut self, gpu: &Gpu, kernel: AttnKernel, splits: usize) -> padv::Result<()> {
+        gpu.paged_attention(
+            kernel,
+            &self.q.f32_view()?,
+            &self.k.all(),
+            &self.v.all(),
+            &self.table.as_view(),
+            &self.starts.as_view(),
+            &self.past.as_view(),
+            &self.tiles.as_view(),
+            self.layout.max_blocks,
+            &mut self.out.all_mut(),
+            self.shape,
+            splits,
+        )
+    }
+}
+
 /// Causal attention alone, SIMT vs tensor-core kernel, on the 0.5B and 7B
 /// head geometries (bf16 cache, 2 × 4096 queries).
 fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
@@ -214,43 +278,13 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
     configure(&mut g, false);
     for (label, heads, kv_heads, hd) in [("0.5b", 14usize, 2usize, 64usize), ("7b", 28, 4, 128)] {
         let lens = [4096usize, 4096];
-        let layout = PagedBatch::new(&lens);
-        let n = layout.tokens();
-        let shape = AttnShape::new(heads, kv_heads, hd, None);
-        let pool = layout.pool_rows() * kv_heads * hd;
-        let mut q = DevTensor::alloc(gpu, DType::F32, n * heads * hd).unwrap();
-        let mut k = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
-        let mut v = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
-        gpu.fill_uniform(&mut q.all_mut(), 11, -1.0, 1.0).unwrap();
-        gpu.fill_uniform(&mut k.all_mut(), 12, -1.0, 1.0).unwrap();
-        gpu.fill_uniform(&mut v.all_mut(), 13, -1.0, 1.0).unwrap();
-        let table = gpu.upload(&layout.block_table).unwrap();
-        let starts = gpu.upload(&layout.seq_start).unwrap();
-        let past = gpu.upload(&layout.past).unwrap();
-        let tiles = gpu.upload(&layout.tiles).unwrap();
-        let mut out = DevTensor::alloc(gpu, DType::BF16, n * heads * hd).unwrap();
+        let mut call = AttnCall::new(gpu, PagedBatch::new(&lens), (heads, kv_heads, hd), 11);
         let pairs: f64 = lens.iter().map(|&l| (l * (l + 1) / 2) as f64).sum();
         let flops = 4.0 * pairs * (heads * hd) as f64;
-        let qv = q.f32_view().unwrap();
         let mut rates = Vec::new();
         for kernel in [AttnKernel::Simt, AttnKernel::TensorCore] {
             let name = format!("attention_{label}_{kernel:?}_2x4096");
-            timed(&mut g, &name, gpu, || {
-                gpu.paged_attention(
-                    kernel,
-                    &qv,
-                    &k.all(),
-                    &v.all(),
-                    &table.as_view(),
-                    &starts.as_view(),
-                    &past.as_view(),
-                    &tiles.as_view(),
-                    layout.max_blocks,
-                    &mut out.all_mut(),
-                    shape,
-                    0,
-                )
-            });
+            timed(&mut g, &name, gpu, || call.run(gpu, kernel, 0));
             rates.push(median(&name).map(|t| flops / t / 1e12));
         }
         if let [Some(simt), Some(tc)] = rates[..] {
@@ -269,41 +303,13 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
 fn bench_attention_step(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
     let mut g = c.benchmark_group("attention_step");
     configure(&mut g, false);
-    let (heads, kv_heads, hd) = (14usize, 2usize, 64usize);
     let layout = PagedBatch::with_past(&[(4096, 256)]);
-    let n = layout.tokens();
-    let shape = AttnShape::new(heads, kv_heads, hd, None);
-    let pool = layout.pool_rows() * kv_heads * hd;
-    let mut q = DevTensor::alloc(gpu, DType::F32, n * heads * hd).unwrap();
-    let mut k = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
-    let mut v = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
-    gpu.fill_uniform(&mut q.all_mut(), 21, -1.0, 1.0).unwrap();
-    gpu.fill_uniform(&mut k.all_mut(), 22, -1.0, 1.0).unwrap();
-    gpu.fill_uniform(&mut v.all_mut(), 23, -1.0, 1.0).unwrap();
-    let table = gpu.upload(&layout.block_table).unwrap();
-    let starts = gpu.upload(&layout.seq_start).unwrap();
-    let past = gpu.upload(&layout.past).unwrap();
-    let tiles = gpu.upload(&layout.tiles).unwrap();
-    let mut out = DevTensor::alloc(gpu, DType::BF16, n * heads * hd).unwrap();
-    let qv = q.f32_view().unwrap();
+    let mut call = AttnCall::new(gpu, layout, (14, 2, 64), 21);
     let mut times = Vec::new();
     for splits in [1usize, 0] {
         let name = format!("attention_step_0.5b_splits{splits}_4096+256");
         timed(&mut g, &name, gpu, || {
-            gpu.paged_attention(
-                AttnKernel::TensorCore,
-                &qv,
-                &k.all(),
-                &v.all(),
-                &table.as_view(),
-                &starts.as_view(),
-                &past.as_view(),
-                &tiles.as_view(),
-                layout.max_blocks,
-                &mut out.all_mut(),
-                shape,
-                splits,
-            )
+            call.run(gpu, AttnKernel::TensorCore, splits)
         });
         times.push(median(&name));
     }

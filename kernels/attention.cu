@@ -251,9 +251,10 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
                                     const int32_t* __restrict__ seq_start,
                                     const int32_t* __restrict__ past,
                                     const int32_t* __restrict__ tiles, T* __restrict__ out,
-                                    float* __restrict__ part,  // split partials (splits > 1)
                                     int heads, int kv_heads, int max_blocks, int window,
-                                    float scale, int splits) {
+                                    float scale,
+                                    float* __restrict__ part,  // split partials (splits > 1)
+                                    int splits) {
     // (`hd` is the template's HD; the entry point takes it for a signature
     // shared with the SIMT kernel.)
     constexpr int KC = HD / 16;        // k-steps of Q·Kᵀ over head_dim
@@ -458,10 +459,10 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
         paged_attention_mma_##SUFFIX##_d##HD(                                                 \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
-            float* part, int heads, int kv_heads, int /* hd = HD */, int max_blocks,          \
-            int window, float scale, int splits) {                                            \
+            int heads, int kv_heads, int /* hd = HD */, int max_blocks, int window,          \
+            float scale, float* part, int splits) {                                           \
         paged_attention_mma<T, HD>(q, k_pool, v_pool, block_table, seq_start, past, tiles, out, \
-                                   part, heads, kv_heads, max_blocks, window, scale, splits); \
+                                   heads, kv_heads, max_blocks, window, scale, part, splits); \
     }
 #define PAGED_ATTENTION_MMA(SUFFIX, T)       \
     PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32)    \

@@ -64,19 +64,15 @@ impl PairCache<ModelKv> {
     /// A cache in host memory (the CPU backend's).
     pub fn new(policy: &Model, reference: &Model, opts: KvOptions) -> PairCache {
         let bs = Self::block_size_for(policy, reference, opts.block_size);
-        let stores = ModelKv::bytes_per_block(&policy.config, bs)
-            + ModelKv::bytes_per_block(&reference.config, bs);
-        let id = fingerprint(policy, reference);
-        let made = PairCache::with_stores(id, opts, bs, stores, |cap| {
-            Ok::<_, std::convert::Infallible>((
-                ModelKv::new(&policy.config, bs, cap),
-                ModelKv::new(&reference.config, bs, cap),
-            ))
-        });
-        match made {
-            Ok(c) => c,
-            Err(never) => match never {},
-        }
+        let capacity = Self::capacity(opts, bs, Self::store_bytes(policy, reference, bs));
+        PairCache::with_stores(
+            fingerprint(policy, reference),
+            opts,
+            bs,
+            ModelKv::new(&policy.config, bs, capacity),
+            ModelKv::new(&reference.config, bs, capacity),
+            capacity,
+        )
     }
 
     /// The block size a cache of this pair uses for `requested`: itself,
@@ -91,40 +87,48 @@ impl PairCache<ModelKv> {
         }
     }
 
+    /// Bytes one block of blocks of `bs` tokens costs both models' stores.
+    fn store_bytes(policy: &Model, reference: &Model, bs: usize) -> usize {
+        ModelKv::bytes_per_block(&policy.config, bs)
+            + ModelKv::bytes_per_block(&reference.config, bs)
+    }
+
     /// Bytes one block costs the pair (K/V, recurrent snapshots and hidden
     /// state of both models, token scores), for the block size the cache
     /// uses for `block_size` ([`PairCache::block_size_for`]).
     pub fn bytes_per_block(policy: &Model, reference: &Model, block_size: usize) -> usize {
         let bs = Self::block_size_for(policy, reference, block_size);
-        ModelKv::bytes_per_block(&policy.config, bs)
-            + ModelKv::bytes_per_block(&reference.config, bs)
-            + bs * std::mem::size_of::<TokenScore>()
+        Self::store_bytes(policy, reference, bs) + bs * std::mem::size_of::<TokenScore>()
     }
 }
 
 impl<S: BlockStore> PairCache<S> {
-    /// A cache for the pair named by `fingerprint` (see [`fingerprint`]), of
-    /// blocks of `block_size` tokens whose stores cost `store_bytes` per
-    /// block for the pair (token scores are added here); `stores(capacity)`
-    /// makes them for the capacity the budget allows.
-    pub fn with_stores<E>(
+    /// Blocks of `block_size` tokens that `opts`' budget holds when the
+    /// stores cost `store_bytes` per block for the pair (the token scores
+    /// are added here).
+    pub fn capacity(opts: KvOptions, block_size: usize, store_bytes: usize) -> usize {
+        let per_block = store_bytes + block_size * std::mem::size_of::<TokenScore>();
+        opts.budget_bytes / per_block.max(1)
+    }
+
+    /// A cache for the pair named by `fingerprint` (see [`fingerprint`]) over
+    /// stores made for `capacity` blocks of `block_size` tokens
+    /// ([`PairCache::capacity`]).
+    pub fn with_stores(
         fingerprint: u64,
         opts: KvOptions,
         block_size: usize,
-        store_bytes: usize,
-        stores: impl FnOnce(usize) -> std::result::Result<(S, S), E>,
-    ) -> std::result::Result<PairCache<S>, E> {
-        let bs = block_size.max(1);
-        let per_block = store_bytes + bs * std::mem::size_of::<TokenScore>();
-        let capacity = opts.budget_bytes / per_block.max(1);
-        let (p, r) = stores(capacity)?;
-        Ok(PairCache {
-            pool: BlockPool::new(bs, capacity, fingerprint),
-            policy: p,
-            reference: r,
+        policy: S,
+        reference: S,
+        capacity: usize,
+    ) -> PairCache<S> {
+        PairCache {
+            pool: BlockPool::new(block_size.max(1), capacity, fingerprint),
+            policy,
+            reference,
             scores: Vec::new(),
             budget_bytes: opts.budget_bytes,
-        })
+        }
     }
 
     pub fn block_size(&self) -> usize {

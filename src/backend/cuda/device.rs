@@ -298,32 +298,39 @@ fn load_image(
     Ok((module, format!("PTX compute_{} (JIT)", img.ptx_arch)))
 }
 
+/// The device's default stream-ordered memory pool (the one cudarc's
+/// `cuMemAllocAsync` allocations come from); `None` without memory pools.
+fn default_pool(ctx: &CudaContext) -> Option<cudarc::driver::sys::CUmemoryPool> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` receives a handle owned by the driver.
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(pool)
+}
+
+/// A u64 attribute of `pool`.
+fn pool_attr(
+    pool: cudarc::driver::sys::CUmemoryPool,
+    attr: cudarc::driver::sys::CUmemPool_attribute,
+) -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: the attributes read here (reserved / used memory) are u64.
+    let r = unsafe {
+        cudarc::driver::sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast())
+    };
+    (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
 /// Bytes of the pool's reservation not in use (free for our allocations, but
 /// counted as used by `cuMemGetInfo`); 0 when it cannot be read.
 fn pool_idle_bytes(ctx: &CudaContext) -> usize {
-    use cudarc::driver::sys;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let (mut reserved, mut used) = (0u64, 0u64);
-    // SAFETY: as in `keep_pool_memory`; both attributes are u64.
-    unsafe {
-        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) != sys::CUresult::CUDA_SUCCESS
-        {
-            return 0;
-        }
-        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT;
-        if sys::cuMemPoolGetAttribute(pool, attr, (&mut reserved as *mut u64).cast())
-            != sys::CUresult::CUDA_SUCCESS
-        {
-            return 0;
-        }
-        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT;
-        if sys::cuMemPoolGetAttribute(pool, attr, (&mut used as *mut u64).cast())
-            != sys::CUresult::CUDA_SUCCESS
-        {
-            return 0;
-        }
-    }
-    reserved.saturating_sub(used) as usize
+    use cudarc::driver::sys::CUmemPool_attribute as A;
+    let idle = default_pool(ctx).and_then(|pool| {
+        let reserved = pool_attr(pool, A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+        let used = pool_attr(pool, A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        Some(reserved.saturating_sub(used))
+    });
+    idle.unwrap_or(0) as usize
 }
 
 /// Keep memory freed into the device's stream-ordered pool (cudarc allocates
@@ -335,20 +342,18 @@ fn pool_idle_bytes(ctx: &CudaContext) -> usize {
 /// synchronously anyway.
 fn keep_pool_memory(ctx: &CudaContext) {
     use cudarc::driver::sys;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    // SAFETY: `pool` receives a handle owned by the driver; the attribute
-    // value is a u64 as CU_MEMPOOL_ATTR_RELEASE_THRESHOLD expects.
-    unsafe {
-        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
-        {
-            let mut keep = u64::MAX;
-            let _ = sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut keep as *mut u64).cast(),
-            );
-        }
-    }
+    let Some(pool) = default_pool(ctx) else {
+        return;
+    };
+    let mut keep = u64::MAX;
+    // SAFETY: CU_MEMPOOL_ATTR_RELEASE_THRESHOLD takes a u64.
+    let _ = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )
+    };
 }
 
 /// A device buffer whose element type is a weight dtype (f32, bf16, f16):

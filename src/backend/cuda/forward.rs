@@ -264,18 +264,7 @@ pub fn forward_rows(
 
         let block = KV_BLOCK * kvd;
         if let Some((store, copies)) = kv.as_mut() {
-            gpu.copy_rows(
-                &store.k[li].all(),
-                &mut k_pool.all_mut(),
-                &copies.hits,
-                block,
-            )?;
-            gpu.copy_rows(
-                &store.v[li].all(),
-                &mut v_pool.all_mut(),
-                &copies.hits,
-                block,
-            )?;
+            store.load_hits(gpu, li, (&mut k_pool, &mut v_pool), copies, block)?;
         }
         gpu.paged_attention(
             AttnKernel::Auto,
@@ -292,18 +281,7 @@ pub fn forward_rows(
             0,
         )?;
         if let Some((store, copies)) = kv.as_mut() {
-            gpu.copy_rows(
-                &k_pool.all(),
-                &mut store.k[li].all_mut(),
-                &copies.fills,
-                block,
-            )?;
-            gpu.copy_rows(
-                &v_pool.all(),
-                &mut store.v[li].all_mut(),
-                &copies.fills,
-                block,
-            )?;
+            store.keep_fills(gpu, li, (&k_pool, &v_pool), copies, block)?;
         }
 
         for &(r0, r1) in &chunks {

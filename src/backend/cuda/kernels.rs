@@ -388,12 +388,41 @@ impl Gpu {
             max_blocks as i32,
             win as i32,
         );
-        if !(mma && kernel != AttnKernel::Simt) {
+        let tc = mma && kernel != AttnKernel::Simt;
+        // Tensor cores split the key range when the (tile, head) blocks
+        // alone leave multiprocessors idle, each split keeping at least 4 key
+        // tiles (256 keys) of the longest sequence; SIMT never splits.
+        let splits = match (tc, splits) {
+            (false, _) => 1,
+            (true, 0) => {
+                let blocks = num_tiles * nh;
+                let want = (2 * self.multiprocessors() as usize).div_ceil(blocks.max(1));
+                want.min((max_blocks * KV_BLOCK / 256).max(1))
+                    .clamp(1, MAX_KV_SPLITS)
+            }
+            (true, s) => s.min(MAX_KV_SPLITS),
+        };
+        let (name, threads, smem) = if tc {
+            let name = format!("paged_attention_mma_{}_d{hd}", suffix(k_pool.dtype));
+            (name, MMA_THREADS, 0) // static shared memory
+        } else {
             // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
             let slots = hd.div_ceil(32).next_power_of_two();
             let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
             let smem = ((SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4) as u32;
-            let f = self.function("attention", &name, smem)?;
+            (name, ATTN_THREADS, smem)
+        };
+        let n = q.len() / qd;
+        let mut part = self.alloc_f32(if splits > 1 {
+            n * nh * splits * (hd + 2)
+        } else {
+            1
+        })?;
+        let f = self.function("attention", &name, smem)?;
+        let sp = splits as i32;
+        {
+            // Both kernels take the same leading arguments; the tensor-core
+            // one also the split partials and their count.
             let mut b = self.stream.launch_builder(&f);
             b.arg(q)
                 .arg(&k_pool.view)
@@ -409,55 +438,17 @@ impl Gpu {
                 .arg(&mb)
                 .arg(&w)
                 .arg(&scale);
-            // SAFETY: as in `embedding`; block-table entries and tiles come from
-            // `PagedBatch`, which keeps them inside the pool and the sequences.
-            unsafe { b.launch(cfg((num_tiles as u32, nh as u32, 1), ATTN_THREADS, smem)) }
-                .ctx(&name)?;
-            return Ok(());
-        }
-        // Tensor cores, with the key range split when the (tile, head)
-        // blocks alone leave multiprocessors idle: each split should keep at
-        // least 4 key tiles (256 keys) of the longest sequence.
-        let splits = match splits {
-            0 => {
-                let blocks = num_tiles * nh;
-                let want = (2 * self.multiprocessors() as usize).div_ceil(blocks.max(1));
-                want.min((max_blocks * KV_BLOCK / 256).max(1))
-                    .clamp(1, MAX_KV_SPLITS)
+            if tc {
+                b.arg(&mut part).arg(&sp);
             }
-            s => s.min(MAX_KV_SPLITS),
-        };
-        let n = q.len() / qd;
-        let mut part = self.alloc_f32(if splits > 1 {
-            n * nh * splits * (hd + 2)
-        } else {
-            1
-        })?;
-        let name = format!("paged_attention_mma_{}_d{hd}", suffix(k_pool.dtype));
-        let f = self.function("attention", &name, 0)?;
-        let sp = splits as i32;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(q)
-            .arg(&k_pool.view)
-            .arg(&v_pool.view)
-            .arg(block_table)
-            .arg(seq_start)
-            .arg(past)
-            .arg(tiles)
-            .arg(&mut out.view)
-            .arg(&mut part)
-            .arg(&h)
-            .arg(&kh)
-            .arg(&d)
-            .arg(&mb)
-            .arg(&w)
-            .arg(&scale)
-            .arg(&sp);
-        let grid = (num_tiles as u32, nh as u32, splits as u32);
-        // SAFETY: as above; with splits > 1 `part` holds n × heads × splits
-        // partials of hd + 2 floats, written for every packed row (every
-        // row lies in exactly one tile).
-        unsafe { b.launch(cfg(grid, MMA_THREADS, 0)) }.ctx(&name)?;
+            let grid = (num_tiles as u32, nh as u32, splits as u32);
+            // SAFETY: as in `embedding`; block-table entries and tiles come
+            // from `PagedBatch`, which keeps them inside the pool and the
+            // sequences; with splits > 1 `part` holds n × heads × splits
+            // partials of hd + 2 floats, written for every packed row
+            // (every row lies in exactly one tile).
+            unsafe { b.launch(cfg(grid, threads, smem)) }.ctx(&name)?;
+        }
         if splits > 1 {
             let name = typed("attention_merge", k_pool.dtype);
             let f = self.function("attention", &name, 0)?;

@@ -67,6 +67,54 @@ impl DeviceKv {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+
+    /// Layer `li`'s hit blocks (`block` elements each) into a wave's K/V
+    /// pools, before its attention.
+    pub fn load_hits(
+        &self,
+        gpu: &Gpu,
+        li: usize,
+        (k_pool, v_pool): (&mut DevTensor, &mut DevTensor),
+        copies: &WaveCopies,
+        block: usize,
+    ) -> Result<()> {
+        gpu.copy_rows(
+            &self.k[li].all(),
+            &mut k_pool.all_mut(),
+            &copies.hits,
+            block,
+        )?;
+        gpu.copy_rows(
+            &self.v[li].all(),
+            &mut v_pool.all_mut(),
+            &copies.hits,
+            block,
+        )
+    }
+
+    /// The wave's filled blocks of layer `li` from its pools into the arenas,
+    /// after its attention (before the next layer reuses the pools).
+    pub fn keep_fills(
+        &mut self,
+        gpu: &Gpu,
+        li: usize,
+        (k_pool, v_pool): (&DevTensor, &DevTensor),
+        copies: &WaveCopies,
+        block: usize,
+    ) -> Result<()> {
+        gpu.copy_rows(
+            &k_pool.all(),
+            &mut self.k[li].all_mut(),
+            &copies.fills,
+            block,
+        )?;
+        gpu.copy_rows(
+            &v_pool.all(),
+            &mut self.v[li].all_mut(),
+            &copies.fills,
+            block,
+        )
+    }
 }
 
 impl BlockStore for DeviceKv {

@@ -156,6 +156,17 @@ impl CudaPair {
         (&self.policy, &self.reference)
     }
 
+    /// Before a batch: the context bound to this thread, the batch checked
+    /// against both models; its scores, all NaN.
+    fn begin(&self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
+        plan::check_batch(batch, [&self.policy.config, &self.reference.config])?;
+        Ok(nan_scores(batch))
+    }
+
     /// The prefix cache, when on.
     pub fn cache(&self) -> Option<&DeviceCache> {
         self.cache.as_ref()
@@ -183,10 +194,10 @@ impl CudaPair {
         };
         let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
         let store = DeviceKv::bytes_per_block(p) + DeviceKv::bytes_per_block(r);
-        let cache = DeviceCache::with_stores(self.fingerprint, opts, KV_BLOCK, store, |cap| {
-            Ok::<_, Error>((DeviceKv::new(gpu, p, cap)?, DeviceKv::new(gpu, r, cap)?))
-        })?;
-        self.cache = Some(cache);
+        let cap = DeviceCache::capacity(opts, KV_BLOCK, store);
+        let (ps, rs) = (DeviceKv::new(gpu, p, cap)?, DeviceKv::new(gpu, r, cap)?);
+        let fp = self.fingerprint;
+        self.cache = Some(DeviceCache::with_stores(fp, opts, KV_BLOCK, ps, rs, cap));
         Ok(())
     }
 }
@@ -267,27 +278,22 @@ fn score_wave(
         RowCopies::upload(gpu, last)?,
     );
     let mut hidden = Vec::with_capacity(2);
-    let sides: &[(&DeviceModel, usize)] = if with_policy {
-        &[(policy, 0), (reference, 1)]
+    let sides: &[(&DeviceModel, bool)] = if with_policy {
+        &[(policy, true), (reference, false)]
     } else {
-        &[(reference, 1)]
+        &[(reference, false)]
     };
-    for &(m, side) in sides {
-        let store = cache.as_deref_mut().map(|c| {
-            if side == 0 {
+    for &(m, is_policy) in sides {
+        let mut store = cache.as_deref_mut().map(|c| {
+            if is_policy {
                 &mut c.policy
             } else {
                 &mut c.reference
             }
         });
-        let kv = store.zip(copies.as_ref());
+        let kv = store.as_deref_mut().zip(copies.as_ref());
         let mut h = forward_rows(gpu, m, &dev_batch, &dev_rows, kv)?;
-        if let Some(c) = cache.as_deref_mut() {
-            let store = if side == 0 {
-                &mut c.policy
-            } else {
-                &mut c.reference
-            };
+        if let Some(store) = store {
             let width = m.config.hidden_size;
             gpu.copy_rows(&store.last_hidden.all(), &mut h.all_mut(), &boundary, width)?;
             gpu.copy_rows(&h.all(), &mut store.last_hidden.all_mut(), &last, width)?;
@@ -299,25 +305,15 @@ fn score_wave(
         return Ok(());
     }
     if !with_policy {
-        // The reference's rows on both sides of the fused scorer: its
-        // reference log-prob is exactly the one a full pass computes.
-        let hr = &hidden[0];
-        let stats = lm_head_stats(gpu, reference, reference, hr, hr, &dev_targets, n)?;
+        let stats = lm_head_stats(gpu, None, (reference, &hidden[0]), &dev_targets, n)?;
         let stats = stats
             .chunks_exact(4)
             .map(|s| [f32::NAN, s[1], f32::NAN, f32::NAN]);
         plan.scatter(out, stats, |_, _, _| {});
         return Ok(());
     }
-    let stats = lm_head_stats(
-        gpu,
-        policy,
-        reference,
-        &hidden[0],
-        &hidden[1],
-        &dev_targets,
-        n,
-    )?;
+    let policy_rows = Some((policy, &hidden[0]));
+    let stats = lm_head_stats(gpu, policy_rows, (reference, &hidden[1]), &dev_targets, n)?;
     let stats = stats.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]);
     match cache {
         // Keep each score in the filled block holding its position.
@@ -328,47 +324,50 @@ fn score_wave(
 }
 
 /// Both LM heads (cuBLAS, f32 logits, in chunks of [`LOGIT_BUDGET`]) and the
-/// fused scorer over the first `n` rows of the hidden states: `[n, 4]` on
-/// the host.
+/// fused scorer over the first `n` rows of each model's hidden states:
+/// `[n, 4]` on the host. Without `policy` (the reference alone) the
+/// reference's logits stand on both sides of the fused scorer: its
+/// reference log-prob is the one a full pass computes, the policy's
+/// columns are to be ignored.
 fn lm_head_stats(
     gpu: &Gpu,
-    policy: &DeviceModel,
-    reference: &DeviceModel,
-    hp: &DevTensor,
-    hr: &DevTensor,
+    policy: Option<(&DeviceModel, &DevTensor)>,
+    (reference, hr): (&DeviceModel, &DevTensor),
     dev_targets: &cudarc::driver::CudaSlice<u32>,
     n: usize,
 ) -> Result<Vec<f32>> {
-    let vocab = policy.config.vocab_size;
+    let vocab = reference.config.vocab_size;
     let ld = vocab.next_multiple_of(4);
-    let (h_p, h_r) = (policy.config.hidden_size, reference.config.hidden_size);
     let chunk = (LOGIT_BUDGET / ld).clamp(16, 4096).min(n);
-    let mut lp = gpu.alloc_f32(chunk * ld)?;
+    let mut lp = match policy {
+        Some(_) => Some(gpu.alloc_f32(chunk * ld)?),
+        None => None,
+    };
     let mut lr = gpu.alloc_f32(chunk * ld)?;
     let mut stats = gpu.alloc_f32(4 * n)?;
+    // Rows [c0, c1) of `m`'s LM head into `out`.
+    let logits =
+        |m: &DeviceModel, h: &DevTensor, out: &mut cudarc::driver::CudaSlice<f32>, c0, c1| {
+            let (w, c) = (m.config.hidden_size, c1 - c0);
+            gpu.matmul_wt(
+                &h.view(c0 * w, c1 * w)?,
+                &m.lm_head().all(),
+                &mut sub_mut(out, 0, c * ld)?,
+                c,
+                vocab,
+                w,
+                ld,
+            )
+        };
     for c0 in (0..n).step_by(chunk) {
         let c1 = (c0 + chunk).min(n);
         let c = c1 - c0;
-        gpu.matmul_wt(
-            &hp.view(c0 * h_p, c1 * h_p)?,
-            &policy.lm_head().all(),
-            &mut sub_mut(&mut lp, 0, c * ld)?,
-            c,
-            vocab,
-            h_p,
-            ld,
-        )?;
-        gpu.matmul_wt(
-            &hr.view(c0 * h_r, c1 * h_r)?,
-            &reference.lm_head().all(),
-            &mut sub_mut(&mut lr, 0, c * ld)?,
-            c,
-            vocab,
-            h_r,
-            ld,
-        )?;
+        logits(reference, hr, &mut lr, c0, c1)?;
+        if let (Some((pm, hp)), Some(lp)) = (policy, lp.as_mut()) {
+            logits(pm, hp, lp, c0, c1)?;
+        }
         gpu.fused_logprob(
-            &sub(&lp, 0, c * ld)?,
+            &sub(lp.as_ref().unwrap_or(&lr), 0, c * ld)?,
             &sub(&lr, 0, c * ld)?,
             &sub(dev_targets, c0, c1)?,
             &mut sub_mut(&mut stats, 4 * c0, 4 * c1)?,
@@ -419,13 +418,8 @@ impl PairScorer for CudaPair {
     }
 
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
-        let gpu = &self.gpu;
-        gpu.ctx
-            .bind_to_thread()
-            .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
-        let (p, r) = (&self.policy, &self.reference);
-        plan::check_batch(batch, [&p.config, &r.config])?;
-        let mut out = nan_scores(batch);
+        let mut out = self.begin(batch)?;
+        let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
         match self.cache.as_mut() {
             None => {
                 count_uncached(&mut self.counters, batch);
@@ -441,13 +435,8 @@ impl PairScorer for CudaPair {
     /// The reference alone (an α sweep's later points): its forward, LM head
     /// and log-probs; the policy's fields NaN. Uncached, as on the CPU.
     fn score_reference(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
-        let gpu = &self.gpu;
-        gpu.ctx
-            .bind_to_thread()
-            .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
-        let (p, r) = (&self.policy, &self.reference);
-        plan::check_batch(batch, [&p.config, &r.config])?;
-        let mut out = nan_scores(batch);
+        let mut out = self.begin(batch)?;
+        let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
         count_uncached(&mut self.counters, batch);
         score_wave(gpu, p, r, None, batch, &uncached(batch), &mut out, false)?;
         Ok(out)

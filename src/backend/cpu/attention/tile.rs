@@ -465,15 +465,153 @@ pub(super) unsafe fn task<V: Lanes, const MR: usize>(
             r0 += n;
         }
     }
-    // O / l, the 16 sum lanes added in lane order.
+    // SAFETY: the task's rows lie in `out`; this task owns them.
+    unsafe { write_out(c, rows, n_rows, &s.o, &s.l) }
+}
+
+/// Where [`online_softmax`] puts a micro-tile's P: `put(i, v, p)` stores
+/// lanes `16·v …` of row `i`.
+pub(super) trait PSink<V>: Copy {
+    /// # Safety
+    /// Row `i < R` and vector `v < KT/16` lie in the sink's scratch.
+    unsafe fn put(self, i: usize, v: usize, p: V);
+}
+
+/// P as f32 (`[MR][KT]`), the f32 tile's.
+#[derive(Clone, Copy)]
+pub(super) struct PF32(pub *mut f32);
+
+impl<V: Lanes> PSink<V> for PF32 {
+    #[inline(always)]
+    unsafe fn put(self, i: usize, v: usize, p: V) {
+        // SAFETY: the caller's contract.
+        unsafe { p.store(self.0.add(i * KT + v * 16), 16) }
+    }
+}
+
+/// The online softmax of a micro-tile's scores `acc` (rows `r0..r0+R`,
+/// keys `[k0, k0 + KT)`): scale, mask (causal, window), raise each row's
+/// running max `m`, `P = exp(S − m)` into `sink`, the 16 sum lanes of `l`
+/// rescaled and added to. Returns each row's `α = exp(m_old − m_new)` and
+/// how many keys from `k0` reach some row.
+///
+/// # Safety
+/// The rows exist; `m` holds one value and `l` 16 lanes per row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn online_softmax<V: Lanes, const R: usize>(
+    acc: &mut [[V; KT / 16]; R],
+    scale: f32,
+    rows: Rows,
+    r0: usize,
+    k0: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    sink: impl PSink<V>,
+) -> ([f32; R], usize) {
+    let mut alpha = [0.0f32; R];
+    let mut last = 0; // keys [k0, k0 + last) reach some row
+    let scale = V::splat(scale);
+    for (i, row) in acc.iter_mut().enumerate() {
+        let r = r0 + i;
+        let (a, lo) = (rows.abs(r) as isize, rows.lo(r) as isize);
+        let mut vmax = V::splat(f32::NEG_INFINITY);
+        for (v, x) in row.iter_mut().enumerate() {
+            let base = (k0 + v * 16) as isize;
+            *x = x
+                .mul(scale)
+                .keep(lo - base, a + 1 - base, f32::NEG_INFINITY);
+            vmax = vmax.max(*x);
+        }
+        let m_old = m[r];
+        let m_new = m_old.max(vmax.reduce_max());
+        alpha[i] = V::exp1(m_old - m_new);
+        m[r] = m_new;
+        let mb = V::splat(m_new);
+        // SAFETY: `l` holds 16 lanes per row; the sink row i exists.
+        unsafe {
+            let lp = l.as_mut_ptr().add(r * 16);
+            let mut lsum = V::load(lp, 16).mul(V::splat(alpha[i]));
+            for (v, x) in row.iter().enumerate() {
+                let base = (k0 + v * 16) as isize;
+                let p = x.sub(mb).exp().keep(lo - base, a + 1 - base, 0.0);
+                lsum = lsum.add(p);
+                sink.put(i, v, p);
+            }
+            lsum.store(lp, 16);
+        }
+        last = last.max((a + 1) as usize - k0);
+    }
+    (alpha, last)
+}
+
+/// Lanes of each of `NV` vectors covering `w` head-dim values (`FULL`: 16).
+#[inline(always)]
+pub(super) fn lanes_of<const NV: usize, const FULL: bool>(w: usize) -> [usize; NV] {
+    std::array::from_fn(|v| {
+        if FULL {
+            16
+        } else {
+            (w - (v * 16).min(w)).min(16)
+        }
+    })
+}
+
+/// `α·O` of rows `r0..r0+R`, head dims `d0 …` (`n_of` lanes per vector).
+///
+/// # Safety
+/// `o` holds `hd` values per row for those rows.
+#[inline(always)]
+pub(super) unsafe fn load_o<V: Lanes, const R: usize, const NV: usize>(
+    o: *const f32,
+    (r0, hd, d0): (usize, usize, usize),
+    n_of: &[usize; NV],
+    alpha: &[f32; R],
+) -> [[V; NV]; R] {
+    let mut acc = [[V::zero(); NV]; R];
+    for (i, row) in acc.iter_mut().enumerate() {
+        let a = V::splat(alpha[i]);
+        for (v, x) in row.iter_mut().enumerate() {
+            // SAFETY: the caller's contract.
+            *x = unsafe { V::load(o.add((r0 + i) * hd + d0 + v * 16), n_of[v]) }.mul(a);
+        }
+    }
+    acc
+}
+
+/// Store what [`load_o`] loaded, updated.
+///
+/// # Safety
+/// As [`load_o`].
+#[inline(always)]
+pub(super) unsafe fn store_o<V: Lanes, const R: usize, const NV: usize>(
+    acc: &[[V; NV]; R],
+    o: *mut f32,
+    (r0, hd, d0): (usize, usize, usize),
+    n_of: &[usize; NV],
+) {
+    for (i, row) in acc.iter().enumerate() {
+        for (v, x) in row.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { x.store(o.add((r0 + i) * hd + d0 + v * 16), n_of[v]) };
+        }
+    }
+}
+
+/// `out = O / l` for a task's rows, the 16 sum lanes added in lane order.
+///
+/// # Safety
+/// `o` holds `hd` and `l` 16 values per row; the rows lie in `c.out` and
+/// the task owns them.
+pub(super) unsafe fn write_out(c: &Call, rows: Rows, n_rows: usize, o: &[f32], l: &[f32]) {
+    let hd = c.shape.head_dim;
     for r in 0..n_rows {
-        let l: f32 = s.l[r * 16..(r + 1) * 16].iter().sum();
-        let inv = 1.0 / l;
+        let sum: f32 = l[r * 16..(r + 1) * 16].iter().sum();
+        let inv = 1.0 / sum;
         let out = rows.offset(r);
-        for (d, &o) in s.o[r * hd..(r + 1) * hd].iter().enumerate() {
-            // SAFETY: the row lies in `out` ([q_len, heads·hd]); this task
-            // owns it.
-            unsafe { *c.out.add(out + d) = o * inv };
+        for (d, &x) in o[r * hd..(r + 1) * hd].iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { *c.out.add(out + d) = x * inv };
         }
     }
 }
@@ -516,38 +654,20 @@ unsafe fn micro<V: Lanes, const R: usize>(
             }
         }
     }
-    // Online softmax: mask, running max, P, the 16 sum lanes.
-    let mut alpha = [0.0f32; R];
-    let mut last = 0; // keys [k0, k0 + last) reach some row
-    let scale = V::splat(c.shape.scale);
-    for (i, row) in acc.iter_mut().enumerate() {
-        let r = r0 + i;
-        let (a, l) = (rows.abs(r) as isize, rows.lo(r) as isize);
-        let mut vmax = V::splat(f32::NEG_INFINITY);
-        for (v, x) in row.iter_mut().enumerate() {
-            let base = (k0 + v * 16) as isize;
-            *x = x.mul(scale).keep(l - base, a + 1 - base, f32::NEG_INFINITY);
-            vmax = vmax.max(*x);
-        }
-        let m_old = s.m[r];
-        let m_new = m_old.max(vmax.reduce_max());
-        alpha[i] = V::exp1(m_old - m_new);
-        s.m[r] = m_new;
-        let mb = V::splat(m_new);
-        // SAFETY: `l` holds 16 lanes per row, the P scratch MR·KT values.
-        unsafe {
-            let lp = s.l.as_mut_ptr().add(r * 16);
-            let mut lsum = V::load(lp, 16).mul(V::splat(alpha[i]));
-            for (v, x) in row.iter().enumerate() {
-                let base = (k0 + v * 16) as isize;
-                let p = x.sub(mb).exp().keep(l - base, a + 1 - base, 0.0);
-                lsum = lsum.add(p);
-                p.store(s.p.as_mut_ptr().add(i * KT + v * 16), 16);
-            }
-            lsum.store(lp, 16);
-        }
-        last = last.max((a + 1) as usize - k0);
-    }
+    let sink = PF32(s.p.as_mut_ptr());
+    // SAFETY: the rows exist; the P scratch holds MR·KT values.
+    let (alpha, last) = unsafe {
+        online_softmax(
+            &mut acc,
+            c.shape.scale,
+            rows,
+            r0,
+            k0,
+            &mut s.m,
+            &mut s.l,
+            sink,
+        )
+    };
     let keys = last.min(nkeys);
     // O ← α·O + P·V, DC head-dim values at a time, keys in order.
     let mut d0 = 0;
@@ -589,27 +709,14 @@ unsafe fn pv<V: Lanes, const R: usize, const NV: usize, const FULL: bool>(
     w: usize,
     alpha: &[f32; R],
 ) {
-    let hd = c.shape.head_dim;
-    let mut n_of = [0usize; NV];
-    for (v, n) in n_of.iter_mut().enumerate() {
-        *n = if FULL {
-            16
-        } else {
-            (w - (v * 16).min(w)).min(16)
-        };
-    }
+    let at = (r0, c.shape.head_dim, d0);
+    let n_of = lanes_of::<NV, FULL>(w);
     let op = s.o.as_mut_ptr();
     let pp = s.p.as_ptr();
     // SAFETY: rows r0..r0+R hold hd values of O; P holds R·KT values; key
     // k0 + j < kv_len and col + w ≤ the KV row.
     unsafe {
-        let mut acc = [[V::zero(); NV]; R];
-        for (i, row) in acc.iter_mut().enumerate() {
-            let a = V::splat(alpha[i]);
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = V::load(op.add((r0 + i) * hd + d0 + v * 16), n_of[v]).mul(a);
-            }
-        }
+        let mut acc = load_o::<V, R, NV>(op, at, &n_of, alpha);
         for j in 0..keys {
             let vr = c.v.add((k0 + j) * c.v_stride + col);
             let mut vv = [V::zero(); NV];
@@ -623,10 +730,6 @@ unsafe fn pv<V: Lanes, const R: usize, const NV: usize, const FULL: bool>(
                 }
             }
         }
-        for (i, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                x.store(op.add((r0 + i) * hd + d0 + v * 16), n_of[v]);
-            }
-        }
+        store_o(&acc, op, at, &n_of);
     }
 }

@@ -22,7 +22,9 @@
 
 use rayon::prelude::*;
 
-use super::tile::{Call, DC, KT, Lanes, Plain, Rows};
+use super::tile::{
+    Call, DC, KT, Lanes, PSink, Plain, Rows, lanes_of, load_o, online_softmax, store_o, write_out,
+};
 use crate::backend::cpu::gemm_bf16::bf16_bits;
 
 /// Lanes that also take bf16 pair products.
@@ -125,6 +127,18 @@ mod native {
                 );
             }
         }
+    }
+}
+
+/// P as bf16 (`[MR][KT]`), the bf16 tile's.
+#[derive(Clone, Copy)]
+struct PBf16(*mut u16);
+
+impl<V: Dot> PSink<V> for PBf16 {
+    #[inline(always)]
+    unsafe fn put(self, i: usize, v: usize, p: V) {
+        // SAFETY: the caller's contract.
+        unsafe { p.store_bf16(self.0.add(i * KT + v * 16)) }
     }
 }
 
@@ -290,15 +304,8 @@ pub(super) unsafe fn task<V: Dot, const MR: usize>(
             r0 += n;
         }
     }
-    for r in 0..n_rows {
-        let l: f32 = s.l[r * 16..(r + 1) * 16].iter().sum();
-        let inv = 1.0 / l;
-        let out = rows.offset(r);
-        for (d, &o) in s.o[r * hd..(r + 1) * hd].iter().enumerate() {
-            // SAFETY: the row lies in `out`; this task owns it.
-            unsafe { *c.out.add(out + d) = o * inv };
-        }
-    }
+    // SAFETY: the task's rows lie in `out`; this task owns them.
+    unsafe { write_out(c, rows, n_rows, &s.o, &s.l) }
 }
 
 /// One micro-tile of rows `r0..r0+R` against key tile `[k0, k0 + KT)`.
@@ -338,37 +345,20 @@ unsafe fn micro<V: Dot, const R: usize>(
     }
     // Online softmax as in the f32 tile; P rounded to bf16 for P·V, the
     // sums of the unrounded P.
-    let mut alpha = [0.0f32; R];
-    let mut last = 0;
-    let scale = V::splat(c.shape.scale);
-    for (i, row) in acc.iter_mut().enumerate() {
-        let r = r0 + i;
-        let (a, l) = (rows.abs(r) as isize, rows.lo(r) as isize);
-        let mut vmax = V::splat(f32::NEG_INFINITY);
-        for (v, x) in row.iter_mut().enumerate() {
-            let base = (k0 + v * 16) as isize;
-            *x = x.mul(scale).keep(l - base, a + 1 - base, f32::NEG_INFINITY);
-            vmax = vmax.max(*x);
-        }
-        let m_old = s.m[r];
-        let m_new = m_old.max(vmax.reduce_max());
-        alpha[i] = V::exp1(m_old - m_new);
-        s.m[r] = m_new;
-        let mb = V::splat(m_new);
-        // SAFETY: `l` holds 16 lanes per row, the P scratch MR·KT values.
-        unsafe {
-            let lp = s.l.as_mut_ptr().add(r * 16);
-            let mut lsum = V::load(lp, 16).mul(V::splat(alpha[i]));
-            for (v, x) in row.iter().enumerate() {
-                let base = (k0 + v * 16) as isize;
-                let p = x.sub(mb).exp().keep(l - base, a + 1 - base, 0.0);
-                lsum = lsum.add(p);
-                p.store_bf16(s.p.as_mut_ptr().add(i * KT + v * 16));
-            }
-            lsum.store(lp, 16);
-        }
-        last = last.max((a + 1) as usize - k0);
-    }
+    let sink = PBf16(s.p.as_mut_ptr());
+    // SAFETY: the rows exist; the P scratch holds MR·KT values.
+    let (alpha, last) = unsafe {
+        online_softmax(
+            &mut acc,
+            c.shape.scale,
+            rows,
+            r0,
+            k0,
+            &mut s.m,
+            &mut s.l,
+            sink,
+        )
+    };
     // Pairs of keys: a pair's second key past `last` has P = 0 in every row.
     let pairs = last.min(nkeys).div_ceil(2);
     let mut d0 = 0;
@@ -409,29 +399,15 @@ unsafe fn pv<V: Dot, const R: usize, const NV: usize, const FULL: bool>(
     w: usize,
     alpha: &[f32; R],
 ) {
-    let hd = c.shape.head_dim;
-    let mut n_of = [0usize; NV];
-    for (v, n) in n_of.iter_mut().enumerate() {
-        *n = if FULL {
-            16
-        } else {
-            (w - (v * 16).min(w)).min(16)
-        };
-    }
+    let at = (r0, c.shape.head_dim, d0);
+    let n_of = lanes_of::<NV, FULL>(w);
     let op = s.o.as_mut_ptr();
     // P as pairs of keys (two consecutive bf16 per u32).
     let pp = s.p.as_ptr() as *const u32;
-    // SAFETY: rows r0..r0+R hold hd values of O; P holds R·KT bf16 (KT
-    // even, u16 pairs 4-byte aligned in the u16 vector's allocation is not
-    // guaranteed: read unaligned); the V tile KT/2 rows of hv pairs.
+    // SAFETY: rows r0..r0+R hold hd values of O; P holds R·KT bf16 (read as
+    // unaligned u32 pairs); the V tile KT/2 rows of hv pairs.
     unsafe {
-        let mut acc = [[V::zero(); NV]; R];
-        for (i, row) in acc.iter_mut().enumerate() {
-            let a = V::splat(alpha[i]);
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = V::load(op.add((r0 + i) * hd + d0 + v * 16), n_of[v]).mul(a);
-            }
-        }
+        let mut acc = load_o::<V, R, NV>(op, at, &n_of, alpha);
         for jp in 0..pairs {
             let vr = vt.add(jp * hv + d0);
             let mut vv = [V::pairs(vr); NV];
@@ -445,10 +421,6 @@ unsafe fn pv<V: Dot, const R: usize, const NV: usize, const FULL: bool>(
                 }
             }
         }
-        for (i, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                x.store(op.add((r0 + i) * hd + d0 + v * 16), n_of[v]);
-            }
-        }
+        store_o(&acc, op, at, &n_of);
     }
 }
