@@ -57,6 +57,7 @@
 // (SIMT_BR·hd + ATTN_BC·(hd + 1) + ATTN_BC·hd) floats. MMA: 128 threads,
 // static shared memory.
 #include "common.cuh"
+#include "mma.cuh"
 
 // The block and tile sizes come from src/consts.rs (build.rs passes -D); the
 // host sizes shared memory and launches from the same values.
@@ -206,43 +207,8 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
 INSTANTIATE_T(PAGED_ATTENTION)
 
 // ---------------------------------------------------------------------------
-// Tensor-core kernel (see the header). Fragment layouts of
-// mma.sync.m16n8k16 (g = lane / 4, c = lane % 4; each register holds two
-// consecutive-column elements, the lower column in the low half):
-//   A 16×16 row-major: a0 (g, 2c..), a1 (g+8, 2c..), a2 (g, 2c+8..), a3 (g+8, 2c+8..)
-//   B 16×8 (k × n):    b0 (k 2c.., n g), b1 (k 2c+8.., n g)
-//   C 16×8 f32:        c0,c1 (g, 2c, 2c+1), c2,c3 (g+8, 2c, 2c+1)
+// Tensor-core kernel (see the header; fragment layouts in mma.cuh).
 #define MMA_BC 64
-
-__device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16*) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-__device__ __forceinline__ uint32_t pack2(float lo, float hi, __half*) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// d += a·b (16×16 · 16×8, f32 accumulate), one overload per operand type.
-#define MMA16816(T, PTX_TYPE)                                                                  \
-    __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4],            \
-                                             uint32_t b0, uint32_t b1, T*) {                   \
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 "    \
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                 \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                          \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));          \
-    }
-MMA16816(__nv_bfloat16, "bf16")
-MMA16816(__half, "f16")
-
-// Four 8×8 b16 matrices from shared memory, transposed (row addresses from
-// lanes 8m … 8m + 7 for matrix m; 16-byte aligned).
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
 
 template <typename T, int HD>
 __device__ void paged_attention_mma(const float* __restrict__ q, const T* __restrict__ k_pool,

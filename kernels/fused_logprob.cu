@@ -38,6 +38,7 @@
 // Each thread keeps FUSED_UNROLL 16-byte loads in flight. Rows are padded to
 // `ld` floats (ld % 4 == 0, so every row starts 16-byte aligned).
 #include "common.cuh"
+#include "scoring.cuh"
 
 // TOP_K, FUSED_THREADS and FUSED_PARTIAL_FLOATS come from src/consts.rs
 // (build.rs passes -D); the host launches and allocates from the same values.
@@ -45,99 +46,6 @@
 #error "TOP_K, FUSED_THREADS and FUSED_PARTIAL_FLOATS are defined by build.rs from src/consts.rs"
 #endif
 #define FUSED_UNROLL 4
-
-// One slice's state, written by fused_logprob_partial (FUSED_PARTIAL_FLOATS floats).
-struct __align__(16) Partial {
-    float m_p, s_p, w_p, m_r, s_r, pad[3];
-    float top[TOP_K];  // descending; −inf where the slice had fewer
-    float pad2[FUSED_PARTIAL_FLOATS - 8 - TOP_K];
-};
-static_assert(sizeof(Partial) == FUSED_PARTIAL_FLOATS * sizeof(float),
-              "the host allocates FUSED_PARTIAL_FLOATS floats per partial");
-static_assert(TOP_K <= 32, "a warp holds the running top-k, one value per lane");
-
-struct Online {
-    float m;  // running max
-    float s;  // Σ e^{z−m}
-    float w;  // Σ e^{z−m}·(z − m) (policy only)
-};
-
-__device__ __forceinline__ void online_raise(Online& a, float m_new) {
-    if (m_new > a.m) {
-        if (a.s > 0.0f) {
-            const float d = m_new - a.m, c = __expf(-d);
-            a.w = c * (a.w - d * a.s);
-            a.s *= c;
-        }
-        a.m = m_new;
-    }
-}
-
-template <bool W>
-__device__ __forceinline__ void online_add(Online& a, float z) {
-    const float t = z - a.m, e = __expf(t);
-    a.s += e;
-    if (W) a.w = fmaf(e, t, a.w);
-}
-
-__device__ __forceinline__ Online online_merge(Online a, Online b) {
-    const float mx = fmaxf(a.m, b.m);
-    Online r{mx, 0.0f, 0.0f};
-    if (a.s > 0.0f) {
-        const float d = mx - a.m, c = __expf(-d);
-        r.s += c * a.s;
-        r.w += c * (a.w - d * a.s);
-    }
-    if (b.s > 0.0f) {
-        const float d = mx - b.m, c = __expf(-d);
-        r.s += c * b.s;
-        r.w += c * (b.w - d * b.s);
-    }
-    return r;
-}
-
-// Merge the block's states; every thread gets the result.
-__device__ Online block_merge(Online a, Online* scratch /* [32] */) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        Online b{__shfl_xor_sync(FULL_MASK, a.m, o), __shfl_xor_sync(FULL_MASK, a.s, o),
-                 __shfl_xor_sync(FULL_MASK, a.w, o)};
-        a = online_merge(a, b);
-    }
-    __syncthreads();
-    if (lane == 0) scratch[warp] = a;
-    __syncthreads();
-    a = lane < warps ? scratch[lane] : Online{-INFINITY, 0.0f, 0.0f};
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        Online b{__shfl_xor_sync(FULL_MASK, a.m, o), __shfl_xor_sync(FULL_MASK, a.s, o),
-                 __shfl_xor_sync(FULL_MASK, a.w, o)};
-        a = online_merge(a, b);
-    }
-    return a;
-}
-
-// A warp's running top-20, distributed: lane i < TOP_K holds the i-th largest
-// value so far (descending; −inf while fewer), lanes ≥ TOP_K hold −inf, and
-// `thr` (warp-uniform) is lane TOP_K−1's value. Every lane offers one
-// candidate; only candidates above `thr` cost more than the vote, and after
-// the first few hundred values of a row those are rare.
-__device__ __forceinline__ void warp_top_offer(float& mine, float& thr, float z) {
-    const int lane = threadIdx.x % 32;
-    unsigned want = __ballot_sync(FULL_MASK, z > thr);
-    while (want) {  // warp-uniform
-        const int src = __ffs(want) - 1;
-        want &= want - 1;
-        const float x = __shfl_sync(FULL_MASK, z, src);
-        if (x > thr) {  // warp-uniform: x and thr are
-            const int pos = __popc(__ballot_sync(FULL_MASK, lane < TOP_K && mine >= x));
-            const float up = __shfl_up_sync(FULL_MASK, mine, 1);
-            if (lane < TOP_K && lane >= pos) mine = lane == pos ? x : up;
-            thr = __shfl_sync(FULL_MASK, mine, TOP_K - 1);
-        }
-    }
-}
 
 // One streaming pass over float4s [b4, e4) of a row (plus the scalar tail
 // [t0, vocab) when t0 < vocab, fewer than 4 values). Loop bounds are
@@ -243,38 +151,14 @@ extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
                          const Partial* __restrict__ part,    // [n, splits], splits ≤ 32
                          float4* __restrict__ out,            // [n] (logp_policy, logp_reference, entropy, top_mean)
                          int n, int splits, int ld) {
-    const int lane = threadIdx.x % 32;
     const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= (size_t)n) return;  // warp-uniform
-    Online p{-INFINITY, 0.0f, 0.0f}, r{-INFINITY, 0.0f, 0.0f};
-    const Partial* mine_part = part + row * splits;
-    if (lane < splits) {
-        const Partial& q = mine_part[lane];
-        p = Online{q.m_p, q.s_p, q.w_p};
-        r = Online{q.m_r, q.s_r, 0.0f};
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        p = online_merge(p, Online{__shfl_xor_sync(FULL_MASK, p.m, o),
-                                   __shfl_xor_sync(FULL_MASK, p.s, o),
-                                   __shfl_xor_sync(FULL_MASK, p.w, o)});
-        r = online_merge(r, Online{__shfl_xor_sync(FULL_MASK, r.m, o),
-                                   __shfl_xor_sync(FULL_MASK, r.s, o), 0.0f});
-    }
-    // Top-20 of the splits × 20 candidates.
-    float mine = -INFINITY, thr = -INFINITY;
-    const int cands = splits * TOP_K;
-    for (int i = lane; i < ((cands + 31) & ~31); i += 32)
-        warp_top_offer(mine, thr, i < cands ? mine_part[i / TOP_K].top[i % TOP_K] : -INFINITY);
-    const bool has = lane < TOP_K && mine > -INFINITY;
-    const float top_sum = warp_sum(has ? mine : 0.0f);
-    const int top_n = __popc(__ballot_sync(FULL_MASK, has));
-    if (lane == 0) {
+    Online p, r;
+    float top_sum;
+    int top_n;
+    merge_partials(part + row * splits, splits, true, p, r, top_sum, top_n);
+    if (threadIdx.x % 32 == 0) {
         const uint32_t tg = target[row];
-        const float log_sp = logf(p.s);
-        const float lse_p = p.m + log_sp;
-        const float lse_r = r.m + logf(r.s);
-        out[row] = make_float4(logits_p[row * ld + tg] - lse_p, logits_r[row * ld + tg] - lse_r,
-                               log_sp - p.w / p.s, top_sum / (float)max(top_n, 1) - lse_p);
+        out[row] = finish_scores(p, r, top_sum, top_n, logits_p[row * ld + tg], logits_r[row * ld + tg]);
     }
 }

@@ -29,8 +29,27 @@ pub const FUSED_THREADS: usize = 256;
 /// the host allocates.
 pub const FUSED_PARTIAL_FLOATS: usize = 32;
 
+/// Hidden rows per block of the folded LM head (`kernels/lm_head_fold.cu`).
+pub const FOLD_BM: usize = 128;
+/// Vocabulary columns per sub-tile of the folded LM head; each block's
+/// vocabulary range is a multiple of it.
+pub const FOLD_BN: usize = 128;
+/// Hidden-dimension elements per pipeline stage of the folded LM head.
+pub const FOLD_BK: usize = 32;
+/// Pipeline stages (cp.async) of the folded LM head.
+pub const FOLD_STAGES: usize = 3;
+/// Threads of the folded LM head: four warps of 64 rows × 64 columns.
+pub const FOLD_THREADS: usize = 128;
+/// Dynamic shared memory of the folded LM head, bytes: the staged hidden and
+/// weight tiles (16-bit, rows padded by 8 elements), each warp's top-k lists
+/// per row, the two column halves' row statistics and the rows' targets.
+pub const FOLD_SMEM_BYTES: usize = FOLD_STAGES * (FOLD_BM + FOLD_BN) * (FOLD_BK + 8) * 2
+    + 2 * FOLD_BM * TOP_K * 4
+    + 2 * FOLD_BM * 3 * 4
+    + FOLD_BM * 4;
+
 /// Every constant above, by the name the kernels use.
-pub const FOR_NVCC: [(&str, usize); 9] = [
+pub const FOR_NVCC: [(&str, usize); 15] = [
     ("KV_BLOCK", KV_BLOCK),
     ("ATTN_BR", ATTN_BR),
     ("SIMT_BR", SIMT_BR),
@@ -40,4 +59,10 @@ pub const FOR_NVCC: [(&str, usize); 9] = [
     ("TOP_K", TOP_K),
     ("FUSED_THREADS", FUSED_THREADS),
     ("FUSED_PARTIAL_FLOATS", FUSED_PARTIAL_FLOATS),
+    ("FOLD_BM", FOLD_BM),
+    ("FOLD_BN", FOLD_BN),
+    ("FOLD_BK", FOLD_BK),
+    ("FOLD_STAGES", FOLD_STAGES),
+    ("FOLD_THREADS", FOLD_THREADS),
+    ("FOLD_SMEM_BYTES", FOLD_SMEM_BYTES),
 ];

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cuda_common::{fixtures, gpu};
-use padv::backend::cuda::CudaPair;
+use padv::backend::cuda::{CudaPair, LmHeadPath};
 use padv::backend::{Device, PairScorer, SeqRequest, open_pair};
 use padv::model::Model;
 use padv::model::weights::DType;
@@ -316,6 +316,68 @@ fn reference_only_scoring_gives_the_full_passs_reference_log_probs() {
             }
         }
         assert!(scored > 100, "{name}: {scored} positions");
+    }
+}
+
+// The folded LM head against the GEMM path on the same device: both read
+// the same hidden states and 16-bit LM-head rows and sum their products in
+// f32, in different orders (cuBLAS's against mma.sync's 16-term steps), on
+// logits of size ≲ 10: ~1e-6 relative, with the same exponentials. A wrong
+// column, row or top-k entry is off by O(1).
+const FOLD_TOL: Tol = Tol {
+    max: 1e-4,
+    mean: 1e-5,
+};
+
+#[test]
+fn folded_lm_head_scores_like_the_gemm_path() {
+    let Some(gpu) = gpu() else { return };
+    if gpu.arch().0 < 8 {
+        eprintln!("skipping: the folded LM head needs sm_80+");
+        return;
+    }
+    // The bf16 checkpoint, and f32 ones uploaded in bf16 (qwen2: a
+    // vocabulary of 576, not a multiple of the 128-column sub-tile) and f16.
+    for (name, compute) in [
+        ("llama_bf16", None),
+        ("qwen2", Some(DType::BF16)),
+        ("mistral", Some(DType::F16)),
+    ] {
+        let dir = fixtures().join("models").join(name);
+        let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
+        let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
+        let mut pair = match compute {
+            Some(d) => CudaPair::with_compute_dtype(0, policy, reference, d).unwrap(),
+            None => CudaPair::new(0, policy, reference).unwrap(),
+        };
+        let batch = batch_for(&fixture_records(name));
+        pair.set_lm_head(LmHeadPath::Gemm);
+        let (gemm, gemm_ref) = (
+            pair.score(&batch).unwrap(),
+            pair.score_reference(&batch).unwrap(),
+        );
+        pair.set_lm_head(LmHeadPath::Fold);
+        assert!(
+            pair.describe().contains("LM head folded"),
+            "{}",
+            pair.describe()
+        );
+        let fold = pair.score(&batch).unwrap();
+        assert_scores_close(&format!("{name} folded vs GEMM"), &fold, &gemm, FOLD_TOL);
+        // The reference alone: its log-probs as the GEMM path's, the
+        // policy's fields NaN.
+        let fold_ref = pair.score_reference(&batch).unwrap();
+        for (i, (f, g)) in fold_ref.iter().zip(&gemm_ref).enumerate() {
+            for t in 0..f.len() {
+                let (a, b) = (f.logp_reference[t], g.logp_reference[t]);
+                assert_eq!(a.is_nan(), b.is_nan(), "{name} seq {i}[{t}]");
+                assert!(
+                    a.is_nan() || (a - b).abs() <= FOLD_TOL.max,
+                    "{name} seq {i}[{t}]: {a} vs {b}"
+                );
+                assert!(f.logp_policy[t].is_nan() && f.self_certainty[t].is_nan());
+            }
+        }
     }
 }
 

@@ -373,6 +373,22 @@ pub struct DevView<'a> {
     pub len: usize,
 }
 
+impl<'a> DevView<'a> {
+    /// Elements `[start, end)` of this view.
+    pub fn slice(&self, start: usize, end: usize) -> Result<DevView<'a>> {
+        let es = self.dtype.size();
+        let view = (start <= end && end <= self.len)
+            .then(|| self.view.try_slice(start * es..end * es))
+            .flatten()
+            .ok_or_else(|| out_of_range(start, end, self.len))?;
+        Ok(DevView {
+            view,
+            dtype: self.dtype,
+            len: end - start,
+        })
+    }
+}
+
 /// A mutable element range of a [`DevTensor`].
 pub struct DevViewMut<'a> {
     pub(crate) view: CudaViewMut<'a, u8>,

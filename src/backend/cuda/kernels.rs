@@ -73,7 +73,7 @@ fn typed(base: &str, d: DType) -> String {
     format!("{base}_{}", suffix(d))
 }
 
-fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
+pub(super) fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
     } else {
@@ -81,7 +81,7 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
-fn dims_fit(values: &[usize]) -> Result<()> {
+pub(super) fn dims_fit(values: &[usize]) -> Result<()> {
     check(values.iter().all(|&v| v <= i32::MAX as usize), || {
         format!("dimension in {values:?} exceeds i32")
     })

@@ -5,11 +5,14 @@
 //! pack the sequences ([`forward::PagedBatch`]: positions, KV-pool slots,
 //! attention tiles) → each model's forward over all packed tokens, returning
 //! final-normed hidden states only at the rows whose next token is scored
-//! (`score_mask`) → per chunk of those rows, both LM heads (f32 logits) and
-//! the fused log-prob kernel → 16 bytes per scored token back to the host.
+//! (`score_mask`) → both LM heads and the scores ([`lm_head`]: cuBLAS f32
+//! logits per chunk of rows and the fused log-prob kernel, or the folded
+//! kernel with no logits in memory) → 16 bytes per scored token back to the
+//! host.
 //!
 //! Layout: [`device`] (context, stream, kernel images, typed buffers),
-//! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`weights`]
+//! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`lm_head`]
+//! (the two LM-head paths), [`weights`]
 //! (upload / random init), [`forward`] (the decoder), [`roofline`]
 //! (`padv bench --device cuda`). Without the feature,
 //! `cuda_disabled.rs` stands in with the same names.
@@ -18,6 +21,7 @@ pub mod device;
 pub mod forward;
 pub mod kernels;
 pub mod kv;
+pub mod lm_head;
 pub mod roofline;
 pub mod weights;
 
@@ -25,11 +29,13 @@ use std::sync::Arc;
 
 pub use cudarc;
 
+use self::device::backend_err;
 pub use self::device::{DevTensor, DevView, DevViewMut, Gpu, device_count, probe};
-use self::device::{backend_err, sub, sub_mut};
 use self::forward::{DeviceBatch, PagedBatch, forward_rows};
 use self::kernels::KV_BLOCK;
 use self::kv::{DeviceCache, DeviceKv, RowCopies, WaveCopies};
+pub use self::lm_head::LmHeadPath;
+use self::lm_head::lm_head_stats;
 use self::weights::{DeviceModel, check_free};
 use super::plan::{self, Row, WavePlan, count_uncached, in_waves, nan_scores, uncached};
 use super::{PairScorer, SeqRequest};
@@ -38,9 +44,6 @@ use crate::model::weights::DType;
 use crate::model::{Config, Model};
 use crate::score::TokenScores;
 use crate::{Error, Result};
-
-/// Floats of logits per model held at once while scoring (512 MiB).
-const LOGIT_BUDGET: usize = 128 << 20;
 
 /// A policy/reference pair on one CUDA device.
 pub struct CudaPair {
@@ -55,6 +58,8 @@ pub struct CudaPair {
     kv_opts: Option<KvOptions>,
     /// Token counters (the cache adds its gauges).
     counters: CacheStats,
+    /// How the LM heads and scores are computed (`PADV_CUDA_LM_HEAD`).
+    lm_head: LmHeadPath,
 }
 
 impl CudaPair {
@@ -97,13 +102,13 @@ impl CudaPair {
         let p = DeviceModel::upload(&gpu, policy, compute)?;
         let r = DeviceModel::upload(&gpu, reference, compute)?;
         gpu.synchronize()?;
-        Ok(CudaPair::assemble(
+        CudaPair::assemble(
             gpu,
             ordinal,
             p,
             r,
             crate::kv::cache::fingerprint(policy, reference),
-        ))
+        )
     }
 
     fn assemble(
@@ -112,8 +117,8 @@ impl CudaPair {
         policy: DeviceModel,
         reference: DeviceModel,
         fingerprint: u64,
-    ) -> CudaPair {
-        CudaPair {
+    ) -> Result<CudaPair> {
+        Ok(CudaPair {
             gpu,
             ordinal,
             policy,
@@ -122,7 +127,8 @@ impl CudaPair {
             cache: None,
             kv_opts: None,
             counters: CacheStats::default(),
-        }
+            lm_head: LmHeadPath::from_env()?,
+        })
     }
 
     /// A pair with random weights of the given shapes, generated on the
@@ -143,7 +149,7 @@ impl CudaPair {
         let gpu = Gpu::new(ordinal)?;
         let p = DeviceModel::random(&gpu, policy, dtype, seed)?;
         let r = DeviceModel::random(&gpu, reference, dtype, seed ^ 0x5EED)?;
-        Ok(CudaPair::assemble(gpu, ordinal, p, r, seed))
+        CudaPair::assemble(gpu, ordinal, p, r, seed)
     }
 
     /// The device, for benches that time kernels on the same context.
@@ -165,6 +171,16 @@ impl CudaPair {
             .map_err(|e| backend_err(format!("cuda: bind context: {e}")))?;
         plan::check_batch(batch, [&self.policy.config, &self.reference.config])?;
         Ok(nan_scores(batch))
+    }
+
+    /// How the LM heads and scores are computed from now on.
+    pub fn set_lm_head(&mut self, path: LmHeadPath) {
+        self.lm_head = path;
+    }
+
+    /// The LM-head path asked for (see [`LmHeadPath::folds`] for what runs).
+    pub fn lm_head(&self) -> LmHeadPath {
+        self.lm_head
     }
 
     /// The prefix cache, when on.
@@ -219,6 +235,7 @@ fn score_wave(
     wave: &[Admitted],
     out: &mut [TokenScores],
     with_policy: bool,
+    fold: bool,
 ) -> Result<()> {
     assert!(
         with_policy || cache.is_none(),
@@ -305,7 +322,7 @@ fn score_wave(
         return Ok(());
     }
     if !with_policy {
-        let stats = lm_head_stats(gpu, None, (reference, &hidden[0]), &dev_targets, n)?;
+        let stats = lm_head_stats(gpu, fold, None, (reference, &hidden[0]), &dev_targets, n)?;
         let stats = stats
             .chunks_exact(4)
             .map(|s| [f32::NAN, s[1], f32::NAN, f32::NAN]);
@@ -313,7 +330,14 @@ fn score_wave(
         return Ok(());
     }
     let policy_rows = Some((policy, &hidden[0]));
-    let stats = lm_head_stats(gpu, policy_rows, (reference, &hidden[1]), &dev_targets, n)?;
+    let stats = lm_head_stats(
+        gpu,
+        fold,
+        policy_rows,
+        (reference, &hidden[1]),
+        &dev_targets,
+        n,
+    )?;
     let stats = stats.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]);
     match cache {
         // Keep each score in the filled block holding its position.
@@ -323,71 +347,20 @@ fn score_wave(
     Ok(())
 }
 
-/// Both LM heads (cuBLAS, f32 logits, in chunks of [`LOGIT_BUDGET`]) and the
-/// fused scorer over the first `n` rows of each model's hidden states:
-/// `[n, 4]` on the host. Without `policy` (the reference alone) the
-/// reference's logits stand on both sides of the fused scorer: its
-/// reference log-prob is the one a full pass computes, the policy's
-/// columns are to be ignored.
-fn lm_head_stats(
-    gpu: &Gpu,
-    policy: Option<(&DeviceModel, &DevTensor)>,
-    (reference, hr): (&DeviceModel, &DevTensor),
-    dev_targets: &cudarc::driver::CudaSlice<u32>,
-    n: usize,
-) -> Result<Vec<f32>> {
-    let vocab = reference.config.vocab_size;
-    let ld = vocab.next_multiple_of(4);
-    let chunk = (LOGIT_BUDGET / ld).clamp(16, 4096).min(n);
-    let mut lp = match policy {
-        Some(_) => Some(gpu.alloc_f32(chunk * ld)?),
-        None => None,
-    };
-    let mut lr = gpu.alloc_f32(chunk * ld)?;
-    let mut stats = gpu.alloc_f32(4 * n)?;
-    // Rows [c0, c1) of `m`'s LM head into `out`.
-    let logits =
-        |m: &DeviceModel, h: &DevTensor, out: &mut cudarc::driver::CudaSlice<f32>, c0, c1| {
-            let (w, c) = (m.config.hidden_size, c1 - c0);
-            gpu.matmul_wt(
-                &h.view(c0 * w, c1 * w)?,
-                &m.lm_head().all(),
-                &mut sub_mut(out, 0, c * ld)?,
-                c,
-                vocab,
-                w,
-                ld,
-            )
-        };
-    for c0 in (0..n).step_by(chunk) {
-        let c1 = (c0 + chunk).min(n);
-        let c = c1 - c0;
-        logits(reference, hr, &mut lr, c0, c1)?;
-        if let (Some((pm, hp)), Some(lp)) = (policy, lp.as_mut()) {
-            logits(pm, hp, lp, c0, c1)?;
-        }
-        gpu.fused_logprob(
-            &sub(lp.as_ref().unwrap_or(&lr), 0, c * ld)?,
-            &sub(&lr, 0, c * ld)?,
-            &sub(dev_targets, c0, c1)?,
-            &mut sub_mut(&mut stats, 4 * c0, 4 * c1)?,
-            vocab,
-            ld,
-        )?;
-    }
-    gpu.download(&stats.as_view())
-}
-
 impl PairScorer for CudaPair {
     fn describe(&self) -> String {
         // The compute dtype is part of the description, so a caller (and a
         // test through `Scorer`) can tell a bf16 run from an f32 one.
+        let fold = self
+            .lm_head
+            .folds(&self.gpu, &[&self.policy, &self.reference]);
         format!(
-            "cuda:{} {} (compute {}/{})",
+            "cuda:{} {} (compute {}/{}, LM head {})",
             self.ordinal,
             self.gpu.describe(),
             self.policy.dtype.name(),
-            self.reference.dtype.name()
+            self.reference.dtype.name(),
+            if fold { "folded" } else { "GEMM" }
         )
     }
 
@@ -420,13 +393,24 @@ impl PairScorer for CudaPair {
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let mut out = self.begin(batch)?;
         let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
+        let fold = self.lm_head.folds(gpu, &[p, r]);
         match self.cache.as_mut() {
             None => {
                 count_uncached(&mut self.counters, batch);
-                score_wave(gpu, p, r, None, batch, &uncached(batch), &mut out, true)?;
+                score_wave(
+                    gpu,
+                    p,
+                    r,
+                    None,
+                    batch,
+                    &uncached(batch),
+                    &mut out,
+                    true,
+                    fold,
+                )?;
             }
             Some(cache) => in_waves(cache, batch, &mut self.counters, |cache, wave| {
-                score_wave(gpu, p, r, Some(cache), batch, wave, &mut out, true)
+                score_wave(gpu, p, r, Some(cache), batch, wave, &mut out, true, fold)
             })?,
         }
         Ok(out)
@@ -437,8 +421,19 @@ impl PairScorer for CudaPair {
     fn score_reference(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let mut out = self.begin(batch)?;
         let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
+        let fold = self.lm_head.folds(gpu, &[r]);
         count_uncached(&mut self.counters, batch);
-        score_wave(gpu, p, r, None, batch, &uncached(batch), &mut out, false)?;
+        score_wave(
+            gpu,
+            p,
+            r,
+            None,
+            batch,
+            &uncached(batch),
+            &mut out,
+            false,
+            fold,
+        )?;
         Ok(out)
     }
 }
