@@ -1,0 +1,97 @@
+//! CUDA kernels run on the CPU: kernels/lm_head_fold.cu compiled as C++
+//! against tests/cuda_emu (one OS thread per CUDA thread, warp collectives
+//! and the mma.sync / ldmatrix fragments emulated from the PTX definitions,
+//! cp.async deferred to its wait), checked against a direct computation of
+//! the scores by tests/cuda_emu/fold_driver.cpp. This pins the kernel's
+//! indexing, masks, pipeline and merges on machines without a GPU (CI);
+//! speed and the hardware's own arithmetic are the GPU tests' business.
+//!
+//! Needs a C++20 compiler (`CXX`, else `c++`); without one the test says so
+//! and passes, unless `PADV_REQUIRE_CXX` is set.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const KERNELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
+const EMU: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cuda_emu");
+
+fn compiler() -> Option<String> {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let ok = Command::new(&cxx)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(cxx);
+    }
+    if std::env::var_os("PADV_REQUIRE_CXX").is_some() {
+        panic!("PADV_REQUIRE_CXX is set but `{cxx}` does not run");
+    }
+    eprintln!("skipping: no C++ compiler (`{cxx}`)");
+    None
+}
+
+/// A build directory holding the kernel sources as the emulator includes
+/// them: `common.cuh` behind emu.h without the CUDA headers, `mma.cuh`
+/// replaced by mma_emu.h, the rest verbatim.
+fn stage(dir: &Path, sources: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for s in sources {
+        std::fs::copy(Path::new(KERNELS).join(s), dir.join(s)).unwrap();
+    }
+    let common = std::fs::read_to_string(Path::new(KERNELS).join("common.cuh")).unwrap();
+    let body: String = common
+        .lines()
+        .filter(|l| !l.starts_with("#pragma once") && !l.starts_with("#include <cuda_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        dir.join("common.cuh"),
+        format!("#pragma once\n#include \"emu.h\"\n{body}"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mma.cuh"),
+        "#pragma once\n#include \"mma_emu.h\"\n",
+    )
+    .unwrap();
+}
+
+fn build_and_run(name: &str, driver: &str, sources: &[&str]) {
+    let Some(cxx) = compiler() else { return };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cuda-emu-{name}"));
+    stage(&dir, sources);
+    let exe = dir.join(name);
+    let mut cmd = Command::new(&cxx);
+    cmd.args(["-std=c++20", "-O2", "-pthread", "-w"])
+        .args(padv::consts::FOR_NVCC.map(|(k, v)| format!("-D{k}={v}")))
+        .arg("-I")
+        .arg(&dir)
+        .arg("-I")
+        .arg(EMU)
+        .arg("-o")
+        .arg(&exe)
+        .arg(Path::new(EMU).join(driver));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cxx} failed on {driver}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = Command::new(&exe).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    eprintln!("{stdout}{stderr}");
+    assert!(run.status.success(), "{name}: {}\n{stderr}", run.status);
+}
+
+#[test]
+fn folded_lm_head_kernel_matches_the_direct_scores_on_the_cpu() {
+    build_and_run(
+        "lm_head_fold",
+        "fold_driver.cpp",
+        &["lm_head_fold.cu", "scoring.cuh"],
+    );
+}
