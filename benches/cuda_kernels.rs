@@ -6,8 +6,12 @@
 //!   device-to-device memcpy (bytes read + written);
 //! * forward TFLOP/s of a policy/reference pair (score only the last token,
 //!   so the LM head is negligible) vs a measured 8192³ cuBLAS bf16 GEMM;
+//! * the LM head + scoring of both models by the GEMM path (cuBLAS + fused
+//!   scorer) and the folded kernel, at 1,024–16,384 rows of the 0.5B, 7B and
+//!   Gemma-4-E4B shapes;
 //! * end-to-end pair-scoring tokens/s on random-weight Qwen2.5-0.5B- and
-//!   7B-shaped bf16 pairs (weights generated on the device, nothing on disk).
+//!   7B-shaped bf16 pairs (weights generated on the device, nothing on disk),
+//!   with either LM-head path.
 //!
 //! Every timed region ends with a stream synchronisation. After criterion's
 //! own report a summary table is printed (median per-iteration times), which
@@ -25,7 +29,8 @@ use padv::backend::cpu::ops::AttnShape;
 use padv::backend::cuda::cudarc::driver::CudaSlice;
 use padv::backend::cuda::forward::PagedBatch;
 use padv::backend::cuda::kernels::AttnKernel;
-use padv::backend::cuda::{CudaPair, DevTensor, Gpu, probe, roofline};
+use padv::backend::cuda::lm_head::{HeadSide, lm_head_scores};
+use padv::backend::cuda::{CudaPair, DevTensor, Gpu, LmHeadPath, probe, roofline};
 use padv::bench::synth;
 use padv::model::Config;
 use padv::model::weights::DType;
@@ -208,6 +213,82 @@ fn bench_gemm(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) -> Option<f64> {
     Some(rate)
 }
 
+/// The two LM-head paths (cuBLAS GEMM + fused scorer, and the folded
+/// kernel), both models, at the issue's shapes: rows × (vocabulary, hidden
+/// size) of Qwen2.5-0.5B, Qwen2.5-7B and Gemma-4-E4B. Random bf16 hidden
+/// states and LM heads scaled so logits have a standard deviation of ~3.
+fn bench_lm_head(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
+    let mut g = c.benchmark_group("lm_head");
+    configure(&mut g, false);
+    let shapes: [(&str, usize, usize, &[usize]); 3] = [
+        ("qwen2.5-0.5b", 151_936, 896, &[1024, 4096, 16_384]),
+        ("qwen2.5-7b", 151_936, 3584, &[1024, 16_384]),
+        ("gemma-4-e4b", 262_144, 2560, &[1024, 16_384]),
+    ];
+    for (name, vocab, width, rows_list) in shapes {
+        let max_rows = rows_list.iter().copied().max().unwrap_or(0);
+        let tensor = |len: usize, seed: u64, a: f32| {
+            let mut t = DevTensor::alloc(gpu, DType::BF16, len)?;
+            gpu.fill_uniform(&mut t.all_mut(), seed, -a, a)?;
+            Ok::<_, padv::Error>(t)
+        };
+        let a = 9.0 / (width as f32).sqrt();
+        let made = (|| {
+            Ok::<_, padv::Error>((
+                tensor(max_rows * width, 21, 1.0)?,
+                tensor(vocab * width, 22, a)?,
+                tensor(max_rows * width, 23, 1.0)?,
+                tensor(vocab * width, 24, a)?,
+            ))
+        })();
+        let Ok((hp, wp, hr, wr)) = made else {
+            s.lines
+                .push(format!("| LM head {name} | skipped: no room | |"));
+            continue;
+        };
+        let targets: Vec<u32> = (0..max_rows as u32)
+            .map(|i| i * 7919 % vocab as u32)
+            .collect();
+        let targets = gpu.upload(&targets).unwrap();
+        let mut stats = gpu.poisoned_f32(4 * max_rows).unwrap();
+        fn side<'a>(h: &'a DevTensor, w: &'a DevTensor, rows: usize, width: usize) -> HeadSide<'a> {
+            HeadSide {
+                hidden: h.view(0, rows * width).unwrap(),
+                lm_head: w.all(),
+                width,
+                softcap: None,
+            }
+        }
+        for &rows in rows_list {
+            let (p, r) = (side(&hp, &wp, rows, width), side(&hr, &wr, rows, width));
+            let t = targets.slice(0..rows);
+            let mut times = [0.0f64; 2];
+            for (k, fold) in [false, true].into_iter().enumerate() {
+                let bench = format!("{name}_{rows}_{}", if fold { "fold" } else { "gemm" });
+                timed(&mut g, &bench, gpu, || {
+                    let mut out = stats.slice_mut(0..4 * rows);
+                    lm_head_scores(gpu, fold, Some(&p), &r, &t, &mut out, vocab)
+                });
+                times[k] = median(&bench).unwrap_or(f64::NAN);
+            }
+            let flops = 2.0 * 2.0 * (rows * vocab * width) as f64;
+            // What the GEMM path moves that the fold does not: each model's
+            // f32 logits written and read back.
+            let logits_gb = 2.0 * 2.0 * 4.0 * (rows * vocab) as f64 / 1e9;
+            s.lines.push(format!(
+                "| LM head ×2 models, {name} {rows}×{vocab}×{width} | GEMM {:.2} ms ({:.0} TFLOP/s), \
+                 fold {:.2} ms ({:.0} TFLOP/s) | fold/GEMM time {:.2}; GEMM path's logits {logits_gb:.1} GB |",
+                1e3 * times[0],
+                flops / times[0] / 1e12,
+                1e3 * times[1],
+                flops / times[1] / 1e12,
+                times[1] / times[0],
+            ));
+        }
+    }
+    g.finish();
+}
+
 /// One attention call's operands on the device: random Q (f32) and a bf16
 /// K/V pool laid out by `layout`, uploaded once.
 struct AttnCall {
@@ -348,8 +429,14 @@ fn bench_pair(
     let all_batch = roofline::batch(cfg.vocab_size, seqs, len, false);
     let fwd_name = format!("{name}_forward_{seqs}x{len}");
     let e2e_name = format!("{name}_score_{seqs}x{len}");
+    let fold_name = format!("{name}_score_fold_{seqs}x{len}");
     // `score` downloads its results, so each call ends synchronised.
-    for (name, b) in [(&fwd_name, &fwd_batch), (&e2e_name, &all_batch)] {
+    for (name, b, path) in [
+        (&fwd_name, &fwd_batch, LmHeadPath::Gemm),
+        (&e2e_name, &all_batch, LmHeadPath::Gemm),
+        (&fold_name, &all_batch, LmHeadPath::Fold),
+    ] {
+        pair.set_lm_head(path);
         g.bench_function(name, |bch| {
             bch.iter_custom(|iters| {
                 let start = Instant::now();
@@ -379,6 +466,21 @@ fn bench_pair(
             1e3 * t
         ));
     }
+    if let (Some(t), Some(f), Some(fwd)) =
+        (median(&e2e_name), median(&fold_name), median(&fwd_name))
+    {
+        // The LM head's share of the pass: the whole pass less the forward
+        // (which scores one token per sequence).
+        s.lines.push(format!(
+            "| score, folded LM head, {name} pair, {seqs}×{len} | {:.0} tokens/s | {:.1} ms/batch \
+             ({:.2}× the GEMM path; LM head + scoring {:.0}% → {:.0}% of the pass) |",
+            tokens as f64 / f,
+            1e3 * f,
+            t / f,
+            100.0 * (t - fwd) / t,
+            100.0 * (f - fwd) / f
+        ));
+    }
 }
 
 fn main() {
@@ -396,6 +498,7 @@ fn main() {
     let peak = bench_gemm(&mut c, &gpu, &mut s);
     bench_attention(&mut c, &gpu, &mut s);
     bench_attention_step(&mut c, &gpu, &mut s);
+    bench_lm_head(&mut c, &gpu, &mut s);
     // 8 × 1024 (many short agent contexts) and 2 × 4096 (long ones: the
     // issue's T ≥ 4096 target, where attention's share grows).
     for (seqs, len) in [(8, 1024), (2, 4096)] {

@@ -233,7 +233,7 @@ run() {
   local benches=" ${GPU_CHECK_BENCHES:-kernels roofline prefix serve} "
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
     if [[ "$benches" == *" kernels "* ]]; then
-      PADV_BENCH_QUICK=1 timeout 300 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
+      PADV_BENCH_QUICK=1 timeout 420 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
     fi
     padv_bench "$benches" || bench_rc=$?
     if [[ "$benches" == *" serve "* ]]; then serve_load || bench_rc=$?; fi
