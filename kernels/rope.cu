@@ -5,10 +5,13 @@
 // that happens to those rows before attention is done here in one pass per
 // token, with the q and k rows staged in shared memory:
 //   1. bias add (Qwen2, or `attention_bias`),
-//   2. per-head RMSNorm of q and k (Qwen3's q_norm / k_norm),
+//   2. RMSNorm of q and k: per head (Qwen3's q_norm / k_norm, weights
+//      [head_dim]) or over the whole projection (`qk_full`: Olmo 2/3, weights
+//      [heads·head_dim] and [kv_heads·head_dim]),
 //   3. rotate-half RoPE with angles `pos · inv_freq` computed in f32 (as
-//      transformers does; inv_freq already carries llama3/linear scaling, from
-//      `Config::rope_inv_freq`), cos/sin once per token in shared memory,
+//      transformers does; inv_freq already carries llama3/linear/YaRN
+//      scaling, from the layer's `Rope`), cos/sin once per token in shared
+//      memory, both multiplied by `rope_scale` (YaRN's attention factor, else 1),
 //   4. the write of k and v into the paged KV pool (layout: attention.cu) in
 //      the cache dtype T, and of q (f32) for attention.
 // Separately these would be four kernels each re-reading the rows.
@@ -21,16 +24,18 @@
 template <typename T>
 __device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qd + 2·kvd] f32 (GEMM output)
                          const float* __restrict__ bias,      // [qd + 2·kvd] f32, or null
-                         const float* __restrict__ q_norm,    // [head_dim] f32, or null
-                         const float* __restrict__ k_norm,    // [head_dim] f32, or null
+                         const float* __restrict__ q_norm,    // [head_dim] or [qd] f32, or null
+                         const float* __restrict__ k_norm,    // [head_dim] or [kvd] f32, or null
                          const int32_t* __restrict__ pos,     // [n] position within its sequence
                          const int32_t* __restrict__ slots,   // [n] row of the KV pool for this token
                          const float* __restrict__ inv_freq,  // [head_dim / 2] f32
                          float* __restrict__ q_out,           // [n, heads, head_dim] f32
                          T* __restrict__ k_pool,              // [pool_rows, kv_heads, head_dim] T
                          T* __restrict__ v_pool,              // [pool_rows, kv_heads, head_dim] T
-                         int heads, int kv_heads, int head_dim, float eps) {
+                         int heads, int kv_heads, int head_dim, float eps, int qk_full,
+                         float rope_scale) {
     extern __shared__ float smem[];
+    __shared__ float scratch[32];
     const int qd = heads * head_dim, kvd = kv_heads * head_dim, half = head_dim / 2;
     float* s = smem;                // [qd + kvd]: q then k of this token
     float* cs = smem + qd + kvd;    // [half] cos, then [half] sin
@@ -49,12 +54,22 @@ __device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qd + 2·kvd
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float c, si;
         sincosf(p * inv_freq[i], &si, &c);
-        cs[i] = c;
-        sn[i] = si;
+        cs[i] = c * rope_scale;
+        sn[i] = si * rope_scale;
     }
     __syncthreads();
 
-    if (q_norm) {  // q_norm and k_norm come together (Qwen3); one warp per head
+    if (q_norm && qk_full) {  // over all of q, then all of k (block-uniform)
+        float sq = 0.0f, sk = 0.0f;
+        for (int i = threadIdx.x; i < qd; i += blockDim.x) sq += s[i] * s[i];
+        for (int i = threadIdx.x; i < kvd; i += blockDim.x) sk += s[qd + i] * s[qd + i];
+        sq = block_sum(sq, scratch);
+        sk = block_sum(sk, scratch);
+        const float iq = 1.0f / sqrtf(sq / (float)qd + eps), ik = 1.0f / sqrtf(sk / (float)kvd + eps);
+        for (int i = threadIdx.x; i < qd; i += blockDim.x) s[i] = q_norm[i] * (s[i] * iq);
+        for (int i = threadIdx.x; i < kvd; i += blockDim.x) s[qd + i] = k_norm[i] * (s[qd + i] * ik);
+        __syncthreads();
+    } else if (q_norm) {  // q_norm and k_norm come together (Qwen3); one warp per head
         const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
         for (int h = warp; h < heads + kv_heads; h += warps) {
             float* v = s + h * head_dim;
@@ -90,8 +105,9 @@ __device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qd + 2·kvd
     extern "C" __global__ void qkv_rope_##SUFFIX(                                             \
         const float* qkv, const float* bias, const float* q_norm, const float* k_norm,        \
         const int32_t* pos, const int32_t* slots, const float* inv_freq, float* q_out,        \
-        T* k_pool, T* v_pool, int heads, int kv_heads, int head_dim, float eps) {             \
+        T* k_pool, T* v_pool, int heads, int kv_heads, int head_dim, float eps, int qk_full,  \
+        float rope_scale) {                                                                   \
         qkv_rope<T>(qkv, bias, q_norm, k_norm, pos, slots, inv_freq, q_out, k_pool, v_pool,   \
-                    heads, kv_heads, head_dim, eps);                                          \
+                    heads, kv_heads, head_dim, eps, qk_full, rope_scale);                     \
     }
 INSTANTIATE_T(QKV_ROPE)

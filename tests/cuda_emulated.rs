@@ -1,10 +1,13 @@
-//! CUDA kernels run on the CPU: kernels/lm_head_fold.cu compiled as C++
-//! against tests/cuda_emu (one OS thread per CUDA thread, warp collectives
-//! and the mma.sync / ldmatrix fragments emulated from the PTX definitions,
-//! cp.async deferred to its wait), checked against a direct computation of
-//! the scores by tests/cuda_emu/fold_driver.cpp. This pins the kernel's
-//! indexing, masks, pipeline and merges on machines without a GPU (CI);
-//! speed and the hardware's own arithmetic are the GPU tests' business.
+//! CUDA kernels run on the CPU: kernels/*.cu compiled as C++ against
+//! tests/cuda_emu (one OS thread per CUDA thread, warp collectives and the
+//! mma.sync / ldmatrix fragments emulated from the PTX definitions, cp.async
+//! deferred to its wait), each checked by a driver against a direct f64
+//! computation: the folded LM head (fold_driver.cpp), and the residual norms
+//! and q/k/v RoPE kernels in the modes the GPU has not yet run
+//! (norm_rope_driver.cpp: post-norm and sandwich blocks, full-width q/k
+//! norms, a RoPE factor). This pins the kernels' indexing, masks, pipeline
+//! and merges on machines without a GPU (CI); speed and the hardware's own
+//! arithmetic are the GPU tests' business.
 //!
 //! Needs a C++20 compiler (`CXX`, else `c++`); without one the test says so
 //! and passes, unless `PADV_REQUIRE_CXX` is set.
@@ -33,11 +36,14 @@ fn compiler() -> Option<String> {
 
 /// A build directory holding the kernel sources as the emulator includes
 /// them: `common.cuh` behind emu.h without the CUDA headers, `mma.cuh`
-/// replaced by mma_emu.h, the rest verbatim.
+/// replaced by mma_emu.h, the rest verbatim but for `extern __shared__`
+/// (the driver defines that array).
 fn stage(dir: &Path, sources: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
     for s in sources {
-        std::fs::copy(Path::new(KERNELS).join(s), dir.join(s)).unwrap();
+        let text = std::fs::read_to_string(Path::new(KERNELS).join(s)).unwrap();
+        // The dynamic shared array is the driver's global (emu.h).
+        std::fs::write(dir.join(s), text.replace("extern __shared__", "extern")).unwrap();
     }
     let common = std::fs::read_to_string(Path::new(KERNELS).join("common.cuh")).unwrap();
     let body: String = common
@@ -93,5 +99,14 @@ fn folded_lm_head_kernel_matches_the_direct_scores_on_the_cpu() {
         "lm_head_fold",
         "fold_driver.cpp",
         &["lm_head_fold.cu", "scoring.cuh"],
+    );
+}
+
+#[test]
+fn norm_and_rope_kernels_match_direct_computation_on_the_cpu() {
+    build_and_run(
+        "norm_rope",
+        "norm_rope_driver.cpp",
+        &["rmsnorm.cu", "rope.cu"],
     );
 }

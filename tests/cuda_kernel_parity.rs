@@ -19,6 +19,7 @@ use padv::backend::cuda::DevTensor;
 use padv::backend::cuda::forward::PagedBatch;
 use padv::backend::cuda::kernels::{AttnKernel, KV_BLOCK};
 use padv::backend::cuda::lm_head::HeadSide;
+use padv::model::config::Rope;
 use padv::model::weights::{DType, Data, Tensor};
 use padv::score::fused::{row_logp, row_stats};
 
@@ -64,71 +65,70 @@ fn residual_rmsnorm_matches_add_then_cpu_rms_norm_in_place_and_gathered() {
     let x = rng.vec(rows * h, 3.0);
     let delta = rng.vec(rows * h, 1.0);
     let w = rng.vec(h, 1.5);
-    let summed: Vec<f32> = x.iter().zip(&delta).map(|(a, b)| a + b).collect();
-    let mut normed = vec![0.0; rows * h];
-    ops::rms_norm(&summed, &w, eps, &mut normed);
+    let wd = rng.vec(h, 1.5);
     let gather: Vec<i32> = vec![5, 0, 36, 17, 17];
-    for dt in DTYPES {
-        // In place: x ← x + delta, out = norm(x).
-        let mut dx = gpu.upload(&x).unwrap();
-        let dd = gpu.upload(&delta).unwrap();
-        let dw = gpu.upload(&w).unwrap();
-        let mut out = DevTensor::poisoned(&gpu, dt, rows * h).unwrap();
-        gpu.residual_rmsnorm(
-            &mut dx.as_view_mut(),
-            Some(&dd.as_view()),
-            &dw.as_view(),
-            None,
-            &mut out.all_mut(),
-            h,
-            eps,
-        )
-        .unwrap();
-        // f32 sums in a different order: relative 1e-6 on x and the norm.
-        assert_close(
-            "rmsnorm x+=delta",
-            &download(&gpu, &dx),
-            &summed,
-            0.0,
-            0.0,
-            DType::F32,
-        );
-        assert_close(
-            &format!("rmsnorm out {dt:?}"),
-            &out.to_f32_vec(&gpu).unwrap(),
-            &normed,
-            1e-6,
-            2e-6,
-            dt,
-        );
+    // (delta normed first: a post-norm; the sum normed: a pre-norm):
+    // Llama's pre-norm, Olmo 3's post-norm, Gemma's sandwich.
+    for (post, pre) in [(false, true), (true, false), (true, true)] {
+        // CPU twin: x += [rms_norm](delta), out = [rms_norm](x).
+        let mut d = delta.clone();
+        if post {
+            ops::rms_norm_inplace(&mut d, &wd, eps);
+        }
+        let summed: Vec<f32> = x.iter().zip(&d).map(|(a, b)| a + b).collect();
+        let mut normed = summed.clone();
+        if pre {
+            ops::rms_norm(&summed, &w, eps, &mut normed);
+        }
+        for dt in DTYPES {
+            let tag = format!("rmsnorm post {post} pre {pre} {dt:?}");
+            // In place: x ← x + [norm](delta), out = [norm](x).
+            let mut dx = gpu.upload(&x).unwrap();
+            let dd = gpu.upload(&delta).unwrap();
+            let (dw, dwd) = (gpu.upload(&w).unwrap(), gpu.upload(&wd).unwrap());
+            let (wv, wdv) = (dw.as_view(), dwd.as_view());
+            let dv = dd.as_view();
+            let mut out = DevTensor::poisoned(&gpu, dt, rows * h).unwrap();
+            gpu.residual_rmsnorm(
+                &mut dx.as_view_mut(),
+                Some((&dv, post.then_some(&wdv))),
+                pre.then_some(&wv),
+                None,
+                &mut out.all_mut(),
+                h,
+                eps,
+            )
+            .unwrap();
+            // f32 sums in a different order: relative 1e-6 on x and the
+            // norms (exact when nothing is normed first).
+            let (a, r) = if post { (2e-6, 2e-6) } else { (0.0, 0.0) };
+            let got_x = download(&gpu, &dx);
+            assert_close(&format!("{tag} x"), &got_x, &summed, a, r, DType::F32);
+            let got = out.to_f32_vec(&gpu).unwrap();
+            assert_close(&format!("{tag} out"), &got, &normed, 2e-6, 2e-6, dt);
 
-        // Gathered: only listed rows, x untouched.
-        let mut dx = gpu.upload(&x).unwrap();
-        let dr = gpu.upload(&gather).unwrap();
-        let mut out = DevTensor::poisoned(&gpu, dt, gather.len() * h).unwrap();
-        gpu.residual_rmsnorm(
-            &mut dx.as_view_mut(),
-            Some(&dd.as_view()),
-            &dw.as_view(),
-            Some(&dr.as_view()),
-            &mut out.all_mut(),
-            h,
-            eps,
-        )
-        .unwrap();
-        let want: Vec<f32> = gather
-            .iter()
-            .flat_map(|&r| normed[r as usize * h..(r as usize + 1) * h].to_vec())
-            .collect();
-        assert_close(
-            &format!("rmsnorm gathered {dt:?}"),
-            &out.to_f32_vec(&gpu).unwrap(),
-            &want,
-            1e-6,
-            2e-6,
-            dt,
-        );
-        assert_eq!(download(&gpu, &dx), x, "gathered rmsnorm must not write x");
+            // Gathered: only listed rows, x untouched.
+            let mut dx = gpu.upload(&x).unwrap();
+            let dr = gpu.upload(&gather).unwrap();
+            let mut out = DevTensor::poisoned(&gpu, dt, gather.len() * h).unwrap();
+            gpu.residual_rmsnorm(
+                &mut dx.as_view_mut(),
+                Some((&dv, post.then_some(&wdv))),
+                pre.then_some(&wv),
+                Some(&dr.as_view()),
+                &mut out.all_mut(),
+                h,
+                eps,
+            )
+            .unwrap();
+            let want: Vec<f32> = gather
+                .iter()
+                .flat_map(|&r| normed[r as usize * h..(r as usize + 1) * h].to_vec())
+                .collect();
+            let got = out.to_f32_vec(&gpu).unwrap();
+            assert_close(&format!("{tag} gathered"), &got, &want, 2e-6, 2e-6, dt);
+            assert_eq!(download(&gpu, &dx), x, "gathered rmsnorm must not write x");
+        }
     }
 }
 
@@ -142,21 +142,31 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
     // Blocks scattered over a pool twice the needed size, in reverse order.
     let order: Vec<usize> = (0..needed).map(|b| 2 * (needed - 1 - b) + 1).collect();
     let layout = PagedBatch::with_blocks(&lens, &order);
-    for (heads, kv_heads, hd, with_bias, with_norm) in [
-        (4, 2, 32, true, false),
-        (4, 2, 32, false, true),
-        (2, 1, 128, true, true),
+    // (heads, kv_heads, head_dim, bias, q/k norm, full-width norm, RoPE
+    // factor): Qwen2, Qwen3, both, and Olmo 3's full layers (q/k norms over
+    // the whole projection, YaRN's attention factor).
+    for (heads, kv_heads, hd, with_bias, with_norm, full, factor) in [
+        (4, 2, 32, true, false, false, 1.0),
+        (4, 2, 32, false, true, false, 1.0),
+        (2, 1, 128, true, true, false, 1.0),
+        (4, 2, 12, false, true, true, 1.2079),
     ] {
         let (qd, kvd) = (heads * hd, kv_heads * hd);
         let width = qd + 2 * kvd;
         let qkv = rng.vec(n * width, 2.0);
         let bias = rng.vec(width, 0.5);
-        let qn = rng.vec(hd, 1.5);
-        let kn = rng.vec(hd, 1.5);
+        let (qn_len, kn_len) = if full { (qd, kvd) } else { (hd, hd) };
+        let qn = rng.vec(qn_len, 1.5);
+        let kn = rng.vec(kn_len, 1.5);
         let inv_freq: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / hd as f32))
             .collect();
-        let table = RopeTable::new(&inv_freq, 64);
+        let rope = Rope {
+            inv_freq: inv_freq.clone(),
+            rotary_dim: hd,
+            attention_factor: factor,
+        };
+        let table = RopeTable::for_rope(&rope, hd, 64);
         let eps = 1e-6;
         // CPU twin, row by row.
         let mut want_q = vec![0.0; n * qd];
@@ -170,9 +180,9 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
             let (q, rest) = row.split_at_mut(qd);
             let (k, v) = rest.split_at_mut(kvd);
             if with_norm {
-                q.chunks_mut(hd)
+                q.chunks_mut(qn_len)
                     .for_each(|h| ops::rms_norm_row(h, &qn, eps));
-                k.chunks_mut(hd)
+                k.chunks_mut(kn_len)
                     .for_each(|h| ops::rms_norm_row(h, &kn, eps));
             }
             let pos = layout.pos[t] as usize;
@@ -202,7 +212,7 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                 with_norm.then_some((&qnv, &knv)),
                 &d_pos.as_view(),
                 &d_slots.as_view(),
-                &d_freq.as_view(),
+                (&d_freq.as_view(), factor),
                 &mut q_out.as_view_mut(),
                 &mut kp.all_mut(),
                 &mut vp.all_mut(),
@@ -210,8 +220,10 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                 eps,
             )
             .unwrap();
-            let tag =
-                format!("rope h{heads}/{kv_heads} hd{hd} bias {with_bias} norm {with_norm} {dt:?}");
+            let tag = format!(
+                "rope h{heads}/{kv_heads} hd{hd} bias {with_bias} norm {with_norm} full {full} \
+                 factor {factor} {dt:?}"
+            );
             // sincosf vs libm cos/sin (≤ 2 ulp each) on O(1)-sized values.
             assert_close(
                 &format!("{tag} q"),
@@ -614,13 +626,13 @@ fn lm_head_fold_matches_the_cpu_lm_head_and_fused_scorer() {
             for with_policy in [true, false] {
                 let mut out = gpu.poisoned_f32(4 * n).unwrap();
                 let p = with_policy.then_some(&sp);
-                gpu.lm_head_fold_splits(
+                gpu.lm_head_fold(
                     p,
                     &sr,
                     &dtg.as_view(),
                     &mut out.as_view_mut(),
                     vocab,
-                    splits,
+                    Some(splits),
                 )
                 .unwrap();
                 let got = download(&gpu, &out);

@@ -1,5 +1,5 @@
 //! The CUDA pair scorer against the CPU one on every fixture pair in
-//! tests/fixtures/models/* (records, a partial score mask, empty and
+//! tests/fixtures/models/* the CUDA backend runs (records, a partial score mask, empty and
 //! one-token sequences, long packed sequences), a sliding-window variant,
 //! and against transformers' log-probs; plus device selection with a GPU.
 //!
@@ -191,9 +191,9 @@ fn every_fixture_pair_scores_like_the_cpu_backend() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    // The CUDA backend runs plain pre-norm decoders (`Config::uniform`);
-    // Olmo 3, Gemma 4 and Qwen 3.5 run on the CPU only (`--device auto`
-    // picks the CPU for them).
+    // The CUDA backend runs uniform decoders (`Config::uniform`: the Llama
+    // family and Olmo 3); Gemma 4 and Qwen 3.5 run on the CPU only
+    // (`--device auto` picks the CPU for them).
     names.retain(|name| {
         let dir = fixtures().join("models").join(name).join("trained");
         let runs = Model::load(&dir).unwrap().config.uniform().is_some();
@@ -202,7 +202,7 @@ fn every_fixture_pair_scores_like_the_cpu_backend() {
         }
         runs
     });
-    assert!(names.len() >= 6, "fixture pairs missing: {names:?}");
+    assert!(names.len() >= 7, "fixture pairs missing: {names:?}");
     for name in names {
         let dir = fixtures().join("models").join(&name);
         let records = fixture_records(&name);
@@ -245,7 +245,14 @@ fn sliding_window_pair_scores_like_the_cpu_backend() {
 #[test]
 fn f32_fixture_pairs_match_transformers_on_the_gpu() {
     let Some(_gpu) = gpu() else { return };
-    for name in ["llama", "llama3scaled", "qwen2", "mistral", "qwen3"] {
+    for name in [
+        "llama",
+        "llama3scaled",
+        "qwen2",
+        "mistral",
+        "qwen3",
+        "olmo3",
+    ] {
         let dir = fixtures().join("models").join(name);
         let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
         let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());

@@ -304,9 +304,11 @@ pub struct Config {
     pub final_logit_softcap: Option<f32>,
 }
 
-/// The shape of a plain decoder: every layer a pre-norm SwiGLU block with
-/// the same attention geometry and RoPE, no per-layer extras (what the CUDA
-/// backend runs today).
+/// The shape of a uniform decoder: every layer a SwiGLU block with the same
+/// attention geometry and norm placement (pre-norm, post-norm or sandwich),
+/// full-head RoPE (its frequencies and factor may differ per layer, as
+/// Olmo 3's YaRN on full-attention layers only), no per-layer extras (what
+/// the CUDA backend runs today).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Uniform {
     pub num_heads: usize,
@@ -314,8 +316,10 @@ pub struct Uniform {
     pub head_dim: usize,
     pub intermediate_size: usize,
     pub qkv_bias: bool,
-    pub qk_norm: bool,
-    pub inv_freq: Vec<f32>,
+    pub qk_norm: QkNorm,
+    pub norms: Norms,
+    /// Per layer.
+    pub ropes: Vec<Rope>,
     pub windows: Vec<Option<usize>>,
 }
 
@@ -421,8 +425,8 @@ impl Config {
         format!("{}{name}", self.prefix)
     }
 
-    /// Whether every layer is the plain pre-norm SwiGLU block with one
-    /// attention geometry and RoPE; `None` when any layer differs.
+    /// Whether every layer is the same SwiGLU attention block ([`Uniform`]);
+    /// `None` when any layer differs.
     pub fn uniform(&self) -> Option<Uniform> {
         let first = self.layers.first()?;
         let a = first.attn()?;
@@ -430,18 +434,15 @@ impl Config {
             let Some(b) = l.attn() else {
                 return false;
             };
-            l.norms == Norms::PRE
+            l.norms == first.norms
                 && !l.per_layer_input
                 && !l.layer_scalar
                 && l.mlp == first.mlp
                 && l.mlp.act == Act::Silu
                 && (b.num_heads, b.num_kv_heads, b.head_dim)
                     == (a.num_heads, a.num_kv_heads, a.head_dim)
-                && b.rope == a.rope
                 && b.rope.rotary_dim == b.head_dim
-                && b.rope.attention_factor == 1.0
                 && b.qk_norm == a.qk_norm
-                && b.qk_norm != QkNorm::FullWidth
                 && !b.v_norm
                 && !b.output_gate
                 && b.bias == a.bias
@@ -462,8 +463,17 @@ impl Config {
             head_dim: a.head_dim,
             intermediate_size: first.mlp.intermediate,
             qkv_bias: a.bias,
-            qk_norm: a.qk_norm == QkNorm::PerHead,
-            inv_freq: a.rope.inv_freq.clone(),
+            qk_norm: a.qk_norm,
+            norms: first.norms,
+            ropes: self
+                .layers
+                .iter()
+                .map(|l| {
+                    l.attn()
+                        .map(|a| a.rope.clone())
+                        .unwrap_or_else(|| a.rope.clone())
+                })
+                .collect(),
             windows: self
                 .layers
                 .iter()

@@ -9,8 +9,9 @@
 //   per-warp slot array between two barrier phases. A kernel whose lanes
 //   reach collectives in different orders deadlocks here; the driver's
 //   watchdog turns that into a failure.
-// * Shared memory (the kernel's `extern __shared__` array) is filled with
-//   0xFF bytes (NaN) before each block, so a read of an unwritten byte shows.
+// * Shared memory (the kernel's `extern __shared__` array, when the driver
+//   passes it) is filled with 0xFF bytes (NaN) before each block, so a read
+//   of an unwritten byte shows.
 // * cp.async copies are deferred until the `cp.async.wait_group` that must
 //   complete them (`EMU_LAZY_COPIES`, the default) or done at issue: the
 //   first exposes a read before its wait, the second a stage overwritten
@@ -21,6 +22,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -31,11 +33,16 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__
+// Block-shared arrays are statics (blocks run one after another); the
+// dynamic `extern __shared__` array is the driver's global of that name
+// (tests/cuda_emulated.rs drops the qualifier from `extern __shared__`).
+#define __shared__ static
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
@@ -191,6 +198,22 @@ inline void emu_do(const EmuCopy& c) {
 }
 
 // ---------------------------------------------------------------------------
+// Test inputs: a deterministic generator, uniform in [-1, 1).
+
+struct EmuRng {
+    uint64_t s;
+    float next() {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        return (float)(s >> 40) / (float)(1ull << 24) * 2.0f - 1.0f;
+    }
+    std::vector<float> vec(size_t n, float scale) {
+        std::vector<float> v(n);
+        for (float& x : v) x = next() * scale;
+        return v;
+    }
+};
+
+// ---------------------------------------------------------------------------
 // Launch: every block of `grid`, `threads` threads each, one block at a time.
 
 inline void emu_launch(dim3_ grid, unsigned threads, unsigned char* smem, size_t smem_bytes,
@@ -226,4 +249,15 @@ inline void emu_launch(dim3_ grid, unsigned threads, unsigned char* smem, size_t
                 for (auto& t : ts) t.join();
                 emu_block = nullptr;
             }
+}
+
+// A kernel whose lanes wait at different collectives never finishes: end the
+// process with status 3 after `seconds`.
+inline void emu_watchdog(unsigned seconds) {
+    std::signal(SIGALRM, [](int) {
+        const char msg[] = "emu: watchdog: a kernel did not finish (a warp collective reached by part of a warp?)\n";
+        (void)!write(2, msg, sizeof(msg) - 1);
+        _exit(3);
+    });
+    alarm(seconds);
 }

@@ -5,8 +5,6 @@
 // to their wait and done at issue. Exit status 0 when every score is within
 // tolerance. Built and run by tests/cuda_emulated.rs.
 #include <algorithm>
-#include <csignal>
-#include <unistd.h>
 
 #include "emu.h"
 
@@ -16,14 +14,6 @@ alignas(16) unsigned char fold_raw[FOLD_SMEM_BYTES];
 #include "lm_head_fold.cu"
 
 namespace {
-
-struct Lcg {
-    uint64_t s;
-    float next() {  // uniform in [-1, 1)
-        s = s * 6364136223846793005ull + 1442695040888963407ull;
-        return (float)(s >> 40) / (float)(1ull << 24) * 2.0f - 1.0f;
-    }
-};
 
 template <class T> T to16(float v);
 template <> __nv_bfloat16 to16<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
@@ -61,7 +51,7 @@ int run_case(const Case& c, uint64_t seed, const char* dtype, bool lazy,
              void (*fold_r)(const T*, const T*, const uint32_t*, Partial*, float*, int, int, int, int, float)) {
     emu_lazy_copies = lazy;
     const int n = c.n, d = c.d, V = c.vocab;
-    Lcg rng{seed};
+    EmuRng rng{seed};
     std::vector<float> hp(n * d), wp((size_t)V * d), hr(n * d), wr((size_t)V * d);
     for (auto* v : {&hp, &wp, &hr, &wr})
         for (float& x : *v) x = rng.next();
@@ -138,17 +128,11 @@ int run_case(const Case& c, uint64_t seed, const char* dtype, bool lazy,
     return failures;
 }
 
-void watchdog(int) {
-    const char msg[] = "emu: watchdog: the kernel did not finish (a warp collective reached by part of a warp?)\n";
-    (void)!write(2, msg, sizeof(msg) - 1);
-    _exit(3);
-}
 
 }  // namespace
 
 int main() {
-    std::signal(SIGALRM, watchdog);
-    alarm(600);
+    emu_watchdog(600);
     // (rows, hidden, vocab, soft-cap, splits): two row tiles, the last one
     // partial; a hidden size ending mid-stage (72 = 2·32 + 8); a vocabulary
     // ending mid-sub-tile and mid-warp-half (1100 = 8·128 + 76); splits that

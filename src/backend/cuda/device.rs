@@ -498,16 +498,7 @@ impl DevTensor {
 
     /// Elements `[start, end)`.
     pub fn view(&self, start: usize, end: usize) -> Result<DevView<'_>> {
-        let es = self.dtype.size();
-        let view = (start <= end && end <= self.len)
-            .then(|| self.buf.try_slice(start * es..end * es))
-            .flatten()
-            .ok_or_else(|| out_of_range(start, end, self.len))?;
-        Ok(DevView {
-            view,
-            dtype: self.dtype,
-            len: end - start,
-        })
+        self.all().slice(start, end)
     }
 
     /// Elements `[start, end)`, mutable.

@@ -4,14 +4,19 @@
 //! ```text
 //! x = embed(tokens)                                     (f32 residual stream)
 //! per layer:
-//!   n   = rmsnorm(x (+= delta of the previous layer))   → compute dtype
+//!   n   = [rmsnorm](x += [rmsnorm](delta of the previous layer)) → compute dtype
 //!   qkv = n · [q;k;v]ᵀ                                  (cuBLAS, f32 out)
 //!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write)
 //!   a   = attention(q, pool)                            → compute dtype
-//!   delta = a · oᵀ;  n = rmsnorm(x += delta)
+//!   delta = a · oᵀ;  n = [rmsnorm](x += [rmsnorm](delta))
 //!   delta = silu_mul(n · [gate;up]ᵀ) · downᵀ
-//! hidden[rows] = rmsnorm(x + delta)[rows]               (final norm, gathered)
+//! hidden[rows] = rmsnorm(x + [rmsnorm](delta))[rows]    (final norm, gathered)
 //! ```
+//!
+//! The bracketed norms are the layer's (`Uniform::norms`): pre-norm models
+//! normalise each block's input, post-norm ones (Olmo 3) each block's output
+//! before the residual add, sandwich ones both; the q/k norm is per head or
+//! over the whole projection, and each layer has its own RoPE table.
 //!
 //! Activations that feed a GEMM are stored in the weights' dtype, because
 //! cuBLAS' tensor-core GEMMs take both operands in one 16-bit type (there is
@@ -213,19 +218,22 @@ pub fn forward_rows(
         h,
         &mut x.as_view_mut(),
     )?;
-    // `delta` holds the previous layer's MLP output, not yet added to x.
-    let mut pending = false;
+    // `delta` holds the previous layer's MLP output, not yet added to x, and
+    // the norm it passes first (its layer's MLP output norm), if any.
+    let mut pending: Option<Option<&CudaSlice<f32>>> = None;
     let chunks: Vec<(usize, usize)> = (0..t).step_by(c).map(|a| (a, (a + c).min(t))).collect();
 
     for (li, l) in m.layers.iter().enumerate() {
         let shape = AttnShape::new(u.num_heads, u.num_kv_heads, hd, u.windows[li]);
+        let rope = &m.ropes[l.rope];
         for &(r0, r1) in &chunks {
             let n = r1 - r0;
             let d = sub(&delta, r0 * h, r1 * h)?;
+            let dn = pending.flatten().map(|w| w.as_view());
             gpu.residual_rmsnorm(
                 &mut sub_mut(&mut x, r0 * h, r1 * h)?,
-                pending.then_some(&d),
-                &l.input_norm.as_view(),
+                pending.map(|_| (&d, dn.as_ref())),
+                l.attn_in_norm.as_ref().map(|w| w.as_view()).as_ref(),
                 None,
                 &mut normed.view_mut(0, n * h)?,
                 h,
@@ -253,7 +261,7 @@ pub fn forward_rows(
                 norms.as_ref().map(|(a, b)| (a, b)),
                 &sub(&batch.pos, r0, r1)?,
                 &sub(&batch.slots, r0, r1)?,
-                &m.inv_freq.as_view(),
+                (&rope.0.as_view(), rope.1),
                 &mut sub_mut(&mut q, r0 * qd, r1 * qd)?,
                 &mut k_pool.all_mut(),
                 &mut v_pool.all_mut(),
@@ -295,10 +303,11 @@ pub fn forward_rows(
                 qd,
                 h,
             )?;
+            let dn = l.attn_out_norm.as_ref().map(|w| w.as_view());
             gpu.residual_rmsnorm(
                 &mut sub_mut(&mut x, r0 * h, r1 * h)?,
-                Some(&sub(&delta, r0 * h, r1 * h)?),
-                &l.post_norm.as_view(),
+                Some((&sub(&delta, r0 * h, r1 * h)?, dn.as_ref())),
+                l.mlp_in_norm.as_ref().map(|w| w.as_view()).as_ref(),
                 None,
                 &mut normed.view_mut(0, n * h)?,
                 h,
@@ -328,14 +337,15 @@ pub fn forward_rows(
                 h,
             )?;
         }
-        pending = true;
+        pending = Some(l.mlp_out_norm.as_ref());
     }
 
     let d = delta.as_view();
+    let dn = pending.flatten().map(|w| w.as_view());
     gpu.residual_rmsnorm(
         &mut x.as_view_mut(),
-        pending.then_some(&d),
-        &m.final_norm.as_view(),
+        pending.map(|_| (&d, dn.as_ref())),
+        Some(&m.final_norm.as_view()),
         Some(&rows.as_view()),
         &mut hidden.all_mut(),
         h,

@@ -81,6 +81,13 @@ pub(super) fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
+/// The launch of a finishing kernel: one warp per row of `n`, blocks of
+/// `FUSED_THREADS` threads.
+pub(super) fn warp_per_row(n: usize) -> cudarc::driver::LaunchConfig {
+    let rows_per_block = FUSED_THREADS as usize / 32;
+    cfg((n.div_ceil(rows_per_block) as u32, 1, 1), FUSED_THREADS, 0)
+}
+
 pub(super) fn dims_fit(values: &[usize]) -> Result<()> {
     check(values.iter().all(|&v| v <= i32::MAX as usize), || {
         format!("dimension in {values:?} exceeds i32")
@@ -119,30 +126,36 @@ impl Gpu {
     }
 
     /// Residual add + RMSNorm — kernels/rmsnorm.cu; CPU twin: `x += delta`
-    /// then `ops::rms_norm`. Without `rows`: every row of `x` (in place when
-    /// `delta` is given) into `out[rows_x, hidden]`; with `rows`: only those
-    /// rows into `out[rows.len(), hidden]`, `x` untouched.
+    /// (`x += rms_norm(delta)` when delta's norm is given: a post-norm) then
+    /// `ops::rms_norm` (or `x` as it is without `weight`: no input norm).
+    /// Without `rows`: every row of `x` (in place when `delta` is given) into
+    /// `out[rows_x, hidden]`; with `rows`: only those rows into
+    /// `out[rows.len(), hidden]`, `x` untouched.
     #[allow(clippy::too_many_arguments)]
     pub fn residual_rmsnorm(
         &self,
-        x: &mut CudaViewMut<'_, f32>,      // [rows_x, hidden]
-        delta: Option<&CudaView<'_, f32>>, // [rows_x, hidden]
-        weight: &CudaView<'_, f32>,        // [hidden]
-        rows: Option<&CudaView<'_, i32>>,  // [n] (values < rows_x, not checked on device)
-        out: &mut DevViewMut<'_>,          // [n, hidden]
+        x: &mut CudaViewMut<'_, f32>, // [rows_x, hidden]
+        // [rows_x, hidden], and the [hidden] norm it passes first, if any
+        delta: Option<(&CudaView<'_, f32>, Option<&CudaView<'_, f32>>)>,
+        weight: Option<&CudaView<'_, f32>>, // [hidden]; None: out = x, no norm
+        rows: Option<&CudaView<'_, i32>>,   // [n] (values < rows_x, not checked on device)
+        out: &mut DevViewMut<'_>,           // [n, hidden]
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
         check(hidden > 0 && x.len().is_multiple_of(hidden), || {
             format!("rmsnorm: x of {} is not [rows, {hidden}]", x.len())
         })?;
-        check(weight.len() == hidden, || {
-            format!(
-                "rmsnorm: weight has {} elements, hidden is {hidden}",
-                weight.len()
-            )
-        })?;
-        if let Some(d) = delta {
+        let delta_norm = delta.and_then(|d| d.1);
+        for w in weight.iter().chain(delta_norm.iter()) {
+            check(w.len() == hidden, || {
+                format!(
+                    "rmsnorm: a weight has {} elements, hidden is {hidden}",
+                    w.len()
+                )
+            })?;
+        }
+        if let Some((d, _)) = delta {
             check(d.len() == x.len(), || {
                 format!("rmsnorm: delta has {} elements, x has {}", d.len(), x.len())
             })?;
@@ -160,10 +173,18 @@ impl Gpu {
         let mut b = self.stream.launch_builder(&f);
         b.arg(x);
         match delta {
-            Some(d) => b.arg(d),
+            Some((d, _)) => b.arg(d),
             None => b.arg(&NULL),
         };
-        b.arg(weight).arg(&mut out.view);
+        match delta_norm {
+            Some(w) => b.arg(w),
+            None => b.arg(&NULL),
+        };
+        match weight {
+            Some(w) => b.arg(w),
+            None => b.arg(&NULL),
+        };
+        b.arg(&mut out.view);
         match rows {
             Some(r) => b.arg(r),
             None => b.arg(&NULL),
@@ -175,16 +196,19 @@ impl Gpu {
     }
 
     /// Bias, q/k RMSNorm, RoPE and the paged KV write — kernels/rope.cu; CPU
-    /// twins: the bias loop, `ops::rms_norm_row`, `ops::rope_row`.
+    /// twins: the bias loop, `ops::rms_norm_row`, `ops::rope_row`. The q/k
+    /// norm weights are per head (`[hd]` each) or over the whole projection
+    /// (`[qd]`, `[kvd]`: Olmo 2/3), told apart by their lengths; `rope` is
+    /// the layer's `[hd / 2]` frequencies and the factor its cos/sin carry.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope(
         &self,
         qkv: &CudaView<'_, f32>,          // [n, qd + 2·kvd]
         bias: Option<&CudaView<'_, f32>>, // [qd + 2·kvd]
-        qk_norm: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>, // [hd], [hd]
+        qk_norm: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>, // [hd], [hd] or [qd], [kvd]
         pos: &CudaView<'_, i32>,          // [n]
         slots: &CudaView<'_, i32>,        // [n] (values < pool_rows, not checked on device)
-        inv_freq: &CudaView<'_, f32>,     // [hd / 2]
+        (inv_freq, rope_scale): (&CudaView<'_, f32>, f32), // [hd / 2]
         q_out: &mut CudaViewMut<'_, f32>, // [n, qd]
         k_pool: &mut DevViewMut<'_>,      // [pool_rows, kvd]
         v_pool: &mut DevViewMut<'_>,      // [pool_rows, kvd]
@@ -220,11 +244,11 @@ impl Gpu {
                 format!("qkv_rope: bias has {}", b.len())
             })?;
         }
-        if let Some((qn, kn)) = qk_norm {
-            check(qn.len() == hd && kn.len() == hd, || {
-                "qkv_rope: q/k norm weights".into()
-            })?;
-        }
+        let lens = qk_norm.map(|(qn, kn)| (qn.len(), kn.len()));
+        let full = lens == Some((qd, kvd)) && (qd, kvd) != (hd, hd);
+        check(lens.is_none_or(|l| l == (hd, hd) || full), || {
+            format!("qkv_rope: q/k norm weights of {lens:?}, want ({hd}, {hd}) or ({qd}, {kvd})")
+        })?;
         check(
             k_pool.dtype == v_pool.dtype
                 && k_pool.len == v_pool.len
@@ -237,7 +261,7 @@ impl Gpu {
         }
         let smem = ((qd + kvd + hd) * 4) as u32;
         let f = self.function("rope", &typed("qkv_rope", k_pool.dtype), smem)?;
-        let (h, kh, d) = (nh as i32, nkv as i32, hd as i32);
+        let (h, kh, d, fw) = (nh as i32, nkv as i32, hd as i32, full as i32);
         let mut b = self.stream.launch_builder(&f);
         b.arg(qkv);
         match bias {
@@ -257,7 +281,9 @@ impl Gpu {
             .arg(&h)
             .arg(&kh)
             .arg(&d)
-            .arg(&eps);
+            .arg(&eps)
+            .arg(&fw)
+            .arg(&rope_scale);
         // SAFETY: as in `embedding`.
         unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, smem)) }.ctx("qkv_rope")?;
         Ok(())
@@ -530,16 +556,8 @@ impl Gpu {
             .arg(&nn)
             .arg(&sp)
             .arg(&l);
-        let rows_per_block = FUSED_THREADS as usize / 32;
         // SAFETY: as above; one warp per row, rows ≥ n return at once.
-        unsafe {
-            b.launch(cfg(
-                (n.div_ceil(rows_per_block) as u32, 1, 1),
-                FUSED_THREADS,
-                0,
-            ))
-        }
-        .ctx("fused_logprob_finish")?;
+        unsafe { b.launch(warp_per_row(n)) }.ctx("fused_logprob_finish")?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
 use super::device::{CudaResultExt, DevTensor, DevView, Gpu, cfg, sub, sub_mut};
-use super::kernels::{check, dims_fit};
+use super::kernels::{check, dims_fit, warp_per_row};
 use super::weights::DeviceModel;
 use crate::Result;
 use crate::consts::{FOLD_BM, FOLD_BN, FOLD_SMEM_BYTES, FOLD_THREADS, FUSED_PARTIAL_FLOATS};
@@ -23,8 +23,6 @@ use crate::model::weights::DType;
 pub const LOGIT_BUDGET: usize = 128 << 20;
 /// Most vocabulary splits of the folded LM head (one warp merges a row's).
 const FOLD_MAX_SPLITS: usize = 32;
-/// Threads of the finishing kernel: a warp per row.
-const FINISH_THREADS: u32 = crate::consts::FUSED_THREADS as u32;
 
 /// How a pair's LM heads and scores are computed on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,8 +132,10 @@ impl Gpu {
 
     /// The folded LM head and scorer — kernels/lm_head_fold.cu: `out[r]` =
     /// (log π_θ, log π_ref, entropy, top-20 mean) of row r's `targets[r]`,
-    /// from each side's hidden states and LM head. Without `policy` (the
-    /// reference alone) the policy's columns repeat the reference's.
+    /// from each side's hidden states and LM head, over `splits` vocabulary
+    /// splits (clamped to 1..=32; `None`: [`Gpu::fold_splits`]). Without
+    /// `policy` (the reference alone) the policy's columns repeat the
+    /// reference's.
     pub fn lm_head_fold(
         &self,
         policy: Option<&HeadSide<'_>>,
@@ -143,23 +143,10 @@ impl Gpu {
         targets: &CudaView<'_, u32>,
         out: &mut CudaViewMut<'_, f32>,
         vocab: usize,
-    ) -> Result<()> {
-        let splits = self.fold_splits(targets.len(), vocab);
-        self.lm_head_fold_splits(policy, reference, targets, out, vocab, splits)
-    }
-
-    /// [`Gpu::lm_head_fold`] over `splits` vocabulary splits (clamped to
-    /// 1..=32; tests and benches choose it).
-    pub fn lm_head_fold_splits(
-        &self,
-        policy: Option<&HeadSide<'_>>,
-        reference: &HeadSide<'_>,
-        targets: &CudaView<'_, u32>,
-        out: &mut CudaViewMut<'_, f32>,
-        vocab: usize,
-        splits: usize,
+        splits: Option<usize>,
     ) -> Result<()> {
         let n = targets.len();
+        let splits = splits.unwrap_or_else(|| self.fold_splits(n, vocab));
         check(self.arch().0 >= 8, || {
             "lm_head_fold: needs sm_80 or newer (mma.sync, cp.async)".into()
         })?;
@@ -239,17 +226,9 @@ impl Gpu {
             .arg(&nn)
             .arg(&sp)
             .arg(&hp);
-        let rows_per_block = FINISH_THREADS as usize / 32;
         // SAFETY: one warp per row, rows ≥ n return at once; every partial
         // and target logit of rows < n was written above.
-        unsafe {
-            b.launch(cfg(
-                (n.div_ceil(rows_per_block) as u32, 1, 1),
-                FINISH_THREADS,
-                0,
-            ))
-        }
-        .ctx("lm_head_fold_finish")?;
+        unsafe { b.launch(warp_per_row(n)) }.ctx("lm_head_fold_finish")?;
         Ok(())
     }
 }
@@ -267,7 +246,7 @@ pub fn lm_head_scores(
     vocab: usize,
 ) -> Result<()> {
     if fold {
-        gpu.lm_head_fold(policy, reference, targets, stats, vocab)
+        gpu.lm_head_fold(policy, reference, targets, stats, vocab, None)
     } else {
         gemm_scores(gpu, policy, reference, targets, stats, vocab)
     }

@@ -218,25 +218,52 @@ impl CudaPair {
     }
 }
 
+/// What every wave of one scoring call shares.
+struct Pass<'a> {
+    gpu: &'a Gpu,
+    policy: &'a DeviceModel,
+    reference: &'a DeviceModel,
+    /// Without it (an α sweep's later points, no cache) only the reference
+    /// runs; the policy's fields stay NaN.
+    with_policy: bool,
+    /// The LM heads folded into the scorer ([`LmHeadPath::folds`]).
+    fold: bool,
+}
+
+impl CudaPair {
+    /// This call's [`Pass`]: both models, or the reference alone.
+    fn pass(&self, with_policy: bool) -> Pass<'_> {
+        let (p, r) = (&self.policy, &self.reference);
+        let models: &[&DeviceModel] = if with_policy { &[p, r] } else { &[r] };
+        Pass {
+            gpu: &self.gpu,
+            policy: p,
+            reference: r,
+            with_policy,
+            fold: self.lm_head.folds(&self.gpu, models),
+        }
+    }
+}
+
 /// Score one wave (nothing cached without `cache`): forward both models
 /// over its new tokens, take the boundary rows' hidden states from the
-/// cache, run both LM heads and the fused scorer on the wanted rows, and
-/// fill `out` (and the wave's filled blocks: K/V in the forward, their last
-/// hidden states and scores here). Without `with_policy` (an α sweep's
-/// later points, no cache) only the reference runs; the policy's fields
-/// stay NaN.
-#[allow(clippy::too_many_arguments)]
+/// cache, run both LM heads and the scorer on the wanted rows, and fill
+/// `out` (and the wave's filled blocks: K/V in the forward, their last
+/// hidden states and scores here).
 fn score_wave(
-    gpu: &Gpu,
-    policy: &DeviceModel,
-    reference: &DeviceModel,
+    pass: &Pass<'_>,
     mut cache: Option<&mut DeviceCache>,
     batch: &[SeqRequest],
     wave: &[Admitted],
     out: &mut [TokenScores],
-    with_policy: bool,
-    fold: bool,
 ) -> Result<()> {
+    let &Pass {
+        gpu,
+        policy,
+        reference,
+        with_policy,
+        fold,
+    } = pass;
     assert!(
         with_policy || cache.is_none(),
         "the cache holds both models' blocks"
@@ -392,27 +419,21 @@ impl PairScorer for CudaPair {
 
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let mut out = self.begin(batch)?;
-        let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
-        let fold = self.lm_head.folds(gpu, &[p, r]);
-        match self.cache.as_mut() {
+        let mut cache = self.cache.take();
+        let pass = self.pass(true);
+        let mut counters = self.counters;
+        let done = match cache.as_mut() {
             None => {
-                count_uncached(&mut self.counters, batch);
-                score_wave(
-                    gpu,
-                    p,
-                    r,
-                    None,
-                    batch,
-                    &uncached(batch),
-                    &mut out,
-                    true,
-                    fold,
-                )?;
+                count_uncached(&mut counters, batch);
+                score_wave(&pass, None, batch, &uncached(batch), &mut out)
             }
-            Some(cache) => in_waves(cache, batch, &mut self.counters, |cache, wave| {
-                score_wave(gpu, p, r, Some(cache), batch, wave, &mut out, true, fold)
-            })?,
-        }
+            Some(c) => in_waves(c, batch, &mut counters, |c, wave| {
+                score_wave(&pass, Some(c), batch, wave, &mut out)
+            }),
+        };
+        self.counters = counters;
+        self.cache = cache;
+        done?;
         Ok(out)
     }
 
@@ -420,20 +441,8 @@ impl PairScorer for CudaPair {
     /// and log-probs; the policy's fields NaN. Uncached, as on the CPU.
     fn score_reference(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let mut out = self.begin(batch)?;
-        let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
-        let fold = self.lm_head.folds(gpu, &[r]);
         count_uncached(&mut self.counters, batch);
-        score_wave(
-            gpu,
-            p,
-            r,
-            None,
-            batch,
-            &uncached(batch),
-            &mut out,
-            false,
-            fold,
-        )?;
+        score_wave(&self.pass(false), None, batch, &uncached(batch), &mut out)?;
         Ok(out)
     }
 }

@@ -10,20 +10,24 @@
 use cudarc::driver::CudaSlice;
 
 use super::device::{DevTensor, Gpu};
-use crate::model::config::Uniform;
+use crate::model::config::{QkNorm, Uniform};
 use crate::model::layout::MixerParts;
 use crate::model::weights::DType;
 use crate::model::{Config, Model};
 use crate::{Error, Result};
 
 pub struct DeviceLayer {
-    pub input_norm: CudaSlice<f32>,
-    pub post_norm: CudaSlice<f32>,
+    /// `[hidden]` each, where the layer has them (`Uniform::norms`): before
+    /// and after attention, before and after the MLP.
+    pub attn_in_norm: Option<CudaSlice<f32>>,
+    pub attn_out_norm: Option<CudaSlice<f32>>,
+    pub mlp_in_norm: Option<CudaSlice<f32>>,
+    pub mlp_out_norm: Option<CudaSlice<f32>>,
     /// `[qd + 2·kvd, hidden]`
     pub qkv: DevTensor,
     /// `[qd + 2·kvd]`
     pub qkv_bias: Option<CudaSlice<f32>>,
-    /// `[head_dim]` each (Qwen3)
+    /// `[head_dim]` each (Qwen3), or `[qd]` and `[kvd]` (Olmo 2/3)
     pub q_norm: Option<CudaSlice<f32>>,
     pub k_norm: Option<CudaSlice<f32>>,
     /// `[hidden, qd]`
@@ -32,12 +36,14 @@ pub struct DeviceLayer {
     pub gate_up: DevTensor,
     /// `[hidden, inter]`
     pub down: DevTensor,
+    /// Index of this layer's RoPE in [`DeviceModel::ropes`].
+    pub rope: usize,
 }
 
 pub struct DeviceModel {
     pub config: Config,
-    /// The one layer geometry every layer shares (the CUDA path runs plain
-    /// pre-norm decoders only, [`Config::uniform`]).
+    /// The one layer geometry every layer shares (the CUDA path runs uniform
+    /// decoders only, [`Config::uniform`]).
     pub shape: Uniform,
     /// Dtype of every matrix, GEMM input and the KV pool.
     pub dtype: DType,
@@ -47,8 +53,31 @@ pub struct DeviceModel {
     pub final_norm: CudaSlice<f32>,
     /// `[vocab, hidden]`; `None` when tied to the embedding.
     pub lm_head: Option<DevTensor>,
-    /// `[head_dim / 2]`, the layers' RoPE frequencies (scaling included).
-    pub inv_freq: CudaSlice<f32>,
+    /// The distinct RoPEs of the layers.
+    pub ropes: Vec<DeviceRope>,
+}
+
+/// `[head_dim / 2]` RoPE frequencies (scaling included) and the factor
+/// cos/sin carry.
+pub type DeviceRope = (CudaSlice<f32>, f32);
+
+/// The distinct RoPEs of `shape`'s layers on the device, and each layer's
+/// index among them.
+fn upload_ropes(gpu: &Gpu, shape: &Uniform) -> Result<(Vec<DeviceRope>, Vec<usize>)> {
+    let mut distinct: Vec<&crate::model::config::Rope> = Vec::new();
+    let index = (shape.ropes.iter())
+        .map(|r| match distinct.iter().position(|d| *d == r) {
+            Some(i) => i,
+            None => {
+                distinct.push(r);
+                distinct.len() - 1
+            }
+        })
+        .collect();
+    let ropes = (distinct.iter())
+        .map(|r| Ok((gpu.upload(&r.inv_freq)?, r.attention_factor)))
+        .collect::<Result<_>>()?;
+    Ok((ropes, index))
 }
 
 impl DeviceModel {
@@ -64,11 +93,15 @@ impl DeviceModel {
             .layers
             .first()
             .map_or(w.embed.data.dtype(), |l| l.mixer.out().data.dtype());
-        let norm = |t: &Option<crate::model::weights::Tensor>| {
-            t.as_ref()
-                .map(|t| gpu.upload(&t.data.to_f32_vec()))
-                .ok_or_else(|| Error::Backend("cuda: a pre-norm layer without its norm".into()))?
+        // A norm the layer description has must be in the tensor table.
+        let norm = |has: bool, t: &Option<crate::model::weights::Tensor>| -> Result<_> {
+            match (has, t) {
+                (false, _) => Ok(None),
+                (true, Some(t)) => Ok(Some(gpu.upload(&t.data.to_f32_vec())?)),
+                (true, None) => Err(Error::Backend("cuda: a layer without its norm".into())),
+            }
         };
+        let (ropes, rope_of) = upload_ropes(gpu, &shape)?;
         let dtype = compute.unwrap_or(stored);
         let small = |t: &crate::model::weights::Tensor| gpu.upload(&t.data.to_f32_vec());
         let concat = |parts: &[&crate::model::weights::Tensor]| -> Result<DevTensor> {
@@ -82,7 +115,8 @@ impl DeviceModel {
             Ok(out)
         };
         let mut layers = Vec::with_capacity(w.layers.len());
-        for layer in &w.layers {
+        let nm = shape.norms;
+        for (li, layer) in w.layers.iter().enumerate() {
             let MixerParts::Attention(l) = &layer.mixer else {
                 return Err(Error::Backend(
                     "cuda: a layer without softmax attention".into(),
@@ -101,8 +135,10 @@ impl DeviceModel {
                 _ => None,
             };
             layers.push(DeviceLayer {
-                input_norm: norm(&layer.attn_in_norm)?,
-                post_norm: norm(&layer.mlp_in_norm)?,
+                attn_in_norm: norm(nm.attn_in, &layer.attn_in_norm)?,
+                attn_out_norm: norm(nm.attn_out, &layer.attn_out_norm)?,
+                mlp_in_norm: norm(nm.mlp_in, &layer.mlp_in_norm)?,
+                mlp_out_norm: norm(nm.mlp_out, &layer.mlp_out_norm)?,
                 qkv: concat(&[&l.q, k, v])?,
                 qkv_bias,
                 q_norm: l.q_norm.as_ref().map(small).transpose()?,
@@ -110,6 +146,7 @@ impl DeviceModel {
                 o: concat(&[&l.o])?,
                 gate_up: concat(&[&layer.gate, &layer.up])?,
                 down: concat(&[&layer.down])?,
+                rope: rope_of[li],
             });
         }
         let embed = concat(&[&w.embed])?;
@@ -124,7 +161,7 @@ impl DeviceModel {
             layers,
             final_norm: small(&w.final_norm)?,
             lm_head,
-            inv_freq: gpu.upload(&shape.inv_freq)?,
+            ropes,
             shape,
             config: cfg.clone(),
         })
@@ -147,22 +184,40 @@ impl DeviceModel {
             Ok(t)
         };
         let ones = |n: usize| gpu.upload(&vec![1.0f32; n]);
+        let norm = |has: bool| if has { ones(h).map(Some) } else { Ok(None) };
+        let (ropes, rope_of) = upload_ropes(gpu, &u)?;
+        let (nm, qk) = (u.norms, u.qk_norm);
+        let (qn, kn) = match qk {
+            QkNorm::PerHead => (hd, hd),
+            _ => (qd, kvd),
+        };
         let mut layers = Vec::with_capacity(c.num_layers);
-        for _ in 0..c.num_layers {
+        for &rope in rope_of.iter().take(c.num_layers) {
             layers.push(DeviceLayer {
-                input_norm: ones(h)?,
-                post_norm: ones(h)?,
+                attn_in_norm: norm(nm.attn_in)?,
+                attn_out_norm: norm(nm.attn_out)?,
+                mlp_in_norm: norm(nm.mlp_in)?,
+                mlp_out_norm: norm(nm.mlp_out)?,
                 qkv: matrix(qd + 2 * kvd, h)?,
                 qkv_bias: if u.qkv_bias {
                     Some(gpu.upload(&vec![0.0f32; qd + 2 * kvd])?)
                 } else {
                     None
                 },
-                q_norm: if u.qk_norm { Some(ones(hd)?) } else { None },
-                k_norm: if u.qk_norm { Some(ones(hd)?) } else { None },
+                q_norm: if qk == QkNorm::None {
+                    None
+                } else {
+                    Some(ones(qn)?)
+                },
+                k_norm: if qk == QkNorm::None {
+                    None
+                } else {
+                    Some(ones(kn)?)
+                },
                 o: matrix(h, qd)?,
                 gate_up: matrix(2 * inter, h)?,
                 down: matrix(h, inter)?,
+                rope,
             });
         }
         let embed = matrix(c.vocab_size, h)?;
@@ -178,7 +233,7 @@ impl DeviceModel {
             layers,
             final_norm: ones(h)?,
             lm_head,
-            inv_freq: gpu.upload(&u.inv_freq)?,
+            ropes,
             shape: u,
             config: c.clone(),
         })
@@ -203,10 +258,10 @@ impl DeviceModel {
 fn uniform(cfg: &Config) -> Result<Uniform> {
     cfg.uniform().ok_or_else(|| {
         Error::Backend(format!(
-            "cuda: {} is not a plain pre-norm decoder (linear-attention layers, gated attention, \
-             zero-centred norms, post-norm or sandwich blocks, per-layer head dims, embeddings \
-             or RoPE, K/V sharing or a logit soft-cap); the CUDA backend does not run it yet: \
-             use --device cpu",
+            "cuda: {} is not a uniform decoder (linear-attention layers, gated attention, \
+             zero-centred norms, per-layer head dims, norm placements or embeddings, partial \
+             RoPE, v norms, K/V sharing or a logit soft-cap); the CUDA backend does not run it \
+             yet: use --device cpu",
             cfg.arch_name
         ))
     })

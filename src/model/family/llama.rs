@@ -94,7 +94,8 @@ mod tests {
         let u = c.uniform().expect("uniform");
         assert_eq!((u.num_heads, u.num_kv_heads, u.head_dim), (4, 2, 16));
         assert_eq!(u.windows, vec![None, None]);
-        assert!(!u.qkv_bias && !u.qk_norm);
+        assert!(!u.qkv_bias && u.qk_norm == crate::model::config::QkNorm::None);
+        assert_eq!(u.norms, crate::model::config::Norms::PRE);
     }
 
     #[test]

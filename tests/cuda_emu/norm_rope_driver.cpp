@@ -1,0 +1,166 @@
+// norm_rope_driver.cpp — kernels/rmsnorm.cu and kernels/rope.cu run on the
+// CPU through emu.h, against direct f64 computations: the residual add with
+// the norms of pre-norm, post-norm (Olmo 3) and sandwich blocks, in place
+// and gathered; q/k/v post-processing with bias, per-head and full-width
+// q/k norms and a RoPE attention factor. Both kernels are otherwise checked
+// against the CPU backend on a GPU (tests/cuda_kernel_parity.rs); this pins
+// their logic where there is none. Exit status 0 when every value is within
+// tolerance. Built and run by tests/cuda_emulated.rs.
+#include "emu.h"
+
+// rope.cu's dynamic shared memory (its `extern __shared__` array).
+alignas(16) float smem[1 << 14];
+
+#include "rmsnorm.cu"
+#include "rope.cu"
+
+namespace {
+
+int failures = 0;
+
+void check(const char* what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
+    double worst = 0;
+    int bad = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double e = std::fabs((double)got[i] - want[i]);
+        worst = std::max(worst, e);
+        if (!(e <= tol * std::max(1.0, std::fabs(want[i])))) {
+            if (bad++ < 5) std::fprintf(stderr, "FAIL %s[%zu]: got %g want %g\n", what, i, got[i], want[i]);
+        }
+    }
+    failures += bad;
+    std::printf("%s: max |Δ| %.2e%s\n", what, worst, bad ? " FAILED" : "");
+}
+
+void rms(std::vector<double>& v, size_t at, int width, const std::vector<float>& w, double eps) {
+    double ss = 0;
+    for (int i = 0; i < width; ++i) ss += v[at + i] * v[at + i];
+    const double inv = 1.0 / std::sqrt(ss / width + eps);
+    for (int i = 0; i < width; ++i) v[at + i] = w[i] * (v[at + i] * inv);
+}
+
+void residual_norms() {
+    EmuRng rng{5};
+    const int rows = 37, h = 200;
+    const float eps = 1e-6f;
+    const auto x = rng.vec(rows * h, 3.0f), delta = rng.vec(rows * h, 1.0f);
+    const auto w = rng.vec(h, 1.5f), wd = rng.vec(h, 1.5f);
+    const std::vector<int32_t> gather = {5, 0, 36, 17, 17};
+    for (int post = 0; post < 2; ++post)
+        for (int pre = 0; pre < 2; ++pre) {
+            if (!post && !pre) continue;
+            std::vector<double> sum(rows * h), out(rows * h);
+            for (int r = 0; r < rows; ++r) {
+                std::vector<double> d(delta.begin() + r * h, delta.begin() + (r + 1) * h);
+                if (post) rms(d, 0, h, wd, eps);
+                for (int i = 0; i < h; ++i) sum[r * h + i] = x[r * h + i] + d[i];
+            }
+            out = sum;
+            if (pre)
+                for (int r = 0; r < rows; ++r) rms(out, (size_t)r * h, h, w, eps);
+            char tag[96];
+            // In place.
+            std::vector<float> gx(x), go(rows * h, NAN);
+            emu_launch(dim3_{rows, 1, 1}, 256, nullptr, 0, [&] {
+                residual_rmsnorm_f32(gx.data(), delta.data(), post ? wd.data() : nullptr, pre ? w.data() : nullptr,
+                                     go.data(), nullptr, h, eps);
+            });
+            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: x", post, pre);
+            check(tag, gx, sum, 2e-6);
+            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: out", post, pre);
+            check(tag, go, out, 2e-6);
+            // Gathered: x untouched.
+            std::vector<float> gx2(x), go2(gather.size() * h, NAN);
+            emu_launch(dim3_{(unsigned)gather.size(), 1, 1}, 256, nullptr, 0, [&] {
+                residual_rmsnorm_f32(gx2.data(), delta.data(), post ? wd.data() : nullptr, pre ? w.data() : nullptr,
+                                     go2.data(), gather.data(), h, eps);
+            });
+            std::vector<double> want;
+            for (int32_t r : gather) want.insert(want.end(), out.begin() + r * h, out.begin() + (r + 1) * h);
+            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: gathered", post, pre);
+            check(tag, go2, want, 2e-6);
+            if (gx2 != x) {
+                std::fprintf(stderr, "FAIL gathered rmsnorm wrote x\n");
+                ++failures;
+            }
+        }
+}
+
+void qkv_rope_cases() {
+    EmuRng rng{6};
+    const int n = 40;
+    const float eps = 1e-6f;
+    struct Case {
+        int heads, kv_heads, hd;
+        bool bias, norm, full;
+        float factor;
+    };
+    const Case cases[] = {
+        {4, 2, 32, true, true, false, 1.0f},
+        {4, 2, 12, false, true, true, 1.2079f},
+        {2, 1, 128, true, false, false, 1.0f},
+    };
+    for (const Case& c : cases) {
+        const int qd = c.heads * c.hd, kvd = c.kv_heads * c.hd, width = qd + 2 * kvd, half = c.hd / 2;
+        const auto qkv = rng.vec((size_t)n * width, 2.0f), bias = rng.vec(width, 0.5f);
+        const int qn_len = c.full ? qd : c.hd, kn_len = c.full ? kvd : c.hd;
+        const auto qn = rng.vec(qn_len, 1.5f), kn = rng.vec(kn_len, 1.5f);
+        std::vector<float> inv_freq(half);
+        for (int i = 0; i < half; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, (2.0f * i) / c.hd);
+        std::vector<int32_t> pos(n), slots(n);
+        for (int t = 0; t < n; ++t) pos[t] = (t * 7) % 53, slots[t] = n - 1 - t;
+        // Direct computation.
+        std::vector<double> want_q((size_t)n * qd), want_k((size_t)n * kvd), want_v((size_t)n * kvd);
+        for (int t = 0; t < n; ++t) {
+            std::vector<double> row(width);
+            for (int i = 0; i < width; ++i) row[i] = qkv[(size_t)t * width + i] + (c.bias ? bias[i] : 0.0f);
+            if (c.norm) {
+                for (int a = 0; a < qd; a += qn_len) rms(row, a, qn_len, qn, eps);
+                for (int a = 0; a < kvd; a += kn_len) rms(row, qd + a, kn_len, kn, eps);
+            }
+            for (int hh = 0; hh < c.heads + c.kv_heads; ++hh)
+                for (int i = 0; i < half; ++i) {
+                    const float ang = (float)pos[t] * inv_freq[i];  // f32 angles, as transformers
+                    const double co = std::cos((double)ang) * c.factor, si = std::sin((double)ang) * c.factor;
+                    const double x0 = row[hh * c.hd + i], x1 = row[hh * c.hd + half + i];
+                    const double y0 = x0 * co - x1 * si, y1 = x1 * co + x0 * si;
+                    std::vector<double>& dst = hh < c.heads ? want_q : want_k;
+                    const size_t base = hh < c.heads ? (size_t)t * qd + hh * c.hd : (size_t)t * kvd + (hh - c.heads) * c.hd;
+                    dst[base + i] = y0;
+                    dst[base + half + i] = y1;
+                }
+            for (int i = 0; i < kvd; ++i) want_v[(size_t)t * kvd + i] = row[qd + kvd + i];
+        }
+        std::vector<float> q(n * qd, NAN), kp((size_t)n * kvd, NAN), vp((size_t)n * kvd, NAN);
+        emu_launch(dim3_{(unsigned)n, 1, 1}, 256, nullptr, 0, [&] {
+            qkv_rope_f32(qkv.data(), c.bias ? bias.data() : nullptr, c.norm ? qn.data() : nullptr,
+                         c.norm ? kn.data() : nullptr, pos.data(), slots.data(), inv_freq.data(), q.data(), kp.data(),
+                         vp.data(), c.heads, c.kv_heads, c.hd, eps, c.full, c.factor);
+        });
+        // The pool rows are the slots: back to token order.
+        std::vector<float> k((size_t)n * kvd), v((size_t)n * kvd);
+        for (int t = 0; t < n; ++t)
+            for (int i = 0; i < kvd; ++i) {
+                k[(size_t)t * kvd + i] = kp[(size_t)slots[t] * kvd + i];
+                v[(size_t)t * kvd + i] = vp[(size_t)slots[t] * kvd + i];
+            }
+        char tag[96];
+        for (auto [name, got, want] : {std::tuple{"q", &q, &want_q}, std::tuple{"k", &k, &want_k},
+                                       std::tuple{"v", &v, &want_v}}) {
+            std::snprintf(tag, sizeof tag, "qkv_rope h%d/%d hd%d norm %d full %d factor %g: %s", c.heads, c.kv_heads,
+                          c.hd, c.norm, c.full, c.factor, name);
+            check(tag, *got, *want, 2e-5);
+        }
+    }
+}
+
+
+}  // namespace
+
+int main() {
+    emu_watchdog(300);
+    residual_norms();
+    qkv_rope_cases();
+    std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
+    return failures ? 1 : 0;
+}
