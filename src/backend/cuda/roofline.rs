@@ -7,7 +7,9 @@
 //! * the cuBLAS GEMM rate in the model's dtype (8192³, f32 out) and the
 //!   pair's forward TFLOP/s as a share of it (only each sequence's last
 //!   token scored, so the LM head is negligible);
-//! * end-to-end pair scoring of every token, tokens/s.
+//! * end-to-end pair scoring of every token, tokens/s, by the cuBLAS LM
+//!   head + fused scorer and (bf16/f16 pairs) by the folded LM head, side by
+//!   side.
 //!
 //! Every timed region ends with a stream synchronisation; the best of
 //! `repeats` runs is reported after one warm-up run. The criterion twin is
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::device::{CudaResultExt, DevTensor, Gpu};
-use super::{CudaPair, PairScorer, SeqRequest};
+use super::{CudaPair, LmHeadPath, PairScorer, SeqRequest};
 use crate::Result;
 use crate::bench::forward_flops;
 use crate::model::Model;
@@ -34,6 +36,9 @@ pub struct RooflineRow {
     pub forward_tflops: f64,
     pub score_s: f64,
     pub score_tokens_per_s: f64,
+    /// The same with the LM head folded into the scorer (`None`: the pair
+    /// cannot fold, e.g. f32 weights).
+    pub score_fold_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -158,8 +163,15 @@ pub fn run(
         let last = batch(vocab, seqs, len, true);
         let all = batch(vocab, seqs, len, false);
         // `score` downloads its results, so each call ends synchronised.
+        pair.set_lm_head(LmHeadPath::Gemm);
         let forward_s = best_of_synced(repeats, || pair.score(&last).map(|_| ()))?;
         let score_s = best_of_synced(repeats, || pair.score(&all).map(|_| ()))?;
+        pair.set_lm_head(LmHeadPath::Fold);
+        let (p, r) = pair.models();
+        let score_fold_s = match LmHeadPath::Fold.folds(pair.gpu(), &[p, r]) {
+            true => Some(best_of_synced(repeats, || pair.score(&all).map(|_| ()))?),
+            false => None,
+        };
         let flops = seqs as f64
             * (forward_flops(&policy.config, len, 0) + forward_flops(&reference.config, len, 0));
         out_rows.push(RooflineRow {
@@ -169,6 +181,7 @@ pub fn run(
             forward_tflops: flops / forward_s / 1e12,
             score_s,
             score_tokens_per_s: (seqs * len) as f64 / score_s,
+            score_fold_s,
         });
     }
     Ok(RooflineReport {
@@ -219,6 +232,15 @@ impl RooflineReport {
                 r.score_tokens_per_s,
                 1e3 * r.score_s
             );
+            if let Some(t) = r.score_fold_s {
+                s += &format!(
+                    "| score every token, folded LM head, {}×{} | {:.0} tokens/s | {:.2}× the cuBLAS LM head |\n",
+                    r.seqs,
+                    r.tokens,
+                    (r.seqs * r.tokens) as f64 / t,
+                    r.score_s / t
+                );
+            }
         }
         s
     }
