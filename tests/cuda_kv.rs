@@ -1,4 +1,5 @@
-//! The prefix cache on the GPU changes cost, not scores: growing prefixes
+//! The prefix cache on the GPU changes cost, not scores (every pair the
+//! CUDA backend runs, Olmo 3's sliding windows and per-layer RoPE included): growing prefixes
 //! scored step by step, forks of one prompt in one batch, a budget so small
 //! that blocks are evicted mid-batch, and repeated requests answered from
 //! cached scores, each with the device cache on against the same pair with
@@ -31,11 +32,12 @@ impl WithCache for CudaPair {
 }
 
 /// The pairs the CUDA backend runs, with the tolerance of their arithmetic.
-const PAIRS: [(&str, f32); 5] = [
+const PAIRS: [(&str, f32); 6] = [
     ("llama", 1e-4),
     ("qwen2", 1e-4),
     ("qwen3", 1e-4),
     ("mistral", 1e-4),
+    ("olmo3", 1e-4),
     ("llama_bf16", 0.15),
 ];
 const BLOCK: usize = 16;
