@@ -2,10 +2,11 @@
 //! tests/cuda_emu (one OS thread per CUDA thread, warp collectives and the
 //! mma.sync / ldmatrix fragments emulated from the PTX definitions, cp.async
 //! deferred to its wait), each checked by a driver against a direct f64
-//! computation: the folded LM head (fold_driver.cpp), and the residual norms
+//! computation: the folded LM head (fold_driver.cpp), the residual norms
 //! and q/k/v RoPE kernels in the modes the GPU has not yet run
 //! (norm_rope_driver.cpp: post-norm and sandwich blocks, full-width q/k
-//! norms, a RoPE factor). This pins the kernels' indexing, masks, pipeline
+//! norms, a RoPE factor), and the gated-DeltaNet steps (deltanet_driver.cpp:
+//! convolution, q/k norms and gates, the recurrence, the gated norm). This pins the kernels' indexing, masks, pipeline
 //! and merges on machines without a GPU (CI); speed and the hardware's own
 //! arithmetic are the GPU tests' business.
 //!
@@ -109,4 +110,9 @@ fn norm_and_rope_kernels_match_direct_computation_on_the_cpu() {
         "norm_rope_driver.cpp",
         &["rmsnorm.cu", "rope.cu"],
     );
+}
+
+#[test]
+fn deltanet_kernels_match_direct_computation_on_the_cpu() {
+    build_and_run("deltanet", "deltanet_driver.cpp", &["deltanet.cu"]);
 }

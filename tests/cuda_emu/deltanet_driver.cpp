@@ -1,0 +1,158 @@
+// deltanet_driver.cpp — kernels/deltanet.cu run on the CPU through emu.h,
+// against a direct f64 computation of the same chain (causal convolution
+// + SiLU, q/k L2 norms, β and g, the gated delta recurrence token by token,
+// the gated RMSNorm): three packed sequences, one continuing from a cached
+// convolution tail and recurrent state, at the Qwen 3.5 fixture's head
+// sizes (16) and at 64 and 128 (two value heads per key head). Exit status
+// 0 when every value is within tolerance. Built and run by
+// tests/cuda_emulated.rs.
+#include <string>
+
+#include "emu.h"
+
+// gated_delta_rule's dynamic shared memory (its `extern __shared__` array).
+alignas(16) float dn_smem[1 << 12];
+
+#include "deltanet.cu"
+
+namespace {
+
+int failures = 0;
+
+void check(const char* what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
+    double worst = 0;
+    int bad = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double e = std::fabs((double)got[i] - want[i]);
+        worst = std::max(worst, e);
+        if (!(e <= tol * std::max(1.0, std::fabs(want[i])))) {
+            if (bad++ < 5) std::fprintf(stderr, "FAIL %s[%zu]: got %g want %g\n", what, i, got[i], want[i]);
+        }
+    }
+    failures += bad;
+    std::printf("%s: max |Δ| %.2e%s\n", what, worst, bad ? " FAILED" : "");
+}
+
+double silu(double x) { return x / (1.0 + std::exp(-x)); }
+
+void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
+    EmuRng rng{seed};
+    const int K = 4, kd = k_heads * dk, vd = v_heads * dv, cd = 2 * kd + vd;
+    const std::vector<int32_t> lens = {23, 1, 40};
+    const int seqs = (int)lens.size();
+    std::vector<int32_t> seq_start = {0}, row_seq;
+    for (int s = 0; s < seqs; ++s) {
+        seq_start.push_back(seq_start.back() + lens[s]);
+        for (int i = 0; i < lens[s]; ++i) row_seq.push_back(s);
+    }
+    const int n = seq_start.back();
+    const auto x = rng.vec((size_t)n * cd, 1.0f), w_t = rng.vec((size_t)K * cd, 0.6f);
+    auto b = rng.vec((size_t)n * v_heads, 2.0f), a = rng.vec((size_t)n * v_heads, 2.0f);
+    const auto a_log = rng.vec(v_heads, 1.0f), dt_bias = rng.vec(v_heads, 1.0f);
+    const auto z = rng.vec((size_t)n * vd, 2.0f), nw = rng.vec(dv, 1.5f);
+    // Sequence 2 continues a cached prefix: its convolution tail and state.
+    std::vector<float> tails((size_t)seqs * (K - 1) * cd, 0.0f), init((size_t)seqs * v_heads * dk * dv, 0.0f);
+    for (size_t i = 0; i < (size_t)(K - 1) * cd; ++i) tails[(size_t)2 * (K - 1) * cd + i] = rng.next();
+    for (size_t i = 0; i < (size_t)v_heads * dk * dv; ++i) init[(size_t)2 * v_heads * dk * dv + i] = 0.3f * rng.next();
+    const float q_scale = (float)std::pow((double)dk, -0.5), eps = 1e-6f;
+
+    // Direct computation.
+    std::vector<double> mixed((size_t)n * cd), beta_w((size_t)n * v_heads), g_w((size_t)n * v_heads);
+    for (int r = 0; r < n; ++r) {
+        const int s = row_seq[r], local = r - seq_start[s];
+        for (int c = 0; c < cd; ++c) {
+            double o = 0;
+            for (int j = 0; j < K; ++j) {
+                const int src = local + j - (K - 1);
+                const double v = src >= 0 ? x[(size_t)(seq_start[s] + src) * cd + c]
+                                           : tails[((size_t)s * (K - 1) + src + K - 1) * cd + c];
+                o += w_t[(size_t)j * cd + c] * v;
+            }
+            mixed[(size_t)r * cd + c] = silu(o);
+        }
+        for (int h = 0; h < 2 * k_heads; ++h) {
+            double ss = 0;
+            for (int d = 0; d < dk; ++d) ss += mixed[(size_t)r * cd + h * dk + d] * mixed[(size_t)r * cd + h * dk + d];
+            const double f = (h < k_heads ? q_scale : 1.0) / std::sqrt(ss + 1e-6);
+            for (int d = 0; d < dk; ++d) mixed[(size_t)r * cd + h * dk + d] *= f;
+        }
+        for (int j = 0; j < v_heads; ++j) {
+            beta_w[(size_t)r * v_heads + j] = 1.0 / (1.0 + std::exp(-(double)b[(size_t)r * v_heads + j]));
+            const double xx = (double)a[(size_t)r * v_heads + j] + dt_bias[j];
+            g_w[(size_t)r * v_heads + j] = -std::exp((double)a_log[j]) * (xx > 20 ? xx : std::log1p(std::exp(xx)));
+        }
+    }
+    std::vector<double> o_w((size_t)n * vd), final_w((size_t)seqs * v_heads * dk * dv), out_w((size_t)n * vd);
+    for (int s = 0; s < seqs; ++s)
+        for (int h = 0; h < v_heads; ++h) {
+            const int kh = h / (v_heads / k_heads);
+            const size_t st = ((size_t)s * v_heads + h) * dk * dv;
+            std::vector<double> S(init.begin() + st, init.begin() + st + (size_t)dk * dv);
+            for (int r = seq_start[s]; r < seq_start[s + 1]; ++r) {
+                const double* m = &mixed[(size_t)r * cd];
+                const double decay = std::exp(g_w[(size_t)r * v_heads + h]), bt = beta_w[(size_t)r * v_heads + h];
+                for (double& v : S) v *= decay;
+                for (int jj = 0; jj < dv; ++jj) {
+                    double kv = 0;
+                    for (int i = 0; i < dk; ++i) kv += S[(size_t)i * dv + jj] * m[kd + kh * dk + i];
+                    const double u = bt * (m[2 * kd + h * dv + jj] - kv);
+                    for (int i = 0; i < dk; ++i) S[(size_t)i * dv + jj] += m[kd + kh * dk + i] * u;
+                }
+                for (int jj = 0; jj < dv; ++jj) {
+                    double o = 0;
+                    for (int i = 0; i < dk; ++i) o += S[(size_t)i * dv + jj] * m[kh * dk + i];
+                    o_w[(size_t)r * vd + h * dv + jj] = o;
+                }
+            }
+            std::copy(S.begin(), S.end(), final_w.begin() + st);
+        }
+    for (int r = 0; r < n; ++r)
+        for (int h = 0; h < v_heads; ++h) {
+            const double* o = &o_w[(size_t)r * vd + h * dv];
+            double ss = 0;
+            for (int d = 0; d < dv; ++d) ss += o[d] * o[d];
+            const double inv = 1.0 / std::sqrt(ss / dv + eps);
+            for (int d = 0; d < dv; ++d)
+                out_w[(size_t)r * vd + h * dv + d] = nw[d] * (o[d] * inv) * silu(z[(size_t)r * vd + h * dv + d]);
+        }
+
+    // The kernels.
+    std::vector<float> gm((size_t)n * cd, NAN), go((size_t)n * vd, NAN), gfin(final_w.size(), NAN),
+        gout((size_t)n * vd, NAN);
+    emu_launch(dim3_{(unsigned)n, (unsigned)((cd + 255) / 256), 1}, 256, nullptr, 0, [&] {
+        deltanet_conv(x.data(), w_t.data(), tails.data(), seq_start.data(), row_seq.data(), gm.data(), cd, K);
+    });
+    emu_launch(dim3_{(unsigned)n, 1, 1}, 128, nullptr, 0, [&] {
+        deltanet_prep(gm.data(), b.data(), a.data(), a_log.data(), dt_bias.data(), cd, k_heads, v_heads, dk, q_scale);
+    });
+    const int P = dk / rpt, threads = (dv * P + 31) / 32 * 32;
+    auto rule = rpt == 8 ? gated_delta_rule_r8 : rpt == 16 ? gated_delta_rule_r16 : gated_delta_rule_r32;
+    emu_launch(dim3_{(unsigned)seqs, (unsigned)v_heads, 1}, threads, nullptr, 0, [&] {
+        rule(gm.data(), a.data(), b.data(), seq_start.data(), init.data(), gfin.data(), go.data(), cd, k_heads,
+             v_heads, dk, dv);
+    });
+    emu_launch(dim3_{(unsigned)n, (unsigned)((v_heads + 7) / 8), 1}, 256, nullptr, 0, [&] {
+        gated_rmsnorm_silu_f32(go.data(), z.data(), nw.data(), gout.data(), v_heads, dv, eps);
+    });
+    char tag[96];
+    std::snprintf(tag, sizeof tag, "deltanet kh %d vh %d dk %d dv %d rpt %d", k_heads, v_heads, dk, dv, rpt);
+    const std::string t(tag);
+    std::vector<double> g_d(g_w), b_d(beta_w);
+    check((t + ": conv + norms").c_str(), gm, mixed, 1e-5);
+    check((t + ": beta").c_str(), b, b_d, 1e-6);
+    check((t + ": g").c_str(), a, g_d, 1e-5);
+    check((t + ": recurrence").c_str(), go, o_w, 1e-4);
+    check((t + ": final state").c_str(), gfin, final_w, 1e-4);
+    check((t + ": gated norm").c_str(), gout, out_w, 1e-4);
+}
+
+}  // namespace
+
+int main() {
+    emu_watchdog(300);
+    run(2, 4, 16, 16, 16, 31);   // the Qwen 3.5 fixture's heads; one thread per column
+    run(1, 2, 64, 64, 16, 32);   // 4 threads per column
+    run(1, 2, 128, 32, 32, 33);  // Qwen 3.5's key head size, 4 threads per column
+    std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
+    return failures ? 1 : 0;
+}
