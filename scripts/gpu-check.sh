@@ -56,7 +56,7 @@ build() {
   export CARGO_TARGET_DIR="$root/target-gpu"
   local json
   json="$(cargo test --release --features cuda --test cuda_kernel_parity --test cuda_parity \
-    --test cuda_kv --test toyworld_steps --no-run --message-format=json)"
+    --test cuda_kv --test cuda_deltanet --test toyworld_steps --no-run --message-format=json)"
   json+=$'\n'"$(cargo build --release --features cuda --bin padv --example loadgen \
     --message-format=json)"
   json+=$'\n'"$(cargo bench --features cuda --bench cuda_kernels --no-run --message-format=json)"
@@ -71,8 +71,8 @@ for line in sys.stdin:
         continue
     exe = m.get("executable")
     name = (m.get("target") or {}).get("name")
-    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kv", "cuda_kernels",
-                        "toyworld_steps", "padv", "loadgen"):
+    if exe and name in ("cuda_kernel_parity", "cuda_parity", "cuda_kv", "cuda_deltanet",
+                        "cuda_kernels", "toyworld_steps", "padv", "loadgen"):
         shutil.copy(exe, sys.argv[1] + "/" + name)
         print("gpu-check: bundled", name)
 ' "$raw"
@@ -198,7 +198,7 @@ run() {
 
   export PADV_REQUIRE_GPU=1 CARGO_MANIFEST_DIR="$root"
   local parity_rc=0 bench_rc=0 t
-  local tests=(cuda_kernel_parity cuda_parity cuda_kv toyworld_steps)
+  local tests=(cuda_kernel_parity cuda_parity cuda_kv cuda_deltanet toyworld_steps)
   for t in "${tests[@]}"; do
     # toyworld_steps also holds CPU tests; its GPU ones have `gpu` in their names.
     local filter=() limit=150

@@ -17,22 +17,6 @@ alignas(16) float dn_smem[1 << 12];
 
 namespace {
 
-int failures = 0;
-
-void check(const char* what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
-    double worst = 0;
-    int bad = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        const double e = std::fabs((double)got[i] - want[i]);
-        worst = std::max(worst, e);
-        if (!(e <= tol * std::max(1.0, std::fabs(want[i])))) {
-            if (bad++ < 5) std::fprintf(stderr, "FAIL %s[%zu]: got %g want %g\n", what, i, got[i], want[i]);
-        }
-    }
-    failures += bad;
-    std::printf("%s: max |Δ| %.2e%s\n", what, worst, bad ? " FAILED" : "");
-}
-
 double silu(double x) { return x / (1.0 + std::exp(-x)); }
 
 void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
@@ -138,12 +122,12 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
     std::snprintf(tag, sizeof tag, "deltanet kh %d vh %d dk %d dv %d rpt %d", k_heads, v_heads, dk, dv, rpt);
     const std::string t(tag);
     std::vector<double> g_d(g_w), b_d(beta_w);
-    check((t + ": conv + norms").c_str(), gm, mixed, 1e-5);
-    check((t + ": beta").c_str(), b, b_d, 1e-6);
-    check((t + ": g").c_str(), a, g_d, 1e-5);
-    check((t + ": recurrence").c_str(), go, o_w, 1e-4);
-    check((t + ": final state").c_str(), gfin, final_w, 1e-4);
-    check((t + ": gated norm").c_str(), gout, out_w, 1e-4);
+    emu_check((t + ": conv + norms").c_str(), gm, mixed, 1e-5);
+    emu_check((t + ": beta").c_str(), b, b_d, 1e-6);
+    emu_check((t + ": g").c_str(), a, g_d, 1e-5);
+    emu_check((t + ": recurrence").c_str(), go, o_w, 1e-4);
+    emu_check((t + ": final state").c_str(), gfin, final_w, 1e-4);
+    emu_check((t + ": gated norm").c_str(), gout, out_w, 1e-4);
 }
 
 }  // namespace
@@ -153,6 +137,6 @@ int main() {
     run(2, 4, 16, 16, 16, 31);   // the Qwen 3.5 fixture's heads; one thread per column
     run(1, 2, 64, 64, 16, 32);   // 4 threads per column
     run(1, 2, 128, 32, 32, 33);  // Qwen 3.5's key head size, 4 threads per column
-    std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
-    return failures ? 1 : 0;
+    std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
+    return emu_failures ? 1 : 0;
 }

@@ -213,6 +213,26 @@ struct EmuRng {
     }
 };
 
+// Failed values so far, over every emu_check.
+inline int emu_failures = 0;
+
+// Compare `got` with `want` within `tol` relative to max(1, |want|); print
+// the worst difference and the first few failures.
+inline void emu_check(const char* what, const std::vector<float>& got, const std::vector<double>& want,
+                      double tol) {
+    double worst = 0;
+    int bad = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double e = std::fabs((double)got[i] - want[i]);
+        worst = std::max(worst, e);
+        if (!(e <= tol * std::max(1.0, std::fabs(want[i])))) {
+            if (bad++ < 5) std::fprintf(stderr, "FAIL %s[%zu]: got %g want %g\n", what, i, got[i], want[i]);
+        }
+    }
+    emu_failures += bad;
+    std::printf("%s: max |Δ| %.2e%s\n", what, worst, bad ? " FAILED" : "");
+}
+
 // ---------------------------------------------------------------------------
 // Launch: every block of `grid`, `threads` threads each, one block at a time.
 

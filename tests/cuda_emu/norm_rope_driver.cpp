@@ -16,22 +16,6 @@ alignas(16) float smem[1 << 14];
 
 namespace {
 
-int failures = 0;
-
-void check(const char* what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
-    double worst = 0;
-    int bad = 0;
-    for (size_t i = 0; i < want.size(); ++i) {
-        const double e = std::fabs((double)got[i] - want[i]);
-        worst = std::max(worst, e);
-        if (!(e <= tol * std::max(1.0, std::fabs(want[i])))) {
-            if (bad++ < 5) std::fprintf(stderr, "FAIL %s[%zu]: got %g want %g\n", what, i, got[i], want[i]);
-        }
-    }
-    failures += bad;
-    std::printf("%s: max |Δ| %.2e%s\n", what, worst, bad ? " FAILED" : "");
-}
-
 void rms(std::vector<double>& v, size_t at, int width, const std::vector<float>& w, double eps) {
     double ss = 0;
     for (int i = 0; i < width; ++i) ss += v[at + i] * v[at + i];
@@ -66,9 +50,9 @@ void residual_norms() {
                                      go.data(), nullptr, h, eps);
             });
             std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: x", post, pre);
-            check(tag, gx, sum, 2e-6);
+            emu_check(tag, gx, sum, 2e-6);
             std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: out", post, pre);
-            check(tag, go, out, 2e-6);
+            emu_check(tag, go, out, 2e-6);
             // Gathered: x untouched.
             std::vector<float> gx2(x), go2(gather.size() * h, NAN);
             emu_launch(dim3_{(unsigned)gather.size(), 1, 1}, 256, nullptr, 0, [&] {
@@ -78,10 +62,10 @@ void residual_norms() {
             std::vector<double> want;
             for (int32_t r : gather) want.insert(want.end(), out.begin() + r * h, out.begin() + (r + 1) * h);
             std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: gathered", post, pre);
-            check(tag, go2, want, 2e-6);
+            emu_check(tag, go2, want, 2e-6);
             if (gx2 != x) {
                 std::fprintf(stderr, "FAIL gathered rmsnorm wrote x\n");
-                ++failures;
+                ++emu_failures;
             }
         }
 }
@@ -149,7 +133,7 @@ void qkv_rope_cases() {
                                        std::tuple{"v", &v, &want_v}}) {
             std::snprintf(tag, sizeof tag, "qkv_rope h%d/%d hd%d norm %d full %d factor %g: %s", c.heads, c.kv_heads,
                           c.hd, c.norm, c.full, c.factor, name);
-            check(tag, *got, *want, 2e-5);
+            emu_check(tag, *got, *want, 2e-5);
         }
     }
 }
@@ -161,6 +145,6 @@ int main() {
     emu_watchdog(300);
     residual_norms();
     qkv_rope_cases();
-    std::printf("%s: %d failures\n", failures ? "FAILED" : "ok", failures);
-    return failures ? 1 : 0;
+    std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
+    return emu_failures ? 1 : 0;
 }

@@ -58,7 +58,7 @@ const SIMT_BR: usize = crate::consts::SIMT_BR;
 /// Keys per tile of the SIMT attention kernel.
 const ATTN_BC: usize = crate::consts::ATTN_BC;
 /// Passed for an absent optional pointer argument.
-static NULL: u64 = 0;
+pub(super) static NULL: u64 = 0;
 
 fn suffix(d: DType) -> &'static str {
     match d {
@@ -69,7 +69,7 @@ fn suffix(d: DType) -> &'static str {
 }
 
 /// Kernel name `<base>_<dtype>`.
-fn typed(base: &str, d: DType) -> String {
+pub(super) fn typed(base: &str, d: DType) -> String {
     format!("{base}_{}", suffix(d))
 }
 

@@ -11,12 +11,14 @@
 //! host.
 //!
 //! Layout: [`device`] (context, stream, kernel images, typed buffers),
+//! [`deltanet`] (the gated-DeltaNet steps' launchers),
 //! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`lm_head`]
 //! (the two LM-head paths), [`weights`]
 //! (upload / random init), [`forward`] (the decoder), [`roofline`]
 //! (`padv bench --device cuda`). Without the feature,
 //! `cuda_disabled.rs` stands in with the same names.
 
+pub mod deltanet;
 pub mod device;
 pub mod forward;
 pub mod kernels;

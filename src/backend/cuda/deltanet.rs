@@ -1,0 +1,240 @@
+//! Launchers for kernels/deltanet.cu, the gated-DeltaNet mixer's steps
+//! between its input GEMMs and its output GEMM (Qwen 3.5's `linear_attn`);
+//! CPU twin: `cpu::deltanet` (and `cpu::delta_rule::recurrent` for the
+//! recurrence). Each checks its buffers against the layer's
+//! [`DeltaNetDesc`] and the packed batch before launching.
+
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::device::{CudaResultExt, DevViewMut, Gpu, cfg};
+use super::kernels::{NULL, check, dims_fit, typed};
+use crate::Result;
+use crate::model::config::DeltaNetDesc;
+
+/// Rows of the recurrent state each thread of `gated_delta_rule` holds, for
+/// key heads of `dk`: the entry points are built for 8, 16 and 32, and the
+/// `dk / rpt` threads of a column must be a power of two within a warp.
+fn rows_per_thread(dk: usize) -> Option<usize> {
+    [32, 16, 8]
+        .into_iter()
+        .find(|&r| dk.is_multiple_of(r) && (dk / r).is_power_of_two() && dk / r <= 32)
+}
+
+impl Gpu {
+    /// Causal depthwise convolution + SiLU over each packed sequence:
+    /// `out[r] = silu(Σ_j w_t[j] · x[r − (K−1) + j])`, rows before a
+    /// sequence's first from its `tails` entry (`[seqs, K − 1, cd]`, the
+    /// cached prefix's last input rows) or zeros.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deltanet_conv(
+        &self,
+        x: &CudaView<'_, f32>,             // [n, cd]
+        w_t: &CudaView<'_, f32>,           // [K, cd]
+        tails: Option<&CudaView<'_, f32>>, // [seqs, K − 1, cd]
+        seq_start: &CudaView<'_, i32>,     // [seqs + 1]
+        row_seq: &CudaView<'_, i32>,       // [n]
+        out: &mut CudaViewMut<'_, f32>,    // [n, cd]
+        d: &DeltaNetDesc,
+    ) -> Result<()> {
+        let (cd, k) = (d.conv_dim(), d.conv_kernel);
+        let n = row_seq.len();
+        let seqs = seq_start.len().saturating_sub(1);
+        check(k >= 1 && w_t.len() == k * cd, || {
+            format!("deltanet_conv: weight of {} is not [{k}, {cd}]", w_t.len())
+        })?;
+        check(x.len() == n * cd && out.len() == n * cd, || {
+            format!(
+                "deltanet_conv: x {} / out {} for {n}×{cd}",
+                x.len(),
+                out.len()
+            )
+        })?;
+        if let Some(t) = tails {
+            check(t.len() == seqs * (k - 1) * cd, || {
+                format!("deltanet_conv: tails of {} for {seqs} sequences", t.len())
+            })?;
+        }
+        dims_fit(&[n, cd, n * cd])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("deltanet", "deltanet_conv", 0)?;
+        let (c, kk) = (cd as i32, k as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x).arg(w_t);
+        match tails {
+            Some(t) => b.arg(t),
+            None => b.arg(&NULL),
+        };
+        b.arg(seq_start).arg(row_seq).arg(out).arg(&c).arg(&kk);
+        // SAFETY: shapes checked above; `row_seq` values index `seq_start`
+        // and every row lies inside its sequence (built by the host planner).
+        let grid = (n as u32, cd.div_ceil(256) as u32, 1);
+        unsafe { b.launch(cfg(grid, 256, 0)) }.ctx("deltanet_conv")?;
+        Ok(())
+    }
+
+    /// In place: q and k L2-normalised per key head (q also by 1/√dk),
+    /// `b` → β = sigmoid(b), `a` → g = −exp(A_log)·softplus(a + dt_bias).
+    pub fn deltanet_prep(
+        &self,
+        mixed: &mut CudaViewMut<'_, f32>, // [n, cd]
+        b: &mut CudaViewMut<'_, f32>,     // [n, vh]
+        a: &mut CudaViewMut<'_, f32>,     // [n, vh]
+        (a_log, dt_bias): (&CudaView<'_, f32>, &CudaView<'_, f32>), // [vh] each
+        d: &DeltaNetDesc,
+    ) -> Result<()> {
+        let (cd, vh) = (d.conv_dim(), d.num_v_heads);
+        let n = mixed.len() / cd.max(1);
+        check(
+            mixed.len() == n * cd && b.len() == n * vh && a.len() == n * vh,
+            || {
+                format!(
+                    "deltanet_prep: mixed {} / b {} / a {} for {n} rows",
+                    mixed.len(),
+                    b.len(),
+                    a.len()
+                )
+            },
+        )?;
+        check(a_log.len() == vh && dt_bias.len() == vh, || {
+            "deltanet_prep: A_log / dt_bias are not [v_heads]".into()
+        })?;
+        dims_fit(&[n, cd])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("deltanet", "deltanet_prep", 0)?;
+        let (c, kh, v, dk) = (
+            cd as i32,
+            d.num_k_heads as i32,
+            vh as i32,
+            d.k_head_dim as i32,
+        );
+        let q_scale = (d.k_head_dim as f64).powf(-0.5) as f32;
+        let mut bl = self.stream.launch_builder(&f);
+        bl.arg(mixed).arg(b).arg(a).arg(a_log).arg(dt_bias);
+        bl.arg(&c).arg(&kh).arg(&v).arg(&dk).arg(&q_scale);
+        // SAFETY: shapes checked above; one block per row.
+        unsafe { bl.launch(cfg((n as u32, 1, 1), 128, 0)) }.ctx("deltanet_prep")?;
+        Ok(())
+    }
+
+    /// The gated delta rule per (sequence, value head), token by token,
+    /// from `init` (`[seqs, vh, dk, dv]`) or zeros; the states after each
+    /// sequence's last token into `final_state`; `out` `[n, vh·dv]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gated_delta_rule(
+        &self,
+        mixed: &CudaView<'_, f32>, // [n, cd]: q | k | v (after deltanet_prep)
+        (g, beta): (&CudaView<'_, f32>, &CudaView<'_, f32>), // [n, vh] each
+        seq_start: &CudaView<'_, i32>, // [seqs + 1]
+        init: Option<&CudaView<'_, f32>>,
+        final_state: Option<&mut CudaViewMut<'_, f32>>,
+        out: &mut CudaViewMut<'_, f32>, // [n, vh·dv]
+        d: &DeltaNetDesc,
+    ) -> Result<()> {
+        let (cd, vh, dk, dv) = (d.conv_dim(), d.num_v_heads, d.k_head_dim, d.v_head_dim);
+        let n = mixed.len() / cd.max(1);
+        let seqs = seq_start.len().saturating_sub(1);
+        let rpt = rows_per_thread(dk).ok_or_else(|| {
+            crate::Error::Backend(format!(
+                "cuda: gated_delta_rule takes key heads of 8·2^i ≤ 1024 dims, not {dk}"
+            ))
+        })?;
+        let threads = (dv * dk / rpt).next_multiple_of(32);
+        check(
+            threads <= 1024 && d.num_k_heads > 0 && vh.is_multiple_of(d.num_k_heads),
+            || {
+                format!(
+                    "gated_delta_rule: heads {vh}/{} × dv {dv} do not fit a block",
+                    d.num_k_heads
+                )
+            },
+        )?;
+        check(
+            mixed.len() == n * cd
+                && g.len() == n * vh
+                && beta.len() == n * vh
+                && out.len() == n * vh * dv,
+            || format!("gated_delta_rule: buffers for {n} rows"),
+        )?;
+        let state = seqs * vh * dk * dv;
+        check(
+            init.is_none_or(|s| s.len() == state)
+                && final_state.as_ref().is_none_or(|s| s.len() == state),
+            || format!("gated_delta_rule: states are not [{seqs}, {vh}, {dk}, {dv}]"),
+        )?;
+        dims_fit(&[n * cd, state])?;
+        if seqs == 0 {
+            return Ok(());
+        }
+        let smem = ((2 * dk + dv + 2) * 4) as u32;
+        let f = self.function("deltanet", &format!("gated_delta_rule_r{rpt}"), smem)?;
+        let (c, kh, v, k, vv) = (
+            cd as i32,
+            d.num_k_heads as i32,
+            vh as i32,
+            dk as i32,
+            dv as i32,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(mixed).arg(g).arg(beta).arg(seq_start);
+        match init {
+            Some(s) => b.arg(s),
+            None => b.arg(&NULL),
+        };
+        match final_state {
+            Some(s) => b.arg(s),
+            None => b.arg(&NULL),
+        };
+        b.arg(out).arg(&c).arg(&kh).arg(&v).arg(&k).arg(&vv);
+        // SAFETY: shapes checked above; one block per (sequence, value
+        // head), `threads` covers dv columns × dk / rpt row parts.
+        let grid = (seqs as u32, vh as u32, 1);
+        unsafe { b.launch(cfg(grid, threads as u32, smem)) }.ctx("gated_delta_rule")?;
+        Ok(())
+    }
+
+    /// `out = rms_norm(o)·w · silu(z)` per value head, in `out`'s dtype.
+    pub fn gated_rmsnorm_silu(
+        &self,
+        o: &CudaView<'_, f32>,    // [n, vh·dv]
+        z: &CudaView<'_, f32>,    // [n, vh·dv]
+        w: &CudaView<'_, f32>,    // [dv]
+        out: &mut DevViewMut<'_>, // [n, vh·dv]
+        d: &DeltaNetDesc,
+        eps: f32,
+    ) -> Result<()> {
+        let (vh, dv) = (d.num_v_heads, d.v_head_dim);
+        let vd = vh * dv;
+        let n = o.len() / vd.max(1);
+        check(
+            o.len() == n * vd && z.len() == n * vd && out.len >= n * vd && w.len() == dv,
+            || {
+                format!(
+                    "gated_rmsnorm_silu: buffers for {n}×{vd} (weight {})",
+                    w.len()
+                )
+            },
+        )?;
+        dims_fit(&[n, vd])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("deltanet", &typed("gated_rmsnorm_silu", out.dtype), 0)?;
+        let (v, dd) = (vh as i32, dv as i32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(o)
+            .arg(z)
+            .arg(w)
+            .arg(&mut out.view)
+            .arg(&v)
+            .arg(&dd)
+            .arg(&eps);
+        // SAFETY: shapes checked above; one warp per (row, value head).
+        let grid = (n as u32, vh.div_ceil(8) as u32, 1);
+        unsafe { b.launch(cfg(grid, 256, 0)) }.ctx("gated_rmsnorm_silu")?;
+        Ok(())
+    }
+}
