@@ -1,7 +1,8 @@
 //! Every CUDA kernel against its CPU twin on fresh random inputs, for each
 //! weight dtype (f32, bf16, f16): embedding, residual RMSNorm, q/k/v RoPE
 //! into a shuffled paged pool, paged attention (GQA, MQA, windows, several
-//! head dims), SiLU-gate, the cuBLAS GEMM, the fused log-prob kernel and the
+//! head dims; partial rotary and output gates), SiLU-gate, the sigmoid gate
+//! of gated attention, the cuBLAS GEMM, the fused log-prob kernel and the
 //! folded LM head.
 //!
 //! Outputs are poisoned (every byte 0xFF = NaN in f32/bf16/f16) before each
@@ -143,27 +144,30 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
     let order: Vec<usize> = (0..needed).map(|b| 2 * (needed - 1 - b) + 1).collect();
     let layout = PagedBatch::with_blocks(&lens, &order);
     // (heads, kv_heads, head_dim, bias, q/k norm, full-width norm, RoPE
-    // factor): Qwen2, Qwen3, both, and Olmo 3's full layers (q/k norms over
-    // the whole projection, YaRN's attention factor).
-    for (heads, kv_heads, hd, with_bias, with_norm, full, factor) in [
-        (4, 2, 32, true, false, false, 1.0),
-        (4, 2, 32, false, true, false, 1.0),
-        (2, 1, 128, true, true, false, 1.0),
-        (4, 2, 12, false, true, true, 1.2079),
+    // factor, rotary dims, output gate): Qwen2, Qwen3, both, Olmo 3's full
+    // layers (q/k norms over the whole projection, YaRN's attention factor)
+    // and Qwen 3.5's gated attention (a quarter of each head rotated).
+    for (heads, kv_heads, hd, with_bias, with_norm, full, factor, rot, gated) in [
+        (4, 2, 32, true, false, false, 1.0, 32, false),
+        (4, 2, 32, false, true, false, 1.0, 32, false),
+        (2, 1, 128, true, true, false, 1.0, 128, false),
+        (4, 2, 12, false, true, true, 1.2079, 12, false),
+        (4, 2, 16, true, true, false, 1.0, 4, true),
     ] {
         let (qd, kvd) = (heads * hd, kv_heads * hd);
-        let width = qd + 2 * kvd;
+        let qw = if gated { 2 * qd } else { qd };
+        let width = qw + 2 * kvd;
         let qkv = rng.vec(n * width, 2.0);
         let bias = rng.vec(width, 0.5);
         let (qn_len, kn_len) = if full { (qd, kvd) } else { (hd, hd) };
         let qn = rng.vec(qn_len, 1.5);
         let kn = rng.vec(kn_len, 1.5);
-        let inv_freq: Vec<f32> = (0..hd / 2)
-            .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / hd as f32))
+        let inv_freq: Vec<f32> = (0..rot / 2)
+            .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / rot as f32))
             .collect();
         let rope = Rope {
             inv_freq: inv_freq.clone(),
-            rotary_dim: hd,
+            rotary_dim: rot,
             attention_factor: factor,
         };
         let table = RopeTable::for_rope(&rope, hd, 64);
@@ -172,10 +176,22 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
         let mut want_q = vec![0.0; n * qd];
         let mut want_k = vec![0.0; n * kvd];
         let mut want_v = vec![0.0; n * kvd];
+        let mut want_gate = vec![0.0; n * qd];
         for t in 0..n {
             let mut row: Vec<f32> = qkv[t * width..(t + 1) * width].to_vec();
             if with_bias {
                 row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
+            }
+            if gated {
+                // q_proj gives per head [query | gate]: queries first, then gates.
+                let (qg, rest) = row.split_at(qw);
+                let (mut q, mut g): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
+                for pair in qg.chunks(2 * hd) {
+                    q.extend_from_slice(&pair[..hd]);
+                    g.extend_from_slice(&pair[hd..]);
+                }
+                want_gate[t * qd..(t + 1) * qd].copy_from_slice(&g);
+                row = [q, rest.to_vec()].concat();
             }
             let (q, rest) = row.split_at_mut(qd);
             let (k, v) = rest.split_at_mut(kvd);
@@ -201,6 +217,8 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
             let d_slots = gpu.upload(&layout.slots).unwrap();
             let d_freq = gpu.upload(&inv_freq).unwrap();
             let mut q_out = gpu.poisoned_f32(n * qd).unwrap();
+            let mut gate = gpu.poisoned_f32(n * qd).unwrap();
+            let mut gate_view = gate.as_view_mut();
             let pool = layout.pool_rows() * kvd;
             let mut kp = DevTensor::poisoned(&gpu, dt, pool).unwrap();
             let mut vp = DevTensor::poisoned(&gpu, dt, pool).unwrap();
@@ -214,6 +232,7 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                 &d_slots.as_view(),
                 (&d_freq.as_view(), factor),
                 &mut q_out.as_view_mut(),
+                gated.then_some(&mut gate_view),
                 &mut kp.all_mut(),
                 &mut vp.all_mut(),
                 AttnShape::new(heads, kv_heads, hd, None),
@@ -222,8 +241,19 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
             .unwrap();
             let tag = format!(
                 "rope h{heads}/{kv_heads} hd{hd} bias {with_bias} norm {with_norm} full {full} \
-                 factor {factor} {dt:?}"
+                 factor {factor} rotary {rot} gated {gated} {dt:?}"
             );
+            if gated {
+                let got = download(&gpu, &gate);
+                assert_close(
+                    &format!("{tag} gate"),
+                    &got,
+                    &want_gate,
+                    0.0,
+                    0.0,
+                    DType::F32,
+                );
+            }
             // sincosf vs libm cos/sin (≤ 2 ulp each) on O(1)-sized values.
             assert_close(
                 &format!("{tag} q"),
@@ -416,6 +446,37 @@ fn silu_mul_matches_the_cpu() {
         assert_close(
             &format!("silu_mul {dt:?}"),
             &out.to_f32_vec(&gpu).unwrap(),
+            &want,
+            1e-6,
+            2e-6,
+            dt,
+        );
+    }
+}
+
+#[test]
+fn gate_sigmoid_mul_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(9);
+    let (n, qd) = (17, 300);
+    let (attn, gate) = (rng.vec(n * qd, 3.0), rng.vec(n * qd, 4.0));
+    for dt in DTYPES {
+        // Qwen 3.5's gated attention output: attn (in the cache dtype) · sigmoid(gate).
+        let a = rounded(dt, &attn);
+        let want: Vec<f32> = a
+            .iter()
+            .zip(&gate)
+            .map(|(&x, &g)| x * (1.0 / (1.0 + (-g).exp())))
+            .collect();
+        let mut da = DevTensor::from_f32(&gpu, &attn, dt).unwrap();
+        let dg = gpu.upload(&gate).unwrap();
+        gpu.gate_sigmoid_mul(&mut da.all_mut(), &dg.as_view(), qd)
+            .unwrap();
+        // expf against the CPU's exp: a few f32 ulp, then the dtype's rounding.
+        let got = da.to_f32_vec(&gpu).unwrap();
+        assert_close(
+            &format!("gate_sigmoid_mul {dt:?}"),
+            &got,
             &want,
             1e-6,
             2e-6,

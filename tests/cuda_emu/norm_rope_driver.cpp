@@ -78,31 +78,48 @@ void qkv_rope_cases() {
         int heads, kv_heads, hd;
         bool bias, norm, full;
         float factor;
+        int rot;     // rotated dims per head
+        bool gated;  // q_proj gives per head [query | gate]
     };
     const Case cases[] = {
-        {4, 2, 32, true, true, false, 1.0f},
-        {4, 2, 12, false, true, true, 1.2079f},
-        {2, 1, 128, true, false, false, 1.0f},
+        {4, 2, 32, true, true, false, 1.0f, 32, false},
+        {4, 2, 12, false, true, true, 1.2079f, 12, false},
+        {2, 1, 128, true, false, false, 1.0f, 128, false},
+        {4, 2, 16, true, true, false, 1.0f, 4, true},
     };
     for (const Case& c : cases) {
-        const int qd = c.heads * c.hd, kvd = c.kv_heads * c.hd, width = qd + 2 * kvd, half = c.hd / 2;
+        const int qd = c.heads * c.hd, kvd = c.kv_heads * c.hd, half = c.rot / 2;
+        const int qw = c.gated ? 2 * qd : qd, width = qw + 2 * kvd;
         const auto qkv = rng.vec((size_t)n * width, 2.0f), bias = rng.vec(width, 0.5f);
         const int qn_len = c.full ? qd : c.hd, kn_len = c.full ? kvd : c.hd;
         const auto qn = rng.vec(qn_len, 1.5f), kn = rng.vec(kn_len, 1.5f);
         std::vector<float> inv_freq(half);
-        for (int i = 0; i < half; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, (2.0f * i) / c.hd);
+        for (int i = 0; i < half; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, (2.0f * i) / c.rot);
         std::vector<int32_t> pos(n), slots(n);
         for (int t = 0; t < n; ++t) pos[t] = (t * 7) % 53, slots[t] = n - 1 - t;
         // Direct computation.
-        std::vector<double> want_q((size_t)n * qd), want_k((size_t)n * kvd), want_v((size_t)n * kvd);
+        std::vector<double> want_q((size_t)n * qd), want_k((size_t)n * kvd), want_v((size_t)n * kvd),
+            want_gate((size_t)n * qd);
         for (int t = 0; t < n; ++t) {
-            std::vector<double> row(width);
-            for (int i = 0; i < width; ++i) row[i] = qkv[(size_t)t * width + i] + (c.bias ? bias[i] : 0.0f);
+            std::vector<double> raw(width), row;
+            for (int i = 0; i < width; ++i) raw[i] = qkv[(size_t)t * width + i] + (c.bias ? bias[i] : 0.0f);
+            // Queries (de-interleaved from the gates), then k and v.
+            for (int i = 0; i < qd; ++i) {
+                const int h = i / c.hd, d = i % c.hd;
+                row.push_back(c.gated ? raw[h * 2 * c.hd + d] : raw[i]);
+                if (c.gated) want_gate[(size_t)t * qd + i] = raw[h * 2 * c.hd + c.hd + d];
+            }
+            row.insert(row.end(), raw.begin() + qw, raw.end());
             if (c.norm) {
                 for (int a = 0; a < qd; a += qn_len) rms(row, a, qn_len, qn, eps);
                 for (int a = 0; a < kvd; a += kn_len) rms(row, qd + a, kn_len, kn, eps);
             }
-            for (int hh = 0; hh < c.heads + c.kv_heads; ++hh)
+            for (int hh = 0; hh < c.heads + c.kv_heads; ++hh) {
+                for (int d = c.rot; d < c.hd; ++d) {  // unrotated dims
+                    std::vector<double>& dst = hh < c.heads ? want_q : want_k;
+                    const size_t base = hh < c.heads ? (size_t)t * qd + hh * c.hd : (size_t)t * kvd + (hh - c.heads) * c.hd;
+                    dst[base + d] = row[hh * c.hd + d];
+                }
                 for (int i = 0; i < half; ++i) {
                     const float ang = (float)pos[t] * inv_freq[i];  // f32 angles, as transformers
                     const double co = std::cos((double)ang) * c.factor, si = std::sin((double)ang) * c.factor;
@@ -113,13 +130,15 @@ void qkv_rope_cases() {
                     dst[base + i] = y0;
                     dst[base + half + i] = y1;
                 }
+            }
             for (int i = 0; i < kvd; ++i) want_v[(size_t)t * kvd + i] = row[qd + kvd + i];
         }
-        std::vector<float> q(n * qd, NAN), kp((size_t)n * kvd, NAN), vp((size_t)n * kvd, NAN);
+        std::vector<float> q(n * qd, NAN), gate(n * qd, NAN), kp((size_t)n * kvd, NAN), vp((size_t)n * kvd, NAN);
         emu_launch(dim3_{(unsigned)n, 1, 1}, 256, nullptr, 0, [&] {
             qkv_rope_f32(qkv.data(), c.bias ? bias.data() : nullptr, c.norm ? qn.data() : nullptr,
-                         c.norm ? kn.data() : nullptr, pos.data(), slots.data(), inv_freq.data(), q.data(), kp.data(),
-                         vp.data(), c.heads, c.kv_heads, c.hd, eps, c.full, c.factor);
+                         c.norm ? kn.data() : nullptr, pos.data(), slots.data(), inv_freq.data(), q.data(),
+                         c.gated ? gate.data() : nullptr, kp.data(), vp.data(), c.heads, c.kv_heads, c.hd, eps,
+                         c.full, c.factor, c.rot);
         });
         // The pool rows are the slots: back to token order.
         std::vector<float> k((size_t)n * kvd), v((size_t)n * kvd);
@@ -131,13 +150,26 @@ void qkv_rope_cases() {
         char tag[96];
         for (auto [name, got, want] : {std::tuple{"q", &q, &want_q}, std::tuple{"k", &k, &want_k},
                                        std::tuple{"v", &v, &want_v}}) {
-            std::snprintf(tag, sizeof tag, "qkv_rope h%d/%d hd%d norm %d full %d factor %g: %s", c.heads, c.kv_heads,
-                          c.hd, c.norm, c.full, c.factor, name);
+            std::snprintf(tag, sizeof tag, "qkv_rope h%d/%d hd%d norm %d full %d factor %g rot %d gated %d: %s",
+                          c.heads, c.kv_heads, c.hd, c.norm, c.full, c.factor, c.rot, c.gated, name);
             emu_check(tag, *got, *want, 2e-5);
         }
+        if (c.gated) emu_check("qkv_rope gated: gate", gate, want_gate, 1e-6);
     }
 }
 
+
+void gate_cases() {
+    EmuRng rng{7};
+    const int n = 9, qd = 300;
+    const auto attn = rng.vec((size_t)n * qd, 3.0f), gate = rng.vec((size_t)n * qd, 4.0f);
+    std::vector<double> want(attn.size());
+    for (size_t i = 0; i < attn.size(); ++i) want[i] = attn[i] / (1.0 + std::exp(-(double)gate[i]));
+    std::vector<float> got(attn);
+    emu_launch(dim3_{(unsigned)n, (unsigned)((qd + 255) / 256), 1}, 256, nullptr, 0,
+               [&] { gate_sigmoid_mul_f32(got.data(), gate.data(), qd); });
+    emu_check("gate_sigmoid_mul", got, want, 1e-6);
+}
 
 }  // namespace
 
@@ -145,6 +177,7 @@ int main() {
     emu_watchdog(300);
     residual_norms();
     qkv_rope_cases();
+    gate_cases();
     std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
     return emu_failures ? 1 : 0;
 }

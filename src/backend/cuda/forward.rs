@@ -263,6 +263,7 @@ pub fn forward_rows(
                 &sub(&batch.slots, r0, r1)?,
                 (&rope.0.as_view(), rope.1),
                 &mut sub_mut(&mut q, r0 * qd, r1 * qd)?,
+                None,
                 &mut k_pool.all_mut(),
                 &mut v_pool.all_mut(),
                 shape,

@@ -199,19 +199,23 @@ impl Gpu {
     /// twins: the bias loop, `ops::rms_norm_row`, `ops::rope_row`. The q/k
     /// norm weights are per head (`[hd]` each) or over the whole projection
     /// (`[qd]`, `[kvd]`: Olmo 2/3), told apart by their lengths; `rope` is
-    /// the layer's `[hd / 2]` frequencies and the factor its cos/sin carry.
+    /// the layer's `[rotary_dim / 2]` frequencies (rotary_dim < hd: partial
+    /// rotary) and the factor its cos/sin carry. With `gate_out` (an output
+    /// gate, Qwen 3.5) `qkv` rows are `[heads × (query | gate), k, v]` and
+    /// the gates go there.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope(
         &self,
-        qkv: &CudaView<'_, f32>,          // [n, qd + 2·kvd]
-        bias: Option<&CudaView<'_, f32>>, // [qd + 2·kvd]
+        qkv: &CudaView<'_, f32>, // [n, qw + 2·kvd], qw = qd (2·qd gated)
+        bias: Option<&CudaView<'_, f32>>, // [qw + 2·kvd]
         qk_norm: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>, // [hd], [hd] or [qd], [kvd]
-        pos: &CudaView<'_, i32>,          // [n]
-        slots: &CudaView<'_, i32>,        // [n] (values < pool_rows, not checked on device)
+        pos: &CudaView<'_, i32>, // [n]
+        slots: &CudaView<'_, i32>, // [n] (values < pool_rows, not checked on device)
         (inv_freq, rope_scale): (&CudaView<'_, f32>, f32), // [hd / 2]
         q_out: &mut CudaViewMut<'_, f32>, // [n, qd]
-        k_pool: &mut DevViewMut<'_>,      // [pool_rows, kvd]
-        v_pool: &mut DevViewMut<'_>,      // [pool_rows, kvd]
+        gate_out: Option<&mut CudaViewMut<'_, f32>>, // [n, qd]
+        k_pool: &mut DevViewMut<'_>, // [pool_rows, kvd]
+        v_pool: &mut DevViewMut<'_>, // [pool_rows, kvd]
         shape: AttnShape,
         eps: f32,
     ) -> Result<()> {
@@ -222,13 +226,20 @@ impl Gpu {
             ..
         } = shape;
         let (qd, kvd) = (nh * hd, nkv * hd);
+        let qw = if gate_out.is_some() { 2 * qd } else { qd };
         let n = pos.len();
+        let rotary = 2 * inv_freq.len();
         check(hd.is_multiple_of(2) && hd > 0 && nkv > 0, || {
             format!("qkv_rope: bad head geometry {shape:?}")
         })?;
-        check(qkv.len() == n * (qd + 2 * kvd), || {
-            format!("qkv_rope: qkv has {} != {n}×{}", qkv.len(), qd + 2 * kvd)
+        check(qkv.len() == n * (qw + 2 * kvd), || {
+            format!("qkv_rope: qkv has {} != {n}×{}", qkv.len(), qw + 2 * kvd)
         })?;
+        if let Some(g) = gate_out.as_ref() {
+            check(g.len() == n * qd, || {
+                format!("qkv_rope: gate_out has {}", g.len())
+            })?;
+        }
         check(slots.len() == n && q_out.len() == n * qd, || {
             format!(
                 "qkv_rope: slots {} / q_out {} for {n} tokens",
@@ -236,11 +247,14 @@ impl Gpu {
                 q_out.len()
             )
         })?;
-        check(inv_freq.len() == hd / 2, || {
-            format!("qkv_rope: inv_freq has {} != {}", inv_freq.len(), hd / 2)
+        check(rotary > 0 && rotary <= hd, || {
+            format!(
+                "qkv_rope: inv_freq has {} for head_dim {hd}",
+                inv_freq.len()
+            )
         })?;
         if let Some(b) = bias {
-            check(b.len() == qd + 2 * kvd, || {
+            check(b.len() == qw + 2 * kvd, || {
                 format!("qkv_rope: bias has {}", b.len())
             })?;
         }
@@ -255,13 +269,13 @@ impl Gpu {
                 && k_pool.len.is_multiple_of(kvd),
             || "qkv_rope: k/v pools differ or are not [rows, kv_heads·head_dim]".into(),
         )?;
-        dims_fit(&[n, qd + 2 * kvd])?;
+        dims_fit(&[n, qw + 2 * kvd])?;
         if n == 0 {
             return Ok(());
         }
         let smem = ((qd + kvd + hd) * 4) as u32;
         let f = self.function("rope", &typed("qkv_rope", k_pool.dtype), smem)?;
-        let (h, kh, d, fw) = (nh as i32, nkv as i32, hd as i32, full as i32);
+        let (h, kh, d, fw, rd) = (nh as i32, nkv as i32, hd as i32, full as i32, rotary as i32);
         let mut b = self.stream.launch_builder(&f);
         b.arg(qkv);
         match bias {
@@ -272,20 +286,52 @@ impl Gpu {
             Some((qn, kn)) => b.arg(qn).arg(kn),
             None => b.arg(&NULL).arg(&NULL),
         };
-        b.arg(pos)
-            .arg(slots)
-            .arg(inv_freq)
-            .arg(q_out)
-            .arg(&mut k_pool.view)
+        b.arg(pos).arg(slots).arg(inv_freq).arg(q_out);
+        match gate_out {
+            Some(g) => b.arg(g),
+            None => b.arg(&NULL),
+        };
+        b.arg(&mut k_pool.view)
             .arg(&mut v_pool.view)
             .arg(&h)
             .arg(&kh)
             .arg(&d)
             .arg(&eps)
             .arg(&fw)
-            .arg(&rope_scale);
+            .arg(&rope_scale)
+            .arg(&rd);
         // SAFETY: as in `embedding`.
         unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, smem)) }.ctx("qkv_rope")?;
+        Ok(())
+    }
+
+    /// `attn ← attn · sigmoid(gate)` — Qwen 3.5's gated attention output
+    /// (kernels/rope.cu); CPU twin: `gate_sigmoid` in cpu/mixer.rs.
+    pub fn gate_sigmoid_mul(
+        &self,
+        attn: &mut DevViewMut<'_>, // [n, qd]
+        gate: &CudaView<'_, f32>,  // [n, qd]
+        qd: usize,
+    ) -> Result<()> {
+        let n = gate.len() / qd.max(1);
+        check(qd > 0 && gate.len() == n * qd && attn.len >= n * qd, || {
+            format!(
+                "gate_sigmoid_mul: gate {} / attn {} for width {qd}",
+                gate.len(),
+                attn.len
+            )
+        })?;
+        dims_fit(&[n, qd])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.function("rope", &typed("gate_sigmoid_mul", attn.dtype), 0)?;
+        let q = qd as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut attn.view).arg(gate).arg(&q);
+        // SAFETY: shapes checked above.
+        let grid = (n as u32, qd.div_ceil(THREADS as usize) as u32, 1);
+        unsafe { b.launch(cfg(grid, THREADS, 0)) }.ctx("gate_sigmoid_mul")?;
         Ok(())
     }
 
