@@ -122,6 +122,24 @@ fn a_budget_of_a_few_blocks_evicts_and_still_scores_as_without_the_cache() {
 }
 
 #[test]
+fn a_hybrid_pair_refuses_the_device_cache_and_says_what_to_do() {
+    let Some(_gpu) = gpu() else { return };
+    // Qwen 3.5's DeltaNet states are not in the device cache yet: asking for
+    // it is an error naming the way out, not a silently uncached run.
+    let (p, r) = kv_common::load("qwen3_5");
+    let mut pair = CudaPair::new(0, p, r).unwrap();
+    let err = pair
+        .set_prefix_cache(Some(KvOptions {
+            budget_bytes: 1 << 20,
+            block_size: BLOCK,
+        }))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--no-prefix-cache"), "{err}");
+    assert!(pair.cache_stats().unwrap().blocks_capacity == 0);
+}
+
+#[test]
 fn a_repeated_request_is_answered_from_cached_blocks_and_scores() {
     let Some(_gpu) = gpu() else { return };
     let (mut off, mut on) = pairs("llama", 1000);

@@ -192,8 +192,8 @@ fn every_fixture_pair_scores_like_the_cpu_backend() {
         .collect();
     names.sort();
     // The CUDA backend runs uniform decoders (`Config::uniform`: the Llama
-    // family and Olmo 3); Gemma 4 and Qwen 3.5 run on the CPU only
-    // (`--device auto` picks the CPU for them).
+    // family, Olmo 3 and Qwen 3.5, the hybrid uncached); Gemma 4 runs on
+    // the CPU only (`--device auto` picks the CPU for it, and for hybrids).
     names.retain(|name| {
         let dir = fixtures().join("models").join(name).join("trained");
         let runs = Model::load(&dir).unwrap().config.uniform().is_some();
@@ -202,7 +202,7 @@ fn every_fixture_pair_scores_like_the_cpu_backend() {
         }
         runs
     });
-    assert!(names.len() >= 7, "fixture pairs missing: {names:?}");
+    assert!(names.len() >= 8, "fixture pairs missing: {names:?}");
     for name in names {
         let dir = fixtures().join("models").join(&name);
         let records = fixture_records(&name);

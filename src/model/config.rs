@@ -305,10 +305,12 @@ pub struct Config {
 }
 
 /// The shape of a uniform decoder: every layer a SwiGLU block with the same
-/// attention geometry and norm placement (pre-norm, post-norm or sandwich),
-/// full-head RoPE (its frequencies and factor may differ per layer, as
-/// Olmo 3's YaRN on full-attention layers only), no per-layer extras (what
-/// the CUDA backend runs today).
+/// norm placement (pre-norm, post-norm or sandwich) and norm kind, its mixer
+/// either attention of one geometry (RoPE frequencies, factor and windows
+/// may differ per layer, as Olmo 3's YaRN on full-attention layers only;
+/// partial rotary and an output gate as Qwen 3.5's) or one gated DeltaNet
+/// (Qwen 3.5's linear-attention layers), no per-layer extras (what the CUDA
+/// backend runs today).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Uniform {
     pub num_heads: usize,
@@ -317,10 +319,17 @@ pub struct Uniform {
     pub intermediate_size: usize,
     pub qkv_bias: bool,
     pub qk_norm: QkNorm,
+    /// `q_proj` gives per head `[query | gate]` (Qwen 3.5).
+    pub output_gate: bool,
+    /// How every stored norm weight scales (but the DeltaNet's gated norm,
+    /// always plain).
+    pub norm_kind: NormKind,
     pub norms: Norms,
-    /// Per layer.
+    /// Per layer (a DeltaNet layer repeats the first attention layer's).
     pub ropes: Vec<Rope>,
     pub windows: Vec<Option<usize>>,
+    /// Per layer: the mixer of a linear-attention layer, `None` for attention.
+    pub deltanet: Vec<Option<DeltaNetDesc>>,
 }
 
 impl Config {
@@ -429,28 +438,32 @@ impl Config {
     /// `None` when any layer differs.
     pub fn uniform(&self) -> Option<Uniform> {
         let first = self.layers.first()?;
-        let a = first.attn()?;
+        let a = self.layers.iter().find_map(|l| l.attn())?;
+        let dn = self.layers.iter().find_map(|l| l.deltanet());
         let plain = |l: &LayerDesc| {
-            let Some(b) = l.attn() else {
-                return false;
+            let mixer = match &l.mixer {
+                Mixer::Attention(b) => {
+                    (b.num_heads, b.num_kv_heads, b.head_dim)
+                        == (a.num_heads, a.num_kv_heads, a.head_dim)
+                        && b.rope.rotary_dim <= b.head_dim
+                        && b.rope.rotary_dim.is_multiple_of(2)
+                        && b.qk_norm == a.qk_norm
+                        && !b.v_norm
+                        && b.output_gate == a.output_gate
+                        && b.bias == a.bias
+                        && b.scale == 1.0 / (b.head_dim as f32).sqrt()
+                        && b.kv_from.is_none()
+                }
+                Mixer::GatedDeltaNet(d) => Some(d) == dn,
             };
-            l.norms == first.norms
+            mixer
+                && l.norms == first.norms
                 && !l.per_layer_input
                 && !l.layer_scalar
                 && l.mlp == first.mlp
                 && l.mlp.act == Act::Silu
-                && (b.num_heads, b.num_kv_heads, b.head_dim)
-                    == (a.num_heads, a.num_kv_heads, a.head_dim)
-                && b.rope.rotary_dim == b.head_dim
-                && b.qk_norm == a.qk_norm
-                && !b.v_norm
-                && !b.output_gate
-                && b.bias == a.bias
-                && b.scale == 1.0 / (b.head_dim as f32).sqrt()
-                && b.kv_from.is_none()
         };
         let simple = self.layers.iter().all(plain)
-            && self.norm == NormKind::Weight
             && self.embed
                 == EmbedDesc {
                     scale: None,
@@ -464,6 +477,8 @@ impl Config {
             intermediate_size: first.mlp.intermediate,
             qkv_bias: a.bias,
             qk_norm: a.qk_norm,
+            output_gate: a.output_gate,
+            norm_kind: self.norm,
             norms: first.norms,
             ropes: self
                 .layers
@@ -479,6 +494,7 @@ impl Config {
                 .iter()
                 .map(|l| l.attn().and_then(|a| a.window))
                 .collect(),
+            deltanet: self.layers.iter().map(|l| l.deltanet().copied()).collect(),
         })
     }
 

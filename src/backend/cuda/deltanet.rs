@@ -4,17 +4,19 @@
 //! recurrence). Each checks its buffers against the layer's
 //! [`DeltaNetDesc`] and the packed batch before launching.
 
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::device::{CudaResultExt, DevViewMut, Gpu, cfg};
+use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, cfg, sub_mut};
+use super::forward::{DeviceBatch, PagedBatch};
 use super::kernels::{NULL, check, dims_fit, typed};
+use super::weights::DeviceDeltaNet;
 use crate::Result;
 use crate::model::config::DeltaNetDesc;
 
 /// Rows of the recurrent state each thread of `gated_delta_rule` holds, for
 /// key heads of `dk`: the entry points are built for 8, 16 and 32, and the
 /// `dk / rpt` threads of a column must be a power of two within a warp.
-fn rows_per_thread(dk: usize) -> Option<usize> {
+pub(crate) fn rows_per_thread(dk: usize) -> Option<usize> {
     [32, 16, 8]
         .into_iter()
         .find(|&r| dk.is_multiple_of(r) && (dk / r).is_power_of_two() && dk / r <= 32)
@@ -236,5 +238,123 @@ impl Gpu {
         let grid = (n as u32, vh.div_ceil(8) as u32, 1);
         unsafe { b.launch(cfg(grid, 256, 0)) }.ctx("gated_rmsnorm_silu")?;
         Ok(())
+    }
+}
+
+/// The buffers of a forward's DeltaNet layers, over every packed row (the
+/// convolution and the recurrence run along whole sequences).
+pub struct DeltaNetScratch {
+    /// `[t, conv_dim]`: `in_proj_qkv`'s output.
+    x: CudaSlice<f32>,
+    /// `[t, value_dim]`, `[t, v_heads]` ×2: `in_proj_z`, `_b`, `_a`.
+    z: CudaSlice<f32>,
+    b: CudaSlice<f32>,
+    a: CudaSlice<f32>,
+    /// `[t, conv_dim]`: after the convolution and norms.
+    mixed: CudaSlice<f32>,
+    /// `[t, value_dim]`: the recurrence's output.
+    o: CudaSlice<f32>,
+    /// `[t]`: each row's sequence.
+    row_seq: CudaSlice<i32>,
+}
+
+impl DeltaNetScratch {
+    /// Buffers for `layout`'s rows. A hybrid model runs uncached on the
+    /// GPU (its cache does not hold DeltaNet states yet): every sequence
+    /// must start at position 0.
+    pub fn new(gpu: &Gpu, d: &DeltaNetDesc, layout: &PagedBatch) -> Result<DeltaNetScratch> {
+        check(layout.past.iter().all(|&p| p == 0), || {
+            "deltanet: a cached prefix on the GPU (the device cache holds no DeltaNet states)"
+                .into()
+        })?;
+        let t = layout.tokens();
+        let (cd, vd, vh) = (d.conv_dim(), d.value_dim(), d.num_v_heads);
+        let row_seq: Vec<i32> = (layout.seq_start.windows(2).enumerate())
+            .flat_map(|(s, w)| std::iter::repeat_n(s as i32, (w[1] - w[0]) as usize))
+            .collect();
+        Ok(DeltaNetScratch {
+            x: gpu.alloc_f32(t * cd)?,
+            z: gpu.alloc_f32(t * vd)?,
+            b: gpu.alloc_f32(t * vh)?,
+            a: gpu.alloc_f32(t * vh)?,
+            mixed: gpu.alloc_f32(t * cd)?,
+            o: gpu.alloc_f32(t * vd)?,
+            row_seq: gpu.upload(&row_seq)?,
+        })
+    }
+
+    /// The four input projections of rows `[r0, r1)` from their normed
+    /// input `[r1 − r0, hidden]`.
+    pub fn project(
+        &mut self,
+        gpu: &Gpu,
+        dn: &DeviceDeltaNet,
+        input: &DevView<'_>,
+        r0: usize,
+        r1: usize,
+    ) -> Result<()> {
+        let d = &dn.desc;
+        let n = r1 - r0;
+        let h = input.len / n.max(1);
+        for (w, buf, width) in [
+            (&dn.in_qkv, &mut self.x, d.conv_dim()),
+            (&dn.in_z, &mut self.z, d.value_dim()),
+            (&dn.in_b, &mut self.b, d.num_v_heads),
+            (&dn.in_a, &mut self.a, d.num_v_heads),
+        ] {
+            let mut out = sub_mut(buf, r0 * width, r1 * width)?;
+            gpu.matmul_wt(input, &w.all(), &mut out, n, width, h, width)?;
+        }
+        Ok(())
+    }
+
+    /// The mixer after its projections, over the whole batch: convolution,
+    /// norms and gates, the recurrence from zero states, the gated norm into
+    /// `out` (`[t, value_dim]`, the output projection's input).
+    pub fn mix(
+        &mut self,
+        gpu: &Gpu,
+        dn: &DeviceDeltaNet,
+        batch: &DeviceBatch,
+        out: &mut DevViewMut<'_>,
+        eps: f32,
+    ) -> Result<()> {
+        let d = &dn.desc;
+        let seq_start = batch.seq_start.as_view();
+        gpu.deltanet_conv(
+            &self.x.as_view(),
+            &dn.conv_t.as_view(),
+            None,
+            &seq_start,
+            &self.row_seq.as_view(),
+            &mut self.mixed.as_view_mut(),
+            d,
+        )?;
+        let (a_log, dt_bias) = (dn.a_log.as_view(), dn.dt_bias.as_view());
+        gpu.deltanet_prep(
+            &mut self.mixed.as_view_mut(),
+            &mut self.b.as_view_mut(),
+            &mut self.a.as_view_mut(),
+            (&a_log, &dt_bias),
+            d,
+        )?;
+        let (g, beta) = (self.a.as_view(), self.b.as_view());
+        gpu.gated_delta_rule(
+            &self.mixed.as_view(),
+            (&g, &beta),
+            &seq_start,
+            None,
+            None,
+            &mut self.o.as_view_mut(),
+            d,
+        )?;
+        gpu.gated_rmsnorm_silu(
+            &self.o.as_view(),
+            &self.z.as_view(),
+            &dn.norm.as_view(),
+            out,
+            d,
+            eps,
+        )
     }
 }

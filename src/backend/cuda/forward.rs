@@ -31,10 +31,11 @@
 
 use cudarc::driver::CudaSlice;
 
+use super::deltanet::DeltaNetScratch;
 use super::device::{DevTensor, Gpu, sub, sub_mut};
 use super::kernels::{ATTN_BR, AttnKernel, KV_BLOCK};
 use super::kv::{DeviceKv, WaveCopies};
-use super::weights::DeviceModel;
+use super::weights::{DeviceMixer, DeviceModel};
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
 
@@ -199,18 +200,32 @@ pub fn forward_rows(
         return Ok(hidden);
     }
 
+    let qw = if u.output_gate { 2 * qd } else { qd };
+    // The mixer's output width: attention's q_dim, or a DeltaNet's value_dim.
+    let mix_width = (u.deltanet.iter().flatten())
+        .map(|d| d.value_dim())
+        .fold(qd, usize::max);
     let mut x = gpu.alloc_f32(t * h)?;
     let mut delta = gpu.alloc_f32(t * h)?;
     let mut q = gpu.alloc_f32(t * qd)?;
-    let mut attn = DevTensor::alloc(gpu, dt, t * qd)?;
+    let mut gate = if u.output_gate {
+        Some(gpu.alloc_f32(t * qd)?)
+    } else {
+        None
+    };
+    let mut attn = DevTensor::alloc(gpu, dt, t * mix_width)?;
     let pool_len = batch.layout.pool_rows() * kvd;
     let mut k_pool = DevTensor::alloc(gpu, dt, pool_len)?;
     let mut v_pool = DevTensor::alloc(gpu, dt, pool_len)?;
     let c = LINEAR_CHUNK.min(t);
     let mut normed = DevTensor::alloc(gpu, dt, c * h)?;
-    let mut qkv = gpu.alloc_f32(c * (qd + 2 * kvd))?;
+    let mut qkv = gpu.alloc_f32(c * (qw + 2 * kvd))?;
     let mut gate_up = gpu.alloc_f32(c * 2 * inter)?;
     let mut act = DevTensor::alloc(gpu, dt, c * inter)?;
+    let mut dn_scratch = match u.deltanet.iter().flatten().next() {
+        Some(d) => Some(DeltaNetScratch::new(gpu, d, &batch.layout)?),
+        None => None,
+    };
 
     gpu.embedding(
         &batch.tokens.as_view(),
@@ -224,84 +239,118 @@ pub fn forward_rows(
     let chunks: Vec<(usize, usize)> = (0..t).step_by(c).map(|a| (a, (a + c).min(t))).collect();
 
     for (li, l) in m.layers.iter().enumerate() {
-        let shape = AttnShape::new(u.num_heads, u.num_kv_heads, hd, u.windows[li]);
-        let rope = &m.ropes[l.rope];
-        for &(r0, r1) in &chunks {
-            let n = r1 - r0;
+        // Rows [r0, r1) of the mixer's input into `normed`: x += the pending
+        // delta ([normed]), then [the input norm].
+        let mixer_input = |x: &mut CudaSlice<f32>, normed: &mut DevTensor, r0: usize, r1: usize| {
             let d = sub(&delta, r0 * h, r1 * h)?;
             let dn = pending.flatten().map(|w| w.as_view());
             gpu.residual_rmsnorm(
-                &mut sub_mut(&mut x, r0 * h, r1 * h)?,
+                &mut sub_mut(x, r0 * h, r1 * h)?,
                 pending.map(|_| (&d, dn.as_ref())),
                 l.attn_in_norm.as_ref().map(|w| w.as_view()).as_ref(),
                 None,
-                &mut normed.view_mut(0, n * h)?,
+                &mut normed.view_mut(0, (r1 - r0) * h)?,
                 h,
                 eps,
-            )?;
-            let width = qd + 2 * kvd;
-            let mut qkv_out = sub_mut(&mut qkv, 0, n * width)?;
-            gpu.matmul_wt(
-                &normed.view(0, n * h)?,
-                &l.qkv.all(),
-                &mut qkv_out,
-                n,
-                width,
-                h,
-                width,
-            )?;
-            let norms = match (&l.q_norm, &l.k_norm) {
-                (Some(a), Some(b)) => Some((a.as_view(), b.as_view())),
-                _ => None,
-            };
-            let bias = l.qkv_bias.as_ref().map(|b| b.as_view());
-            gpu.qkv_rope(
-                &sub(&qkv, 0, n * width)?,
-                bias.as_ref(),
-                norms.as_ref().map(|(a, b)| (a, b)),
-                &sub(&batch.pos, r0, r1)?,
-                &sub(&batch.slots, r0, r1)?,
-                (&rope.0.as_view(), rope.1),
-                &mut sub_mut(&mut q, r0 * qd, r1 * qd)?,
-                None,
-                &mut k_pool.all_mut(),
-                &mut v_pool.all_mut(),
-                shape,
-                eps,
-            )?;
-        }
+            )
+        };
+        let (out_proj, width) = match &l.mixer {
+            DeviceMixer::DeltaNet(dn) => {
+                let s = dn_scratch
+                    .as_mut()
+                    .expect("allocated for a model with DeltaNet layers");
+                for &(r0, r1) in &chunks {
+                    mixer_input(&mut x, &mut normed, r0, r1)?;
+                    s.project(gpu, dn, &normed.view(0, (r1 - r0) * h)?, r0, r1)?;
+                }
+                s.mix(
+                    gpu,
+                    dn,
+                    batch,
+                    &mut attn.view_mut(0, t * dn.desc.value_dim())?,
+                    eps,
+                )?;
+                (&dn.out, dn.desc.value_dim())
+            }
+            DeviceMixer::Attention(a) => {
+                let shape = AttnShape::new(u.num_heads, u.num_kv_heads, hd, u.windows[li]);
+                let rope = &m.ropes[a.rope];
+                for &(r0, r1) in &chunks {
+                    let n = r1 - r0;
+                    mixer_input(&mut x, &mut normed, r0, r1)?;
+                    let width = qw + 2 * kvd;
+                    let mut qkv_out = sub_mut(&mut qkv, 0, n * width)?;
+                    gpu.matmul_wt(
+                        &normed.view(0, n * h)?,
+                        &a.qkv.all(),
+                        &mut qkv_out,
+                        n,
+                        width,
+                        h,
+                        width,
+                    )?;
+                    let norms = match (&a.q_norm, &a.k_norm) {
+                        (Some(qn), Some(kn)) => Some((qn.as_view(), kn.as_view())),
+                        _ => None,
+                    };
+                    let bias = a.qkv_bias.as_ref().map(|b| b.as_view());
+                    let mut gate_rows = match gate.as_mut() {
+                        Some(g) => Some(sub_mut(g, r0 * qd, r1 * qd)?),
+                        None => None,
+                    };
+                    gpu.qkv_rope(
+                        &sub(&qkv, 0, n * width)?,
+                        bias.as_ref(),
+                        norms.as_ref().map(|(a, b)| (a, b)),
+                        &sub(&batch.pos, r0, r1)?,
+                        &sub(&batch.slots, r0, r1)?,
+                        (&rope.0.as_view(), rope.1),
+                        &mut sub_mut(&mut q, r0 * qd, r1 * qd)?,
+                        gate_rows.as_mut(),
+                        &mut k_pool.all_mut(),
+                        &mut v_pool.all_mut(),
+                        shape,
+                        eps,
+                    )?;
+                }
 
-        let block = KV_BLOCK * kvd;
-        if let Some((store, copies)) = kv.as_mut() {
-            store.load_hits(gpu, li, (&mut k_pool, &mut v_pool), copies, block)?;
-        }
-        gpu.paged_attention(
-            AttnKernel::Auto,
-            &q.as_view(),
-            &k_pool.all(),
-            &v_pool.all(),
-            &batch.block_table.as_view(),
-            &batch.seq_start.as_view(),
-            &batch.past.as_view(),
-            &batch.tiles.as_view(),
-            batch.layout.max_blocks,
-            &mut attn.all_mut(),
-            shape,
-            0,
-        )?;
-        if let Some((store, copies)) = kv.as_mut() {
-            store.keep_fills(gpu, li, (&k_pool, &v_pool), copies, block)?;
-        }
+                let block = KV_BLOCK * kvd;
+                if let Some((store, copies)) = kv.as_mut() {
+                    store.load_hits(gpu, li, (&mut k_pool, &mut v_pool), copies, block)?;
+                }
+                gpu.paged_attention(
+                    AttnKernel::Auto,
+                    &q.as_view(),
+                    &k_pool.all(),
+                    &v_pool.all(),
+                    &batch.block_table.as_view(),
+                    &batch.seq_start.as_view(),
+                    &batch.past.as_view(),
+                    &batch.tiles.as_view(),
+                    batch.layout.max_blocks,
+                    &mut attn.view_mut(0, t * qd)?,
+                    shape,
+                    0,
+                )?;
+                if let Some((store, copies)) = kv.as_mut() {
+                    store.keep_fills(gpu, li, (&k_pool, &v_pool), copies, block)?;
+                }
+                if let Some(g) = gate.as_ref() {
+                    gpu.gate_sigmoid_mul(&mut attn.view_mut(0, t * qd)?, &g.as_view(), qd)?;
+                }
+                (&a.o, qd)
+            }
+        };
 
         for &(r0, r1) in &chunks {
             let n = r1 - r0;
             gpu.matmul_wt(
-                &attn.view(r0 * qd, r1 * qd)?,
-                &l.o.all(),
+                &attn.view(r0 * width, r1 * width)?,
+                &out_proj.all(),
                 &mut sub_mut(&mut delta, r0 * h, r1 * h)?,
                 n,
                 h,
-                qd,
+                width,
                 h,
             )?;
             let dn = l.attn_out_norm.as_ref().map(|w| w.as_view());

@@ -195,6 +195,14 @@ impl CudaPair {
     /// free at this point (the forward's activations need the rest), and
     /// blocks are [`KV_BLOCK`] tokens (the pool layout's).
     fn set_cache(&mut self, opts: Option<KvOptions>) -> Result<()> {
+        if opts.is_some() && (self.policy.config.is_hybrid() || self.reference.config.is_hybrid()) {
+            return Err(Error::Backend(
+                "cuda: the device prefix cache does not hold DeltaNet states yet; score this \
+                 hybrid pair on the GPU with --no-prefix-cache, or cached on the CPU \
+                 (--device cpu)"
+                    .into(),
+            ));
+        }
         self.kv_opts = opts;
         self.cache = None;
         let Some(o) = opts else { return Ok(()) };

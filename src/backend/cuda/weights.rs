@@ -10,9 +10,10 @@
 use cudarc::driver::CudaSlice;
 
 use super::device::{DevTensor, Gpu};
-use crate::model::config::{QkNorm, Uniform};
+use crate::model::config::{NormKind, QkNorm, Uniform};
 use crate::model::layout::MixerParts;
 use crate::model::weights::DType;
+use crate::model::weights::Tensor;
 use crate::model::{Config, Model};
 use crate::{Error, Result};
 
@@ -23,21 +24,51 @@ pub struct DeviceLayer {
     pub attn_out_norm: Option<CudaSlice<f32>>,
     pub mlp_in_norm: Option<CudaSlice<f32>>,
     pub mlp_out_norm: Option<CudaSlice<f32>>,
-    /// `[qd + 2·kvd, hidden]`
+    pub mixer: DeviceMixer,
+    /// `[2·inter, hidden]`
+    pub gate_up: DevTensor,
+    /// `[hidden, inter]`
+    pub down: DevTensor,
+}
+
+/// A layer's token mixer on the device.
+pub enum DeviceMixer {
+    Attention(Box<DeviceAttn>),
+    DeltaNet(Box<DeviceDeltaNet>),
+}
+
+pub struct DeviceAttn {
+    /// `[qw + 2·kvd, hidden]`, qw = qd (2·qd with an output gate: per head
+    /// `[query | gate]`)
     pub qkv: DevTensor,
-    /// `[qd + 2·kvd]`
+    /// `[qw + 2·kvd]`
     pub qkv_bias: Option<CudaSlice<f32>>,
     /// `[head_dim]` each (Qwen3), or `[qd]` and `[kvd]` (Olmo 2/3)
     pub q_norm: Option<CudaSlice<f32>>,
     pub k_norm: Option<CudaSlice<f32>>,
     /// `[hidden, qd]`
     pub o: DevTensor,
-    /// `[2·inter, hidden]`
-    pub gate_up: DevTensor,
-    /// `[hidden, inter]`
-    pub down: DevTensor,
     /// Index of this layer's RoPE in [`DeviceModel::ropes`].
     pub rope: usize,
+}
+
+/// A gated-DeltaNet layer (`linear_attn.*`); see kernels/deltanet.cu.
+pub struct DeviceDeltaNet {
+    pub desc: crate::model::config::DeltaNetDesc,
+    /// `[conv_dim, hidden]`, `[value_dim, hidden]`, `[v_heads, hidden]` ×2
+    pub in_qkv: DevTensor,
+    pub in_z: DevTensor,
+    pub in_b: DevTensor,
+    pub in_a: DevTensor,
+    /// `[kernel, conv_dim]`: the depthwise convolution, transposed.
+    pub conv_t: CudaSlice<f32>,
+    /// `[v_heads]` each
+    pub a_log: CudaSlice<f32>,
+    pub dt_bias: CudaSlice<f32>,
+    /// `[v_head_dim]`: the gated output norm (plain weight).
+    pub norm: CudaSlice<f32>,
+    /// `[hidden, value_dim]`
+    pub out: DevTensor,
 }
 
 pub struct DeviceModel {
@@ -93,18 +124,27 @@ impl DeviceModel {
             .layers
             .first()
             .map_or(w.embed.data.dtype(), |l| l.mixer.out().data.dtype());
+        // Norm weights as applied: `w`, or `1 + w` for zero-centred ones.
+        let kind = shape.norm_kind;
+        let weight = |t: &Tensor| -> Result<CudaSlice<f32>> {
+            let mut v = t.data.to_f32_vec();
+            if kind == NormKind::OnePlusWeight {
+                v.iter_mut().for_each(|x| *x += 1.0);
+            }
+            gpu.upload(&v)
+        };
         // A norm the layer description has must be in the tensor table.
-        let norm = |has: bool, t: &Option<crate::model::weights::Tensor>| -> Result<_> {
+        let norm = |has: bool, t: &Option<Tensor>| -> Result<_> {
             match (has, t) {
                 (false, _) => Ok(None),
-                (true, Some(t)) => Ok(Some(gpu.upload(&t.data.to_f32_vec())?)),
+                (true, Some(t)) => Ok(Some(weight(t)?)),
                 (true, None) => Err(Error::Backend("cuda: a layer without its norm".into())),
             }
         };
         let (ropes, rope_of) = upload_ropes(gpu, &shape)?;
         let dtype = compute.unwrap_or(stored);
-        let small = |t: &crate::model::weights::Tensor| gpu.upload(&t.data.to_f32_vec());
-        let concat = |parts: &[&crate::model::weights::Tensor]| -> Result<DevTensor> {
+        let small = |t: &Tensor| gpu.upload(&t.data.to_f32_vec());
+        let concat = |parts: &[&Tensor]| -> Result<DevTensor> {
             let len = parts.iter().map(|t| t.data.len()).sum();
             let mut out = DevTensor::alloc(gpu, dtype, len)?;
             let mut at = 0;
@@ -117,36 +157,66 @@ impl DeviceModel {
         let mut layers = Vec::with_capacity(w.layers.len());
         let nm = shape.norms;
         for (li, layer) in w.layers.iter().enumerate() {
-            let MixerParts::Attention(l) = &layer.mixer else {
-                return Err(Error::Backend(
-                    "cuda: a layer without softmax attention".into(),
-                ));
-            };
-            let (Some(k), Some(v)) = (&l.k, &l.v) else {
-                return Err(Error::Backend("cuda: a layer without its own K/V".into()));
-            };
-            let qkv_bias = match (&l.q_bias, &l.k_bias, &l.v_bias) {
-                (Some(q), Some(k), Some(v)) => {
-                    let mut b = q.data.to_f32_vec();
-                    b.extend(k.data.to_f32_vec());
-                    b.extend(v.data.to_f32_vec());
-                    Some(gpu.upload(&b)?)
+            let mixer = match (&layer.mixer, &shape.deltanet[li]) {
+                (MixerParts::Attention(l), None) => {
+                    let (Some(k), Some(v)) = (&l.k, &l.v) else {
+                        return Err(Error::Backend("cuda: a layer without its own K/V".into()));
+                    };
+                    let qkv_bias = match (&l.q_bias, &l.k_bias, &l.v_bias) {
+                        (Some(q), Some(k), Some(v)) => {
+                            let mut b = q.data.to_f32_vec();
+                            b.extend(k.data.to_f32_vec());
+                            b.extend(v.data.to_f32_vec());
+                            Some(gpu.upload(&b)?)
+                        }
+                        _ => None,
+                    };
+                    DeviceMixer::Attention(Box::new(DeviceAttn {
+                        qkv: concat(&[&l.q, k, v])?,
+                        qkv_bias,
+                        q_norm: l.q_norm.as_ref().map(weight).transpose()?,
+                        k_norm: l.k_norm.as_ref().map(weight).transpose()?,
+                        o: concat(&[&l.o])?,
+                        rope: rope_of[li],
+                    }))
                 }
-                _ => None,
+                (MixerParts::DeltaNet(d), Some(desc)) => {
+                    let (cd, kernel) = (desc.conv_dim(), desc.conv_kernel);
+                    check_deltanet(desc)?;
+                    let conv = d.conv.data.to_f32_vec();
+                    let mut conv_t = vec![0.0f32; kernel * cd];
+                    for c in 0..cd {
+                        for j in 0..kernel {
+                            conv_t[j * cd + c] = conv[c * kernel + j];
+                        }
+                    }
+                    DeviceMixer::DeltaNet(Box::new(DeviceDeltaNet {
+                        desc: *desc,
+                        in_qkv: concat(&[&d.in_qkv])?,
+                        in_z: concat(&[&d.in_z])?,
+                        in_b: concat(&[&d.in_b])?,
+                        in_a: concat(&[&d.in_a])?,
+                        conv_t: gpu.upload(&conv_t)?,
+                        a_log: small(&d.a_log)?,
+                        dt_bias: small(&d.dt_bias)?,
+                        norm: small(&d.norm)?,
+                        out: concat(&[&d.out])?,
+                    }))
+                }
+                _ => {
+                    return Err(Error::Backend(format!(
+                        "cuda: layer {li}'s tensors do not match its description"
+                    )));
+                }
             };
             layers.push(DeviceLayer {
                 attn_in_norm: norm(nm.attn_in, &layer.attn_in_norm)?,
                 attn_out_norm: norm(nm.attn_out, &layer.attn_out_norm)?,
                 mlp_in_norm: norm(nm.mlp_in, &layer.mlp_in_norm)?,
                 mlp_out_norm: norm(nm.mlp_out, &layer.mlp_out_norm)?,
-                qkv: concat(&[&l.q, k, v])?,
-                qkv_bias,
-                q_norm: l.q_norm.as_ref().map(small).transpose()?,
-                k_norm: l.k_norm.as_ref().map(small).transpose()?,
-                o: concat(&[&l.o])?,
+                mixer,
                 gate_up: concat(&[&layer.gate, &layer.up])?,
                 down: concat(&[&layer.down])?,
-                rope: rope_of[li],
             });
         }
         let embed = concat(&[&w.embed])?;
@@ -159,7 +229,7 @@ impl DeviceModel {
             dtype,
             embed,
             layers,
-            final_norm: small(&w.final_norm)?,
+            final_norm: weight(&w.final_norm)?,
             lm_head,
             ropes,
             shape,
@@ -191,33 +261,57 @@ impl DeviceModel {
             QkNorm::PerHead => (hd, hd),
             _ => (qd, kvd),
         };
+        let qw = if u.output_gate { 2 * qd } else { qd };
         let mut layers = Vec::with_capacity(c.num_layers);
-        for &rope in rope_of.iter().take(c.num_layers) {
+        for (&rope, dn) in rope_of.iter().zip(&u.deltanet).take(c.num_layers) {
+            let mixer = match dn {
+                None => DeviceMixer::Attention(Box::new(DeviceAttn {
+                    qkv: matrix(qw + 2 * kvd, h)?,
+                    qkv_bias: if u.qkv_bias {
+                        Some(gpu.upload(&vec![0.0f32; qw + 2 * kvd])?)
+                    } else {
+                        None
+                    },
+                    q_norm: if qk == QkNorm::None {
+                        None
+                    } else {
+                        Some(ones(qn)?)
+                    },
+                    k_norm: if qk == QkNorm::None {
+                        None
+                    } else {
+                        Some(ones(kn)?)
+                    },
+                    o: matrix(h, qd)?,
+                    rope,
+                })),
+                Some(d) => {
+                    check_deltanet(d)?;
+                    let (cd, vd, vh) = (d.conv_dim(), d.value_dim(), d.num_v_heads);
+                    // A smoothing convolution (taps 1/K) keeps activations O(1).
+                    let taps = vec![1.0 / d.conv_kernel as f32; d.conv_kernel * cd];
+                    DeviceMixer::DeltaNet(Box::new(DeviceDeltaNet {
+                        desc: *d,
+                        in_qkv: matrix(cd, h)?,
+                        in_z: matrix(vd, h)?,
+                        in_b: matrix(vh, h)?,
+                        in_a: matrix(vh, h)?,
+                        conv_t: gpu.upload(&taps)?,
+                        a_log: gpu.upload(&vec![0.0f32; vh])?,
+                        dt_bias: gpu.upload(&vec![0.0f32; vh])?,
+                        norm: ones(d.v_head_dim)?,
+                        out: matrix(h, vd)?,
+                    }))
+                }
+            };
             layers.push(DeviceLayer {
                 attn_in_norm: norm(nm.attn_in)?,
                 attn_out_norm: norm(nm.attn_out)?,
                 mlp_in_norm: norm(nm.mlp_in)?,
                 mlp_out_norm: norm(nm.mlp_out)?,
-                qkv: matrix(qd + 2 * kvd, h)?,
-                qkv_bias: if u.qkv_bias {
-                    Some(gpu.upload(&vec![0.0f32; qd + 2 * kvd])?)
-                } else {
-                    None
-                },
-                q_norm: if qk == QkNorm::None {
-                    None
-                } else {
-                    Some(ones(qn)?)
-                },
-                k_norm: if qk == QkNorm::None {
-                    None
-                } else {
-                    Some(ones(kn)?)
-                },
-                o: matrix(h, qd)?,
+                mixer,
                 gate_up: matrix(2 * inter, h)?,
                 down: matrix(h, inter)?,
-                rope,
             });
         }
         let embed = matrix(c.vocab_size, h)?;
@@ -245,7 +339,15 @@ impl DeviceModel {
 
     /// Bytes of device memory held by the matrices.
     pub fn matrix_bytes(&self) -> usize {
-        let per_layer = |l: &DeviceLayer| l.qkv.len + l.o.len + l.gate_up.len + l.down.len;
+        let per_layer = |l: &DeviceLayer| {
+            let mixer = match &l.mixer {
+                DeviceMixer::Attention(a) => a.qkv.len + a.o.len,
+                DeviceMixer::DeltaNet(d) => {
+                    d.in_qkv.len + d.in_z.len + d.in_b.len + d.in_a.len + d.out.len
+                }
+            };
+            mixer + l.gate_up.len + l.down.len
+        };
         let n: usize = self.layers.iter().map(per_layer).sum::<usize>()
             + self.embed.len
             + self.lm_head.as_ref().map_or(0, |t| t.len);
@@ -253,18 +355,30 @@ impl DeviceModel {
     }
 }
 
-/// The single layer geometry of a plain decoder, or the reason the CUDA
-/// backend cannot run this model yet.
+/// The layer shape of a uniform decoder, or the reason the CUDA backend
+/// cannot run this model yet.
 fn uniform(cfg: &Config) -> Result<Uniform> {
     cfg.uniform().ok_or_else(|| {
         Error::Backend(format!(
-            "cuda: {} is not a uniform decoder (linear-attention layers, gated attention, \
-             zero-centred norms, per-layer head dims, norm placements or embeddings, partial \
-             RoPE, v norms, K/V sharing or a logit soft-cap); the CUDA backend does not run it \
-             yet: use --device cpu",
+            "cuda: {} is not a uniform decoder (per-layer head dims, norm placements, MLPs or \
+             embeddings, GELU MLPs, v norms, K/V sharing, layer scalars or a logit soft-cap); \
+             the CUDA backend does not run it yet: use --device cpu",
             cfg.arch_name
         ))
     })
+}
+
+/// Whether the DeltaNet kernels take these head sizes
+/// ([`super::deltanet`]'s recurrence keeps a key head per column in ≤ 32
+/// lanes of ≤ 32 rows each).
+fn check_deltanet(d: &crate::model::config::DeltaNetDesc) -> Result<()> {
+    match super::deltanet::rows_per_thread(d.k_head_dim) {
+        Some(r) if d.v_head_dim * (d.k_head_dim / r) <= 1024 => Ok(()),
+        _ => Err(Error::Backend(format!(
+            "cuda: DeltaNet heads of {}×{} are not supported by the GPU kernels",
+            d.k_head_dim, d.v_head_dim
+        ))),
+    }
 }
 
 /// Check a device-side allocation size request before making it.
