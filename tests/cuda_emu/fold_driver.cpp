@@ -136,11 +136,13 @@ int main() {
     // (rows, hidden, vocab, soft-cap, splits): two row tiles, the last one
     // partial; a hidden size ending mid-stage (72 = 2·32 + 8); a vocabulary
     // ending mid-sub-tile and mid-warp-half (1100 = 8·128 + 76); splits that
-    // leave the last one short; one split; the soft-cap.
+    // leave the last one short; one split; the soft-cap; a vocabulary
+    // smaller than the top-k fills and than half a sub-tile.
     const Case cases[] = {
         {150, 72, 1100, 0.0f, 3},
         {40, 64, 700, 5.0f, 1},
         {9, 32, 2000, 0.0f, 7},
+        {3, 8, 21, 0.0f, 1},  // one k-chunk, 21 columns: the second warp half all masked
     };
     int failures = 0;
     uint64_t seed = 11;
