@@ -412,4 +412,21 @@ fn auto_device_picks_the_gpu_when_one_is_present() {
         .err()
         .expect("no device 999");
     assert!(err.to_string().contains("cuda:999"), "{err}");
+    // Olmo 3 and Qwen 3.5 run on the GPU by name, but `auto` keeps them on
+    // the CPU until their GPU parity has passed (`Arch::gpu_verified`), and
+    // hybrids also while the device cache holds no DeltaNet states; Gemma 4
+    // the CUDA backend does not run.
+    for name in ["olmo3", "qwen3_5", "gemma4"] {
+        let dir = fixtures().join("models").join(name);
+        let p = Arc::new(Model::load(&dir.join("trained")).unwrap());
+        let r = Arc::new(Model::load(&dir.join("ref")).unwrap());
+        let auto = open_pair(Device::Auto, p.clone(), r.clone()).unwrap();
+        assert!(
+            auto.describe().starts_with("cpu"),
+            "{name}: {}",
+            auto.describe()
+        );
+        let by_name = open_pair(Device::Cuda(0), p, r);
+        assert_eq!(by_name.is_ok(), name != "gemma4", "{name}");
+    }
 }

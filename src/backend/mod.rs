@@ -209,14 +209,15 @@ pub fn open_pair_with(
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
     crate::simd::check()?;
-    // `auto` scores a pair the CUDA backend does not run (Gemma 4's per-layer
-    // extras, …) on the CPU; asking for CUDA by name is refused. Hybrid
-    // models (Qwen 3.5) run on the GPU only uncached (`--device cuda
-    // --no-prefix-cache`): the device cache does not hold DeltaNet states
-    // yet, so `auto`, whose cache is on by default, keeps them on the CPU.
-    let cpu_only = [&policy, &reference]
-        .into_iter()
-        .find(|m| m.config.uniform().is_none() || m.config.is_hybrid());
+    // `auto` scores a pair on the CPU when the CUDA backend does not run it
+    // (Gemma 4's per-layer extras, …; asking for CUDA by name is refused),
+    // when it runs a hybrid (Qwen 3.5) only uncached (the device cache does
+    // not hold DeltaNet states yet, and `auto`'s cache is on by default), or
+    // when its GPU parity has not yet passed on a device (`Arch::gpu_verified`).
+    let cpu_only = [&policy, &reference].into_iter().find(|m| {
+        let c = &m.config;
+        c.uniform().is_none() || c.is_hybrid() || !c.arch.gpu_verified()
+    });
     let ordinal = match (device, cpu_only) {
         (Device::Auto, Some(_)) => None,
         (d, _) => cuda_ordinal(d),

@@ -47,6 +47,17 @@ impl Arch {
             .map(|(n, _)| *n)
             .unwrap_or("?")
     }
+
+    /// Whether the CUDA backend's parity with the CPU and transformers has
+    /// passed on a GPU for this family (docs/gpu-results.md): `--device auto`
+    /// takes the GPU only for these. Olmo 3 and Qwen 3.5 run on the GPU when
+    /// asked by name (`--device cuda`) until their first device run.
+    pub fn gpu_verified(self) -> bool {
+        matches!(
+            self,
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3
+        )
+    }
 }
 
 /// Activation of the gated MLP: `act(gate(x)) · up(x)`.
