@@ -5,8 +5,11 @@
 //! computation: the folded LM head (fold_driver.cpp), the residual norms
 //! and q/k/v RoPE kernels in the modes the GPU has not yet run
 //! (norm_rope_driver.cpp: post-norm and sandwich blocks, full-width q/k
-//! norms, a RoPE factor), and the gated-DeltaNet steps (deltanet_driver.cpp:
-//! convolution, q/k norms and gates, the recurrence, the gated norm). This pins the kernels' indexing, masks, pipeline
+//! norms, a RoPE factor), the gated-DeltaNet steps (deltanet_driver.cpp:
+//! convolution, q/k norms and gates, the recurrence, the gated norm), and
+//! the attention kernels (attention_driver.cpp). The last have passed their
+//! parity tests on an H200, so they also hold the emulator itself to the
+//! hardware: a wrong fragment layout in mma_emu.h fails them. This pins the kernels' indexing, masks, pipeline
 //! and merges on machines without a GPU (CI); speed and the hardware's own
 //! arithmetic are the GPU tests' business.
 //!
@@ -115,4 +118,9 @@ fn norm_and_rope_kernels_match_direct_computation_on_the_cpu() {
 #[test]
 fn deltanet_kernels_match_direct_computation_on_the_cpu() {
     build_and_run("deltanet", "deltanet_driver.cpp", &["deltanet.cu"]);
+}
+
+#[test]
+fn attention_kernels_match_direct_attention_on_the_cpu() {
+    build_and_run("attention", "attention_driver.cpp", &["attention.cu"]);
 }
