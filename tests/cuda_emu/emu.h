@@ -103,7 +103,6 @@ using std::max;
 using std::min;
 
 inline float __expf(float x) { return std::exp(x); }
-inline float exp2f_(float x) { return std::exp2(x); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 template <class T> inline T __ldcs(const T* p) { return *p; }
@@ -179,7 +178,6 @@ inline unsigned __ballot_sync(unsigned, bool p) {
     return r;
 }
 inline bool __any_sync(unsigned m, bool p) { return __ballot_sync(m, p) != 0; }
-inline bool __all_sync(unsigned m, bool p) { return __ballot_sync(m, p) == 0xffffffffu; }
 
 // ---------------------------------------------------------------------------
 // Deferred cp.async (per thread: pending copies, grouped by commit).

@@ -8,18 +8,22 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
 use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, cfg, sub_mut};
 use super::forward::{DeviceBatch, PagedBatch};
-use super::kernels::{NULL, check, dims_fit, typed};
+use super::kernels::{ArgOrNull, check, dims_fit, typed};
 use super::weights::DeviceDeltaNet;
 use crate::Result;
 use crate::model::config::DeltaNetDesc;
 
-/// Rows of the recurrent state each thread of `gated_delta_rule` holds, for
-/// key heads of `dk`: the entry points are built for 8, 16 and 32, and the
-/// `dk / rpt` threads of a column must be a power of two within a warp.
-pub(crate) fn rows_per_thread(dk: usize) -> Option<usize> {
-    [32, 16, 8]
+/// How `gated_delta_rule` lays out key heads of `dk` and value heads of
+/// `dv`: the rows of the state each thread holds (the entry points are
+/// built for 8, 16 and 32; the `dk / rpt` threads of a column must be a
+/// power of two within a warp) and the block's threads, or `None` when the
+/// kernel does not take these sizes.
+pub(crate) fn recurrence_layout(dk: usize, dv: usize) -> Option<(usize, usize)> {
+    let rpt = [32, 16, 8]
         .into_iter()
-        .find(|&r| dk.is_multiple_of(r) && (dk / r).is_power_of_two() && dk / r <= 32)
+        .find(|&r| dk.is_multiple_of(r) && (dk / r).is_power_of_two() && dk / r <= 32)?;
+    let threads = (dv * dk / rpt).next_multiple_of(32);
+    (dv > 0 && threads <= 1024).then_some((rpt, threads))
 }
 
 impl Gpu {
@@ -63,12 +67,8 @@ impl Gpu {
         let f = self.function("deltanet", "deltanet_conv", 0)?;
         let (c, kk) = (cd as i32, k as i32);
         let mut b = self.stream.launch_builder(&f);
-        b.arg(x).arg(w_t);
-        match tails {
-            Some(t) => b.arg(t),
-            None => b.arg(&NULL),
-        };
-        b.arg(seq_start).arg(row_seq).arg(out).arg(&c).arg(&kk);
+        b.arg(x).arg(w_t).arg_or_null(tails).arg(seq_start);
+        b.arg(row_seq).arg(out).arg(&c).arg(&kk);
         // SAFETY: shapes checked above; `row_seq` values index `seq_start`
         // and every row lies inside its sequence (built by the host planner).
         let grid = (n as u32, cd.div_ceil(256) as u32, 1);
@@ -139,14 +139,13 @@ impl Gpu {
         let (cd, vh, dk, dv) = (d.conv_dim(), d.num_v_heads, d.k_head_dim, d.v_head_dim);
         let n = mixed.len() / cd.max(1);
         let seqs = seq_start.len().saturating_sub(1);
-        let rpt = rows_per_thread(dk).ok_or_else(|| {
+        let (rpt, threads) = recurrence_layout(dk, dv).ok_or_else(|| {
             crate::Error::Backend(format!(
-                "cuda: gated_delta_rule takes key heads of 8·2^i ≤ 1024 dims, not {dk}"
+                "cuda: gated_delta_rule does not take key × value heads of {dk} × {dv}"
             ))
         })?;
-        let threads = (dv * dk / rpt).next_multiple_of(32);
         check(
-            threads <= 1024 && d.num_k_heads > 0 && vh.is_multiple_of(d.num_k_heads),
+            d.num_k_heads > 0 && vh.is_multiple_of(d.num_k_heads),
             || {
                 format!(
                     "gated_delta_rule: heads {vh}/{} × dv {dv} do not fit a block",
@@ -182,15 +181,14 @@ impl Gpu {
         );
         let mut b = self.stream.launch_builder(&f);
         b.arg(mixed).arg(g).arg(beta).arg(seq_start);
-        match init {
-            Some(s) => b.arg(s),
-            None => b.arg(&NULL),
-        };
-        match final_state {
-            Some(s) => b.arg(s),
-            None => b.arg(&NULL),
-        };
-        b.arg(out).arg(&c).arg(&kh).arg(&v).arg(&k).arg(&vv);
+        b.arg_or_null(init)
+            .arg_or_null(final_state)
+            .arg(out)
+            .arg(&c)
+            .arg(&kh)
+            .arg(&v)
+            .arg(&k)
+            .arg(&vv);
         // SAFETY: shapes checked above; one block per (sequence, value
         // head), `threads` covers dv columns × dk / rpt row parts.
         let grid = (seqs as u32, vh as u32, 1);

@@ -11,7 +11,7 @@
 use std::ffi::c_void;
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchArgs, PushKernelArg};
 
 use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, backend_err, cfg};
 use crate::Result;
@@ -58,19 +58,30 @@ const SIMT_BR: usize = crate::consts::SIMT_BR;
 /// Keys per tile of the SIMT attention kernel.
 const ATTN_BC: usize = crate::consts::ATTN_BC;
 /// Passed for an absent optional pointer argument.
-pub(super) static NULL: u64 = 0;
+static NULL: u64 = 0;
 
-fn suffix(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
+/// An optional pointer argument of a launch: the buffer, or a null pointer.
+pub(super) trait ArgOrNull {
+    fn arg_or_null<A>(&mut self, arg: Option<A>) -> &mut Self
+    where
+        Self: PushKernelArg<A>;
+}
+
+impl<'a> ArgOrNull for LaunchArgs<'a> {
+    fn arg_or_null<A>(&mut self, arg: Option<A>) -> &mut Self
+    where
+        Self: PushKernelArg<A>,
+    {
+        match arg {
+            Some(a) => self.arg(a),
+            None => PushKernelArg::<&u64>::arg(self, &NULL),
+        }
     }
 }
 
 /// Kernel name `<base>_<dtype>`.
 pub(super) fn typed(base: &str, d: DType) -> String {
-    format!("{base}_{}", suffix(d))
+    format!("{base}_{}", d.name())
 }
 
 pub(super) fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
@@ -171,25 +182,14 @@ impl Gpu {
         let f = self.function("rmsnorm", &typed("residual_rmsnorm", out.dtype), 0)?;
         let (h, e) = (hidden as i32, eps);
         let mut b = self.stream.launch_builder(&f);
-        b.arg(x);
-        match delta {
-            Some((d, _)) => b.arg(d),
-            None => b.arg(&NULL),
-        };
-        match delta_norm {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL),
-        };
-        match weight {
-            Some(w) => b.arg(w),
-            None => b.arg(&NULL),
-        };
-        b.arg(&mut out.view);
-        match rows {
-            Some(r) => b.arg(r),
-            None => b.arg(&NULL),
-        };
-        b.arg(&h).arg(&e);
+        b.arg(x)
+            .arg_or_null(delta.map(|d| d.0))
+            .arg_or_null(delta_norm)
+            .arg_or_null(weight)
+            .arg(&mut out.view)
+            .arg_or_null(rows)
+            .arg(&h)
+            .arg(&e);
         // SAFETY: as in `embedding`.
         unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("residual_rmsnorm")?;
         Ok(())
@@ -277,21 +277,16 @@ impl Gpu {
         let f = self.function("rope", &typed("qkv_rope", k_pool.dtype), smem)?;
         let (h, kh, d, fw, rd) = (nh as i32, nkv as i32, hd as i32, full as i32, rotary as i32);
         let mut b = self.stream.launch_builder(&f);
-        b.arg(qkv);
-        match bias {
-            Some(x) => b.arg(x),
-            None => b.arg(&NULL),
-        };
-        match qk_norm {
-            Some((qn, kn)) => b.arg(qn).arg(kn),
-            None => b.arg(&NULL).arg(&NULL),
-        };
-        b.arg(pos).arg(slots).arg(inv_freq).arg(q_out);
-        match gate_out {
-            Some(g) => b.arg(g),
-            None => b.arg(&NULL),
-        };
-        b.arg(&mut k_pool.view)
+        b.arg(qkv)
+            .arg_or_null(bias)
+            .arg_or_null(qk_norm.map(|n| n.0))
+            .arg_or_null(qk_norm.map(|n| n.1))
+            .arg(pos)
+            .arg(slots)
+            .arg(inv_freq)
+            .arg(q_out)
+            .arg_or_null(gate_out)
+            .arg(&mut k_pool.view)
             .arg(&mut v_pool.view)
             .arg(&h)
             .arg(&kh)
@@ -475,12 +470,12 @@ impl Gpu {
             (true, s) => s.min(MAX_KV_SPLITS),
         };
         let (name, threads, smem) = if tc {
-            let name = format!("paged_attention_mma_{}_d{hd}", suffix(k_pool.dtype));
+            let name = format!("paged_attention_mma_{}_d{hd}", k_pool.dtype.name());
             (name, MMA_THREADS, 0) // static shared memory
         } else {
             // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
             let slots = hd.div_ceil(32).next_power_of_two();
-            let name = format!("paged_attention_{}_s{slots}", suffix(k_pool.dtype));
+            let name = format!("paged_attention_{}_s{slots}", k_pool.dtype.name());
             let smem = ((SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4) as u32;
             (name, ATTN_THREADS, smem)
         };

@@ -12,8 +12,8 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::device::{CudaResultExt, DevTensor, DevView, Gpu, cfg, sub, sub_mut};
-use super::kernels::{check, dims_fit, warp_per_row};
+use super::device::{CudaResultExt, DevTensor, DevView, Gpu, backend_err, cfg, sub, sub_mut};
+use super::kernels::{check, dims_fit, typed, warp_per_row};
 use super::weights::DeviceModel;
 use crate::Result;
 use crate::consts::{FOLD_BM, FOLD_BN, FOLD_SMEM_BYTES, FOLD_THREADS, FUSED_PARTIAL_FLOATS};
@@ -83,11 +83,22 @@ impl std::str::FromStr for LmHeadPath {
 /// Whether the folded kernel takes this model here.
 fn foldable(gpu: &Gpu, m: &DeviceModel) -> bool {
     let w = m.config.hidden_size;
-    m.dtype != DType::F32
-        && m.lm_head().dtype == m.dtype
-        && w > 0
-        && w.is_multiple_of(8)
-        && gpu.arch().0 >= 8
+    gpu.arch().0 >= 8 && fold_refuses(m.dtype, m.lm_head().dtype, w).is_none()
+}
+
+/// Why the folded kernel cannot take hidden states of `hidden` dtype and
+/// `width` against LM-head rows of `lm_head` dtype (it wants 16-bit operands
+/// of one type and whole 16-byte copies), or `None`.
+fn fold_refuses(hidden: DType, lm_head: DType, width: usize) -> Option<String> {
+    if hidden != lm_head || hidden == DType::F32 {
+        return Some(format!(
+            "hidden {} and LM head {} must be one 16-bit dtype",
+            hidden.name(),
+            lm_head.name()
+        ));
+    }
+    (width == 0 || !width.is_multiple_of(8))
+        .then(|| format!("hidden size {width} is not a multiple of 8"))
 }
 
 /// One model's side of the LM head: its final hidden states at the scored
@@ -155,19 +166,9 @@ impl Gpu {
         })?;
         for s in policy.iter().copied().chain([reference]) {
             let w = s.width;
-            check(
-                s.hidden.dtype == s.lm_head.dtype && s.hidden.dtype != DType::F32,
-                || {
-                    format!(
-                        "lm_head_fold: hidden {} and LM head {} must be one 16-bit dtype",
-                        s.hidden.dtype.name(),
-                        s.lm_head.dtype.name()
-                    )
-                },
-            )?;
-            check(w > 0 && w.is_multiple_of(8), || {
-                format!("lm_head_fold: hidden size {w} is not a multiple of 8")
-            })?;
+            if let Some(why) = fold_refuses(s.hidden.dtype, s.lm_head.dtype, w) {
+                return Err(backend_err(format!("cuda: lm_head_fold: {why}")));
+            }
             check(s.hidden.len >= n * w && s.lm_head.len >= vocab * w, || {
                 format!(
                     "lm_head_fold: hidden {} < {n}×{w} or LM head {} < {vocab}×{w}",
@@ -195,7 +196,7 @@ impl Gpu {
         ];
         for (side, role, z) in sides {
             let Some(s) = side else { continue };
-            let name = format!("lm_head_fold_{role}_{}", s.hidden.dtype.name());
+            let name = typed(&format!("lm_head_fold_{role}"), s.hidden.dtype);
             let f = self.function("lm_head_fold", &name, smem)?;
             let (d, cap) = (s.width as i32, s.softcap.unwrap_or(0.0));
             let mut b = self.stream.launch_builder(&f);

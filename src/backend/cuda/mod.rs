@@ -240,17 +240,27 @@ struct Pass<'a> {
     fold: bool,
 }
 
-impl CudaPair {
-    /// This call's [`Pass`]: both models, or the reference alone.
-    fn pass(&self, with_policy: bool) -> Pass<'_> {
-        let (p, r) = (&self.policy, &self.reference);
-        let models: &[&DeviceModel] = if with_policy { &[p, r] } else { &[r] };
+impl<'a> Pass<'a> {
+    /// A call over both models, or the reference alone, on `gpu` with the
+    /// LM heads as `path` says. (From the pair's fields, so that its cache
+    /// and counters stay free to borrow.)
+    fn new(
+        gpu: &'a Gpu,
+        (policy, reference): (&'a DeviceModel, &'a DeviceModel),
+        path: LmHeadPath,
+        with_policy: bool,
+    ) -> Pass<'a> {
+        let models: &[&DeviceModel] = if with_policy {
+            &[policy, reference]
+        } else {
+            &[reference]
+        };
         Pass {
-            gpu: &self.gpu,
-            policy: p,
-            reference: r,
+            gpu,
+            policy,
+            reference,
             with_policy,
-            fold: self.lm_head.folds(&self.gpu, models),
+            fold: path.folds(gpu, models),
         }
     }
 }
@@ -388,9 +398,8 @@ impl PairScorer for CudaPair {
     fn describe(&self) -> String {
         // The compute dtype is part of the description, so a caller (and a
         // test through `Scorer`) can tell a bf16 run from an f32 one.
-        let fold = self
-            .lm_head
-            .folds(&self.gpu, &[&self.policy, &self.reference]);
+        let models = (&self.policy, &self.reference);
+        let fold = Pass::new(&self.gpu, models, self.lm_head, true).fold;
         format!(
             "cuda:{} {} (compute {}/{}, LM head {})",
             self.ordinal,
@@ -429,21 +438,17 @@ impl PairScorer for CudaPair {
 
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let mut out = self.begin(batch)?;
-        let mut cache = self.cache.take();
-        let pass = self.pass(true);
-        let mut counters = self.counters;
-        let done = match cache.as_mut() {
+        let models = (&self.policy, &self.reference);
+        let pass = Pass::new(&self.gpu, models, self.lm_head, true);
+        match self.cache.as_mut() {
             None => {
-                count_uncached(&mut counters, batch);
-                score_wave(&pass, None, batch, &uncached(batch), &mut out)
+                count_uncached(&mut self.counters, batch);
+                score_wave(&pass, None, batch, &uncached(batch), &mut out)?;
             }
-            Some(c) => in_waves(c, batch, &mut counters, |c, wave| {
+            Some(c) => in_waves(c, batch, &mut self.counters, |c, wave| {
                 score_wave(&pass, Some(c), batch, wave, &mut out)
-            }),
-        };
-        self.counters = counters;
-        self.cache = cache;
-        done?;
+            })?,
+        }
         Ok(out)
     }
 
@@ -452,7 +457,9 @@ impl PairScorer for CudaPair {
     fn score_reference(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let mut out = self.begin(batch)?;
         count_uncached(&mut self.counters, batch);
-        score_wave(&self.pass(false), None, batch, &uncached(batch), &mut out)?;
+        let models = (&self.policy, &self.reference);
+        let pass = Pass::new(&self.gpu, models, self.lm_head, false);
+        score_wave(&pass, None, batch, &uncached(batch), &mut out)?;
         Ok(out)
     }
 }

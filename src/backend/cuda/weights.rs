@@ -369,12 +369,11 @@ fn uniform(cfg: &Config) -> Result<Uniform> {
 }
 
 /// Whether the DeltaNet kernels take these head sizes
-/// ([`super::deltanet`]'s recurrence keeps a key head per column in ≤ 32
-/// lanes of ≤ 32 rows each).
+/// ([`super::deltanet::recurrence_layout`]).
 fn check_deltanet(d: &crate::model::config::DeltaNetDesc) -> Result<()> {
-    match super::deltanet::rows_per_thread(d.k_head_dim) {
-        Some(r) if d.v_head_dim * (d.k_head_dim / r) <= 1024 => Ok(()),
-        _ => Err(Error::Backend(format!(
+    match super::deltanet::recurrence_layout(d.k_head_dim, d.v_head_dim) {
+        Some(_) => Ok(()),
+        None => Err(Error::Backend(format!(
             "cuda: DeltaNet heads of {}×{} are not supported by the GPU kernels",
             d.k_head_dim, d.v_head_dim
         ))),

@@ -417,12 +417,7 @@ pub(super) unsafe fn task<V: Lanes, const MR: usize>(
     let rows = Rows::of(c, g, p0);
     s.kt.resize(hd * KT, 0.0);
     s.p.resize(MR * KT, 0.0);
-    s.o.clear();
-    s.o.resize(n_rows * hd, 0.0);
-    s.l.clear();
-    s.l.resize(n_rows * 16, 0.0);
-    s.m.clear();
-    s.m.resize(n_rows, f32::NEG_INFINITY);
+    reset_rows((&mut s.o, &mut s.l, &mut s.m), n_rows, hd);
     let (t_first, t_last) = (rows.lo(0) / KT, rows.abs(n_rows - 1) / KT);
     // Rows are in position order, so `lo` and `abs` never decrease and the
     // rows that see tile t form one range [ra, rb).
@@ -467,6 +462,23 @@ pub(super) unsafe fn task<V: Lanes, const MR: usize>(
     }
     // SAFETY: the task's rows lie in `out`; this task owns them.
     unsafe { write_out(c, rows, n_rows, &s.o, &s.l) }
+}
+
+/// A task's running state, fresh for `n_rows` rows of `hd` values: O at
+/// zero, the 16 sum lanes of l at zero, the running max m at −∞.
+pub(super) fn reset_rows(
+    (o, l, m): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
+    n_rows: usize,
+    hd: usize,
+) {
+    for (v, len, x) in [
+        (o, n_rows * hd, 0.0),
+        (l, n_rows * 16, 0.0),
+        (m, n_rows, f32::NEG_INFINITY),
+    ] {
+        v.clear();
+        v.resize(len, x);
+    }
 }
 
 /// Where [`online_softmax`] puts a micro-tile's P: `put(i, v, p)` stores

@@ -23,7 +23,8 @@
 use rayon::prelude::*;
 
 use super::tile::{
-    Call, DC, KT, Lanes, PSink, Plain, Rows, lanes_of, load_o, online_softmax, store_o, write_out,
+    Call, DC, KT, Lanes, PSink, Plain, Rows, lanes_of, load_o, online_softmax, reset_rows, store_o,
+    write_out,
 };
 use crate::backend::cpu::gemm_bf16::bf16_bits;
 
@@ -269,12 +270,7 @@ pub(super) unsafe fn task<V: Dot, const MR: usize>(
         }
     }
     s.p.resize(MR * KT, 0);
-    s.o.clear();
-    s.o.resize(n_rows * hd, 0.0);
-    s.l.clear();
-    s.l.resize(n_rows * 16, 0.0);
-    s.m.clear();
-    s.m.resize(n_rows, f32::NEG_INFINITY);
+    reset_rows((&mut s.o, &mut s.l, &mut s.m), n_rows, hd);
     let (t_first, t_last) = (rows.lo(0) / KT, rows.abs(n_rows - 1) / KT);
     let (mut ra, mut rb) = (0, 0);
     for t in t_first..=t_last {
