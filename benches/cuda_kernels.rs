@@ -27,7 +27,7 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement
 use padv::backend::PairScorer;
 use padv::backend::cpu::ops::AttnShape;
 use padv::backend::cuda::cudarc::driver::CudaSlice;
-use padv::backend::cuda::forward::PagedBatch;
+use padv::backend::cuda::forward::{LINEAR_CHUNK, PagedBatch};
 use padv::backend::cuda::kernels::AttnKernel;
 use padv::backend::cuda::lm_head::{HeadSide, lm_head_scores};
 use padv::backend::cuda::{CudaPair, DevTensor, Gpu, LmHeadPath, probe, roofline};
@@ -405,6 +405,65 @@ fn bench_attention_step(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
     g.finish();
 }
 
+/// The forward's GEMMs alone, both models: each layer's qkv, o, gate/up (in
+/// bf16) and down projections over the batch in `LINEAR_CHUNK`-row chunks,
+/// on random operands of the pair's shapes. What the forward adds to this
+/// (attention, norms, RoPE, activations) is the rest of its time.
+fn bench_forward_gemms(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    name: &str,
+    cfg: &Config,
+    seqs: usize,
+    len: usize,
+) {
+    let u = cfg.uniform().expect("a uniform shape");
+    let h = cfg.hidden_size;
+    let (qd, kvd) = (u.num_heads * u.head_dim, u.num_kv_heads * u.head_dim);
+    let inter = u.intermediate_size;
+    let t = seqs * len;
+    let chunk = LINEAR_CHUNK.min(t);
+    // (output width, inner size, output in bf16)
+    let gemms = [
+        (qd + 2 * kvd, h, false),
+        (h, qd, false),
+        (2 * inter, h, true),
+        (h, inter, false),
+    ];
+    let widest = gemms.iter().map(|g| g.0.max(g.1)).max().unwrap_or(0);
+    let made = (|| {
+        let mut x = DevTensor::alloc(gpu, DType::BF16, chunk * widest)?;
+        gpu.fill_uniform(&mut x.all_mut(), 31, -1.0, 1.0)?;
+        let mut w = DevTensor::alloc(gpu, DType::BF16, widest * widest)?;
+        gpu.fill_uniform(&mut w.all_mut(), 32, -0.05, 0.05)?;
+        let out32 = gpu.alloc_f32(chunk * widest)?;
+        let out16 = DevTensor::alloc(gpu, DType::BF16, chunk * widest)?;
+        Ok::<_, padv::Error>((x, w, out32, out16))
+    })();
+    let Ok((x, w, mut out32, mut out16)) = made else {
+        return;
+    };
+    let mut g = c.benchmark_group(format!("gemms_{name}"));
+    configure(&mut g, false);
+    timed(&mut g, &format!("{name}_gemms_{seqs}x{len}"), gpu, || {
+        for _ in 0..2 * cfg.num_layers {
+            for r0 in (0..t).step_by(chunk) {
+                let n = chunk.min(t - r0);
+                for &(width, k, typed) in &gemms {
+                    let (xv, wv) = (x.view(0, n * k)?, w.view(0, width * k)?);
+                    if typed {
+                        gpu.matmul_wt_to(&xv, &wv, &mut out16.all_mut(), n, width, k, width)?;
+                    } else {
+                        gpu.matmul_wt(&xv, &wv, &mut out32.as_view_mut(), n, width, k, width)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    g.finish();
+}
+
 fn bench_pair(
     c: &mut Criterion,
     name: &str,
@@ -458,6 +517,18 @@ fn bench_pair(
         s.lines.push(format!(
             "| forward, {name} pair, {seqs}×{len} tokens | {tflops:.0} TFLOP/s | {frac} |"
         ));
+        if let Some(gt) = median(&format!("{name}_gemms_{seqs}x{len}")) {
+            let gflops = 2.0 * forward_flops(cfg, seqs, len) / gt / 1e12;
+            let gfrac = peak.map_or(String::new(), |p| {
+                format!(" ({:.0}% of cuBLAS 8192³)", 100.0 * gflops / p)
+            });
+            s.lines.push(format!(
+                "| the forward's GEMMs alone, {name} pair, {seqs}×{len} | {:.1} ms of the forward's {:.1} ms | \
+                 forward FLOPs over GEMM time {gflops:.0} TFLOP/s{gfrac} |",
+                1e3 * gt,
+                1e3 * t
+            ));
+        }
     }
     if let Some(t) = median(&e2e_name) {
         s.lines.push(format!(
@@ -502,6 +573,8 @@ fn main() {
     // 8 × 1024 (many short agent contexts) and 2 × 4096 (long ones: the
     // issue's T ≥ 4096 target, where attention's share grows).
     for (seqs, len) in [(8, 1024), (2, 4096)] {
+        let cfg = shape_config("qwen2.5-0.5b");
+        bench_forward_gemms(&mut c, &gpu, "qwen2.5-0.5b", &cfg, seqs, len);
         bench_pair(
             &mut c,
             "qwen2.5-0.5b",
@@ -534,7 +607,9 @@ fn main() {
     println!("\n## padv GPU summary — {}\n", s.device);
     println!("| what | measured | relative |");
     println!("|---|---|---|");
-    for l in &s.lines {
+    // A benchmark left out by criterion's filter has no time: its line is
+    // left out too.
+    for l in s.lines.iter().filter(|l| !l.contains("NaN")) {
         println!("{l}");
     }
 }

@@ -22,7 +22,8 @@
 # holds (a build without the `cuda` feature passes "0 passed" otherwise).
 # Env: CUDA_ARCHS (default 80,90), PADV_BENCH_SKIP_7B=1, GPU_CHECK_NO_BENCH=1,
 # GPU_CHECK_BENCHES="kernels roofline prefix serve" (the default: all; a
-# subset runs only those).
+# subset runs only those), GPU_CHECK_BENCH_FILTER (a criterion filter for
+# the kernel benches, e.g. '^(memory|gemm|pair)').
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -233,7 +234,8 @@ run() {
   local benches=" ${GPU_CHECK_BENCHES:-kernels roofline prefix serve} "
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
     if [[ "$benches" == *" kernels "* ]]; then
-      PADV_BENCH_QUICK=1 timeout 420 "$bundle/cuda_kernels" --bench >"$out/bench.log" 2>&1 || bench_rc=$?
+      PADV_BENCH_QUICK=1 timeout 420 "$bundle/cuda_kernels" --bench ${GPU_CHECK_BENCH_FILTER:+"$GPU_CHECK_BENCH_FILTER"} \
+        >"$out/bench.log" 2>&1 || bench_rc=$?
     fi
     padv_bench "$benches" || bench_rc=$?
     if [[ "$benches" == *" serve "* ]]; then serve_load || bench_rc=$?; fi

@@ -428,29 +428,37 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
 fn silu_mul_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(5);
-    let (n, inter) = (33, 300);
-    let gate_up = rng.vec(n * 2 * inter, 8.0);
-    let mut want = Vec::with_capacity(n * inter);
-    for row in gate_up.chunks(2 * inter) {
-        let (g, u) = row.split_at(inter);
-        let mut g = g.to_vec();
-        ops::silu_mul_inplace(&mut g, u);
-        want.extend(g);
-    }
-    for dt in DTYPES {
-        let dg = gpu.upload(&gate_up).unwrap();
-        let mut out = DevTensor::poisoned(&gpu, dt, n * inter).unwrap();
-        gpu.silu_mul(&dg.as_view(), &mut out.all_mut(), inter)
+    // 512 wide takes the 16-byte path in every dtype, 300 only in f32; the
+    // view one element in (`skip`) is misaligned, so one element per thread.
+    for (n, inter, skip) in [(33, 300, 0), (17, 512, 0), (9, 512, 1)] {
+        for dt in DTYPES {
+            // The input in the kernel's dtype (the gate/up GEMM's output).
+            let gate_up = rounded(dt, &rng.vec(skip + n * 2 * inter, 8.0));
+            let mut want = Vec::with_capacity(n * inter);
+            for row in gate_up[skip..].chunks(2 * inter) {
+                let (g, u) = row.split_at(inter);
+                let mut g = g.to_vec();
+                ops::silu_mul_inplace(&mut g, u);
+                want.extend(g);
+            }
+            let dg = DevTensor::from_f32(&gpu, &gate_up, dt).unwrap();
+            let mut out = DevTensor::poisoned(&gpu, dt, skip + n * inter).unwrap();
+            gpu.silu_mul(
+                &dg.view(skip, skip + n * 2 * inter).unwrap(),
+                &mut out.view_mut(skip, skip + n * inter).unwrap(),
+                inter,
+            )
             .unwrap();
-        // expf vs the CPU's polynomial exp: a few f32 ulp.
-        assert_close(
-            &format!("silu_mul {dt:?}"),
-            &out.to_f32_vec(&gpu).unwrap(),
-            &want,
-            1e-6,
-            2e-6,
-            dt,
-        );
+            // expf vs the CPU's polynomial exp: a few f32 ulp.
+            assert_close(
+                &format!("silu_mul {dt:?} {n}×{inter} from {skip}"),
+                &out.to_f32_vec(&gpu).unwrap()[skip..],
+                &want,
+                1e-6,
+                2e-6,
+                dt,
+            );
+        }
     }
 }
 
@@ -521,6 +529,23 @@ fn cublas_gemm_matches_the_triple_loop_for_every_dtype() {
         // Products of rounded operands are exact in f32; only the f32
         // accumulation order differs (k = 72 terms of size ≤ 1).
         assert_close(&format!("gemm {dt:?}"), &got, &want, 2e-5, 1e-5, DType::F32);
+        // The same product written in the operands' dtype: the f32 result
+        // rounded once (the tolerance adds one ulp of `dt`).
+        let mut typed = DevTensor::poisoned(&gpu, dt, rows * ldo).unwrap();
+        gpu.matmul_wt_to(&dx.all(), &dw.all(), &mut typed.all_mut(), rows, n, k, ldo)
+            .unwrap();
+        let got = typed.to_f32_vec(&gpu).unwrap();
+        let got: Vec<f32> = (0..rows)
+            .flat_map(|r| got[r * ldo..r * ldo + n].to_vec())
+            .collect();
+        assert_close(
+            &format!("gemm {dt:?} → {dt:?}"),
+            &got,
+            &want,
+            2e-5,
+            1e-5,
+            dt,
+        );
     }
 }
 

@@ -22,8 +22,12 @@ use padv::score::TokenScores;
 use serde_json::Value;
 
 fn fixture_records(name: &str) -> Vec<Vec<u32>> {
-    let text =
-        std::fs::read_to_string(fixtures().join(format!("expected/tiny_{name}.json"))).unwrap();
+    expected_records(&format!("tiny_{name}"))
+}
+
+/// The token ids of tests/fixtures/expected/FILE.json's records.
+fn expected_records(file: &str) -> Vec<Vec<u32>> {
+    let text = std::fs::read_to_string(fixtures().join(format!("expected/{file}.json"))).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     v["records"]
         .as_array()
@@ -42,8 +46,9 @@ fn fixture_records(name: &str) -> Vec<Vec<u32>> {
 
 /// The fixture records, one record with a partial score mask, an empty and
 /// a one-token sequence, and two long sequences cycling the records' tokens
-/// (many attention tiles and KV blocks per sequence).
-fn batch_for(records: &[Vec<u32>]) -> Vec<SeqRequest> {
+/// (many attention tiles and KV blocks per sequence), at most `max_positions`
+/// long (the CPU backend refuses longer ones).
+fn batch_for(records: &[Vec<u32>], max_positions: usize) -> Vec<SeqRequest> {
     let mut batch: Vec<SeqRequest> = records
         .iter()
         .map(|ids| SeqRequest {
@@ -62,6 +67,7 @@ fn batch_for(records: &[Vec<u32>]) -> Vec<SeqRequest> {
         score_mask: None,
     });
     for len in [300usize, 517] {
+        let len = len.min(max_positions);
         batch.push(SeqRequest {
             token_ids: all.iter().cycle().take(len).copied().collect(),
             score_mask: None,
@@ -124,7 +130,7 @@ struct Tol {
 fn compare_pair(name: &str, dir: &Path, records: &[Vec<u32>], compute: Option<DType>, tol: Tol) {
     let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
     let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
-    let batch = batch_for(records);
+    let batch = batch_for(records, policy.config.max_position_embeddings);
     let mut cpu = open_pair(Device::Cpu, policy.clone(), reference.clone()).unwrap();
     let dtype = compute.unwrap_or(policy.dtype());
     let mut gpu = match compute {
@@ -245,23 +251,28 @@ fn sliding_window_pair_scores_like_the_cpu_backend() {
 #[test]
 fn f32_fixture_pairs_match_transformers_on_the_gpu() {
     let Some(_gpu) = gpu() else { return };
-    for name in [
-        "llama",
-        "llama3scaled",
-        "qwen2",
-        "mistral",
-        "qwen3",
-        "olmo3",
+    // Each pair's short records, and Olmo 3's and Qwen 3.5's long ones
+    // (past the linear chunk, many KV blocks and DeltaNet chunks).
+    for (name, file) in [
+        ("llama", "tiny_llama"),
+        ("llama3scaled", "tiny_llama3scaled"),
+        ("qwen2", "tiny_qwen2"),
+        ("mistral", "tiny_mistral"),
+        ("qwen3", "tiny_qwen3"),
+        ("olmo3", "tiny_olmo3"),
+        ("olmo3", "long_olmo3"),
+        ("qwen3_5", "tiny_qwen3_5"),
+        ("qwen3_5", "long_qwen3_5"),
     ] {
         let dir = fixtures().join("models").join(name);
         let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
         let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
         let mut scorer = CudaPair::new(0, policy, reference).unwrap();
         let text =
-            std::fs::read_to_string(fixtures().join(format!("expected/tiny_{name}.json"))).unwrap();
+            std::fs::read_to_string(fixtures().join(format!("expected/{file}.json"))).unwrap();
         let expected: Value = serde_json::from_str(&text).unwrap();
         let records = expected["records"].as_array().unwrap();
-        let batch: Vec<SeqRequest> = fixture_records(name)
+        let batch: Vec<SeqRequest> = expected_records(file)
             .into_iter()
             .map(|token_ids| SeqRequest {
                 token_ids,
@@ -289,7 +300,7 @@ fn f32_fixture_pairs_match_transformers_on_the_gpu() {
                 }
             }
         }
-        eprintln!("{name}: max |Δ logp| gpu vs transformers = {worst:.2e}");
+        eprintln!("{file}: max |Δ logp| gpu vs transformers = {worst:.2e}");
     }
 }
 
@@ -302,8 +313,9 @@ fn reference_only_scoring_gives_the_full_passs_reference_log_probs() {
         let dir = fixtures().join("models").join(name);
         let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
         let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
+        let max_pos = policy.config.max_position_embeddings;
         let mut scorer = CudaPair::new(0, policy, reference).unwrap();
-        let batch = batch_for(&fixture_records(name));
+        let batch = batch_for(&fixture_records(name), max_pos);
         let full = scorer.score(&batch).unwrap();
         let refs = scorer.score_reference(&batch).unwrap();
         let mut scored = 0;
@@ -353,11 +365,12 @@ fn folded_lm_head_scores_like_the_gemm_path() {
         let dir = fixtures().join("models").join(name);
         let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
         let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
+        let max_pos = policy.config.max_position_embeddings;
         let mut pair = match compute {
             Some(d) => CudaPair::with_compute_dtype(0, policy, reference, d).unwrap(),
             None => CudaPair::new(0, policy, reference).unwrap(),
         };
-        let batch = batch_for(&fixture_records(name));
+        let batch = batch_for(&fixture_records(name), max_pos);
         pair.set_lm_head(LmHeadPath::Gemm);
         let (gemm, gemm_ref) = (
             pair.score(&batch).unwrap(),
@@ -412,17 +425,17 @@ fn auto_device_picks_the_gpu_when_one_is_present() {
         .err()
         .expect("no device 999");
     assert!(err.to_string().contains("cuda:999"), "{err}");
-    // Olmo 3 and Qwen 3.5 run on the GPU by name, but `auto` keeps them on
-    // the CPU until their GPU parity has passed (`Arch::gpu_verified`), and
-    // hybrids also while the device cache holds no DeltaNet states; Gemma 4
-    // the CUDA backend does not run.
+    // Olmo 3 (verified on a device) runs on the GPU under `auto`; Qwen 3.5
+    // by name only, as `auto` keeps hybrids on the CPU while the device
+    // cache holds no DeltaNet states; Gemma 4 the CUDA backend does not run.
     for name in ["olmo3", "qwen3_5", "gemma4"] {
         let dir = fixtures().join("models").join(name);
         let p = Arc::new(Model::load(&dir.join("trained")).unwrap());
         let r = Arc::new(Model::load(&dir.join("ref")).unwrap());
         let auto = open_pair(Device::Auto, p.clone(), r.clone()).unwrap();
+        let want = if name == "olmo3" { "cuda:0" } else { "cpu" };
         assert!(
-            auto.describe().starts_with("cpu"),
+            auto.describe().starts_with(want),
             "{name}: {}",
             auto.describe()
         );

@@ -50,12 +50,12 @@ impl Arch {
 
     /// Whether the CUDA backend's parity with the CPU and transformers has
     /// passed on a GPU for this family (docs/gpu-results.md): `--device auto`
-    /// takes the GPU only for these. Olmo 3 and Qwen 3.5 run on the GPU when
-    /// asked by name (`--device cuda`) until their first device run.
+    /// takes the GPU only for these (and hybrids, Qwen 3.5, not while their
+    /// cache stays on the CPU). Gemma 4 the CUDA backend does not run.
     pub fn gpu_verified(self) -> bool {
         matches!(
             self,
-            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3
+            Arch::Llama | Arch::Mistral | Arch::Qwen2 | Arch::Qwen3 | Arch::Olmo3 | Arch::Qwen3_5
         )
     }
 }

@@ -9,7 +9,7 @@
 //!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write)
 //!   a   = attention(q, pool)                            → compute dtype
 //!   delta = a · oᵀ;  n = [rmsnorm](x += [rmsnorm](delta))
-//!   delta = silu_mul(n · [gate;up]ᵀ) · downᵀ
+//!   delta = silu_mul(n · [gate;up]ᵀ → compute dtype) · downᵀ
 //! hidden[rows] = rmsnorm(x + [rmsnorm](delta))[rows]    (final norm, gathered)
 //! ```
 //!
@@ -220,7 +220,9 @@ pub fn forward_rows(
     let c = LINEAR_CHUNK.min(t);
     let mut normed = DevTensor::alloc(gpu, dt, c * h)?;
     let mut qkv = gpu.alloc_f32(c * (qw + 2 * kvd))?;
-    let mut gate_up = gpu.alloc_f32(c * 2 * inter)?;
+    // In the compute dtype: transformers rounds both projections to it, and
+    // at 2·inter wide this is the forward's largest write and read.
+    let mut gate_up = DevTensor::alloc(gpu, dt, c * 2 * inter)?;
     let mut act = DevTensor::alloc(gpu, dt, c * inter)?;
     let mut dn_scratch = match u.deltanet.iter().flatten().next() {
         Some(d) => Some(DeltaNetScratch::new(gpu, d, &batch.layout)?),
@@ -363,17 +365,17 @@ pub fn forward_rows(
                 h,
                 eps,
             )?;
-            gpu.matmul_wt(
+            gpu.matmul_wt_to(
                 &normed.view(0, n * h)?,
                 &l.gate_up.all(),
-                &mut sub_mut(&mut gate_up, 0, n * 2 * inter)?,
+                &mut gate_up.view_mut(0, n * 2 * inter)?,
                 n,
                 2 * inter,
                 h,
                 2 * inter,
             )?;
             gpu.silu_mul(
-                &sub(&gate_up, 0, n * 2 * inter)?,
+                &gate_up.view(0, n * 2 * inter)?,
                 &mut act.view_mut(0, n * inter)?,
                 inter,
             )?;

@@ -331,20 +331,24 @@ impl Gpu {
     }
 
     /// `out = silu(gate) · up` — kernels/silu_mul.cu; CPU twin:
-    /// `ops::silu_mul_inplace`.
+    /// `ops::silu_mul_inplace`. `gate_up` and `out` share one dtype.
     pub fn silu_mul(
         &self,
-        gate_up: &CudaView<'_, f32>, // [n, 2·inter]
-        out: &mut DevViewMut<'_>,    // [n, inter]
+        gate_up: &DevView<'_>,    // [n, 2·inter]
+        out: &mut DevViewMut<'_>, // [n, inter]
         inter: usize,
     ) -> Result<()> {
-        check(inter > 0 && gate_up.len().is_multiple_of(2 * inter), || {
+        check(gate_up.dtype == out.dtype, || {
             format!(
-                "silu_mul: gate_up of {} is not [n, 2×{inter}]",
-                gate_up.len()
+                "silu_mul: gate_up is {}, out {}",
+                gate_up.dtype.name(),
+                out.dtype.name()
             )
         })?;
-        let n = gate_up.len() / (2 * inter);
+        check(inter > 0 && gate_up.len.is_multiple_of(2 * inter), || {
+            format!("silu_mul: gate_up of {} is not [n, 2×{inter}]", gate_up.len)
+        })?;
+        let n = gate_up.len / (2 * inter);
         check(out.len >= n * inter, || {
             format!("silu_mul: out has {}", out.len)
         })?;
@@ -352,12 +356,20 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
+        // 16 bytes per thread and operand where rows and starts allow.
+        let per = 16 / out.dtype.size();
+        let aligned = |p: u64| p.is_multiple_of(16);
+        let vec = inter.is_multiple_of(per)
+            && aligned(gate_up.view.device_ptr(&self.stream).0)
+            && aligned(out.view.device_ptr(&self.stream).0);
         let f = self.function("silu_mul", &typed("silu_mul", out.dtype), 0)?;
-        let i = inter as i32;
+        let (i, v) = (inter as i32, i32::from(vec));
         let mut b = self.stream.launch_builder(&f);
-        b.arg(gate_up).arg(&mut out.view).arg(&i);
-        let grid = (n as u32, inter.div_ceil(THREADS as usize) as u32, 1);
-        // SAFETY: as in `embedding`.
+        b.arg(&gate_up.view).arg(&mut out.view).arg(&i).arg(&v);
+        let threads = if vec { inter / per } else { inter };
+        let grid = (n as u32, threads.div_ceil(THREADS as usize) as u32, 1);
+        // SAFETY: as in `embedding`; the vector path's 16-byte accesses are
+        // aligned (checked above) and in bounds (inter % per == 0).
         unsafe { b.launch(cfg(grid, THREADS, 0)) }.ctx("silu_mul")?;
         Ok(())
     }
@@ -640,6 +652,50 @@ impl Gpu {
         k: usize,
         ldo: usize,
     ) -> Result<()> {
+        let len = out.len();
+        let (op, _ro) = out.device_ptr_mut(&self.stream);
+        self.gemm(x, w, (op, len, DType::F32), rows, n, k, ldo)
+    }
+
+    /// [`Gpu::matmul_wt`] with the output in `out`'s dtype: f32, or the
+    /// operands' 16-bit dtype (the f32 accumulator rounded once, as
+    /// transformers rounds a projection in bf16).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_wt_to(
+        &self,
+        x: &DevView<'_>,
+        w: &DevView<'_>,
+        out: &mut DevViewMut<'_>,
+        rows: usize,
+        n: usize,
+        k: usize,
+        ldo: usize,
+    ) -> Result<()> {
+        check(out.dtype == DType::F32 || out.dtype == x.dtype, || {
+            format!(
+                "gemm: a {} output of {} operands",
+                out.dtype.name(),
+                x.dtype.name()
+            )
+        })?;
+        let (len, dt) = (out.len, out.dtype);
+        let (op, _ro) = out.view.device_ptr_mut(&self.stream);
+        self.gemm(x, w, (op, len, dt), rows, n, k, ldo)
+    }
+
+    /// The cuBLAS call behind both: `out` is (device pointer, elements, dtype).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        x: &DevView<'_>,
+        w: &DevView<'_>,
+        out: (u64, usize, DType),
+        rows: usize,
+        n: usize,
+        k: usize,
+        ldo: usize,
+    ) -> Result<()> {
+        let (op, out_len, out_dt) = out;
         check(x.dtype == w.dtype, || {
             format!("gemm: x is {}, w is {}", x.dtype.name(), w.dtype.name())
         })?;
@@ -649,23 +705,23 @@ impl Gpu {
                 x.len, w.len
             )
         })?;
-        check(rows == 0 || out.len() >= (rows - 1) * ldo + n, || {
-            format!("gemm: out has {} < {rows}×{ldo}", out.len())
+        check(rows == 0 || out_len >= (rows - 1) * ldo + n, || {
+            format!("gemm: out has {out_len} < {rows}×{ldo}")
         })?;
         dims_fit(&[rows, n, k, ldo])?;
         if rows == 0 || n == 0 {
             return Ok(());
         }
-        let dt = match x.dtype {
+        let cuda_type = |d: DType| match d {
             DType::F32 => cudaDataType::CUDA_R_32F,
             DType::BF16 => cudaDataType::CUDA_R_16BF,
             DType::F16 => cudaDataType::CUDA_R_16F,
         };
+        let dt = cuda_type(x.dtype);
         let (alpha, beta) = (1.0f32, 0.0f32);
         self.ctx.bind_to_thread().ctx("bind context")?;
         let (xp, _rx) = x.view.device_ptr(&self.stream);
         let (wp, _rw) = w.view.device_ptr(&self.stream);
-        let (op, _ro) = out.device_ptr_mut(&self.stream);
         // Column-major view: outᵀ [n, rows] = wᵀ… i.e. op(A) = Wᵀ-as-stored
         // (A = w, k×n col-major, transposed), B = xᵀ (k×rows col-major).
         // SAFETY: pointers are live device allocations with the sizes checked above.
@@ -686,7 +742,7 @@ impl Gpu {
                 k as i32,
                 (&beta as *const f32).cast::<c_void>(),
                 op as *mut c_void,
-                cudaDataType::CUDA_R_32F,
+                cuda_type(out_dt),
                 ldo as i32,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
