@@ -12,7 +12,8 @@
 //   ──gated_delta_rule──►  o [n, v_heads·dv]: per (sequence, value head)
 //     the recurrence S ← e^g S; S ← S + k (β (v − Sᵀk))ᵀ; o = Sᵀq, from the
 //     zero state or a cached one, value head j reading key head
-//     j / (v_heads / k_heads);
+//     j / (v_heads / k_heads); the state after chosen rows (the last token
+//     of each prefix-cache block the wave fills) into the cache's snapshots;
 //   o, z  ──gated_rmsnorm_silu──►  RMSNorm per value head (plain weight)
 //     times silu(z), in the weights' dtype for out_proj.
 //
@@ -21,7 +22,9 @@
 // holds the state S [dk, dv] in registers: thread (j, p) owns column j and
 // rows p·RPT … p·RPT + RPT − 1, the P = dk / RPT threads of a column are
 // adjacent lanes and reduce Sᵀk and Sᵀq by shuffles; q, k, v, g, β of the
-// token are staged in shared memory. Per token a thread does 3·RPT FMAs.
+// token are staged in shared memory (double-buffered: the next token's
+// loads are in flight during this one's compute). Per token a thread does
+// 3·RPT FMAs.
 #include "common.cuh"
 
 #define DN_L2_EPS 1e-6f
@@ -86,8 +89,40 @@ __device__ __forceinline__ float dn_group_sum(float v, int P) {
     return v;
 }
 
+// One token's q, k (each dk, padded by one float per RPT rows so that the P
+// row groups of a warp read distinct banks), v (dv), g and β, staged in
+// shared memory: DN_STAGE floats.
+#define DN_STAGE(dk, dv, RPT) (2 * ((dk) + (dk) / (RPT)) + (dv) + 2)
+// DN_PREFETCH (most values one thread prefetches per token; the launcher
+// checks 2·dk + dv + 2 ≤ DN_PREFETCH · threads) and DN_MAX_THREADS (the
+// launch bounds) come from src/consts.rs.
+#if !defined(DN_PREFETCH) || !defined(DN_MAX_THREADS)
+#error "DN_PREFETCH and DN_MAX_THREADS are defined by build.rs from src/consts.rs"
+#endif
+
+// Element i of the token's [q | k | v | g | β] from global memory, and its
+// place in a stage.
+__device__ __forceinline__ float dn_fetch(const float* __restrict__ mixed, const float* __restrict__ g,
+                                          const float* __restrict__ beta, int row, int i, int cd, int kd,
+                                          int kh, int head, int v_heads, int dk, int dv) {
+    const float* m = mixed + (size_t)row * cd;
+    if (i < dk) return m[kh * dk + i];
+    if (i < 2 * dk) return m[kd + kh * dk + i - dk];
+    if (i < 2 * dk + dv) return m[2 * kd + head * dv + i - 2 * dk];
+    return i == 2 * dk + dv ? g[(size_t)row * v_heads + head] : beta[(size_t)row * v_heads + head];
+}
+template <int RPT>
+__device__ __forceinline__ int dn_slot(int i, int dk) {
+    if (i < dk) return i + i / RPT;                   // q
+    if (i < 2 * dk) return i + (i - dk) / RPT + dk / RPT;  // k, after q's dk + dk/RPT
+    return i + 2 * (dk / RPT);                        // v, g, β
+}
+
 // Launch: grid (seqs, v_heads), 32·ceil(dv·P / 32) threads (P = dk / RPT),
-// dynamic shared memory (2·dk + dv + 2) floats.
+// dynamic shared memory 2·DN_STAGE floats. Each token is staged in one of
+// two buffers while the previous one is computed from the other: its loads
+// are issued into registers before the compute and stored after it, so one
+// barrier per token separates them.
 template <int RPT>
 __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, cd]: q | k | v
                                  const float* __restrict__ g,           // [n, vh]
@@ -95,41 +130,53 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
                                  const int32_t* __restrict__ seq_start, // [seqs + 1]
                                  const float* __restrict__ init,        // [seqs, vh, dk, dv], or null (zeros)
                                  float* __restrict__ final_state,       // [seqs, vh, dk, dv], or null
+                                 const int32_t* __restrict__ snap_at,   // [n]: snapshot slot after the row, or −1; or null
+                                 float* __restrict__ snaps,             // [slots, vh, dk, dv] (the prefix cache's)
                                  float* __restrict__ out,               // [n, vh·dv]
                                  int cd, int k_heads, int v_heads, int dk, int dv) {
     extern __shared__ float dn_smem[];
-    float* qs = dn_smem;   // [dk]
-    float* ks = qs + dk;   // [dk]
-    float* vs = ks + dk;   // [dv]
-    float* gb = vs + dv;   // g, β
+    const int stage = DN_STAGE(dk, dv, RPT), L = 2 * dk + dv + 2;
     const int P = dk / RPT;
     const int s = blockIdx.x, head = blockIdx.y, kh = head / (v_heads / k_heads);
     const int j = threadIdx.x / P, p = threadIdx.x % P;
     const bool active = j < dv;
     const int kd = k_heads * dk;
     const size_t state = (((size_t)s * v_heads + head) * dk) * dv;
+    const int first = seq_start[s], last = seq_start[s + 1];
 
     float S[RPT];
 #pragma unroll
     for (int r = 0; r < RPT; ++r)
         S[r] = active && init ? init[state + (size_t)(p * RPT + r) * dv + j] : 0.0f;
 
-    for (int row = seq_start[s]; row < seq_start[s + 1]; ++row) {
-        __syncthreads();  // the previous token's q, k, v are read
-        const float* m = mixed + (size_t)row * cd;
-        for (int i = threadIdx.x; i < dk; i += blockDim.x) {
-            qs[i] = m[kh * dk + i];
-            ks[i] = m[kd + kh * dk + i];
+    float pre[DN_PREFETCH];
+    auto fetch = [&](int row) {
+#pragma unroll
+        for (int c = 0; c < DN_PREFETCH; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < L) pre[c] = dn_fetch(mixed, g, beta, row, i, cd, kd, kh, head, v_heads, dk, dv);
         }
-        for (int i = threadIdx.x; i < dv; i += blockDim.x) vs[i] = m[2 * kd + head * dv + i];
-        if (threadIdx.x == 0) {
-            gb[0] = g[(size_t)row * v_heads + head];
-            gb[1] = beta[(size_t)row * v_heads + head];
+    };
+    auto put = [&](float* buf) {
+#pragma unroll
+        for (int c = 0; c < DN_PREFETCH; ++c) {
+            const int i = threadIdx.x + c * blockDim.x;
+            if (i < L) buf[dn_slot<RPT>(i, dk)] = pre[c];
         }
-        __syncthreads();
-        const float decay = expf(gb[0]);
-        const float* kp = ks + p * RPT;
-        const float* qp = qs + p * RPT;
+    };
+    if (first < last) {
+        fetch(first);
+        put(dn_smem);
+    }
+    __syncthreads();
+    for (int row = first; row < last; ++row) {
+        const float* cur = dn_smem + ((row - first) & 1) * stage;
+        float* next = dn_smem + ((row - first + 1) & 1) * stage;
+        if (row + 1 < last) fetch(row + 1);  // in flight during this token's compute
+        const float* qp = cur + p * (RPT + 1);
+        const float* kp = cur + dk + dk / RPT + p * (RPT + 1);
+        const float* vs = cur + 2 * (dk + dk / RPT);
+        const float decay = expf(vs[dv]), bt = vs[dv + 1];
         float kv = 0.0f;
 #pragma unroll
         for (int r = 0; r < RPT; ++r) {
@@ -137,7 +184,7 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
             kv += S[r] * kp[r];
         }
         kv = dn_group_sum(kv, P);
-        const float u = active ? (vs[j] - kv) * gb[1] : 0.0f;
+        const float u = active ? (vs[j] - kv) * bt : 0.0f;
         float o = 0.0f;
 #pragma unroll
         for (int r = 0; r < RPT; ++r) {
@@ -146,6 +193,16 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
         }
         o = dn_group_sum(o, P);
         if (active && p == 0) out[(size_t)row * v_heads * dv + (size_t)head * dv + j] = o;
+        // The state after this row into its cache block's snapshot (block-uniform).
+        const int slot = snap_at ? snap_at[row] : -1;
+        if (slot >= 0 && active) {
+            float* dst = snaps + (((size_t)slot * v_heads + head) * dk) * dv;
+#pragma unroll
+            for (int r = 0; r < RPT; ++r) dst[(size_t)(p * RPT + r) * dv + j] = S[r];
+        }
+        // `next` was last read two tokens ago, before the previous barrier.
+        if (row + 1 < last) put(next);
+        __syncthreads();
     }
     if (final_state && active) {
 #pragma unroll
@@ -155,12 +212,12 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
 
 // Entry points `gated_delta_rule_r<RPT>`: dk = P·RPT with P a power of two ≤ 32.
 #define GATED_DELTA_RULE(RPT)                                                                  \
-    extern "C" __global__ void gated_delta_rule_r##RPT(                                        \
+    extern "C" __global__ void __launch_bounds__(DN_MAX_THREADS) gated_delta_rule_r##RPT(      \
         const float* mixed, const float* g, const float* beta, const int32_t* seq_start,       \
-        const float* init, float* final_state, float* out, int cd, int k_heads, int v_heads,  \
-        int dk, int dv) {                                                                      \
-        gated_delta_rule<RPT>(mixed, g, beta, seq_start, init, final_state, out, cd, k_heads,  \
-                              v_heads, dk, dv);                                                \
+        const float* init, float* final_state, const int32_t* snap_at, float* snaps, float* out, \
+        int cd, int k_heads, int v_heads, int dk, int dv) {                                    \
+        gated_delta_rule<RPT>(mixed, g, beta, seq_start, init, final_state, snap_at, snaps, out, \
+                              cd, k_heads, v_heads, dk, dv);                                   \
     }
 GATED_DELTA_RULE(8)
 GATED_DELTA_RULE(16)

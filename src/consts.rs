@@ -48,8 +48,15 @@ pub const FOLD_SMEM_BYTES: usize = FOLD_STAGES * (FOLD_BM + FOLD_BN) * (FOLD_BK 
     + 2 * FOLD_BM * 3 * 4
     + FOLD_BM * 4;
 
+/// Most threads of a gated-delta-rule block (`kernels/deltanet.cu`'s
+/// launch bounds: 128 registers a thread, enough for 32 state rows, the
+/// next token's prefetch and no spills).
+pub const DN_MAX_THREADS: usize = 512;
+/// Values of a token one gated-delta-rule thread prefetches at most.
+pub const DN_PREFETCH: usize = 8;
+
 /// Every constant above, by the name the kernels use.
-pub const FOR_NVCC: [(&str, usize); 15] = [
+pub const FOR_NVCC: [(&str, usize); 17] = [
     ("KV_BLOCK", KV_BLOCK),
     ("ATTN_BR", ATTN_BR),
     ("SIMT_BR", SIMT_BR),
@@ -65,4 +72,6 @@ pub const FOR_NVCC: [(&str, usize); 15] = [
     ("FOLD_STAGES", FOLD_STAGES),
     ("FOLD_THREADS", FOLD_THREADS),
     ("FOLD_SMEM_BYTES", FOLD_SMEM_BYTES),
+    ("DN_MAX_THREADS", DN_MAX_THREADS),
+    ("DN_PREFETCH", DN_PREFETCH),
 ];

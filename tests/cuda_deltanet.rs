@@ -145,12 +145,22 @@ fn deltanet_kernels_match_the_cpu() {
         let mut fin = gpu.poisoned_f32(init.len()).unwrap();
         let dinit = up(&init);
         let (gv, bv) = (da.as_view(), db.as_view());
+        // Snapshots (a prefix cache's filled blocks): after each sequence's
+        // last row into slot `seqs − 1 − s`, which must equal its final state.
+        let seqs = lens.len();
+        let mut at = vec![-1i32; n];
+        for s in 0..seqs {
+            at[seq_start[s + 1] as usize - 1] = (seqs - 1 - s) as i32;
+        }
+        let dat = gpu.upload(&at).unwrap();
+        let mut snaps = gpu.poisoned_f32(init.len()).unwrap();
         gpu.gated_delta_rule(
             &mixed.as_view(),
             (&gv, &bv),
             &dss.as_view(),
             Some(&dinit.as_view()),
             Some(&mut fin.as_view_mut()),
+            Some((&dat.as_view(), &mut snaps.as_view_mut())),
             &mut out.as_view_mut(),
             &d,
         )
@@ -206,6 +216,20 @@ fn deltanet_kernels_match_the_cpu() {
             &format!("{tag} state"),
             &download(&gpu, &fin),
             &want_fin,
+            1e-5,
+            1e-5,
+            DType::F32,
+        );
+        let per = vh * dk * dv;
+        let got_snaps = download(&gpu, &snaps);
+        let reordered: Vec<f32> = (0..seqs)
+            .rev()
+            .flat_map(|s| want_fin[s * per..(s + 1) * per].to_vec())
+            .collect();
+        assert_close(
+            &format!("{tag} snapshots"),
+            &got_snaps,
+            &reordered,
             1e-5,
             1e-5,
             DType::F32,

@@ -1,5 +1,6 @@
 //! The prefix cache on the GPU changes cost, not scores (every pair the
-//! CUDA backend runs, Olmo 3's sliding windows and per-layer RoPE included): growing prefixes
+//! CUDA backend runs, Olmo 3's sliding windows and per-layer RoPE and
+//! Qwen 3.5's recurrent states, in 64-token blocks, included): growing prefixes
 //! scored step by step, forks of one prompt in one batch, a budget so small
 //! that blocks are evicted mid-batch, and repeated requests answered from
 //! cached scores, each with the device cache on against the same pair with
@@ -21,6 +22,7 @@ use kv_common::{WithCache, action_request, check_growing_prefixes, check_within,
 use padv::backend::cuda::CudaPair;
 use padv::backend::cuda::kv::DeviceKv;
 use padv::backend::{PairScorer, SeqRequest};
+use padv::kv::cache::block_size_for;
 use padv::kv::{BlockPool, KvOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -32,40 +34,49 @@ impl WithCache for CudaPair {
 }
 
 /// The pairs the CUDA backend runs, with the tolerance of their arithmetic.
-const PAIRS: [(&str, f32); 6] = [
+const PAIRS: [(&str, f32); 7] = [
     ("llama", 1e-4),
     ("qwen2", 1e-4),
     ("qwen3", 1e-4),
     ("mistral", 1e-4),
     ("olmo3", 1e-4),
+    ("qwen3_5", 1e-4),
     ("llama_bf16", 0.15),
 ];
+/// The block size asked for (a hybrid pair's cache rounds it up to 64).
 const BLOCK: usize = 16;
 
-/// (cache off, cache on with a budget of `blocks` blocks) on device 0.
-fn pairs(name: &str, blocks: usize) -> (CudaPair, CudaPair) {
+/// (cache off, cache on with a budget of `blocks` blocks, its block size)
+/// on device 0.
+fn pairs(name: &str, blocks: usize) -> (CudaPair, CudaPair, usize) {
     let (p, r) = kv_common::load(name);
+    let bs = block_size_for(&p.config, &r.config, BLOCK);
     let off = CudaPair::new(0, p.clone(), r.clone()).unwrap();
     let mut on = CudaPair::new(0, p, r).unwrap();
     let (dp, dr) = on.models();
-    let per_block = DeviceKv::bytes_per_block(dp) + DeviceKv::bytes_per_block(dr) + BLOCK * 16;
+    let per_block = DeviceKv::bytes_per_block(dp, bs) + DeviceKv::bytes_per_block(dr, bs) + bs * 16;
     on.set_prefix_cache(Some(KvOptions {
         budget_bytes: blocks * per_block,
         block_size: BLOCK,
     }))
     .unwrap();
-    assert_eq!(on.cache_stats().unwrap().blocks_capacity, blocks, "{name}");
-    (off, on)
+    let stats = on.cache_stats().unwrap();
+    assert_eq!(stats.blocks_capacity, blocks, "{name}");
+    assert_eq!(on.cache().unwrap().block_size(), bs, "{name}");
+    (off, on, bs)
 }
 
 #[test]
 fn growing_prefixes_score_the_same_with_the_device_cache_on_and_off() {
     let Some(_gpu) = gpu() else { return };
     for (k, (name, tol)) in PAIRS.iter().enumerate() {
-        let (mut off, mut on) = pairs(name, 1000);
+        let (mut off, mut on, bs) = pairs(name, 1000);
         let mut rng = SmallRng::seed_from_u64(k as u64);
-        let (tokens, spans) = kv_common::trajectory(&mut rng, 500, 70, 6, 5..40, 1..12);
-        check_growing_prefixes(name, &mut off, &mut on, &tokens, &spans, BLOCK, *tol);
+        // A longer prompt for 64-token blocks, so the cache still saves
+        // more than half the tokens.
+        let prompt = if bs > BLOCK { 200 } else { 70 };
+        let (tokens, spans) = kv_common::trajectory(&mut rng, 500, prompt, 6, 5..40, 1..12);
+        check_growing_prefixes(name, &mut off, &mut on, &tokens, &spans, bs, *tol);
         eprintln!(
             "{name}: growing prefixes ok ({:?})",
             on.cache_stats().unwrap()
@@ -77,7 +88,7 @@ fn growing_prefixes_score_the_same_with_the_device_cache_on_and_off() {
 fn forks_of_one_prompt_share_its_blocks_and_score_as_without_the_cache() {
     let Some(_gpu) = gpu() else { return };
     for (k, (name, tol)) in PAIRS.iter().enumerate() {
-        let (mut off, mut on) = pairs(name, 1000);
+        let (mut off, mut on, bs) = pairs(name, 1000);
         let mut rng = SmallRng::seed_from_u64(100 + k as u64);
         let prompt: Vec<u32> = (0..150).map(|_| rng.random_range(0..500)).collect();
         let batch: Vec<SeqRequest> = (0..8)
@@ -90,9 +101,10 @@ fn forks_of_one_prompt_share_its_blocks_and_score_as_without_the_cache() {
             })
             .collect();
         let d = check_within(&format!("{name} forks"), &mut off, &mut on, &batch, *tol);
-        // The prompt's 9 full blocks are computed once and hit 7 times.
+        // The prompt's full blocks (9 of 16 tokens, 2 of 64) are computed
+        // once and hit 7 times.
         assert!(
-            d.hit_tokens as usize >= 7 * (150 / BLOCK) * BLOCK,
+            d.hit_tokens as usize >= 7 * (150 / bs) * bs,
             "{name}: {d:?}"
         );
     }
@@ -102,7 +114,8 @@ fn forks_of_one_prompt_share_its_blocks_and_score_as_without_the_cache() {
 fn a_budget_of_a_few_blocks_evicts_and_still_scores_as_without_the_cache() {
     let Some(_gpu) = gpu() else { return };
     for (k, (name, tol)) in PAIRS.iter().enumerate() {
-        let (mut off, mut on) = pairs(name, 6);
+        // 6 blocks of 16 tokens, 2 of 64: fewer than the rounds fill.
+        let (mut off, mut on, bs) = pairs(name, if *name == "qwen3_5" { 2 } else { 6 });
         let mut rng = SmallRng::seed_from_u64(200 + k as u64);
         let mut evicted = 0;
         for round in 0..4 {
@@ -117,32 +130,14 @@ fn a_budget_of_a_few_blocks_evicts_and_still_scores_as_without_the_cache() {
             );
             evicted += d.evictions;
         }
-        assert!(evicted > 0, "{name}: nothing evicted with 6 blocks");
+        assert!(evicted > 0, "{name}: nothing evicted with blocks of {bs}");
     }
-}
-
-#[test]
-fn a_hybrid_pair_refuses_the_device_cache_and_says_what_to_do() {
-    let Some(_gpu) = gpu() else { return };
-    // Qwen 3.5's DeltaNet states are not in the device cache yet: asking for
-    // it is an error naming the way out, not a silently uncached run.
-    let (p, r) = kv_common::load("qwen3_5");
-    let mut pair = CudaPair::new(0, p, r).unwrap();
-    let err = pair
-        .set_prefix_cache(Some(KvOptions {
-            budget_bytes: 1 << 20,
-            block_size: BLOCK,
-        }))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("--no-prefix-cache"), "{err}");
-    assert!(pair.cache_stats().unwrap().blocks_capacity == 0);
 }
 
 #[test]
 fn a_repeated_request_is_answered_from_cached_blocks_and_scores() {
     let Some(_gpu) = gpu() else { return };
-    let (mut off, mut on) = pairs("llama", 1000);
+    let (mut off, mut on, _) = pairs("llama", 1000);
     let mut rng = SmallRng::seed_from_u64(7);
     let tokens: Vec<u32> = (0..100).map(|_| rng.random_range(0..500)).collect();
     let req = SeqRequest {

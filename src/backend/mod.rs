@@ -211,12 +211,11 @@ pub fn open_pair_with(
     crate::simd::check()?;
     // `auto` scores a pair on the CPU when the CUDA backend does not run it
     // (Gemma 4's per-layer extras, …; asking for CUDA by name is refused),
-    // when it runs a hybrid (Qwen 3.5) only uncached (the device cache does
-    // not hold DeltaNet states yet, and `auto`'s cache is on by default), or
-    // when its GPU parity has not yet passed on a device (`Arch::gpu_verified`).
+    // or when its GPU parity has not yet passed on a device
+    // (`Arch::gpu_verified`).
     let cpu_only = [&policy, &reference].into_iter().find(|m| {
         let c = &m.config;
-        c.uniform().is_none() || c.is_hybrid() || !c.arch.gpu_verified()
+        c.uniform().is_none() || !c.arch.gpu_verified()
     });
     let ordinal = match (device, cpu_only) {
         (Device::Auto, Some(_)) => None,

@@ -17,7 +17,7 @@ use super::pool::{BlockId, BlockPool, Committed};
 use super::store::{BlockStore, ModelKv};
 use super::{CacheStats, KvOptions};
 use crate::model::Model;
-use crate::model::config::DELTANET_CHUNK;
+use crate::model::config::{Config, DELTANET_CHUNK};
 use crate::score::SeqRequest;
 
 /// Scores kept per cached token: log π_θ, log π_ref, policy entropy,
@@ -60,6 +60,18 @@ pub fn fingerprint(policy: &Model, reference: &Model) -> u64 {
     h.finish()
 }
 
+/// The block size a cache of a pair of these configs uses for `requested`:
+/// itself, or for a pair with recurrent layers the next multiple of the
+/// delta rule's chunk (module doc of [`super`]). Every backend's cache.
+pub fn block_size_for(policy: &Config, reference: &Config, requested: usize) -> usize {
+    let bs = requested.max(1);
+    if policy.is_hybrid() || reference.is_hybrid() {
+        bs.div_ceil(DELTANET_CHUNK) * DELTANET_CHUNK
+    } else {
+        bs
+    }
+}
+
 impl PairCache<ModelKv> {
     /// A cache in host memory (the CPU backend's).
     pub fn new(policy: &Model, reference: &Model, opts: KvOptions) -> PairCache {
@@ -79,12 +91,7 @@ impl PairCache<ModelKv> {
     /// or for a pair with recurrent layers the next multiple of the delta
     /// rule's chunk (module doc of [`super`]).
     pub fn block_size_for(policy: &Model, reference: &Model, requested: usize) -> usize {
-        let bs = requested.max(1);
-        if policy.config.is_hybrid() || reference.config.is_hybrid() {
-            bs.div_ceil(DELTANET_CHUNK) * DELTANET_CHUNK
-        } else {
-            bs
-        }
+        block_size_for(&policy.config, &reference.config, requested)
     }
 
     /// Bytes one block of blocks of `bs` tokens costs both models' stores.

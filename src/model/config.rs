@@ -50,8 +50,7 @@ impl Arch {
 
     /// Whether the CUDA backend's parity with the CPU and transformers has
     /// passed on a GPU for this family (docs/gpu-results.md): `--device auto`
-    /// takes the GPU only for these (and hybrids, Qwen 3.5, not while their
-    /// cache stays on the CPU). Gemma 4 the CUDA backend does not run.
+    /// takes the GPU only for these. Gemma 4 the CUDA backend does not run.
     pub fn gpu_verified(self) -> bool {
         matches!(
             self,

@@ -66,6 +66,15 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
             g_w[(size_t)r * v_heads + j] = -std::exp((double)a_log[j]) * (xx > 20 ? xx : std::log1p(std::exp(xx)));
         }
     }
+    // Snapshots after some rows (a prefix-cache block's last token): slot 2
+    // after row 7 of sequence 0, slot 0 after its last row, slot 1 after
+    // row 15 of sequence 2 (cached before: its state starts from `init`).
+    const int slots = 3, state_len = v_heads * dk * dv;
+    std::vector<int32_t> snap_at((size_t)n, -1);
+    snap_at[7] = 2;
+    snap_at[seq_start[1] - 1] = 0;
+    snap_at[seq_start[2] + 15] = 1;
+    std::vector<double> snaps_w((size_t)slots * state_len, NAN);
     std::vector<double> o_w((size_t)n * vd), final_w((size_t)seqs * v_heads * dk * dv), out_w((size_t)n * vd);
     for (int s = 0; s < seqs; ++s)
         for (int h = 0; h < v_heads; ++h) {
@@ -87,6 +96,8 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
                     for (int i = 0; i < dk; ++i) o += S[(size_t)i * dv + jj] * m[kh * dk + i];
                     o_w[(size_t)r * vd + h * dv + jj] = o;
                 }
+                if (snap_at[r] >= 0)
+                    std::copy(S.begin(), S.end(), snaps_w.begin() + (size_t)snap_at[r] * state_len + (size_t)h * dk * dv);
             }
             std::copy(S.begin(), S.end(), final_w.begin() + st);
         }
@@ -102,7 +113,7 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
 
     // The kernels.
     std::vector<float> gm((size_t)n * cd, NAN), go((size_t)n * vd, NAN), gfin(final_w.size(), NAN),
-        gout((size_t)n * vd, NAN);
+        gout((size_t)n * vd, NAN), gsnaps((size_t)slots * state_len, NAN);
     emu_launch(dim3_{(unsigned)n, (unsigned)((cd + 255) / 256), 1}, 256, nullptr, 0, [&] {
         deltanet_conv(x.data(), w_t.data(), tails.data(), seq_start.data(), row_seq.data(), gm.data(), cd, K);
     });
@@ -112,8 +123,8 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
     const int P = dk / rpt, threads = (dv * P + 31) / 32 * 32;
     auto rule = rpt == 8 ? gated_delta_rule_r8 : rpt == 16 ? gated_delta_rule_r16 : gated_delta_rule_r32;
     emu_launch(dim3_{(unsigned)seqs, (unsigned)v_heads, 1}, threads, nullptr, 0, [&] {
-        rule(gm.data(), a.data(), b.data(), seq_start.data(), init.data(), gfin.data(), go.data(), cd, k_heads,
-             v_heads, dk, dv);
+        rule(gm.data(), a.data(), b.data(), seq_start.data(), init.data(), gfin.data(), snap_at.data(), gsnaps.data(),
+             go.data(), cd, k_heads, v_heads, dk, dv);
     });
     emu_launch(dim3_{(unsigned)n, (unsigned)((v_heads + 7) / 8), 1}, 256, nullptr, 0, [&] {
         gated_rmsnorm_silu_f32(go.data(), z.data(), nw.data(), gout.data(), v_heads, dv, eps);
@@ -127,6 +138,7 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
     emu_check((t + ": g").c_str(), a, g_d, 1e-5);
     emu_check((t + ": recurrence").c_str(), go, o_w, 1e-4);
     emu_check((t + ": final state").c_str(), gfin, final_w, 1e-4);
+    emu_check((t + ": snapshots").c_str(), gsnaps, snaps_w, 1e-4);
     emu_check((t + ": gated norm").c_str(), gout, out_w, 1e-4);
 }
 

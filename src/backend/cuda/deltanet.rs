@@ -6,12 +6,15 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, cfg, sub_mut};
+use super::device::{CudaResultExt, DevTensor, DevView, DevViewMut, Gpu, cfg, sub_mut};
 use super::forward::{DeviceBatch, PagedBatch};
 use super::kernels::{ArgOrNull, check, dims_fit, typed};
+use super::kv::{RowCopies, WaveCopies};
 use super::weights::DeviceDeltaNet;
 use crate::Result;
+use crate::consts::{DN_MAX_THREADS, DN_PREFETCH};
 use crate::model::config::DeltaNetDesc;
+use crate::model::weights::DType;
 
 /// How `gated_delta_rule` lays out key heads of `dk` and value heads of
 /// `dv`: the rows of the state each thread holds (the entry points are
@@ -23,7 +26,7 @@ pub(crate) fn recurrence_layout(dk: usize, dv: usize) -> Option<(usize, usize)> 
         .into_iter()
         .find(|&r| dk.is_multiple_of(r) && (dk / r).is_power_of_two() && dk / r <= 32)?;
     let threads = (dv * dk / rpt).next_multiple_of(32);
-    (dv > 0 && threads <= 1024).then_some((rpt, threads))
+    (dv > 0 && threads <= DN_MAX_THREADS).then_some((rpt, threads))
 }
 
 impl Gpu {
@@ -124,7 +127,10 @@ impl Gpu {
 
     /// The gated delta rule per (sequence, value head), token by token,
     /// from `init` (`[seqs, vh, dk, dv]`) or zeros; the states after each
-    /// sequence's last token into `final_state`; `out` `[n, vh·dv]`.
+    /// sequence's last token into `final_state`, and after row `r` into
+    /// slot `at[r]` of `snapshots` (`(at [n], slots [_, vh, dk, dv])`, −1
+    /// for none; the caller builds `at` from slots it checked); `out`
+    /// `[n, vh·dv]`.
     #[allow(clippy::too_many_arguments)]
     pub fn gated_delta_rule(
         &self,
@@ -133,6 +139,7 @@ impl Gpu {
         seq_start: &CudaView<'_, i32>, // [seqs + 1]
         init: Option<&CudaView<'_, f32>>,
         final_state: Option<&mut CudaViewMut<'_, f32>>,
+        snapshots: Option<(&CudaView<'_, i32>, &mut CudaViewMut<'_, f32>)>,
         out: &mut CudaViewMut<'_, f32>, // [n, vh·dv]
         d: &DeltaNetDesc,
     ) -> Result<()> {
@@ -166,11 +173,25 @@ impl Gpu {
                 && final_state.as_ref().is_none_or(|s| s.len() == state),
             || format!("gated_delta_rule: states are not [{seqs}, {vh}, {dk}, {dv}]"),
         )?;
+        let per = vh * dk * dv;
+        check(
+            snapshots
+                .as_ref()
+                .is_none_or(|(at, slots)| at.len() == n && slots.len().is_multiple_of(per)),
+            || format!("gated_delta_rule: snapshot rows for {n} rows or slots of {per}"),
+        )?;
         dims_fit(&[n * cd, state])?;
         if seqs == 0 {
             return Ok(());
         }
-        let smem = ((2 * dk + dv + 2) * 4) as u32;
+        let (at, slots) = snapshots.unzip();
+        // Two stages of [q | k (each padded by dk / rpt) | v | g | β]
+        // (DN_STAGE); each thread prefetches at most DN_PREFETCH of a
+        // token's 2·dk + dv + 2 values.
+        check((2 * dk + dv + 2) <= DN_PREFETCH * threads, || {
+            format!("gated_delta_rule: {threads} threads cannot stage heads of {dk} × {dv}")
+        })?;
+        let smem = (2 * (2 * (dk + dk / rpt) + dv + 2) * 4) as u32;
         let f = self.function("deltanet", &format!("gated_delta_rule_r{rpt}"), smem)?;
         let (c, kh, v, k, vv) = (
             cd as i32,
@@ -183,6 +204,8 @@ impl Gpu {
         b.arg(mixed).arg(g).arg(beta).arg(seq_start);
         b.arg_or_null(init)
             .arg_or_null(final_state)
+            .arg_or_null(at)
+            .arg_or_null(slots)
             .arg(out)
             .arg(&c)
             .arg(&kh)
@@ -239,11 +262,57 @@ impl Gpu {
     }
 }
 
+/// What a wave's DeltaNet layers exchange with the prefix cache
+/// ([`super::kv::DeviceKv`]'s recurrent stores).
+pub struct RecurrentCopies {
+    /// `(cache block, sequence)`: each sequence with a hit starts from its
+    /// last cached block's state and convolution tail.
+    starts: RowCopies,
+    /// `[t]`: the cache block whose snapshot is taken after the row, or −1.
+    snap_at: CudaSlice<i32>,
+    /// `(packed row, tail row)`: the last `K − 1` input rows of each filled
+    /// block into its convolution tail.
+    tails: RowCopies,
+}
+
+impl RecurrentCopies {
+    /// From the wave's hits and filled blocks ([`WaveCopies`]' `starts`
+    /// and `ends`), for a convolution of `k` taps over `t` packed rows and
+    /// a cache of `capacity` blocks.
+    pub fn new(
+        gpu: &Gpu,
+        copies: &WaveCopies,
+        k: usize,
+        t: usize,
+        capacity: usize,
+    ) -> Result<RecurrentCopies> {
+        let (starts, ends) = (&copies.starts, &copies.ends);
+        check(
+            ends.iter()
+                .all(|&(row, id)| row < t && row + 2 >= k && id < capacity),
+            || "deltanet: a filled block outside the wave or the cache".into(),
+        )?;
+        let mut snap_at = vec![-1i32; t];
+        let mut tails = Vec::with_capacity(ends.len() * (k - 1));
+        for &(row, id) in ends {
+            snap_at[row] = id as i32;
+            let first = row + 2 - k;
+            tails.extend((0..k - 1).map(|i| (first + i, id * (k - 1) + i)));
+        }
+        Ok(RecurrentCopies {
+            starts: RowCopies::upload(gpu, starts.clone())?,
+            snap_at: gpu.upload(&snap_at)?,
+            tails: RowCopies::upload(gpu, tails)?,
+        })
+    }
+}
+
 /// The buffers of a forward's DeltaNet layers, over every packed row (the
 /// convolution and the recurrence run along whole sequences).
 pub struct DeltaNetScratch {
-    /// `[t, conv_dim]`: `in_proj_qkv`'s output.
-    x: CudaSlice<f32>,
+    /// `[t, conv_dim]` f32: `in_proj_qkv`'s output (the convolution's
+    /// input, whose last rows a filled block keeps).
+    x: DevTensor,
     /// `[t, value_dim]`, `[t, v_heads]` ×2: `in_proj_z`, `_b`, `_a`.
     z: CudaSlice<f32>,
     b: CudaSlice<f32>,
@@ -254,30 +323,50 @@ pub struct DeltaNetScratch {
     o: CudaSlice<f32>,
     /// `[t]`: each row's sequence.
     row_seq: CudaSlice<i32>,
+    /// With the prefix cache: `[seqs, K − 1, conv_dim]` and `[seqs, vh, dk,
+    /// dv]`, zeros but where a sequence continues a cached prefix.
+    tails: DevTensor,
+    init: DevTensor,
+    cache: Option<RecurrentCopies>,
 }
 
 impl DeltaNetScratch {
-    /// Buffers for `layout`'s rows. A hybrid model runs uncached on the
-    /// GPU (its cache does not hold DeltaNet states yet): every sequence
-    /// must start at position 0.
-    pub fn new(gpu: &Gpu, d: &DeltaNetDesc, layout: &PagedBatch) -> Result<DeltaNetScratch> {
-        check(layout.past.iter().all(|&p| p == 0), || {
-            "deltanet: a cached prefix on the GPU (the device cache holds no DeltaNet states)"
-                .into()
-        })?;
+    /// Buffers for `layout`'s rows; with `cache` (a prefix cache's wave),
+    /// its sequences may start after cached blocks.
+    pub fn new(
+        gpu: &Gpu,
+        d: &DeltaNetDesc,
+        layout: &PagedBatch,
+        cache: Option<RecurrentCopies>,
+    ) -> Result<DeltaNetScratch> {
+        check(
+            cache.is_some() || layout.past.iter().all(|&p| p == 0),
+            || "deltanet: a cached prefix without the cache's states".into(),
+        )?;
         let t = layout.tokens();
+        let seqs = layout.past.len();
         let (cd, vd, vh) = (d.conv_dim(), d.value_dim(), d.num_v_heads);
         let row_seq: Vec<i32> = (layout.seq_start.windows(2).enumerate())
             .flat_map(|(s, w)| std::iter::repeat_n(s as i32, (w[1] - w[0]) as usize))
             .collect();
+        let (tail_len, state_len) = match cache {
+            Some(_) => (
+                seqs * (d.conv_kernel - 1) * cd,
+                seqs * vh * d.k_head_dim * d.v_head_dim,
+            ),
+            None => (0, 0),
+        };
         Ok(DeltaNetScratch {
-            x: gpu.alloc_f32(t * cd)?,
+            x: DevTensor::alloc(gpu, DType::F32, t * cd)?,
             z: gpu.alloc_f32(t * vd)?,
             b: gpu.alloc_f32(t * vh)?,
             a: gpu.alloc_f32(t * vh)?,
             mixed: gpu.alloc_f32(t * cd)?,
             o: gpu.alloc_f32(t * vd)?,
             row_seq: gpu.upload(&row_seq)?,
+            tails: DevTensor::zeros(gpu, DType::F32, tail_len)?,
+            init: DevTensor::zeros(gpu, DType::F32, state_len)?,
+            cache,
         })
     }
 
@@ -294,8 +383,10 @@ impl DeltaNetScratch {
         let d = &dn.desc;
         let n = r1 - r0;
         let h = input.len / n.max(1);
+        let cd = d.conv_dim();
+        let mut x = self.x.view_mut(r0 * cd, r1 * cd)?;
+        gpu.matmul_wt_to(input, &dn.in_qkv.all(), &mut x, n, cd, h, cd)?;
         for (w, buf, width) in [
-            (&dn.in_qkv, &mut self.x, d.conv_dim()),
             (&dn.in_z, &mut self.z, d.value_dim()),
             (&dn.in_b, &mut self.b, d.num_v_heads),
             (&dn.in_a, &mut self.a, d.num_v_heads),
@@ -307,22 +398,40 @@ impl DeltaNetScratch {
     }
 
     /// The mixer after its projections, over the whole batch: convolution,
-    /// norms and gates, the recurrence from zero states, the gated norm into
-    /// `out` (`[t, value_dim]`, the output projection's input).
+    /// norms and gates, the recurrence (from zero states, or with `store`
+    /// from each hit's cached state and convolution tail, keeping the
+    /// snapshots of the blocks the wave fills), the gated norm into `out`
+    /// (`[t, value_dim]`, the output projection's input).
     pub fn mix(
         &mut self,
         gpu: &Gpu,
         dn: &DeviceDeltaNet,
         batch: &DeviceBatch,
+        store: Option<&mut RecurrentStore>,
         out: &mut DevViewMut<'_>,
         eps: f32,
     ) -> Result<()> {
         let d = &dn.desc;
         let seq_start = batch.seq_start.as_view();
+        let (k, cd) = (d.conv_kernel, d.conv_dim());
+        let per = d.num_v_heads * d.k_head_dim * d.v_head_dim;
+        let cache = self.cache.as_ref().zip(store);
+        if let Some((c, st)) = &cache {
+            if k > 1 {
+                gpu.copy_rows(
+                    &st.tail.all(),
+                    &mut self.tails.all_mut(),
+                    &c.starts,
+                    (k - 1) * cd,
+                )?;
+            }
+            gpu.copy_rows(&st.state.all(), &mut self.init.all_mut(), &c.starts, per)?;
+        }
+        let tails = self.tails.f32_view()?;
         gpu.deltanet_conv(
-            &self.x.as_view(),
+            &self.x.f32_view()?,
             &dn.conv_t.as_view(),
-            None,
+            cache.is_some().then_some(&tails),
             &seq_start,
             &self.row_seq.as_view(),
             &mut self.mixed.as_view_mut(),
@@ -337,15 +446,35 @@ impl DeltaNetScratch {
             d,
         )?;
         let (g, beta) = (self.a.as_view(), self.b.as_view());
-        gpu.gated_delta_rule(
-            &self.mixed.as_view(),
-            (&g, &beta),
-            &seq_start,
-            None,
-            None,
-            &mut self.o.as_view_mut(),
-            d,
-        )?;
+        let init = self.init.f32_view()?;
+        match cache {
+            Some((c, st)) => {
+                let at = c.snap_at.as_view();
+                gpu.gated_delta_rule(
+                    &self.mixed.as_view(),
+                    (&g, &beta),
+                    &seq_start,
+                    Some(&init),
+                    None,
+                    Some((&at, &mut st.state.f32_view_mut()?)),
+                    &mut self.o.as_view_mut(),
+                    d,
+                )?;
+                if k > 1 {
+                    gpu.copy_rows(&self.x.all(), &mut st.tail.all_mut(), &c.tails, cd)?;
+                }
+            }
+            None => gpu.gated_delta_rule(
+                &self.mixed.as_view(),
+                (&g, &beta),
+                &seq_start,
+                None,
+                None,
+                None,
+                &mut self.o.as_view_mut(),
+                d,
+            )?,
+        }
         gpu.gated_rmsnorm_silu(
             &self.o.as_view(),
             &self.z.as_view(),
@@ -354,5 +483,36 @@ impl DeltaNetScratch {
             d,
             eps,
         )
+    }
+}
+
+/// One DeltaNet layer's share of a model's prefix cache on the device: per
+/// cache block the recurrent state after its last token and the
+/// convolution's last `K − 1` input rows.
+pub struct RecurrentStore {
+    /// `[capacity, vh · dk · dv]` f32.
+    pub state: DevTensor,
+    /// `[capacity · (K − 1), conv_dim]` f32.
+    pub tail: DevTensor,
+}
+
+impl RecurrentStore {
+    /// Bytes of one block.
+    pub fn bytes_per_block(d: &DeltaNetDesc) -> usize {
+        (d.num_v_heads * d.k_head_dim * d.v_head_dim + (d.conv_kernel - 1) * d.conv_dim()) * 4
+    }
+
+    /// Uninitialised: a block is written by the wave that fills it before
+    /// any lookup can hit it.
+    pub fn new(gpu: &Gpu, d: &DeltaNetDesc, capacity: usize) -> Result<RecurrentStore> {
+        let per = d.num_v_heads * d.k_head_dim * d.v_head_dim;
+        Ok(RecurrentStore {
+            state: DevTensor::alloc(gpu, DType::F32, capacity * per)?,
+            tail: DevTensor::alloc(
+                gpu,
+                DType::F32,
+                capacity * (d.conv_kernel - 1) * d.conv_dim(),
+            )?,
+        })
     }
 }

@@ -397,6 +397,15 @@ pub struct DevViewMut<'a> {
 }
 
 impl DevTensor {
+    /// `len` elements, every bit zero (0.0 in every dtype).
+    pub fn zeros(gpu: &Gpu, dtype: DType, len: usize) -> Result<DevTensor> {
+        let buf = gpu
+            .stream
+            .alloc_zeros::<u8>((len * dtype.size()).max(16))
+            .ctx(&format!("allocate {len} zeroed {}", dtype.name()))?;
+        Ok(DevTensor { buf, dtype, len })
+    }
+
     /// Uninitialised storage for `len` elements.
     pub fn alloc(gpu: &Gpu, dtype: DType, len: usize) -> Result<DevTensor> {
         let bytes = (len * dtype.size()).max(16);
@@ -527,6 +536,20 @@ impl DevTensor {
         // SAFETY: the bytes hold `len` f32 values; allocations are 256-byte aligned.
         unsafe { self.buf.transmute::<f32>(self.len) }
             .ok_or_else(|| out_of_range(0, self.len, self.buf.len() / 4))
+    }
+
+    /// [`DevTensor::f32_view`], writable.
+    pub fn f32_view_mut(&mut self) -> Result<CudaViewMut<'_, f32>> {
+        if self.dtype != DType::F32 {
+            return Err(backend_err(format!(
+                "cuda: f32 view of a {} tensor",
+                self.dtype.name()
+            )));
+        }
+        let len = self.len;
+        let bytes = self.buf.len();
+        // SAFETY: as in `f32_view`.
+        unsafe { self.buf.transmute_mut::<f32>(len) }.ok_or_else(|| out_of_range(0, len, bytes / 4))
     }
 
     pub fn all(&self) -> DevView<'_> {

@@ -31,7 +31,7 @@
 
 use cudarc::driver::CudaSlice;
 
-use super::deltanet::DeltaNetScratch;
+use super::deltanet::{DeltaNetScratch, RecurrentCopies};
 use super::device::{DevTensor, Gpu, sub, sub_mut};
 use super::kernels::{ATTN_BR, AttnKernel, KV_BLOCK};
 use super::kv::{DeviceKv, WaveCopies};
@@ -225,7 +225,19 @@ pub fn forward_rows(
     let mut gate_up = DevTensor::alloc(gpu, dt, c * 2 * inter)?;
     let mut act = DevTensor::alloc(gpu, dt, c * inter)?;
     let mut dn_scratch = match u.deltanet.iter().flatten().next() {
-        Some(d) => Some(DeltaNetScratch::new(gpu, d, &batch.layout)?),
+        Some(d) => {
+            let cache = match kv.as_ref() {
+                Some((store, copies)) => Some(RecurrentCopies::new(
+                    gpu,
+                    copies,
+                    d.conv_kernel,
+                    t,
+                    store.capacity(),
+                )?),
+                None => None,
+            };
+            Some(DeltaNetScratch::new(gpu, d, &batch.layout, cache)?)
+        }
         None => None,
     };
 
@@ -265,10 +277,19 @@ pub fn forward_rows(
                     mixer_input(&mut x, &mut normed, r0, r1)?;
                     s.project(gpu, dn, &normed.view(0, (r1 - r0) * h)?, r0, r1)?;
                 }
+                let store = match kv.as_mut() {
+                    Some((store, _)) => Some(store.recurrent[li].as_mut().ok_or_else(|| {
+                        crate::Error::Backend(format!(
+                            "cuda: layer {li} keeps no state in the cache"
+                        ))
+                    })?),
+                    None => None,
+                };
                 s.mix(
                     gpu,
                     dn,
                     batch,
+                    store,
                     &mut attn.view_mut(0, t * dn.desc.value_dim())?,
                     eps,
                 )?;

@@ -3,9 +3,13 @@
 //! ids as the CPU's ([`PairCache`]`<DeviceKv>`), and the copies between
 //! them and a wave's paged pool (kernels/kv_copy.cu).
 //!
-//! Layout per model: per layer one K and one V arena `[capacity, KV_BLOCK,
-//! kv_heads, head_dim]` in the model's dtype (a block is one 16-token block
-//! of the pool layout kernels/attention.cu reads), and `last_hidden
+//! Layout per model: per attention layer one K and one V arena `[capacity,
+//! block_size, kv_heads, head_dim]` in the model's dtype (a cache block is
+//! `block_size / 16` blocks of the pool layout kernels/attention.cu reads:
+//! 16 tokens for attention-only pairs, 64 for hybrids, whose blocks end at
+//! the delta rule's chunk boundaries as on the CPU), per DeltaNet layer the
+//! recurrent state after each block's last token and its convolution's
+//! last `K − 1` input rows (f32, [`RecurrentStore`]), and `last_hidden
 //! [capacity, hidden]`, the final-norm hidden state of each block's last
 //! token in the model's dtype (the LM head's input). The arenas are
 //! allocated whole when the cache is turned on (the budget is device
@@ -16,21 +20,31 @@
 //! paged pool, as without the cache: per layer it copies the hit blocks from
 //! the arena into the pool before attention and the blocks it filled from
 //! the pool into the arena after, so attention reads one pool whatever was
-//! cached (the copies move what attention reads anyway, once).
+//! cached (the copies move what attention reads anyway, once). A DeltaNet
+//! layer starts each sequence from its last hit block's state and tail and
+//! writes the state after each filled block's last token straight into the
+//! store (kernels/deltanet.cu), then that block's tail.
 
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
+use super::deltanet::RecurrentStore;
 use super::device::{CudaResultExt, DevTensor, DevView, DevViewMut, Gpu, backend_err, cfg};
+use super::forward::PagedBatch;
 use super::kernels::KV_BLOCK;
 use super::weights::DeviceModel;
 use crate::Result;
 use crate::kv::{BlockId, BlockStore, PairCache};
+use crate::model::config::DeltaNetDesc;
 
 /// One model's cached blocks on the device.
 pub struct DeviceKv {
-    /// Per layer `[capacity · KV_BLOCK, kv_heads · head_dim]`.
-    pub k: Vec<DevTensor>,
-    pub v: Vec<DevTensor>,
+    /// Per attention layer `[capacity · sub · KV_BLOCK, kv_heads · head_dim]`
+    /// (`None` for a DeltaNet layer).
+    pub k: Vec<Option<DevTensor>>,
+    pub v: Vec<Option<DevTensor>>,
+    /// Per DeltaNet layer its states and convolution tails (`None` for an
+    /// attention layer).
+    pub recurrent: Vec<Option<RecurrentStore>>,
     /// `[capacity, hidden]`.
     pub last_hidden: DevTensor,
     capacity: usize,
@@ -38,29 +52,48 @@ pub struct DeviceKv {
 }
 
 impl DeviceKv {
-    /// Bytes one block of `m` costs: K and V of every layer, one hidden state.
-    pub fn bytes_per_block(m: &DeviceModel) -> usize {
+    /// Bytes one block of `block_size` tokens of `m` costs: K and V of every
+    /// attention layer, the snapshot of every DeltaNet layer, one hidden
+    /// state.
+    pub fn bytes_per_block(m: &DeviceModel, block_size: usize) -> usize {
         let kvd = m.shape.num_kv_heads * m.shape.head_dim;
-        (m.layers.len() * 2 * KV_BLOCK * kvd + m.config.hidden_size) * m.dtype.size()
+        let layer = |d: &Option<DeltaNetDesc>| match d {
+            Some(d) => RecurrentStore::bytes_per_block(d),
+            None => 2 * block_size * kvd * m.dtype.size(),
+        };
+        m.shape.deltanet.iter().map(layer).sum::<usize>() + m.config.hidden_size * m.dtype.size()
     }
 
-    /// Arenas for `capacity` blocks of `m` (uninitialised: a block is
-    /// written by the forward that fills it before any lookup can hit it).
-    pub fn new(gpu: &Gpu, m: &DeviceModel, capacity: usize) -> Result<DeviceKv> {
+    /// Arenas for `capacity` blocks of `block_size` tokens (a multiple of
+    /// [`KV_BLOCK`]) of `m`, uninitialised: a block is written by the
+    /// forward that fills it before any lookup can hit it.
+    pub fn new(gpu: &Gpu, m: &DeviceModel, capacity: usize, block_size: usize) -> Result<DeviceKv> {
         let kvd = m.shape.num_kv_heads * m.shape.head_dim;
-        let rows = capacity * KV_BLOCK * kvd;
-        let mut k = Vec::with_capacity(m.layers.len());
-        let mut v = Vec::with_capacity(m.layers.len());
-        for _ in &m.layers {
-            k.push(DevTensor::alloc(gpu, m.dtype, rows)?);
-            v.push(DevTensor::alloc(gpu, m.dtype, rows)?);
+        let rows = capacity * block_size * kvd;
+        let n = m.layers.len();
+        let (mut k, mut v, mut recurrent) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for d in &m.shape.deltanet {
+            let attn = d.is_none();
+            let arena = || {
+                attn.then(|| DevTensor::alloc(gpu, m.dtype, rows))
+                    .transpose()
+            };
+            k.push(arena()?);
+            v.push(arena()?);
+            let store = d.as_ref().map(|d| RecurrentStore::new(gpu, d, capacity));
+            recurrent.push(store.transpose()?);
         }
         Ok(DeviceKv {
             k,
             v,
+            recurrent,
             last_hidden: DevTensor::alloc(gpu, m.dtype, capacity * m.config.hidden_size)?,
             capacity,
-            bytes: capacity * Self::bytes_per_block(m),
+            bytes: capacity * Self::bytes_per_block(m, block_size),
         })
     }
 
@@ -68,28 +101,29 @@ impl DeviceKv {
         self.capacity
     }
 
-    /// Layer `li`'s hit blocks (`block` elements each) into a wave's K/V
-    /// pools, before its attention.
+    /// Layer `li`'s K and V arenas (an attention layer's).
+    fn arenas(&mut self, li: usize) -> Result<(&mut DevTensor, &mut DevTensor)> {
+        match (self.k[li].as_mut(), self.v[li].as_mut()) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(backend_err(format!(
+                "cuda: layer {li} keeps no K/V in the cache"
+            ))),
+        }
+    }
+
+    /// Layer `li`'s hit blocks (`block` elements per [`KV_BLOCK`] rows) into
+    /// a wave's K/V pools, before its attention.
     pub fn load_hits(
-        &self,
+        &mut self,
         gpu: &Gpu,
         li: usize,
         (k_pool, v_pool): (&mut DevTensor, &mut DevTensor),
         copies: &WaveCopies,
         block: usize,
     ) -> Result<()> {
-        gpu.copy_rows(
-            &self.k[li].all(),
-            &mut k_pool.all_mut(),
-            &copies.hits,
-            block,
-        )?;
-        gpu.copy_rows(
-            &self.v[li].all(),
-            &mut v_pool.all_mut(),
-            &copies.hits,
-            block,
-        )
+        let (k, v) = self.arenas(li)?;
+        gpu.copy_rows(&k.all(), &mut k_pool.all_mut(), &copies.hits, block)?;
+        gpu.copy_rows(&v.all(), &mut v_pool.all_mut(), &copies.hits, block)
     }
 
     /// The wave's filled blocks of layer `li` from its pools into the arenas,
@@ -102,18 +136,9 @@ impl DeviceKv {
         copies: &WaveCopies,
         block: usize,
     ) -> Result<()> {
-        gpu.copy_rows(
-            &k_pool.all(),
-            &mut self.k[li].all_mut(),
-            &copies.fills,
-            block,
-        )?;
-        gpu.copy_rows(
-            &v_pool.all(),
-            &mut self.v[li].all_mut(),
-            &copies.fills,
-            block,
-        )
+        let (k, v) = self.arenas(li)?;
+        gpu.copy_rows(&k_pool.all(), &mut k.all_mut(), &copies.fills, block)?;
+        gpu.copy_rows(&v_pool.all(), &mut v.all_mut(), &copies.fills, block)
     }
 }
 
@@ -152,40 +177,59 @@ impl RowCopies {
 }
 
 /// The copies of one wave: hit blocks (arena → pool), filled blocks
-/// (pool → arena), as `(from, to)` block indices.
+/// (pool → arena), as `(from, to)` indices of [`KV_BLOCK`]-row sub-blocks
+/// (a cache block of `block_size` tokens is `block_size / KV_BLOCK` of
+/// them); for DeltaNet layers, which cached block each sequence starts from
+/// and where each filled block ends.
 pub struct WaveCopies {
     pub hits: RowCopies,
     pub fills: RowCopies,
+    /// `(last hit block, sequence)` for each sequence with a hit.
+    pub starts: Vec<(usize, usize)>,
+    /// `(packed row of its last token, block)` for each filled block.
+    pub ends: Vec<(usize, usize)>,
 }
 
 impl WaveCopies {
-    /// From each member's `(hit, fill)` cache blocks and its pool blocks in
-    /// the wave's block table (`table[s · max_blocks + j]`: logical block
-    /// `j` of member `s`).
+    /// From each member's `(hit, fill)` cache blocks of `block_size` tokens,
+    /// the wave's layout (`layout.block_table[s · max_blocks + j]`: pool
+    /// block of member `s`'s logical [`KV_BLOCK`]-token block `j`) and each
+    /// filled block with the packed row of its last token (`WavePlan::fills`).
     pub fn new(
         gpu: &Gpu,
         members: &[(&[BlockId], &[BlockId])],
-        table: &[i32],
-        max_blocks: usize,
+        layout: &PagedBatch,
+        block_size: usize,
+        filled: &[(BlockId, usize)],
     ) -> Result<WaveCopies> {
+        let sub = block_size / KV_BLOCK;
         let (mut hits, mut fills) = (Vec::new(), Vec::new());
+        let mut starts = Vec::new();
         for (s, (hit, fill)) in members.iter().enumerate() {
-            let pool = |j: usize| table[s * max_blocks + j] as usize;
-            hits.extend(
-                hit.iter()
-                    .enumerate()
-                    .map(|(j, &id)| (id as usize, pool(j))),
-            );
+            let pool = |j: usize| layout.block_table[s * layout.max_blocks + j] as usize;
+            // Cache block `id`, logical block `j` of the sequence: `sub`
+            // pairs of sub-blocks.
+            let pairs = |j: usize, id: BlockId| {
+                (0..sub).map(move |q| (id as usize * sub + q, pool(j * sub + q)))
+            };
+            hits.extend((hit.iter().enumerate()).flat_map(|(j, &id)| pairs(j, id)));
             let h = hit.len();
             fills.extend(
-                fill.iter()
-                    .enumerate()
-                    .map(|(j, &id)| (pool(h + j), id as usize)),
+                (fill.iter().enumerate())
+                    .flat_map(|(j, &id)| pairs(h + j, id).map(|(a, b)| (b, a))),
             );
+            if let Some(&last) = hit.last() {
+                starts.push((last as usize, s));
+            }
         }
+        let ends = (filled.iter())
+            .map(|&(id, row)| (row, id as usize))
+            .collect();
         Ok(WaveCopies {
             hits: RowCopies::upload(gpu, hits)?,
             fills: RowCopies::upload(gpu, fills)?,
+            starts,
+            ends,
         })
     }
 }

@@ -190,19 +190,13 @@ impl CudaPair {
         self.cache.as_ref()
     }
 
-    /// Turn the device prefix cache on (`Some`) or off. Its K/V arenas are
+    /// Turn the device prefix cache on (`Some`) or off. Its arenas are
     /// allocated whole now: the budget is capped at half the device memory
-    /// free at this point (the forward's activations need the rest), and
-    /// blocks are [`KV_BLOCK`] tokens (the pool layout's).
+    /// free at this point (the forward's activations need the rest). Blocks
+    /// are [`KV_BLOCK`] tokens (the pool layout's), or for a hybrid pair the
+    /// next multiple of the delta rule's 64-token chunk, as on the CPU
+    /// ([`crate::kv::cache::block_size_for`]).
     fn set_cache(&mut self, opts: Option<KvOptions>) -> Result<()> {
-        if opts.is_some() && (self.policy.config.is_hybrid() || self.reference.config.is_hybrid()) {
-            return Err(Error::Backend(
-                "cuda: the device prefix cache does not hold DeltaNet states yet; score this \
-                 hybrid pair on the GPU with --no-prefix-cache, or cached on the CPU \
-                 (--device cpu)"
-                    .into(),
-            ));
-        }
         self.kv_opts = opts;
         self.cache = None;
         let Some(o) = opts else { return Ok(()) };
@@ -213,17 +207,21 @@ impl CudaPair {
                 o.block_size
             )));
         }
-        let budget = o.budget_bytes.min(self.gpu.free_memory()? / 2);
+        let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
+        let bs = crate::kv::cache::block_size_for(&p.config, &r.config, KV_BLOCK);
+        let budget = o.budget_bytes.min(gpu.free_memory()? / 2);
         let opts = KvOptions {
             budget_bytes: budget,
-            ..o
+            block_size: bs,
         };
-        let (gpu, p, r) = (&self.gpu, &self.policy, &self.reference);
-        let store = DeviceKv::bytes_per_block(p) + DeviceKv::bytes_per_block(r);
-        let cap = DeviceCache::capacity(opts, KV_BLOCK, store);
-        let (ps, rs) = (DeviceKv::new(gpu, p, cap)?, DeviceKv::new(gpu, r, cap)?);
+        let store = DeviceKv::bytes_per_block(p, bs) + DeviceKv::bytes_per_block(r, bs);
+        let cap = DeviceCache::capacity(opts, bs, store);
+        let (ps, rs) = (
+            DeviceKv::new(gpu, p, cap, bs)?,
+            DeviceKv::new(gpu, r, cap, bs)?,
+        );
         let fp = self.fingerprint;
-        self.cache = Some(DeviceCache::with_stores(fp, opts, KV_BLOCK, ps, rs, cap));
+        self.cache = Some(DeviceCache::with_stores(fp, opts, bs, ps, rs, cap));
         Ok(())
     }
 }
@@ -327,8 +325,7 @@ fn score_wave(
     let copies = match cache.as_deref() {
         Some(_) => {
             let members: Vec<_> = wave.iter().map(|a| (&a.hit[..], &a.fill[..])).collect();
-            let table = &layout.block_table;
-            Some(WaveCopies::new(gpu, &members, table, layout.max_blocks)?)
+            Some(WaveCopies::new(gpu, &members, &layout, bs, &plan.fills)?)
         }
         None => None,
     };
