@@ -18,8 +18,10 @@
 //     times silu(z), in the weights' dtype for out_proj.
 //
 // The recurrence runs token by token (the CPU runs it in 64-token chunks:
-// the same sums in another order). One block per (sequence, value head)
-// holds the state S [dk, dv] in registers: thread (j, p) owns column j and
+// the same sums in another order). The columns of a head's state S [dk,
+// dv] evolve independently, so they are split over blocks of at least 128
+// threads where dv allows; a block holds its columns in registers (per
+// (sequence, value head, column range)): thread (j, p) owns column j and
 // rows p·RPT … p·RPT + RPT − 1, the P = dk / RPT threads of a column are
 // adjacent lanes and reduce Sᵀk and Sᵀq by shuffles; q, k, v, g, β of the
 // token are staged in shared memory (double-buffered: the next token's
@@ -118,8 +120,8 @@ __device__ __forceinline__ int dn_slot(int i, int dk) {
     return i + 2 * (dk / RPT);                        // v, g, β
 }
 
-// Launch: grid (seqs, v_heads), 32·ceil(dv·P / 32) threads (P = dk / RPT),
-// dynamic shared memory 2·DN_STAGE floats. Each token is staged in one of
+// Launch: grid (seqs, v_heads, dv / cols), 32·ceil(cols·P / 32) threads
+// (P = dk / RPT), dynamic shared memory 2·DN_STAGE floats. Each token is staged in one of
 // two buffers while the previous one is computed from the other: its loads
 // are issued into registers before the compute and stored after it, so one
 // barrier per token separates them.
@@ -133,13 +135,15 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
                                  const int32_t* __restrict__ snap_at,   // [n]: snapshot slot after the row, or −1; or null
                                  float* __restrict__ snaps,             // [slots, vh, dk, dv] (the prefix cache's)
                                  float* __restrict__ out,               // [n, vh·dv]
-                                 int cd, int k_heads, int v_heads, int dk, int dv) {
+                                 int cd, int k_heads, int v_heads, int dk, int dv, int cols) {
     extern __shared__ float dn_smem[];
     const int stage = DN_STAGE(dk, dv, RPT), L = 2 * dk + dv + 2;
     const int P = dk / RPT;
     const int s = blockIdx.x, head = blockIdx.y, kh = head / (v_heads / k_heads);
-    const int j = threadIdx.x / P, p = threadIdx.x % P;
-    const bool active = j < dv;
+    // Columns of S evolve independently: block z owns columns
+    // [z·cols, (z + 1)·cols) of the head.
+    const int jl = threadIdx.x / P, j = blockIdx.z * cols + jl, p = threadIdx.x % P;
+    const bool active = jl < cols && j < dv;
     const int kd = k_heads * dk;
     const size_t state = (((size_t)s * v_heads + head) * dk) * dv;
     const int first = seq_start[s], last = seq_start[s + 1];
@@ -215,9 +219,9 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
     extern "C" __global__ void __launch_bounds__(DN_MAX_THREADS) gated_delta_rule_r##RPT(      \
         const float* mixed, const float* g, const float* beta, const int32_t* seq_start,       \
         const float* init, float* final_state, const int32_t* snap_at, float* snaps, float* out, \
-        int cd, int k_heads, int v_heads, int dk, int dv) {                                    \
+        int cd, int k_heads, int v_heads, int dk, int dv, int cols) {                          \
         gated_delta_rule<RPT>(mixed, g, beta, seq_start, init, final_state, snap_at, snaps, out, \
-                              cd, k_heads, v_heads, dk, dv);                                   \
+                              cd, k_heads, v_heads, dk, dv, cols);                             \
     }
 GATED_DELTA_RULE(8)
 GATED_DELTA_RULE(16)

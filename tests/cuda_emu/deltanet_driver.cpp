@@ -3,7 +3,8 @@
 // + SiLU, q/k L2 norms, β and g, the gated delta recurrence token by token,
 // the gated RMSNorm): three packed sequences, one continuing from a cached
 // convolution tail and recurrent state, at the Qwen 3.5 fixture's head
-// sizes (16) and at 64 and 128 (two value heads per key head). Exit status
+// sizes (16) and at 32, 64 and 128 (two value heads per key head; a head's
+// columns over 1, 2 and 4 blocks). Exit status
 // 0 when every value is within tolerance. Built and run by
 // tests/cuda_emulated.rs.
 #include <string>
@@ -19,7 +20,7 @@ namespace {
 
 double silu(double x) { return x / (1.0 + std::exp(-x)); }
 
-void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
+void run(int k_heads, int v_heads, int dk, int dv, int rpt, int splits, uint64_t seed) {
     EmuRng rng{seed};
     const int K = 4, kd = k_heads * dk, vd = v_heads * dv, cd = 2 * kd + vd;
     const std::vector<int32_t> lens = {23, 1, 40};
@@ -120,17 +121,18 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
     emu_launch(dim3_{(unsigned)n, 1, 1}, 128, nullptr, 0, [&] {
         deltanet_prep(gm.data(), b.data(), a.data(), a_log.data(), dt_bias.data(), cd, k_heads, v_heads, dk, q_scale);
     });
-    const int P = dk / rpt, threads = (dv * P + 31) / 32 * 32;
+    const int P = dk / rpt, cols = dv / splits, threads = (cols * P + 31) / 32 * 32;
     auto rule = rpt == 8 ? gated_delta_rule_r8 : rpt == 16 ? gated_delta_rule_r16 : gated_delta_rule_r32;
-    emu_launch(dim3_{(unsigned)seqs, (unsigned)v_heads, 1}, threads, nullptr, 0, [&] {
+    emu_launch(dim3_{(unsigned)seqs, (unsigned)v_heads, (unsigned)splits}, threads, nullptr, 0, [&] {
         rule(gm.data(), a.data(), b.data(), seq_start.data(), init.data(), gfin.data(), snap_at.data(), gsnaps.data(),
-             go.data(), cd, k_heads, v_heads, dk, dv);
+             go.data(), cd, k_heads, v_heads, dk, dv, cols);
     });
     emu_launch(dim3_{(unsigned)n, (unsigned)((v_heads + 7) / 8), 1}, 256, nullptr, 0, [&] {
         gated_rmsnorm_silu_f32(go.data(), z.data(), nw.data(), gout.data(), v_heads, dv, eps);
     });
     char tag[96];
-    std::snprintf(tag, sizeof tag, "deltanet kh %d vh %d dk %d dv %d rpt %d", k_heads, v_heads, dk, dv, rpt);
+    std::snprintf(tag, sizeof tag, "deltanet kh %d vh %d dk %d dv %d rpt %d splits %d", k_heads, v_heads, dk, dv,
+                  rpt, splits);
     const std::string t(tag);
     std::vector<double> g_d(g_w), b_d(beta_w);
     emu_check((t + ": conv + norms").c_str(), gm, mixed, 1e-5);
@@ -146,9 +148,10 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, uint64_t seed) {
 
 int main() {
     emu_watchdog(300);
-    run(2, 4, 16, 16, 16, 31);   // the Qwen 3.5 fixture's heads; one thread per column
-    run(1, 2, 64, 64, 16, 32);   // 4 threads per column
-    run(1, 2, 128, 32, 32, 33);  // Qwen 3.5's key head size, 4 threads per column
+    run(2, 4, 16, 16, 16, 1, 31);   // the Qwen 3.5 fixture's heads; one thread per column
+    run(1, 2, 64, 64, 16, 2, 32);   // 4 threads per column, columns over 2 blocks
+    run(1, 2, 128, 32, 32, 1, 33);  // Qwen 3.5's key head size, 4 threads per column
+    run(1, 2, 32, 64, 8, 4, 34);    // 4 blocks of 16 columns (64 threads, half idle)
     std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
     return emu_failures ? 1 : 0;
 }

@@ -17,16 +17,43 @@ use crate::model::config::DeltaNetDesc;
 use crate::model::weights::DType;
 
 /// How `gated_delta_rule` lays out key heads of `dk` and value heads of
-/// `dv`: the rows of the state each thread holds (the entry points are
-/// built for 8, 16 and 32; the `dk / rpt` threads of a column must be a
-/// power of two within a warp) and the block's threads, or `None` when the
-/// kernel does not take these sizes.
-pub(crate) fn recurrence_layout(dk: usize, dv: usize) -> Option<(usize, usize)> {
+/// `dv` ([`recurrence_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecurrenceLayout {
+    /// State rows per thread (the entry points are built for 8, 16 and 32;
+    /// the `dk / rpt` threads of a column are adjacent lanes, a power of two
+    /// within a warp).
+    pub rpt: usize,
+    /// Value columns per block, and blocks per (sequence, value head).
+    pub cols: usize,
+    pub splits: usize,
+    pub threads: usize,
+}
+
+/// Fewest threads a split of a head's columns leaves a block: columns
+/// evolve independently, so a head is split over blocks (more of the GPU
+/// busy, fewer warps behind each token's barrier) down to this size.
+const DN_MIN_THREADS: usize = 128;
+
+/// The layout of `gated_delta_rule` for these head sizes, or `None` when
+/// the kernel does not take them.
+pub(crate) fn recurrence_layout(dk: usize, dv: usize) -> Option<RecurrenceLayout> {
     let rpt = [32, 16, 8]
         .into_iter()
         .find(|&r| dk.is_multiple_of(r) && (dk / r).is_power_of_two() && dk / r <= 32)?;
-    let threads = (dv * dk / rpt).next_multiple_of(32);
-    (dv > 0 && threads <= DN_MAX_THREADS).then_some((rpt, threads))
+    let p = dk / rpt;
+    let mut splits = 1;
+    while dv.is_multiple_of(2 * splits) && dv / (2 * splits) * p >= DN_MIN_THREADS {
+        splits *= 2;
+    }
+    let cols = dv / splits;
+    let threads = (cols * p).next_multiple_of(32);
+    (dv > 0 && threads <= DN_MAX_THREADS).then_some(RecurrenceLayout {
+        rpt,
+        cols,
+        splits,
+        threads,
+    })
 }
 
 impl Gpu {
@@ -146,7 +173,12 @@ impl Gpu {
         let (cd, vh, dk, dv) = (d.conv_dim(), d.num_v_heads, d.k_head_dim, d.v_head_dim);
         let n = mixed.len() / cd.max(1);
         let seqs = seq_start.len().saturating_sub(1);
-        let (rpt, threads) = recurrence_layout(dk, dv).ok_or_else(|| {
+        let RecurrenceLayout {
+            rpt,
+            cols,
+            splits,
+            threads,
+        } = recurrence_layout(dk, dv).ok_or_else(|| {
             crate::Error::Backend(format!(
                 "cuda: gated_delta_rule does not take key × value heads of {dk} × {dv}"
             ))
@@ -193,12 +225,13 @@ impl Gpu {
         })?;
         let smem = (2 * (2 * (dk + dk / rpt) + dv + 2) * 4) as u32;
         let f = self.function("deltanet", &format!("gated_delta_rule_r{rpt}"), smem)?;
-        let (c, kh, v, k, vv) = (
+        let (c, kh, v, k, vv, cc) = (
             cd as i32,
             d.num_k_heads as i32,
             vh as i32,
             dk as i32,
             dv as i32,
+            cols as i32,
         );
         let mut b = self.stream.launch_builder(&f);
         b.arg(mixed).arg(g).arg(beta).arg(seq_start);
@@ -211,10 +244,11 @@ impl Gpu {
             .arg(&kh)
             .arg(&v)
             .arg(&k)
-            .arg(&vv);
+            .arg(&vv)
+            .arg(&cc);
         // SAFETY: shapes checked above; one block per (sequence, value
-        // head), `threads` covers dv columns × dk / rpt row parts.
-        let grid = (seqs as u32, vh as u32, 1);
+        // head, `cols` columns), `threads` covers cols × dk / rpt row parts.
+        let grid = (seqs as u32, vh as u32, splits as u32);
         unsafe { b.launch(cfg(grid, threads as u32, smem)) }.ctx("gated_delta_rule")?;
         Ok(())
     }
