@@ -322,8 +322,7 @@ impl RecurrentCopies {
     ) -> Result<RecurrentCopies> {
         let (starts, ends) = (&copies.starts, &copies.ends);
         check(
-            ends.iter()
-                .all(|&(row, id)| row < t && row + 2 >= k && id < capacity),
+            k >= 1 && (ends.iter()).all(|&(row, id)| row < t && row + 2 >= k && id < capacity),
             || "deltanet: a filled block outside the wave or the cache".into(),
         )?;
         let mut snap_at = vec![-1i32; t];
