@@ -363,15 +363,21 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
         let pairs: f64 = lens.iter().map(|&l| (l * (l + 1) / 2) as f64).sum();
         let flops = 4.0 * pairs * (heads * hd) as f64;
         let mut rates = Vec::new();
-        for kernel in [AttnKernel::Simt, AttnKernel::TensorCore] {
+        for kernel in [
+            AttnKernel::Simt,
+            AttnKernel::TensorCore,
+            AttnKernel::Pipelined,
+        ] {
             let name = format!("attention_{label}_{kernel:?}_2x4096");
             timed(&mut g, &name, gpu, || call.run(gpu, kernel, 0));
             rates.push(median(&name).map(|t| flops / t / 1e12));
         }
-        if let [Some(simt), Some(tc)] = rates[..] {
+        if let [Some(simt), Some(tc), Some(pipe)] = rates[..] {
             s.lines.push(format!(
-                "| attention {label} (h{heads}/{kv_heads}, hd{hd}), 2×4096, bf16 | {tc:.0} TFLOP/s tensor cores, {simt:.1} SIMT | {:.1}× |",
-                tc / simt
+                "| attention {label} (h{heads}/{kv_heads}, hd{hd}), 2×4096, bf16 | {tc:.0} TFLOP/s tensor cores \
+                 ({pipe:.0} double-buffered), {simt:.1} SIMT | {:.1}×; double-buffered {:.2}× |",
+                tc / simt,
+                pipe / tc
             ));
         }
     }
@@ -387,17 +393,21 @@ fn bench_attention_step(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
     let layout = PagedBatch::with_past(&[(4096, 256)]);
     let mut call = AttnCall::new(gpu, layout, (14, 2, 64), 21);
     let mut times = Vec::new();
-    for splits in [1usize, 0] {
-        let name = format!("attention_step_0.5b_splits{splits}_4096+256");
-        timed(&mut g, &name, gpu, || {
-            call.run(gpu, AttnKernel::TensorCore, splits)
-        });
+    for (kernel, splits) in [
+        (AttnKernel::TensorCore, 1usize),
+        (AttnKernel::TensorCore, 0),
+        (AttnKernel::Pipelined, 0),
+    ] {
+        let name = format!("attention_step_0.5b_{kernel:?}_splits{splits}_4096+256");
+        timed(&mut g, &name, gpu, || call.run(gpu, kernel, splits));
         times.push(median(&name));
     }
-    if let [Some(one), Some(auto)] = times[..] {
+    if let [Some(one), Some(auto), Some(pipe)] = times[..] {
         s.lines.push(format!(
-            "| attention step 0.5b, 256 queries after 4096 cached keys | {:.1} µs split KV, {:.1} µs one block per tile | {:.1}× |",
+            "| attention step 0.5b, 256 queries after 4096 cached keys | {:.1} µs split KV \
+             ({:.1} double-buffered), {:.1} µs one block per tile | {:.1}× |",
             auto * 1e6,
+            pipe * 1e6,
             one * 1e6,
             one / auto
         ));

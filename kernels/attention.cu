@@ -55,15 +55,16 @@
 //
 // Launch: grid (num_tiles, heads). SIMT: 256 threads, dynamic shared memory
 // (SIMT_BR·hd + ATTN_BC·(hd + 1) + ATTN_BC·hd) floats. MMA: 128 threads,
-// static shared memory.
+// static shared memory, or (`paged_attention_mma2_*`, K/V double-buffered
+// through cp.async) 2 · 2 · MMA_BC · (hd + 8) 16-bit elements of dynamic.
 #include "common.cuh"
 #include "mma.cuh"
 
 // The block and tile sizes come from src/consts.rs (build.rs passes -D); the
 // host sizes shared memory and launches from the same values.
 #if !defined(KV_BLOCK) || !defined(ATTN_BR) || !defined(SIMT_BR) || !defined(ATTN_BC) || \
-    !defined(ATTN_WARPS) || !defined(MMA_WARPS)
-#error "KV_BLOCK, ATTN_BR, SIMT_BR, ATTN_BC, ATTN_WARPS, MMA_WARPS are defined by build.rs from src/consts.rs"
+    !defined(ATTN_WARPS) || !defined(MMA_WARPS) || !defined(MMA_BC)
+#error "KV_BLOCK, ATTN_BR, SIMT_BR, ATTN_BC, ATTN_WARPS, MMA_WARPS, MMA_BC are defined by build.rs from src/consts.rs"
 #endif
 static_assert(ATTN_BC == 32, "the SIMT kernel gives each lane of a warp one key of a tile");
 static_assert(ATTN_BR % SIMT_BR == 0 && SIMT_BR % ATTN_WARPS == 0,
@@ -208,9 +209,8 @@ INSTANTIATE_T(PAGED_ATTENTION)
 
 // ---------------------------------------------------------------------------
 // Tensor-core kernel (see the header; fragment layouts in mma.cuh).
-#define MMA_BC 64
 
-template <typename T, int HD>
+template <typename T, int HD, int STAGES>
 __device__ void paged_attention_mma(const float* __restrict__ q, const T* __restrict__ k_pool,
                                     const T* __restrict__ v_pool,
                                     const int32_t* __restrict__ block_table,
@@ -228,8 +228,21 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     constexpr int NT = MMA_BC / 8;     // n-tiles of S over the keys
     constexpr int KSTR = HD + 8;       // ks row stride (elements)
     constexpr int VEC = 8;             // elements per 16-byte load
-    __shared__ __align__(16) T ks[MMA_BC * KSTR];  // [key][hd]
-    __shared__ __align__(16) T vs[MMA_BC * KSTR];  // [key][hd]
+    static_assert(STAGES == 1 || STAGES == 2, "one stage, or two filled by cp.async");
+    // [stage][key][hd] each: static for one stage; two live in the dynamic
+    // shared memory (69.6 KB at hd 128, past the static 48 KB).
+    T* ks_all;
+    T* vs_all;
+    if constexpr (STAGES == 1) {
+        __shared__ __align__(16) T ks1[MMA_BC * KSTR];
+        __shared__ __align__(16) T vs1[MMA_BC * KSTR];
+        ks_all = ks1;
+        vs_all = vs1;
+    } else {
+        extern __shared__ float smem[];
+        ks_all = reinterpret_cast<T*>(smem);
+        vs_all = ks_all + STAGES * MMA_BC * KSTR;
+    }
     T* const tag = nullptr;  // selects the dtype's pack2 / mma16816
 
     const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
@@ -277,24 +290,52 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     const int per = (n_tiles + splits - 1) / splits;
     const int kt_begin = k_lo + min(n_tiles, (int)blockIdx.z * per) * MMA_BC;
     const int kt_end = min(k_hi, k_lo + min(n_tiles, ((int)blockIdx.z + 1) * per) * MMA_BC);
-    for (int kt = kt_begin; kt < kt_end; kt += MMA_BC) {
-        __syncthreads();  // the previous tile's ks / vs are consumed
-        // K and V rows: coalesced 16-byte loads and stores (consecutive
-        // threads along head_dim). Keys past the end are zeros, so P·V never
-        // meets a NaN.
+    // Tile kt's K and V rows into stage st: coalesced 16-byte copies
+    // (consecutive threads along head_dim). Keys past the end are zeros, so
+    // P·V never meets a NaN. One stage: loads and stores through registers;
+    // two: cp.async (zero-filled past the end), waited for a tile later.
+    auto load_tile = [&](int kt, int st) {
+        T* ks = ks_all + st * MMA_BC * KSTR;
+        T* vs = vs_all + st * MMA_BC * KSTR;
         for (int e = threadIdx.x; e < MMA_BC * (HD / VEC); e += blockDim.x) {
             const int r = e / (HD / VEC), d = (e % (HD / VEC)) * VEC, j = kt + r;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (j < k_hi) {
-                const size_t row = (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK;
-                const size_t off = row * kvd + (size_t)kvh * HD + d;
-                kv = *reinterpret_cast<const uint4*>(k_pool + off);
-                vv = *reinterpret_cast<const uint4*>(v_pool + off);
+            const bool in = j < k_hi;
+            const size_t row = in ? (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK : 0;
+            const size_t off = row * kvd + (size_t)kvh * HD + d;
+            if constexpr (STAGES == 1) {
+                uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+                if (in) {
+                    kv = *reinterpret_cast<const uint4*>(k_pool + off);
+                    vv = *reinterpret_cast<const uint4*>(v_pool + off);
+                }
+                *reinterpret_cast<uint4*>(ks + r * KSTR + d) = kv;
+                *reinterpret_cast<uint4*>(vs + r * KSTR + d) = vv;
+            } else {
+                cp_async16(ks + r * KSTR + d, k_pool + off, in ? 16 : 0);
+                cp_async16(vs + r * KSTR + d, v_pool + off, in ? 16 : 0);
             }
-            *reinterpret_cast<uint4*>(ks + r * KSTR + d) = kv;
-            *reinterpret_cast<uint4*>(vs + r * KSTR + d) = vv;
+        }
+    };
+    if (STAGES == 2 && kt_begin < kt_end) {
+        load_tile(kt_begin, 0);
+        cp_async_commit();
+    }
+    for (int kt = kt_begin, it = 0; kt < kt_end; kt += MMA_BC, ++it) {
+        const int st = STAGES == 2 ? it & 1 : 0;
+        if constexpr (STAGES == 1) {
+            __syncthreads();  // the previous tile's ks / vs are consumed
+            load_tile(kt, 0);
+        } else {
+            // The next tile into the other stage (last read by the previous
+            // tile's compute, before the barrier that ended it), in flight
+            // during this one's; an empty group at the end keeps the count.
+            if (kt + MMA_BC < kt_end) load_tile(kt + MMA_BC, st ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();  // this tile's group has landed
         }
         __syncthreads();
+        const T* ks = ks_all + st * MMA_BC * KSTR;
+        const T* vs = vs_all + st * MMA_BC * KSTR;
 
         // S = Q·Kᵀ for this warp's 16 rows × 64 keys.
         float s[NT][4];
@@ -373,7 +414,9 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
                 mma16816(acc[dt + 1], pa, b[2], b[3], tag);
             }
         }
+        if constexpr (STAGES == 2) __syncthreads();  // stage st consumed before its refill
     }
+    if constexpr (STAGES == 2) cp_async_wait<0>();  // the last (empty) group
 
     // Row sums over the quad, then O / l.
 #pragma unroll
@@ -420,20 +463,27 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
 // split-KV bounds cost d128 7 registers, 168 → 175, which dropped it from 3
 // to 2 blocks per SM and from 145 to 113 TFLOP/s at 2×4096).
 #define MMA_MIN_BLOCKS(HD) ((HD) >= 128 ? 3 : (HD) >= 64 ? 4 : 5)
-#define PAGED_ATTENTION_MMA_HD(SUFFIX, T, HD)                                                 \
+// `paged_attention_mma_*` stage K/V through registers (one stage, static
+// shared memory); `paged_attention_mma2_*` double-buffer them with cp.async
+// (dynamic shared memory 2 · 2 · MMA_BC · (HD + 8) elements).
+#define PAGED_ATTENTION_MMA_HD(SUFFIX, T, HD, STAGES, NAME)                                   \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, MMA_MIN_BLOCKS(HD))          \
-        paged_attention_mma_##SUFFIX##_d##HD(                                                 \
+        NAME##_##SUFFIX##_d##HD(                                                              \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
             int heads, int kv_heads, int /* hd = HD */, int max_blocks, int window,          \
             float scale, float* part, int splits) {                                           \
-        paged_attention_mma<T, HD>(q, k_pool, v_pool, block_table, seq_start, past, tiles, out, \
-                                   heads, kv_heads, max_blocks, window, scale, part, splits); \
+        paged_attention_mma<T, HD, STAGES>(q, k_pool, v_pool, block_table, seq_start, past,   \
+                                           tiles, out, heads, kv_heads, max_blocks, window,   \
+                                           scale, part, splits);                              \
     }
-#define PAGED_ATTENTION_MMA(SUFFIX, T)       \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32)    \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64)    \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128)
+#define PAGED_ATTENTION_MMA(SUFFIX, T)                                   \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32, 1, paged_attention_mma)        \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64, 1, paged_attention_mma)        \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128, 1, paged_attention_mma)       \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32, 2, paged_attention_mma2)       \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64, 2, paged_attention_mma2)       \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128, 2, paged_attention_mma2)
 PAGED_ATTENTION_MMA(bf16, __nv_bfloat16)
 PAGED_ATTENTION_MMA(f16, __half)
 

@@ -20,6 +20,8 @@ pub const ATTN_BC: usize = 32;
 pub const ATTN_WARPS: usize = 8;
 /// Warps of the tensor-core attention kernel (launched with `MMA_WARPS · 32` threads).
 pub const MMA_WARPS: usize = 4;
+/// Keys per tile of the tensor-core attention kernel.
+pub const MMA_BC: usize = 64;
 /// Top log-probs averaged by the self-certainty baseline (CPU fused scorer
 /// and `kernels/fused_logprob.cu`).
 pub const TOP_K: usize = 20;
@@ -56,13 +58,14 @@ pub const DN_MAX_THREADS: usize = 512;
 pub const DN_PREFETCH: usize = 8;
 
 /// Every constant above, by the name the kernels use.
-pub const FOR_NVCC: [(&str, usize); 17] = [
+pub const FOR_NVCC: [(&str, usize); 18] = [
     ("KV_BLOCK", KV_BLOCK),
     ("ATTN_BR", ATTN_BR),
     ("SIMT_BR", SIMT_BR),
     ("ATTN_BC", ATTN_BC),
     ("ATTN_WARPS", ATTN_WARPS),
     ("MMA_WARPS", MMA_WARPS),
+    ("MMA_BC", MMA_BC),
     ("TOP_K", TOP_K),
     ("FUSED_THREADS", FUSED_THREADS),
     ("FUSED_PARTIAL_FLOATS", FUSED_PARTIAL_FLOATS),

@@ -1,6 +1,7 @@
 // attention_driver.cpp — kernels/attention.cu run on the CPU through emu.h
-// against a direct f64 attention: the tensor-core kernel (bf16 pool, head
-// dims 32 and 64, whole and split key ranges with attention_merge) and the
+// against a direct f64 attention: the tensor-core kernel and its cp.async
+// double-buffered variant (bf16 pool, head dims 32 and 64, whole and split
+// key ranges with attention_merge) and the
 // SIMT kernel (f32 pool), GQA, a sliding window, and sequences continuing a
 // cached prefix (`past`). This kernel has passed its parity tests on an
 // H200 (docs/gpu-results.md), so it also checks the emulator: ldmatrix
@@ -9,7 +10,8 @@
 // tolerance. Built and run by tests/cuda_emulated.rs.
 #include "emu.h"
 
-// The SIMT kernel's dynamic shared memory (its `extern __shared__` array).
+// The dynamic shared memory of the SIMT kernel and of the double-buffered
+// tensor-core one (their `extern __shared__` array).
 alignas(16) float smem[1 << 14];
 
 #include "attention.cu"
@@ -48,7 +50,10 @@ Layout layout(const std::vector<Seq>& seqs) {
 }
 
 template <class T>
-void run(const char* name, int heads, int kv_heads, int hd, int window, int splits, bool mma, uint64_t seed) {
+// `stages`: 0 the SIMT kernel, 1 the tensor-core kernel, 2 its cp.async
+// double-buffered variant.
+void run(const char* name, int heads, int kv_heads, int hd, int window, int splits, int stages, uint64_t seed) {
+    const bool mma = stages > 0;
     EmuRng rng{seed};
     const std::vector<Seq> seqs = {{0, 70}, {32, 5}, {16, 130}};
     const Layout l = layout(seqs);
@@ -97,7 +102,8 @@ void run(const char* name, int heads, int kv_heads, int hd, int window, int spli
     std::vector<float> part((size_t)n * heads * splits * (hd + 2), NAN);
     const int tiles = (int)l.tiles.size() / 2;
     if (mma) {
-        auto kernel = hd == 32 ? paged_attention_mma_bf16_d32 : paged_attention_mma_bf16_d64;
+        auto kernel = stages == 2 ? (hd == 32 ? paged_attention_mma2_bf16_d32 : paged_attention_mma2_bf16_d64)
+                                  : (hd == 32 ? paged_attention_mma_bf16_d32 : paged_attention_mma_bf16_d64);
         emu_launch(dim3_{(unsigned)tiles, (unsigned)heads, (unsigned)splits}, MMA_WARPS * 32, nullptr, 0, [&] {
             kernel(q.data(), (const __nv_bfloat16*)kp.data(), (const __nv_bfloat16*)vp.data(), l.block_table.data(),
                    l.seq_start.data(), l.past.data(), l.tiles.data(), (__nv_bfloat16*)out.data(), heads, kv_heads, hd,
@@ -126,9 +132,19 @@ void run(const char* name, int heads, int kv_heads, int hd, int window, int spli
 
 int main() {
     emu_watchdog(600);
-    run<__nv_bfloat16>("attention mma hd64 gqa2", 4, 2, 64, 0, 1, true, 51);
-    run<__nv_bfloat16>("attention mma hd32 window 40 split 3", 4, 1, 32, 40, 3, true, 52);
-    run<float>("attention simt f32 hd64", 2, 1, 64, 0, 1, false, 53);
+    run<__nv_bfloat16>("attention mma hd64 gqa2", 4, 2, 64, 0, 1, 1, 51);
+    run<__nv_bfloat16>("attention mma hd32 window 40 split 3", 4, 1, 32, 40, 3, 1, 52);
+    // cp.async done at its wait (a read before the wait sees the NaN fill),
+    // then at issue (a stage refilled while a warp still reads it).
+    for (const bool lazy : {true, false}) {
+        emu_lazy_copies = lazy;
+        run<__nv_bfloat16>(lazy ? "attention mma2 hd64 gqa2, copies at wait" : "attention mma2 hd64 gqa2, copies at issue",
+                           4, 2, 64, 0, 1, 2, 51);
+        run<__nv_bfloat16>(lazy ? "attention mma2 hd32 window 40 split 3, copies at wait"
+                                : "attention mma2 hd32 window 40 split 3, copies at issue",
+                           4, 1, 32, 40, 3, 2, 52);
+    }
+    run<float>("attention simt f32 hd64", 2, 1, 64, 0, 1, 0, 53);
     std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
     return emu_failures ? 1 : 0;
 }

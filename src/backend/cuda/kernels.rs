@@ -22,6 +22,8 @@ use crate::model::weights::DType;
 pub const KV_BLOCK: usize = crate::consts::KV_BLOCK;
 /// Queries per attention tile (`ATTN_BR` in kernels/attention.cu, from [`crate::consts`]).
 pub const ATTN_BR: usize = crate::consts::ATTN_BR;
+/// Keys per tile of the tensor-core attention kernel (from [`crate::consts`]).
+const MMA_BC: usize = crate::consts::MMA_BC;
 /// Head dims the tensor-core attention kernel is built for.
 pub const MMA_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
@@ -34,6 +36,10 @@ pub enum AttnKernel {
     Simt,
     /// mma.sync (bf16/f16 caches, head_dim 32/64/128, sm_80+).
     TensorCore,
+    /// The tensor-core kernel with K/V tiles double-buffered through
+    /// cp.async (the next tile in flight during this one's arithmetic);
+    /// not `Auto`'s choice until measured against `TensorCore` on a GPU.
+    Pipelined,
 }
 /// Most key-range splits of the tensor-core attention kernel.
 pub const MAX_KV_SPLITS: usize = 16;
@@ -451,14 +457,18 @@ impl Gpu {
             return Ok(());
         }
         let mma = self.attention_has_tensor_cores(k_pool.dtype, hd);
-        check(kernel != AttnKernel::TensorCore || mma, || {
-            format!(
-                "attention: no tensor-core kernel for {} head_dim {hd} on sm_{}{}",
-                k_pool.dtype.name(),
-                self.arch().0,
-                self.arch().1
-            )
-        })?;
+        let tc = mma && kernel != AttnKernel::Simt;
+        check(
+            tc || matches!(kernel, AttnKernel::Auto | AttnKernel::Simt),
+            || {
+                format!(
+                    "attention: no tensor-core kernel for {} head_dim {hd} on sm_{}{}",
+                    k_pool.dtype.name(),
+                    self.arch().0,
+                    self.arch().1
+                )
+            },
+        )?;
         let scale = 1.0 / (hd as f32).sqrt();
         let (h, kh, d, mb, w) = (
             nh as i32,
@@ -467,7 +477,6 @@ impl Gpu {
             max_blocks as i32,
             win as i32,
         );
-        let tc = mma && kernel != AttnKernel::Simt;
         // Tensor cores split the key range when the (tile, head) blocks
         // alone leave multiprocessors idle, each split keeping at least 4 key
         // tiles (256 keys) of the longest sequence; SIMT never splits.
@@ -481,7 +490,12 @@ impl Gpu {
             }
             (true, s) => s.min(MAX_KV_SPLITS),
         };
-        let (name, threads, smem) = if tc {
+        let (name, threads, smem) = if tc && kernel == AttnKernel::Pipelined {
+            let name = format!("paged_attention_mma2_{}_d{hd}", k_pool.dtype.name());
+            // Two stages of K and V tiles, 64 keys × (hd + 8) 16-bit elements.
+            let smem = (2 * 2 * MMA_BC * (hd + 8) * 2) as u32;
+            (name, MMA_THREADS, smem)
+        } else if tc {
             let name = format!("paged_attention_mma_{}_d{hd}", k_pool.dtype.name());
             (name, MMA_THREADS, 0) // static shared memory
         } else {
