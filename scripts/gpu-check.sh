@@ -132,6 +132,9 @@ padv_bench() {
         --reference $tw/models/ref --tokens 128,512 --repeats 3 || rc=$?
       timeout 180 "$bundle/padv" bench --device cuda --shape qwen2.5-0.5b --tokens 1024,4096 \
         --repeats 3 || rc=$?
+      # A hybrid: the DeltaNet recurrence's share (docs/gpu-results.md, runs 14–16).
+      timeout 120 "$bundle/padv" bench --device cuda --shape qwen3.5-0.6b --tokens 1024,4096 \
+        --repeats 3 || rc=$?
     fi
     if [[ "$benches" == *" prefix "* ]]; then
       timeout 150 "$bundle/padv" bench --device cuda --prefix-cache --shape qwen2.5-0.5b \
