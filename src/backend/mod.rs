@@ -15,6 +15,7 @@ pub mod cuda;
 #[path = "cuda_disabled.rs"]
 pub mod cuda;
 pub mod plan;
+pub mod profile;
 
 use std::fmt;
 use std::str::FromStr;

@@ -2,7 +2,7 @@
 //! forward GFLOP/s against it, pair-scoring tokens/s, peak RSS, and the fused
 //! scorer against a naive log-softmax + gather over the same logits, and on
 //! the CPU where a pair-scoring run's time goes (GEMMs, attention, LM head,
-//! the rest: `backend::cpu::profile`).
+//! the rest: `backend::profile`).
 
 pub mod prefix;
 pub mod roof;
@@ -18,8 +18,8 @@ use rand::{Rng, SeedableRng};
 use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
 use crate::backend::cpu::gemm_bf16::Gemm;
-use crate::backend::cpu::profile;
 use crate::backend::cpu::rope::Ropes;
+use crate::backend::profile;
 use crate::backend::{ComputeDtype, Device, SeqRequest, open_pair_with};
 use crate::model::weights::{Data, Tensor};
 use crate::model::{Config, DType, Model};

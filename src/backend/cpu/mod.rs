@@ -29,7 +29,7 @@ pub mod mixer;
 pub mod mlp;
 pub mod norm;
 pub mod ops;
-pub mod profile;
+pub use super::profile;
 pub mod rope;
 
 use std::sync::Arc;

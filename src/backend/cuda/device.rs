@@ -24,6 +24,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use crate::backend::profile::{self, Part};
 use crate::model::weights::{DType, Data};
 use crate::{Error, Result};
 
@@ -206,6 +207,21 @@ impl Gpu {
 
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().ctx("synchronize")
+    }
+
+    /// Run `f` as `part` of the forward breakdown ([`profile`]): when the
+    /// timers are on, the device is synchronised before and after, so the
+    /// part's time is its own kernels'; otherwise just `f`.
+    pub fn part<T>(&self, part: Part, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if !profile::on() {
+            return f();
+        }
+        self.synchronize()?;
+        let span = profile::span(part);
+        let r = f()?;
+        self.synchronize()?;
+        drop(span);
+        Ok(r)
     }
 
     /// Copy host data to a new device buffer.

@@ -38,6 +38,7 @@ use super::kv::{DeviceKv, WaveCopies};
 use super::weights::{DeviceMixer, DeviceModel};
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
+use crate::backend::profile::Part;
 
 /// Tokens per chunk for the linear layers.
 pub const LINEAR_CHUNK: usize = 4096;
@@ -275,7 +276,8 @@ pub fn forward_rows(
                     .expect("allocated for a model with DeltaNet layers");
                 for &(r0, r1) in &chunks {
                     mixer_input(&mut x, &mut normed, r0, r1)?;
-                    s.project(gpu, dn, &normed.view(0, (r1 - r0) * h)?, r0, r1)?;
+                    let input = normed.view(0, (r1 - r0) * h)?;
+                    gpu.part(Part::Gemm, || s.project(gpu, dn, &input, r0, r1))?;
                 }
                 let store = match kv.as_mut() {
                     Some((store, _)) => Some(store.recurrent[li].as_mut().ok_or_else(|| {
@@ -285,14 +287,10 @@ pub fn forward_rows(
                     })?),
                     None => None,
                 };
-                s.mix(
-                    gpu,
-                    dn,
-                    batch,
-                    store,
-                    &mut attn.view_mut(0, t * dn.desc.value_dim())?,
-                    eps,
-                )?;
+                let mut mixed = attn.view_mut(0, t * dn.desc.value_dim())?;
+                gpu.part(Part::DeltaRule, || {
+                    s.mix(gpu, dn, batch, store, &mut mixed, eps)
+                })?;
                 (&dn.out, dn.desc.value_dim())
             }
             DeviceMixer::Attention(a) => {
@@ -303,15 +301,10 @@ pub fn forward_rows(
                     mixer_input(&mut x, &mut normed, r0, r1)?;
                     let width = qw + 2 * kvd;
                     let mut qkv_out = sub_mut(&mut qkv, 0, n * width)?;
-                    gpu.matmul_wt(
-                        &normed.view(0, n * h)?,
-                        &a.qkv.all(),
-                        &mut qkv_out,
-                        n,
-                        width,
-                        h,
-                        width,
-                    )?;
+                    gpu.part(Part::Gemm, || {
+                        let x = normed.view(0, n * h)?;
+                        gpu.matmul_wt(&x, &a.qkv.all(), &mut qkv_out, n, width, h, width)
+                    })?;
                     let norms = match (&a.q_norm, &a.k_norm) {
                         (Some(qn), Some(kn)) => Some((qn.as_view(), kn.as_view())),
                         _ => None,
@@ -341,20 +334,22 @@ pub fn forward_rows(
                 if let Some((store, copies)) = kv.as_mut() {
                     store.load_hits(gpu, li, (&mut k_pool, &mut v_pool), copies, block)?;
                 }
-                gpu.paged_attention(
-                    AttnKernel::Auto,
-                    &q.as_view(),
-                    &k_pool.all(),
-                    &v_pool.all(),
-                    &batch.block_table.as_view(),
-                    &batch.seq_start.as_view(),
-                    &batch.past.as_view(),
-                    &batch.tiles.as_view(),
-                    batch.layout.max_blocks,
-                    &mut attn.view_mut(0, t * qd)?,
-                    shape,
-                    0,
-                )?;
+                gpu.part(Part::Attention, || {
+                    gpu.paged_attention(
+                        AttnKernel::Auto,
+                        &q.as_view(),
+                        &k_pool.all(),
+                        &v_pool.all(),
+                        &batch.block_table.as_view(),
+                        &batch.seq_start.as_view(),
+                        &batch.past.as_view(),
+                        &batch.tiles.as_view(),
+                        batch.layout.max_blocks,
+                        &mut attn.view_mut(0, t * qd)?,
+                        shape,
+                        0,
+                    )
+                })?;
                 if let Some((store, copies)) = kv.as_mut() {
                     store.keep_fills(gpu, li, (&k_pool, &v_pool), copies, block)?;
                 }
@@ -367,15 +362,11 @@ pub fn forward_rows(
 
         for &(r0, r1) in &chunks {
             let n = r1 - r0;
-            gpu.matmul_wt(
-                &attn.view(r0 * width, r1 * width)?,
-                &out_proj.all(),
-                &mut sub_mut(&mut delta, r0 * h, r1 * h)?,
-                n,
-                h,
-                width,
-                h,
-            )?;
+            gpu.part(Part::Gemm, || {
+                let a = attn.view(r0 * width, r1 * width)?;
+                let mut d = sub_mut(&mut delta, r0 * h, r1 * h)?;
+                gpu.matmul_wt(&a, &out_proj.all(), &mut d, n, h, width, h)
+            })?;
             let dn = l.attn_out_norm.as_ref().map(|w| w.as_view());
             gpu.residual_rmsnorm(
                 &mut sub_mut(&mut x, r0 * h, r1 * h)?,
@@ -386,29 +377,21 @@ pub fn forward_rows(
                 h,
                 eps,
             )?;
-            gpu.matmul_wt_to(
-                &normed.view(0, n * h)?,
-                &l.gate_up.all(),
-                &mut gate_up.view_mut(0, n * 2 * inter)?,
-                n,
-                2 * inter,
-                h,
-                2 * inter,
-            )?;
+            gpu.part(Part::Gemm, || {
+                let (x, w) = (normed.view(0, n * h)?, l.gate_up.all());
+                let mut out = gate_up.view_mut(0, n * 2 * inter)?;
+                gpu.matmul_wt_to(&x, &w, &mut out, n, 2 * inter, h, 2 * inter)
+            })?;
             gpu.silu_mul(
                 &gate_up.view(0, n * 2 * inter)?,
                 &mut act.view_mut(0, n * inter)?,
                 inter,
             )?;
-            gpu.matmul_wt(
-                &act.view(0, n * inter)?,
-                &l.down.all(),
-                &mut sub_mut(&mut delta, r0 * h, r1 * h)?,
-                n,
-                h,
-                inter,
-                h,
-            )?;
+            gpu.part(Part::Gemm, || {
+                let a = act.view(0, n * inter)?;
+                let mut d = sub_mut(&mut delta, r0 * h, r1 * h)?;
+                gpu.matmul_wt(&a, &l.down.all(), &mut d, n, h, inter, h)
+            })?;
         }
         pending = Some(l.mlp_out_norm.as_ref());
     }

@@ -41,6 +41,7 @@ use self::lm_head::lm_head_stats;
 use self::weights::{DeviceModel, check_free};
 use super::plan::{self, Row, WavePlan, count_uncached, in_waves, nan_scores, uncached};
 use super::{PairScorer, SeqRequest};
+use crate::backend::profile::Part;
 use crate::kv::{Admitted, CacheStats, KvOptions};
 use crate::model::weights::DType;
 use crate::model::{Config, Model};
@@ -366,7 +367,9 @@ fn score_wave(
         return Ok(());
     }
     if !with_policy {
-        let stats = lm_head_stats(gpu, fold, None, (reference, &hidden[0]), &dev_targets, n)?;
+        let stats = gpu.part(Part::LmHead, || {
+            lm_head_stats(gpu, fold, None, (reference, &hidden[0]), &dev_targets, n)
+        })?;
         let stats = stats
             .chunks_exact(4)
             .map(|s| [f32::NAN, s[1], f32::NAN, f32::NAN]);
@@ -374,14 +377,10 @@ fn score_wave(
         return Ok(());
     }
     let policy_rows = Some((policy, &hidden[0]));
-    let stats = lm_head_stats(
-        gpu,
-        fold,
-        policy_rows,
-        (reference, &hidden[1]),
-        &dev_targets,
-        n,
-    )?;
+    let stats = gpu.part(Part::LmHead, || {
+        let refs = (reference, &hidden[1]);
+        lm_head_stats(gpu, fold, policy_rows, refs, &dev_targets, n)
+    })?;
     let stats = stats.chunks_exact(4).map(|s| [s[0], s[1], s[2], s[3]]);
     match cache {
         // Keep each score in the filled block holding its position.

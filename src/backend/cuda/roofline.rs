@@ -9,7 +9,10 @@
 //!   token scored, so the LM head is negligible);
 //! * end-to-end pair scoring of every token, tokens/s, by the cuBLAS LM
 //!   head + fused scorer and (bf16/f16 pairs) by the folded LM head, side by
-//!   side.
+//!   side;
+//! * where one more such run's time goes (the forward's GEMMs, attention,
+//!   the LM heads with the scorer, the DeltaNet layers, the rest), the
+//!   device synchronised around each part.
 //!
 //! Every timed region ends with a stream synchronisation; the best of
 //! `repeats` runs is reported after one warm-up run. The criterion twin is
@@ -21,6 +24,7 @@ use std::time::Instant;
 use super::device::{CudaResultExt, DevTensor, Gpu};
 use super::{CudaPair, LmHeadPath, PairScorer, SeqRequest};
 use crate::Result;
+use crate::backend::profile::{self, Breakdown};
 use crate::bench::forward_flops;
 use crate::model::Model;
 
@@ -39,6 +43,10 @@ pub struct RooflineRow {
     /// The same with the LM head folded into the scorer (`None`: the pair
     /// cannot fold, e.g. f32 weights).
     pub score_fold_s: Option<f64>,
+    /// One more score-every-token run with the device synchronised around
+    /// each part ([`crate::backend::profile`]): its wall time and parts.
+    pub profiled_s: f64,
+    pub parts: Breakdown,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -172,6 +180,15 @@ pub fn run(
             true => Some(best_of_synced(repeats, || pair.score(&all).map(|_| ()))?),
             false => None,
         };
+        pair.set_lm_head(LmHeadPath::Gemm);
+        profile::enable(true);
+        profile::take();
+        let t0 = Instant::now();
+        let profiled = pair.score(&all);
+        let profiled_s = t0.elapsed().as_secs_f64();
+        let parts = profile::take();
+        profile::enable(false);
+        profiled?;
         let flops = seqs as f64
             * (forward_flops(&policy.config, len, 0) + forward_flops(&reference.config, len, 0));
         out_rows.push(RooflineRow {
@@ -182,6 +199,8 @@ pub fn run(
             score_s,
             score_tokens_per_s: (seqs * len) as f64 / score_s,
             score_fold_s,
+            profiled_s,
+            parts,
         });
     }
     Ok(RooflineReport {
@@ -231,6 +250,21 @@ impl RooflineReport {
                 r.tokens,
                 r.score_tokens_per_s,
                 1e3 * r.score_s
+            );
+            let b = &r.parts;
+            let rest = r.profiled_s - b.gemm_s - b.attention_s - b.lm_head_s - b.delta_rule_s;
+            s += &format!(
+                "| where a profiled run's time goes, {}×{} | GEMMs {:.1} ms, attention {:.1}, \
+                 LM head + scoring {:.1}, DeltaNet {:.1}, rest {:.1} | {:.1} ms in all (synchronised \
+                 at each part) |\n",
+                r.seqs,
+                r.tokens,
+                1e3 * b.gemm_s,
+                1e3 * b.attention_s,
+                1e3 * b.lm_head_s,
+                1e3 * b.delta_rule_s,
+                1e3 * rest,
+                1e3 * r.profiled_s
             );
             if let Some(t) = r.score_fold_s {
                 s += &format!(

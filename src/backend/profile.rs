@@ -1,7 +1,9 @@
 //! The forward breakdown of `padv bench`: wall time spent in the weight
-//! GEMMs, attention, the LM head and the DeltaNet recurrences, summed over calls. Off unless the bench
-//! turns it on, and then cheap: one relaxed atomic load per call when off,
-//! two clock reads and an atomic add when on. Only the outermost timed call
+//! GEMMs, attention, the LM head and the DeltaNet recurrences, summed over
+//! calls, on either backend. Off unless the bench turns it on, and then
+//! cheap: one relaxed atomic load per call when off, two clock reads and an
+//! atomic add when on (the CUDA backend also synchronises the device around
+//! each part, so a part's time is its kernels'). Only the outermost timed call
 //! on a thread counts (a GEMM inside a timed part is not counted twice);
 //! the parts are called one after another by the thread that runs the
 //! forward, so their sum is at most the forward's wall time.
@@ -42,6 +44,12 @@ pub fn enable(on: bool) {
     ON.store(on, Relaxed);
 }
 
+/// Whether the timers are on.
+#[inline]
+pub fn on() -> bool {
+    ON.load(Relaxed)
+}
+
 /// The accumulated times, reset to zero.
 pub fn take() -> Breakdown {
     let s = |p: Part| NANOS[p as usize].swap(0, Relaxed) as f64 * 1e-9;
@@ -61,7 +69,7 @@ pub struct Span(Option<(Part, Option<Instant>)>);
 /// Start timing `part`.
 #[inline]
 pub fn span(part: Part) -> Span {
-    if !ON.load(Relaxed) {
+    if !on() {
         return Span(None);
     }
     let outer = DEPTH.with(|d| {
