@@ -1,7 +1,8 @@
 //! `padv bench --prefix-cache` on the bundled toyworld pair with small
 //! workloads: the cache-on side computes fewer tokens than were requested in
 //! every scenario, and the cache-off side runs in the first two scenarios
-//! (the third times the cache alone) with every score equal.
+//! (the third times the cache alone) with every score equal; the first
+//! says where each side's time went.
 
 use std::path::Path;
 
@@ -29,4 +30,15 @@ fn prefix_bench_saves_tokens_and_changes_no_score() {
     }
     // The step-by-step scenario re-submits each conversation: most of it hits.
     assert!(report.rows[0].hit_rate > 0.5, "{:?}", report.rows[0]);
+    // Its profiled passes (and only its) say where each side's time went:
+    // GEMMs and attention timed, the parts within the pass's wall time.
+    let (off, on) = report.rows[0].profiled.expect("a profiled pass");
+    for p in [off, on] {
+        let b = p.parts;
+        assert!(b.gemm_s > 0.0 && b.attention_s > 0.0, "{p:?}");
+        let parts = b.gemm_s + b.attention_s + b.lm_head_s + b.delta_rule_s;
+        assert!(parts <= p.wall_s, "{p:?}");
+    }
+    assert!(report.rows[1..].iter().all(|r| r.profiled.is_none()));
+    assert!(report.table().contains("where the time goes"));
 }

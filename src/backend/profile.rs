@@ -61,6 +61,44 @@ pub fn take() -> Breakdown {
     }
 }
 
+/// One profiled run: its wall time and parts.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Profiled {
+    pub wall_s: f64,
+    pub parts: Breakdown,
+}
+
+impl Profiled {
+    /// Run `f` with the timers on (from zero), and say where its time went.
+    pub fn run<T, E>(f: impl FnOnce() -> Result<T, E>) -> (Result<T, E>, Profiled) {
+        enable(true);
+        take();
+        let t0 = Instant::now();
+        let r = f();
+        let wall_s = t0.elapsed().as_secs_f64();
+        let parts = take();
+        enable(false);
+        (r, Profiled { wall_s, parts })
+    }
+
+    /// "GEMMs 1.2 ms, attention …, rest …" (the rest: the wall time no
+    /// part accounts for).
+    pub fn summary(&self) -> String {
+        let b = &self.parts;
+        let rest = self.wall_s - b.gemm_s - b.attention_s - b.lm_head_s - b.delta_rule_s;
+        format!(
+            "GEMMs {:.1} ms, attention {:.1}, LM head + scoring {:.1}, DeltaNet {:.1}, rest {:.1} \
+             (of {:.1} ms)",
+            1e3 * b.gemm_s,
+            1e3 * b.attention_s,
+            1e3 * b.lm_head_s,
+            1e3 * b.delta_rule_s,
+            1e3 * rest,
+            1e3 * self.wall_s
+        )
+    }
+}
+
 /// Times `part` until dropped (when the timers are on): `None` when off,
 /// `Some((part, None))` for a nested span (depth only).
 #[must_use]

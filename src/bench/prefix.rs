@@ -26,6 +26,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::Result;
+use crate::backend::profile::Profiled;
 use crate::backend::{Device, PairScorer, SeqRequest, open_pair};
 use crate::kv::{CacheStats, KvOptions};
 use crate::model::Model;
@@ -106,6 +107,10 @@ pub struct ScenarioRow {
     pub evictions: u64,
     /// Largest |Δ| of any score between cache off and on (`None`: not run).
     pub max_abs_diff: Option<f64>,
+    /// For the step-by-step trajectory: one more pass of its calls per
+    /// side with the part timers on (`backend::profile`; on the GPU the
+    /// device is synchronised around each part), (off, on).
+    pub profiled: Option<(Profiled, Profiled)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -256,7 +261,7 @@ pub fn run(o: &PrefixBenchOptions) -> Result<PrefixBenchReport> {
     ];
 
     let mut rows = Vec::new();
-    for (name, calls, with_off) in scenarios {
+    for (k, (name, calls, with_off)) in scenarios.into_iter().enumerate() {
         eprintln!("prefix-cache bench: {name}");
         let requested: u64 = calls
             .iter()
@@ -287,6 +292,19 @@ pub fn run(o: &PrefixBenchOptions) -> Result<PrefixBenchReport> {
             on_stats = on.cache_stats().unwrap_or_default();
             diff = worst;
         }
+        // Where a step's time goes, cache off and on (a fresh cache).
+        let profiled = if k == 0 {
+            let side = |pair: &mut dyn PairScorer| {
+                let (r, p) =
+                    Profiled::run(|| calls.iter().try_for_each(|c| pair.score(c).map(|_| ())));
+                r.map(|()| p)
+            };
+            let off_p = side(off.as_mut())?;
+            let on_p = side(open(true)?.as_mut())?;
+            Some((off_p, on_p))
+        } else {
+            None
+        };
         let (wall_off, wall_on) = (best_off.iter().sum::<f64>(), best_on.iter().sum::<f64>());
         let wall_off = with_off.then_some(wall_off);
         rows.push(ScenarioRow {
@@ -301,6 +319,7 @@ pub fn run(o: &PrefixBenchOptions) -> Result<PrefixBenchReport> {
             hit_rate: on_stats.hit_rate(),
             evictions: on_stats.evictions,
             max_abs_diff: diff,
+            profiled,
         });
     }
     let probe = open(true)?;
@@ -340,6 +359,16 @@ impl PrefixBenchReport {
                 opt(r.wall_ratio, &|w| format!("{w:.2}×")),
                 opt(r.max_abs_diff, &|d| format!("{d:.1e}")),
             );
+        }
+        for r in &self.rows {
+            if let Some((off, on)) = &r.profiled {
+                s += &format!(
+                    "\nwhere the time goes, {} (one profiled pass):\n- cache off: {}\n- cache on: {}\n",
+                    r.name,
+                    off.summary(),
+                    on.summary()
+                );
+            }
         }
         s
     }

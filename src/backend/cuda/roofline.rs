@@ -24,7 +24,7 @@ use std::time::Instant;
 use super::device::{CudaResultExt, DevTensor, Gpu};
 use super::{CudaPair, LmHeadPath, PairScorer, SeqRequest};
 use crate::Result;
-use crate::backend::profile::{self, Breakdown};
+use crate::backend::profile::Profiled;
 use crate::bench::forward_flops;
 use crate::model::Model;
 
@@ -44,9 +44,8 @@ pub struct RooflineRow {
     /// cannot fold, e.g. f32 weights).
     pub score_fold_s: Option<f64>,
     /// One more score-every-token run with the device synchronised around
-    /// each part ([`crate::backend::profile`]): its wall time and parts.
-    pub profiled_s: f64,
-    pub parts: Breakdown,
+    /// each part ([`crate::backend::profile`]).
+    pub profiled: Profiled,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -181,14 +180,8 @@ pub fn run(
             false => None,
         };
         pair.set_lm_head(LmHeadPath::Gemm);
-        profile::enable(true);
-        profile::take();
-        let t0 = Instant::now();
-        let profiled = pair.score(&all);
-        let profiled_s = t0.elapsed().as_secs_f64();
-        let parts = profile::take();
-        profile::enable(false);
-        profiled?;
+        let (r, profiled) = Profiled::run(|| pair.score(&all));
+        r?;
         let flops = seqs as f64
             * (forward_flops(&policy.config, len, 0) + forward_flops(&reference.config, len, 0));
         out_rows.push(RooflineRow {
@@ -199,8 +192,7 @@ pub fn run(
             score_s,
             score_tokens_per_s: (seqs * len) as f64 / score_s,
             score_fold_s,
-            profiled_s,
-            parts,
+            profiled,
         });
     }
     Ok(RooflineReport {
@@ -251,20 +243,11 @@ impl RooflineReport {
                 r.score_tokens_per_s,
                 1e3 * r.score_s
             );
-            let b = &r.parts;
-            let rest = r.profiled_s - b.gemm_s - b.attention_s - b.lm_head_s - b.delta_rule_s;
             s += &format!(
-                "| where a profiled run's time goes, {}×{} | GEMMs {:.1} ms, attention {:.1}, \
-                 LM head + scoring {:.1}, DeltaNet {:.1}, rest {:.1} | {:.1} ms in all (synchronised \
-                 at each part) |\n",
+                "| where a profiled run's time goes, {}×{} | {} | synchronised at each part |\n",
                 r.seqs,
                 r.tokens,
-                1e3 * b.gemm_s,
-                1e3 * b.attention_s,
-                1e3 * b.lm_head_s,
-                1e3 * b.delta_rule_s,
-                1e3 * rest,
-                1e3 * r.profiled_s
+                r.profiled.summary()
             );
             if let Some(t) = r.score_fold_s {
                 s += &format!(
