@@ -75,6 +75,33 @@ impl PrefixBenchOptions {
         }
     }
 
+    /// The longest request the workloads make.
+    fn longest(&self) -> usize {
+        let step = self.observation + self.action;
+        (self.prompt + self.steps * step).max(self.rollout_prompt + self.rollout_steps * step)
+    }
+
+    /// These workloads with every token count scaled down (each ≥ 1) so
+    /// that no request is longer than `max_positions`, and the factor;
+    /// unchanged (`None`) when they fit.
+    pub fn fitted(&self, max_positions: usize) -> (PrefixBenchOptions, Option<f64>) {
+        let longest = self.longest();
+        if longest <= max_positions {
+            return (self.clone(), None);
+        }
+        let f = max_positions as f64 / longest as f64;
+        let mut o = self.clone();
+        for n in [
+            &mut o.prompt,
+            &mut o.observation,
+            &mut o.action,
+            &mut o.rollout_prompt,
+        ] {
+            *n = ((*n as f64 * f) as usize).max(1);
+        }
+        (o, Some(f))
+    }
+
     /// Every token count times `k` (a GPU's default: `k` = 4, so each call
     /// is more than launch overhead).
     pub fn scaled(mut self, k: usize) -> PrefixBenchOptions {
@@ -120,6 +147,9 @@ pub struct PrefixBenchReport {
     pub threads: usize,
     pub block_size: usize,
     pub budget_mb: f64,
+    /// The factor every token count was scaled by to fit the model's
+    /// positions (`None`: as asked).
+    pub fitted: Option<f64>,
     pub rows: Vec<ScenarioRow>,
 }
 
@@ -201,6 +231,18 @@ fn max_diff(a: &[TokenScores], b: &[TokenScores]) -> f64 {
 pub fn run(o: &PrefixBenchOptions) -> Result<PrefixBenchReport> {
     let policy = Arc::new(Model::load(&o.policy)?);
     let reference = Arc::new(Model::load(&o.reference)?);
+    let positions = policy
+        .config
+        .max_position_embeddings
+        .min(reference.config.max_position_embeddings);
+    let (fitted, scale) = o.fitted(positions);
+    if fitted.longest() > positions {
+        return Err(crate::Error::Backend(format!(
+            "prefix-cache bench: {} steps cannot fit the model's {positions} positions",
+            o.steps.max(o.rollout_steps)
+        )));
+    }
+    let o = &fitted;
     let kv = KvOptions::with_budget_mb(o.kv_cache_mb);
     let open = |cache: bool| -> Result<Box<dyn PairScorer>> {
         let mut p = open_pair(o.device, policy.clone(), reference.clone())?;
@@ -331,6 +373,7 @@ pub fn run(o: &PrefixBenchOptions) -> Result<PrefixBenchReport> {
         block_size: stats.block_size,
         // The budget the backend took (the GPU caps it by free memory).
         budget_mb: stats.budget_bytes as f64 / (1 << 20) as f64,
+        fitted: scale,
         rows,
     })
 }
@@ -339,9 +382,13 @@ impl PrefixBenchReport {
     /// Human-readable table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "model: {}\ndevice: {} | prefix cache: {}-token blocks, budget {:.0} MiB\n\n",
+            "model: {}\ndevice: {} | prefix cache: {}-token blocks, budget {:.0} MiB\n",
             self.model, self.device, self.block_size, self.budget_mb
         );
+        if let Some(f) = self.fitted {
+            s += &format!("workloads: every token count × {f:.2}, to fit the model's positions\n");
+        }
+        s += "\n";
         s += "| workload | calls | tokens requested (= computed, cache off) | computed, cache on | token ratio | hit rate | wall off s | wall on s | wall ratio | max abs diff |\n";
         s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("not run".into(), f);
