@@ -449,14 +449,11 @@ impl DeltaNetScratch {
         let (k, cd) = (d.conv_kernel, d.conv_dim());
         let per = d.num_v_heads * d.k_head_dim * d.v_head_dim;
         let cache = self.cache.as_ref().zip(store);
+        // Each hit's state and convolution tail, where its tokens start.
         if let Some((c, st)) = &cache {
             if k > 1 {
-                gpu.copy_rows(
-                    &st.tail.all(),
-                    &mut self.tails.all_mut(),
-                    &c.starts,
-                    (k - 1) * cd,
-                )?;
+                let tail = (k - 1) * cd;
+                gpu.copy_rows(&st.tail.all(), &mut self.tails.all_mut(), &c.starts, tail)?;
             }
             gpu.copy_rows(&st.state.all(), &mut self.init.all_mut(), &c.starts, per)?;
         }
@@ -480,33 +477,27 @@ impl DeltaNetScratch {
         )?;
         let (g, beta) = (self.a.as_view(), self.b.as_view());
         let init = self.init.f32_view()?;
-        match cache {
-            Some((c, st)) => {
-                let at = c.snap_at.as_view();
-                gpu.gated_delta_rule(
-                    &self.mixed.as_view(),
-                    (&g, &beta),
-                    &seq_start,
-                    Some(&init),
-                    None,
-                    Some((&at, &mut st.state.f32_view_mut()?)),
-                    &mut self.o.as_view_mut(),
-                    d,
-                )?;
-                if k > 1 {
-                    gpu.copy_rows(&self.x.all(), &mut st.tail.all_mut(), &c.tails, cd)?;
-                }
-            }
-            None => gpu.gated_delta_rule(
-                &self.mixed.as_view(),
-                (&g, &beta),
-                &seq_start,
-                None,
-                None,
-                None,
-                &mut self.o.as_view_mut(),
-                d,
-            )?,
+        let mut cache = cache;
+        let cached = cache.is_some();
+        // With the cache: its snapshots of the blocks this wave fills.
+        let mut snaps = match cache.as_mut() {
+            Some((c, st)) => Some((c.snap_at.as_view(), st.state.f32_view_mut()?)),
+            None => None,
+        };
+        gpu.gated_delta_rule(
+            &self.mixed.as_view(),
+            (&g, &beta),
+            &seq_start,
+            cached.then_some(&init),
+            None,
+            snaps.as_mut().map(|(at, slots)| (&*at, slots)),
+            &mut self.o.as_view_mut(),
+            d,
+        )?;
+        if let Some((c, st)) = cache
+            && k > 1
+        {
+            gpu.copy_rows(&self.x.all(), &mut st.tail.all_mut(), &c.tails, cd)?;
         }
         gpu.gated_rmsnorm_silu(
             &self.o.as_view(),

@@ -541,14 +541,20 @@ impl DevTensor {
         })
     }
 
+    /// An error unless this tensor holds f32 values (for the f32 views).
+    fn check_f32(&self) -> Result<()> {
+        if self.dtype == DType::F32 {
+            return Ok(());
+        }
+        Err(backend_err(format!(
+            "cuda: f32 view of a {} tensor",
+            self.dtype.name()
+        )))
+    }
+
     /// The whole buffer as f32 elements (only for `DType::F32` tensors).
     pub fn f32_view(&self) -> Result<CudaView<'_, f32>> {
-        if self.dtype != DType::F32 {
-            return Err(backend_err(format!(
-                "cuda: f32 view of a {} tensor",
-                self.dtype.name()
-            )));
-        }
+        self.check_f32()?;
         // SAFETY: the bytes hold `len` f32 values; allocations are 256-byte aligned.
         unsafe { self.buf.transmute::<f32>(self.len) }
             .ok_or_else(|| out_of_range(0, self.len, self.buf.len() / 4))
@@ -556,12 +562,7 @@ impl DevTensor {
 
     /// [`DevTensor::f32_view`], writable.
     pub fn f32_view_mut(&mut self) -> Result<CudaViewMut<'_, f32>> {
-        if self.dtype != DType::F32 {
-            return Err(backend_err(format!(
-                "cuda: f32 view of a {} tensor",
-                self.dtype.name()
-            )));
-        }
+        self.check_f32()?;
         let len = self.len;
         let bytes = self.buf.len();
         // SAFETY: as in `f32_view`.

@@ -492,8 +492,8 @@ impl Gpu {
         };
         let (name, threads, smem) = if tc && kernel == AttnKernel::Pipelined {
             let name = format!("paged_attention_mma2_{}_d{hd}", k_pool.dtype.name());
-            // Two stages of K and V tiles, 64 keys × (hd + 8) 16-bit elements.
-            let smem = (2 * 2 * MMA_BC * (hd + 8) * 2) as u32;
+            // Two stages of K and V tiles, MMA_BC keys × (hd + 8) elements.
+            let smem = (2 * 2 * MMA_BC * (hd + 8) * k_pool.dtype.size()) as u32;
             (name, MMA_THREADS, smem)
         } else if tc {
             let name = format!("paged_attention_mma_{}_d{hd}", k_pool.dtype.name());

@@ -267,21 +267,11 @@ impl DeviceModel {
             let mixer = match dn {
                 None => DeviceMixer::Attention(Box::new(DeviceAttn {
                     qkv: matrix(qw + 2 * kvd, h)?,
-                    qkv_bias: if u.qkv_bias {
-                        Some(gpu.upload(&vec![0.0f32; qw + 2 * kvd])?)
-                    } else {
-                        None
-                    },
-                    q_norm: if qk == QkNorm::None {
-                        None
-                    } else {
-                        Some(ones(qn)?)
-                    },
-                    k_norm: if qk == QkNorm::None {
-                        None
-                    } else {
-                        Some(ones(kn)?)
-                    },
+                    qkv_bias: (u.qkv_bias)
+                        .then(|| gpu.upload(&vec![0.0f32; qw + 2 * kvd]))
+                        .transpose()?,
+                    q_norm: (qk != QkNorm::None).then(|| ones(qn)).transpose()?,
+                    k_norm: (qk != QkNorm::None).then(|| ones(kn)).transpose()?,
                     o: matrix(h, qd)?,
                     rope,
                 })),
