@@ -56,9 +56,14 @@ pub const FOLD_SMEM_BYTES: usize = FOLD_STAGES * (FOLD_BM + FOLD_BN) * (FOLD_BK 
 pub const DN_MAX_THREADS: usize = 512;
 /// Values of a token one gated-delta-rule thread prefetches at most.
 pub const DN_PREFETCH: usize = 8;
+/// Tokens per chunk of the chunked delta rule (transformers' and FLA's
+/// `chunk_size`; the CPU's and `kernels/delta_chunk.cu`'s). Backends chunk
+/// at absolute multiples of it, so a prefix cache of a model with DeltaNet
+/// layers reuses states at those boundaries.
+pub const DN_CHUNK: usize = 64;
 
 /// Every constant above, by the name the kernels use.
-pub const FOR_NVCC: [(&str, usize); 18] = [
+pub const FOR_NVCC: [(&str, usize); 19] = [
     ("KV_BLOCK", KV_BLOCK),
     ("ATTN_BR", ATTN_BR),
     ("SIMT_BR", SIMT_BR),
@@ -77,4 +82,5 @@ pub const FOR_NVCC: [(&str, usize); 18] = [
     ("FOLD_SMEM_BYTES", FOLD_SMEM_BYTES),
     ("DN_MAX_THREADS", DN_MAX_THREADS),
     ("DN_PREFETCH", DN_PREFETCH),
+    ("DN_CHUNK", DN_CHUNK),
 ];

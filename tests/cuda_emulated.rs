@@ -6,7 +6,8 @@
 //! and q/k/v RoPE kernels in the modes the GPU has not yet run
 //! (norm_rope_driver.cpp: post-norm and sandwich blocks, full-width q/k
 //! norms, a RoPE factor), the gated-DeltaNet steps (deltanet_driver.cpp:
-//! convolution, q/k norms and gates, the recurrence, the gated norm), and
+//! convolution, q/k norms and gates, the recurrence token by token and in
+//! chunks, the gated norm), and
 //! the attention kernels (attention_driver.cpp). The last have passed their
 //! parity tests on an H200, so they also hold the emulator itself to the
 //! hardware: a wrong fragment layout in mma_emu.h fails them. This pins the kernels' indexing, masks, pipeline
@@ -117,7 +118,11 @@ fn norm_and_rope_kernels_match_direct_computation_on_the_cpu() {
 
 #[test]
 fn deltanet_kernels_match_direct_computation_on_the_cpu() {
-    build_and_run("deltanet", "deltanet_driver.cpp", &["deltanet.cu"]);
+    build_and_run(
+        "deltanet",
+        "deltanet_driver.cpp",
+        &["deltanet.cu", "delta_chunk.cu"],
+    );
 }
 
 #[test]

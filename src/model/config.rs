@@ -124,10 +124,7 @@ impl AttnDesc {
     }
 }
 
-/// Tokens per chunk of the chunked delta rule (transformers' and FLA's
-/// `chunk_size`). Backends chunk at absolute multiples of it, so a prefix
-/// cache of a model with DeltaNet layers reuses states at those boundaries.
-pub const DELTANET_CHUNK: usize = 64;
+pub use crate::consts::DN_CHUNK as DELTANET_CHUNK;
 
 /// Gated DeltaNet linear attention (Qwen3-Next, Qwen 3.5): `in_proj_qkv`
 /// → channels `[q | k | v]`, a causal depthwise convolution of

@@ -1,20 +1,25 @@
-// deltanet_driver.cpp — kernels/deltanet.cu run on the CPU through emu.h,
-// against a direct f64 computation of the same chain (causal convolution
-// + SiLU, q/k L2 norms, β and g, the gated delta recurrence token by token,
-// the gated RMSNorm): three packed sequences, one continuing from a cached
-// convolution tail and recurrent state, at the Qwen 3.5 fixture's head
-// sizes (16) and at 32, 64 and 128 (two value heads per key head; a head's
-// columns over 1, 2 and 4 blocks). Exit status
-// 0 when every value is within tolerance. Built and run by
-// tests/cuda_emulated.rs.
+// deltanet_driver.cpp — kernels/deltanet.cu and kernels/delta_chunk.cu
+// run on the CPU through emu.h, against a direct f64 computation of the
+// same chain (causal convolution + SiLU, q/k L2 norms, β and g, the gated
+// delta recurrence token by token, the gated RMSNorm): three packed
+// sequences, one continuing 40 cached tokens from a convolution tail and
+// recurrent state, at the Qwen 3.5 fixture's head sizes (16) and at 32, 64
+// and 128 (two value heads per key head; a head's columns over 1, 2 and 4
+// blocks). The recurrence twice: token by token (gated_delta_rule) and in
+// chunks (delta_chunk_prep + delta_chunk_state, chunks cut at absolute
+// multiples of DN_CHUNK and after snapshot rows). Exit status 0 when every
+// value is within tolerance. Built and run by tests/cuda_emulated.rs.
 #include <string>
 
 #include "emu.h"
 
 // gated_delta_rule's dynamic shared memory (its `extern __shared__` array).
 alignas(16) float dn_smem[1 << 12];
+// delta_chunk_prep's and delta_chunk_state's.
+alignas(16) float dc_smem[1 << 15];
 
 #include "deltanet.cu"
+#include "delta_chunk.cu"
 
 namespace {
 
@@ -23,7 +28,9 @@ double silu(double x) { return x / (1.0 + std::exp(-x)); }
 void run(int k_heads, int v_heads, int dk, int dv, int rpt, int splits, uint64_t seed) {
     EmuRng rng{seed};
     const int K = 4, kd = k_heads * dk, vd = v_heads * dv, cd = 2 * kd + vd;
-    const std::vector<int32_t> lens = {23, 1, 40};
+    // Sequence 2 continues 40 cached tokens: its chunks end where its
+    // absolute position is a multiple of DN_CHUNK.
+    const std::vector<int32_t> lens = {23, 1, 150}, past = {0, 0, 40};
     const int seqs = (int)lens.size();
     std::vector<int32_t> seq_start = {0}, row_seq;
     for (int s = 0; s < seqs; ++s) {
@@ -33,7 +40,12 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, int splits, uint64_t
     const int n = seq_start.back();
     const auto x = rng.vec((size_t)n * cd, 1.0f), w_t = rng.vec((size_t)K * cd, 0.6f);
     auto b = rng.vec((size_t)n * v_heads, 2.0f), a = rng.vec((size_t)n * v_heads, 2.0f);
-    const auto a_log = rng.vec(v_heads, 1.0f), dt_bias = rng.vec(v_heads, 1.0f);
+    // Decays e^g mostly in (0.2, 1) as in trained models (A_log near −1.5):
+    // states carry over tens of tokens, so an error in what a chunk hands
+    // on shows.
+    auto a_log = rng.vec(v_heads, 1.0f);
+    for (float& v : a_log) v -= 2.5f;
+    const auto dt_bias = rng.vec(v_heads, 1.0f);
     const auto z = rng.vec((size_t)n * vd, 2.0f), nw = rng.vec(dv, 1.5f);
     // Sequence 2 continues a cached prefix: its convolution tail and state.
     std::vector<float> tails((size_t)seqs * (K - 1) * cd, 0.0f), init((size_t)seqs * v_heads * dk * dv, 0.0f);
@@ -130,6 +142,28 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, int splits, uint64_t
     emu_launch(dim3_{(unsigned)n, (unsigned)((v_heads + 7) / 8), 1}, 256, nullptr, 0, [&] {
         gated_rmsnorm_silu_f32(go.data(), z.data(), nw.data(), gout.data(), v_heads, dv, eps);
     });
+    // The chunked form over the same inputs: chunks end at absolute
+    // multiples of DN_CHUNK and after every snapshot row (the host's plan).
+    std::vector<int32_t> chunk_start = {0}, seq_chunk = {0};
+    for (int s = 0; s < seqs; ++s) {
+        for (int r = seq_start[s]; r < seq_start[s + 1]; ++r)
+            if ((past[s] + r - seq_start[s] + 1) % DN_CHUNK == 0 || snap_at[r] >= 0 || r + 1 == seq_start[s + 1])
+                chunk_start.push_back(r + 1);
+        seq_chunk.push_back((int32_t)chunk_start.size() - 1);
+    }
+    const int chunks = (int)chunk_start.size() - 1;
+    std::vector<float> wu((size_t)n * v_heads * (dk + dv), NAN), pm((size_t)n * v_heads * DN_CHUNK, NAN),
+        cum((size_t)n * v_heads, NAN), co((size_t)n * vd, NAN), cfin(final_w.size(), NAN),
+        csnaps((size_t)slots * state_len, NAN);
+    emu_launch(dim3_{(unsigned)chunks, (unsigned)v_heads, 1}, DC_PREP_THREADS, nullptr, 0, [&] {
+        delta_chunk_prep(gm.data(), a.data(), b.data(), chunk_start.data(), wu.data(), pm.data(), cum.data(), cd,
+                         k_heads, v_heads, dk, dv);
+    });
+    auto chunked = rpt == 8 ? delta_chunk_state_r8 : rpt == 16 ? delta_chunk_state_r16 : delta_chunk_state_r32;
+    emu_launch(dim3_{(unsigned)seqs, (unsigned)v_heads, (unsigned)splits}, threads, nullptr, 0, [&] {
+        chunked(gm.data(), wu.data(), pm.data(), cum.data(), chunk_start.data(), seq_chunk.data(), init.data(),
+                cfin.data(), snap_at.data(), csnaps.data(), co.data(), cd, k_heads, v_heads, dk, dv, cols);
+    });
     char tag[96];
     std::snprintf(tag, sizeof tag, "deltanet kh %d vh %d dk %d dv %d rpt %d splits %d", k_heads, v_heads, dk, dv,
                   rpt, splits);
@@ -142,6 +176,9 @@ void run(int k_heads, int v_heads, int dk, int dv, int rpt, int splits, uint64_t
     emu_check((t + ": final state").c_str(), gfin, final_w, 1e-4);
     emu_check((t + ": snapshots").c_str(), gsnaps, snaps_w, 1e-4);
     emu_check((t + ": gated norm").c_str(), gout, out_w, 1e-4);
+    emu_check((t + ": chunked").c_str(), co, o_w, 1e-5);
+    emu_check((t + ": chunked final state").c_str(), cfin, final_w, 1e-5);
+    emu_check((t + ": chunked snapshots").c_str(), csnaps, snaps_w, 1e-5);
 }
 
 }  // namespace

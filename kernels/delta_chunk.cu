@@ -1,0 +1,264 @@
+// delta_chunk.cu — the gated delta rule in chunks of DN_CHUNK tokens, the
+// form the CPU (`cpu::delta_rule::chunked`), transformers and
+// flash-linear-attention compute: the same recurrence as deltanet.cu's
+// `gated_delta_rule` (S ← e^g S; S ← S + k (β (v − Sᵀk))ᵀ; o = Sᵀq), its
+// sums in another order. Launchers: src/backend/cuda/delta_chunk.rs.
+//
+// Per chunk of C ≤ 64 tokens with cumulative log-decays c_i (the WY/UT form
+// of Yang et al.):
+//   A_ij = β_i (k_i·k_j) e^{c_i − c_j} (j < i),  P_ij = (q_i·k_j) e^{c_i − c_j} (j ≤ i),
+//   [W | U] = (I + A)⁻¹ [β k e^c | β v]   (forward substitution),
+//   V' = U − W·S,  o = e^c (q·S) + P·V',  S ← e^{c_C} S + (k e^{c_C − c})ᵀ V'.
+// Everything but the last line depends on the chunk alone, so
+//   delta_chunk_prep   computes W, U, P and c for every (chunk, value head)
+//                      at once (the bulk of the arithmetic, all in parallel);
+//   delta_chunk_state  walks each (sequence, value head, column range)
+//                      over its chunks with its state columns in registers,
+//                      as gated_delta_rule walks tokens: three block-wide
+//                      barriers per chunk instead of one per token, and
+//                      the arithmetic of a chunk's tokens independent of
+//                      each other (no serial chain per token).
+// Chunks are the host's: they end at absolute multiples of DN_CHUNK (a
+// sequence continued from a cached state starts at a block boundary, a
+// multiple of it) and after every row whose state the prefix cache keeps.
+#include "common.cuh"
+
+#if !defined(DN_CHUNK) || !defined(DN_MAX_THREADS)
+#error "DN_CHUNK and DN_MAX_THREADS are defined by build.rs from src/consts.rs"
+#endif
+#define DC_CH DN_CHUNK
+#define DC_PREP_THREADS 256
+static_assert(DC_CH == 64, "delta_chunk_prep's 16 × 16 threads of 4 × 4 (query, key) pairs cover a 64-token chunk");
+
+// Shared memory of delta_chunk_prep, floats: q and k rows [CH][dk + 1], A
+// [CH][CH + 1], c and β [CH].
+#define DC_PREP_SMEM(dk) (2 * DC_CH * ((dk) + 1) + DC_CH * (DC_CH + 1) + 2 * DC_CH)
+
+// Launch: grid (chunks, v_heads), DC_PREP_THREADS threads, DC_PREP_SMEM(dk)
+// floats of dynamic shared memory. Writes, per row of the chunk and value
+// head, W | U (`wu`), the row of P (`pm`, zeros after the diagonal) and c.
+extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
+    delta_chunk_prep(const float* __restrict__ mixed,        // [n, cd]: q | k | v
+                     const float* __restrict__ g,            // [n, vh]
+                     const float* __restrict__ beta,         // [n, vh]
+                     const int32_t* __restrict__ chunk_start,  // [chunks + 1]
+                     float* __restrict__ wu,                 // [n, vh, dk + dv]
+                     float* __restrict__ pm,                 // [n, vh, CH]
+                     float* __restrict__ cum_out,            // [n, vh]
+                     int cd, int k_heads, int v_heads, int dk, int dv) {
+    extern __shared__ float dc_smem[];
+    const int head = blockIdx.y, kh = head / (v_heads / k_heads);
+    const int r0 = chunk_start[blockIdx.x], C = chunk_start[blockIdx.x + 1] - r0;
+    const int kd = k_heads * dk, ks = dk + 1, as = DC_CH + 1, tid = threadIdx.x;
+    float* qs = dc_smem;           // [CH][ks]
+    float* kss = qs + DC_CH * ks;  // [CH][ks]
+    float* As = kss + DC_CH * ks;  // [CH][as]
+    float* cum = As + DC_CH * as;  // [CH]
+    float* bs = cum + DC_CH;       // [CH]
+    for (int e = tid; e < DC_CH * dk; e += blockDim.x) {
+        const int i = e / dk, d = e % dk;
+        const float* m = mixed + (size_t)(r0 + i) * cd + kh * dk + d;
+        qs[i * ks + d] = i < C ? m[0] : 0.0f;
+        kss[i * ks + d] = i < C ? m[kd] : 0.0f;
+    }
+    if (tid < DC_CH) bs[tid] = tid < C ? beta[(size_t)(r0 + tid) * v_heads + head] : 0.0f;
+    if (tid == 0) {
+        float acc = 0.0f;
+        for (int i = 0; i < DC_CH; ++i) {
+            if (i < C) acc += g[(size_t)(r0 + i) * v_heads + head];
+            cum[i] = acc;
+        }
+    }
+    __syncthreads();
+    if (tid < C) cum_out[(size_t)(r0 + tid) * v_heads + head] = cum[tid];
+
+    // A and P: thread (ti, tj) takes rows ti + 16a and columns tj + 16b.
+    const int ti = tid / 16, tj = tid % 16;
+    float ak[4][4] = {}, pq[4][4] = {};
+    for (int d = 0; d < dk; ++d) {
+        float ki[4], qi[4], kj[4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+            ki[a] = kss[(ti + 16 * a) * ks + d];
+            qi[a] = qs[(ti + 16 * a) * ks + d];
+            kj[a] = kss[(tj + 16 * a) * ks + d];
+        }
+#pragma unroll
+        for (int a = 0; a < 4; ++a)
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+                ak[a][b] += ki[a] * kj[b];
+                pq[a][b] += qi[a] * kj[b];
+            }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const int i = ti + 16 * a, j = tj + 16 * b;
+            // Rows and columns ≥ C are zero; e^{c_i − c_j} only where j ≤ i.
+            const float dec = (i < C && j <= i) ? expf(cum[i] - cum[j]) : 0.0f;
+            As[i * as + j] = j < i ? bs[i] * ak[a][b] * dec : 0.0f;
+            if (i < C) pm[((size_t)(r0 + i) * v_heads + head) * DC_CH + j] = pq[a][b] * dec;
+        }
+    __syncthreads();
+
+    // Forward substitution, one column of [W | U] per thread, the column in
+    // registers: X_i = B_i − Σ_{j<i} A_ij X_j.
+    for (int c = tid; c < dk + dv; c += blockDim.x) {
+        // Column c of B: β k e^c (c < dk), else β v.
+        const size_t vcol = (size_t)r0 * cd + 2 * kd + head * dv + (c < dk ? 0 : c - dk);
+        float x[DC_CH];
+#pragma unroll
+        for (int i = 0; i < DC_CH; ++i) {
+            float acc = 0.0f;
+            if (i < C)
+                acc = c < dk ? bs[i] * kss[i * ks + c] * expf(cum[i]) : bs[i] * mixed[vcol + (size_t)i * cd];
+#pragma unroll
+            for (int j = 0; j < i; ++j) acc -= As[i * as + j] * x[j];
+            x[i] = acc;
+        }
+        float* dst = wu + ((size_t)r0 * v_heads + head) * (dk + dv) + c;
+#pragma unroll
+        for (int i = 0; i < DC_CH; ++i)
+            if (i < C) dst[(size_t)i * v_heads * (dk + dv)] = x[i];
+    }
+}
+
+// Sum over the P adjacent lanes of a column (P a power of two ≤ 32).
+__device__ __forceinline__ float dc_group_sum(float v, int P) {
+    for (int o = 1; o < P; o <<= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// Shared memory of delta_chunk_state, floats: one staged [CH][dk + dk/RPT]
+// operand (W, then q, then k: each RPT-row group padded by one float so
+// that the P groups of a warp read distinct banks), P [CH][CH], V' [cols][CH
+// + P] (by column: the P lanes of a column read distinct banks), c [CH].
+#define DC_STATE_SMEM(dk, rpt, cols) \
+    (DC_CH * ((dk) + (dk) / (rpt)) + DC_CH * DC_CH + (cols) * (DC_CH + (dk) / (rpt)) + DC_CH)
+
+// Launch: grid (seqs, v_heads, dv / cols), 32·ceil(cols·P / 32) threads (P
+// = dk / RPT; thread (j, p) owns column j and rows p·RPT … p·RPT + RPT − 1
+// of the state, as in gated_delta_rule), DC_STATE_SMEM floats of dynamic
+// shared memory.
+template <int RPT>
+__device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n, cd]: q | k | v
+                                  const float* __restrict__ wu,           // [n, vh, dk + dv]
+                                  const float* __restrict__ pm,           // [n, vh, CH]
+                                  const float* __restrict__ cumg,         // [n, vh]
+                                  const int32_t* __restrict__ chunk_start,  // [chunks + 1]
+                                  const int32_t* __restrict__ seq_chunk,  // [seqs + 1]
+                                  const float* __restrict__ init,         // [seqs, vh, dk, dv], or null (zeros)
+                                  float* __restrict__ final_state,        // [seqs, vh, dk, dv], or null
+                                  const int32_t* __restrict__ snap_at,    // [n]: snapshot slot after the row, or −1; or null
+                                  float* __restrict__ snaps,              // [slots, vh, dk, dv]
+                                  float* __restrict__ out,                // [n, vh·dv]
+                                  int cd, int k_heads, int v_heads, int dk, int dv, int cols) {
+    extern __shared__ float dc_smem[];
+    const int P = dk / RPT, ks = dk + dk / RPT, vs = DC_CH + P, w = dk + dv;
+    float* st = dc_smem;           // [CH][ks]
+    float* ps = st + DC_CH * ks;   // [CH][CH]
+    float* vp = ps + DC_CH * DC_CH;  // [cols][vs]
+    float* cum = vp + cols * vs;   // [CH]
+    const int s = blockIdx.x, head = blockIdx.y, kh = head / (v_heads / k_heads);
+    const int jl = threadIdx.x / P, j = blockIdx.z * cols + jl, p = threadIdx.x % P;
+    const bool active = jl < cols && j < dv;
+    const int kd = k_heads * dk;
+    const size_t state = (((size_t)s * v_heads + head) * dk) * dv;
+
+    float S[RPT];
+#pragma unroll
+    for (int r = 0; r < RPT; ++r)
+        S[r] = active && init ? init[state + (size_t)(p * RPT + r) * dv + j] : 0.0f;
+
+    // Rows [r0, r0 + C) of dk values each (at src + row · stride) into `st`.
+    auto stage = [&](const float* src, size_t stride, int r0, int C) {
+#pragma unroll 4
+        for (int e = threadIdx.x; e < DC_CH * dk; e += blockDim.x) {
+            const int i = e / dk, d = e % dk;
+            st[i * ks + d + d / RPT] = i < C ? src[(size_t)(r0 + i) * stride + d] : 0.0f;
+        }
+    };
+    for (int ch = seq_chunk[s]; ch < seq_chunk[s + 1]; ++ch) {
+        const int r0 = chunk_start[ch], C = chunk_start[ch + 1] - r0;
+        // W's rows, P, c, and U's columns of this block into V'.
+        stage(wu + (size_t)head * w, (size_t)v_heads * w, r0, C);
+        for (int e = threadIdx.x; e < DC_CH * DC_CH; e += blockDim.x) {
+            const int i = e / DC_CH;
+            ps[e] = i < C ? pm[((size_t)(r0 + i) * v_heads + head) * DC_CH + e % DC_CH] : 0.0f;
+        }
+        for (int e = threadIdx.x; e < DC_CH * cols; e += blockDim.x) {
+            const int i = e / cols, c = e % cols, jj = blockIdx.z * cols + c;
+            vp[c * vs + i] = i < C && jj < dv ? wu[((size_t)(r0 + i) * v_heads + head) * w + dk + jj] : 0.0f;
+        }
+        for (int i = threadIdx.x; i < DC_CH; i += blockDim.x)
+            cum[i] = i < C ? cumg[(size_t)(r0 + i) * v_heads + head] : 0.0f;
+        __syncthreads();
+        // V' = U − W·S.
+        for (int i = 0; i < C; ++i) {
+            const float* wr = st + i * ks + p * (RPT + 1);
+            float acc = 0.0f;
+#pragma unroll
+            for (int r = 0; r < RPT; ++r) acc += wr[r] * S[r];
+            acc = dc_group_sum(acc, P);
+            if (active && p == 0) vp[jl * vs + i] -= acc;
+        }
+        __syncthreads();
+        stage(mixed + kh * dk, cd, r0, C);  // q
+        __syncthreads();
+        // o = e^c (q·S) + P·V': the P lanes of a column split P·V''s terms.
+        for (int i = 0; i < C; ++i) {
+            const float* qr = st + i * ks + p * (RPT + 1);
+            float acc = 0.0f;
+#pragma unroll
+            for (int r = 0; r < RPT; ++r) acc += qr[r] * S[r];
+            acc *= expf(cum[i]);
+            if (active)
+                for (int m = p; m <= i; m += P) acc += ps[i * DC_CH + m] * vp[jl * vs + m];
+            acc = dc_group_sum(acc, P);
+            if (active && p == 0) out[(size_t)(r0 + i) * v_heads * dv + (size_t)head * dv + j] = acc;
+        }
+        __syncthreads();
+        stage(mixed + kd + kh * dk, cd, r0, C);  // k
+        __syncthreads();
+        // S ← e^{c_C} S + (k e^{c_C − c})ᵀ V'.
+        const float last = cum[C - 1], el = expf(last);
+#pragma unroll
+        for (int r = 0; r < RPT; ++r) S[r] *= el;
+        if (active)
+            for (int i = 0; i < C; ++i) {
+                const float f = expf(last - cum[i]) * vp[jl * vs + i];
+                const float* kr = st + i * ks + p * (RPT + 1);
+#pragma unroll
+                for (int r = 0; r < RPT; ++r) S[r] += kr[r] * f;
+            }
+        // The state after the chunk's last row into its cache block's
+        // snapshot (the host ends a chunk after every such row).
+        const int slot = snap_at ? snap_at[r0 + C - 1] : -1;
+        if (slot >= 0 && active) {
+            float* dst = snaps + (((size_t)slot * v_heads + head) * dk) * dv;
+#pragma unroll
+            for (int r = 0; r < RPT; ++r) dst[(size_t)(p * RPT + r) * dv + j] = S[r];
+        }
+        __syncthreads();  // before the next chunk's staging
+    }
+    if (final_state && active) {
+#pragma unroll
+        for (int r = 0; r < RPT; ++r) final_state[state + (size_t)(p * RPT + r) * dv + j] = S[r];
+    }
+}
+
+// Entry points `delta_chunk_state_r<RPT>`: dk = P·RPT with P a power of two ≤ 32.
+#define DELTA_CHUNK_STATE(RPT)                                                                     \
+    extern "C" __global__ void __launch_bounds__(DN_MAX_THREADS) delta_chunk_state_r##RPT(         \
+        const float* mixed, const float* wu, const float* pm, const float* cumg,                   \
+        const int32_t* chunk_start, const int32_t* seq_chunk, const float* init, float* final_state, \
+        const int32_t* snap_at, float* snaps, float* out, int cd, int k_heads, int v_heads, int dk, \
+        int dv, int cols) {                                                                        \
+        delta_chunk_state<RPT>(mixed, wu, pm, cumg, chunk_start, seq_chunk, init, final_state,     \
+                               snap_at, snaps, out, cd, k_heads, v_heads, dk, dv, cols);           \
+    }
+DELTA_CHUNK_STATE(8)
+DELTA_CHUNK_STATE(16)
+DELTA_CHUNK_STATE(32)
