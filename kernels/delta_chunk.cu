@@ -111,13 +111,14 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
         float x[DC_CH];
 #pragma unroll
         for (int i = 0; i < DC_CH; ++i) {
-            float acc = 0.0f;
-            if (i < C)
-                acc = c < dk ? bs[i] * kss[i * ks + c] * expf(cum[i]) : bs[i] * mixed[vcol + (size_t)i * cd];
-#pragma unroll
-            for (int j = 0; j < i; ++j) acc -= As[i * as + j] * x[j];
-            x[i] = acc;
+            x[i] = 0.0f;
+            if (i < C) x[i] = c < dk ? bs[i] * kss[i * ks + c] * expf(cum[i]) : bs[i] * mixed[vcol + (size_t)i * cd];
         }
+        // Column by column: x_j is final once the columns before it are applied.
+#pragma unroll
+        for (int j = 0; j < DC_CH - 1; ++j)
+#pragma unroll
+            for (int i = j + 1; i < DC_CH; ++i) x[i] -= As[i * as + j] * x[j];
         float* dst = wu + ((size_t)r0 * v_heads + head) * (dk + dv) + c;
 #pragma unroll
         for (int i = 0; i < DC_CH; ++i)
