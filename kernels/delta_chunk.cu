@@ -27,6 +27,9 @@
 #error "DN_CHUNK and DN_MAX_THREADS are defined by build.rs from src/consts.rs"
 #endif
 #define DC_CH DN_CHUNK
+
+// Dynamic shared memory of both kernels (sized at launch).
+extern __shared__ float dc_smem[];
 #define DC_PREP_THREADS 256
 static_assert(DC_CH == 64, "delta_chunk_prep's 16 × 16 threads of 4 × 4 (query, key) pairs cover a 64-token chunk");
 
@@ -46,7 +49,6 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
                      float* __restrict__ pm,                 // [n, vh, CH]
                      float* __restrict__ cum_out,            // [n, vh]
                      int cd, int k_heads, int v_heads, int dk, int dv) {
-    extern __shared__ float dc_smem[];
     const int head = blockIdx.y, kh = head / (v_heads / k_heads);
     const int r0 = chunk_start[blockIdx.x], C = chunk_start[blockIdx.x + 1] - r0;
     const int kd = k_heads * dk, ks = dk + 1, as = DC_CH + 1, tid = threadIdx.x;
@@ -156,7 +158,6 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
                                   float* __restrict__ snaps,              // [slots, vh, dk, dv]
                                   float* __restrict__ out,                // [n, vh·dv]
                                   int cd, int k_heads, int v_heads, int dk, int dv, int cols) {
-    extern __shared__ float dc_smem[];
     const int P = dk / RPT, ks = dk + dk / RPT, vs = DC_CH + P, w = dk + dv;
     float* st = dc_smem;           // [CH][ks]
     float* ps = st + DC_CH * ks;   // [CH][CH]

@@ -16,6 +16,7 @@ use cuda_common::*;
 use padv::backend::cpu::delta_rule::{HeadInputs, recurrent};
 use padv::backend::cpu::ops;
 use padv::backend::cuda::DevTensor;
+use padv::backend::cuda::delta_chunk::{DeltaChunks, DeltaRulePath};
 use padv::model::config::DeltaNetDesc;
 use padv::model::weights::DType;
 
@@ -35,7 +36,7 @@ fn deltanet_kernels_match_the_cpu() {
             conv_kernel: 4,
         };
         let (cd, kd, vd, k) = (d.conv_dim(), d.key_dim(), d.value_dim(), d.conv_kernel);
-        let lens = [23usize, 1, 40];
+        let lens = [23usize, 1, 150];
         let mut seq_start = vec![0i32];
         let mut row_seq = Vec::new();
         for (s, &l) in lens.iter().enumerate() {
@@ -141,8 +142,6 @@ fn deltanet_kernels_match_the_cpu() {
         assert_close(&format!("{tag} g"), &got_g, &want_g, 1e-6, 2e-6, DType::F32);
 
         // The recurrence on the GPU's own inputs, against the CPU's.
-        let mut out = gpu.poisoned_f32(n * vd).unwrap();
-        let mut fin = gpu.poisoned_f32(init.len()).unwrap();
         let dinit = up(&init);
         let (gv, bv) = (da.as_view(), db.as_view());
         // Snapshots (a prefix cache's filled blocks): after each sequence's
@@ -153,18 +152,6 @@ fn deltanet_kernels_match_the_cpu() {
             at[seq_start[s + 1] as usize - 1] = (seqs - 1 - s) as i32;
         }
         let dat = gpu.upload(&at).unwrap();
-        let mut snaps = gpu.poisoned_f32(init.len()).unwrap();
-        gpu.gated_delta_rule(
-            &mixed.as_view(),
-            (&gv, &bv),
-            &dss.as_view(),
-            Some(&dinit.as_view()),
-            Some(&mut fin.as_view_mut()),
-            Some((&dat.as_view(), &mut snaps.as_view_mut())),
-            &mut out.as_view_mut(),
-            &d,
-        )
-        .unwrap();
         let mut want_o = vec![0.0f32; n * vd];
         let mut want_fin = init.clone();
         for (s, &len) in lens.iter().enumerate() {
@@ -202,38 +189,65 @@ fn deltanet_kernels_match_the_cpu() {
                 }
             }
         }
-        // f32 sums of dk terms in another order, over ≤ 40 steps.
-        let got_o = download(&gpu, &out);
-        assert_close(
-            &format!("{tag} recurrence"),
-            &got_o,
-            &want_o,
-            1e-5,
-            1e-5,
-            DType::F32,
-        );
-        assert_close(
-            &format!("{tag} state"),
-            &download(&gpu, &fin),
-            &want_fin,
-            1e-5,
-            1e-5,
-            DType::F32,
-        );
-        let per = vh * dk * dv;
-        let got_snaps = download(&gpu, &snaps);
-        let reordered: Vec<f32> = (0..seqs)
-            .rev()
-            .flat_map(|s| want_fin[s * per..(s + 1) * per].to_vec())
-            .collect();
-        assert_close(
-            &format!("{tag} snapshots"),
-            &got_snaps,
-            &reordered,
-            1e-5,
-            1e-5,
-            DType::F32,
-        );
+        // Token by token, and in chunks (chunks cut at the snapshot rows
+        // and, for the last sequence, where its position after 40 cached
+        // tokens reaches a multiple of 64).
+        let mut out = gpu.poisoned_f32(n * vd).unwrap();
+        let mut got_o = Vec::new();
+        for rule in [DeltaRulePath::Recurrent, DeltaRulePath::Chunked] {
+            let tag = format!("{tag} {}", rule.name());
+            let mut fin = gpu.poisoned_f32(init.len()).unwrap();
+            let mut snaps = gpu.poisoned_f32(init.len()).unwrap();
+            let cuts: Vec<usize> = (1..=seqs).map(|s| seq_start[s] as usize - 1).collect();
+            let mut chunks = match rule.chunked() {
+                true => Some(DeltaChunks::new(&gpu, &d, &seq_start, &[0, 0, 40], &cuts).unwrap()),
+                false => None,
+            };
+            gpu.gated_delta_rule(
+                &mixed.as_view(),
+                (&gv, &bv),
+                &dss.as_view(),
+                chunks.as_mut(),
+                Some(&dinit.as_view()),
+                Some(&mut fin.as_view_mut()),
+                Some((&dat.as_view(), &mut snaps.as_view_mut())),
+                &mut out.as_view_mut(),
+                &d,
+            )
+            .unwrap();
+            // f32 sums of dk terms in another order, over ≤ 150 steps.
+            got_o = download(&gpu, &out);
+            assert_close(
+                &format!("{tag} recurrence"),
+                &got_o,
+                &want_o,
+                1e-5,
+                1e-5,
+                DType::F32,
+            );
+            assert_close(
+                &format!("{tag} state"),
+                &download(&gpu, &fin),
+                &want_fin,
+                1e-5,
+                1e-5,
+                DType::F32,
+            );
+            let per = vh * dk * dv;
+            let got_snaps = download(&gpu, &snaps);
+            let reordered: Vec<f32> = (0..seqs)
+                .rev()
+                .flat_map(|s| want_fin[s * per..(s + 1) * per].to_vec())
+                .collect();
+            assert_close(
+                &format!("{tag} snapshots"),
+                &got_snaps,
+                &reordered,
+                1e-5,
+                1e-5,
+                DType::F32,
+            );
+        }
 
         // The gated norm, in each dtype.
         let dz = up(&z);

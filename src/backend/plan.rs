@@ -27,7 +27,7 @@
 
 use super::SeqRequest;
 use crate::kv::{Admitted, BlockId, BlockStore, CacheStats, PairCache};
-use crate::model::config::Config;
+use crate::model::config::{Config, DELTANET_CHUNK};
 use crate::score::TokenScores;
 use crate::{Error, Result};
 
@@ -272,9 +272,62 @@ pub fn in_waves<S: BlockStore>(
     Ok(())
 }
 
+/// The chunks of the chunked delta rule over packed sequences
+/// (`seq_start` `[seqs + 1]`, sequence `s` after `past[s]` cached tokens):
+/// a chunk ends where a sequence's absolute position reaches a multiple of
+/// [`DELTANET_CHUNK`] (as on the CPU, so a state cached at a block boundary
+/// continues exactly), after every packed row in `cut_after` (rows whose
+/// state a cache block keeps) and at each sequence's end. Returns each
+/// chunk's first packed row followed by the last chunk's end (`[chunks +
+/// 1]`), and each sequence's first chunk followed by the chunk count
+/// (`[seqs + 1]`).
+pub fn delta_rule_chunks(
+    seq_start: &[i32],
+    past: &[i32],
+    cut_after: &[usize],
+) -> (Vec<i32>, Vec<i32>) {
+    let n = seq_start.last().map_or(0, |&e| e as usize);
+    let mut cut = vec![false; n];
+    for &r in cut_after {
+        if let Some(c) = cut.get_mut(r) {
+            *c = true;
+        }
+    }
+    let mut starts = vec![seq_start.first().copied().unwrap_or(0)];
+    let mut seq_chunk = vec![0i32];
+    for (w, &p) in seq_start.windows(2).zip(past) {
+        let (first, last) = (w[0] as usize, w[1] as usize);
+        for (i, &cut) in cut[first..last].iter().enumerate() {
+            let pos = p as usize + i + 1;
+            if pos.is_multiple_of(DELTANET_CHUNK) || cut || first + i + 1 == last {
+                starts.push((first + i + 1) as i32);
+            }
+        }
+        seq_chunk.push(starts.len() as i32 - 1);
+    }
+    (starts, seq_chunk)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delta_rule_chunks_end_at_absolute_multiples_of_the_chunk_cuts_and_sequence_ends() {
+        // 23 rows cut after row 7; one row; 150 rows after 40 cached tokens
+        // (absolute 64 at its row 23, 128 at 87), cut after its row 15.
+        let seq_start = [0, 23, 24, 174];
+        let (starts, seq_chunk) = delta_rule_chunks(&seq_start, &[0, 0, 40], &[7, 22, 39]);
+        assert_eq!(starts, [0, 8, 23, 24, 40, 48, 112, 174]);
+        assert_eq!(seq_chunk, [0, 2, 3, 7]);
+        // No chunk is longer than the chunk size or crosses a sequence; an
+        // empty sequence has none.
+        let seq_start = [0, 200, 200, 330];
+        let (starts, seq_chunk) = delta_rule_chunks(&seq_start, &[64, 0, 128], &[]);
+        assert_eq!(seq_chunk, [0, 4, 4, 7]);
+        assert!(starts.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 64));
+        assert!(seq_start.iter().all(|s| starts.contains(s)));
+    }
 
     fn req(len: usize, mask: Option<&[usize]>) -> SeqRequest {
         SeqRequest {

@@ -6,6 +6,7 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
+use super::delta_chunk::{DeltaChunks, DeltaRulePath};
 use super::device::{CudaResultExt, DevTensor, DevView, DevViewMut, Gpu, cfg, sub_mut};
 use super::forward::{DeviceBatch, PagedBatch};
 use super::kernels::{ArgOrNull, check, dims_fit, typed};
@@ -153,17 +154,19 @@ impl Gpu {
     }
 
     /// The gated delta rule per (sequence, value head), token by token,
-    /// from `init` (`[seqs, vh, dk, dv]`) or zeros; the states after each
-    /// sequence's last token into `final_state`, and after row `r` into
-    /// slot `at[r]` of `snapshots` (`(at [n], slots [_, vh, dk, dv])`, −1
-    /// for none; the caller builds `at` from slots it checked); `out`
-    /// `[n, vh·dv]`.
+    /// or with `chunks` in 64-token chunks ([`DeltaChunks`], planned for
+    /// these sequences with a cut after every snapshot row), from `init`
+    /// (`[seqs, vh, dk, dv]`) or zeros; the states after each sequence's
+    /// last token into `final_state`, and after row `r` into slot `at[r]`
+    /// of `snapshots` (`(at [n], slots [_, vh, dk, dv])`, −1 for none; the
+    /// caller builds `at` from slots it checked); `out` `[n, vh·dv]`.
     #[allow(clippy::too_many_arguments)]
     pub fn gated_delta_rule(
         &self,
         mixed: &CudaView<'_, f32>, // [n, cd]: q | k | v (after deltanet_prep)
         (g, beta): (&CudaView<'_, f32>, &CudaView<'_, f32>), // [n, vh] each
         seq_start: &CudaView<'_, i32>, // [seqs + 1]
+        chunks: Option<&mut DeltaChunks>,
         init: Option<&CudaView<'_, f32>>,
         final_state: Option<&mut CudaViewMut<'_, f32>>,
         snapshots: Option<(&CudaView<'_, i32>, &mut CudaViewMut<'_, f32>)>,
@@ -173,12 +176,7 @@ impl Gpu {
         let (cd, vh, dk, dv) = (d.conv_dim(), d.num_v_heads, d.k_head_dim, d.v_head_dim);
         let n = mixed.len() / cd.max(1);
         let seqs = seq_start.len().saturating_sub(1);
-        let RecurrenceLayout {
-            rpt,
-            cols,
-            splits,
-            threads,
-        } = recurrence_layout(dk, dv).ok_or_else(|| {
+        let layout = recurrence_layout(dk, dv).ok_or_else(|| {
             crate::Error::Backend(format!(
                 "cuda: gated_delta_rule does not take key × value heads of {dk} × {dv}"
             ))
@@ -217,6 +215,31 @@ impl Gpu {
             return Ok(());
         }
         let (at, slots) = snapshots.unzip();
+        if let Some(chunks) = chunks {
+            check(chunks.seqs() == seqs, || {
+                format!(
+                    "gated_delta_rule: chunks planned for {} sequences, not {seqs}",
+                    chunks.seqs()
+                )
+            })?;
+            return self.delta_chunk_launch(
+                mixed,
+                (g, beta),
+                chunks,
+                init,
+                final_state,
+                (at, slots),
+                out,
+                d,
+                &layout,
+            );
+        }
+        let RecurrenceLayout {
+            rpt,
+            cols,
+            splits,
+            threads,
+        } = layout;
         // Two stages of [q | k (each padded by dk / rpt) | v | g | β]
         // (DN_STAGE); each thread prefetches at most DN_PREFETCH of a
         // token's 2·dk + dv + 2 values.
@@ -307,6 +330,9 @@ pub struct RecurrentCopies {
     /// `(packed row, tail row)`: the last `K − 1` input rows of each filled
     /// block into its convolution tail.
     tails: RowCopies,
+    /// The packed rows `snap_at` names (the chunked form ends a chunk after
+    /// each).
+    snap_rows: Vec<usize>,
 }
 
 impl RecurrentCopies {
@@ -333,6 +359,7 @@ impl RecurrentCopies {
             tails.extend((0..k - 1).map(|i| (first + i, id * (k - 1) + i)));
         }
         Ok(RecurrentCopies {
+            snap_rows: ends.iter().map(|&(row, _)| row).collect(),
             starts: RowCopies::upload(gpu, starts.clone())?,
             snap_at: gpu.upload(&snap_at)?,
             tails: RowCopies::upload(gpu, tails)?,
@@ -361,16 +388,20 @@ pub struct DeltaNetScratch {
     tails: DevTensor,
     init: DevTensor,
     cache: Option<RecurrentCopies>,
+    /// With the chunked form ([`DeltaRulePath::Chunked`]): the wave's chunks.
+    chunks: Option<DeltaChunks>,
 }
 
 impl DeltaNetScratch {
     /// Buffers for `layout`'s rows; with `cache` (a prefix cache's wave),
-    /// its sequences may start after cached blocks.
+    /// its sequences may start after cached blocks; the delta rule in the
+    /// form `path` says.
     pub fn new(
         gpu: &Gpu,
         d: &DeltaNetDesc,
         layout: &PagedBatch,
         cache: Option<RecurrentCopies>,
+        path: DeltaRulePath,
     ) -> Result<DeltaNetScratch> {
         check(
             cache.is_some() || layout.past.iter().all(|&p| p == 0),
@@ -389,7 +420,21 @@ impl DeltaNetScratch {
             ),
             None => (0, 0),
         };
+        let chunks = match path.chunked() {
+            true => {
+                let cuts = cache.as_ref().map_or(&[][..], |c| &c.snap_rows[..]);
+                Some(DeltaChunks::new(
+                    gpu,
+                    d,
+                    &layout.seq_start,
+                    &layout.past,
+                    cuts,
+                )?)
+            }
+            false => None,
+        };
         Ok(DeltaNetScratch {
+            chunks,
             x: DevTensor::alloc(gpu, DType::F32, t * cd)?,
             z: gpu.alloc_f32(t * vd)?,
             b: gpu.alloc_f32(t * vh)?,
@@ -488,6 +533,7 @@ impl DeltaNetScratch {
             &self.mixed.as_view(),
             (&g, &beta),
             &seq_start,
+            self.chunks.as_mut(),
             cached.then_some(&init),
             None,
             snaps.as_mut().map(|(at, slots)| (&*at, slots)),

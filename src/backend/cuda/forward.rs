@@ -31,6 +31,7 @@
 
 use cudarc::driver::CudaSlice;
 
+use super::delta_chunk::DeltaRulePath;
 use super::deltanet::{DeltaNetScratch, RecurrentCopies};
 use super::device::{DevTensor, Gpu, sub, sub_mut};
 use super::kernels::{ATTN_BR, AttnKernel, KV_BLOCK};
@@ -182,13 +183,15 @@ impl DeviceBatch {
 /// `rows` (`[rows.len(), hidden]` in the model's dtype). With `kv` (the
 /// model's prefix-cache store and the wave's copies), each layer first
 /// copies the hit blocks' K/V into the pool and afterwards the filled
-/// blocks' K/V into the store (module doc of [`super::kv`]).
+/// blocks' K/V into the store (module doc of [`super::kv`]). DeltaNet
+/// layers run the delta rule in the form `rule` says.
 pub fn forward_rows(
     gpu: &Gpu,
     m: &DeviceModel,
     batch: &DeviceBatch,
     rows: &CudaSlice<i32>,
     mut kv: Option<(&mut DeviceKv, &WaveCopies)>,
+    rule: DeltaRulePath,
 ) -> Result<DevTensor> {
     let (cfg, u) = (&m.config, &m.shape);
     let t = batch.layout.tokens();
@@ -237,7 +240,7 @@ pub fn forward_rows(
                 )?),
                 None => None,
             };
-            Some(DeltaNetScratch::new(gpu, d, &batch.layout, cache)?)
+            Some(DeltaNetScratch::new(gpu, d, &batch.layout, cache, rule)?)
         }
         None => None,
     };

@@ -11,13 +11,15 @@
 //! host.
 //!
 //! Layout: [`device`] (context, stream, kernel images, typed buffers),
-//! [`deltanet`] (the gated-DeltaNet steps' launchers),
+//! [`deltanet`] (the gated-DeltaNet steps' launchers), [`delta_chunk`]
+//! (the delta rule in chunks, and which form runs),
 //! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`lm_head`]
 //! (the two LM-head paths), [`weights`]
 //! (upload / random init), [`forward`] (the decoder), [`roofline`]
 //! (`padv bench --device cuda`). Without the feature,
 //! `cuda_disabled.rs` stands in with the same names.
 
+pub mod delta_chunk;
 pub mod deltanet;
 pub mod device;
 pub mod forward;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 
 pub use cudarc;
 
+pub use self::delta_chunk::DeltaRulePath;
 use self::device::backend_err;
 pub use self::device::{DevTensor, DevView, DevViewMut, Gpu, device_count, probe};
 use self::forward::{DeviceBatch, PagedBatch, forward_rows};
@@ -63,6 +66,8 @@ pub struct CudaPair {
     counters: CacheStats,
     /// How the LM heads and scores are computed (`PADV_CUDA_LM_HEAD`).
     lm_head: LmHeadPath,
+    /// Which form of the delta rule DeltaNet layers run (`PADV_CUDA_DELTA_RULE`).
+    delta_rule: DeltaRulePath,
 }
 
 impl CudaPair {
@@ -131,6 +136,7 @@ impl CudaPair {
             kv_opts: None,
             counters: CacheStats::default(),
             lm_head: LmHeadPath::from_env()?,
+            delta_rule: DeltaRulePath::from_env()?,
         })
     }
 
@@ -186,6 +192,21 @@ impl CudaPair {
         self.lm_head
     }
 
+    /// Which form of the delta rule DeltaNet layers run from now on.
+    pub fn set_delta_rule(&mut self, path: DeltaRulePath) {
+        self.delta_rule = path;
+    }
+
+    /// The delta rule's form asked for.
+    pub fn delta_rule(&self) -> DeltaRulePath {
+        self.delta_rule
+    }
+
+    /// The LM-head and delta-rule choices, for a [`Pass`].
+    fn paths(&self) -> (LmHeadPath, DeltaRulePath) {
+        (self.lm_head, self.delta_rule)
+    }
+
     /// The prefix cache, when on.
     pub fn cache(&self) -> Option<&DeviceCache> {
         self.cache.as_ref()
@@ -237,16 +258,18 @@ struct Pass<'a> {
     with_policy: bool,
     /// The LM heads folded into the scorer ([`LmHeadPath::folds`]).
     fold: bool,
+    /// The delta rule's form in DeltaNet layers.
+    rule: DeltaRulePath,
 }
 
 impl<'a> Pass<'a> {
     /// A call over both models, or the reference alone, on `gpu` with the
-    /// LM heads as `path` says. (From the pair's fields, so that its cache
-    /// and counters stay free to borrow.)
+    /// LM heads and the delta rule as `paths` say. (From the pair's fields,
+    /// so that its cache and counters stay free to borrow.)
     fn new(
         gpu: &'a Gpu,
         (policy, reference): (&'a DeviceModel, &'a DeviceModel),
-        path: LmHeadPath,
+        (path, rule): (LmHeadPath, DeltaRulePath),
         with_policy: bool,
     ) -> Pass<'a> {
         let models: &[&DeviceModel] = if with_policy {
@@ -260,6 +283,7 @@ impl<'a> Pass<'a> {
             reference,
             with_policy,
             fold: path.folds(gpu, models),
+            rule,
         }
     }
 }
@@ -282,6 +306,7 @@ fn score_wave(
         reference,
         with_policy,
         fold,
+        rule,
     } = pass;
     assert!(
         with_policy || cache.is_none(),
@@ -354,7 +379,7 @@ fn score_wave(
             }
         });
         let kv = store.as_deref_mut().zip(copies.as_ref());
-        let mut h = forward_rows(gpu, m, &dev_batch, &dev_rows, kv)?;
+        let mut h = forward_rows(gpu, m, &dev_batch, &dev_rows, kv, rule)?;
         if let Some(store) = store {
             let width = m.config.hidden_size;
             gpu.copy_rows(&store.last_hidden.all(), &mut h.all_mut(), &boundary, width)?;
@@ -395,14 +420,21 @@ impl PairScorer for CudaPair {
         // The compute dtype is part of the description, so a caller (and a
         // test through `Scorer`) can tell a bf16 run from an f32 one.
         let models = (&self.policy, &self.reference);
-        let fold = Pass::new(&self.gpu, models, self.lm_head, true).fold;
+        let fold = Pass::new(&self.gpu, models, self.paths(), true).fold;
+        let hybrid = [&self.policy, &self.reference]
+            .iter()
+            .any(|m| m.shape.deltanet.iter().flatten().next().is_some());
         format!(
-            "cuda:{} {} (compute {}/{}, LM head {})",
+            "cuda:{} {} (compute {}/{}, LM head {}{})",
             self.ordinal,
             self.gpu.describe(),
             self.policy.dtype.name(),
             self.reference.dtype.name(),
-            if fold { "folded" } else { "GEMM" }
+            if fold { "folded" } else { "GEMM" },
+            match hybrid {
+                true => format!(", delta rule {}", self.delta_rule.name()),
+                false => String::new(),
+            }
         )
     }
 
@@ -435,7 +467,7 @@ impl PairScorer for CudaPair {
     fn score(&mut self, batch: &[SeqRequest]) -> Result<Vec<TokenScores>> {
         let mut out = self.begin(batch)?;
         let models = (&self.policy, &self.reference);
-        let pass = Pass::new(&self.gpu, models, self.lm_head, true);
+        let pass = Pass::new(&self.gpu, models, self.paths(), true);
         match self.cache.as_mut() {
             None => {
                 count_uncached(&mut self.counters, batch);
@@ -454,7 +486,7 @@ impl PairScorer for CudaPair {
         let mut out = self.begin(batch)?;
         count_uncached(&mut self.counters, batch);
         let models = (&self.policy, &self.reference);
-        let pass = Pass::new(&self.gpu, models, self.lm_head, false);
+        let pass = Pass::new(&self.gpu, models, self.paths(), false);
         score_wave(&pass, None, batch, &uncached(batch), &mut out)?;
         Ok(out)
     }
