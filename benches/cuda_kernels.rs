@@ -27,12 +27,14 @@ use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement
 use padv::backend::PairScorer;
 use padv::backend::cpu::ops::AttnShape;
 use padv::backend::cuda::cudarc::driver::CudaSlice;
+use padv::backend::cuda::delta_chunk::DeltaChunks;
 use padv::backend::cuda::forward::{LINEAR_CHUNK, PagedBatch};
 use padv::backend::cuda::kernels::AttnKernel;
 use padv::backend::cuda::lm_head::{HeadSide, lm_head_scores};
-use padv::backend::cuda::{CudaPair, DevTensor, Gpu, LmHeadPath, probe, roofline};
+use padv::backend::cuda::{CudaPair, DeltaRulePath, DevTensor, Gpu, LmHeadPath, probe, roofline};
 use padv::bench::synth;
 use padv::model::Config;
+use padv::model::config::DeltaNetDesc;
 use padv::model::weights::DType;
 
 /// Per-iteration times of each benchmark, for the summary.
@@ -415,6 +417,95 @@ fn bench_attention_step(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
     g.finish();
 }
 
+/// One DeltaNet layer's delta rule, token by token against in chunks, at
+/// Qwen 3.5's head sizes (the 0.6B-shaped pair's 4 key / 8 value heads and
+/// the 9B's 16 / 32, all of 128) over 8 × 1024 and 2 × 4096 tokens, and an
+/// agent step: 8 sequences of 64 new tokens from cached states.
+fn bench_delta_rule(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
+    let mut g = c.benchmark_group("delta_rule");
+    configure(&mut g, false);
+    for (label, kh, vh) in [("0.6b", 4usize, 8usize), ("9b", 16, 32)] {
+        let d = DeltaNetDesc {
+            num_k_heads: kh,
+            num_v_heads: vh,
+            k_head_dim: 128,
+            v_head_dim: 128,
+            conv_kernel: 4,
+        };
+        for (seqs, len, cached) in [(8usize, 1024usize, false), (2, 4096, false), (8, 64, true)] {
+            let made = (|| {
+                let t = seqs * len;
+                let (cd, vd) = (d.conv_dim(), d.value_dim());
+                let uniform = |n: usize, seed: u64, lo: f32, hi: f32| {
+                    let mut x = DevTensor::alloc(gpu, DType::F32, n)?;
+                    gpu.fill_uniform(&mut x.all_mut(), seed, lo, hi)?;
+                    Ok::<_, padv::Error>(x)
+                };
+                let (mut mixed, mut b, mut a) = (
+                    uniform(t * cd, 41, -1.0, 1.0)?,
+                    uniform(t * vh, 42, -2.0, 2.0)?,
+                    uniform(t * vh, 43, -2.0, 2.0)?,
+                );
+                let (a_log, dt_bias) = (uniform(vh, 44, -2.0, 0.0)?, uniform(vh, 45, -1.0, 1.0)?);
+                gpu.deltanet_prep(
+                    &mut mixed.f32_view_mut()?,
+                    &mut b.f32_view_mut()?,
+                    &mut a.f32_view_mut()?,
+                    (&a_log.f32_view()?, &dt_bias.f32_view()?),
+                    &d,
+                )?;
+                let init = uniform(seqs * vh * 128 * 128, 46, -0.1, 0.1)?;
+                let seq_start: Vec<i32> = (0..=seqs).map(|i| (i * len) as i32).collect();
+                let past = vec![if cached { 1024 } else { 0 }; seqs];
+                let chunks = DeltaChunks::new(gpu, &d, &seq_start, &past, &[])?;
+                let seq_start = gpu.upload(&seq_start)?;
+                let out = gpu.alloc_f32(t * vd)?;
+                Ok::<_, padv::Error>((mixed, b, a, init, seq_start, chunks, out))
+            })();
+            let Ok((mixed, b, a, init, seq_start, mut chunks, mut out)) = made else {
+                continue;
+            };
+            let (Ok(mixed), Ok(a), Ok(b), Ok(init)) = (
+                mixed.f32_view(),
+                a.f32_view(),
+                b.f32_view(),
+                init.f32_view(),
+            ) else {
+                continue;
+            };
+            let mut times = Vec::new();
+            for rule in [DeltaRulePath::Recurrent, DeltaRulePath::Chunked] {
+                let name = format!("delta_rule_{label}_{}_{seqs}x{len}", rule.name());
+                timed(&mut g, &name, gpu, || {
+                    gpu.gated_delta_rule(
+                        &mixed,
+                        (&a, &b),
+                        &seq_start.as_view(),
+                        rule.chunked().then_some(&mut chunks),
+                        cached.then_some(&init),
+                        None,
+                        None,
+                        &mut out.as_view_mut(),
+                        &d,
+                    )
+                });
+                times.push(median(&name));
+            }
+            if let [Some(rec), Some(chunked)] = times[..] {
+                let what = if cached { "cached step" } else { "prefill" };
+                s.lines.push(format!(
+                    "| delta rule {label} (kh{kh}/vh{vh}, 128²), {what} {seqs}×{len} | {:.2} ms in chunks, \
+                     {:.2} ms token by token | {:.1}× |",
+                    chunked * 1e3,
+                    rec * 1e3,
+                    rec / chunked
+                ));
+            }
+        }
+    }
+    g.finish();
+}
+
 /// The forward's GEMMs alone, both models: each layer's qkv, o, gate/up (in
 /// bf16) and down projections over the batch in `LINEAR_CHUNK`-row chunks,
 /// on random operands of the pair's shapes. What the forward adds to this
@@ -580,6 +671,7 @@ fn main() {
     bench_attention(&mut c, &gpu, &mut s);
     bench_attention_step(&mut c, &gpu, &mut s);
     bench_lm_head(&mut c, &gpu, &mut s);
+    bench_delta_rule(&mut c, &gpu, &mut s);
     // 8 × 1024 (many short agent contexts) and 2 × 4096 (long ones: the
     // issue's T ≥ 4096 target, where attention's share grows).
     for (seqs, len) in [(8, 1024), (2, 4096)] {

@@ -142,6 +142,9 @@ padv_bench() {
       # A hybrid: Qwen 3.5's DeltaNet states in the device cache (64-token blocks).
       timeout 150 "$bundle/padv" bench --device cuda --prefix-cache --shape qwen3.5-0.6b \
         --repeats 2 || rc=$?
+      # The same with the delta rule in chunks (kernels/delta_chunk.cu).
+      PADV_CUDA_DELTA_RULE=chunked timeout 150 "$bundle/padv" bench --device cuda --prefix-cache \
+        --shape qwen3.5-0.6b --repeats 2 || rc=$?
     fi
   } >"$out/padv-bench.log" 2>&1
   echo "padv bench --device cuda: exit $rc" >>"$out/padv-bench.log"

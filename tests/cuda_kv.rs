@@ -1,6 +1,7 @@
 //! The prefix cache on the GPU changes cost, not scores (every pair the
 //! CUDA backend runs, Olmo 3's sliding windows and per-layer RoPE and
-//! Qwen 3.5's recurrent states, in 64-token blocks, included): growing prefixes
+//! Qwen 3.5's recurrent states, in 64-token blocks, with the delta rule
+//! token by token and in chunks, included): growing prefixes
 //! scored step by step, forks of one prompt in one batch, a budget so small
 //! that blocks are evicted mid-batch, and repeated requests answered from
 //! cached scores, each with the device cache on against the same pair with
@@ -19,8 +20,8 @@ mod kv_common;
 
 use cuda_common::gpu;
 use kv_common::{WithCache, action_request, check_growing_prefixes, check_within, fork_request};
-use padv::backend::cuda::CudaPair;
 use padv::backend::cuda::kv::DeviceKv;
+use padv::backend::cuda::{CudaPair, DeltaRulePath};
 use padv::backend::{PairScorer, SeqRequest};
 use padv::kv::cache::block_size_for;
 use padv::kv::{BlockPool, KvOptions};
@@ -34,25 +35,33 @@ impl WithCache for CudaPair {
 }
 
 /// The pairs the CUDA backend runs, with the tolerance of their arithmetic.
-const PAIRS: [(&str, f32); 7] = [
+const PAIRS: [(&str, f32); 8] = [
     ("llama", 1e-4),
     ("qwen2", 1e-4),
     ("qwen3", 1e-4),
     ("mistral", 1e-4),
     ("olmo3", 1e-4),
     ("qwen3_5", 1e-4),
+    ("qwen3_5_chunked", 1e-4),
     ("llama_bf16", 0.15),
 ];
 /// The block size asked for (a hybrid pair's cache rounds it up to 64).
 const BLOCK: usize = 16;
 
 /// (cache off, cache on with a budget of `blocks` blocks, its block size)
-/// on device 0.
+/// on device 0; a name ending in `_chunked` is its fixture pair with the
+/// delta rule in chunks.
 fn pairs(name: &str, blocks: usize) -> (CudaPair, CudaPair, usize) {
-    let (p, r) = kv_common::load(name);
+    let (fixture, rule) = match name.strip_suffix("_chunked") {
+        Some(f) => (f, DeltaRulePath::Chunked),
+        None => (name, DeltaRulePath::Auto),
+    };
+    let (p, r) = kv_common::load(fixture);
     let bs = block_size_for(&p.config, &r.config, BLOCK);
-    let off = CudaPair::new(0, p.clone(), r.clone()).unwrap();
+    let mut off = CudaPair::new(0, p.clone(), r.clone()).unwrap();
     let mut on = CudaPair::new(0, p, r).unwrap();
+    off.set_delta_rule(rule);
+    on.set_delta_rule(rule);
     let (dp, dr) = on.models();
     let per_block = DeviceKv::bytes_per_block(dp, bs) + DeviceKv::bytes_per_block(dr, bs) + bs * 16;
     on.set_prefix_cache(Some(KvOptions {
@@ -115,7 +124,8 @@ fn a_budget_of_a_few_blocks_evicts_and_still_scores_as_without_the_cache() {
     let Some(_gpu) = gpu() else { return };
     for (k, (name, tol)) in PAIRS.iter().enumerate() {
         // 6 blocks of 16 tokens, 2 of 64: fewer than the rounds fill.
-        let (mut off, mut on, bs) = pairs(name, if *name == "qwen3_5" { 2 } else { 6 });
+        let hybrid = name.starts_with("qwen3_5");
+        let (mut off, mut on, bs) = pairs(name, if hybrid { 2 } else { 6 });
         let mut rng = SmallRng::seed_from_u64(200 + k as u64);
         let mut evicted = 0;
         for round in 0..4 {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cuda_common::{fixtures, gpu};
-use padv::backend::cuda::{CudaPair, LmHeadPath};
+use padv::backend::cuda::{CudaPair, DeltaRulePath, LmHeadPath};
 use padv::backend::{Device, PairScorer, SeqRequest, open_pair};
 use padv::model::Model;
 use padv::model::weights::DType;
@@ -267,7 +267,6 @@ fn f32_fixture_pairs_match_transformers_on_the_gpu() {
         let dir = fixtures().join("models").join(name);
         let policy = Arc::new(Model::load(&dir.join("trained")).unwrap());
         let reference = Arc::new(Model::load(&dir.join("ref")).unwrap());
-        let mut scorer = CudaPair::new(0, policy, reference).unwrap();
         let text =
             std::fs::read_to_string(fixtures().join(format!("expected/{file}.json"))).unwrap();
         let expected: Value = serde_json::from_str(&text).unwrap();
@@ -279,28 +278,40 @@ fn f32_fixture_pairs_match_transformers_on_the_gpu() {
                 score_mask: None,
             })
             .collect();
-        let scores = scorer.score(&batch).unwrap();
-        assert_eq!(scores.len(), records.len(), "{name}: records");
-        let mut worst = 0.0f64;
-        for (r, s) in records.iter().zip(&scores) {
-            for (key, got) in [
-                ("logprobs_trained", &s.logp_policy),
-                ("logprobs_ref", &s.logp_reference),
-            ] {
-                let want = r[key].as_array().unwrap();
-                assert_eq!(got.len(), want.len(), "{name} {key}: length");
-                for (t, w) in want.iter().enumerate().skip(1) {
-                    let d = (w.as_f64().unwrap() - got[t] as f64).abs();
-                    worst = worst.max(d);
-                    assert!(
-                        d <= 1e-4,
-                        "{name} {key}[{t}]: gpu {}, transformers {w}",
-                        got[t]
-                    );
+        // Qwen 3.5's delta rule token by token and in chunks.
+        let rules: &[DeltaRulePath] = match name {
+            "qwen3_5" => &[DeltaRulePath::Recurrent, DeltaRulePath::Chunked],
+            _ => &[DeltaRulePath::Auto],
+        };
+        for &rule in rules {
+            let mut scorer = CudaPair::new(0, policy.clone(), reference.clone()).unwrap();
+            scorer.set_delta_rule(rule);
+            let scores = scorer.score(&batch).unwrap();
+            assert_eq!(scores.len(), records.len(), "{name}: records");
+            let mut worst = 0.0f64;
+            for (r, s) in records.iter().zip(&scores) {
+                for (key, got) in [
+                    ("logprobs_trained", &s.logp_policy),
+                    ("logprobs_ref", &s.logp_reference),
+                ] {
+                    let want = r[key].as_array().unwrap();
+                    assert_eq!(got.len(), want.len(), "{name} {key}: length");
+                    for (t, w) in want.iter().enumerate().skip(1) {
+                        let d = (w.as_f64().unwrap() - got[t] as f64).abs();
+                        worst = worst.max(d);
+                        assert!(
+                            d <= 1e-4,
+                            "{name} {key}[{t}]: gpu {}, transformers {w}",
+                            got[t]
+                        );
+                    }
                 }
             }
+            eprintln!(
+                "{file} ({}): max |Δ logp| gpu vs transformers = {worst:.2e}",
+                rule.name()
+            );
         }
-        eprintln!("{file}: max |Δ logp| gpu vs transformers = {worst:.2e}");
     }
 }
 

@@ -10,6 +10,8 @@
 //! * end-to-end pair scoring of every token, tokens/s, by the cuBLAS LM
 //!   head + fused scorer and (bf16/f16 pairs) by the folded LM head, side by
 //!   side;
+//! * for a pair with DeltaNet layers, the same with the delta rule in
+//!   chunks against token by token ([`DeltaRulePath`]);
 //! * where one more such run's time goes (the forward's GEMMs, attention,
 //!   the LM heads with the scorer, the DeltaNet layers, the rest), the
 //!   device synchronised around each part.
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::device::{CudaResultExt, DevTensor, Gpu};
-use super::{CudaPair, LmHeadPath, PairScorer, SeqRequest};
+use super::{CudaPair, DeltaRulePath, LmHeadPath, PairScorer, SeqRequest};
 use crate::Result;
 use crate::backend::profile::Profiled;
 use crate::bench::forward_flops;
@@ -43,6 +45,9 @@ pub struct RooflineRow {
     /// The same with the LM head folded into the scorer (`None`: the pair
     /// cannot fold, e.g. f32 weights).
     pub score_fold_s: Option<f64>,
+    /// The same with the delta rule in chunks, and where that run's time
+    /// goes (`None`: no DeltaNet layers).
+    pub score_chunked: Option<(f64, Profiled)>,
     /// One more score-every-token run with the device synchronised around
     /// each part ([`crate::backend::profile`]).
     pub profiled: Profiled,
@@ -114,6 +119,8 @@ pub fn run(
     let dtype = policy.dtype();
     let vocab = policy.config.vocab_size;
     let mut pair = CudaPair::new(ordinal, policy.clone(), reference.clone())?;
+    pair.set_delta_rule(DeltaRulePath::Recurrent);
+    let hybrid = [&policy, &reference].iter().any(|m| m.config.is_hybrid());
     let gpu = pair.gpu();
     let device = pair.describe();
 
@@ -182,6 +189,17 @@ pub fn run(
         pair.set_lm_head(LmHeadPath::Gemm);
         let (r, profiled) = Profiled::run(|| pair.score(&all));
         r?;
+        let score_chunked = match hybrid {
+            true => {
+                pair.set_delta_rule(DeltaRulePath::Chunked);
+                let t = best_of_synced(repeats, || pair.score(&all).map(|_| ()))?;
+                let (r, prof) = Profiled::run(|| pair.score(&all));
+                r?;
+                pair.set_delta_rule(DeltaRulePath::Recurrent);
+                Some((t, prof))
+            }
+            false => None,
+        };
         let flops = seqs as f64
             * (forward_flops(&policy.config, len, 0) + forward_flops(&reference.config, len, 0));
         out_rows.push(RooflineRow {
@@ -192,6 +210,7 @@ pub fn run(
             score_s,
             score_tokens_per_s: (seqs * len) as f64 / score_s,
             score_fold_s,
+            score_chunked,
             profiled,
         });
     }
@@ -249,6 +268,21 @@ impl RooflineReport {
                 r.tokens,
                 r.profiled.summary()
             );
+            if let Some((t, prof)) = &r.score_chunked {
+                s += &format!(
+                    "| score every token, delta rule in chunks, {}×{} | {:.0} tokens/s | {:.2}× token by token |\n",
+                    r.seqs,
+                    r.tokens,
+                    (r.seqs * r.tokens) as f64 / t,
+                    r.score_s / t
+                );
+                s += &format!(
+                    "| where its time goes, {}×{} | {} | synchronised at each part |\n",
+                    r.seqs,
+                    r.tokens,
+                    prof.summary()
+                );
+            }
             if let Some(t) = r.score_fold_s {
                 s += &format!(
                     "| score every token, folded LM head, {}×{} | {:.0} tokens/s | {:.2}× the cuBLAS LM head |\n",
