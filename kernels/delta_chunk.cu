@@ -18,7 +18,8 @@
 //                      barriers per chunk instead of one per token, and
 //                      the arithmetic of a chunk's tokens independent of
 //                      each other (no serial chain per token).
-// Chunks are the host's: they end at absolute multiples of DN_CHUNK (a
+// Rows are read 16 bytes at a time: dk and dv multiples of 4, every buffer
+// 16-byte aligned (the launcher checks the sizes). Chunks are the host's: they end at absolute multiples of DN_CHUNK (a
 // sequence continued from a cached state starts at a block boundary, a
 // multiple of it) and after every row whose state the prefix cache keeps.
 #include "common.cuh"
@@ -57,11 +58,17 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
     float* As = kss + DC_CH * ks;  // [CH][as]
     float* cum = As + DC_CH * as;  // [CH]
     float* bs = cum + DC_CH;       // [CH]
-    for (int e = tid; e < DC_CH * dk; e += blockDim.x) {
-        const int i = e / dk, d = e % dk;
+    const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+    for (int e = tid; e < DC_CH * (dk / 4); e += blockDim.x) {
+        const int i = e / (dk / 4), d = e % (dk / 4) * 4;
         const float* m = mixed + (size_t)(r0 + i) * cd + kh * dk + d;
-        qs[i * ks + d] = i < C ? m[0] : 0.0f;
-        kss[i * ks + d] = i < C ? m[kd] : 0.0f;
+        const float4 qv = i < C ? *reinterpret_cast<const float4*>(m) : zero4;
+        const float4 kv = i < C ? *reinterpret_cast<const float4*>(m + kd) : zero4;
+        float* qd = qs + i * ks + d;
+        float* kd4 = kss + i * ks + d;
+        qd[0] = qv.x, qd[1] = qv.y, qd[2] = qv.z, qd[3] = qv.w;
+        kd4[0] = kv.x, kd4[1] = kv.y, kd4[2] = kv.z, kd4[3] = kv.w;
     }
     if (tid < DC_CH) bs[tid] = tid < C ? beta[(size_t)(r0 + tid) * v_heads + head] : 0.0f;
     if (tid == 0) {
@@ -174,22 +181,31 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
     for (int r = 0; r < RPT; ++r)
         S[r] = active && init ? init[state + (size_t)(p * RPT + r) * dv + j] : 0.0f;
 
-    // Rows [r0, r0 + C) of dk values each (at src + row · stride) into `st`.
+    // Rows [r0, r0 + C) of dk values each (at src + row · stride) into
+    // `st`, 16 bytes a load (a load's 4 values stay in one RPT-row group),
+    // eight loads in flight per thread.
+    const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     auto stage = [&](const float* src, size_t stride, int r0, int C) {
-#pragma unroll 4
-        for (int e = threadIdx.x; e < DC_CH * dk; e += blockDim.x) {
-            const int i = e / dk, d = e % dk;
-            st[i * ks + d + d / RPT] = i < C ? src[(size_t)(r0 + i) * stride + d] : 0.0f;
+        const int q4 = dk / 4;
+#pragma unroll 8
+        for (int e = threadIdx.x; e < DC_CH * q4; e += blockDim.x) {
+            const int i = e / q4, d = e % q4 * 4;
+            const float4 v = i < C ? *reinterpret_cast<const float4*>(src + (size_t)(r0 + i) * stride + d) : zero4;
+            float* dst = st + i * ks + d + d / RPT;
+            dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
         }
     };
     for (int ch = seq_chunk[s]; ch < seq_chunk[s + 1]; ++ch) {
         const int r0 = chunk_start[ch], C = chunk_start[ch + 1] - r0;
         // W's rows, P, c, and U's columns of this block into V'.
         stage(wu + (size_t)head * w, (size_t)v_heads * w, r0, C);
-        for (int e = threadIdx.x; e < DC_CH * DC_CH; e += blockDim.x) {
-            const int i = e / DC_CH;
-            ps[e] = i < C ? pm[((size_t)(r0 + i) * v_heads + head) * DC_CH + e % DC_CH] : 0.0f;
+#pragma unroll 8
+        for (int e = threadIdx.x; e < DC_CH * DC_CH / 4; e += blockDim.x) {
+            const int i = e / (DC_CH / 4), m = e % (DC_CH / 4) * 4;
+            const float* src = pm + ((size_t)(r0 + i) * v_heads + head) * DC_CH + m;
+            reinterpret_cast<float4*>(ps)[e] = i < C ? *reinterpret_cast<const float4*>(src) : zero4;
         }
+#pragma unroll 8
         for (int e = threadIdx.x; e < DC_CH * cols; e += blockDim.x) {
             const int i = e / cols, c = e % cols, jj = blockIdx.z * cols + c;
             vp[c * vs + i] = i < C && jj < dv ? wu[((size_t)(r0 + i) * v_heads + head) * w + dk + jj] : 0.0f;

@@ -165,6 +165,10 @@ impl Gpu {
         check(chunks.seqs + 1 == chunks.seq_chunk.len(), || {
             "delta chunks: sequence table".into()
         })?;
+        // The kernels read rows 16 bytes at a time.
+        check(dk.is_multiple_of(4) && dv.is_multiple_of(4), || {
+            format!("delta chunks: heads of {dk} × {dv} are not multiples of 4")
+        })?;
         dims_fit(&[chunks.wu.len(), chunks.pm.len()])?;
         if chunks.seqs == 0 {
             return Ok(());
