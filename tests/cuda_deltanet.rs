@@ -199,10 +199,8 @@ fn deltanet_kernels_match_the_cpu() {
             let mut fin = gpu.poisoned_f32(init.len()).unwrap();
             let mut snaps = gpu.poisoned_f32(init.len()).unwrap();
             let cuts: Vec<usize> = (1..=seqs).map(|s| seq_start[s] as usize - 1).collect();
-            let mut chunks = match rule.chunked() {
-                true => Some(DeltaChunks::new(&gpu, &d, &seq_start, &[0, 0, 40], &cuts).unwrap()),
-                false => None,
-            };
+            let mut chunks = (rule.chunked())
+                .then(|| DeltaChunks::new(&gpu, &d, &seq_start, &[0, 0, 40], &cuts).unwrap());
             gpu.gated_delta_rule(
                 &mixed.as_view(),
                 (&gv, &bv),

@@ -159,8 +159,8 @@ impl Gpu {
         let (cd, vh, dk, dv) = (d.conv_dim(), d.num_v_heads, d.k_head_dim, d.v_head_dim);
         let n = mixed.len() / cd.max(1);
         check(
-            chunks.seqs * vh * dk * dv == 0 || chunks.wu.len() == n * vh * (dk + dv),
-            || format!("delta chunks: planned for other rows than these {n}"),
+            chunks.wu.len() == n * vh * (dk + dv) && chunks.pm.len() == n * vh * DN_CHUNK,
+            || format!("delta chunks: planned for other rows or heads than these {n} × {vh}"),
         )?;
         check(chunks.seqs + 1 == chunks.seq_chunk.len(), || {
             "delta chunks: sequence table".into()

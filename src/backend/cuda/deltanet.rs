@@ -420,19 +420,10 @@ impl DeltaNetScratch {
             ),
             None => (0, 0),
         };
-        let chunks = match path.chunked() {
-            true => {
-                let cuts = cache.as_ref().map_or(&[][..], |c| &c.snap_rows[..]);
-                Some(DeltaChunks::new(
-                    gpu,
-                    d,
-                    &layout.seq_start,
-                    &layout.past,
-                    cuts,
-                )?)
-            }
-            false => None,
-        };
+        let cuts = cache.as_ref().map_or(&[][..], |c| &c.snap_rows[..]);
+        let chunks = (path.chunked())
+            .then(|| DeltaChunks::new(gpu, d, &layout.seq_start, &layout.past, cuts))
+            .transpose()?;
         Ok(DeltaNetScratch {
             chunks,
             x: DevTensor::alloc(gpu, DType::F32, t * cd)?,

@@ -431,9 +431,10 @@ impl PairScorer for CudaPair {
             self.policy.dtype.name(),
             self.reference.dtype.name(),
             if fold { "folded" } else { "GEMM" },
-            match hybrid {
-                true => format!(", delta rule {}", self.delta_rule.name()),
-                false => String::new(),
+            if hybrid {
+                format!(", delta rule {}", self.delta_rule.name())
+            } else {
+                String::new()
             }
         )
     }

@@ -189,16 +189,15 @@ pub fn run(
         pair.set_lm_head(LmHeadPath::Gemm);
         let (r, profiled) = Profiled::run(|| pair.score(&all));
         r?;
-        let score_chunked = match hybrid {
-            true => {
-                pair.set_delta_rule(DeltaRulePath::Chunked);
-                let t = best_of_synced(repeats, || pair.score(&all).map(|_| ()))?;
-                let (r, prof) = Profiled::run(|| pair.score(&all));
-                r?;
-                pair.set_delta_rule(DeltaRulePath::Recurrent);
-                Some((t, prof))
-            }
-            false => None,
+        let score_chunked = if hybrid {
+            pair.set_delta_rule(DeltaRulePath::Chunked);
+            let t = best_of_synced(repeats, || pair.score(&all).map(|_| ()))?;
+            let (r, prof) = Profiled::run(|| pair.score(&all));
+            r?;
+            pair.set_delta_rule(DeltaRulePath::Recurrent);
+            Some((t, prof))
+        } else {
+            None
         };
         let flops = seqs as f64
             * (forward_flops(&policy.config, len, 0) + forward_flops(&reference.config, len, 0));
