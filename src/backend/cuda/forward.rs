@@ -66,7 +66,8 @@ pub struct PagedBatch {
     pub max_blocks: usize,
     /// Blocks in the pool.
     pub num_blocks: usize,
-    /// `[num_tiles, 2]`: (sequence, first packed query) of each attention tile.
+    /// `[num_tiles, 2]`: (sequence, first packed query) of each attention
+    /// tile, the tiles that see the most keys first.
     pub tiles: Vec<i32>,
 }
 
@@ -110,6 +111,8 @@ impl PagedBatch {
         };
         let mut start = 0usize;
         let mut logical = 0usize;
+        // (keys the tile's last query sees, sequence, first query)
+        let mut tiles = Vec::new();
         for (s, seq) in seqs.iter().enumerate() {
             let (past, len) = *seq;
             debug_assert!(past.is_multiple_of(KV_BLOCK));
@@ -125,11 +128,19 @@ impl PagedBatch {
                 b.slots.push((block * KV_BLOCK + i % KV_BLOCK) as i32);
             }
             for q0 in (0..len).step_by(ATTN_BR) {
-                b.tiles.extend([s as i32, q0 as i32]);
+                tiles.push((past + (q0 + ATTN_BR).min(len), s, q0));
             }
             start += len;
         }
         b.seq_start.push(start as i32);
+        // Heaviest first: a causal tile's work grows with the keys it sees,
+        // and blocks start in grid order, so the longest ones start first
+        // and the short ones fill in behind them instead of one long tile
+        // running alone at the end of the launch.
+        tiles.sort_by_key(|&(keys, s, q0)| (std::cmp::Reverse(keys), s, q0));
+        b.tiles = (tiles.into_iter())
+            .flat_map(|(_, s, q0)| [s as i32, q0 as i32])
+            .collect();
         b
     }
 
@@ -411,4 +422,18 @@ pub fn forward_rows(
         eps,
     )?;
     Ok(hidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_tiles_are_listed_heaviest_first_and_cover_every_query_once() {
+        let b = PagedBatch::with_past(&[(0, 150), (64, 70), (0, 10)]);
+        let tiles: Vec<(i32, i32)> = b.tiles.chunks(2).map(|t| (t[0], t[1])).collect();
+        // Keys seen by each tile's last query: 150; 64 + 70 = 134; 128 and
+        // 64 + 64 = 128 (ties by sequence); 64; 10.
+        assert_eq!(tiles, [(0, 128), (1, 64), (0, 64), (1, 0), (0, 0), (2, 0)]);
+    }
 }
