@@ -34,9 +34,10 @@ extern __shared__ float dc_smem[];
 #define DC_PREP_THREADS 256
 static_assert(DC_CH == 64, "delta_chunk_prep's 16 × 16 threads of 4 × 4 (query, key) pairs cover a 64-token chunk");
 
-// Shared memory of delta_chunk_prep, floats: q and k rows [CH][dk + 1], A
-// [CH][CH + 1], c and β [CH].
-#define DC_PREP_SMEM(dk) (2 * DC_CH * ((dk) + 1) + DC_CH * (DC_CH + 1) + 2 * DC_CH)
+// Shared memory of delta_chunk_prep, floats: q and k rows [CH][dk + 4]
+// (16-byte rows; the 8 lanes of a quarter-warp reading 8 rows' 16 bytes at
+// one offset hit distinct banks), A [CH][CH + 1], c and β [CH].
+#define DC_PREP_SMEM(dk) (2 * DC_CH * ((dk) + 4) + DC_CH * (DC_CH + 1) + 2 * DC_CH)
 
 // Launch: grid (chunks, v_heads), DC_PREP_THREADS threads, DC_PREP_SMEM(dk)
 // floats of dynamic shared memory. Writes, per row of the chunk and value
@@ -52,7 +53,7 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
                      int cd, int k_heads, int v_heads, int dk, int dv) {
     const int head = blockIdx.y, kh = head / (v_heads / k_heads);
     const int r0 = chunk_start[blockIdx.x], C = chunk_start[blockIdx.x + 1] - r0;
-    const int kd = k_heads * dk, ks = dk + 1, as = DC_CH + 1, tid = threadIdx.x;
+    const int kd = k_heads * dk, ks = dk + 4, as = DC_CH + 1, tid = threadIdx.x;
     float* qs = dc_smem;           // [CH][ks]
     float* kss = qs + DC_CH * ks;  // [CH][ks]
     float* As = kss + DC_CH * ks;  // [CH][as]
@@ -65,10 +66,8 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
         const float* m = mixed + (size_t)(r0 + i) * cd + kh * dk + d;
         const float4 qv = i < C ? *reinterpret_cast<const float4*>(m) : zero4;
         const float4 kv = i < C ? *reinterpret_cast<const float4*>(m + kd) : zero4;
-        float* qd = qs + i * ks + d;
-        float* kd4 = kss + i * ks + d;
-        qd[0] = qv.x, qd[1] = qv.y, qd[2] = qv.z, qd[3] = qv.w;
-        kd4[0] = kv.x, kd4[1] = kv.y, kd4[2] = kv.z, kd4[3] = kv.w;
+        *reinterpret_cast<float4*>(qs + i * ks + d) = qv;
+        *reinterpret_cast<float4*>(kss + i * ks + d) = kv;
     }
     if (tid < DC_CH) bs[tid] = tid < C ? beta[(size_t)(r0 + tid) * v_heads + head] : 0.0f;
     if (tid == 0) {
@@ -81,23 +80,24 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
     __syncthreads();
     if (tid < C) cum_out[(size_t)(r0 + tid) * v_heads + head] = cum[tid];
 
-    // A and P: thread (ti, tj) takes rows ti + 16a and columns tj + 16b.
+    // A and P: thread (ti, tj) takes rows ti + 16a and columns tj + 16b,
+    // four elements of each row per 16-byte load.
     const int ti = tid / 16, tj = tid % 16;
     float ak[4][4] = {}, pq[4][4] = {};
-    for (int d = 0; d < dk; ++d) {
-        float ki[4], qi[4], kj[4];
+    for (int d = 0; d < dk; d += 4) {
+        float4 ki[4], qi[4], kj[4];
 #pragma unroll
         for (int a = 0; a < 4; ++a) {
-            ki[a] = kss[(ti + 16 * a) * ks + d];
-            qi[a] = qs[(ti + 16 * a) * ks + d];
-            kj[a] = kss[(tj + 16 * a) * ks + d];
+            ki[a] = *reinterpret_cast<const float4*>(kss + (ti + 16 * a) * ks + d);
+            qi[a] = *reinterpret_cast<const float4*>(qs + (ti + 16 * a) * ks + d);
+            kj[a] = *reinterpret_cast<const float4*>(kss + (tj + 16 * a) * ks + d);
         }
 #pragma unroll
         for (int a = 0; a < 4; ++a)
 #pragma unroll
             for (int b = 0; b < 4; ++b) {
-                ak[a][b] += ki[a] * kj[b];
-                pq[a][b] += qi[a] * kj[b];
+                ak[a][b] += ki[a].x * kj[b].x + ki[a].y * kj[b].y + ki[a].z * kj[b].z + ki[a].w * kj[b].w;
+                pq[a][b] += qi[a].x * kj[b].x + qi[a].y * kj[b].y + qi[a].z * kj[b].z + qi[a].w * kj[b].w;
             }
     }
 #pragma unroll
@@ -135,18 +135,24 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
     }
 }
 
+// Four values of a staged row against four state rows.
+__device__ __forceinline__ float dc_dot4(float4 a, const float* s) {
+    return a.x * s[0] + a.y * s[1] + a.z * s[2] + a.w * s[3];
+}
+
 // Sum over the P adjacent lanes of a column (P a power of two ≤ 32).
 __device__ __forceinline__ float dc_group_sum(float v, int P) {
     for (int o = 1; o < P; o <<= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
 }
 
-// Shared memory of delta_chunk_state, floats: one staged [CH][dk + dk/RPT]
-// operand (W, then q, then k: each RPT-row group padded by one float so
-// that the P groups of a warp read distinct banks), P [CH][CH], V' [cols][CH
-// + P] (by column: the P lanes of a column read distinct banks), c [CH].
+// Shared memory of delta_chunk_state, floats: one staged [CH][dk + 4·dk/RPT]
+// operand (W, then q, then k: each RPT-row group padded by 4 floats, so a
+// thread reads its rows 16 bytes at a time and the P groups of a
+// quarter-warp hit distinct banks), P [CH][CH], V' [cols][CH + P] (by
+// column: the P lanes of a column read distinct banks), c [CH].
 #define DC_STATE_SMEM(dk, rpt, cols) \
-    (DC_CH * ((dk) + (dk) / (rpt)) + DC_CH * DC_CH + (cols) * (DC_CH + (dk) / (rpt)) + DC_CH)
+    (DC_CH * ((dk) + 4 * (dk) / (rpt)) + DC_CH * DC_CH + (cols) * (DC_CH + (dk) / (rpt)) + DC_CH)
 
 // Launch: grid (seqs, v_heads, dv / cols), 32·ceil(cols·P / 32) threads (P
 // = dk / RPT; thread (j, p) owns column j and rows p·RPT … p·RPT + RPT − 1
@@ -165,7 +171,8 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
                                   float* __restrict__ snaps,              // [slots, vh, dk, dv]
                                   float* __restrict__ out,                // [n, vh·dv]
                                   int cd, int k_heads, int v_heads, int dk, int dv, int cols) {
-    const int P = dk / RPT, ks = dk + dk / RPT, vs = DC_CH + P, w = dk + dv;
+    const int P = dk / RPT, ks = dk + 4 * (dk / RPT), vs = DC_CH + P, w = dk + dv;
+    static_assert(RPT % 4 == 0, "a thread's rows are whole 16-byte groups");
     float* st = dc_smem;           // [CH][ks]
     float* ps = st + DC_CH * ks;   // [CH][CH]
     float* vp = ps + DC_CH * DC_CH;  // [cols][vs]
@@ -182,8 +189,8 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         S[r] = active && init ? init[state + (size_t)(p * RPT + r) * dv + j] : 0.0f;
 
     // Rows [r0, r0 + C) of dk values each (at src + row · stride) into
-    // `st`, 16 bytes a load (a load's 4 values stay in one RPT-row group),
-    // eight loads in flight per thread.
+    // `st`, 16 bytes a load and a store (a load's 4 values stay in one
+    // RPT-row group), eight loads in flight per thread.
     const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     auto stage = [&](const float* src, size_t stride, int r0, int C) {
         const int q4 = dk / 4;
@@ -191,8 +198,7 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         for (int e = threadIdx.x; e < DC_CH * q4; e += blockDim.x) {
             const int i = e / q4, d = e % q4 * 4;
             const float4 v = i < C ? *reinterpret_cast<const float4*>(src + (size_t)(r0 + i) * stride + d) : zero4;
-            float* dst = st + i * ks + d + d / RPT;
-            dst[0] = v.x, dst[1] = v.y, dst[2] = v.z, dst[3] = v.w;
+            *reinterpret_cast<float4*>(st + i * ks + d + 4 * (d / RPT)) = v;
         }
     };
     for (int ch = seq_chunk[s]; ch < seq_chunk[s + 1]; ++ch) {
@@ -215,10 +221,10 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         __syncthreads();
         // V' = U − W·S.
         for (int i = 0; i < C; ++i) {
-            const float* wr = st + i * ks + p * (RPT + 1);
+            const float4* wr = reinterpret_cast<const float4*>(st + i * ks + p * (RPT + 4));
             float acc = 0.0f;
 #pragma unroll
-            for (int r = 0; r < RPT; ++r) acc += wr[r] * S[r];
+            for (int r = 0; r < RPT / 4; ++r) acc += dc_dot4(wr[r], S + 4 * r);
             acc = dc_group_sum(acc, P);
             if (active && p == 0) vp[jl * vs + i] -= acc;
         }
@@ -227,10 +233,10 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         __syncthreads();
         // o = e^c (q·S) + P·V': the P lanes of a column split P·V''s terms.
         for (int i = 0; i < C; ++i) {
-            const float* qr = st + i * ks + p * (RPT + 1);
+            const float4* qr = reinterpret_cast<const float4*>(st + i * ks + p * (RPT + 4));
             float acc = 0.0f;
 #pragma unroll
-            for (int r = 0; r < RPT; ++r) acc += qr[r] * S[r];
+            for (int r = 0; r < RPT / 4; ++r) acc += dc_dot4(qr[r], S + 4 * r);
             acc *= expf(cum[i]);
             if (active)
                 for (int m = p; m <= i; m += P) acc += ps[i * DC_CH + m] * vp[jl * vs + m];
@@ -247,9 +253,13 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         if (active)
             for (int i = 0; i < C; ++i) {
                 const float f = expf(last - cum[i]) * vp[jl * vs + i];
-                const float* kr = st + i * ks + p * (RPT + 1);
+                const float4* kr = reinterpret_cast<const float4*>(st + i * ks + p * (RPT + 4));
 #pragma unroll
-                for (int r = 0; r < RPT; ++r) S[r] += kr[r] * f;
+                for (int r = 0; r < RPT / 4; ++r) {
+                    const float4 kv = kr[r];
+                    S[4 * r] += kv.x * f, S[4 * r + 1] += kv.y * f;
+                    S[4 * r + 2] += kv.z * f, S[4 * r + 3] += kv.w * f;
+                }
             }
         // The state after the chunk's last row into its cache block's
         // snapshot (the host ends a chunk after every such row).
@@ -269,7 +279,7 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
 
 // Entry points `delta_chunk_state_r<RPT>`: dk = P·RPT with P a power of two ≤ 32.
 #define DELTA_CHUNK_STATE(RPT)                                                                     \
-    extern "C" __global__ void __launch_bounds__(DN_MAX_THREADS) delta_chunk_state_r##RPT(         \
+    extern "C" __global__ void __launch_bounds__(DN_MAX_THREADS, 1) delta_chunk_state_r##RPT(         \
         const float* mixed, const float* wu, const float* pm, const float* cumg,                   \
         const int32_t* chunk_start, const int32_t* seq_chunk, const float* init, float* final_state, \
         const int32_t* snap_at, float* snaps, float* out, int cd, int k_heads, int v_heads, int dk, \

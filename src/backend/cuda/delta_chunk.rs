@@ -130,9 +130,9 @@ impl DeltaChunks {
 /// as kernels/delta_chunk.cu's DC_PREP_SMEM and DC_STATE_SMEM.
 fn smem_bytes(dk: usize, layout: &RecurrenceLayout) -> (u32, u32) {
     let ch = DN_CHUNK;
-    let prep = 2 * ch * (dk + 1) + ch * (ch + 1) + 2 * ch;
+    let prep = 2 * ch * (dk + 4) + ch * (ch + 1) + 2 * ch;
     let p = dk / layout.rpt;
-    let state = ch * (dk + p) + ch * ch + layout.cols * (ch + p) + ch;
+    let state = ch * (dk + 4 * p) + ch * ch + layout.cols * (ch + p) + ch;
     ((prep * 4) as u32, (state * 4) as u32)
 }
 
