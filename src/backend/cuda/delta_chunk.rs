@@ -8,8 +8,8 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::deltanet::RecurrenceLayout;
-use super::device::{CudaResultExt, Gpu, cfg};
+use super::deltanet::{RecurrenceLayout, rule_dims};
+use super::device::{CudaResultExt, Gpu, cfg, choice_from_env};
 use super::kernels::{ArgOrNull, check, dims_fit};
 use crate::Result;
 use crate::backend::plan::delta_rule_chunks;
@@ -35,11 +35,7 @@ impl DeltaRulePath {
     /// `PADV_CUDA_DELTA_RULE` (`auto`, `recurrent` or `chunked`); unset is
     /// `auto`.
     pub fn from_env() -> Result<DeltaRulePath> {
-        match std::env::var("PADV_CUDA_DELTA_RULE") {
-            Ok(v) => v.parse(),
-            Err(std::env::VarError::NotPresent) => Ok(DeltaRulePath::Auto),
-            Err(e) => Err(crate::Error::Backend(format!("PADV_CUDA_DELTA_RULE: {e}"))),
-        }
+        choice_from_env("PADV_CUDA_DELTA_RULE")
     }
 
     pub fn name(self) -> &'static str {
@@ -174,14 +170,7 @@ impl Gpu {
             return Ok(());
         }
         let (prep_smem, state_smem) = smem_bytes(dk, layout);
-        let (c, kh, v, k, vv, cc) = (
-            cd as i32,
-            d.num_k_heads as i32,
-            vh as i32,
-            dk as i32,
-            dv as i32,
-            layout.cols as i32,
-        );
+        let dims = rule_dims(d, layout.cols);
         if chunks.chunks > 0 {
             let f = self.function("delta_chunk", "delta_chunk_prep", prep_smem)?;
             let mut b = self.stream.launch_builder(&f);
@@ -189,7 +178,9 @@ impl Gpu {
             b.arg(&mut chunks.wu)
                 .arg(&mut chunks.pm)
                 .arg(&mut chunks.cum);
-            b.arg(&c).arg(&kh).arg(&v).arg(&k).arg(&vv);
+            for x in &dims[..5] {
+                b.arg(x);
+            }
             // SAFETY: the caller checked mixed, g and beta for n rows; the
             // chunk table covers rows [0, n) (delta_rule_chunks over the
             // same sequences) and wu / pm / cum hold n rows (checked above).
@@ -209,7 +200,9 @@ impl Gpu {
             .arg_or_null(at)
             .arg_or_null(slots)
             .arg(out);
-        b.arg(&c).arg(&kh).arg(&v).arg(&k).arg(&vv).arg(&cc);
+        for x in &dims {
+            b.arg(x);
+        }
         // SAFETY: as above; one block per (sequence, value head, `cols`
         // columns) with the recurrence's layout, which the caller checked.
         let grid = (chunks.seqs as u32, vh as u32, layout.splits as u32);

@@ -248,27 +248,17 @@ impl Gpu {
         })?;
         let smem = (2 * (2 * (dk + dk / rpt) + dv + 2) * 4) as u32;
         let f = self.function("deltanet", &format!("gated_delta_rule_r{rpt}"), smem)?;
-        let (c, kh, v, k, vv, cc) = (
-            cd as i32,
-            d.num_k_heads as i32,
-            vh as i32,
-            dk as i32,
-            dv as i32,
-            cols as i32,
-        );
+        let dims = rule_dims(d, cols);
         let mut b = self.stream.launch_builder(&f);
         b.arg(mixed).arg(g).arg(beta).arg(seq_start);
         b.arg_or_null(init)
             .arg_or_null(final_state)
             .arg_or_null(at)
             .arg_or_null(slots)
-            .arg(out)
-            .arg(&c)
-            .arg(&kh)
-            .arg(&v)
-            .arg(&k)
-            .arg(&vv)
-            .arg(&cc);
+            .arg(out);
+        for x in &dims {
+            b.arg(x);
+        }
         // SAFETY: shapes checked above; one block per (sequence, value
         // head, `cols` columns), `threads` covers cols × dk / rpt row parts.
         let grid = (seqs as u32, vh as u32, splits as u32);
@@ -317,6 +307,20 @@ impl Gpu {
         unsafe { b.launch(cfg(grid, 256, 0)) }.ctx("gated_rmsnorm_silu")?;
         Ok(())
     }
+}
+
+/// The integer arguments both forms of the delta rule's kernels end with:
+/// conv_dim, key heads, value heads, dk, dv and the columns per block.
+pub(super) fn rule_dims(d: &DeltaNetDesc, cols: usize) -> [i32; 6] {
+    [
+        d.conv_dim(),
+        d.num_k_heads,
+        d.num_v_heads,
+        d.k_head_dim,
+        d.v_head_dim,
+        cols,
+    ]
+    .map(|x| x as i32)
 }
 
 /// What a wave's DeltaNet layers exchange with the prefix cache

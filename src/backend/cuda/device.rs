@@ -98,6 +98,19 @@ pub struct Gpu {
     sms: u32,
 }
 
+/// A choice read from the environment variable `var` (parsed with its
+/// `FromStr`), or its default when the variable is unset.
+pub(crate) fn choice_from_env<T>(var: &str) -> Result<T>
+where
+    T: std::str::FromStr<Err = crate::Error> + Default,
+{
+    match std::env::var(var) {
+        Ok(v) => v.parse(),
+        Err(std::env::VarError::NotPresent) => Ok(T::default()),
+        Err(e) => Err(backend_err(format!("{var}: {e}"))),
+    }
+}
+
 impl Gpu {
     /// Open device `ordinal` and load every kernel module.
     pub fn new(ordinal: usize) -> Result<Gpu> {

@@ -12,7 +12,9 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::device::{CudaResultExt, DevTensor, DevView, Gpu, backend_err, cfg, sub, sub_mut};
+use super::device::{
+    CudaResultExt, DevTensor, DevView, Gpu, backend_err, cfg, choice_from_env, sub, sub_mut,
+};
 use super::kernels::{check, dims_fit, typed, warp_per_row};
 use super::weights::DeviceModel;
 use crate::Result;
@@ -44,11 +46,7 @@ pub enum LmHeadPath {
 impl LmHeadPath {
     /// `PADV_CUDA_LM_HEAD` (`auto`, `gemm` or `fold`); unset is `auto`.
     pub fn from_env() -> Result<LmHeadPath> {
-        match std::env::var("PADV_CUDA_LM_HEAD") {
-            Ok(v) => v.parse(),
-            Err(std::env::VarError::NotPresent) => Ok(LmHeadPath::Auto),
-            Err(e) => Err(crate::Error::Backend(format!("PADV_CUDA_LM_HEAD: {e}"))),
-        }
+        choice_from_env("PADV_CUDA_LM_HEAD")
     }
 
     pub fn name(self) -> &'static str {
