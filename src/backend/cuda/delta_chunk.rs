@@ -3,7 +3,7 @@
 //! (`gated_delta_rule` in kernels/deltanet.cu); [`DeltaChunks`] holds a
 //! wave's chunk table ([`crate::backend::plan::delta_rule_chunks`]) and the
 //! per-row products the two kernels exchange. [`Gpu::gated_delta_rule`]
-//! checks the buffers of both forms and calls [`Gpu::delta_chunk_launch`]
+//! checks the buffers of both forms and calls `Gpu::delta_chunk_launch`
 //! for this one.
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};

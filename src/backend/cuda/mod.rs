@@ -13,12 +13,14 @@
 //! Layout: [`device`] (context, stream, kernel images, typed buffers),
 //! [`deltanet`] (the gated-DeltaNet steps' launchers), [`delta_chunk`]
 //! (the delta rule in chunks, and which form runs),
-//! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`lm_head`]
+//! [`kernels`] (launchers with shape checks, cuBLAS GEMM), [`attention`]
+//! (the attention launcher), [`lm_head`]
 //! (the two LM-head paths), [`weights`]
 //! (upload / random init), [`forward`] (the decoder), [`roofline`]
 //! (`padv bench --device cuda`). Without the feature,
 //! `cuda_disabled.rs` stands in with the same names.
 
+pub mod attention;
 pub mod delta_chunk;
 pub mod deltanet;
 pub mod device;

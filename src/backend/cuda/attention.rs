@@ -1,0 +1,220 @@
+//! The attention launcher (kernels/attention.cu): causal, optionally
+//! windowed attention over the paged KV pool, on tensor cores (mma.sync,
+//! one or two K/V stages) or CUDA cores, with the key range split over
+//! blocks when the (tile, head) blocks alone leave the GPU idle. CPU twin:
+//! `ops::attention`.
+
+use cudarc::driver::{CudaView, PushKernelArg};
+
+use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, cfg};
+use super::kernels::{KV_BLOCK, check, dims_fit, typed};
+use crate::Result;
+use crate::backend::cpu::ops::AttnShape;
+use crate::model::weights::DType;
+
+/// Keys per tile of the tensor-core attention kernel (from [`crate::consts`]).
+const MMA_BC: usize = crate::consts::MMA_BC;
+/// Head dims the tensor-core attention kernel is built for.
+pub const MMA_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// Which attention kernel runs (kernels/attention.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// Tensor cores when the cache dtype, head_dim and device allow, else SIMT.
+    Auto,
+    /// CUDA cores, f32 arithmetic throughout (every dtype, head_dim ≤ 256).
+    Simt,
+    /// mma.sync (bf16/f16 caches, head_dim 32/64/128, sm_80+).
+    TensorCore,
+    /// The tensor-core kernel with K/V tiles double-buffered through
+    /// cp.async (the next tile in flight during this one's arithmetic);
+    /// not `Auto`'s choice until measured against `TensorCore` on a GPU.
+    Pipelined,
+}
+/// Most key-range splits of the tensor-core attention kernel.
+pub const MAX_KV_SPLITS: usize = 16;
+/// Largest head_dim the attention kernel takes (8 slots of 32 lanes).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Threads of the tensor-core attention kernel (`MMA_WARPS` · 32).
+const MMA_THREADS: u32 = (crate::consts::MMA_WARPS * 32) as u32;
+/// Threads of the SIMT attention kernel (`ATTN_WARPS` · 32).
+const ATTN_THREADS: u32 = (crate::consts::ATTN_WARPS * 32) as u32;
+/// Queries per half-tile of the SIMT attention kernel.
+const SIMT_BR: usize = crate::consts::SIMT_BR;
+/// Keys per tile of the SIMT attention kernel.
+const ATTN_BC: usize = crate::consts::ATTN_BC;
+
+impl Gpu {
+    /// Whether the tensor-core kernel takes this cache dtype and head_dim here.
+    pub fn attention_has_tensor_cores(&self, dtype: DType, head_dim: usize) -> bool {
+        dtype != DType::F32 && MMA_HEAD_DIMS.contains(&head_dim) && self.arch().0 >= 8
+    }
+
+    /// Causal (optionally windowed) attention over the paged KV pool —
+    /// kernels/attention.cu; CPU twin: `ops::attention`. `tiles` lists
+    /// `(sequence, first query)` pairs, [`super::kernels::ATTN_BR`] queries each; sequence
+    /// `s`'s packed queries sit at positions `past[s]…` (its first `past[s]`
+    /// keys are cached, already in the pool); see
+    /// [`super::forward::PagedBatch`] for how they are built.
+    /// `kernel`: [`AttnKernel::Auto`] picks tensor cores where they apply
+    /// (tests and benches force each); `TensorCore` where it does not apply
+    /// is an error. `splits`: key-range splits of the tensor-core kernel
+    /// (0: as many as fill the GPU, up to [`MAX_KV_SPLITS`]; the SIMT kernel
+    /// never splits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention(
+        &self,
+        kernel: AttnKernel,
+        q: &CudaView<'_, f32>,           // [n, heads·hd]
+        k_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
+        v_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
+        block_table: &CudaView<'_, i32>, // [num_seqs, max_blocks]
+        seq_start: &CudaView<'_, i32>,   // [num_seqs + 1]
+        past: &CudaView<'_, i32>,        // [num_seqs]
+        tiles: &CudaView<'_, i32>,       // [num_tiles, 2]
+        max_blocks: usize,
+        out: &mut DevViewMut<'_>, // [n, heads·hd]
+        shape: AttnShape,
+        splits: usize,
+    ) -> Result<()> {
+        let AttnShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            window,
+            scale,
+        } = shape;
+        check(scale == 1.0 / (hd as f32).sqrt(), || {
+            format!("attention: the kernel scales scores by 1/√head_dim, not {scale}")
+        })?;
+        check(
+            hd > 0 && hd <= MAX_HEAD_DIM && nkv > 0 && nh.is_multiple_of(nkv),
+            || format!("attention: unsupported geometry {shape:?} (head_dim ≤ {MAX_HEAD_DIM})"),
+        )?;
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        check(q.len().is_multiple_of(qd) && out.len == q.len(), || {
+            format!("attention: q {} / out {} not [n, {qd}]", q.len(), out.len)
+        })?;
+        check(
+            k_pool.dtype == v_pool.dtype
+                && k_pool.dtype == out.dtype
+                && k_pool.len == v_pool.len
+                && k_pool.len.is_multiple_of(kvd * KV_BLOCK),
+            || "attention: k/v pools / out dtypes or sizes disagree".into(),
+        )?;
+        let num_seqs = seq_start.len().saturating_sub(1);
+        check(block_table.len() == num_seqs * max_blocks, || {
+            format!(
+                "attention: block table has {} != {num_seqs}×{max_blocks}",
+                block_table.len()
+            )
+        })?;
+        check(tiles.len().is_multiple_of(2), || {
+            "attention: tiles not [n, 2]".into()
+        })?;
+        check(past.len() == num_seqs, || {
+            format!("attention: past has {} != {num_seqs} sequences", past.len())
+        })?;
+        let num_tiles = tiles.len() / 2;
+        let win = window.unwrap_or(0);
+        dims_fit(&[num_tiles, nh, max_blocks, win, q.len()])?;
+        if num_tiles == 0 {
+            return Ok(());
+        }
+        let mma = self.attention_has_tensor_cores(k_pool.dtype, hd);
+        let tc = mma && kernel != AttnKernel::Simt;
+        check(
+            tc || matches!(kernel, AttnKernel::Auto | AttnKernel::Simt),
+            || {
+                format!(
+                    "attention: no tensor-core kernel for {} head_dim {hd} on sm_{}{}",
+                    k_pool.dtype.name(),
+                    self.arch().0,
+                    self.arch().1
+                )
+            },
+        )?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (h, kh, d, mb, w) = (
+            nh as i32,
+            nkv as i32,
+            hd as i32,
+            max_blocks as i32,
+            win as i32,
+        );
+        // Tensor cores split the key range when the (tile, head) blocks
+        // alone leave multiprocessors idle, each split keeping at least 4 key
+        // tiles (256 keys) of the longest sequence; SIMT never splits.
+        let splits = match (tc, splits) {
+            (false, _) => 1,
+            (true, 0) => {
+                let blocks = num_tiles * nh;
+                let want = (2 * self.multiprocessors() as usize).div_ceil(blocks.max(1));
+                want.min((max_blocks * KV_BLOCK / 256).max(1))
+                    .clamp(1, MAX_KV_SPLITS)
+            }
+            (true, s) => s.min(MAX_KV_SPLITS),
+        };
+        let (name, threads, smem) = if tc && kernel == AttnKernel::Pipelined {
+            let name = format!("paged_attention_mma2_{}_d{hd}", k_pool.dtype.name());
+            // Two stages of K and V tiles, MMA_BC keys × (hd + 8) elements.
+            let smem = (2 * 2 * MMA_BC * (hd + 8) * k_pool.dtype.size()) as u32;
+            (name, MMA_THREADS, smem)
+        } else if tc {
+            let name = format!("paged_attention_mma_{}_d{hd}", k_pool.dtype.name());
+            (name, MMA_THREADS, 0) // static shared memory
+        } else {
+            // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
+            let slots = hd.div_ceil(32).next_power_of_two();
+            let name = format!("paged_attention_{}_s{slots}", k_pool.dtype.name());
+            let smem = ((SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4) as u32;
+            (name, ATTN_THREADS, smem)
+        };
+        let n = q.len() / qd;
+        let mut part = self.alloc_f32(if splits > 1 {
+            n * nh * splits * (hd + 2)
+        } else {
+            1
+        })?;
+        let f = self.function("attention", &name, smem)?;
+        let sp = splits as i32;
+        {
+            // Both kernels take the same leading arguments; the tensor-core
+            // one also the split partials and their count.
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(q)
+                .arg(&k_pool.view)
+                .arg(&v_pool.view)
+                .arg(block_table)
+                .arg(seq_start)
+                .arg(past)
+                .arg(tiles)
+                .arg(&mut out.view)
+                .arg(&h)
+                .arg(&kh)
+                .arg(&d)
+                .arg(&mb)
+                .arg(&w)
+                .arg(&scale);
+            if tc {
+                b.arg(&mut part).arg(&sp);
+            }
+            let grid = (num_tiles as u32, nh as u32, splits as u32);
+            // SAFETY: as in `embedding`; block-table entries and tiles come
+            // from `PagedBatch`, which keeps them inside the pool and the
+            // sequences; with splits > 1 `part` holds n × heads × splits
+            // partials of hd + 2 floats, written for every packed row
+            // (every row lies in exactly one tile).
+            unsafe { b.launch(cfg(grid, threads, smem)) }.ctx(&name)?;
+        }
+        if splits > 1 {
+            let name = typed("attention_merge", k_pool.dtype);
+            let f = self.function("attention", &name, 0)?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&part).arg(&mut out.view).arg(&h).arg(&d).arg(&sp);
+            // SAFETY: `part` was fully written above; out is [n, heads·hd].
+            unsafe { b.launch(cfg((n as u32, nh as u32, 1), hd as u32, 0)) }.ctx(&name)?;
+        }
+        Ok(())
+    }
+}
