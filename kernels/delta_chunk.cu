@@ -14,14 +14,15 @@
 //                      at once (the bulk of the arithmetic, all in parallel);
 //   delta_chunk_state  walks each (sequence, value head, column range)
 //                      over its chunks with its state columns in registers,
-//                      as gated_delta_rule walks tokens: three block-wide
+//                      as gated_delta_rule walks tokens: six block-wide
 //                      barriers per chunk instead of one per token, and
 //                      the arithmetic of a chunk's tokens independent of
 //                      each other (no serial chain per token).
 // Rows are read 16 bytes at a time: dk and dv multiples of 4, every buffer
-// 16-byte aligned (the launcher checks the sizes). Chunks are the host's: they end at absolute multiples of DN_CHUNK (a
-// sequence continued from a cached state starts at a block boundary, a
-// multiple of it) and after every row whose state the prefix cache keeps.
+// 16-byte aligned (the launcher checks the sizes). Chunks are the host's:
+// they end at absolute multiples of DN_CHUNK (a sequence continued from a
+// cached state starts at a block boundary, a multiple of it) and after
+// every row whose state the prefix cache keeps.
 #include "common.cuh"
 
 #if !defined(DN_CHUNK) || !defined(DN_MAX_THREADS)
