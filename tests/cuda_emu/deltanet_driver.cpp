@@ -189,6 +189,7 @@ int main() {
     run(1, 2, 64, 64, 16, 2, 32);   // 4 threads per column, columns over 2 blocks
     run(1, 2, 128, 32, 32, 1, 33);  // Qwen 3.5's key head size, 4 threads per column
     run(1, 2, 32, 64, 8, 4, 34);    // 4 blocks of 16 columns (64 threads, half idle)
+    run(1, 2, 128, 128, 32, 4, 35); // Qwen 3.5's heads as the launcher lays them out: 4 blocks of 32 columns
     std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
     return emu_failures ? 1 : 0;
 }
