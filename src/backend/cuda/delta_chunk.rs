@@ -77,6 +77,9 @@ pub struct DeltaChunks {
     seq_chunk: CudaSlice<i32>,
     chunks: usize,
     seqs: usize,
+    /// Packed rows, and the (value heads, dk, dv) the buffers are for.
+    rows: usize,
+    heads: (usize, usize, usize),
     /// `[t, vh, dk + dv]`: W | U of each row's chunk.
     wu: CudaSlice<f32>,
     /// `[t, vh, DN_CHUNK]`: each row's row of P.
@@ -109,6 +112,8 @@ impl DeltaChunks {
         Ok(DeltaChunks {
             chunks: starts.len() - 1,
             seqs: past.len(),
+            rows: t,
+            heads: (vh, d.k_head_dim, d.v_head_dim),
             chunk_start: gpu.upload(&starts)?,
             seq_chunk: gpu.upload(&seq_chunk)?,
             wu: gpu.alloc_f32(t * vh * (d.k_head_dim + d.v_head_dim))?,
@@ -154,10 +159,14 @@ impl Gpu {
     ) -> Result<()> {
         let (cd, vh, dk, dv) = (d.conv_dim(), d.num_v_heads, d.k_head_dim, d.v_head_dim);
         let n = mixed.len() / cd.max(1);
-        check(
-            chunks.wu.len() == n * vh * (dk + dv) && chunks.pm.len() == n * vh * DN_CHUNK,
-            || format!("delta chunks: planned for other rows or heads than these {n} × {vh}"),
-        )?;
+        check(chunks.rows == n && chunks.heads == (vh, dk, dv), || {
+            format!(
+                "delta chunks: planned for {} rows of heads {:?}, not {n} of {:?}",
+                chunks.rows,
+                chunks.heads,
+                (vh, dk, dv)
+            )
+        })?;
         check(chunks.seqs + 1 == chunks.seq_chunk.len(), || {
             "delta chunks: sequence table".into()
         })?;
