@@ -33,7 +33,8 @@
 // Dynamic shared memory of both kernels (sized at launch).
 extern __shared__ float dc_smem[];
 #define DC_PREP_THREADS 256
-static_assert(DC_CH == 64, "delta_chunk_prep's 16 × 16 threads of 4 × 4 (query, key) pairs cover a 64-token chunk");
+static_assert(DC_CH == 64, "delta_chunk_prep's 16 × 16 threads of 4 × 4 (query, key) pairs and its "
+                           "32-lane scan of two tokens each cover a 64-token chunk");
 
 // Shared memory of delta_chunk_prep, floats: q and k rows [CH][dk + 4]
 // (16-byte rows; the 8 lanes of a quarter-warp reading 8 rows' 16 bytes at
@@ -71,12 +72,22 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
         *reinterpret_cast<float4*>(kss + i * ks + d) = kv;
     }
     if (tid < DC_CH) bs[tid] = tid < C ? beta[(size_t)(r0 + tid) * v_heads + head] : 0.0f;
-    if (tid == 0) {
-        float acc = 0.0f;
-        for (int i = 0; i < DC_CH; ++i) {
-            if (i < C) acc += g[(size_t)(r0 + i) * v_heads + head];
-            cum[i] = acc;
+    if (tid < 32) {
+        // The cumulative decays: a scan over warp 0, two tokens a lane
+        // (rows ≥ C add nothing).
+        const int i0 = 2 * tid;
+        const float g0 = i0 < C ? g[(size_t)(r0 + i0) * v_heads + head] : 0.0f;
+        const float g1 = i0 + 1 < C ? g[(size_t)(r0 + i0 + 1) * v_heads + head] : 0.0f;
+        float incl = g0 + g1;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const float up = __shfl_up_sync(FULL_MASK, incl, o);
+            if (tid >= o) incl += up;
         }
+        float before = __shfl_up_sync(FULL_MASK, incl, 1);
+        if (tid == 0) before = 0.0f;
+        cum[i0] = before + g0;
+        cum[i0 + 1] = incl;
     }
     __syncthreads();
     if (tid < C) cum_out[(size_t)(r0 + tid) * v_heads + head] = cum[tid];
