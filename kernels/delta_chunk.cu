@@ -147,9 +147,19 @@ extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
     }
 }
 
-// Four values of a staged row against four state rows.
-__device__ __forceinline__ float dc_dot4(float4 a, const float* s) {
-    return a.x * s[0] + a.y * s[1] + a.z * s[2] + a.w * s[3];
+// A staged row's RPT values (16 bytes a load) against a thread's RPT state
+// rows, in four independent chains of RPT / 4 FMAs (one chain would make
+// each token's dot product RPT dependent FMAs long).
+template <int RPT>
+__device__ __forceinline__ float dc_rows_dot(const float4* row, const float* S) {
+    float a = 0.0f, b = 0.0f, c = 0.0f, d = 0.0f;
+#pragma unroll
+    for (int r = 0; r < RPT / 4; ++r) {
+        const float4 v = row[r];
+        a += v.x * S[4 * r], b += v.y * S[4 * r + 1];
+        c += v.z * S[4 * r + 2], d += v.w * S[4 * r + 3];
+    }
+    return (a + b) + (c + d);
 }
 
 // Sum over the P adjacent lanes of a column (P a power of two ≤ 32).
@@ -231,12 +241,11 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         for (int i = threadIdx.x; i < DC_CH; i += blockDim.x)
             cum[i] = i < C ? cumg[(size_t)(r0 + i) * v_heads + head] : 0.0f;
         __syncthreads();
-        // V' = U − W·S.
+        // V' = U − W·S (tokens independent: four in flight).
+#pragma unroll 4
         for (int i = 0; i < C; ++i) {
             const float4* wr = reinterpret_cast<const float4*>(st + i * ks + p * (RPT + 4));
-            float acc = 0.0f;
-#pragma unroll
-            for (int r = 0; r < RPT / 4; ++r) acc += dc_dot4(wr[r], S + 4 * r);
+            float acc = dc_rows_dot<RPT>(wr, S);
             acc = dc_group_sum(acc, P);
             if (active && p == 0) vp[jl * vs + i] -= acc;
         }
@@ -244,12 +253,10 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         stage(mixed + kh * dk, cd, r0, C);  // q
         __syncthreads();
         // o = e^c (q·S) + P·V': the P lanes of a column split P·V''s terms.
+#pragma unroll 4
         for (int i = 0; i < C; ++i) {
             const float4* qr = reinterpret_cast<const float4*>(st + i * ks + p * (RPT + 4));
-            float acc = 0.0f;
-#pragma unroll
-            for (int r = 0; r < RPT / 4; ++r) acc += dc_dot4(qr[r], S + 4 * r);
-            acc *= expf(cum[i]);
+            float acc = dc_rows_dot<RPT>(qr, S) * expf(cum[i]);
             if (active)
                 for (int m = p; m <= i; m += P) acc += ps[i * DC_CH + m] * vp[jl * vs + m];
             acc = dc_group_sum(acc, P);
