@@ -35,6 +35,13 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// Sum over aligned groups of `lanes` adjacent lanes (a power of two ≤ 32):
+// every lane of a group gets its group's sum.
+__device__ __forceinline__ float lane_group_sum(float v, int lanes) {
+    for (int o = 1; o < lanes; o <<= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));

@@ -36,13 +36,10 @@ extern __shared__ float dc_smem[];
 static_assert(DC_CH == 64, "delta_chunk_prep's 16 × 16 threads of 4 × 4 (query, key) pairs and its "
                            "32-lane scan of two tokens each cover a 64-token chunk");
 
-// Shared memory of delta_chunk_prep, floats: q and k rows [CH][dk + 4]
+// Launch: grid (chunks, v_heads), DC_PREP_THREADS threads, dynamic shared
+// memory (sized by the launcher, `smem_bytes`): q and k rows [CH][dk + 4]
 // (16-byte rows; the 8 lanes of a quarter-warp reading 8 rows' 16 bytes at
-// one offset hit distinct banks), A [CH][CH + 1], c and β [CH].
-#define DC_PREP_SMEM(dk) (2 * DC_CH * ((dk) + 4) + DC_CH * (DC_CH + 1) + 2 * DC_CH)
-
-// Launch: grid (chunks, v_heads), DC_PREP_THREADS threads, DC_PREP_SMEM(dk)
-// floats of dynamic shared memory. Writes, per row of the chunk and value
+// one offset hit distinct banks), A [CH][CH + 1], c and β [CH] floats. Writes, per row of the chunk and value
 // head, W | U (`wu`), the row of P (`pm`, zeros after the diagonal) and c.
 extern "C" __global__ void __launch_bounds__(DC_PREP_THREADS)
     delta_chunk_prep(const float* __restrict__ mixed,        // [n, cd]: q | k | v
@@ -162,24 +159,14 @@ __device__ __forceinline__ float dc_rows_dot(const float4* row, const float* S) 
     return (a + b) + (c + d);
 }
 
-// Sum over the P adjacent lanes of a column (P a power of two ≤ 32).
-__device__ __forceinline__ float dc_group_sum(float v, int P) {
-    for (int o = 1; o < P; o <<= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
-// Shared memory of delta_chunk_state, floats: one staged [CH][dk + 4·dk/RPT]
+// Launch: grid (seqs, v_heads, dv / cols), 32·ceil(cols·P / 32) threads (P
+// = dk / RPT; thread (j, p) owns column j and rows p·RPT … p·RPT + RPT − 1
+// of the state, as in gated_delta_rule), dynamic shared memory (sized by
+// the launcher, `smem_bytes`), floats: one staged [CH][dk + 4·dk/RPT]
 // operand (W, then q, then k: each RPT-row group padded by 4 floats, so a
 // thread reads its rows 16 bytes at a time and the P groups of a
 // quarter-warp hit distinct banks), P [CH][CH], V' [cols][CH + P] (by
 // column: the P lanes of a column read distinct banks), c [CH].
-#define DC_STATE_SMEM(dk, rpt, cols) \
-    (DC_CH * ((dk) + 4 * (dk) / (rpt)) + DC_CH * DC_CH + (cols) * (DC_CH + (dk) / (rpt)) + DC_CH)
-
-// Launch: grid (seqs, v_heads, dv / cols), 32·ceil(cols·P / 32) threads (P
-// = dk / RPT; thread (j, p) owns column j and rows p·RPT … p·RPT + RPT − 1
-// of the state, as in gated_delta_rule), DC_STATE_SMEM floats of dynamic
-// shared memory.
 template <int RPT>
 __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n, cd]: q | k | v
                                   const float* __restrict__ wu,           // [n, vh, dk + dv]
@@ -246,7 +233,7 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
         for (int i = 0; i < C; ++i) {
             const float4* wr = reinterpret_cast<const float4*>(st + i * ks + p * (RPT + 4));
             float acc = dc_rows_dot<RPT>(wr, S);
-            acc = dc_group_sum(acc, P);
+            acc = lane_group_sum(acc, P);
             if (active && p == 0) vp[jl * vs + i] -= acc;
         }
         __syncthreads();
@@ -259,7 +246,7 @@ __device__ void delta_chunk_state(const float* __restrict__ mixed,        // [n,
             float acc = dc_rows_dot<RPT>(qr, S) * expf(cum[i]);
             if (active)
                 for (int m = p; m <= i; m += P) acc += ps[i * DC_CH + m] * vp[jl * vs + m];
-            acc = dc_group_sum(acc, P);
+            acc = lane_group_sum(acc, P);
             if (active && p == 0) out[(size_t)(r0 + i) * v_heads * dv + (size_t)head * dv + j] = acc;
         }
         __syncthreads();

@@ -85,12 +85,6 @@ extern "C" __global__ void deltanet_prep(float* __restrict__ mixed,          // 
     }
 }
 
-// Sum over the P adjacent lanes of a column (P a power of two ≤ 32).
-__device__ __forceinline__ float dn_group_sum(float v, int P) {
-    for (int o = 1; o < P; o <<= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
 // One token's q, k (each dk, padded by one float per RPT rows so that the P
 // row groups of a warp read distinct banks), v (dv), g and β, staged in
 // shared memory: DN_STAGE floats.
@@ -187,7 +181,7 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
             S[r] *= decay;
             kv += S[r] * kp[r];
         }
-        kv = dn_group_sum(kv, P);
+        kv = lane_group_sum(kv, P);
         const float u = active ? (vs[j] - kv) * bt : 0.0f;
         float o = 0.0f;
 #pragma unroll
@@ -195,7 +189,7 @@ __device__ void gated_delta_rule(const float* __restrict__ mixed,       // [n, c
             S[r] += kp[r] * u;
             o += S[r] * qp[r];
         }
-        o = dn_group_sum(o, P);
+        o = lane_group_sum(o, P);
         if (active && p == 0) out[(size_t)row * v_heads * dv + (size_t)head * dv + j] = o;
         // The state after this row into its cache block's snapshot (block-uniform).
         const int slot = snap_at ? snap_at[row] : -1;

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::profile::{self, Part};
 use crate::score::fused::fast_exp;
 
 /// Geometry of one attention call.
@@ -64,7 +65,7 @@ pub fn attention(
     shape: AttnShape,
     out: &mut [f32],
 ) {
-    let _span = super::profile::span(super::profile::Part::Attention);
+    let _span = profile::span(Part::Attention);
     let level = crate::simd::level();
     attention_at(
         level,
@@ -198,7 +199,7 @@ pub fn attention_bf16(
     shape: AttnShape,
     out: &mut [f32],
 ) {
-    let _span = super::profile::span(super::profile::Part::Attention);
+    let _span = profile::span(Part::Attention);
     let level = crate::simd::level();
     let tile = Tile::Bf16 {
         native: crate::simd::has_avx512_bf16(),

@@ -27,6 +27,7 @@ use super::forward::KvBatch;
 use super::gemm_bf16::Gemm;
 use super::mixer::{Rows, input_chunks};
 use super::norm::rms_norm_row;
+use crate::backend::profile::{self, Part};
 use crate::model::config::DeltaNetDesc;
 use crate::model::layout::DeltaNetWeights;
 
@@ -158,7 +159,7 @@ pub fn deltanet_block(
     });
     s.normed = normed;
 
-    let delta_span = super::profile::span(super::profile::Part::DeltaRule);
+    let delta_span = profile::span(Part::DeltaRule);
     // 2. Convolution + SiLU, per sequence from its prefix's tail.
     let conv = w.conv.data.to_f32_vec();
     let kernel = d.conv_kernel;

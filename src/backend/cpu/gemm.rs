@@ -20,6 +20,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::backend::profile::{self, Part};
 use crate::model::weights::{Data, Tensor};
 use crate::simd::Level;
 
@@ -578,7 +579,7 @@ pub fn matmul_wt(
     ldo: usize,
     accumulate: bool,
 ) {
-    let _span = super::profile::span(super::profile::Part::Gemm);
+    let _span = profile::span(Part::Gemm);
     let (n, k) = (w.rows(), w.cols());
     if rows == 0 || n == 0 {
         return;

@@ -25,6 +25,7 @@
 //! the f32 kernel's structure with the pair in place of the float.
 
 use super::gemm::{NC, NR, for_each_tile, give_back_scratch, take_scratch, tile_product};
+use crate::backend::profile::{self, Part};
 use crate::model::weights::{Data, Tensor};
 
 /// Rows of C per micro-kernel call (the f32 kernel's).
@@ -75,7 +76,7 @@ impl Gemm {
         match self {
             Gemm::F32 => super::gemm::matmul_wt(x, rows, w, out, ldo, accumulate),
             Gemm::Bf16 => {
-                let _span = super::profile::span(super::profile::Part::Gemm);
+                let _span = profile::span(Part::Gemm);
                 let (n, k) = (w.rows(), w.cols());
                 if rows == 0 || n == 0 {
                     return;

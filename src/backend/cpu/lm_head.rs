@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::gemm::NC;
 use super::gemm_bf16::{Gemm, Lhs};
+use crate::backend::profile::{self, Part};
 use crate::model::weights::Tensor;
 use crate::score::fused::{RowAccum, RowStats};
 
@@ -32,7 +33,7 @@ pub fn lm_head_stats(
     full: bool,
     softcap: Option<f32>,
 ) -> Vec<RowStats> {
-    let _span = super::profile::span(super::profile::Part::LmHead);
+    let _span = profile::span(Part::LmHead);
     let (vocab, k) = (w.rows(), w.cols());
     assert_eq!(targets.len(), rows, "lm_head_stats: one target per row");
     let mut out = Vec::with_capacity(rows);

@@ -29,7 +29,6 @@ pub mod mixer;
 pub mod mlp;
 pub mod norm;
 pub mod ops;
-pub use super::profile;
 pub mod rope;
 
 use std::sync::Arc;

@@ -8,9 +8,9 @@
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::deltanet::{RecurrenceLayout, rule_dims};
+use super::deltanet::{RecurrenceLayout, push_state_args, rule_dims};
 use super::device::{CudaResultExt, Gpu, cfg, choice_from_env};
-use super::kernels::{ArgOrNull, check, dims_fit};
+use super::kernels::{check, dims_fit};
 use crate::Result;
 use crate::backend::plan::delta_rule_chunks;
 use crate::consts::DN_CHUNK;
@@ -127,8 +127,8 @@ impl DeltaChunks {
     }
 }
 
-/// Shared memory of `delta_chunk_prep` and `delta_chunk_state` (bytes),
-/// as kernels/delta_chunk.cu's DC_PREP_SMEM and DC_STATE_SMEM.
+/// Shared memory of `delta_chunk_prep` and `delta_chunk_state` (bytes):
+/// the layouts their launch comments in kernels/delta_chunk.cu give.
 fn smem_bytes(dk: usize, layout: &RecurrenceLayout) -> (u32, u32) {
     let ch = DN_CHUNK;
     let prep = 2 * ch * (dk + 4) + ch * (ch + 1) + 2 * ch;
@@ -167,17 +167,11 @@ impl Gpu {
                 (vh, dk, dv)
             )
         })?;
-        check(chunks.seqs + 1 == chunks.seq_chunk.len(), || {
-            "delta chunks: sequence table".into()
-        })?;
         // The kernels read rows 16 bytes at a time.
         check(dk.is_multiple_of(4) && dv.is_multiple_of(4), || {
             format!("delta chunks: heads of {dk} × {dv} are not multiples of 4")
         })?;
         dims_fit(&[chunks.wu.len(), chunks.pm.len()])?;
-        if chunks.seqs == 0 {
-            return Ok(());
-        }
         let (prep_smem, state_smem) = smem_bytes(dk, layout);
         let dims = rule_dims(d, layout.cols);
         if chunks.chunks > 0 {
@@ -204,14 +198,7 @@ impl Gpu {
             .arg(&chunks.pm)
             .arg(&chunks.cum);
         b.arg(&chunks.chunk_start).arg(&chunks.seq_chunk);
-        b.arg_or_null(init)
-            .arg_or_null(final_state)
-            .arg_or_null(at)
-            .arg_or_null(slots)
-            .arg(out);
-        for x in &dims {
-            b.arg(x);
-        }
+        push_state_args(&mut b, (init, final_state), (at, slots), out, &dims);
         // SAFETY: as above; one block per (sequence, value head, `cols`
         // columns) with the recurrence's layout, which the caller checked.
         let grid = (chunks.seqs as u32, vh as u32, layout.splits as u32);

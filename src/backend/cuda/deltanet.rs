@@ -4,7 +4,7 @@
 //! recurrence). Each checks its buffers against the layer's
 //! [`DeltaNetDesc`] and the packed batch before launching.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchArgs, PushKernelArg};
 
 use super::delta_chunk::{DeltaChunks, DeltaRulePath};
 use super::device::{CudaResultExt, DevTensor, DevView, DevViewMut, Gpu, cfg, sub_mut};
@@ -251,14 +251,7 @@ impl Gpu {
         let dims = rule_dims(d, cols);
         let mut b = self.stream.launch_builder(&f);
         b.arg(mixed).arg(g).arg(beta).arg(seq_start);
-        b.arg_or_null(init)
-            .arg_or_null(final_state)
-            .arg_or_null(at)
-            .arg_or_null(slots)
-            .arg(out);
-        for x in &dims {
-            b.arg(x);
-        }
+        push_state_args(&mut b, (init, final_state), (at, slots), out, &dims);
         // SAFETY: shapes checked above; one block per (sequence, value
         // head, `cols` columns), `threads` covers cols × dk / rpt row parts.
         let grid = (seqs as u32, vh as u32, splits as u32);
@@ -321,6 +314,32 @@ pub(super) fn rule_dims(d: &DeltaNetDesc, cols: usize) -> [i32; 6] {
         cols,
     ]
     .map(|x| x as i32)
+}
+
+/// The arguments both forms' state kernels end with: the initial and final
+/// states, the snapshot rows and slots (null when absent), the output and
+/// [`rule_dims`].
+pub(super) fn push_state_args<'a>(
+    b: &mut LaunchArgs<'a>,
+    (init, final_state): (
+        Option<&'a CudaView<'_, f32>>,
+        Option<&'a mut CudaViewMut<'_, f32>>,
+    ),
+    (at, slots): (
+        Option<&'a CudaView<'_, i32>>,
+        Option<&'a mut CudaViewMut<'_, f32>>,
+    ),
+    out: &'a mut CudaViewMut<'_, f32>,
+    dims: &'a [i32; 6],
+) {
+    b.arg_or_null(init)
+        .arg_or_null(final_state)
+        .arg_or_null(at)
+        .arg_or_null(slots)
+        .arg(out);
+    for x in dims {
+        b.arg(x);
+    }
 }
 
 /// What a wave's DeltaNet layers exchange with the prefix cache
@@ -488,7 +507,7 @@ impl DeltaNetScratch {
         let seq_start = batch.seq_start.as_view();
         let (k, cd) = (d.conv_kernel, d.conv_dim());
         let per = d.num_v_heads * d.k_head_dim * d.v_head_dim;
-        let cache = self.cache.as_ref().zip(store);
+        let mut cache = self.cache.as_ref().zip(store);
         // Each hit's state and convolution tail, where its tokens start.
         if let Some((c, st)) = &cache {
             if k > 1 {
@@ -517,7 +536,6 @@ impl DeltaNetScratch {
         )?;
         let (g, beta) = (self.a.as_view(), self.b.as_view());
         let init = self.init.f32_view()?;
-        let mut cache = cache;
         let cached = cache.is_some();
         // With the cache: its snapshots of the blocks this wave fills.
         let mut snaps = match cache.as_mut() {

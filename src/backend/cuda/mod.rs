@@ -423,9 +423,7 @@ impl PairScorer for CudaPair {
         // test through `Scorer`) can tell a bf16 run from an f32 one.
         let models = (&self.policy, &self.reference);
         let fold = Pass::new(&self.gpu, models, self.paths(), true).fold;
-        let hybrid = [&self.policy, &self.reference]
-            .iter()
-            .any(|m| m.shape.deltanet.iter().flatten().next().is_some());
+        let hybrid = self.policy.config.is_hybrid() || self.reference.config.is_hybrid();
         format!(
             "cuda:{} {} (compute {}/{}, LM head {}{})",
             self.ordinal,

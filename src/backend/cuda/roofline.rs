@@ -261,12 +261,16 @@ impl RooflineReport {
                 r.score_tokens_per_s,
                 1e3 * r.score_s
             );
-            s += &format!(
-                "| where a profiled run's time goes, {}×{} | {} | synchronised at each part |\n",
-                r.seqs,
-                r.tokens,
-                r.profiled.summary()
-            );
+            // Where a profiled run's time went.
+            let parts = |what: &str, p: &Profiled| {
+                format!(
+                    "| {what}, {}×{} | {} | synchronised at each part |\n",
+                    r.seqs,
+                    r.tokens,
+                    p.summary()
+                )
+            };
+            s += &parts("where a profiled run's time goes", &r.profiled);
             // Another way to score every token, against the row above.
             let other = |how: &str, t: f64, against: &str| {
                 format!(
@@ -279,12 +283,7 @@ impl RooflineReport {
             };
             if let Some((t, prof)) = &r.score_chunked {
                 s += &other("delta rule in chunks", *t, "token by token");
-                s += &format!(
-                    "| where its time goes, {}×{} | {} | synchronised at each part |\n",
-                    r.seqs,
-                    r.tokens,
-                    prof.summary()
-                );
+                s += &parts("where its time goes", prof);
             }
             if let Some(t) = r.score_fold_s {
                 s += &other("folded LM head", t, "the cuBLAS LM head");
