@@ -151,6 +151,7 @@ fn bench_memory(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
             &mut out.as_view_mut(),
             vocab,
             ld,
+            None,
         )
     });
     // The row-slicing sweep (the line above uses the automatic choice).
@@ -164,6 +165,7 @@ fn bench_memory(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
                 &mut out.as_view_mut(),
                 vocab,
                 ld,
+                None,
                 splits,
             )
         });
@@ -518,10 +520,16 @@ fn bench_forward_gemms(
     seqs: usize,
     len: usize,
 ) {
-    let u = cfg.uniform().expect("a uniform shape");
+    // The first attention layer's and MLP's shapes (the pairs benched here
+    // repeat one layer).
+    let a = cfg
+        .layers
+        .iter()
+        .find_map(|l| l.attn())
+        .expect("an attention layer");
     let h = cfg.hidden_size;
-    let (qd, kvd) = (u.num_heads * u.head_dim, u.num_kv_heads * u.head_dim);
-    let inter = u.intermediate_size;
+    let (qd, kvd) = (a.q_dim(), a.kv_dim());
+    let inter = cfg.layers[0].mlp.intermediate;
     let t = seqs * len;
     let chunk = LINEAR_CHUNK.min(t);
     // (output width, inner size, output in bf16)

@@ -23,7 +23,9 @@
 // Exponentials use __expf (ex2.approx: ~2 ulp, plus |x|·2⁻²⁴ relative from
 // the scaling, negligible on terms e^x that matter); the CPU twin uses its
 // own fast exp. Only 16 bytes per row are written. Logits are f32 (bf16 logits would cost
-// ~0.06 nats of log-prob at |z| ≈ 20). CPU twin: `score::fused::row_stats`
+// ~0.06 nats of log-prob at |z| ≈ 20). With `cap` > 0 (Gemma's final
+// soft-cap) every logit is read as cap·tanh(z / cap) (tanhf: the accurate
+// one, as transformers'), which costs no memory traffic. CPU twin: `score::fused::row_stats`
 // (policy row) and `row_logp` (reference row) in src/score/fused.rs.
 //
 // Work split: one block per row would leave the last wave of a long
@@ -53,10 +55,10 @@
 // POLICY's top-20 always see the full warp.
 template <bool POLICY>
 __device__ __forceinline__ Online scan_row(const float* __restrict__ row, int b4, int e4, int t0,
-                                           int vocab, float& mine, float& thr) {
+                                           int vocab, float cap, float& mine, float& thr) {
     Online st{-INFINITY, 0.0f, 0.0f};
     auto take = [&](const float4 v, int valid) {  // the first `valid` components are values
-        const float z[4] = {v.x, v.y, v.z, v.w};
+        const float z[4] = {softcap(v.x, cap), softcap(v.y, cap), softcap(v.z, cap), softcap(v.w, cap)};
         if (valid == 4) {
             online_raise(st, fmaxf(fmaxf(z[0], z[1]), fmaxf(z[2], z[3])));
 #pragma unroll
@@ -116,7 +118,7 @@ extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
     fused_logprob_partial(const float* __restrict__ logits_p,  // [n, ld] f32 policy logits
                           const float* __restrict__ logits_r,  // [n, ld] f32 reference logits
                           Partial* __restrict__ part,          // [n, splits]
-                          int vocab, int ld) {
+                          int vocab, int ld, float cap) {
     __shared__ Online merge_scratch[32];
     __shared__ float cand[32 * TOP_K];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -129,8 +131,8 @@ extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
     const float* zr = logits_r + row * ld;
 
     float mine = -INFINITY, thr = -INFINITY;
-    const Online p = block_merge(scan_row<true>(zp, b4, e4, t0, vocab, mine, thr), merge_scratch);
-    const Online r = block_merge(scan_row<false>(zr, b4, e4, t0, vocab, mine, thr), merge_scratch);
+    const Online p = block_merge(scan_row<true>(zp, b4, e4, t0, vocab, cap, mine, thr), merge_scratch);
+    const Online r = block_merge(scan_row<false>(zr, b4, e4, t0, vocab, cap, mine, thr), merge_scratch);
     block_top(mine, thr, cand);
 
     Partial* out = part + row * splits + split;
@@ -150,7 +152,7 @@ extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
                          const uint32_t* __restrict__ target, // [n] token whose log-prob is wanted
                          const Partial* __restrict__ part,    // [n, splits], splits ≤ 32
                          float4* __restrict__ out,            // [n] (logp_policy, logp_reference, entropy, top_mean)
-                         int n, int splits, int ld) {
+                         int n, int splits, int ld, float cap) {
     const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= (size_t)n) return;  // warp-uniform
     Online p, r;
@@ -159,6 +161,7 @@ extern "C" __global__ void __launch_bounds__(FUSED_THREADS)
     merge_partials(part + row * splits, splits, true, p, r, top_sum, top_n);
     if (threadIdx.x % 32 == 0) {
         const uint32_t tg = target[row];
-        out[row] = finish_scores(p, r, top_sum, top_n, logits_p[row * ld + tg], logits_r[row * ld + tg]);
+        out[row] = finish_scores(p, r, top_sum, top_n, softcap(logits_p[row * ld + tg], cap),
+                                 softcap(logits_r[row * ld + tg], cap));
     }
 }

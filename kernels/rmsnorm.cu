@@ -11,7 +11,9 @@
 // of the GEMM input, instead of norm, add, norm and cast kernels. The final
 // norm also gathers: with `rows`, only the positions whose log-prob is
 // wanted are normalised (the LM head never sees the others), and x is left
-// untouched.
+// untouched. Gemma's layer scalar rides along: the sum is multiplied by
+// `x_scale` (1 elsewhere) before it is stored and normalised, as
+// transformers scales the residual stream at the end of each layer.
 //
 // Arithmetic as transformers' LlamaRMSNorm in f32: `w · (v · 1/sqrt(mean(v²) + eps))`.
 // CPU twin: `ops::rms_norm` and the residual adds of
@@ -27,7 +29,7 @@ __device__ void residual_rmsnorm(float* __restrict__ x,              // [rows_x,
                                  const float* __restrict__ w,        // [hidden] f32 norm weight, or null (no norm)
                                  T* __restrict__ out,                // [n, hidden] T
                                  const int32_t* __restrict__ rows,   // [n] rows of x to normalise, or null (= all, in place)
-                                 int hidden, float eps) {
+                                 int hidden, float eps, float x_scale) {
     __shared__ float scratch[32];
     const size_t src = rows ? (size_t)rows[blockIdx.x] : (size_t)blockIdx.x;
     float* xr = x + src * hidden;
@@ -41,10 +43,10 @@ __device__ void residual_rmsnorm(float* __restrict__ x,              // [rows_x,
         ss = block_sum(ss, scratch);
         inv_d = 1.0f / sqrtf(ss / (float)hidden + eps);
     }
-    // x[i] + (normalised) delta[i]
+    // (x[i] + (normalised) delta[i]) · x_scale
     auto sum = [&](int i) {
         const float d = dr ? (w_delta ? w_delta[i] * (dr[i] * inv_d) : dr[i]) : 0.0f;
-        return xr[i] + d;
+        return (xr[i] + d) * x_scale;
     };
     float ss = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
@@ -70,7 +72,7 @@ __device__ void residual_rmsnorm(float* __restrict__ x,              // [rows_x,
                                                          const float* w_delta,              \
                                                          const float* w, T* out,            \
                                                          const int32_t* rows, int hidden,   \
-                                                         float eps) {                       \
-        residual_rmsnorm<T>(x, delta, w_delta, w, out, rows, hidden, eps);                  \
+                                                         float eps, float x_scale) {        \
+        residual_rmsnorm<T>(x, delta, w_delta, w, out, rows, hidden, eps, x_scale);         \
     }
 INSTANTIATE_T(RESIDUAL_RMSNORM)

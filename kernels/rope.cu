@@ -18,7 +18,10 @@
 //      `Rope`), cos/sin once per token in shared memory, both multiplied by
 //      `rope_scale` (YaRN's attention factor, else 1),
 //   4. the write of k and v into the paged KV pool (layout: attention.cu) in
-//      the cache dtype T, and of q (f32) for attention.
+//      the cache dtype T — v RMS-normalised per head without a weight when
+//      `v_norm` (Gemma 4) — and of q (f32) for attention.
+// A layer that reads another layer's K/V (Gemma's KV sharing) projects q
+// only: it is launched with kv_heads = 0, and steps 1–3 run on q alone.
 // Separately these would be four kernels each re-reading the rows.
 // CPU twins: the bias loop, `ops::rms_norm_row` and `ops::rope_row` in
 // src/backend/cpu/{forward,ops}.rs.
@@ -40,7 +43,7 @@ __device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qw + 2·kvd
                          T* __restrict__ k_pool,              // [pool_rows, kv_heads, head_dim] T
                          T* __restrict__ v_pool,              // [pool_rows, kv_heads, head_dim] T
                          int heads, int kv_heads, int head_dim, float eps, int qk_full,
-                         float rope_scale, int rotary_dim) {
+                         float rope_scale, int rotary_dim, int v_norm) {
     extern __shared__ float smem[];
     __shared__ float scratch[32];
     const int qd = heads * head_dim, kvd = kv_heads * head_dim, half = rotary_dim / 2;
@@ -62,8 +65,20 @@ __device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qw + 2·kvd
         for (int i = threadIdx.x; i < qd; i += blockDim.x)
             gate_out[row * qd + i] = at((i / head_dim) * 2 * head_dim + head_dim + i % head_dim);
     }
-    for (int i = threadIdx.x; i < kvd; i += blockDim.x)
-        v_pool[slot * kvd + i] = from_f32<T>(at(qw + kvd + i));
+    if (v_norm) {  // Gemma 4: weightless RMSNorm of each v head; one warp per head
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+        for (int h = warp; h < kv_heads; h += warps) {
+            const int v0 = qw + kvd + h * head_dim;
+            float ss = 0.0f;
+            for (int d = lane; d < head_dim; d += 32) ss += at(v0 + d) * at(v0 + d);
+            const float inv = 1.0f / sqrtf(warp_sum(ss) / (float)head_dim + eps);
+            for (int d = lane; d < head_dim; d += 32)
+                v_pool[slot * kvd + h * head_dim + d] = from_f32<T>(at(v0 + d) * inv);
+        }
+    } else {
+        for (int i = threadIdx.x; i < kvd; i += blockDim.x)
+            v_pool[slot * kvd + i] = from_f32<T>(at(qw + kvd + i));
+    }
     const float p = (float)pos[row];
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float c, si;
@@ -144,9 +159,10 @@ __device__ void gate_sigmoid_mul(T* __restrict__ attn,         // [n, qd]
         const float* qkv, const float* bias, const float* q_norm, const float* k_norm,        \
         const int32_t* pos, const int32_t* slots, const float* inv_freq, float* q_out,        \
         float* gate_out, T* k_pool, T* v_pool, int heads, int kv_heads, int head_dim,          \
-        float eps, int qk_full, float rope_scale, int rotary_dim) {                           \
+        float eps, int qk_full, float rope_scale, int rotary_dim, int v_norm) {               \
         qkv_rope<T>(qkv, bias, q_norm, k_norm, pos, slots, inv_freq, q_out, gate_out, k_pool,  \
-                    v_pool, heads, kv_heads, head_dim, eps, qk_full, rope_scale, rotary_dim);  \
+                    v_pool, heads, kv_heads, head_dim, eps, qk_full, rope_scale, rotary_dim,   \
+                    v_norm);                                                                  \
     }                                                                                         \
     extern "C" __global__ void gate_sigmoid_mul_##SUFFIX(T* attn, const float* gate, int qd) { \
         gate_sigmoid_mul<T>(attn, gate, qd);                                                  \

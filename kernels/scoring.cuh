@@ -20,6 +20,11 @@ static_assert(sizeof(Partial) == FUSED_PARTIAL_FLOATS * sizeof(float),
               "the host allocates FUSED_PARTIAL_FLOATS floats per partial");
 static_assert(TOP_K <= 32, "a warp holds the running top-k, one value per lane");
 
+// Gemma's final logit soft-cap, cap·tanh(z / cap); cap ≤ 0: none.
+__device__ __forceinline__ float softcap(float z, float cap) {
+    return cap > 0.0f ? cap * tanhf(z / cap) : z;
+}
+
 struct Online {
     float m;  // running max
     float s;  // Σ e^{z−m}

@@ -5,7 +5,9 @@
 //! computation: the folded LM head (fold_driver.cpp), the residual norms
 //! and q/k/v RoPE kernels in the modes the GPU has not yet run
 //! (norm_rope_driver.cpp: post-norm and sandwich blocks, full-width q/k
-//! norms, a RoPE factor), the gated-DeltaNet steps (deltanet_driver.cpp:
+//! norms, a RoPE factor, Gemma's layer scalar, v norm and q-only layers),
+//! the gated MLPs' activations and Gemma's per-layer input gate
+//! (mlp_driver.cpp), the gated-DeltaNet steps (deltanet_driver.cpp:
 //! convolution, q/k norms and gates, the recurrence token by token and in
 //! chunks, the gated norm), and
 //! the attention kernels (attention_driver.cpp). The last have passed their
@@ -114,6 +116,11 @@ fn norm_and_rope_kernels_match_direct_computation_on_the_cpu() {
         "norm_rope_driver.cpp",
         &["rmsnorm.cu", "rope.cu"],
     );
+}
+
+#[test]
+fn mlp_activation_and_per_layer_input_kernels_match_direct_computation_on_the_cpu() {
+    build_and_run("mlp", "mlp_driver.cpp", &["act_mul.cu"]);
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! Every CUDA kernel against its CPU twin on fresh random inputs, for each
 //! weight dtype (f32, bf16, f16): embedding, residual RMSNorm, q/k/v RoPE
 //! into a shuffled paged pool, paged attention (GQA, MQA, windows, several
-//! head dims; partial rotary and output gates), SiLU-gate, the sigmoid gate
-//! of gated attention, the cuBLAS GEMM, the fused log-prob kernel and the
-//! folded LM head.
+//! head dims; partial rotary and output gates; Gemma's v norm and
+//! K/V-sharing layers), SiLU- and GELU-gates, Gemma's per-layer input gate,
+//! the sigmoid gate of gated attention, the cuBLAS GEMM, the fused log-prob
+//! kernel (soft-capped too) and the folded LM head.
 //!
 //! Outputs are poisoned (every byte 0xFF = NaN in f32/bf16/f16) before each
 //! launch, so an element a kernel forgets to write fails the comparison.
@@ -15,12 +16,14 @@ mod cuda_common;
 
 use cuda_common::*;
 use padv::backend::cpu::gemm::matmul_wt_reference;
+use padv::backend::cpu::mlp::{act_mul_inplace, gelu_tanh};
 use padv::backend::cpu::ops::{self, AttnShape, RopeTable};
 use padv::backend::cuda::DevTensor;
 use padv::backend::cuda::forward::PagedBatch;
 use padv::backend::cuda::kernels::{AttnKernel, KV_BLOCK};
 use padv::backend::cuda::lm_head::HeadSide;
-use padv::model::config::Rope;
+use padv::backend::cuda::weights::DevicePle;
+use padv::model::config::{Act, PerLayerEmbed, Rope};
 use padv::model::weights::{DType, Data, Tensor};
 use padv::score::fused::{row_logp, row_stats};
 
@@ -31,7 +34,8 @@ fn embedding_gathers_and_widens_rows_like_the_cpu() {
     let (vocab, h) = (1000, 96);
     let table = rng.vec(vocab * h, 2.0);
     let tokens: Vec<u32> = (0..77).map(|_| rng.below(vocab) as u32).collect();
-    for dt in DTYPES {
+    // 1, and Gemma's √hidden as a bf16 run applies it.
+    for (dt, scale) in DTYPES.into_iter().flat_map(|d| [(d, 1.0f32), (d, 6.9375)]) {
         let dev_table = DevTensor::from_f32(&gpu, &table, dt).unwrap();
         let dev_tokens = gpu.upload(&tokens).unwrap();
         let mut out = gpu.poisoned_f32(tokens.len() * h).unwrap();
@@ -39,16 +43,18 @@ fn embedding_gathers_and_widens_rows_like_the_cpu() {
             &dev_tokens.as_view(),
             &dev_table.all(),
             h,
+            scale,
             &mut out.as_view_mut(),
         )
         .unwrap();
         let want: Vec<f32> = tokens
             .iter()
             .flat_map(|&t| rounded(dt, &table[t as usize * h..(t as usize + 1) * h]))
+            .map(|v| v * scale)
             .collect();
-        // Widening is exact.
+        // Widening is exact, and so is one f32 product.
         assert_close(
-            &format!("embedding {dt:?}"),
+            &format!("embedding {dt:?} × {scale}"),
             &download(&gpu, &out),
             &want,
             0.0,
@@ -68,21 +74,27 @@ fn residual_rmsnorm_matches_add_then_cpu_rms_norm_in_place_and_gathered() {
     let w = rng.vec(h, 1.5);
     let wd = rng.vec(h, 1.5);
     let gather: Vec<i32> = vec![5, 0, 36, 17, 17];
-    // (delta normed first: a post-norm; the sum normed: a pre-norm):
-    // Llama's pre-norm, Olmo 3's post-norm, Gemma's sandwich.
-    for (post, pre) in [(false, true), (true, false), (true, true)] {
-        // CPU twin: x += [rms_norm](delta), out = [rms_norm](x).
+    // (delta normed first: a post-norm; the sum normed: a pre-norm; the
+    // sum's factor): Llama's pre-norm, Olmo 3's post-norm, Gemma's
+    // sandwich, and with its layer scalar.
+    for (post, pre, scale) in [
+        (false, true, 1.0f32),
+        (true, false, 1.0),
+        (true, true, 1.0),
+        (true, true, 0.83),
+    ] {
+        // CPU twin: x = (x + [rms_norm](delta)) · scale, out = [rms_norm](x).
         let mut d = delta.clone();
         if post {
             ops::rms_norm_inplace(&mut d, &wd, eps);
         }
-        let summed: Vec<f32> = x.iter().zip(&d).map(|(a, b)| a + b).collect();
+        let summed: Vec<f32> = x.iter().zip(&d).map(|(a, b)| (a + b) * scale).collect();
         let mut normed = summed.clone();
         if pre {
             ops::rms_norm(&summed, &w, eps, &mut normed);
         }
         for dt in DTYPES {
-            let tag = format!("rmsnorm post {post} pre {pre} {dt:?}");
+            let tag = format!("rmsnorm post {post} pre {pre} × {scale} {dt:?}");
             // In place: x ← x + [norm](delta), out = [norm](x).
             let mut dx = gpu.upload(&x).unwrap();
             let dd = gpu.upload(&delta).unwrap();
@@ -92,7 +104,7 @@ fn residual_rmsnorm_matches_add_then_cpu_rms_norm_in_place_and_gathered() {
             let mut out = DevTensor::poisoned(&gpu, dt, rows * h).unwrap();
             gpu.residual_rmsnorm(
                 &mut dx.as_view_mut(),
-                Some((&dv, post.then_some(&wdv))),
+                Some((&dv, post.then_some(&wdv), scale)),
                 pre.then_some(&wv),
                 None,
                 &mut out.all_mut(),
@@ -114,7 +126,7 @@ fn residual_rmsnorm_matches_add_then_cpu_rms_norm_in_place_and_gathered() {
             let mut out = DevTensor::poisoned(&gpu, dt, gather.len() * h).unwrap();
             gpu.residual_rmsnorm(
                 &mut dx.as_view_mut(),
-                Some((&dv, post.then_some(&wdv))),
+                Some((&dv, post.then_some(&wdv), scale)),
                 pre.then_some(&wv),
                 Some(&dr.as_view()),
                 &mut out.all_mut(),
@@ -144,15 +156,19 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
     let order: Vec<usize> = (0..needed).map(|b| 2 * (needed - 1 - b) + 1).collect();
     let layout = PagedBatch::with_blocks(&lens, &order);
     // (heads, kv_heads, head_dim, bias, q/k norm, full-width norm, RoPE
-    // factor, rotary dims, output gate): Qwen2, Qwen3, both, Olmo 3's full
-    // layers (q/k norms over the whole projection, YaRN's attention factor)
-    // and Qwen 3.5's gated attention (a quarter of each head rotated).
-    for (heads, kv_heads, hd, with_bias, with_norm, full, factor, rot, gated) in [
-        (4, 2, 32, true, false, false, 1.0, 32, false),
-        (4, 2, 32, false, true, false, 1.0, 32, false),
-        (2, 1, 128, true, true, false, 1.0, 128, false),
-        (4, 2, 12, false, true, true, 1.2079, 12, false),
-        (4, 2, 16, true, true, false, 1.0, 4, true),
+    // factor, rotary dims, output gate, v norm): Qwen2, Qwen3, both, Olmo
+    // 3's full layers (q/k norms over the whole projection, YaRN's
+    // attention factor), Qwen 3.5's gated attention (a quarter of each head
+    // rotated), Gemma 4 (weightless v norm) and a Gemma layer that reads
+    // another's K/V (kv_heads 0 here: q alone, the pools untouched).
+    for (heads, kv_heads, hd, with_bias, with_norm, full, factor, rot, gated, vn) in [
+        (4, 2, 32, true, false, false, 1.0, 32, false, false),
+        (4, 2, 32, false, true, false, 1.0, 32, false, false),
+        (2, 1, 128, true, true, false, 1.0, 128, false, false),
+        (4, 2, 12, false, true, true, 1.2079, 12, false, false),
+        (4, 2, 16, true, true, false, 1.0, 4, true, false),
+        (4, 2, 32, false, true, false, 1.0, 32, false, true),
+        (4, 0, 32, false, true, false, 1.0, 32, false, false),
     ] {
         let (qd, kvd) = (heads * hd, kv_heads * hd);
         let qw = if gated { 2 * qd } else { qd };
@@ -201,6 +217,10 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                 k.chunks_mut(kn_len)
                     .for_each(|h| ops::rms_norm_row(h, &kn, eps));
             }
+            if vn {
+                v.chunks_mut(hd)
+                    .for_each(|h| ops::rms_norm_row(h, &vec![1.0; hd], eps));
+            }
             let pos = layout.pos[t] as usize;
             ops::rope_row(q, &table, pos);
             ops::rope_row(k, &table, pos);
@@ -219,29 +239,34 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
             let mut q_out = gpu.poisoned_f32(n * qd).unwrap();
             let mut gate = gpu.poisoned_f32(n * qd).unwrap();
             let mut gate_view = gate.as_view_mut();
-            let pool = layout.pool_rows() * kvd;
+            let pool = layout.pool_rows() * kvd.max(hd);
             let mut kp = DevTensor::poisoned(&gpu, dt, pool).unwrap();
             let mut vp = DevTensor::poisoned(&gpu, dt, pool).unwrap();
             let bias_view = d_bias.as_view();
             let (qnv, knv) = (d_qn.as_view(), d_kn.as_view());
+            let written = layout.pool_rows() * kvd;
             gpu.qkv_rope(
                 &d_qkv.as_view(),
                 with_bias.then_some(&bias_view),
-                with_norm.then_some((&qnv, &knv)),
+                (
+                    with_norm.then_some(&qnv),
+                    (with_norm && kv_heads > 0).then_some(&knv),
+                ),
                 &d_pos.as_view(),
                 &d_slots.as_view(),
                 (&d_freq.as_view(), factor),
                 &mut q_out.as_view_mut(),
                 gated.then_some(&mut gate_view),
-                &mut kp.all_mut(),
-                &mut vp.all_mut(),
+                &mut kp.view_mut(0, written).unwrap(),
+                &mut vp.view_mut(0, written).unwrap(),
                 AttnShape::new(heads, kv_heads, hd, None),
+                vn,
                 eps,
             )
             .unwrap();
             let tag = format!(
                 "rope h{heads}/{kv_heads} hd{hd} bias {with_bias} norm {with_norm} full {full} \
-                 factor {factor} rotary {rot} gated {gated} {dt:?}"
+                 factor {factor} rotary {rot} gated {gated} v norm {vn} {dt:?}"
             );
             if gated {
                 let got = download(&gpu, &gate);
@@ -272,7 +297,19 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                     .collect()
             };
             assert_close(&format!("{tag} k"), &at_slots(&kh), &want_k, 2e-6, 2e-6, dt);
-            assert_close(&format!("{tag} v"), &at_slots(&vh), &want_v, 0.0, 0.0, dt);
+            let v_tol = if vn { 2e-6 } else { 0.0 };
+            assert_close(
+                &format!("{tag} v"),
+                &at_slots(&vh),
+                &want_v,
+                v_tol,
+                v_tol,
+                dt,
+            );
+            if kv_heads == 0 {
+                let untouched = |p: &[f32]| p.iter().all(|x| x.is_nan());
+                assert!(untouched(&kh) && untouched(&vh), "{tag}: wrote the pools");
+            }
         }
     }
 }
@@ -428,40 +465,108 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
 }
 
 #[test]
-fn silu_mul_matches_the_cpu() {
+fn act_mul_matches_the_cpu_for_silu_and_gelu_tanh() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(5);
     // 512 wide takes the 16-byte path in every dtype, 300 only in f32; the
     // view one element in (`skip`) is misaligned, so one element per thread.
-    for (n, inter, skip) in [(33, 300, 0), (17, 512, 0), (9, 512, 1)] {
-        for dt in DTYPES {
-            // The input in the kernel's dtype (the gate/up GEMM's output).
-            let gate_up = rounded(dt, &rng.vec(skip + n * 2 * inter, 8.0));
-            let mut want = Vec::with_capacity(n * inter);
-            for row in gate_up[skip..].chunks(2 * inter) {
-                let (g, u) = row.split_at(inter);
-                let mut g = g.to_vec();
-                ops::silu_mul_inplace(&mut g, u);
-                want.extend(g);
+    for act in [Act::Silu, Act::GeluTanh] {
+        for (n, inter, skip) in [(33, 300, 0), (17, 512, 0), (9, 512, 1)] {
+            for dt in DTYPES {
+                // The input in the kernel's dtype (the gate/up GEMM's output).
+                let gate_up = rounded(dt, &rng.vec(skip + n * 2 * inter, 8.0));
+                let mut want = Vec::with_capacity(n * inter);
+                for row in gate_up[skip..].chunks(2 * inter) {
+                    let (g, u) = row.split_at(inter);
+                    let mut g = g.to_vec();
+                    act_mul_inplace(act, &mut g, u);
+                    want.extend(g);
+                }
+                let dg = DevTensor::from_f32(&gpu, &gate_up, dt).unwrap();
+                let mut out = DevTensor::poisoned(&gpu, dt, skip + n * inter).unwrap();
+                gpu.act_mul(
+                    act,
+                    &dg.view(skip, skip + n * 2 * inter).unwrap(),
+                    &mut out.view_mut(skip, skip + n * inter).unwrap(),
+                    inter,
+                )
+                .unwrap();
+                // expf / tanhf vs the CPU's own: a few f32 ulp.
+                assert_close(
+                    &format!("act_mul {act:?} {dt:?} {n}×{inter} from {skip}"),
+                    &out.to_f32_vec(&gpu).unwrap()[skip..],
+                    &want,
+                    1e-6,
+                    2e-6,
+                    dt,
+                );
             }
-            let dg = DevTensor::from_f32(&gpu, &gate_up, dt).unwrap();
-            let mut out = DevTensor::poisoned(&gpu, dt, skip + n * inter).unwrap();
-            gpu.silu_mul(
-                &dg.view(skip, skip + n * 2 * inter).unwrap(),
-                &mut out.view_mut(skip, skip + n * inter).unwrap(),
-                inter,
-            )
-            .unwrap();
-            // expf vs the CPU's polynomial exp: a few f32 ulp.
-            assert_close(
-                &format!("silu_mul {dt:?} {n}×{inter} from {skip}"),
-                &out.to_f32_vec(&gpu).unwrap()[skip..],
-                &want,
-                1e-6,
-                2e-6,
-                dt,
-            );
         }
+    }
+}
+
+/// Gemma's per-layer input gate against `cpu::embed::per_layer_inputs`'
+/// arithmetic and `gelu_tanh`: layer 2 of a 3-layer table.
+#[test]
+fn ple_gate_mul_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(11);
+    let (n, dim, layers, vocab, layer, eps) = (19, 40, 3, 50, 2, 1e-6);
+    let width = layers * dim;
+    let desc = PerLayerEmbed {
+        dim,
+        vocab,
+        embed_scale: (dim as f32).sqrt(),
+        proj_scale: 0.125,
+        combine_scale: std::f32::consts::FRAC_1_SQRT_2,
+    };
+    let (gate, e_proj) = (rng.vec(n * dim, 3.0), rng.vec(n * dim, 4.0));
+    let (table, norm) = (rng.vec(vocab * width, 1.0), rng.vec(dim, 1.5));
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    for dt in DTYPES {
+        let tab = rounded(dt, &table);
+        let mut want = Vec::with_capacity(n * dim);
+        for r in 0..n {
+            let mut p: Vec<f32> = e_proj[r * dim..(r + 1) * dim]
+                .iter()
+                .map(|v| v * desc.proj_scale)
+                .collect();
+            ops::rms_norm_row(&mut p, &norm, eps);
+            let row = &tab[tokens[r] as usize * width + layer * dim..][..dim];
+            for (i, v) in p.iter_mut().enumerate() {
+                let pl = (*v + row[i] * desc.embed_scale) * desc.combine_scale;
+                *v = gelu_tanh(gate[r * dim + i]) * pl;
+            }
+            want.extend(p);
+        }
+        let ple = DevicePle {
+            desc: desc.clone(),
+            table: DevTensor::from_f32(&gpu, &table, dt).unwrap(),
+            proj: DevTensor::zeros(&gpu, dt, width).unwrap(),
+            norm: gpu.upload(&norm).unwrap(),
+            embed_scale: desc.embed_scale,
+        };
+        let (dg, de) = (gpu.upload(&gate).unwrap(), gpu.upload(&e_proj).unwrap());
+        let dtok = gpu.upload(&tokens).unwrap();
+        let mut out = DevTensor::poisoned(&gpu, dt, n * dim).unwrap();
+        gpu.ple_gate_mul(
+            &dg.as_view(),
+            &de.as_view(),
+            &dtok.as_view(),
+            &ple,
+            layer,
+            &mut out.all_mut(),
+            eps,
+        )
+        .unwrap();
+        assert_close(
+            &format!("ple_gate_mul {dt:?}"),
+            &out.to_f32_vec(&gpu).unwrap(),
+            &want,
+            2e-6,
+            4e-6,
+            dt,
+        );
     }
 }
 
@@ -556,12 +661,15 @@ fn cublas_gemm_matches_the_triple_loop_for_every_dtype() {
 fn fused_logprob_matches_row_stats_and_row_logp() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(7);
-    for (vocab, pad, scale) in [
-        (7usize, 1usize, 3.0f32),
-        (513, 3, 20.0),
-        (4099, 1, 0.01),
-        (151_936, 0, 30.0),
-        (32_000, 8, 10.0),
+    // The last case soft-caps both rows at 30 (Gemma): the CPU twin reads
+    // capped logits.
+    for (vocab, pad, scale, cap) in [
+        (7usize, 1usize, 3.0f32, None),
+        (513, 3, 20.0, None),
+        (4099, 1, 0.01, None),
+        (151_936, 0, 30.0, None),
+        (32_000, 8, 10.0, None),
+        (4099, 1, 40.0, Some(30.0f32)),
     ] {
         let ld = (vocab + pad).next_multiple_of(4);
         let rows = 6;
@@ -588,18 +696,25 @@ fn fused_logprob_matches_row_stats_and_row_logp() {
             &mut out.as_view_mut(),
             vocab,
             ld,
+            cap,
         )
         .unwrap();
         let got = download(&gpu, &out);
+        let capped = |z: &[f32]| -> Vec<f32> {
+            match cap {
+                Some(c) => z.iter().map(|v| c * (v / c).tanh()).collect(),
+                None => z.to_vec(),
+            }
+        };
         for r in 0..rows {
             let t = targets[r] as usize;
-            let p = row_stats(&lp[r * ld..r * ld + vocab], t);
-            let q = row_logp(&lr[r * ld..r * ld + vocab], t);
+            let p = row_stats(&capped(&lp[r * ld..r * ld + vocab]), t);
+            let q = row_logp(&capped(&lr[r * ld..r * ld + vocab]), t);
             let g = &got[4 * r..4 * r + 4];
             // Both sides reduce ~vocab f32 exps in different orders: the
             // CPU's own fused-vs-naive test allows 2e-5; log-probs here reach
             // lse ≈ 40, where one f32 ulp is 4e-6.
-            let tag = format!("fused vocab {vocab} row {r}");
+            let tag = format!("fused vocab {vocab} cap {cap:?} row {r}");
             assert_close(
                 &format!("{tag} logp_policy"),
                 &g[0..1],

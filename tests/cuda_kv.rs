@@ -35,7 +35,7 @@ impl WithCache for CudaPair {
 }
 
 /// The pairs the CUDA backend runs, with the tolerance of their arithmetic.
-const PAIRS: [(&str, f32); 8] = [
+const PAIRS: [(&str, f32); 9] = [
     ("llama", 1e-4),
     ("qwen2", 1e-4),
     ("qwen3", 1e-4),
@@ -43,6 +43,7 @@ const PAIRS: [(&str, f32); 8] = [
     ("olmo3", 1e-4),
     ("qwen3_5", 1e-4),
     ("qwen3_5_chunked", 1e-4),
+    ("gemma4", 1e-4),
     ("llama_bf16", 0.15),
 ];
 /// The block size asked for (a hybrid pair's cache rounds it up to 64).

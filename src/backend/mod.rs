@@ -210,14 +210,12 @@ pub fn open_pair_with(
 ) -> Result<Box<dyn PairScorer>> {
     crate::model::check_pair(&policy, &reference)?;
     crate::simd::check()?;
-    // `auto` scores a pair on the CPU when the CUDA backend does not run it
-    // (Gemma 4's per-layer extras, …; asking for CUDA by name is refused),
-    // or when its GPU parity has not yet passed on a device
-    // (`Arch::gpu_verified`).
-    let cpu_only = [&policy, &reference].into_iter().find(|m| {
-        let c = &m.config;
-        c.uniform().is_none() || !c.arch.gpu_verified()
-    });
+    // `auto` scores a pair on the CPU while its family's GPU parity has not
+    // yet passed on a device (`Arch::gpu_verified`: Gemma 4); asking for
+    // CUDA by name runs it there.
+    let cpu_only = [&policy, &reference]
+        .into_iter()
+        .find(|m| !m.config.arch.gpu_verified());
     let ordinal = match (device, cpu_only) {
         (Device::Auto, Some(_)) => None,
         (d, _) => cuda_ordinal(d),

@@ -50,7 +50,8 @@ impl Arch {
 
     /// Whether the CUDA backend's parity with the CPU and transformers has
     /// passed on a GPU for this family (docs/gpu-results.md): `--device auto`
-    /// takes the GPU only for these. Gemma 4 the CUDA backend does not run.
+    /// takes the GPU only for these. Gemma 4 the CUDA backend runs when asked
+    /// by name, not yet verified on a device.
     pub fn gpu_verified(self) -> bool {
         matches!(
             self,
@@ -311,34 +312,6 @@ pub struct Config {
     pub final_logit_softcap: Option<f32>,
 }
 
-/// The shape of a uniform decoder: every layer a SwiGLU block with the same
-/// norm placement (pre-norm, post-norm or sandwich) and norm kind, its mixer
-/// either attention of one geometry (RoPE frequencies, factor and windows
-/// may differ per layer, as Olmo 3's YaRN on full-attention layers only;
-/// partial rotary and an output gate as Qwen 3.5's) or one gated DeltaNet
-/// (Qwen 3.5's linear-attention layers), no per-layer extras (what the CUDA
-/// backend runs today).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Uniform {
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
-    pub head_dim: usize,
-    pub intermediate_size: usize,
-    pub qkv_bias: bool,
-    pub qk_norm: QkNorm,
-    /// `q_proj` gives per head `[query | gate]` (Qwen 3.5).
-    pub output_gate: bool,
-    /// How every stored norm weight scales (but the DeltaNet's gated norm,
-    /// always plain).
-    pub norm_kind: NormKind,
-    pub norms: Norms,
-    /// Per layer (a DeltaNet layer repeats the first attention layer's).
-    pub ropes: Vec<Rope>,
-    pub windows: Vec<Option<usize>>,
-    /// Per layer: the mixer of a linear-attention layer, `None` for attention.
-    pub deltanet: Vec<Option<DeltaNetDesc>>,
-}
-
 impl Config {
     /// Read `DIR/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Config> {
@@ -439,70 +412,6 @@ impl Config {
     /// `model.norm.weight` and friends: the decoder's tensor named `name`.
     pub fn tensor(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
-    }
-
-    /// Whether every layer is the same SwiGLU attention block ([`Uniform`]);
-    /// `None` when any layer differs.
-    pub fn uniform(&self) -> Option<Uniform> {
-        let first = self.layers.first()?;
-        let a = self.layers.iter().find_map(|l| l.attn())?;
-        let dn = self.layers.iter().find_map(|l| l.deltanet());
-        let plain = |l: &LayerDesc| {
-            let mixer = match &l.mixer {
-                Mixer::Attention(b) => {
-                    (b.num_heads, b.num_kv_heads, b.head_dim)
-                        == (a.num_heads, a.num_kv_heads, a.head_dim)
-                        && b.rope.rotary_dim <= b.head_dim
-                        && b.rope.rotary_dim.is_multiple_of(2)
-                        && b.qk_norm == a.qk_norm
-                        && !b.v_norm
-                        && b.output_gate == a.output_gate
-                        && b.bias == a.bias
-                        && b.scale == 1.0 / (b.head_dim as f32).sqrt()
-                        && b.kv_from.is_none()
-                }
-                Mixer::GatedDeltaNet(d) => Some(d) == dn,
-            };
-            mixer
-                && l.norms == first.norms
-                && !l.per_layer_input
-                && !l.layer_scalar
-                && l.mlp == first.mlp
-                && l.mlp.act == Act::Silu
-        };
-        let simple = self.layers.iter().all(plain)
-            && self.embed
-                == EmbedDesc {
-                    scale: None,
-                    per_layer: None,
-                }
-            && self.final_logit_softcap.is_none();
-        simple.then(|| Uniform {
-            num_heads: a.num_heads,
-            num_kv_heads: a.num_kv_heads,
-            head_dim: a.head_dim,
-            intermediate_size: first.mlp.intermediate,
-            qkv_bias: a.bias,
-            qk_norm: a.qk_norm,
-            output_gate: a.output_gate,
-            norm_kind: self.norm,
-            norms: first.norms,
-            ropes: self
-                .layers
-                .iter()
-                .map(|l| {
-                    l.attn()
-                        .map(|a| a.rope.clone())
-                        .unwrap_or_else(|| a.rope.clone())
-                })
-                .collect(),
-            windows: self
-                .layers
-                .iter()
-                .map(|l| l.attn().and_then(|a| a.window))
-                .collect(),
-            deltanet: self.layers.iter().map(|l| l.deltanet().copied()).collect(),
-        })
     }
 
     /// Multiply-adds of one token's forward through all layers (excluding

@@ -1,8 +1,9 @@
 // norm_rope_driver.cpp — kernels/rmsnorm.cu and kernels/rope.cu run on the
 // CPU through emu.h, against direct f64 computations: the residual add with
-// the norms of pre-norm, post-norm (Olmo 3) and sandwich blocks, in place
-// and gathered; q/k/v post-processing with bias, per-head and full-width
-// q/k norms and a RoPE attention factor. Both kernels are otherwise checked
+// the norms of pre-norm, post-norm (Olmo 3) and sandwich blocks and Gemma's
+// layer scalar, in place and gathered; q/k/v post-processing with bias,
+// per-head and full-width q/k norms, a RoPE attention factor, Gemma's
+// weightless v norm and a K/V-sharing layer's q alone. Both kernels are otherwise checked
 // against the CPU backend on a GPU (tests/cuda_kernel_parity.rs); this pins
 // their logic where there is none. Exit status 0 when every value is within
 // tolerance. Built and run by tests/cuda_emulated.rs.
@@ -31,13 +32,14 @@ void residual_norms() {
     const auto w = rng.vec(h, 1.5f), wd = rng.vec(h, 1.5f);
     const std::vector<int32_t> gather = {5, 0, 36, 17, 17};
     for (int post = 0; post < 2; ++post)
-        for (int pre = 0; pre < 2; ++pre) {
+        for (int pre = 0; pre < 2; ++pre)
+        for (float scale : {1.0f, 0.83f}) {
             if (!post && !pre) continue;
             std::vector<double> sum(rows * h), out(rows * h);
             for (int r = 0; r < rows; ++r) {
                 std::vector<double> d(delta.begin() + r * h, delta.begin() + (r + 1) * h);
                 if (post) rms(d, 0, h, wd, eps);
-                for (int i = 0; i < h; ++i) sum[r * h + i] = x[r * h + i] + d[i];
+                for (int i = 0; i < h; ++i) sum[r * h + i] = (x[r * h + i] + d[i]) * scale;
             }
             out = sum;
             if (pre)
@@ -47,21 +49,21 @@ void residual_norms() {
             std::vector<float> gx(x), go(rows * h, NAN);
             emu_launch(dim3_{rows, 1, 1}, 256, nullptr, 0, [&] {
                 residual_rmsnorm_f32(gx.data(), delta.data(), post ? wd.data() : nullptr, pre ? w.data() : nullptr,
-                                     go.data(), nullptr, h, eps);
+                                     go.data(), nullptr, h, eps, scale);
             });
-            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: x", post, pre);
+            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d scale %g: x", post, pre, scale);
             emu_check(tag, gx, sum, 2e-6);
-            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: out", post, pre);
+            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d scale %g: out", post, pre, scale);
             emu_check(tag, go, out, 2e-6);
             // Gathered: x untouched.
             std::vector<float> gx2(x), go2(gather.size() * h, NAN);
             emu_launch(dim3_{(unsigned)gather.size(), 1, 1}, 256, nullptr, 0, [&] {
                 residual_rmsnorm_f32(gx2.data(), delta.data(), post ? wd.data() : nullptr, pre ? w.data() : nullptr,
-                                     go2.data(), gather.data(), h, eps);
+                                     go2.data(), gather.data(), h, eps, scale);
             });
             std::vector<double> want;
             for (int32_t r : gather) want.insert(want.end(), out.begin() + r * h, out.begin() + (r + 1) * h);
-            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d: gathered", post, pre);
+            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d scale %g: gathered", post, pre, scale);
             emu_check(tag, go2, want, 2e-6);
             if (gx2 != x) {
                 std::fprintf(stderr, "FAIL gathered rmsnorm wrote x\n");
@@ -78,14 +80,18 @@ void qkv_rope_cases() {
         int heads, kv_heads, hd;
         bool bias, norm, full;
         float factor;
-        int rot;     // rotated dims per head
-        bool gated;  // q_proj gives per head [query | gate]
+        int rot;      // rotated dims per head
+        bool gated;   // q_proj gives per head [query | gate]
+        bool v_norm;  // weightless RMSNorm per v head (Gemma 4)
     };
+    // kv_heads 0: a K/V-sharing layer, q alone.
     const Case cases[] = {
-        {4, 2, 32, true, true, false, 1.0f, 32, false},
-        {4, 2, 12, false, true, true, 1.2079f, 12, false},
-        {2, 1, 128, true, false, false, 1.0f, 128, false},
-        {4, 2, 16, true, true, false, 1.0f, 4, true},
+        {4, 2, 32, true, true, false, 1.0f, 32, false, false},
+        {4, 2, 12, false, true, true, 1.2079f, 12, false, false},
+        {2, 1, 128, true, false, false, 1.0f, 128, false, false},
+        {4, 2, 16, true, true, false, 1.0f, 4, true, false},
+        {4, 2, 48, false, true, false, 1.0f, 48, false, true},
+        {4, 0, 32, false, true, false, 1.0f, 32, false, false},
     };
     for (const Case& c : cases) {
         const int qd = c.heads * c.hd, kvd = c.kv_heads * c.hd, half = c.rot / 2;
@@ -131,14 +137,20 @@ void qkv_rope_cases() {
                     dst[base + half + i] = y1;
                 }
             }
+            if (c.v_norm) {
+                const std::vector<float> ones(c.hd, 1.0f);
+                for (int a = 0; a < kvd; a += c.hd) rms(row, qd + kvd + a, c.hd, ones, eps);
+            }
             for (int i = 0; i < kvd; ++i) want_v[(size_t)t * kvd + i] = row[qd + kvd + i];
         }
-        std::vector<float> q(n * qd, NAN), gate(n * qd, NAN), kp((size_t)n * kvd, NAN), vp((size_t)n * kvd, NAN);
+        // One spare pool row: a q-only layer must leave the pools alone.
+        std::vector<float> q(n * qd, NAN), gate(n * qd, NAN), kp((size_t)n * kvd + c.hd, NAN),
+            vp((size_t)n * kvd + c.hd, NAN);
         emu_launch(dim3_{(unsigned)n, 1, 1}, 256, nullptr, 0, [&] {
             qkv_rope_f32(qkv.data(), c.bias ? bias.data() : nullptr, c.norm ? qn.data() : nullptr,
-                         c.norm ? kn.data() : nullptr, pos.data(), slots.data(), inv_freq.data(), q.data(),
-                         c.gated ? gate.data() : nullptr, kp.data(), vp.data(), c.heads, c.kv_heads, c.hd, eps,
-                         c.full, c.factor, c.rot);
+                         c.norm && c.kv_heads ? kn.data() : nullptr, pos.data(), slots.data(), inv_freq.data(),
+                         q.data(), c.gated ? gate.data() : nullptr, kp.data(), vp.data(), c.heads, c.kv_heads, c.hd,
+                         eps, c.full, c.factor, c.rot, c.v_norm);
         });
         // The pool rows are the slots: back to token order.
         std::vector<float> k((size_t)n * kvd), v((size_t)n * kvd);
@@ -150,9 +162,13 @@ void qkv_rope_cases() {
         char tag[96];
         for (auto [name, got, want] : {std::tuple{"q", &q, &want_q}, std::tuple{"k", &k, &want_k},
                                        std::tuple{"v", &v, &want_v}}) {
-            std::snprintf(tag, sizeof tag, "qkv_rope h%d/%d hd%d norm %d full %d factor %g rot %d gated %d: %s",
-                          c.heads, c.kv_heads, c.hd, c.norm, c.full, c.factor, c.rot, c.gated, name);
+            std::snprintf(tag, sizeof tag, "qkv_rope h%d/%d hd%d norm %d full %d factor %g rot %d gated %d vn %d: %s",
+                          c.heads, c.kv_heads, c.hd, c.norm, c.full, c.factor, c.rot, c.gated, c.v_norm, name);
             emu_check(tag, *got, *want, 2e-5);
+        }
+        if (c.kv_heads == 0 && !std::all_of(kp.begin(), kp.end(), [](float x) { return std::isnan(x); })) {
+            std::fprintf(stderr, "FAIL qkv_rope q alone wrote the K pool\n");
+            ++emu_failures;
         }
         if (c.gated) emu_check("qkv_rope gated: gate", gate, want_gate, 1e-6);
     }

@@ -2,21 +2,27 @@
 //! same model math as `cpu::forward::forward_hidden`, step for step:
 //!
 //! ```text
-//! x = embed(tokens)                                     (f32 residual stream)
+//! x = embed(tokens) [· scale]                           (f32 residual stream)
 //! per layer:
-//!   n   = [rmsnorm](x += [rmsnorm](delta of the previous layer)) → compute dtype
+//!   n   = [rmsnorm](x = (x + [rmsnorm](delta of the previous layer)) [· its scalar])
 //!   qkv = n · [q;k;v]ᵀ                                  (cuBLAS, f32 out)
 //!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write)
 //!   a   = attention(q, pool)                            → compute dtype
 //!   delta = a · oᵀ;  n = [rmsnorm](x += [rmsnorm](delta))
-//!   delta = silu_mul(n · [gate;up]ᵀ → compute dtype) · downᵀ
+//!   delta = act_mul(n · [gate;up]ᵀ → compute dtype) · downᵀ
+//!   [Gemma: x += rmsnorm(delta); delta = per_layer_input(x)]
 //! hidden[rows] = rmsnorm(x + [rmsnorm](delta))[rows]    (final norm, gathered)
 //! ```
 //!
-//! The bracketed norms are the layer's (`Uniform::norms`): pre-norm models
-//! normalise each block's input, post-norm ones (Olmo 3) each block's output
-//! before the residual add, sandwich ones both; the q/k norm is per head or
-//! over the whole projection, and each layer has its own RoPE table.
+//! Every layer follows its own description (`LayerDesc`): its norm slots
+//! (pre-norm models normalise each block's input, post-norm ones (Olmo 3)
+//! each block's output before the residual add, sandwich ones (Gemma)
+//! both), its mixer (attention of its own head dims, window, scale and
+//! RoPE table, or a gated DeltaNet), its MLP's width and activation, and
+//! Gemma's extras: the weightless v norm, per-layer inputs
+//! ([`super::ple`]), the layer scalar, and KV sharing — a layer with
+//! `kv_from` projects q alone and attends over the K/V pool its source
+//! layer wrote, which keeps that pool for the whole forward.
 //!
 //! Activations that feed a GEMM are stored in the weights' dtype, because
 //! cuBLAS' tensor-core GEMMs take both operands in one 16-bit type (there is
@@ -36,10 +42,12 @@ use super::deltanet::{DeltaNetScratch, RecurrentCopies};
 use super::device::{DevTensor, Gpu, sub, sub_mut};
 use super::kernels::{ATTN_BR, AttnKernel, KV_BLOCK};
 use super::kv::{DeviceKv, WaveCopies};
-use super::weights::{DeviceMixer, DeviceModel};
+use super::ple::{PleScratch, per_layer_input};
+use super::weights::{DeviceAttn, DeviceLayer, DeviceMixer, DeviceModel};
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
 use crate::backend::profile::Part;
+use crate::model::config::LayerDesc;
 
 /// Tokens per chunk for the linear layers.
 pub const LINEAR_CHUNK: usize = 4096;
@@ -204,10 +212,9 @@ pub fn forward_rows(
     mut kv: Option<(&mut DeviceKv, &WaveCopies)>,
     rule: DeltaRulePath,
 ) -> Result<DevTensor> {
-    let (cfg, u) = (&m.config, &m.shape);
+    let cfg = &m.config;
     let t = batch.layout.tokens();
-    let (h, hd, inter) = (cfg.hidden_size, u.head_dim, u.intermediate_size);
-    let (qd, kvd) = (u.num_heads * hd, u.num_kv_heads * hd);
+    let h = cfg.hidden_size;
     let dt = m.dtype;
     let eps = cfg.rms_norm_eps;
     let mut hidden = DevTensor::alloc(gpu, dt, rows.len() * h)?;
@@ -215,31 +222,63 @@ pub fn forward_rows(
         return Ok(hidden);
     }
 
-    let qw = if u.output_gate { 2 * qd } else { qd };
-    // The mixer's output width: attention's q_dim, or a DeltaNet's value_dim.
-    let mix_width = (u.deltanet.iter().flatten())
-        .map(|d| d.value_dim())
-        .fold(qd, usize::max);
+    // Buffers sized for the widest layer (Gemma's full layers have twice
+    // the head dim, its KV-sharing layers twice the MLP).
+    let attn_layers = || m.layers.iter().filter_map(DeviceLayer::attn);
+    let widest = |f: fn(&DeviceAttn) -> usize| attn_layers().map(f).max().unwrap_or(0);
+    let qd = widest(|a| a.desc.q_dim());
+    let qkv_width = widest(DeviceAttn::qkv_width);
+    let mix_width = (cfg.layers.iter())
+        .map(LayerDesc::mixer_out_dim)
+        .max()
+        .unwrap_or(0);
+    let inter = (cfg.layers.iter())
+        .map(|l| l.mlp.intermediate)
+        .max()
+        .unwrap_or(0);
     let mut x = gpu.alloc_f32(t * h)?;
     let mut delta = gpu.alloc_f32(t * h)?;
     let mut q = gpu.alloc_f32(t * qd)?;
-    let mut gate = if u.output_gate {
-        Some(gpu.alloc_f32(t * qd)?)
-    } else {
-        None
+    let mut gate = match attn_layers().any(|a| a.desc.output_gate) {
+        true => Some(gpu.alloc_f32(t * qd)?),
+        false => None,
     };
     let mut attn = DevTensor::alloc(gpu, dt, t * mix_width)?;
-    let pool_len = batch.layout.pool_rows() * kvd;
-    let mut k_pool = DevTensor::alloc(gpu, dt, pool_len)?;
-    let mut v_pool = DevTensor::alloc(gpu, dt, pool_len)?;
+    // K/V pools: a layer whose K/V later layers read (Gemma's KV sharing)
+    // keeps its own for the whole forward; the others take turns in one.
+    let pool_rows = batch.layout.pool_rows();
+    let is_source =
+        |li: usize| (cfg.layers.iter()).any(|l| l.attn().and_then(|a| a.kv_from) == Some(li));
+    let mut kept = Vec::with_capacity(m.layers.len());
+    let mut shared_kvd = 0;
+    for (li, l) in m.layers.iter().enumerate() {
+        let own = l.attn().filter(|a| a.desc.kv_from.is_none());
+        let kvd = own.map_or(0, |a| a.desc.kv_dim());
+        kept.push(match is_source(li) {
+            true => Some((
+                DevTensor::alloc(gpu, dt, pool_rows * kvd)?,
+                DevTensor::alloc(gpu, dt, pool_rows * kvd)?,
+            )),
+            false => {
+                shared_kvd = shared_kvd.max(kvd);
+                None
+            }
+        });
+    }
+    let mut k_pool = DevTensor::alloc(gpu, dt, pool_rows * shared_kvd)?;
+    let mut v_pool = DevTensor::alloc(gpu, dt, pool_rows * shared_kvd)?;
     let c = LINEAR_CHUNK.min(t);
     let mut normed = DevTensor::alloc(gpu, dt, c * h)?;
-    let mut qkv = gpu.alloc_f32(c * (qw + 2 * kvd))?;
+    let mut qkv = gpu.alloc_f32(c * qkv_width)?;
     // In the compute dtype: transformers rounds both projections to it, and
     // at 2·inter wide this is the forward's largest write and read.
     let mut gate_up = DevTensor::alloc(gpu, dt, c * 2 * inter)?;
     let mut act = DevTensor::alloc(gpu, dt, c * inter)?;
-    let mut dn_scratch = match u.deltanet.iter().flatten().next() {
+    let first_dn = m.layers.iter().find_map(|l| match &l.mixer {
+        DeviceMixer::DeltaNet(d) => Some(d.desc),
+        DeviceMixer::Attention(_) => None,
+    });
+    let mut dn_scratch = match first_dn {
         Some(d) => {
             let cache = match kv.as_ref() {
                 Some((store, copies)) => Some(RecurrentCopies::new(
@@ -251,7 +290,7 @@ pub fn forward_rows(
                 )?),
                 None => None,
             };
-            Some(DeltaNetScratch::new(gpu, d, &batch.layout, cache, rule)?)
+            Some(DeltaNetScratch::new(gpu, &d, &batch.layout, cache, rule)?)
         }
         None => None,
     };
@@ -260,22 +299,35 @@ pub fn forward_rows(
         &batch.tokens.as_view(),
         &m.embed.all(),
         h,
+        m.embed_scale,
         &mut x.as_view_mut(),
     )?;
-    // `delta` holds the previous layer's MLP output, not yet added to x, and
-    // the norm it passes first (its layer's MLP output norm), if any.
-    let mut pending: Option<Option<&CudaSlice<f32>>> = None;
+    // Gemma: the scaled embedding in the compute dtype, the per-layer
+    // inputs' GEMM operand for every layer.
+    let mut ple = match &m.ple {
+        Some(p) => {
+            let mut emb = DevTensor::alloc(gpu, dt, t * h)?;
+            let all = &mut x.as_view_mut();
+            gpu.residual_rmsnorm(all, None, None, None, &mut emb.all_mut(), h, eps)?;
+            Some((p, emb, PleScratch::new(gpu, p, c)?))
+        }
+        None => None,
+    };
+    // `delta` holds the previous layer's last output, not yet added to x:
+    // the norm it passes first, if any, and the factor x is then scaled by
+    // (Gemma's layer scalar).
+    let mut pending: Option<(Option<&CudaSlice<f32>>, f32)> = None;
     let chunks: Vec<(usize, usize)> = (0..t).step_by(c).map(|a| (a, (a + c).min(t))).collect();
 
     for (li, l) in m.layers.iter().enumerate() {
         // Rows [r0, r1) of the mixer's input into `normed`: x += the pending
-        // delta ([normed]), then [the input norm].
+        // delta ([normed], [scaled]), then [the input norm].
         let mixer_input = |x: &mut CudaSlice<f32>, normed: &mut DevTensor, r0: usize, r1: usize| {
             let d = sub(&delta, r0 * h, r1 * h)?;
-            let dn = pending.flatten().map(|w| w.as_view());
+            let dn = pending.and_then(|p| p.0).map(|w| w.as_view());
             gpu.residual_rmsnorm(
                 &mut sub_mut(x, r0 * h, r1 * h)?,
-                pending.map(|_| (&d, dn.as_ref())),
+                pending.map(|p| (&d, dn.as_ref(), p.1)),
                 l.attn_in_norm.as_ref().map(|w| w.as_view()).as_ref(),
                 None,
                 &mut normed.view_mut(0, (r1 - r0) * h)?,
@@ -308,52 +360,75 @@ pub fn forward_rows(
                 (&dn.out, dn.desc.value_dim())
             }
             DeviceMixer::Attention(a) => {
-                let shape = AttnShape::new(u.num_heads, u.num_kv_heads, hd, u.windows[li]);
+                let d = &a.desc;
+                let (qd, kvd) = (d.q_dim(), d.kv_dim());
+                let own = d.kv_from.is_none();
+                let shape = AttnShape {
+                    num_heads: d.num_heads,
+                    num_kv_heads: d.num_kv_heads,
+                    head_dim: d.head_dim,
+                    window: d.window,
+                    scale: d.scale,
+                };
+                // A sharing layer projects q alone and writes no K/V.
+                let rope_shape = AttnShape {
+                    num_kv_heads: if own { d.num_kv_heads } else { 0 },
+                    ..shape
+                };
                 let rope = &m.ropes[a.rope];
+                let (kp, vp) = match kept[d.kv_from.unwrap_or(li)].as_mut() {
+                    Some((k, v)) => (k, v),
+                    None => (&mut k_pool, &mut v_pool),
+                };
+                let pool_len = pool_rows * kvd;
+                let written = pool_rows * rope_shape.num_kv_heads * d.head_dim;
+                let width = a.qkv_width();
                 for &(r0, r1) in &chunks {
                     let n = r1 - r0;
                     mixer_input(&mut x, &mut normed, r0, r1)?;
-                    let width = qw + 2 * kvd;
                     let mut qkv_out = sub_mut(&mut qkv, 0, n * width)?;
                     gpu.part(Part::Gemm, || {
                         let x = normed.view(0, n * h)?;
                         gpu.matmul_wt(&x, &a.qkv.all(), &mut qkv_out, n, width, h, width)
                     })?;
-                    let norms = match (&a.q_norm, &a.k_norm) {
-                        (Some(qn), Some(kn)) => Some((qn.as_view(), kn.as_view())),
-                        _ => None,
-                    };
                     let bias = a.qkv_bias.as_ref().map(|b| b.as_view());
+                    let (qn, kn) = (a.q_norm.as_ref(), a.k_norm.as_ref());
                     let mut gate_rows = match gate.as_mut() {
-                        Some(g) => Some(sub_mut(g, r0 * qd, r1 * qd)?),
-                        None => None,
+                        Some(g) if d.output_gate => Some(sub_mut(g, r0 * qd, r1 * qd)?),
+                        _ => None,
                     };
                     gpu.qkv_rope(
                         &sub(&qkv, 0, n * width)?,
                         bias.as_ref(),
-                        norms.as_ref().map(|(a, b)| (a, b)),
+                        (
+                            qn.map(|w| w.as_view()).as_ref(),
+                            kn.map(|w| w.as_view()).as_ref(),
+                        ),
                         &sub(&batch.pos, r0, r1)?,
                         &sub(&batch.slots, r0, r1)?,
                         (&rope.0.as_view(), rope.1),
                         &mut sub_mut(&mut q, r0 * qd, r1 * qd)?,
                         gate_rows.as_mut(),
-                        &mut k_pool.all_mut(),
-                        &mut v_pool.all_mut(),
-                        shape,
+                        &mut kp.view_mut(0, written)?,
+                        &mut vp.view_mut(0, written)?,
+                        rope_shape,
+                        d.v_norm,
                         eps,
                     )?;
                 }
 
                 let block = KV_BLOCK * kvd;
-                if let Some((store, copies)) = kv.as_mut() {
-                    store.load_hits(gpu, li, (&mut k_pool, &mut v_pool), copies, block)?;
+                // A sharing layer's source loaded its hits and keeps its fills.
+                let cache = kv.as_mut().filter(|_| own);
+                if let Some((store, copies)) = cache {
+                    store.load_hits(gpu, li, (&mut *kp, &mut *vp), copies, block)?;
                 }
                 gpu.part(Part::Attention, || {
                     gpu.paged_attention(
                         AttnKernel::Auto,
-                        &q.as_view(),
-                        &k_pool.all(),
-                        &v_pool.all(),
+                        &sub(&q, 0, t * qd)?,
+                        &kp.view(0, pool_len)?,
+                        &vp.view(0, pool_len)?,
                         &batch.block_table.as_view(),
                         &batch.seq_start.as_view(),
                         &batch.past.as_view(),
@@ -364,16 +439,17 @@ pub fn forward_rows(
                         0,
                     )
                 })?;
-                if let Some((store, copies)) = kv.as_mut() {
-                    store.keep_fills(gpu, li, (&k_pool, &v_pool), copies, block)?;
+                if let Some((store, copies)) = kv.as_mut().filter(|_| own) {
+                    store.keep_fills(gpu, li, (&*kp, &*vp), copies, block)?;
                 }
-                if let Some(g) = gate.as_ref() {
-                    gpu.gate_sigmoid_mul(&mut attn.view_mut(0, t * qd)?, &g.as_view(), qd)?;
+                if let (Some(g), true) = (gate.as_ref(), d.output_gate) {
+                    gpu.gate_sigmoid_mul(&mut attn.view_mut(0, t * qd)?, &sub(g, 0, t * qd)?, qd)?;
                 }
                 (&a.o, qd)
             }
         };
 
+        let inter = l.mlp.intermediate;
         for &(r0, r1) in &chunks {
             let n = r1 - r0;
             gpu.part(Part::Gemm, || {
@@ -384,7 +460,7 @@ pub fn forward_rows(
             let dn = l.attn_out_norm.as_ref().map(|w| w.as_view());
             gpu.residual_rmsnorm(
                 &mut sub_mut(&mut x, r0 * h, r1 * h)?,
-                Some((&sub(&delta, r0 * h, r1 * h)?, dn.as_ref())),
+                Some((&sub(&delta, r0 * h, r1 * h)?, dn.as_ref(), 1.0)),
                 l.mlp_in_norm.as_ref().map(|w| w.as_view()).as_ref(),
                 None,
                 &mut normed.view_mut(0, n * h)?,
@@ -396,7 +472,8 @@ pub fn forward_rows(
                 let mut out = gate_up.view_mut(0, n * 2 * inter)?;
                 gpu.matmul_wt_to(&x, &w, &mut out, n, 2 * inter, h, 2 * inter)
             })?;
-            gpu.silu_mul(
+            gpu.act_mul(
+                l.mlp.act,
                 &gate_up.view(0, n * 2 * inter)?,
                 &mut act.view_mut(0, n * inter)?,
                 inter,
@@ -406,15 +483,45 @@ pub fn forward_rows(
                 let mut d = sub_mut(&mut delta, r0 * h, r1 * h)?;
                 gpu.matmul_wt(&a, &l.down.all(), &mut d, n, h, inter, h)
             })?;
+            if let (Some(lp), Some((p, emb, s))) = (&l.ple, ple.as_mut()) {
+                // x += [norm](mlp), in place: the per-layer input's gate reads it.
+                let dn = l.mlp_out_norm.as_ref().map(|w| w.as_view());
+                gpu.residual_rmsnorm(
+                    &mut sub_mut(&mut x, r0 * h, r1 * h)?,
+                    Some((&sub(&delta, r0 * h, r1 * h)?, dn.as_ref(), 1.0)),
+                    None,
+                    None,
+                    &mut normed.view_mut(0, n * h)?,
+                    h,
+                    eps,
+                )?;
+                per_layer_input(
+                    gpu,
+                    p,
+                    lp,
+                    li,
+                    &batch.tokens,
+                    emb,
+                    &normed.view(0, n * h)?,
+                    (r0, r1),
+                    s,
+                    &mut sub_mut(&mut delta, r0 * h, r1 * h)?,
+                    eps,
+                )?;
+            }
         }
-        pending = Some(l.mlp_out_norm.as_ref());
+        let out_norm = match (&l.ple, &ple) {
+            (Some(lp), Some(_)) => Some(&lp.norm),
+            _ => l.mlp_out_norm.as_ref(),
+        };
+        pending = Some((out_norm, l.scalar));
     }
 
     let d = delta.as_view();
-    let dn = pending.flatten().map(|w| w.as_view());
+    let dn = pending.and_then(|p| p.0).map(|w| w.as_view());
     gpu.residual_rmsnorm(
         &mut x.as_view_mut(),
-        pending.map(|_| (&d, dn.as_ref())),
+        pending.map(|p| (&d, dn.as_ref(), p.1)),
         Some(&m.final_norm.as_view()),
         Some(&rows.as_view()),
         &mut hidden.all_mut(),

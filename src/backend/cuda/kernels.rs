@@ -16,6 +16,7 @@ use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchArgs,
 use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, backend_err, cfg};
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
+use crate::model::config::Act;
 use crate::model::weights::DType;
 
 /// Tokens per KV-pool block (`KV_BLOCK` in kernels/attention.cu, from [`crate::consts`]).
@@ -75,6 +76,10 @@ pub(super) fn warp_per_row(n: usize) -> cudarc::driver::LaunchConfig {
     cfg((n.div_ceil(rows_per_block) as u32, 1, 1), FUSED_THREADS, 0)
 }
 
+/// A residual add's `[rows_x, hidden]` delta, the `[hidden]` norm it
+/// passes first (if any), and the factor the sum is then scaled by.
+pub type Residual<'v, 'a> = (&'v CudaView<'a, f32>, Option<&'v CudaView<'a, f32>>, f32);
+
 pub(super) fn dims_fit(values: &[usize]) -> Result<()> {
     check(values.iter().all(|&v| v <= i32::MAX as usize), || {
         format!("dimension in {values:?} exceeds i32")
@@ -82,14 +87,15 @@ pub(super) fn dims_fit(values: &[usize]) -> Result<()> {
 }
 
 impl Gpu {
-    /// `out[t] = f32(table[tokens[t]])` — kernels/embedding.cu; CPU twin:
-    /// the gather at the top of `cpu::forward::forward_hidden`. Token ids must
-    /// be `< vocab` (checked on the host by the caller).
+    /// `out[t] = f32(table[tokens[t]]) · scale` — kernels/embedding.cu; CPU
+    /// twin: `cpu::embed::embed`. Token ids must be `< vocab` (checked on
+    /// the host by the caller).
     pub fn embedding(
         &self,
         tokens: &CudaView<'_, u32>, // [n]
         table: &DevView<'_>,        // [vocab, hidden]
         hidden: usize,
+        scale: f32,
         out: &mut CudaViewMut<'_, f32>, // [n, hidden]
     ) -> Result<()> {
         let n = tokens.len();
@@ -106,15 +112,16 @@ impl Gpu {
         let f = self.function("embedding", &typed("embedding", table.dtype), 0)?;
         let h = hidden as i32;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(tokens).arg(&table.view).arg(out).arg(&h);
+        b.arg(tokens).arg(&table.view).arg(out).arg(&h).arg(&scale);
         // SAFETY: argument types and sizes match the kernel signature (checked above).
         unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("embedding")?;
         Ok(())
     }
 
     /// Residual add + RMSNorm — kernels/rmsnorm.cu; CPU twin: `x += delta`
-    /// (`x += rms_norm(delta)` when delta's norm is given: a post-norm) then
-    /// `ops::rms_norm` (or `x` as it is without `weight`: no input norm).
+    /// (`x += rms_norm(delta)` when delta's norm is given: a post-norm), `x
+    /// *= scale` (Gemma's layer scalar; 1 elsewhere), then `ops::rms_norm`
+    /// (or `x` as it is without `weight`: no input norm).
     /// Without `rows`: every row of `x` (in place when `delta` is given) into
     /// `out[rows_x, hidden]`; with `rows`: only those rows into
     /// `out[rows.len(), hidden]`, `x` untouched.
@@ -122,8 +129,7 @@ impl Gpu {
     pub fn residual_rmsnorm(
         &self,
         x: &mut CudaViewMut<'_, f32>, // [rows_x, hidden]
-        // [rows_x, hidden], and the [hidden] norm it passes first, if any
-        delta: Option<(&CudaView<'_, f32>, Option<&CudaView<'_, f32>>)>,
+        delta: Option<Residual<'_, '_>>,
         weight: Option<&CudaView<'_, f32>>, // [hidden]; None: out = x, no norm
         rows: Option<&CudaView<'_, i32>>,   // [n] (values < rows_x, not checked on device)
         out: &mut DevViewMut<'_>,           // [n, hidden]
@@ -142,7 +148,7 @@ impl Gpu {
                 )
             })?;
         }
-        if let Some((d, _)) = delta {
+        if let Some((d, ..)) = delta {
             check(d.len() == x.len(), || {
                 format!("rmsnorm: delta has {} elements, x has {}", d.len(), x.len())
             })?;
@@ -156,7 +162,7 @@ impl Gpu {
             return Ok(());
         }
         let f = self.function("rmsnorm", &typed("residual_rmsnorm", out.dtype), 0)?;
-        let (h, e) = (hidden as i32, eps);
+        let (h, e, sc) = (hidden as i32, eps, delta.map_or(1.0, |d| d.2));
         let mut b = self.stream.launch_builder(&f);
         b.arg(x)
             .arg_or_null(delta.map(|d| d.0))
@@ -165,7 +171,8 @@ impl Gpu {
             .arg(&mut out.view)
             .arg_or_null(rows)
             .arg(&h)
-            .arg(&e);
+            .arg(&e)
+            .arg(&sc);
         // SAFETY: as in `embedding`.
         unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("residual_rmsnorm")?;
         Ok(())
@@ -178,14 +185,17 @@ impl Gpu {
     /// the layer's `[rotary_dim / 2]` frequencies (rotary_dim < hd: partial
     /// rotary) and the factor its cos/sin carry. With `gate_out` (an output
     /// gate, Qwen 3.5) `qkv` rows are `[heads × (query | gate), k, v]` and
-    /// the gates go there.
+    /// the gates go there. `v_norm`: v is RMS-normalised per head without a
+    /// weight (Gemma 4). A layer reading another layer's K/V passes
+    /// `shape.num_kv_heads = 0`: `qkv` holds q alone and the pools are not
+    /// touched.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope(
         &self,
         qkv: &CudaView<'_, f32>, // [n, qw + 2·kvd], qw = qd (2·qd gated)
         bias: Option<&CudaView<'_, f32>>, // [qw + 2·kvd]
-        qk_norm: Option<(&CudaView<'_, f32>, &CudaView<'_, f32>)>, // [hd], [hd] or [qd], [kvd]
-        pos: &CudaView<'_, i32>, // [n]
+        (q_norm, k_norm): (Option<&CudaView<'_, f32>>, Option<&CudaView<'_, f32>>), // [hd] or [qd], [kvd]
+        pos: &CudaView<'_, i32>,                                                    // [n]
         slots: &CudaView<'_, i32>, // [n] (values < pool_rows, not checked on device)
         (inv_freq, rope_scale): (&CudaView<'_, f32>, f32), // [hd / 2]
         q_out: &mut CudaViewMut<'_, f32>, // [n, qd]
@@ -193,6 +203,7 @@ impl Gpu {
         k_pool: &mut DevViewMut<'_>, // [pool_rows, kvd]
         v_pool: &mut DevViewMut<'_>, // [pool_rows, kvd]
         shape: AttnShape,
+        v_norm: bool,
         eps: f32,
     ) -> Result<()> {
         let AttnShape {
@@ -205,7 +216,7 @@ impl Gpu {
         let qw = if gate_out.is_some() { 2 * qd } else { qd };
         let n = pos.len();
         let rotary = 2 * inv_freq.len();
-        check(hd.is_multiple_of(2) && hd > 0 && nkv > 0, || {
+        check(hd.is_multiple_of(2) && hd > 0 && nh > 0, || {
             format!("qkv_rope: bad head geometry {shape:?}")
         })?;
         check(qkv.len() == n * (qw + 2 * kvd), || {
@@ -234,15 +245,22 @@ impl Gpu {
                 format!("qkv_rope: bias has {}", b.len())
             })?;
         }
-        let lens = qk_norm.map(|(qn, kn)| (qn.len(), kn.len()));
-        let full = lens == Some((qd, kvd)) && (qd, kvd) != (hd, hd);
-        check(lens.is_none_or(|l| l == (hd, hd) || full), || {
+        // Both norms, or q's alone when there are no k heads here.
+        let lens = (q_norm.map(|w| w.len()), k_norm.map(|w| w.len()));
+        let full = lens == (Some(qd), Some(kvd)) && (qd, kvd) != (hd, hd);
+        let ok = match lens {
+            (None, None) => true,
+            (Some(q), k) if nkv == 0 => q == hd && k.is_none(),
+            (Some(q), Some(k)) => (q, k) == (hd, hd) || full,
+            _ => false,
+        };
+        check(ok, || {
             format!("qkv_rope: q/k norm weights of {lens:?}, want ({hd}, {hd}) or ({qd}, {kvd})")
         })?;
         check(
             k_pool.dtype == v_pool.dtype
                 && k_pool.len == v_pool.len
-                && k_pool.len.is_multiple_of(kvd),
+                && (nkv == 0 || k_pool.len.is_multiple_of(kvd)),
             || "qkv_rope: k/v pools differ or are not [rows, kv_heads·head_dim]".into(),
         )?;
         dims_fit(&[n, qw + 2 * kvd])?;
@@ -252,11 +270,12 @@ impl Gpu {
         let smem = ((qd + kvd + hd) * 4) as u32;
         let f = self.function("rope", &typed("qkv_rope", k_pool.dtype), smem)?;
         let (h, kh, d, fw, rd) = (nh as i32, nkv as i32, hd as i32, full as i32, rotary as i32);
+        let vn = i32::from(v_norm);
         let mut b = self.stream.launch_builder(&f);
         b.arg(qkv)
             .arg_or_null(bias)
-            .arg_or_null(qk_norm.map(|n| n.0))
-            .arg_or_null(qk_norm.map(|n| n.1))
+            .arg_or_null(q_norm)
+            .arg_or_null(k_norm)
             .arg(pos)
             .arg(slots)
             .arg(inv_freq)
@@ -270,7 +289,8 @@ impl Gpu {
             .arg(&eps)
             .arg(&fw)
             .arg(&rope_scale)
-            .arg(&rd);
+            .arg(&rd)
+            .arg(&vn);
         // SAFETY: as in `embedding`.
         unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, smem)) }.ctx("qkv_rope")?;
         Ok(())
@@ -306,27 +326,29 @@ impl Gpu {
         Ok(())
     }
 
-    /// `out = silu(gate) · up` — kernels/silu_mul.cu; CPU twin:
-    /// `ops::silu_mul_inplace`. `gate_up` and `out` share one dtype.
-    pub fn silu_mul(
+    /// `out = act(gate) · up` (SiLU: SwiGLU; GELU-tanh: GeGLU) —
+    /// kernels/act_mul.cu; CPU twin: `mlp::act_mul_inplace`. `gate_up` and
+    /// `out` share one dtype.
+    pub fn act_mul(
         &self,
+        act: Act,
         gate_up: &DevView<'_>,    // [n, 2·inter]
         out: &mut DevViewMut<'_>, // [n, inter]
         inter: usize,
     ) -> Result<()> {
         check(gate_up.dtype == out.dtype, || {
             format!(
-                "silu_mul: gate_up is {}, out {}",
+                "act_mul: gate_up is {}, out {}",
                 gate_up.dtype.name(),
                 out.dtype.name()
             )
         })?;
         check(inter > 0 && gate_up.len.is_multiple_of(2 * inter), || {
-            format!("silu_mul: gate_up of {} is not [n, 2×{inter}]", gate_up.len)
+            format!("act_mul: gate_up of {} is not [n, 2×{inter}]", gate_up.len)
         })?;
         let n = gate_up.len / (2 * inter);
         check(out.len >= n * inter, || {
-            format!("silu_mul: out has {}", out.len)
+            format!("act_mul: out has {}", out.len)
         })?;
         dims_fit(&[n, 2 * inter])?;
         if n == 0 {
@@ -338,7 +360,12 @@ impl Gpu {
         let vec = inter.is_multiple_of(per)
             && aligned(gate_up.view.device_ptr(&self.stream).0)
             && aligned(out.view.device_ptr(&self.stream).0);
-        let f = self.function("silu_mul", &typed("silu_mul", out.dtype), 0)?;
+        let base = match act {
+            Act::Silu => "act_mul_silu",
+            Act::GeluTanh => "act_mul_gelu_tanh",
+        };
+        let name = typed(base, out.dtype);
+        let f = self.function("act_mul", &name, 0)?;
         let (i, v) = (inter as i32, i32::from(vec));
         let mut b = self.stream.launch_builder(&f);
         b.arg(&gate_up.view).arg(&mut out.view).arg(&i).arg(&v);
@@ -346,13 +373,15 @@ impl Gpu {
         let grid = (n as u32, threads.div_ceil(THREADS as usize) as u32, 1);
         // SAFETY: as in `embedding`; the vector path's 16-byte accesses are
         // aligned (checked above) and in bounds (inter % per == 0).
-        unsafe { b.launch(cfg(grid, THREADS, 0)) }.ctx("silu_mul")?;
+        unsafe { b.launch(cfg(grid, THREADS, 0)) }.ctx(&name)?;
         Ok(())
     }
 
     /// Fused scoring of `n` row pairs — kernels/fused_logprob.cu; CPU twin:
     /// `score::fused::row_stats` (policy) and `row_logp` (reference).
     /// `out[4·i ..]` = (logp_policy, logp_reference, entropy, top_mean).
+    /// `softcap`: both rows' logits are read as `c · tanh(z / c)` (Gemma).
+    #[allow(clippy::too_many_arguments)]
     pub fn fused_logprob(
         &self,
         logits_p: &CudaView<'_, f32>,   // [n, ld]
@@ -361,6 +390,7 @@ impl Gpu {
         out: &mut CudaViewMut<'_, f32>, // [n, 4]
         vocab: usize,
         ld: usize,
+        softcap: Option<f32>,
     ) -> Result<()> {
         // Slices per row only when the rows alone leave multiprocessors idle
         // (fewer than 2 blocks each; at least 1024 float4s per slice): each
@@ -369,7 +399,7 @@ impl Gpu {
         let sms = self.multiprocessors() as usize;
         let n = targets.len().max(1);
         let splits = (2 * sms).div_ceil(n).min((vocab / 4).div_ceil(1024));
-        self.fused_logprob_splits(logits_p, logits_r, targets, out, vocab, ld, splits)
+        self.fused_logprob_splits(logits_p, logits_r, targets, out, vocab, ld, softcap, splits)
     }
 
     /// [`Gpu::fused_logprob`] with each row cut into `splits` slices
@@ -383,9 +413,13 @@ impl Gpu {
         out: &mut CudaViewMut<'_, f32>,
         vocab: usize,
         ld: usize,
+        softcap: Option<f32>,
         splits: usize,
     ) -> Result<()> {
         let n = targets.len();
+        check(softcap.is_none_or(|c| c.is_finite() && c > 0.0), || {
+            format!("fused_logprob: soft-cap {softcap:?} must be positive")
+        })?;
         check(ld.is_multiple_of(4) && ld >= vocab && vocab > 0, || {
             format!("fused_logprob: ld {ld} must be ≥ vocab {vocab} and a multiple of 4")
         })?;
@@ -402,9 +436,15 @@ impl Gpu {
         let splits = splits.clamp(1, FUSED_MAX_SPLITS);
         let mut part = self.alloc_f32(n * splits * FUSED_PARTIAL_FLOATS)?;
         let (v, l, nn, sp) = (vocab as i32, ld as i32, n as i32, splits as i32);
+        let cap = softcap.unwrap_or(0.0);
         let f = self.function("fused_logprob", "fused_logprob_partial", 0)?;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(logits_p).arg(logits_r).arg(&mut part).arg(&v).arg(&l);
+        b.arg(logits_p)
+            .arg(logits_r)
+            .arg(&mut part)
+            .arg(&v)
+            .arg(&l)
+            .arg(&cap);
         // SAFETY: as in `embedding`; rows are 16-byte aligned (ld % 4 == 0 and
         // device allocations are 256-byte aligned; views start at row bounds);
         // `part` holds n × splits partials.
@@ -419,7 +459,8 @@ impl Gpu {
             .arg(out)
             .arg(&nn)
             .arg(&sp)
-            .arg(&l);
+            .arg(&l)
+            .arg(&cap);
         // SAFETY: as above; one warp per row, rows ≥ n return at once.
         unsafe { b.launch(warp_per_row(n)) }.ctx("fused_logprob_finish")?;
         Ok(())

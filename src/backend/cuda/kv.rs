@@ -33,13 +33,13 @@ use super::forward::PagedBatch;
 use super::kernels::KV_BLOCK;
 use super::weights::DeviceModel;
 use crate::Result;
-use crate::kv::{BlockId, BlockStore, PairCache};
-use crate::model::config::DeltaNetDesc;
+use crate::kv::{BlockId, BlockStore, ModelKv, PairCache};
+use crate::model::config::LayerDesc;
 
 /// One model's cached blocks on the device.
 pub struct DeviceKv {
     /// Per attention layer `[capacity · sub · KV_BLOCK, kv_heads · head_dim]`
-    /// (`None` for a DeltaNet layer).
+    /// (`None` for a DeltaNet layer and a layer reading another's K/V).
     pub k: Vec<Option<DevTensor>>,
     pub v: Vec<Option<DevTensor>>,
     /// Per DeltaNet layer its states and convolution tails (`None` for an
@@ -53,38 +53,41 @@ pub struct DeviceKv {
 
 impl DeviceKv {
     /// Bytes one block of `block_size` tokens of `m` costs: K and V of every
-    /// attention layer, the snapshot of every DeltaNet layer, one hidden
-    /// state.
+    /// attention layer with its own (a KV-sharing layer has none), the
+    /// snapshot of every DeltaNet layer, one hidden state.
     pub fn bytes_per_block(m: &DeviceModel, block_size: usize) -> usize {
-        let kvd = m.shape.num_kv_heads * m.shape.head_dim;
-        let layer = |d: &Option<DeltaNetDesc>| match d {
+        let kv_dims = ModelKv::layer_dims(&m.config);
+        let layer = |(l, kvd): (&LayerDesc, usize)| match l.deltanet() {
             Some(d) => RecurrentStore::bytes_per_block(d),
             None => 2 * block_size * kvd * m.dtype.size(),
         };
-        m.shape.deltanet.iter().map(layer).sum::<usize>() + m.config.hidden_size * m.dtype.size()
+        (m.config.layers.iter().zip(kv_dims))
+            .map(layer)
+            .sum::<usize>()
+            + m.config.hidden_size * m.dtype.size()
     }
 
     /// Arenas for `capacity` blocks of `block_size` tokens (a multiple of
     /// [`KV_BLOCK`]) of `m`, uninitialised: a block is written by the
     /// forward that fills it before any lookup can hit it.
     pub fn new(gpu: &Gpu, m: &DeviceModel, capacity: usize, block_size: usize) -> Result<DeviceKv> {
-        let kvd = m.shape.num_kv_heads * m.shape.head_dim;
-        let rows = capacity * block_size * kvd;
         let n = m.layers.len();
         let (mut k, mut v, mut recurrent) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        for d in &m.shape.deltanet {
-            let attn = d.is_none();
+        let kv_dims = ModelKv::layer_dims(&m.config);
+        for (l, kvd) in m.config.layers.iter().zip(kv_dims) {
+            let rows = capacity * block_size * kvd;
             let arena = || {
-                attn.then(|| DevTensor::alloc(gpu, m.dtype, rows))
+                (kvd > 0)
+                    .then(|| DevTensor::alloc(gpu, m.dtype, rows))
                     .transpose()
             };
             k.push(arena()?);
             v.push(arena()?);
-            let store = d.as_ref().map(|d| RecurrentStore::new(gpu, d, capacity));
+            let store = l.deltanet().map(|d| RecurrentStore::new(gpu, d, capacity));
             recurrent.push(store.transpose()?);
         }
         Ok(DeviceKv {

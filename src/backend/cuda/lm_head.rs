@@ -293,13 +293,11 @@ fn gemm_scores(
     vocab: usize,
 ) -> Result<()> {
     let n = targets.len();
-    check(
-        policy
-            .iter()
-            .chain([&reference])
-            .all(|s| s.softcap.is_none()),
-        || "lm head: the GEMM path applies no soft-cap".into(),
-    )?;
+    // The fused scorer caps both rows alike; a pair's sides share a family.
+    let softcap = reference.softcap;
+    check(policy.is_none_or(|p| p.softcap == softcap), || {
+        "lm head: the two models' logit soft-caps differ".into()
+    })?;
     if n == 0 {
         return Ok(());
     }
@@ -337,6 +335,7 @@ fn gemm_scores(
             &mut stats.slice_mut(4 * c0..4 * c1),
             vocab,
             ld,
+            softcap,
         )?;
     }
     Ok(())

@@ -28,6 +28,7 @@ pub mod forward;
 pub mod kernels;
 pub mod kv;
 pub mod lm_head;
+pub mod ple;
 pub mod roofline;
 pub mod weights;
 

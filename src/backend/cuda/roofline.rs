@@ -153,6 +153,7 @@ pub fn run(
             &mut out.as_view_mut(),
             vocab,
             ld,
+            None,
         )
     })?;
     let fused_gbps = (2 * 4 * rows * ld) as f64 / fused_s / 1e9;

@@ -5,12 +5,18 @@
 //! projections that read the same input are concatenated at upload so each
 //! runs as one GEMM: `qkv = [q; k; v]` (`[qd + 2·kvd, hidden]`) and
 //! `gate_up = [gate; up]` (`[2·inter, hidden]`). Norm weights and biases are
-//! small and widened to f32. A tied LM head shares the embedding.
+//! small and widened to f32. A tied LM head shares the embedding. Every
+//! layer keeps its own description (head dims, window, scale, K/V source,
+//! MLP width and activation may differ per layer: Gemma 4), and Gemma's
+//! per-layer embedding table stays whole on the device (its rows are
+//! gathered per token by `ple_gate_mul`).
 
 use cudarc::driver::CudaSlice;
 
 use super::device::{DevTensor, Gpu};
-use crate::model::config::{NormKind, QkNorm, Uniform};
+use super::kernels::MAX_HEAD_DIM;
+use crate::backend::cpu::embed::scale_in;
+use crate::model::config::{AttnDesc, Mixer, MlpDesc, NormKind, PerLayerEmbed, QkNorm, Rope};
 use crate::model::layout::MixerParts;
 use crate::model::weights::DType;
 use crate::model::weights::Tensor;
@@ -18,17 +24,47 @@ use crate::model::{Config, Model};
 use crate::{Error, Result};
 
 pub struct DeviceLayer {
-    /// `[hidden]` each, where the layer has them (`Uniform::norms`): before
-    /// and after attention, before and after the MLP.
+    /// `[hidden]` each, where the layer has them (`LayerDesc::norms`):
+    /// before and after the mixer, before and after the MLP.
     pub attn_in_norm: Option<CudaSlice<f32>>,
     pub attn_out_norm: Option<CudaSlice<f32>>,
     pub mlp_in_norm: Option<CudaSlice<f32>>,
     pub mlp_out_norm: Option<CudaSlice<f32>>,
     pub mixer: DeviceMixer,
+    pub mlp: MlpDesc,
     /// `[2·inter, hidden]`
     pub gate_up: DevTensor,
     /// `[hidden, inter]`
     pub down: DevTensor,
+    /// Gemma's per-layer input (`LayerDesc::per_layer_input`).
+    pub ple: Option<LayerPle>,
+    /// Gemma's layer scalar: the residual stream is multiplied by it at the
+    /// end of the layer (1 without one).
+    pub scalar: f32,
+}
+
+/// One layer's per-layer-input tensors: `x += norm(proj(gelu(gate(x)) ⊙ P[l]))`.
+pub struct LayerPle {
+    /// `[dim, hidden]`
+    pub gate: DevTensor,
+    /// `[hidden, dim]`
+    pub proj: DevTensor,
+    /// `[hidden]` (plain weight)
+    pub norm: CudaSlice<f32>,
+}
+
+/// Gemma's per-layer embeddings (`EmbedDesc::per_layer`); see
+/// kernels/act_mul.cu's `ple_gate_mul`.
+pub struct DevicePle {
+    pub desc: PerLayerEmbed,
+    /// `[ple_vocab, layers · dim]`
+    pub table: DevTensor,
+    /// `[layers · dim, hidden]`: layer `l` reads rows `[l·dim, (l+1)·dim)`.
+    pub proj: DevTensor,
+    /// `[dim]` (plain weight)
+    pub norm: CudaSlice<f32>,
+    /// `embed_scale` rounded to the table's stored dtype, as transformers does.
+    pub embed_scale: f32,
 }
 
 /// A layer's token mixer on the device.
@@ -38,18 +74,39 @@ pub enum DeviceMixer {
 }
 
 pub struct DeviceAttn {
+    /// The layer's geometry, window, scale, norms and K/V source.
+    pub desc: AttnDesc,
     /// `[qw + 2·kvd, hidden]`, qw = qd (2·qd with an output gate: per head
-    /// `[query | gate]`)
+    /// `[query | gate]`); `[qw, hidden]` when the layer reads another
+    /// layer's K/V (`desc.kv_from`).
     pub qkv: DevTensor,
     /// `[qw + 2·kvd]`
     pub qkv_bias: Option<CudaSlice<f32>>,
-    /// `[head_dim]` each (Qwen3), or `[qd]` and `[kvd]` (Olmo 2/3)
+    /// `[head_dim]` each (Qwen3, Gemma), or `[qd]` and `[kvd]` (Olmo 2/3);
+    /// no k norm where the layer has no K.
     pub q_norm: Option<CudaSlice<f32>>,
     pub k_norm: Option<CudaSlice<f32>>,
     /// `[hidden, qd]`
     pub o: DevTensor,
     /// Index of this layer's RoPE in [`DeviceModel::ropes`].
     pub rope: usize,
+}
+
+impl DeviceAttn {
+    /// Width of the QKV GEMM's output rows.
+    pub fn qkv_width(&self) -> usize {
+        let d = &self.desc;
+        let qw = if d.output_gate {
+            2 * d.q_dim()
+        } else {
+            d.q_dim()
+        };
+        qw + if d.kv_from.is_some() {
+            0
+        } else {
+            2 * d.kv_dim()
+        }
+    }
 }
 
 /// A gated-DeltaNet layer (`linear_attn.*`); see kernels/deltanet.cu.
@@ -71,15 +128,26 @@ pub struct DeviceDeltaNet {
     pub out: DevTensor,
 }
 
+impl DeviceLayer {
+    /// The attention mixer, when the layer has one.
+    pub fn attn(&self) -> Option<&DeviceAttn> {
+        match &self.mixer {
+            DeviceMixer::Attention(a) => Some(a),
+            DeviceMixer::DeltaNet(_) => None,
+        }
+    }
+}
+
 pub struct DeviceModel {
     pub config: Config,
-    /// The one layer geometry every layer shares (the CUDA path runs uniform
-    /// decoders only, [`Config::uniform`]).
-    pub shape: Uniform,
     /// Dtype of every matrix, GEMM input and the KV pool.
     pub dtype: DType,
     /// `[vocab, hidden]`
     pub embed: DevTensor,
+    /// The embedding rows' scale as applied (Gemma: √hidden rounded to the
+    /// stored dtype), else 1.
+    pub embed_scale: f32,
+    pub ple: Option<DevicePle>,
     pub layers: Vec<DeviceLayer>,
     pub final_norm: CudaSlice<f32>,
     /// `[vocab, hidden]`; `None` when tied to the embedding.
@@ -92,17 +160,20 @@ pub struct DeviceModel {
 /// cos/sin carry.
 pub type DeviceRope = (CudaSlice<f32>, f32);
 
-/// The distinct RoPEs of `shape`'s layers on the device, and each layer's
-/// index among them.
-fn upload_ropes(gpu: &Gpu, shape: &Uniform) -> Result<(Vec<DeviceRope>, Vec<usize>)> {
-    let mut distinct: Vec<&crate::model::config::Rope> = Vec::new();
-    let index = (shape.ropes.iter())
-        .map(|r| match distinct.iter().position(|d| *d == r) {
-            Some(i) => i,
-            None => {
-                distinct.push(r);
-                distinct.len() - 1
-            }
+/// The distinct RoPEs of `cfg`'s attention layers on the device, and each
+/// layer's index among them (0 for a DeltaNet layer).
+fn upload_ropes(gpu: &Gpu, cfg: &Config) -> Result<(Vec<DeviceRope>, Vec<usize>)> {
+    let mut distinct: Vec<&Rope> = Vec::new();
+    let index = (cfg.layers.iter())
+        .map(|l| match l.attn().map(|a| &a.rope) {
+            None => 0,
+            Some(r) => match distinct.iter().position(|d| *d == r) {
+                Some(i) => i,
+                None => {
+                    distinct.push(r);
+                    distinct.len() - 1
+                }
+            },
         })
         .collect();
     let ropes = (distinct.iter())
@@ -118,30 +189,29 @@ impl DeviceModel {
     /// at twice the memory and without bf16 tensor cores).
     pub fn upload(gpu: &Gpu, model: &Model, compute: Option<DType>) -> Result<DeviceModel> {
         let cfg = &model.config;
-        let shape = uniform(cfg)?;
+        check_runs(cfg)?;
         let w = model.bind();
-        let stored = w
-            .layers
-            .first()
-            .map_or(w.embed.data.dtype(), |l| l.mixer.out().data.dtype());
+        let stored = w.embed.data.dtype();
         // Norm weights as applied: `w`, or `1 + w` for zero-centred ones.
-        let kind = shape.norm_kind;
         let weight = |t: &Tensor| -> Result<CudaSlice<f32>> {
             let mut v = t.data.to_f32_vec();
-            if kind == NormKind::OnePlusWeight {
+            if cfg.norm == NormKind::OnePlusWeight {
                 v.iter_mut().for_each(|x| *x += 1.0);
             }
             gpu.upload(&v)
         };
-        // A norm the layer description has must be in the tensor table.
-        let norm = |has: bool, t: &Option<Tensor>| -> Result<_> {
+        // A tensor the description implies must be in the table.
+        let missing = |li: usize, what: &str| {
+            Error::Backend(format!("cuda: layer {li} has no {what} tensor"))
+        };
+        let norm = |li: usize, has: bool, t: &Option<Tensor>| -> Result<_> {
             match (has, t) {
                 (false, _) => Ok(None),
                 (true, Some(t)) => Ok(Some(weight(t)?)),
-                (true, None) => Err(Error::Backend("cuda: a layer without its norm".into())),
+                (true, None) => Err(missing(li, "norm")),
             }
         };
-        let (ropes, rope_of) = upload_ropes(gpu, &shape)?;
+        let (ropes, rope_of) = upload_ropes(gpu, cfg)?;
         let dtype = compute.unwrap_or(stored);
         let small = |t: &Tensor| gpu.upload(&t.data.to_f32_vec());
         let concat = |parts: &[&Tensor]| -> Result<DevTensor> {
@@ -155,12 +225,13 @@ impl DeviceModel {
             Ok(out)
         };
         let mut layers = Vec::with_capacity(w.layers.len());
-        let nm = shape.norms;
-        for (li, layer) in w.layers.iter().enumerate() {
-            let mixer = match (&layer.mixer, &shape.deltanet[li]) {
-                (MixerParts::Attention(l), None) => {
-                    let (Some(k), Some(v)) = (&l.k, &l.v) else {
-                        return Err(Error::Backend("cuda: a layer without its own K/V".into()));
+        for (li, (layer, ld)) in w.layers.iter().zip(&cfg.layers).enumerate() {
+            let mixer = match (&layer.mixer, &ld.mixer) {
+                (MixerParts::Attention(l), Mixer::Attention(desc)) => {
+                    let qkv = match (&l.k, &l.v, desc.kv_from) {
+                        (Some(k), Some(v), None) => concat(&[&l.q, k, v])?,
+                        (None, None, Some(_)) => concat(&[&l.q])?,
+                        _ => return Err(missing(li, "k/v projection")),
                     };
                     let qkv_bias = match (&l.q_bias, &l.k_bias, &l.v_bias) {
                         (Some(q), Some(k), Some(v)) => {
@@ -172,7 +243,8 @@ impl DeviceModel {
                         _ => None,
                     };
                     DeviceMixer::Attention(Box::new(DeviceAttn {
-                        qkv: concat(&[&l.q, k, v])?,
+                        desc: desc.clone(),
+                        qkv,
                         qkv_bias,
                         q_norm: l.q_norm.as_ref().map(weight).transpose()?,
                         k_norm: l.k_norm.as_ref().map(weight).transpose()?,
@@ -180,9 +252,8 @@ impl DeviceModel {
                         rope: rope_of[li],
                     }))
                 }
-                (MixerParts::DeltaNet(d), Some(desc)) => {
+                (MixerParts::DeltaNet(d), Mixer::GatedDeltaNet(desc)) => {
                     let (cd, kernel) = (desc.conv_dim(), desc.conv_kernel);
-                    check_deltanet(desc)?;
                     let conv = d.conv.data.to_f32_vec();
                     let mut conv_t = vec![0.0f32; kernel * cd];
                     for c in 0..cd {
@@ -209,16 +280,54 @@ impl DeviceModel {
                     )));
                 }
             };
+            let ple = match (
+                ld.per_layer_input,
+                &layer.ple_gate,
+                &layer.ple_proj,
+                &layer.ple_norm,
+            ) {
+                (false, ..) => None,
+                (true, Some(g), Some(p), Some(n)) => Some(LayerPle {
+                    gate: concat(&[g])?,
+                    proj: concat(&[p])?,
+                    norm: small(n)?,
+                }),
+                _ => return Err(missing(li, "per-layer input")),
+            };
+            let scalar = match (ld.layer_scalar, &layer.layer_scalar) {
+                (false, _) => 1.0,
+                (true, Some(s)) => s.data.to_f32_vec().first().copied().unwrap_or(1.0),
+                (true, None) => return Err(missing(li, "layer scalar")),
+            };
+            let nm = ld.norms;
             layers.push(DeviceLayer {
-                attn_in_norm: norm(nm.attn_in, &layer.attn_in_norm)?,
-                attn_out_norm: norm(nm.attn_out, &layer.attn_out_norm)?,
-                mlp_in_norm: norm(nm.mlp_in, &layer.mlp_in_norm)?,
-                mlp_out_norm: norm(nm.mlp_out, &layer.mlp_out_norm)?,
+                attn_in_norm: norm(li, nm.attn_in, &layer.attn_in_norm)?,
+                attn_out_norm: norm(li, nm.attn_out, &layer.attn_out_norm)?,
+                mlp_in_norm: norm(li, nm.mlp_in, &layer.mlp_in_norm)?,
+                mlp_out_norm: norm(li, nm.mlp_out, &layer.mlp_out_norm)?,
                 mixer,
+                mlp: ld.mlp,
                 gate_up: concat(&[&layer.gate, &layer.up])?,
                 down: concat(&[&layer.down])?,
+                ple,
+                scalar,
             });
         }
+        let ple = match (&cfg.embed.per_layer, &w.ple_embed, &w.ple_proj, &w.ple_norm) {
+            (None, ..) => None,
+            (Some(desc), Some(t), Some(p), Some(n)) => Some(DevicePle {
+                desc: desc.clone(),
+                embed_scale: scale_in(t.data.dtype(), desc.embed_scale),
+                table: concat(&[t])?,
+                proj: concat(&[p])?,
+                norm: small(n)?,
+            }),
+            _ => {
+                return Err(Error::Backend(
+                    "cuda: the per-layer embedding tensors are missing".into(),
+                ));
+            }
+        };
         let embed = concat(&[&w.embed])?;
         let lm_head = if w.lm_head.name == w.embed.name {
             None
@@ -228,23 +337,24 @@ impl DeviceModel {
         Ok(DeviceModel {
             dtype,
             embed,
+            embed_scale: cfg.embed.scale.map_or(1.0, |s| scale_in(stored, s)),
+            ple,
             layers,
             final_norm: weight(&w.final_norm)?,
             lm_head,
             ropes,
-            shape,
             config: cfg.clone(),
         })
     }
 
     /// Random weights of `config`'s shape, generated on the device (benches:
     /// a 7B-shaped model costs no host RNG or upload). Matrices are uniform in
-    /// ±1/√fan_in, norms 1, biases 0, so activations stay finite.
+    /// ±1/√fan_in, norms 1, biases 0, layer scalars 1, so activations stay
+    /// finite.
     pub fn random(gpu: &Gpu, config: &Config, dtype: DType, seed: u64) -> Result<DeviceModel> {
         let c = config;
-        let u = uniform(c)?;
-        let (h, hd, inter) = (c.hidden_size, u.head_dim, u.intermediate_size);
-        let (qd, kvd) = (u.num_heads * hd, u.num_kv_heads * hd);
+        check_runs(c)?;
+        let h = c.hidden_size;
         let mut next_seed = seed;
         let mut matrix = |rows: usize, cols: usize| -> Result<DevTensor> {
             let mut t = DevTensor::alloc(gpu, dtype, rows * cols)?;
@@ -254,29 +364,34 @@ impl DeviceModel {
             Ok(t)
         };
         let ones = |n: usize| gpu.upload(&vec![1.0f32; n]);
-        let norm = |has: bool| if has { ones(h).map(Some) } else { Ok(None) };
-        let (ropes, rope_of) = upload_ropes(gpu, &u)?;
-        let (nm, qk) = (u.norms, u.qk_norm);
-        let (qn, kn) = match qk {
-            QkNorm::PerHead => (hd, hd),
-            _ => (qd, kvd),
-        };
-        let qw = if u.output_gate { 2 * qd } else { qd };
+        let (ropes, rope_of) = upload_ropes(gpu, c)?;
         let mut layers = Vec::with_capacity(c.num_layers);
-        for (&rope, dn) in rope_of.iter().zip(&u.deltanet).take(c.num_layers) {
-            let mixer = match dn {
-                None => DeviceMixer::Attention(Box::new(DeviceAttn {
-                    qkv: matrix(qw + 2 * kvd, h)?,
-                    qkv_bias: (u.qkv_bias)
-                        .then(|| gpu.upload(&vec![0.0f32; qw + 2 * kvd]))
-                        .transpose()?,
-                    q_norm: (qk != QkNorm::None).then(|| ones(qn)).transpose()?,
-                    k_norm: (qk != QkNorm::None).then(|| ones(kn)).transpose()?,
-                    o: matrix(h, qd)?,
-                    rope,
-                })),
-                Some(d) => {
-                    check_deltanet(d)?;
+        for (ld, &rope) in c.layers.iter().zip(&rope_of) {
+            let norm = |has: bool| if has { ones(h).map(Some) } else { Ok(None) };
+            let mixer = match &ld.mixer {
+                Mixer::Attention(a) => {
+                    let (qd, kvd, hd) = (a.q_dim(), a.kv_dim(), a.head_dim);
+                    let qw = if a.output_gate { 2 * qd } else { qd };
+                    let own_kv = a.kv_from.is_none();
+                    let width = qw + if own_kv { 2 * kvd } else { 0 };
+                    let (qn, kn) = match a.qk_norm {
+                        QkNorm::PerHead => (hd, hd),
+                        _ => (qd, kvd),
+                    };
+                    let has_norm = a.qk_norm != QkNorm::None;
+                    DeviceMixer::Attention(Box::new(DeviceAttn {
+                        desc: a.clone(),
+                        qkv: matrix(width, h)?,
+                        qkv_bias: (a.bias)
+                            .then(|| gpu.upload(&vec![0.0f32; width]))
+                            .transpose()?,
+                        q_norm: has_norm.then(|| ones(qn)).transpose()?,
+                        k_norm: (has_norm && own_kv).then(|| ones(kn)).transpose()?,
+                        o: matrix(h, qd)?,
+                        rope,
+                    }))
+                }
+                Mixer::GatedDeltaNet(d) => {
                     let (cd, vd, vh) = (d.conv_dim(), d.value_dim(), d.num_v_heads);
                     // A smoothing convolution (taps 1/K) keeps activations O(1).
                     let taps = vec![1.0 / d.conv_kernel as f32; d.conv_kernel * cd];
@@ -294,16 +409,38 @@ impl DeviceModel {
                     }))
                 }
             };
+            let ple = match (ld.per_layer_input, &c.embed.per_layer) {
+                (true, Some(p)) => Some(LayerPle {
+                    gate: matrix(p.dim, h)?,
+                    proj: matrix(h, p.dim)?,
+                    norm: ones(h)?,
+                }),
+                _ => None,
+            };
+            let (nm, inter) = (ld.norms, ld.mlp.intermediate);
             layers.push(DeviceLayer {
                 attn_in_norm: norm(nm.attn_in)?,
                 attn_out_norm: norm(nm.attn_out)?,
                 mlp_in_norm: norm(nm.mlp_in)?,
                 mlp_out_norm: norm(nm.mlp_out)?,
                 mixer,
+                mlp: ld.mlp,
                 gate_up: matrix(2 * inter, h)?,
                 down: matrix(h, inter)?,
+                ple,
+                scalar: 1.0,
             });
         }
+        let ple = match &c.embed.per_layer {
+            Some(p) => Some(DevicePle {
+                desc: p.clone(),
+                embed_scale: scale_in(dtype, p.embed_scale),
+                table: matrix(p.vocab, c.num_layers * p.dim)?,
+                proj: matrix(c.num_layers * p.dim, h)?,
+                norm: ones(p.dim)?,
+            }),
+            None => None,
+        };
         let embed = matrix(c.vocab_size, h)?;
         let lm_head = if c.tie_word_embeddings {
             None
@@ -314,11 +451,12 @@ impl DeviceModel {
         Ok(DeviceModel {
             dtype,
             embed,
+            embed_scale: c.embed.scale.map_or(1.0, |s| scale_in(dtype, s)),
+            ple,
             layers,
             final_norm: ones(h)?,
             lm_head,
             ropes,
-            shape: u,
             config: c.clone(),
         })
     }
@@ -336,26 +474,35 @@ impl DeviceModel {
                     d.in_qkv.len + d.in_z.len + d.in_b.len + d.in_a.len + d.out.len
                 }
             };
-            mixer + l.gate_up.len + l.down.len
+            let ple = l.ple.as_ref().map_or(0, |p| p.gate.len + p.proj.len);
+            mixer + l.gate_up.len + l.down.len + ple
         };
         let n: usize = self.layers.iter().map(per_layer).sum::<usize>()
             + self.embed.len
+            + self.ple.as_ref().map_or(0, |p| p.table.len + p.proj.len)
             + self.lm_head.as_ref().map_or(0, |t| t.len);
         n * self.dtype.size()
     }
 }
 
-/// The layer shape of a uniform decoder, or the reason the CUDA backend
-/// cannot run this model yet.
-fn uniform(cfg: &Config) -> Result<Uniform> {
-    cfg.uniform().ok_or_else(|| {
-        Error::Backend(format!(
-            "cuda: {} is not a uniform decoder (per-layer head dims, norm placements, MLPs or \
-             embeddings, GELU MLPs, v norms, K/V sharing, layer scalars or a logit soft-cap); \
-             the CUDA backend does not run it yet: use --device cpu",
-            cfg.arch_name
-        ))
-    })
+/// Whether the CUDA kernels take `cfg`'s layers: attention head dims up to
+/// [`MAX_HEAD_DIM`] and DeltaNet heads the recurrence kernels are built
+/// for; the reason they do not, otherwise.
+pub fn check_runs(cfg: &Config) -> Result<()> {
+    for (li, l) in cfg.layers.iter().enumerate() {
+        match &l.mixer {
+            Mixer::Attention(a) if a.head_dim > MAX_HEAD_DIM || a.head_dim % 2 != 0 => {
+                return Err(Error::Backend(format!(
+                    "cuda: layer {li}'s head_dim {} is past the attention kernels' {MAX_HEAD_DIM}; \
+                     use --device cpu",
+                    a.head_dim
+                )));
+            }
+            Mixer::GatedDeltaNet(d) => check_deltanet(d)?,
+            Mixer::Attention(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Whether the DeltaNet kernels take these head sizes

@@ -296,7 +296,6 @@ mod tests {
         );
         assert_eq!(c.layers[0].attn().unwrap().window, Some(8));
         assert_eq!(c.final_logit_softcap, Some(30.0));
-        assert!(c.uniform().is_none(), "the CUDA path must refuse it");
     }
 
     #[test]

@@ -89,13 +89,16 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_llama_config_is_a_uniform_pre_norm_decoder() {
+    fn a_plain_llama_config_is_a_pre_norm_decoder_of_identical_layers() {
         let c = parse(json!({"rope_theta": 5e5})).unwrap();
-        let u = c.uniform().expect("uniform");
-        assert_eq!((u.num_heads, u.num_kv_heads, u.head_dim), (4, 2, 16));
-        assert_eq!(u.windows, vec![None, None]);
-        assert!(!u.qkv_bias && u.qk_norm == crate::model::config::QkNorm::None);
-        assert_eq!(u.norms, crate::model::config::Norms::PRE);
+        assert_eq!(c.layers.len(), 2);
+        assert_eq!(c.layers[0], c.layers[1]);
+        let (l, a) = (&c.layers[0], c.layers[0].attn().unwrap());
+        assert_eq!((a.num_heads, a.num_kv_heads, a.head_dim), (4, 2, 16));
+        assert_eq!((a.window, a.kv_from, a.scale), (None, None, 0.25));
+        assert!(!a.bias && a.qk_norm == crate::model::config::QkNorm::None);
+        assert_eq!(l.norms, crate::model::config::Norms::PRE);
+        assert_eq!(l.mlp.act, crate::model::config::Act::Silu);
     }
 
     #[test]

@@ -118,14 +118,5 @@ mod tests {
             s.attn().unwrap().rope.inv_freq[5],
             f.attn().unwrap().rope.inv_freq[5]
         );
-        // The CUDA backend's uniform shape takes it: post-norms, full-width
-        // q/k norms and a RoPE per layer.
-        let u = c.uniform().expect("uniform");
-        assert_eq!((u.norms, u.qk_norm), (Norms::POST, QkNorm::FullWidth));
-        assert_eq!(
-            (u.ropes[0].attention_factor, u.ropes[1].attention_factor),
-            (1.0, 1.2)
-        );
-        assert_eq!(u.windows, vec![Some(16), None]);
     }
 }

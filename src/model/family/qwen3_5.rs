@@ -156,12 +156,12 @@ mod tests {
         assert!(a.output_gate);
         assert_eq!(a.rope.rotary_dim, 4);
         assert_eq!(a.rope.inv_freq, [1.0, 1.0 / 1e7f32.powf(0.5)]);
-        // The CUDA backend's uniform shape takes it: DeltaNet layers, gated
-        // attention with partial rotary, (1 + w) norms.
-        let u = c.uniform().expect("uniform");
-        assert!(u.output_gate && u.norm_kind == crate::model::config::NormKind::OnePlusWeight);
-        assert_eq!(u.deltanet.iter().filter(|d| d.is_some()).count(), 3);
-        assert!(u.ropes[3].rotary_dim < u.head_dim);
+        assert_eq!(c.norm, crate::model::config::NormKind::OnePlusWeight);
+        assert_eq!(
+            c.layers.iter().filter(|l| l.deltanet().is_some()).count(),
+            3
+        );
+        assert!(a.rope.rotary_dim < a.head_dim);
         assert!(c.is_hybrid());
     }
 
