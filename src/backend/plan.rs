@@ -308,6 +308,30 @@ pub fn delta_rule_chunks(
     (starts, seq_chunk)
 }
 
+/// The K/V pools of a forward over `cfg`'s layers: per layer, the width
+/// (`kv_heads · head_dim`) of its own pool when later layers read its K/V
+/// (Gemma's KV sharing: it is kept for the whole forward), and the widest
+/// K/V of the other attention layers, which take turns in one pool. A
+/// sharing layer reads its source's pool and writes none.
+pub fn kv_pools(cfg: &Config) -> (Vec<Option<usize>>, usize) {
+    let is_source =
+        |li: usize| (cfg.layers.iter()).any(|l| l.attn().and_then(|a| a.kv_from) == Some(li));
+    let mut turns = 0;
+    let kept = (cfg.layers.iter().enumerate())
+        .map(|(li, l)| {
+            let own = l.attn().filter(|a| a.kv_from.is_none()).map(|a| a.kv_dim());
+            match own {
+                Some(kvd) if is_source(li) => Some(kvd),
+                _ => {
+                    turns = turns.max(own.unwrap_or(0));
+                    None
+                }
+            }
+        })
+        .collect();
+    (kept, turns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +416,28 @@ mod tests {
         assert_eq!(out[0].self_certainty[13], -2.0);
         assert!(out[0].logp_policy[0].is_nan());
         assert_eq!(kept, [(9, 0, 0.0), (9, 1, 1.0), (9, 2, 2.0), (9, 3, 3.0)]);
+    }
+
+    #[test]
+    fn kv_sharing_sources_keep_their_pools_and_the_rest_take_turns_in_the_widest() {
+        // Gemma 4's layout: [S, S, F, S, S, F], sliding K/V 2 × 16 wide,
+        // full 2 × 32; the last three read layers 1 (sliding) and 2 (full).
+        let json = serde_json::json!({"architectures": ["Gemma4ForCausalLM"],
+            "hidden_size": 48, "intermediate_size": 32, "num_hidden_layers": 6,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "global_head_dim": 32, "vocab_size": 512, "sliding_window": 8,
+            "num_kv_shared_layers": 3, "hidden_activation": "gelu_pytorch_tanh",
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
+                            "sliding_attention", "sliding_attention", "full_attention"]});
+        let cfg = Config::from_json(&json, std::path::Path::new("config.json")).unwrap();
+        let (kept, turns) = kv_pools(&cfg);
+        assert_eq!(kept, [None, Some(32), Some(64), None, None, None]);
+        assert_eq!(turns, 32, "layer 0 alone takes turns");
+        // Without sharing every layer takes turns in the widest pool.
+        let mut json = json;
+        json["num_kv_shared_layers"] = serde_json::json!(0);
+        let cfg = Config::from_json(&json, std::path::Path::new("config.json")).unwrap();
+        assert_eq!(kv_pools(&cfg), (vec![None; 6], 64));
     }
 
     #[test]

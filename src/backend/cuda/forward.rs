@@ -244,29 +244,21 @@ pub fn forward_rows(
         false => None,
     };
     let mut attn = DevTensor::alloc(gpu, dt, t * mix_width)?;
-    // K/V pools: a layer whose K/V later layers read (Gemma's KV sharing)
-    // keeps its own for the whole forward; the others take turns in one.
+    // K/V pools (`plan::kv_pools`): a layer whose K/V later layers read
+    // (Gemma's KV sharing) keeps its own for the whole forward; the others
+    // take turns in one.
     let pool_rows = batch.layout.pool_rows();
-    let is_source =
-        |li: usize| (cfg.layers.iter()).any(|l| l.attn().and_then(|a| a.kv_from) == Some(li));
-    let mut kept = Vec::with_capacity(m.layers.len());
-    let mut shared_kvd = 0;
-    for (li, l) in m.layers.iter().enumerate() {
-        let own = l.attn().filter(|a| a.desc.kv_from.is_none());
-        let kvd = own.map_or(0, |a| a.desc.kv_dim());
-        kept.push(match is_source(li) {
-            true => Some((
-                DevTensor::alloc(gpu, dt, pool_rows * kvd)?,
-                DevTensor::alloc(gpu, dt, pool_rows * kvd)?,
-            )),
-            false => {
-                shared_kvd = shared_kvd.max(kvd);
-                None
-            }
-        });
+    let (kept_kvd, turns_kvd) = crate::backend::plan::kv_pools(cfg);
+    let mut kept = Vec::with_capacity(kept_kvd.len());
+    for kvd in kept_kvd {
+        let pool = |kvd: usize| DevTensor::alloc(gpu, dt, pool_rows * kvd);
+        kept.push(
+            kvd.map(|d| Ok::<_, crate::Error>((pool(d)?, pool(d)?)))
+                .transpose()?,
+        );
     }
-    let mut k_pool = DevTensor::alloc(gpu, dt, pool_rows * shared_kvd)?;
-    let mut v_pool = DevTensor::alloc(gpu, dt, pool_rows * shared_kvd)?;
+    let mut k_pool = DevTensor::alloc(gpu, dt, pool_rows * turns_kvd)?;
+    let mut v_pool = DevTensor::alloc(gpu, dt, pool_rows * turns_kvd)?;
     let c = LINEAR_CHUNK.min(t);
     let mut normed = DevTensor::alloc(gpu, dt, c * h)?;
     let mut qkv = gpu.alloc_f32(c * qkv_width)?;
