@@ -2,7 +2,8 @@
 //! tests/cuda_emu (one OS thread per CUDA thread, warp collectives and the
 //! mma.sync / ldmatrix fragments emulated from the PTX definitions, cp.async
 //! deferred to its wait), each checked by a driver against a direct f64
-//! computation: the folded LM head (fold_driver.cpp), the residual norms
+//! computation: the folded LM head (fold_driver.cpp), the fused scorer with
+//! and without the soft-cap (fused_driver.cpp), the residual norms
 //! and q/k/v RoPE kernels in the modes the GPU has not yet run
 //! (norm_rope_driver.cpp: post-norm and sandwich blocks, full-width q/k
 //! norms, a RoPE factor, Gemma's layer scalar, v norm and q-only layers),
@@ -106,6 +107,15 @@ fn folded_lm_head_kernel_matches_the_direct_scores_on_the_cpu() {
         "lm_head_fold",
         "fold_driver.cpp",
         &["lm_head_fold.cu", "scoring.cuh"],
+    );
+}
+
+#[test]
+fn fused_scoring_kernel_matches_the_direct_scores_on_the_cpu() {
+    build_and_run(
+        "fused",
+        "fused_driver.cpp",
+        &["fused_logprob.cu", "scoring.cuh"],
     );
 }
 
