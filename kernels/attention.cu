@@ -35,7 +35,7 @@
 // * `paged_attention_mma_*` (bf16/f16 caches, head_dim 32, 64 or 128): tensor
 //   cores. 4 warps × 16 query rows; per tile of MMA_BC = 64 keys each warp
 //   computes S = Q·Kᵀ with mma.sync m16n8k16 (Q held as A fragments for the
-//   whole kernel, pre-scaled by log2(e)/sqrt(hd) and rounded to the cache
+//   whole kernel, pre-scaled by scale·log2(e) and rounded to the cache
 //   dtype), masks, updates the online softmax in registers (each thread owns
 //   2 rows × 16 keys of S; row max/sum over the 4 threads of a quad), and
 //   accumulates O += P·V with P re-packed from the S accumulators as A
@@ -84,7 +84,7 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
                                 int heads, int kv_heads, int hd, int max_blocks, int window,
                                 float scale) {
     extern __shared__ float smem[];
-    float* qs = smem;                       // [SIMT_BR][hd], pre-scaled by 1/sqrt(hd)
+    float* qs = smem;                       // [SIMT_BR][hd], pre-scaled by `scale`
     float* ks = qs + SIMT_BR * hd;          // [ATTN_BC][hd + 1]
     float* vs = ks + ATTN_BC * (hd + 1);    // [ATTN_BC][hd]
 

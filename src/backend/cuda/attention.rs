@@ -1,8 +1,8 @@
 //! The attention launcher (kernels/attention.cu): causal, optionally
-//! windowed attention over the paged KV pool, on tensor cores (mma.sync,
-//! one or two K/V stages) or CUDA cores, with the key range split over
-//! blocks when the (tile, head) blocks alone leave the GPU idle. CPU twin:
-//! `ops::attention`.
+//! windowed attention over the paged KV pool with any softmax scale, on
+//! tensor cores (mma.sync, one or two K/V stages) or CUDA cores, with the
+//! key range split over blocks when the (tile, head) blocks alone leave the
+//! GPU idle. CPU twin: `ops::attention`.
 
 use cudarc::driver::{CudaView, PushKernelArg};
 
@@ -58,9 +58,9 @@ impl Gpu {
     /// [`super::forward::PagedBatch`] for how they are built.
     /// `kernel`: [`AttnKernel::Auto`] picks tensor cores where they apply
     /// (tests and benches force each); `TensorCore` where it does not apply
-    /// is an error. `splits`: key-range splits of the tensor-core kernel
-    /// (0: as many as fill the GPU, up to [`MAX_KV_SPLITS`]; the SIMT kernel
-    /// never splits).
+    /// is an error. Scores are scaled by `shape.scale`. `splits`: key-range
+    /// splits of the tensor-core kernel (0: as many as fill the GPU, up to
+    /// [`MAX_KV_SPLITS`]; the SIMT kernel never splits).
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention(
         &self,
@@ -84,8 +84,8 @@ impl Gpu {
             window,
             scale,
         } = shape;
-        check(scale == 1.0 / (hd as f32).sqrt(), || {
-            format!("attention: the kernel scales scores by 1/√head_dim, not {scale}")
+        check(scale.is_finite(), || {
+            format!("attention: softmax scale {scale}")
         })?;
         check(
             hd > 0 && hd <= MAX_HEAD_DIM && nkv > 0 && nh.is_multiple_of(nkv),
@@ -134,7 +134,6 @@ impl Gpu {
                 )
             },
         )?;
-        let scale = 1.0 / (hd as f32).sqrt();
         let (h, kh, d, mb, w) = (
             nh as i32,
             nkv as i32,
