@@ -280,7 +280,9 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
 /// Every attention case, its sequences scored whole and with a cached
 /// prefix (`past`: the first whole blocks of about half of each sequence
 /// already in the pool, only the rest packed as queries, as the prefix
-/// cache runs it). Scale 1 is Gemma 4's.
+/// cache runs it). Head dims 256 and 512 (Qwen 3.5, Gemma 4) take the
+/// tensor-core kernel's Q-in-shared-memory and split-output paths; scale 1
+/// is Gemma 4's.
 #[test]
 fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_and_past() {
     let Some(gpu) = gpu() else { return };
@@ -291,6 +293,9 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
         (4, 4, 64, Some(17), None, vec![100]),
         (8, 1, 128, Some(40), None, vec![70, 33]),
         (2, 1, 256, None, None, vec![65]),
+        (4, 2, 256, Some(100), None, vec![300, 37]),
+        (2, 1, 512, None, None, vec![65]),
+        (4, 2, 512, Some(100), Some(1.0), vec![200, 17]),
         (2, 2, 80, None, None, vec![50, 31]),
         (4, 2, 64, Some(1), Some(1.0), vec![20]),
         (14, 2, 64, None, None, vec![257, 64]),
@@ -382,12 +387,16 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
             let starts = gpu.upload(&layout.seq_start).unwrap();
             let past = gpu.upload(&layout.past).unwrap();
             let tiles = gpu.upload(&layout.tiles).unwrap();
-            // Tensor cores (and their cp.async double-buffered variant): one
-            // block per (tile, head), the key range split in 3 (merged by
-            // attention_merge), and the launcher's choice.
-            let mut kernels = vec![(AttnKernel::Simt, 0)];
-            if gpu.attention_has_tensor_cores(dt, hd) {
-                for k in [AttnKernel::TensorCore, AttnKernel::Pipelined] {
+            // SIMT where its shared memory fits (192 KB at head_dim 512);
+            // tensor cores (and their cp.async double-buffered variant, up to
+            // head_dim 256): one block per (tile, head), the key range split
+            // in 3 (merged by attention_merge), and the launcher's choice.
+            let mut kernels = Vec::new();
+            if gpu.attention_runs(AttnKernel::Simt, dt, hd) {
+                kernels.push((AttnKernel::Simt, 0));
+            }
+            for k in [AttnKernel::TensorCore, AttnKernel::Pipelined] {
+                if gpu.attention_runs(k, dt, hd) {
                     kernels.extend([1, 3, 0].map(|s| (k, s)));
                 }
             }
