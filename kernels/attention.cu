@@ -27,36 +27,50 @@
 //   same tiles in the same order cached or not (tiles past its own position
 //   add exact zeros): the same bits.
 //
-// Work split: one thread block per (query tile, head). A query tile is
+// Work split: one thread block per (query tile, head), and in the
+// tensor-core kernel per output half at hd 512 and per key range when split
+// (split-KV, at the end of the file). A query tile is
 // ATTN_BR = 64 consecutive queries of one sequence (the host lists the tiles of
 // all packed sequences in `tiles`, so varlen batches need no padding). Two
 // kernels read the same tiles and layout:
 //
-// * `paged_attention_mma_*` (bf16/f16 caches, head_dim 32, 64 or 128): tensor
-//   cores. 4 warps × 16 query rows; per tile of MMA_BC = 64 keys each warp
-//   computes S = Q·Kᵀ with mma.sync m16n8k16 (Q held as A fragments for the
-//   whole kernel, pre-scaled by log2(e)/sqrt(hd) and rounded to the cache
-//   dtype), masks, updates the online softmax in registers (each thread owns
-//   2 rows × 16 keys of S; row max/sum over the 4 threads of a quad), and
-//   accumulates O += P·V with P re-packed from the S accumulators as A
-//   fragments (FlashAttention-2's register reuse). K and V tiles are staged
-//   row-major with 16-byte copies and 8 elements of row padding (fragment
-//   loads hit 32 distinct banks); V's B fragments come transposed through
-//   ldmatrix.trans (a first version transposed V with 2-byte stores and ran
-//   at 0.66× (hd 64) and 0.47× (hd 128) of this one's speed on an H200).
-//   P is rounded to the cache dtype for the product, as
-//   FlashAttention does; the sums stay f32.
-// * `paged_attention_*_s<SLOTS>` (every dtype and head_dim ≤ 256; f32 models):
+// * `paged_attention_mma_*` (bf16/f16 caches, head_dim 32, 64, 128, 256,
+//   512): tensor cores. 4 warps × 16 query rows; per tile of MMA_BC = 64 keys
+//   each warp computes S = Q·Kᵀ with mma.sync m16n8k16 (Q pre-scaled by
+//   scale·log2(e) and rounded to the cache dtype), masks, updates the online
+//   softmax in registers (each thread owns 2 rows × 16 keys of S; row
+//   max/sum over the 4 threads of a quad), and accumulates O += P·V with P
+//   re-packed from the S accumulators as A fragments (FlashAttention-2's
+//   register reuse). Up to hd 128 Q is held as A fragments for the whole
+//   kernel; from hd 256 those hd/4 registers would spill next to O's hd/2,
+//   so Q stays in shared memory and each k-step's A fragment comes by
+//   ldmatrix (FlashAttention-2's hd-256 layout). At hd 512 O alone would
+//   take 256 registers: two blocks share a (tile, head), each computing all
+//   of S but O for DV = 256 head dims (staging only those columns of V), at
+//   1.5× the ideal tensor work; splitting the keys of S between two warps
+//   that trade P through shared memory would avoid it, at a barrier pair
+//   per tile. K and V tiles are staged row-major with 16-byte copies and 8
+//   elements of row padding (fragment loads hit 32 distinct banks); V's B
+//   fragments come transposed through ldmatrix.trans (a first version
+//   transposed V with 2-byte stores and ran at 0.66× (hd 64) and 0.47×
+//   (hd 128) of this one's speed on an H200). P is rounded to the cache
+//   dtype for the product, as FlashAttention does; the sums stay f32.
+// * `paged_attention_*_s<SLOTS>` (every dtype and head_dim ≤ 512; f32 models):
 //   CUDA cores, each tile as two halves of SIMT_BR = 32 queries: 8 warps × 4
 //   query rows; for each tile of ATTN_BC = 32 keys a lane computes the score
 //   of one key for the warp's 4 rows (k rows padded to head_dim + 1 floats so
 //   the lanes hit distinct banks), then the warp accumulates P·V with lanes
 //   over head_dim (SLOTS = ceil(head_dim / 32) registers per row).
 //
-// Launch: grid (num_tiles, heads). SIMT: 256 threads, dynamic shared memory
-// (SIMT_BR·hd + ATTN_BC·(hd + 1) + ATTN_BC·hd) floats. MMA: 128 threads,
-// static shared memory, or (`paged_attention_mma2_*`, K/V double-buffered
-// through cp.async) 2 · 2 · MMA_BC · (hd + 8) 16-bit elements of dynamic.
+// Launch: SIMT: grid (num_tiles, heads), 256 threads, dynamic shared memory
+// (SIMT_BR·hd + ATTN_BC·(hd + 1) + ATTN_BC·hd) floats (192 KB at hd 512:
+// Hopper's 227 KB opt-in holds it, an A100's 163 KB does not). MMA: grid
+// (num_tiles, heads · hd / DV, splits), 128 threads; per stage a K tile of
+// MMA_BC × (hd + 8) and a V tile of MMA_BC × (DV + 8) 16-bit elements, from
+// hd 256 plus the Q tile, ATTN_BR × (hd + 8): static shared memory for one
+// stage up to hd 128, else dynamic: one stage 99 KB at hd 256, 163 KB at
+// 512; `paged_attention_mma2_*` (two stages through cp.async) 165 KB at hd
+// 256 and none at 512 (261 KB).
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -84,7 +98,7 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
                                 int heads, int kv_heads, int hd, int max_blocks, int window,
                                 float scale) {
     extern __shared__ float smem[];
-    float* qs = smem;                       // [SIMT_BR][hd], pre-scaled by 1/sqrt(hd)
+    float* qs = smem;                       // [SIMT_BR][hd], pre-scaled by `scale`
     float* ks = qs + SIMT_BR * hd;          // [ATTN_BC][hd + 1]
     float* vs = ks + ATTN_BC * (hd + 1);    // [ATTN_BC][hd]
 
@@ -189,10 +203,12 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
     }  // halves
 }
 
-// Entry points `paged_attention_<dtype>_s<SLOTS>`, SLOTS ∈ {1, 2, 4, 8}
-// (head_dim ≤ 32, 64, 128, 256).
+// Entry points `paged_attention_<dtype>_s<SLOTS>`, SLOTS ∈ {1, 2, 4, 8, 16}
+// (head_dim ≤ 32, 64, 128, 256, 512). ptxas left to itself holds a 256-thread
+// kernel to 128 registers, and s16 then spills; its 192 KB of shared memory
+// leaves one block per SM anyway, so it asks for 1 (0: no bound, as before).
 #define PAGED_ATTENTION_SLOTS(SUFFIX, T, SLOTS)                                               \
-    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)                             \
+    extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, (SLOTS) >= 16 ? 1 : 0)      \
         paged_attention_##SUFFIX##_s##SLOTS(                                                  \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
@@ -204,13 +220,14 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
     PAGED_ATTENTION_SLOTS(SUFFIX, T, 1)   \
     PAGED_ATTENTION_SLOTS(SUFFIX, T, 2)   \
     PAGED_ATTENTION_SLOTS(SUFFIX, T, 4)   \
-    PAGED_ATTENTION_SLOTS(SUFFIX, T, 8)
+    PAGED_ATTENTION_SLOTS(SUFFIX, T, 8)   \
+    PAGED_ATTENTION_SLOTS(SUFFIX, T, 16)
 INSTANTIATE_T(PAGED_ATTENTION)
 
 // ---------------------------------------------------------------------------
 // Tensor-core kernel (see the header; fragment layouts in mma.cuh).
 
-template <typename T, int HD, int STAGES>
+template <typename T, int HD, int DV, int STAGES>
 __device__ void paged_attention_mma(const float* __restrict__ q, const T* __restrict__ k_pool,
                                     const T* __restrict__ v_pool,
                                     const int32_t* __restrict__ block_table,
@@ -223,17 +240,25 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
                                     int splits) {
     // (`hd` is the template's HD; the entry point takes it for a signature
     // shared with the SIMT kernel.)
+    constexpr bool QS = HD > 128;      // Q in shared memory, A fragments by ldmatrix
+    constexpr int PARTS = HD / DV;     // blocks per (tile, head), DV output columns each
     constexpr int KC = HD / 16;        // k-steps of Q·Kᵀ over head_dim
-    constexpr int DT = HD / 8;         // n-tiles of P·V over head_dim
+    constexpr int DT = DV / 8;         // n-tiles of P·V over this block's head dims
     constexpr int NT = MMA_BC / 8;     // n-tiles of S over the keys
-    constexpr int KSTR = HD + 8;       // ks row stride (elements)
+    constexpr int KSTR = HD + 8;       // ks (and qs) row stride (elements)
+    constexpr int VSTR = DV + 8;       // vs row stride
     constexpr int VEC = 8;             // elements per 16-byte load
     static_assert(STAGES == 1 || STAGES == 2, "one stage, or two filled by cp.async");
-    // [stage][key][hd] each: static for one stage; two live in the dynamic
-    // shared memory (69.6 KB at hd 128, past the static 48 KB).
+    static_assert(HD % DV == 0 && DV % 16 == 0 && (PARTS == 1 || QS),
+                  "output columns split in whole k-steps, only with Q in shared memory");
+    static_assert(PARTS == 1 || (HD / VEC) % 32 == 0, "a warp's V chunks are all in or all out");
+    // [stage][key][KSTR] K and [stage][key][VSTR] V tiles, then (QS) the
+    // [ATTN_BR][KSTR] Q tile: static for one stage at HD ≤ 128, else in the
+    // dynamic shared memory (past the static 48 KB).
     T* ks_all;
     T* vs_all;
-    if constexpr (STAGES == 1) {
+    T* qs = nullptr;
+    if constexpr (STAGES == 1 && !QS) {
         __shared__ __align__(16) T ks1[MMA_BC * KSTR];
         __shared__ __align__(16) T vs1[MMA_BC * KSTR];
         ks_all = ks1;
@@ -242,11 +267,13 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
         extern __shared__ float smem[];
         ks_all = reinterpret_cast<T*>(smem);
         vs_all = ks_all + STAGES * MMA_BC * KSTR;
+        qs = vs_all + STAGES * MMA_BC * VSTR;
     }
     T* const tag = nullptr;  // selects the dtype's pack2 / mma16816
 
     const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
-    const int h = blockIdx.y, kvh = h / (heads / kv_heads);
+    const int h = blockIdx.y / PARTS, kvh = h / (heads / kv_heads);
+    const int col0 = (blockIdx.y % PARTS) * DV;  // this block's first output column
     const int base = seq_start[seq], p0 = past[seq];
     const int nq = min(ATTN_BR, seq_start[seq + 1] - base - q0);
     const size_t qd = (size_t)heads * HD, kvd = (size_t)kv_heads * HD;
@@ -254,11 +281,25 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     const int g = lane / 4, c = lane % 4;
     const int32_t* table = block_table + (size_t)seq * max_blocks;
 
-    // This thread's two query rows within the tile, and Q as A fragments.
+    // This thread's two query rows within the tile; Q pre-scaled into log2
+    // units and rounded to T: as A fragments in registers for the whole
+    // kernel, or (QS: those HD/4 registers would spill next to O's HD/2)
+    // into qs, read by ldmatrix per k-step after the key loop's first
+    // barrier.
     const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
-    const float qscale = scale * 1.4426950408889634f;  // scores in log2 units
-    uint32_t qa[KC][4];
-    {
+    const float qscale = scale * 1.4426950408889634f;
+    uint32_t qa[QS ? 1 : KC][4];
+    if constexpr (QS) {
+        for (int e = threadIdx.x; e < ATTN_BR * (HD / 4); e += blockDim.x) {
+            const int r = e / (HD / 4), d = (e % (HD / 4)) * 4;
+            float4 x = make_float4(0, 0, 0, 0);
+            if (r < nq)
+                x = *reinterpret_cast<const float4*>(q + (size_t)(base + q0 + r) * qd + (size_t)h * HD + d);
+            uint32_t* dst = reinterpret_cast<uint32_t*>(qs + r * KSTR + d);
+            dst[0] = pack2(x.x * qscale, x.y * qscale, tag);
+            dst[1] = pack2(x.z * qscale, x.w * qscale, tag);
+        }
+    } else {
         const float* q_lo = q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD;
         const float* q_hi = q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD;
         const bool lo = r_lo < nq, hi = r_hi < nq;
@@ -290,29 +331,30 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     const int per = (n_tiles + splits - 1) / splits;
     const int kt_begin = k_lo + min(n_tiles, (int)blockIdx.z * per) * MMA_BC;
     const int kt_end = min(k_hi, k_lo + min(n_tiles, ((int)blockIdx.z + 1) * per) * MMA_BC);
-    // Tile kt's K and V rows into stage st: coalesced 16-byte copies
-    // (consecutive threads along head_dim). Keys past the end are zeros, so
-    // P·V never meets a NaN. One stage: loads and stores through registers;
-    // two: cp.async (zero-filled past the end), waited for a tile later.
+    // Tile kt's K rows and V rows (this block's DV columns) into stage st:
+    // coalesced 16-byte copies (consecutive threads along head_dim). Keys
+    // past the end are zeros, so P·V never meets a NaN. One stage: loads
+    // and stores through registers; two: cp.async (zero-filled past the
+    // end), waited for a tile later.
     auto load_tile = [&](int kt, int st) {
         T* ks = ks_all + st * MMA_BC * KSTR;
-        T* vs = vs_all + st * MMA_BC * KSTR;
+        T* vs = vs_all + st * MMA_BC * VSTR;
         for (int e = threadIdx.x; e < MMA_BC * (HD / VEC); e += blockDim.x) {
             const int r = e / (HD / VEC), d = (e % (HD / VEC)) * VEC, j = kt + r;
-            const bool in = j < k_hi;
+            const bool in = j < k_hi, with_v = PARTS == 1 || d < DV;
             const size_t row = in ? (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK : 0;
             const size_t off = row * kvd + (size_t)kvh * HD + d;
             if constexpr (STAGES == 1) {
                 uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
                 if (in) {
                     kv = *reinterpret_cast<const uint4*>(k_pool + off);
-                    vv = *reinterpret_cast<const uint4*>(v_pool + off);
+                    if (with_v) vv = *reinterpret_cast<const uint4*>(v_pool + off + col0);
                 }
                 *reinterpret_cast<uint4*>(ks + r * KSTR + d) = kv;
-                *reinterpret_cast<uint4*>(vs + r * KSTR + d) = vv;
+                if (with_v) *reinterpret_cast<uint4*>(vs + r * VSTR + d) = vv;
             } else {
                 cp_async16(ks + r * KSTR + d, k_pool + off, in ? 16 : 0);
-                cp_async16(vs + r * KSTR + d, v_pool + off, in ? 16 : 0);
+                if (with_v) cp_async16(vs + r * VSTR + d, v_pool + off + col0, in ? 16 : 0);
             }
         }
     };
@@ -335,22 +377,44 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
         }
         __syncthreads();
         const T* ks = ks_all + st * MMA_BC * KSTR;
-        const T* vs = vs_all + st * MMA_BC * KSTR;
+        const T* vs = vs_all + st * MMA_BC * VSTR;
 
         // S = Q·Kᵀ for this warp's 16 rows × 64 keys.
         float s[NT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-            const T* krow = ks + (nt * 8 + g) * KSTR + 2 * c;
-#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        if constexpr (QS) {
+            // Per k-step one ldmatrix.x4 for Q's A fragment (matrix t / 8 =
+            // rows 8·(t & 1)…, columns 8·(t / 2)…) and one per two n-tiles
+            // for K's B fragments (keys 8·(t / 2)…, columns 8·(t & 1)…:
+            // b0, b1 of n-tile nt, then nt + 1).
+            const int m8 = lane / 8;
+            const T* qrow = qs + (warp * 16 + (m8 & 1) * 8 + lane % 8) * KSTR + (m8 >> 1) * 8;
+            const T* krow = ks + ((m8 >> 1) * 8 + lane % 8) * KSTR + (m8 & 1) * 8;
+#pragma unroll 4
             for (int kc = 0; kc < KC; ++kc) {
-                const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kc * 16);
-                const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kc * 16 + 8);
-                mma16816(s[nt], qa[kc], b0, b1, tag);
+                uint32_t a[4];
+                ldmatrix_x4(a, qrow + kc * 16);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt += 2) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, krow + nt * 8 * KSTR + kc * 16);
+                    mma16816(s[nt], a, b[0], b[1], tag);
+                    mma16816(s[nt + 1], a, b[2], b[3], tag);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const T* krow = ks + (nt * 8 + g) * KSTR + 2 * c;
+#pragma unroll
+                for (int kc = 0; kc < KC; ++kc) {
+                    const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kc * 16);
+                    const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kc * 16 + 8);
+                    mma16816(s[nt], qa[kc], b0, b1, tag);
+                }
             }
         }
-
         // Mask, then the online softmax of rows lo (s[][0..1]) and hi (s[][2..3]).
         float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
@@ -405,7 +469,7 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
             // head dims (dt + m / 2)·8 …); transposed, lane (g, c) receives
             // keys 2c, 2c+1 of head dim g: b0, b1 of d-tile dt, then dt + 1.
             const int m8 = lane / 8;
-            const T* vrow = vs + (kc * 16 + (m8 & 1) * 8 + lane % 8) * KSTR + (m8 >> 1) * 8;
+            const T* vrow = vs + (kc * 16 + (m8 & 1) * 8 + lane % 8) * VSTR + (m8 >> 1) * 8;
 #pragma unroll
             for (int dt = 0; dt < DT; dt += 2) {
                 uint32_t b[4];
@@ -426,7 +490,9 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     }
     if (splits > 1) {
         // Unnormalised O, m (log2 units) and l of this split, for
-        // attention_merge: part[((row · heads + h) · splits + z) · (HD + 2) …].
+        // attention_merge: part[((row · heads + h) · splits + z) · (HD + 2) …],
+        // this block's DV columns (m and l, the same in every part, from the
+        // first).
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int r = i == 0 ? r_lo : r_hi;
@@ -434,10 +500,10 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
             float* pp = part + (((size_t)(base + q0 + r) * heads + h) * splits + blockIdx.z) * (HD + 2);
 #pragma unroll
             for (int dt = 0; dt < DT; ++dt) {
-                *reinterpret_cast<float2*>(pp + dt * 8 + 2 * c) =
+                *reinterpret_cast<float2*>(pp + col0 + dt * 8 + 2 * c) =
                     make_float2(acc[dt][2 * i], acc[dt][2 * i + 1]);
             }
-            if (c == 0) {
+            if (c == 0 && col0 == 0) {
                 pp[HD] = m[i];
                 pp[HD + 1] = l[i];
             }
@@ -449,7 +515,7 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
         const int r = i == 0 ? r_lo : r_hi;
         if (r >= nq) continue;
         const float inv = 1.0f / l[i];
-        T* o = out + (size_t)(base + q0 + r) * qd + (size_t)h * HD + 2 * c;
+        T* o = out + (size_t)(base + q0 + r) * qd + (size_t)h * HD + col0 + 2 * c;
 #pragma unroll
         for (int dt = 0; dt < DT; ++dt) {
             *reinterpret_cast<uint32_t*>(o + dt * 8) =
@@ -458,32 +524,39 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     }
 }
 
-// Entry points `paged_attention_mma_<dtype>_d<HD>`, HD ∈ {32, 64, 128}.
+// Entry points `paged_attention_mma_<dtype>_d<HD>`, HD ∈ {32, 64, 128, 256,
+// 512} (512: DV = 256 columns per block, two blocks per (tile, head)), and
+// `paged_attention_mma2_*` for HD ≤ 256 (at 512 two stages need 261 KB).
 // Blocks per SM the register budget must allow (runs 5–8 on an H200: the
 // split-KV bounds cost d128 7 registers, 168 → 175, which dropped it from 3
-// to 2 blocks per SM and from 145 to 113 TFLOP/s at 2×4096).
-#define MMA_MIN_BLOCKS(HD) ((HD) >= 128 ? 3 : (HD) >= 64 ? 4 : 5)
-// `paged_attention_mma_*` stage K/V through registers (one stage, static
-// shared memory); `paged_attention_mma2_*` double-buffer them with cp.async
-// (dynamic shared memory 2 · 2 · MMA_BC · (HD + 8) elements).
-#define PAGED_ATTENTION_MMA_HD(SUFFIX, T, HD, STAGES, NAME)                                   \
+// to 2 blocks per SM and from 145 to 113 TFLOP/s at 2×4096). From HD 256
+// shared memory allows at most 2 blocks (1 at 512), and 2 blocks of 128
+// threads may use 255 registers each, the hardware's limit.
+#define MMA_MIN_BLOCKS(HD) ((HD) >= 512 ? 1 : (HD) >= 256 ? 2 : (HD) >= 128 ? 3 : (HD) >= 64 ? 4 : 5)
+// `paged_attention_mma_*` stage K/V through registers (one stage),
+// `paged_attention_mma2_*` double-buffer them with cp.async; shared memory
+// as in the header.
+#define PAGED_ATTENTION_MMA_HD(SUFFIX, T, HD, DV, STAGES, NAME)                               \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, MMA_MIN_BLOCKS(HD))          \
         NAME##_##SUFFIX##_d##HD(                                                              \
             const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
             int heads, int kv_heads, int /* hd = HD */, int max_blocks, int window,          \
             float scale, float* part, int splits) {                                           \
-        paged_attention_mma<T, HD, STAGES>(q, k_pool, v_pool, block_table, seq_start, past,   \
-                                           tiles, out, heads, kv_heads, max_blocks, window,   \
-                                           scale, part, splits);                              \
+        paged_attention_mma<T, HD, DV, STAGES>(q, k_pool, v_pool, block_table, seq_start,     \
+                                               past, tiles, out, heads, kv_heads, max_blocks, \
+                                               window, scale, part, splits);                  \
     }
-#define PAGED_ATTENTION_MMA(SUFFIX, T)                                   \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32, 1, paged_attention_mma)        \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64, 1, paged_attention_mma)        \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128, 1, paged_attention_mma)       \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32, 2, paged_attention_mma2)       \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64, 2, paged_attention_mma2)       \
-    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128, 2, paged_attention_mma2)
+#define PAGED_ATTENTION_MMA(SUFFIX, T)                                       \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32, 32, 1, paged_attention_mma)        \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64, 64, 1, paged_attention_mma)        \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128, 128, 1, paged_attention_mma)     \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 256, 256, 1, paged_attention_mma)     \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 512, 256, 1, paged_attention_mma)     \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 32, 32, 2, paged_attention_mma2)       \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 64, 64, 2, paged_attention_mma2)       \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 128, 128, 2, paged_attention_mma2)    \
+    PAGED_ATTENTION_MMA_HD(SUFFIX, T, 256, 256, 2, paged_attention_mma2)
 PAGED_ATTENTION_MMA(bf16, __nv_bfloat16)
 PAGED_ATTENTION_MMA(f16, __half)
 

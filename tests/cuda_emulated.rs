@@ -11,9 +11,9 @@
 //! (mlp_driver.cpp), the gated-DeltaNet steps (deltanet_driver.cpp:
 //! convolution, q/k norms and gates, the recurrence token by token and in
 //! chunks, the gated norm), and
-//! the attention kernels (attention_driver.cpp). The last have passed their
-//! parity tests on an H200, so they also hold the emulator itself to the
-//! hardware: a wrong fragment layout in mma_emu.h fails them. This pins the kernels' indexing, masks, pipeline
+//! the attention kernels (attention_driver.cpp). The last (up to head_dim
+//! 128) have passed their parity tests on an H200, so they also hold the
+//! emulator itself to the hardware: a wrong fragment layout in mma_emu.h fails them. This pins the kernels' indexing, masks, pipeline
 //! and merges on machines without a GPU (CI); speed and the hardware's own
 //! arithmetic are the GPU tests' business.
 //!

@@ -317,26 +317,41 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
 /// Every attention case, its sequences scored whole and with a cached
 /// prefix (`past`: the first whole blocks of about half of each sequence
 /// already in the pool, only the rest packed as queries, as the prefix
-/// cache runs it).
+/// cache runs it). Head dims 256 and 512 (Qwen 3.5, Gemma 4) take the
+/// tensor-core kernel's Q-in-shared-memory and split-output paths; scale 1
+/// is Gemma 4's.
 #[test]
 fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_and_past() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(4);
+    // (heads, kv_heads, head_dim, window, scale (None: 1/√hd), lengths)
     let cases = [
-        (4, 2, 32, None, vec![150usize, 37, 1]),
-        (4, 4, 64, Some(17), vec![100]),
-        (8, 1, 128, Some(40), vec![70, 33]),
-        (2, 1, 256, None, vec![65]),
-        (2, 2, 80, None, vec![50, 31]),
-        (4, 2, 64, Some(1), vec![20]),
-        (14, 2, 64, None, vec![257, 64]),
-        (4, 2, 128, None, vec![300, 5]),
+        (4, 2, 32, None, None, vec![150usize, 37, 1]),
+        (4, 4, 64, Some(17), None, vec![100]),
+        (8, 1, 128, Some(40), None, vec![70, 33]),
+        (2, 1, 256, None, None, vec![65]),
+        (4, 2, 256, Some(100), None, vec![300, 37]),
+        (2, 1, 512, None, None, vec![65]),
+        (4, 2, 512, Some(100), Some(1.0), vec![200, 17]),
+        (2, 2, 80, None, None, vec![50, 31]),
+        (4, 2, 64, Some(1), Some(1.0), vec![20]),
+        (14, 2, 64, None, None, vec![257, 64]),
+        (4, 2, 128, None, None, vec![300, 5]),
     ];
-    for ((heads, kv_heads, hd, window, lens), cached) in cases
+    for ((heads, kv_heads, hd, window, scale, lens), cached) in cases
         .iter()
         .flat_map(|c| [(c.clone(), false), (c.clone(), true)])
     {
-        let shape = AttnShape::new(heads, kv_heads, hd, window);
+        let mut shape = AttnShape::new(heads, kv_heads, hd, window);
+        // Scale 1 with q in ±1/16 keeps the scores O(1) up to head_dim 512,
+        // so the softmax does not collapse onto one key.
+        let q_mag = match scale {
+            Some(s) => {
+                shape.scale = s;
+                1.0 / 16.0
+            }
+            None => 1.0,
+        };
         let (qd, kvd) = (heads * hd, kv_heads * hd);
         let total: usize = lens.iter().sum();
         let seqs: Vec<(usize, usize)> = lens
@@ -359,7 +374,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
         order.truncate(needed);
         let layout = PagedBatch::with_past_blocks(&seqs, &order);
         let n = layout.tokens();
-        let q = rng.vec(total * qd, 1.0);
+        let q = rng.vec(total * qd, q_mag);
         let k = rng.vec(total * kvd, 1.0);
         let v = rng.vec(total * kvd, 1.0);
         // Sequence s's tokens start at row `first[s]` of q/k/v.
@@ -409,12 +424,16 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
             let starts = gpu.upload(&layout.seq_start).unwrap();
             let past = gpu.upload(&layout.past).unwrap();
             let tiles = gpu.upload(&layout.tiles).unwrap();
-            // Tensor cores (and their cp.async double-buffered variant): one
-            // block per (tile, head), the key range split in 3 (merged by
-            // attention_merge), and the launcher's choice.
-            let mut kernels = vec![(AttnKernel::Simt, 0)];
-            if gpu.attention_has_tensor_cores(dt, hd) {
-                for k in [AttnKernel::TensorCore, AttnKernel::Pipelined] {
+            // SIMT where its shared memory fits (192 KB at head_dim 512);
+            // tensor cores (and their cp.async double-buffered variant, up to
+            // head_dim 256): one block per (tile, head), the key range split
+            // in 3 (merged by attention_merge), and the launcher's choice.
+            let mut kernels = Vec::new();
+            if gpu.attention_runs(AttnKernel::Simt, dt, hd) {
+                kernels.push((AttnKernel::Simt, 0));
+            }
+            for k in [AttnKernel::TensorCore, AttnKernel::Pipelined] {
+                if gpu.attention_runs(k, dt, hd) {
                     kernels.extend([1, 3, 0].map(|s| (k, s)));
                 }
             }

@@ -1,18 +1,21 @@
 // attention_driver.cpp — kernels/attention.cu run on the CPU through emu.h
 // against a direct f64 attention: the tensor-core kernel and its cp.async
-// double-buffered variant (bf16 pool, head dims 32 and 64, whole and split
-// key ranges with attention_merge) and the
-// SIMT kernel (f32 pool), GQA, a sliding window, and sequences continuing a
-// cached prefix (`past`). This kernel has passed its parity tests on an
-// H200 (docs/gpu-results.md), so it also checks the emulator: ldmatrix
-// (.trans), mma.sync's fragments and the warp collectives as emu.h and
-// mma_emu.h model them. Exit status 0 when every value is within
-// tolerance. Built and run by tests/cuda_emulated.rs.
+// double-buffered variant (bf16 pool; head dims 32 and 64 with Q in
+// registers, 256 with Q in shared memory, 512 with the output columns split
+// over two blocks; whole and split key ranges with attention_merge) and the
+// SIMT kernel (f32 pool, head dims 64 and 512), GQA, sliding windows,
+// sequences continuing a cached prefix (`past`) and a softmax scale other
+// than 1/√hd. The kernels at head dims ≤ 128 have passed their parity tests
+// on an H200 (docs/gpu-results.md), so they also check the emulator:
+// ldmatrix (.trans), mma.sync's fragments and the warp collectives as emu.h
+// and mma_emu.h model them. Each launch is also held to the dynamic shared
+// memory the launcher gives it (the header's sizes). Exit status 0 when
+// every value is within tolerance. Built and run by tests/cuda_emulated.rs.
 #include "emu.h"
 
-// The dynamic shared memory of the SIMT kernel and of the double-buffered
-// tensor-core one (their `extern __shared__` array).
-alignas(16) float smem[1 << 14];
+// The dynamic shared memory of the SIMT kernel and of the tensor-core ones
+// that use it (their `extern __shared__` array): up to Hopper's 227 KB.
+alignas(16) float smem[1 << 16];
 
 #include "attention.cu"
 
@@ -49,20 +52,48 @@ Layout layout(const std::vector<Seq>& seqs) {
     return l;
 }
 
-template <class T>
-// `stages`: 0 the SIMT kernel, 1 the tensor-core kernel, 2 its cp.async
-// double-buffered variant.
-void run(const char* name, int heads, int kv_heads, int hd, int window, int splits, int stages, uint64_t seed) {
-    const bool mma = stages > 0;
+using Bf16 = __nv_bfloat16;
+using MmaKernel = void (*)(const float*, const Bf16*, const Bf16*, const int32_t*, const int32_t*, const int32_t*,
+                           const int32_t*, Bf16*, int, int, int, int, int, float, float*, int);
+using SimtKernel = void (*)(const float*, const float*, const float*, const int32_t*, const int32_t*, const int32_t*,
+                            const int32_t*, float*, int, int, int, int, int, float);
+
+// The kernel under test, launched as src/backend/cuda/attention.rs does.
+struct Kernel {
+    MmaKernel mma = nullptr;  // bf16 pool, with `stages` K/V stages
+    SimtKernel simt = nullptr;  // f32 pool
+    int stages = 1;
+};
+
+// Dynamic shared memory the launcher gives it, bytes (the header's sizes;
+// `mma_smem` there): SIMT (SIMT_BR·hd + ATTN_BC·(hd + 1) + ATTN_BC·hd)
+// floats; tensor cores per stage a K tile of MMA_BC × (hd + 8) and a V tile
+// of MMA_BC × (DV + 8) bf16, plus the Q tile ATTN_BR × (hd + 8) from hd 256,
+// none for one stage below it (static).
+size_t smem_bytes(const Kernel& k, int hd) {
+    if (k.simt) return (size_t)(SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4;
+    if (k.stages == 1 && hd <= 128) return 0;
+    const int dv = std::min(hd, 256);
+    return (size_t)(k.stages * MMA_BC * (hd + 8 + dv + 8) + (hd > 128 ? ATTN_BR * (hd + 8) : 0)) * 2;
+}
+
+struct Case {
+    int heads, kv_heads, hd, window, splits;
+    float scale;  // 0: 1/√hd
+    float q_mag;  // q uniform in ±q_mag
+};
+
+template <class T> void run(const char* name, const Kernel& k, const Case& c, uint64_t seed) {
+    const int heads = c.heads, kv_heads = c.kv_heads, hd = c.hd, window = c.window, splits = c.splits;
     EmuRng rng{seed};
     const std::vector<Seq> seqs = {{0, 70}, {32, 5}, {16, 130}};
     const Layout l = layout(seqs);
     const int qd = heads * hd, kvd = kv_heads * hd, n = l.n;
-    const auto q = rng.vec((size_t)n * qd, 1.0f);
+    const auto q = rng.vec((size_t)n * qd, c.q_mag);
     std::vector<T> kp((size_t)l.pool_rows * kvd), vp((size_t)l.pool_rows * kvd);
     for (auto* pool : {&kp, &vp})
         for (T& x : *pool) x = from_f32<T>(rng.next());
-    const float scale = 1.0f / std::sqrt((float)hd);
+    const float scale = c.scale != 0 ? c.scale : 1.0f / std::sqrt((float)hd);
 
     // Direct attention of every packed query.
     std::vector<double> want((size_t)n * qd);
@@ -101,50 +132,74 @@ void run(const char* name, int heads, int kv_heads, int hd, int window, int spli
     std::vector<T> out((size_t)n * qd, from_f32<T>(NAN));
     std::vector<float> part((size_t)n * heads * splits * (hd + 2), NAN);
     const int tiles = (int)l.tiles.size() / 2;
-    if (mma) {
-        auto kernel = stages == 2 ? (hd == 32 ? paged_attention_mma2_bf16_d32 : paged_attention_mma2_bf16_d64)
-                                  : (hd == 32 ? paged_attention_mma_bf16_d32 : paged_attention_mma_bf16_d64);
-        emu_launch(dim3_{(unsigned)tiles, (unsigned)heads, (unsigned)splits}, MMA_WARPS * 32, nullptr, 0, [&] {
-            kernel(q.data(), (const __nv_bfloat16*)kp.data(), (const __nv_bfloat16*)vp.data(), l.block_table.data(),
-                   l.seq_start.data(), l.past.data(), l.tiles.data(), (__nv_bfloat16*)out.data(), heads, kv_heads, hd,
-                   l.max_blocks, window, scale, part.data(), splits);
-        });
+    const size_t bytes = smem_bytes(k, hd);
+    emu_smem_used = 0;
+    if (k.mma) {
+        // Blocks per (tile, head): one per DV = 256 output columns.
+        const int parts = hd > 256 ? hd / 256 : 1;
+        emu_launch(dim3_{(unsigned)tiles, (unsigned)(heads * parts), (unsigned)splits}, MMA_WARPS * 32,
+                   reinterpret_cast<unsigned char*>(smem), sizeof smem, [&] {
+                       k.mma(q.data(), (const Bf16*)kp.data(), (const Bf16*)vp.data(), l.block_table.data(),
+                             l.seq_start.data(), l.past.data(), l.tiles.data(), (Bf16*)out.data(), heads, kv_heads,
+                             hd, l.max_blocks, window, scale, part.data(), splits);
+                   });
         if (splits > 1)
             emu_launch(dim3_{(unsigned)n, (unsigned)heads, 1}, (unsigned)((hd + 31) / 32 * 32), nullptr, 0, [&] {
-                attention_merge_bf16(part.data(), (__nv_bfloat16*)out.data(), heads, hd, splits);
+                attention_merge_bf16(part.data(), (Bf16*)out.data(), heads, hd, splits);
             });
     } else {
-        emu_launch(dim3_{(unsigned)tiles, (unsigned)heads, 1}, ATTN_WARPS * 32, nullptr, 0, [&] {
-            paged_attention_f32_s2((const float*)q.data(), (const float*)kp.data(), (const float*)vp.data(),
-                                   l.block_table.data(), l.seq_start.data(), l.past.data(), l.tiles.data(),
-                                   (float*)out.data(), heads, kv_heads, hd, l.max_blocks, window, scale);
-        });
+        emu_launch(dim3_{(unsigned)tiles, (unsigned)heads, 1}, ATTN_WARPS * 32, reinterpret_cast<unsigned char*>(smem),
+                   sizeof smem, [&] {
+                       k.simt((const float*)q.data(), (const float*)kp.data(), (const float*)vp.data(),
+                              l.block_table.data(), l.seq_start.data(), l.past.data(), l.tiles.data(),
+                              (float*)out.data(), heads, kv_heads, hd, l.max_blocks, window, scale);
+                   });
+    }
+    if (emu_smem_used > bytes) {
+        std::fprintf(stderr, "FAIL %s: wrote %zu bytes of dynamic shared memory, the launcher gives %zu\n", name,
+                     emu_smem_used, bytes);
+        ++emu_failures;
     }
     std::vector<float> got(out.size());
     for (size_t i = 0; i < out.size(); ++i) got[i] = to_f32(out[i]);
     // bf16: Q·scale·log2e and P rounded to bf16 for the products, O rounded
     // to bf16: ~2.5e-3 measured here (bound 1e-2); f32 (SIMT): sums in
     // another order.
-    emu_check(name, got, want, mma ? 1e-2 : 1e-5);
+    emu_check(name, got, want, k.mma ? 1e-2 : 1e-5);
 }
 
 }  // namespace
 
 int main() {
-    emu_watchdog(600);
-    run<__nv_bfloat16>("attention mma hd64 gqa2", 4, 2, 64, 0, 1, 1, 51);
-    run<__nv_bfloat16>("attention mma hd32 window 40 split 3", 4, 1, 32, 40, 3, 1, 52);
+    emu_watchdog(1200);
+    const Kernel d32{paged_attention_mma_bf16_d32}, d64{paged_attention_mma_bf16_d64};
+    const Kernel d256{paged_attention_mma_bf16_d256}, d512{paged_attention_mma_bf16_d512};
+    const Kernel p32{paged_attention_mma2_bf16_d32, nullptr, 2}, p64{paged_attention_mma2_bf16_d64, nullptr, 2};
+    const Kernel p256{paged_attention_mma2_bf16_d256, nullptr, 2};
+    // Q of ±1/16 keeps the unscaled (scale 1) scores of hd 256 / 512 around
+    // ±0.5, so the softmax does not saturate to one key.
+    run<Bf16>("attention mma hd64 gqa2", d64, {4, 2, 64, 0, 1, 0, 1}, 51);
+    run<Bf16>("attention mma hd32 window 40 split 3", d32, {4, 1, 32, 40, 3, 0, 1}, 52);
+    run<Bf16>("attention mma hd256 gqa2 window 80", d256, {4, 2, 256, 80, 1, 0, 1}, 54);
+    run<Bf16>("attention mma hd256 split 3 scale 1", d256, {2, 1, 256, 0, 3, 1.0f, 1.0f / 16}, 55);
+    run<Bf16>("attention mma hd512 gqa2 window 80", d512, {4, 2, 512, 80, 1, 0, 1}, 56);
+    run<Bf16>("attention mma hd512 split 3 scale 1", d512, {2, 1, 512, 0, 3, 1.0f, 1.0f / 16}, 57);
     // cp.async done at its wait (a read before the wait sees the NaN fill),
     // then at issue (a stage refilled while a warp still reads it).
     for (const bool lazy : {true, false}) {
         emu_lazy_copies = lazy;
-        run<__nv_bfloat16>(lazy ? "attention mma2 hd64 gqa2, copies at wait" : "attention mma2 hd64 gqa2, copies at issue",
-                           4, 2, 64, 0, 1, 2, 51);
-        run<__nv_bfloat16>(lazy ? "attention mma2 hd32 window 40 split 3, copies at wait"
-                                : "attention mma2 hd32 window 40 split 3, copies at issue",
-                           4, 1, 32, 40, 3, 2, 52);
+        const char* when = lazy ? "copies at wait" : "copies at issue";
+        char name[128];
+        std::snprintf(name, sizeof name, "attention mma2 hd64 gqa2, %s", when);
+        run<Bf16>(name, p64, {4, 2, 64, 0, 1, 0, 1}, 51);
+        std::snprintf(name, sizeof name, "attention mma2 hd32 window 40 split 3, %s", when);
+        run<Bf16>(name, p32, {4, 1, 32, 40, 3, 0, 1}, 52);
+        std::snprintf(name, sizeof name, "attention mma2 hd256 gqa2 window 80 split 2, %s", when);
+        run<Bf16>(name, p256, {4, 2, 256, 80, 2, 0, 1}, 58);
     }
-    run<float>("attention simt f32 hd64", 2, 1, 64, 0, 1, 0, 53);
+    run<float>("attention simt f32 hd64", Kernel{nullptr, paged_attention_f32_s2}, {2, 1, 64, 0, 1, 0, 1}, 53);
+    run<float>("attention simt f32 hd512 gqa2 window 80 scale 1", Kernel{nullptr, paged_attention_f32_s16},
+               {4, 2, 512, 80, 1, 1.0f, 1.0f / 16}, 59);
     std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
     return emu_failures ? 1 : 0;
 }

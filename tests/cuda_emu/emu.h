@@ -11,7 +11,8 @@
 //   watchdog turns that into a failure.
 // * Shared memory (the kernel's `extern __shared__` array, when the driver
 //   passes it) is filled with 0xFF bytes (NaN) before each block, so a read
-//   of an unwritten byte shows.
+//   of an unwritten byte shows; after each block the end of what it wrote
+//   raises `emu_smem_used`, for the driver to hold to the host's size.
 // * cp.async copies are deferred until the `cp.async.wait_group` that must
 //   complete them (`EMU_LAZY_COPIES`, the default) or done at issue: the
 //   first exposes a read before its wait, the second a stage overwritten
@@ -235,6 +236,12 @@ inline void emu_check(const char* what, const std::vector<float>& got, const std
 // ---------------------------------------------------------------------------
 // Launch: every block of `grid`, `threads` threads each, one block at a time.
 
+// Bytes of the passed shared array up to its last written (not 0xFF) byte,
+// the most over the blocks launched since the driver last reset it. A value
+// whose last byte is 0xFF is a NaN (f32, 16-bit floats little-endian), which
+// no kernel stores.
+inline size_t emu_smem_used = 0;
+
 inline void emu_launch(dim3_ grid, unsigned threads, unsigned char* smem, size_t smem_bytes,
                        const std::function<void()>& kernel) {
     if (threads % 32 != 0) {
@@ -267,6 +274,9 @@ inline void emu_launch(dim3_ grid, unsigned threads, unsigned char* smem, size_t
                     });
                 for (auto& t : ts) t.join();
                 emu_block = nullptr;
+                size_t used = smem ? smem_bytes : 0;
+                while (used > emu_smem_used && smem[used - 1] == 0xFF) --used;
+                emu_smem_used = std::max(emu_smem_used, used);
             }
 }
 

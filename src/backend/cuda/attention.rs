@@ -1,13 +1,14 @@
 //! The attention launcher (kernels/attention.cu): causal, optionally
-//! windowed attention over the paged KV pool, on tensor cores (mma.sync,
-//! one or two K/V stages) or CUDA cores, with the key range split over
-//! blocks when the (tile, head) blocks alone leave the GPU idle. CPU twin:
-//! `ops::attention`.
+//! windowed attention over the paged KV pool with any softmax scale, on
+//! tensor cores (mma.sync, one or two K/V stages; at head_dim 512 two blocks
+//! per (tile, head), 256 output columns each) or CUDA cores, with the key
+//! range split over blocks when the (tile, head) blocks alone leave the GPU
+//! idle. CPU twin: `ops::attention`.
 
 use cudarc::driver::{CudaView, PushKernelArg};
 
 use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, cfg};
-use super::kernels::{KV_BLOCK, check, dims_fit, typed};
+use super::kernels::{ATTN_BR, KV_BLOCK, check, dims_fit, typed};
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
 use crate::model::weights::DType;
@@ -15,26 +16,33 @@ use crate::model::weights::DType;
 /// Keys per tile of the tensor-core attention kernel (from [`crate::consts`]).
 const MMA_BC: usize = crate::consts::MMA_BC;
 /// Head dims the tensor-core attention kernel is built for.
-pub const MMA_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+pub const MMA_HEAD_DIMS: [usize; 5] = [32, 64, 128, 256, 512];
+/// Head dims of its double-buffered variant (at 512 two stages need 261 KB
+/// of shared memory).
+const PIPELINED_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 
 /// Which attention kernel runs (kernels/attention.cu).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnKernel {
     /// Tensor cores when the cache dtype, head_dim and device allow, else SIMT.
     Auto,
-    /// CUDA cores, f32 arithmetic throughout (every dtype, head_dim ≤ 256).
+    /// CUDA cores, f32 arithmetic throughout (every dtype, head_dim ≤ 512;
+    /// at 512 its 192 KB of shared memory needs a Hopper-class opt-in).
     Simt,
-    /// mma.sync (bf16/f16 caches, head_dim 32/64/128, sm_80+).
+    /// mma.sync (bf16/f16 caches, head_dim 32/64/128/256/512, sm_80+, where
+    /// its shared memory fits: 99 KB at head_dim 256, 163 KB at 512).
     TensorCore,
     /// The tensor-core kernel with K/V tiles double-buffered through
-    /// cp.async (the next tile in flight during this one's arithmetic);
-    /// not `Auto`'s choice until measured against `TensorCore` on a GPU.
+    /// cp.async (the next tile in flight during this one's arithmetic), up to
+    /// head_dim 256 (165 KB of shared memory there); not `Auto`'s choice
+    /// until measured against `TensorCore` on a GPU.
     Pipelined,
 }
 /// Most key-range splits of the tensor-core attention kernel.
 pub const MAX_KV_SPLITS: usize = 16;
-/// Largest head_dim the attention kernel takes (8 slots of 32 lanes).
-pub const MAX_HEAD_DIM: usize = 256;
+/// Largest head_dim the attention kernels take (the SIMT kernel's 16 slots
+/// of 32 lanes).
+pub const MAX_HEAD_DIM: usize = 512;
 /// Threads of the tensor-core attention kernel (`MMA_WARPS` · 32).
 const MMA_THREADS: u32 = (crate::consts::MMA_WARPS * 32) as u32;
 /// Threads of the SIMT attention kernel (`ATTN_WARPS` · 32).
@@ -44,10 +52,62 @@ const SIMT_BR: usize = crate::consts::SIMT_BR;
 /// Keys per tile of the SIMT attention kernel.
 const ATTN_BC: usize = crate::consts::ATTN_BC;
 
+/// Output columns per block of the tensor-core kernel: all of them up to
+/// head_dim 256; at 512, 256 (O for 16 rows × 512 would not fit a warp's
+/// registers), so `head_dim / mma_dv` blocks share a (tile, head).
+fn mma_dv(hd: usize) -> usize {
+    hd.min(256)
+}
+
+/// Dynamic shared memory of the tensor-core kernel with `stages` K/V
+/// stages, bytes: per stage a K tile (MMA_BC × (hd + 8)) and a V tile
+/// (MMA_BC × (dv + 8)), plus from head_dim 256 the Q tile (ATTN_BR × (hd +
+/// 8)); 0 for one stage up to 128, whose tiles are static.
+fn mma_smem(hd: usize, stages: usize, elem: usize) -> usize {
+    let q_tile = hd > 128;
+    if stages == 1 && !q_tile {
+        return 0;
+    }
+    let kv = stages * MMA_BC * (hd + 8 + mma_dv(hd) + 8);
+    (kv + if q_tile { ATTN_BR * (hd + 8) } else { 0 }) * elem
+}
+
+/// Dynamic shared memory of the SIMT kernel, bytes: the Q half-tile, the K
+/// tile (rows padded by one float) and the V tile, f32.
+fn simt_smem(hd: usize) -> usize {
+    (SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4
+}
+
 impl Gpu {
-    /// Whether the tensor-core kernel takes this cache dtype and head_dim here.
+    /// Whether the tensor-core kernel takes this cache dtype and head_dim
+    /// here (`Auto`'s choice; see [`Gpu::attention_runs`]).
     pub fn attention_has_tensor_cores(&self, dtype: DType, head_dim: usize) -> bool {
-        dtype != DType::F32 && MMA_HEAD_DIMS.contains(&head_dim) && self.arch().0 >= 8
+        self.attention_runs(AttnKernel::TensorCore, dtype, head_dim)
+    }
+
+    /// Whether `kernel` takes this cache dtype and head_dim on this device:
+    /// built for them (tensor cores: bf16/f16 on sm_80+, [`MMA_HEAD_DIMS`],
+    /// up to 256 double-buffered; SIMT: up to [`MAX_HEAD_DIM`]) and its
+    /// shared memory within what the device lets a block opt in to. `Auto`
+    /// runs where tensor cores or SIMT do.
+    pub fn attention_runs(&self, kernel: AttnKernel, dtype: DType, head_dim: usize) -> bool {
+        let hd = head_dim;
+        let fits = |bytes: usize| bytes <= self.shared_memory_optin() as usize;
+        let mma = |stages, built: &[usize]| {
+            dtype != DType::F32
+                && built.contains(&hd)
+                && self.arch().0 >= 8
+                && fits(mma_smem(hd, stages, dtype.size()))
+        };
+        match kernel {
+            AttnKernel::Simt => hd > 0 && hd <= MAX_HEAD_DIM && fits(simt_smem(hd)),
+            AttnKernel::TensorCore => mma(1, &MMA_HEAD_DIMS),
+            AttnKernel::Pipelined => mma(2, &PIPELINED_HEAD_DIMS),
+            AttnKernel::Auto => {
+                self.attention_runs(AttnKernel::TensorCore, dtype, hd)
+                    || self.attention_runs(AttnKernel::Simt, dtype, hd)
+            }
+        }
     }
 
     /// Causal (optionally windowed) attention over the paged KV pool —
@@ -57,10 +117,11 @@ impl Gpu {
     /// keys are cached, already in the pool); see
     /// [`super::forward::PagedBatch`] for how they are built.
     /// `kernel`: [`AttnKernel::Auto`] picks tensor cores where they apply
-    /// (tests and benches force each); `TensorCore` where it does not apply
-    /// is an error. `splits`: key-range splits of the tensor-core kernel
-    /// (0: as many as fill the GPU, up to [`MAX_KV_SPLITS`]; the SIMT kernel
-    /// never splits).
+    /// (tests and benches force each); a kernel that does not run here
+    /// ([`Gpu::attention_runs`]) is an error. Scores are scaled by
+    /// `shape.scale`.
+    /// `splits`: key-range splits of the tensor-core kernel (0: as many as
+    /// fill the GPU, up to [`MAX_KV_SPLITS`]; the SIMT kernel never splits).
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention(
         &self,
@@ -84,8 +145,8 @@ impl Gpu {
             window,
             scale,
         } = shape;
-        check(scale == 1.0 / (hd as f32).sqrt(), || {
-            format!("attention: the kernel scales scores by 1/√head_dim, not {scale}")
+        check(scale.is_finite(), || {
+            format!("attention: softmax scale {scale}")
         })?;
         check(
             hd > 0 && hd <= MAX_HEAD_DIM && nkv > 0 && nh.is_multiple_of(nkv),
@@ -121,20 +182,37 @@ impl Gpu {
         if num_tiles == 0 {
             return Ok(());
         }
-        let mma = self.attention_has_tensor_cores(k_pool.dtype, hd);
-        let tc = mma && kernel != AttnKernel::Simt;
-        check(
-            tc || matches!(kernel, AttnKernel::Auto | AttnKernel::Simt),
-            || {
-                format!(
-                    "attention: no tensor-core kernel for {} head_dim {hd} on sm_{}{}",
-                    k_pool.dtype.name(),
-                    self.arch().0,
-                    self.arch().1
-                )
-            },
-        )?;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let kernel = match kernel {
+            AttnKernel::Auto if self.attention_has_tensor_cores(k_pool.dtype, hd) => {
+                AttnKernel::TensorCore
+            }
+            AttnKernel::Auto => AttnKernel::Simt,
+            k => k,
+        };
+        let stages = if kernel == AttnKernel::Pipelined {
+            2
+        } else {
+            1
+        };
+        let tc = kernel != AttnKernel::Simt;
+        check(self.attention_runs(kernel, k_pool.dtype, hd), || {
+            format!(
+                "attention: no {kernel:?} kernel for {} head_dim {hd} on sm_{}{} (tensor cores: \
+                 bf16/f16, head_dim {MMA_HEAD_DIMS:?}, double-buffered {PIPELINED_HEAD_DIMS:?}, \
+                 sm_80+); it needs {} bytes of shared memory, the device allows {}",
+                k_pool.dtype.name(),
+                self.arch().0,
+                self.arch().1,
+                if tc {
+                    mma_smem(hd, stages, k_pool.dtype.size())
+                } else {
+                    simt_smem(hd)
+                },
+                self.shared_memory_optin()
+            )
+        })?;
+        // Tensor-core blocks per (tile, head), each writing hd / parts columns.
+        let parts = if tc { hd / mma_dv(hd) } else { 1 };
         let (h, kh, d, mb, w) = (
             nh as i32,
             nkv as i32,
@@ -148,26 +226,27 @@ impl Gpu {
         let splits = match (tc, splits) {
             (false, _) => 1,
             (true, 0) => {
-                let blocks = num_tiles * nh;
+                let blocks = num_tiles * nh * parts;
                 let want = (2 * self.multiprocessors() as usize).div_ceil(blocks.max(1));
                 want.min((max_blocks * KV_BLOCK / 256).max(1))
                     .clamp(1, MAX_KV_SPLITS)
             }
             (true, s) => s.min(MAX_KV_SPLITS),
         };
-        let (name, threads, smem) = if tc && kernel == AttnKernel::Pipelined {
-            let name = format!("paged_attention_mma2_{}_d{hd}", k_pool.dtype.name());
-            // Two stages of K and V tiles, MMA_BC keys × (hd + 8) elements.
-            let smem = (2 * 2 * MMA_BC * (hd + 8) * k_pool.dtype.size()) as u32;
+        let (name, threads, smem) = if tc {
+            let prefix = if stages == 2 {
+                "paged_attention_mma2"
+            } else {
+                "paged_attention_mma"
+            };
+            let name = format!("{prefix}_{}_d{hd}", k_pool.dtype.name());
+            let smem = mma_smem(hd, stages, k_pool.dtype.size()) as u32;
             (name, MMA_THREADS, smem)
-        } else if tc {
-            let name = format!("paged_attention_mma_{}_d{hd}", k_pool.dtype.name());
-            (name, MMA_THREADS, 0) // static shared memory
         } else {
-            // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4 or 8.
+            // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4, 8 or 16.
             let slots = hd.div_ceil(32).next_power_of_two();
             let name = format!("paged_attention_{}_s{slots}", k_pool.dtype.name());
-            let smem = ((SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4) as u32;
+            let smem = simt_smem(hd) as u32;
             (name, ATTN_THREADS, smem)
         };
         let n = q.len() / qd;
@@ -199,12 +278,13 @@ impl Gpu {
             if tc {
                 b.arg(&mut part).arg(&sp);
             }
-            let grid = (num_tiles as u32, nh as u32, splits as u32);
+            let grid = (num_tiles as u32, (nh * parts) as u32, splits as u32);
             // SAFETY: as in `embedding`; block-table entries and tiles come
             // from `PagedBatch`, which keeps them inside the pool and the
             // sequences; with splits > 1 `part` holds n × heads × splits
             // partials of hd + 2 floats, written for every packed row
-            // (every row lies in exactly one tile).
+            // (every row lies in exactly one tile; each of the `parts`
+            // blocks of a (tile, head) writes its hd / parts columns).
             unsafe { b.launch(cfg(grid, threads, smem)) }.ctx(&name)?;
         }
         if splits > 1 {

@@ -181,6 +181,11 @@ impl Gpu {
         self.sms
     }
 
+    /// Most dynamic shared memory a kernel may opt in to, bytes.
+    pub fn shared_memory_optin(&self) -> u32 {
+        self.smem_optin
+    }
+
     /// Compute capability `(major, minor)`.
     pub fn arch(&self) -> (i32, i32) {
         self.arch
