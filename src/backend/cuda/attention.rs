@@ -17,6 +17,12 @@ use crate::model::weights::DType;
 const MMA_BC: usize = crate::consts::MMA_BC;
 /// Head dims the tensor-core attention kernel is built for.
 pub const MMA_HEAD_DIMS: [usize; 5] = [32, 64, 128, 256, 512];
+/// The head dims `Auto` takes tensor cores for: those whose kernels have
+/// passed parity on a GPU (docs/gpu-results.md). 256 and 512 (Qwen 3.5,
+/// Gemma 4) are checked on the CPU emulator only; until a device run
+/// checks them, `Auto` runs SIMT there where it fits (`TensorCore` forces
+/// them).
+const MMA_VERIFIED_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 /// Head dims of its double-buffered variant (at 512 two stages need 261 KB
 /// of shared memory).
 const PIPELINED_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
@@ -24,7 +30,8 @@ const PIPELINED_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 /// Which attention kernel runs (kernels/attention.cu).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnKernel {
-    /// Tensor cores when the cache dtype, head_dim and device allow, else SIMT.
+    /// Tensor cores at the GPU-verified head dims where the cache dtype and
+    /// device allow, else SIMT ([`Gpu::auto_attention`]).
     Auto,
     /// CUDA cores, f32 arithmetic throughout (every dtype, head_dim ≤ 512;
     /// at 512 its 192 KB of shared memory needs a Hopper-class opt-in).
@@ -79,10 +86,19 @@ fn simt_smem(hd: usize) -> usize {
 }
 
 impl Gpu {
-    /// Whether the tensor-core kernel takes this cache dtype and head_dim
-    /// here (`Auto`'s choice; see [`Gpu::attention_runs`]).
-    pub fn attention_has_tensor_cores(&self, dtype: DType, head_dim: usize) -> bool {
-        self.attention_runs(AttnKernel::TensorCore, dtype, head_dim)
+    /// The kernel [`AttnKernel::Auto`] runs for this cache dtype and
+    /// head_dim: tensor cores at the head dims verified on a GPU
+    /// ([`MMA_VERIFIED_HEAD_DIMS`]), else SIMT where it fits, else tensor
+    /// cores (head_dim 512 where the SIMT tile exceeds the shared memory).
+    pub fn auto_attention(&self, dtype: DType, head_dim: usize) -> AttnKernel {
+        let tc = self.attention_runs(AttnKernel::TensorCore, dtype, head_dim);
+        if tc && MMA_VERIFIED_HEAD_DIMS.contains(&head_dim) {
+            AttnKernel::TensorCore
+        } else if self.attention_runs(AttnKernel::Simt, dtype, head_dim) || !tc {
+            AttnKernel::Simt
+        } else {
+            AttnKernel::TensorCore
+        }
     }
 
     /// Whether `kernel` takes this cache dtype and head_dim on this device:
@@ -103,10 +119,7 @@ impl Gpu {
             AttnKernel::Simt => hd > 0 && hd <= MAX_HEAD_DIM && fits(simt_smem(hd)),
             AttnKernel::TensorCore => mma(1, &MMA_HEAD_DIMS),
             AttnKernel::Pipelined => mma(2, &PIPELINED_HEAD_DIMS),
-            AttnKernel::Auto => {
-                self.attention_runs(AttnKernel::TensorCore, dtype, hd)
-                    || self.attention_runs(AttnKernel::Simt, dtype, hd)
-            }
+            AttnKernel::Auto => self.attention_runs(self.auto_attention(dtype, hd), dtype, hd),
         }
     }
 
@@ -183,10 +196,7 @@ impl Gpu {
             return Ok(());
         }
         let kernel = match kernel {
-            AttnKernel::Auto if self.attention_has_tensor_cores(k_pool.dtype, hd) => {
-                AttnKernel::TensorCore
-            }
-            AttnKernel::Auto => AttnKernel::Simt,
+            AttnKernel::Auto => self.auto_attention(k_pool.dtype, hd),
             k => k,
         };
         let stages = if kernel == AttnKernel::Pipelined {
