@@ -12,6 +12,7 @@
 alignas(16) unsigned char fold_raw[FOLD_SMEM_BYTES];
 
 #include "lm_head_fold.cu"
+#include "direct_scores.h"
 
 namespace {
 
@@ -24,26 +25,6 @@ struct Case {
     float cap;  // 0: none
     int splits;
 };
-
-struct Want {
-    double logp, entropy, top_mean;
-};
-
-// Scores of one row of logits at `target`.
-Want direct(const std::vector<double>& z, int target) {
-    const double m = *std::max_element(z.begin(), z.end());
-    double s = 0, ez = 0;
-    for (double v : z) {
-        s += std::exp(v - m);
-        ez += std::exp(v - m) * v;
-    }
-    const double lse = m + std::log(s);
-    std::vector<double> top(z);
-    std::partial_sort(top.begin(), top.begin() + TOP_K, top.end(), std::greater<double>());
-    double ts = 0;
-    for (int i = 0; i < TOP_K; ++i) ts += top[i];
-    return Want{z[target] - lse, lse - ez / s, ts / TOP_K - lse};
-}
 
 template <class T>
 int run_case(const Case& c, uint64_t seed, const char* dtype, bool lazy,

@@ -11,29 +11,15 @@
 #include "emu.h"
 
 #include "fused_logprob.cu"
+#include "direct_scores.h"
 
 namespace {
 
-struct Want {
-    double logp, entropy, top_mean;
-};
-
+// The scores of a row of f32 logits, soft-capped first when `cap` > 0.
 Want direct(const float* row, int vocab, int target, float cap) {
     std::vector<double> z(vocab);
     for (int v = 0; v < vocab; ++v) z[v] = cap > 0 ? cap * std::tanh((double)row[v] / cap) : row[v];
-    const double m = *std::max_element(z.begin(), z.end());
-    double s = 0, ez = 0;
-    for (double v : z) {
-        s += std::exp(v - m);
-        ez += std::exp(v - m) * v;
-    }
-    const double lse = m + std::log(s);
-    std::vector<double> top(z);
-    const int k = std::min(TOP_K, vocab);
-    std::partial_sort(top.begin(), top.begin() + k, top.end(), std::greater<double>());
-    double ts = 0;
-    for (int i = 0; i < k; ++i) ts += top[i];
-    return Want{z[target] - lse, lse - ez / s, ts / k - lse};
+    return ::direct(z, target);
 }
 
 int run(int vocab, float scale, float cap, int splits, uint64_t seed) {
