@@ -135,6 +135,9 @@ padv_bench() {
       # A hybrid: the DeltaNet recurrence's share (docs/gpu-results.md, runs 14–16).
       timeout 120 "$bundle/padv" bench --device cuda --shape qwen3.5-0.6b --tokens 1024,4096 \
         --repeats 3 || rc=$?
+      # The same with tensor-core attention at hd 256 (emulator-checked only).
+      PADV_CUDA_ATTENTION=tensor-core timeout 120 "$bundle/padv" bench --device cuda \
+        --shape qwen3.5-0.6b --tokens 1024,4096 --repeats 3 || rc=$?
       # Gemma 4's blocks (per-layer inputs, shared K/V, hd 128/256, soft-cap).
       timeout 120 "$bundle/padv" bench --device cuda --shape gemma4-0.3b --tokens 1024,4096 \
         --repeats 3 || rc=$?

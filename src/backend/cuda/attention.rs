@@ -7,7 +7,7 @@
 
 use cudarc::driver::{CudaView, PushKernelArg};
 
-use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, cfg};
+use super::device::{CudaResultExt, DevView, DevViewMut, Gpu, cfg, choice_from_env};
 use super::kernels::{ATTN_BR, KV_BLOCK, check, dims_fit, typed};
 use crate::Result;
 use crate::backend::cpu::ops::AttnShape;
@@ -27,11 +27,14 @@ const MMA_VERIFIED_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 /// of shared memory).
 const PIPELINED_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 
-/// Which attention kernel runs (kernels/attention.cu).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which attention kernel runs (kernels/attention.cu); a forward's choice
+/// comes from `PADV_CUDA_ATTENTION` (`auto`, `simt`, `tensor-core`,
+/// `pipelined`; unset: `auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttnKernel {
     /// Tensor cores at the GPU-verified head dims where the cache dtype and
     /// device allow, else SIMT ([`Gpu::auto_attention`]).
+    #[default]
     Auto,
     /// CUDA cores, f32 arithmetic throughout (every dtype, head_dim ≤ 512;
     /// at 512 its 192 KB of shared memory needs a Hopper-class opt-in).
@@ -45,6 +48,41 @@ pub enum AttnKernel {
     /// until measured against `TensorCore` on a GPU.
     Pipelined,
 }
+impl AttnKernel {
+    /// `PADV_CUDA_ATTENTION`, or `Auto` when unset.
+    pub fn from_env() -> Result<AttnKernel> {
+        choice_from_env("PADV_CUDA_ATTENTION")
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnKernel::Auto => "auto",
+            AttnKernel::Simt => "simt",
+            AttnKernel::TensorCore => "tensor-core",
+            AttnKernel::Pipelined => "pipelined",
+        }
+    }
+}
+
+impl std::str::FromStr for AttnKernel {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<AttnKernel> {
+        let all = [
+            AttnKernel::Auto,
+            AttnKernel::Simt,
+            AttnKernel::TensorCore,
+            AttnKernel::Pipelined,
+        ];
+        all.into_iter()
+            .find(|k| k.name() == s.trim())
+            .ok_or_else(|| {
+                crate::Error::Backend(format!(
+                    "PADV_CUDA_ATTENTION must be auto, simt, tensor-core or pipelined, not `{s}`"
+                ))
+            })
+    }
+}
+
 /// Most key-range splits of the tensor-core attention kernel.
 pub const MAX_KV_SPLITS: usize = 16;
 /// Largest head_dim the attention kernels take (the SIMT kernel's 16 slots
@@ -306,5 +344,24 @@ impl Gpu {
             unsafe { b.launch(cfg((n as u32, nh as u32, 1), hd as u32, 0)) }.ctx(&name)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_choices_parse_by_name_and_refuse_others_by_name() {
+        for k in [
+            AttnKernel::Auto,
+            AttnKernel::Simt,
+            AttnKernel::TensorCore,
+            AttnKernel::Pipelined,
+        ] {
+            assert_eq!(k.name().parse::<AttnKernel>().unwrap(), k);
+        }
+        let e = "mma".parse::<AttnKernel>().unwrap_err().to_string();
+        assert!(e.contains("PADV_CUDA_ATTENTION") && e.contains("`mma`"), "{e}");
     }
 }

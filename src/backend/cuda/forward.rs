@@ -198,19 +198,28 @@ impl DeviceBatch {
     }
 }
 
+/// The kernels a forward runs where there is a choice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardKernels {
+    /// The delta rule's form in DeltaNet layers (`PADV_CUDA_DELTA_RULE`).
+    pub rule: DeltaRulePath,
+    /// The attention kernel (`PADV_CUDA_ATTENTION`).
+    pub attention: AttnKernel,
+}
+
 /// Run `m` over `batch`; return the final-normed hidden states of packed rows
 /// `rows` (`[rows.len(), hidden]` in the model's dtype). With `kv` (the
 /// model's prefix-cache store and the wave's copies), each layer first
 /// copies the hit blocks' K/V into the pool and afterwards the filled
 /// blocks' K/V into the store (module doc of [`super::kv`]). DeltaNet
-/// layers run the delta rule in the form `rule` says.
+/// layers and attention run the kernels `kernels` says.
 pub fn forward_rows(
     gpu: &Gpu,
     m: &DeviceModel,
     batch: &DeviceBatch,
     rows: &CudaSlice<i32>,
     mut kv: Option<(&mut DeviceKv, &WaveCopies)>,
-    rule: DeltaRulePath,
+    kernels: ForwardKernels,
 ) -> Result<DevTensor> {
     let cfg = &m.config;
     let t = batch.layout.tokens();
@@ -282,7 +291,13 @@ pub fn forward_rows(
                 )?),
                 None => None,
             };
-            Some(DeltaNetScratch::new(gpu, &d, &batch.layout, cache, rule)?)
+            Some(DeltaNetScratch::new(
+                gpu,
+                &d,
+                &batch.layout,
+                cache,
+                kernels.rule,
+            )?)
         }
         None => None,
     };
@@ -417,7 +432,7 @@ pub fn forward_rows(
                 }
                 gpu.part(Part::Attention, || {
                     gpu.paged_attention(
-                        AttnKernel::Auto,
+                        kernels.attention,
                         &sub(&q, 0, t * qd)?,
                         &kp.view(0, pool_len)?,
                         &vp.view(0, pool_len)?,

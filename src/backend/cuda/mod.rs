@@ -36,9 +36,11 @@ use std::sync::Arc;
 
 pub use cudarc;
 
+pub use self::attention::AttnKernel;
 pub use self::delta_chunk::DeltaRulePath;
 use self::device::backend_err;
 pub use self::device::{DevTensor, DevView, DevViewMut, Gpu, device_count, probe};
+pub use self::forward::ForwardKernels;
 use self::forward::{DeviceBatch, PagedBatch, forward_rows};
 use self::kernels::KV_BLOCK;
 use self::kv::{DeviceCache, DeviceKv, RowCopies, WaveCopies};
@@ -71,6 +73,8 @@ pub struct CudaPair {
     lm_head: LmHeadPath,
     /// Which form of the delta rule DeltaNet layers run (`PADV_CUDA_DELTA_RULE`).
     delta_rule: DeltaRulePath,
+    /// Which attention kernel runs (`PADV_CUDA_ATTENTION`).
+    attention: AttnKernel,
 }
 
 impl CudaPair {
@@ -140,6 +144,7 @@ impl CudaPair {
             counters: CacheStats::default(),
             lm_head: LmHeadPath::from_env()?,
             delta_rule: DeltaRulePath::from_env()?,
+            attention: AttnKernel::from_env()?,
         })
     }
 
@@ -205,9 +210,18 @@ impl CudaPair {
         self.delta_rule
     }
 
-    /// The LM-head and delta-rule choices, for a [`Pass`].
-    fn paths(&self) -> (LmHeadPath, DeltaRulePath) {
-        (self.lm_head, self.delta_rule)
+    /// Which attention kernel runs from now on.
+    pub fn set_attention(&mut self, kernel: AttnKernel) {
+        self.attention = kernel;
+    }
+
+    /// The LM-head, delta-rule and attention choices, for a [`Pass`].
+    fn paths(&self) -> (LmHeadPath, ForwardKernels) {
+        let kernels = ForwardKernels {
+            rule: self.delta_rule,
+            attention: self.attention,
+        };
+        (self.lm_head, kernels)
     }
 
     /// The prefix cache, when on.
@@ -261,8 +275,8 @@ struct Pass<'a> {
     with_policy: bool,
     /// The LM heads folded into the scorer ([`LmHeadPath::folds`]).
     fold: bool,
-    /// The delta rule's form in DeltaNet layers.
-    rule: DeltaRulePath,
+    /// The delta rule's form and the attention kernel.
+    kernels: ForwardKernels,
 }
 
 impl<'a> Pass<'a> {
@@ -272,7 +286,7 @@ impl<'a> Pass<'a> {
     fn new(
         gpu: &'a Gpu,
         (policy, reference): (&'a DeviceModel, &'a DeviceModel),
-        (path, rule): (LmHeadPath, DeltaRulePath),
+        (path, kernels): (LmHeadPath, ForwardKernels),
         with_policy: bool,
     ) -> Pass<'a> {
         let models: &[&DeviceModel] = if with_policy {
@@ -286,7 +300,7 @@ impl<'a> Pass<'a> {
             reference,
             with_policy,
             fold: path.folds(gpu, models),
-            rule,
+            kernels,
         }
     }
 }
@@ -309,7 +323,7 @@ fn score_wave(
         reference,
         with_policy,
         fold,
-        rule,
+        kernels,
     } = pass;
     assert!(
         with_policy || cache.is_none(),
@@ -382,7 +396,7 @@ fn score_wave(
             }
         });
         let kv = store.as_deref_mut().zip(copies.as_ref());
-        let mut h = forward_rows(gpu, m, &dev_batch, &dev_rows, kv, rule)?;
+        let mut h = forward_rows(gpu, m, &dev_batch, &dev_rows, kv, kernels)?;
         if let Some(store) = store {
             let width = m.config.hidden_size;
             gpu.copy_rows(&store.last_hidden.all(), &mut h.all_mut(), &boundary, width)?;
@@ -426,7 +440,7 @@ impl PairScorer for CudaPair {
         let fold = Pass::new(&self.gpu, models, self.paths(), true).fold;
         let hybrid = self.policy.config.is_hybrid() || self.reference.config.is_hybrid();
         format!(
-            "cuda:{} {} (compute {}/{}, LM head {}{})",
+            "cuda:{} {} (compute {}/{}, LM head {}{}{})",
             self.ordinal,
             self.gpu.describe(),
             self.policy.dtype.name(),
@@ -436,6 +450,10 @@ impl PairScorer for CudaPair {
                 format!(", delta rule {}", self.delta_rule.name())
             } else {
                 String::new()
+            },
+            match self.attention {
+                AttnKernel::Auto => String::new(),
+                k => format!(", attention {}", k.name()),
             }
         )
     }
