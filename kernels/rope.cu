@@ -1,10 +1,12 @@
 // rope.cu — q/k/v post-processing between the QKV GEMM and attention.
 //
 // What is fused and why: the QKV projection is one GEMM against the
-// concatenated [q; k; v] weight, writing f32 `qkv [n, qd + 2·kvd]` (with an
-// output gate, Qwen 3.5: `[n, 2·qd + 2·kvd]`, q_proj giving per head
-// `[query | gate]`; the gates go to `gate_out` for `gate_sigmoid_mul`
-// after attention). Everything
+// concatenated [q; k; v] weight, writing `qkv [n, qd + 2·kvd]` in the
+// compute dtype T (bf16/f16 as transformers rounds each projection, which
+// halves this kernel's read and the GEMM's write against f32; f32 for f32
+// models) (with an output gate, Qwen 3.5: `[n, 2·qd + 2·kvd]`, q_proj
+// giving per head `[query | gate]`; the gates go to `gate_out` for
+// `gate_sigmoid_mul` after attention). Everything
 // that happens to those rows before attention is done here in one pass per
 // token, with the q and k rows staged in shared memory:
 //   1. bias add (Qwen2, or `attention_bias`),
@@ -31,7 +33,7 @@
 #include "common.cuh"
 
 template <typename T>
-__device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qw + 2·kvd] f32 (GEMM output; qw = qd, or 2·qd gated)
+__device__ void qkv_rope(const T* __restrict__ qkv,           // [n, qw + 2·kvd] T (GEMM output; qw = qd, or 2·qd gated)
                          const float* __restrict__ bias,      // [qw + 2·kvd] f32, or null
                          const float* __restrict__ q_norm,    // [head_dim] or [qd] f32, or null
                          const float* __restrict__ k_norm,    // [head_dim] or [kvd] f32, or null
@@ -52,9 +54,9 @@ __device__ void qkv_rope(const float* __restrict__ qkv,       // [n, qw + 2·kvd
     float* cs = smem + qd + kvd;    // [half] cos, then [half] sin
     float* sn = cs + half;
     const size_t row = blockIdx.x;
-    const float* src = qkv + row * (size_t)(qw + 2 * kvd);
+    const T* src = qkv + row * (size_t)(qw + 2 * kvd);
     const size_t slot = (size_t)slots[row];
-    auto at = [&](int j) { return src[j] + (bias ? bias[j] : 0.0f); };
+    auto at = [&](int j) { return to_f32(src[j]) + (bias ? bias[j] : 0.0f); };
 
     // q (de-interleaved from the gates when gated), then k.
     for (int i = threadIdx.x; i < qd + kvd; i += blockDim.x) {
@@ -156,7 +158,7 @@ __device__ void gate_sigmoid_mul(T* __restrict__ attn,         // [n, qd]
 
 #define QKV_ROPE(SUFFIX, T)                                                                   \
     extern "C" __global__ void qkv_rope_##SUFFIX(                                             \
-        const float* qkv, const float* bias, const float* q_norm, const float* k_norm,        \
+        const T* qkv, const float* bias, const float* q_norm, const float* k_norm,            \
         const int32_t* pos, const int32_t* slots, const float* inv_freq, float* q_out,        \
         float* gate_out, T* k_pool, T* v_pool, int heads, int kv_heads, int head_dim,          \
         float eps, int qk_full, float rope_scale, int rotary_dim, int v_norm) {               \

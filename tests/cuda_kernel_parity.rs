@@ -188,48 +188,50 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
         };
         let table = RopeTable::for_rope(&rope, hd, 64);
         let eps = 1e-6;
-        // CPU twin, row by row.
-        let mut want_q = vec![0.0; n * qd];
-        let mut want_k = vec![0.0; n * kvd];
-        let mut want_v = vec![0.0; n * kvd];
-        let mut want_gate = vec![0.0; n * qd];
-        for t in 0..n {
-            let mut row: Vec<f32> = qkv[t * width..(t + 1) * width].to_vec();
-            if with_bias {
-                row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
-            }
-            if gated {
-                // q_proj gives per head [query | gate]: queries first, then gates.
-                let (qg, rest) = row.split_at(qw);
-                let (mut q, mut g): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
-                for pair in qg.chunks(2 * hd) {
-                    q.extend_from_slice(&pair[..hd]);
-                    g.extend_from_slice(&pair[hd..]);
-                }
-                want_gate[t * qd..(t + 1) * qd].copy_from_slice(&g);
-                row = [q, rest.to_vec()].concat();
-            }
-            let (q, rest) = row.split_at_mut(qd);
-            let (k, v) = rest.split_at_mut(kvd);
-            if with_norm {
-                q.chunks_mut(qn_len)
-                    .for_each(|h| ops::rms_norm_row(h, &qn, eps));
-                k.chunks_mut(kn_len)
-                    .for_each(|h| ops::rms_norm_row(h, &kn, eps));
-            }
-            if vn {
-                v.chunks_mut(hd)
-                    .for_each(|h| ops::rms_norm_row(h, &vec![1.0; hd], eps));
-            }
-            let pos = layout.pos[t] as usize;
-            ops::rope_row(q, &table, pos);
-            ops::rope_row(k, &table, pos);
-            want_q[t * qd..(t + 1) * qd].copy_from_slice(q);
-            want_k[t * kvd..(t + 1) * kvd].copy_from_slice(k);
-            want_v[t * kvd..(t + 1) * kvd].copy_from_slice(v);
-        }
         for dt in DTYPES {
-            let d_qkv = gpu.upload(&qkv).unwrap();
+            // CPU twin, row by row, on the projection rounded to the
+            // kernel's input dtype (the GEMM writes it in the compute dtype).
+            let qkv = rounded(dt, &qkv);
+            let mut want_q = vec![0.0; n * qd];
+            let mut want_k = vec![0.0; n * kvd];
+            let mut want_v = vec![0.0; n * kvd];
+            let mut want_gate = vec![0.0; n * qd];
+            for t in 0..n {
+                let mut row: Vec<f32> = qkv[t * width..(t + 1) * width].to_vec();
+                if with_bias {
+                    row.iter_mut().zip(&bias).for_each(|(x, b)| *x += b);
+                }
+                if gated {
+                    // q_proj gives per head [query | gate]: queries first, then gates.
+                    let (qg, rest) = row.split_at(qw);
+                    let (mut q, mut g): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
+                    for pair in qg.chunks(2 * hd) {
+                        q.extend_from_slice(&pair[..hd]);
+                        g.extend_from_slice(&pair[hd..]);
+                    }
+                    want_gate[t * qd..(t + 1) * qd].copy_from_slice(&g);
+                    row = [q, rest.to_vec()].concat();
+                }
+                let (q, rest) = row.split_at_mut(qd);
+                let (k, v) = rest.split_at_mut(kvd);
+                if with_norm {
+                    q.chunks_mut(qn_len)
+                        .for_each(|h| ops::rms_norm_row(h, &qn, eps));
+                    k.chunks_mut(kn_len)
+                        .for_each(|h| ops::rms_norm_row(h, &kn, eps));
+                }
+                if vn {
+                    v.chunks_mut(hd)
+                        .for_each(|h| ops::rms_norm_row(h, &vec![1.0; hd], eps));
+                }
+                let pos = layout.pos[t] as usize;
+                ops::rope_row(q, &table, pos);
+                ops::rope_row(k, &table, pos);
+                want_q[t * qd..(t + 1) * qd].copy_from_slice(q);
+                want_k[t * kvd..(t + 1) * kvd].copy_from_slice(k);
+                want_v[t * kvd..(t + 1) * kvd].copy_from_slice(v);
+            }
+            let d_qkv = DevTensor::from_f32(&gpu, &qkv, dt).unwrap();
             let d_bias = gpu.upload(&bias).unwrap();
             let d_qn = gpu.upload(&qn).unwrap();
             let d_kn = gpu.upload(&kn).unwrap();
@@ -246,7 +248,7 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
             let (qnv, knv) = (d_qn.as_view(), d_kn.as_view());
             let written = layout.pool_rows() * kvd;
             gpu.qkv_rope(
-                &d_qkv.as_view(),
+                &d_qkv.all(),
                 with_bias.then_some(&bias_view),
                 (
                     with_norm.then_some(&qnv),

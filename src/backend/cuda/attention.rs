@@ -362,6 +362,9 @@ mod tests {
             assert_eq!(k.name().parse::<AttnKernel>().unwrap(), k);
         }
         let e = "mma".parse::<AttnKernel>().unwrap_err().to_string();
-        assert!(e.contains("PADV_CUDA_ATTENTION") && e.contains("`mma`"), "{e}");
+        assert!(
+            e.contains("PADV_CUDA_ATTENTION") && e.contains("`mma`"),
+            "{e}"
+        );
     }
 }

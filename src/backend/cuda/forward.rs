@@ -5,7 +5,7 @@
 //! x = embed(tokens) [· scale]                           (f32 residual stream)
 //! per layer:
 //!   n   = [rmsnorm](x = (x + [rmsnorm](delta of the previous layer)) [· its scalar])
-//!   qkv = n · [q;k;v]ᵀ                                  (cuBLAS, f32 out)
+//!   qkv = n · [q;k;v]ᵀ                                  (cuBLAS → compute dtype)
 //!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write)
 //!   a   = attention(q, pool)                            → compute dtype
 //!   delta = a · oᵀ;  n = [rmsnorm](x += [rmsnorm](delta))
@@ -270,7 +270,8 @@ pub fn forward_rows(
     let mut v_pool = DevTensor::alloc(gpu, dt, pool_rows * turns_kvd)?;
     let c = LINEAR_CHUNK.min(t);
     let mut normed = DevTensor::alloc(gpu, dt, c * h)?;
-    let mut qkv = gpu.alloc_f32(c * qkv_width)?;
+    // In the compute dtype, as transformers rounds each projection.
+    let mut qkv = DevTensor::alloc(gpu, dt, c * qkv_width)?;
     // In the compute dtype: transformers rounds both projections to it, and
     // at 2·inter wide this is the forward's largest write and read.
     let mut gate_up = DevTensor::alloc(gpu, dt, c * 2 * inter)?;
@@ -393,10 +394,10 @@ pub fn forward_rows(
                 for &(r0, r1) in &chunks {
                     let n = r1 - r0;
                     mixer_input(&mut x, &mut normed, r0, r1)?;
-                    let mut qkv_out = sub_mut(&mut qkv, 0, n * width)?;
                     gpu.part(Part::Gemm, || {
                         let x = normed.view(0, n * h)?;
-                        gpu.matmul_wt(&x, &a.qkv.all(), &mut qkv_out, n, width, h, width)
+                        let mut out = qkv.view_mut(0, n * width)?;
+                        gpu.matmul_wt_to(&x, &a.qkv.all(), &mut out, n, width, h, width)
                     })?;
                     let bias = a.qkv_bias.as_ref().map(|b| b.as_view());
                     let (qn, kn) = (a.q_norm.as_ref(), a.k_norm.as_ref());
@@ -405,7 +406,7 @@ pub fn forward_rows(
                         _ => None,
                     };
                     gpu.qkv_rope(
-                        &sub(&qkv, 0, n * width)?,
+                        &qkv.view(0, n * width)?,
                         bias.as_ref(),
                         (
                             qn.map(|w| w.as_view()).as_ref(),

@@ -192,7 +192,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_rope(
         &self,
-        qkv: &CudaView<'_, f32>, // [n, qw + 2·kvd], qw = qd (2·qd gated)
+        qkv: &DevView<'_>, // [n, qw + 2·kvd], qw = qd (2·qd gated), the pools' dtype
         bias: Option<&CudaView<'_, f32>>, // [qw + 2·kvd]
         (q_norm, k_norm): (Option<&CudaView<'_, f32>>, Option<&CudaView<'_, f32>>), // [hd] or [qd], [kvd]
         pos: &CudaView<'_, i32>,                                                    // [n]
@@ -219,8 +219,15 @@ impl Gpu {
         check(hd.is_multiple_of(2) && hd > 0 && nh > 0, || {
             format!("qkv_rope: bad head geometry {shape:?}")
         })?;
-        check(qkv.len() == n * (qw + 2 * kvd), || {
-            format!("qkv_rope: qkv has {} != {n}×{}", qkv.len(), qw + 2 * kvd)
+        check(qkv.len == n * (qw + 2 * kvd), || {
+            format!("qkv_rope: qkv has {} != {n}×{}", qkv.len, qw + 2 * kvd)
+        })?;
+        check(qkv.dtype == k_pool.dtype, || {
+            format!(
+                "qkv_rope: qkv is {}, the pools {}",
+                qkv.dtype.name(),
+                k_pool.dtype.name()
+            )
         })?;
         if let Some(g) = gate_out.as_ref() {
             check(g.len() == n * qd, || {
@@ -272,7 +279,7 @@ impl Gpu {
         let (h, kh, d, fw, rd) = (nh as i32, nkv as i32, hd as i32, full as i32, rotary as i32);
         let vn = i32::from(v_norm);
         let mut b = self.stream.launch_builder(&f);
-        b.arg(qkv)
+        b.arg(&qkv.view)
             .arg_or_null(bias)
             .arg_or_null(q_norm)
             .arg_or_null(k_norm)
