@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The test binaries `gpu-check.sh run` runs.
-const GPU_TEST_FILES: [&str; 3] = ["cuda_kernel_parity", "cuda_parity", "toyworld_steps"];
+const GPU_TEST_FILES: [&str; 4] = [
+    "cuda_kernel_parity",
+    "cuda_scoring_parity",
+    "cuda_parity",
+    "toyworld_steps",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
