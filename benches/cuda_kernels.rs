@@ -731,6 +731,14 @@ fn main() {
             );
         }
     }
+    // The paper's gemma-4-E4B pair (random weights, ~16 GB per model, a
+    // third of it the per-layer embedding tables: per-layer inputs, K/V
+    // sharing, hd 256 / 512 attention, the soft-capped scorer), when asked
+    // for with PADV_BENCH_E4B=1: a device check's time is short.
+    if std::env::var_os("PADV_BENCH_E4B").is_some() && free >= (48usize << 30) {
+        let cfg = shape_config("gemma4-e4b");
+        bench_pair(&mut c, "gemma4-e4b", &cfg, 8, 1024, peak, &mut s);
+    }
     c.final_summary();
 
     println!("\n## padv GPU summary — {}\n", s.device);
