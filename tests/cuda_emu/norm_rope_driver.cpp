@@ -3,7 +3,8 @@
 // the norms of pre-norm, post-norm (Olmo 3) and sandwich blocks and Gemma's
 // layer scalar, in place and gathered; q/k/v post-processing with bias,
 // per-head and full-width q/k norms, a RoPE attention factor, Gemma's
-// weightless v norm and a K/V-sharing layer's q alone. Both kernels are otherwise checked
+// weightless v norm, a K/V-sharing layer's q alone, and bf16 projection
+// rows in and bf16 pools out. Both kernels are otherwise checked
 // against the CPU backend on a GPU (tests/cuda_kernel_parity.rs); this pins
 // their logic where there is none. Exit status 0 when every value is within
 // tolerance. Built and run by tests/cuda_emulated.rs.
@@ -175,6 +176,59 @@ void qkv_rope_cases() {
 }
 
 
+// The compute dtype's path: the QKV GEMM writes bf16 rows, qkv_rope reads
+// them (and writes bf16 pools), against the direct computation on the
+// rounded rows; Qwen3-style per-head q/k norms, bias, v norm.
+void qkv_rope_bf16() {
+    EmuRng rng{8};
+    const int n = 24, heads = 4, kv_heads = 2, hd = 32, qd = heads * hd, kvd = kv_heads * hd;
+    const int width = qd + 2 * kvd, half = hd / 2;
+    const float eps = 1e-6f;
+    const auto raw = rng.vec((size_t)n * width, 2.0f), bias = rng.vec(width, 0.5f);
+    const auto qn = rng.vec(hd, 1.5f), kn = rng.vec(hd, 1.5f);
+    std::vector<__nv_bfloat16> qkv(raw.size());
+    for (size_t i = 0; i < raw.size(); ++i) qkv[i] = __float2bfloat16_rn(raw[i]);
+    std::vector<float> inv_freq(half);
+    for (int i = 0; i < half; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, (2.0f * i) / hd);
+    std::vector<int32_t> pos(n), slots(n);
+    for (int t = 0; t < n; ++t) pos[t] = t + 3, slots[t] = (t * 5) % n;
+    const std::vector<float> ones(hd, 1.0f);
+    std::vector<double> want_q((size_t)n * qd), want_k((size_t)n * kvd), want_v((size_t)n * kvd);
+    for (int t = 0; t < n; ++t) {
+        std::vector<double> row(width);
+        for (int i = 0; i < width; ++i) row[i] = __bfloat162float(qkv[(size_t)t * width + i]) + bias[i];
+        for (int h = 0; h < heads + kv_heads; ++h) rms(row, (size_t)h * hd, hd, h < heads ? qn : kn, eps);
+        for (int h = 0; h < kv_heads; ++h) rms(row, qd + kvd + (size_t)h * hd, hd, ones, eps);
+        for (int h = 0; h < heads + kv_heads; ++h)
+            for (int i = 0; i < half; ++i) {
+                const float ang = (float)pos[t] * inv_freq[i];
+                const double co = std::cos((double)ang), si = std::sin((double)ang);
+                const double x0 = row[h * hd + i], x1 = row[h * hd + half + i];
+                std::vector<double>& dst = h < heads ? want_q : want_k;
+                const size_t base = h < heads ? (size_t)t * qd + h * hd : (size_t)t * kvd + (h - heads) * hd;
+                dst[base + i] = x0 * co - x1 * si;
+                dst[base + half + i] = x1 * co + x0 * si;
+            }
+        for (int i = 0; i < kvd; ++i) want_v[(size_t)t * kvd + i] = row[qd + kvd + i];
+    }
+    std::vector<float> q((size_t)n * qd, NAN);
+    std::vector<__nv_bfloat16> kp((size_t)n * kvd), vp((size_t)n * kvd);
+    emu_launch(dim3_{(unsigned)n, 1, 1}, 256, nullptr, 0, [&] {
+        qkv_rope_bf16(qkv.data(), bias.data(), qn.data(), kn.data(), pos.data(), slots.data(), inv_freq.data(),
+                      q.data(), nullptr, kp.data(), vp.data(), heads, kv_heads, hd, eps, 0, 1.0f, hd, 1);
+    });
+    std::vector<float> k((size_t)n * kvd), v((size_t)n * kvd);
+    for (int t = 0; t < n; ++t)
+        for (int i = 0; i < kvd; ++i) {
+            k[(size_t)t * kvd + i] = __bfloat162float(kp[(size_t)slots[t] * kvd + i]);
+            v[(size_t)t * kvd + i] = __bfloat162float(vp[(size_t)slots[t] * kvd + i]);
+        }
+    emu_check("qkv_rope bf16 rows: q", q, want_q, 2e-5);
+    // k and v are stored in bf16: half an ulp is 2^-8 of |x|.
+    emu_check("qkv_rope bf16 rows: k", k, want_k, 1e-2);
+    emu_check("qkv_rope bf16 rows: v", v, want_v, 1e-2);
+}
+
 void gate_cases() {
     EmuRng rng{7};
     const int n = 9, qd = 300;
@@ -193,6 +247,7 @@ int main() {
     emu_watchdog(300);
     residual_norms();
     qkv_rope_cases();
+    qkv_rope_bf16();
     gate_cases();
     std::printf("%s: %d failures\n", emu_failures ? "FAILED" : "ok", emu_failures);
     return emu_failures ? 1 : 0;
