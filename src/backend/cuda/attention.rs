@@ -22,7 +22,7 @@ pub const MMA_HEAD_DIMS: [usize; 5] = [32, 64, 128, 256, 512];
 /// Gemma 4) are checked on the CPU emulator only; until a device run
 /// checks them, `Auto` runs SIMT there where it fits (`TensorCore` forces
 /// them).
-const MMA_VERIFIED_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+pub const MMA_VERIFIED_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 /// Head dims of its double-buffered variant (at 512 two stages need 261 KB
 /// of shared memory).
 const PIPELINED_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
