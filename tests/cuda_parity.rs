@@ -445,6 +445,10 @@ fn auto_device_picks_the_gpu_when_one_is_present() {
             auto.describe()
         );
         let by_name = open_pair(Device::Cuda(0), p, r).unwrap();
-        assert!(by_name.describe().starts_with("cuda:0"), "{name}");
+        let said = by_name.describe();
+        assert!(said.starts_with("cuda:0"), "{name}: {said}");
+        // Until then the description says the family is unverified.
+        let unverified = said.contains("GPU parity not yet run on a device");
+        assert_eq!(unverified, name == "gemma4", "{name}: {said}");
     }
 }

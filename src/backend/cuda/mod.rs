@@ -439,8 +439,19 @@ impl PairScorer for CudaPair {
         let models = (&self.policy, &self.reference);
         let fold = Pass::new(&self.gpu, models, self.paths(), true).fold;
         let hybrid = self.policy.config.is_hybrid() || self.reference.config.is_hybrid();
+        // A family whose GPU parity has not run on a device (`--device cuda`
+        // asked for it by name) says so wherever the backend is described.
+        let unverified = [&self.policy, &self.reference]
+            .into_iter()
+            .find(|m| !m.config.arch.gpu_verified())
+            .map_or(String::new(), |m| {
+                format!(
+                    ", {}: GPU parity not yet run on a device",
+                    m.config.arch_name
+                )
+            });
         format!(
-            "cuda:{} {} (compute {}/{}, LM head {}{}{})",
+            "cuda:{} {} (compute {}/{}, LM head {}{}{}{unverified})",
             self.ordinal,
             self.gpu.describe(),
             self.policy.dtype.name(),
