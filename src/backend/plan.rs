@@ -314,8 +314,7 @@ pub fn delta_rule_chunks(
 /// K/V of the other attention layers, which take turns in one pool. A
 /// sharing layer reads its source's pool and writes none.
 pub fn kv_pools(cfg: &Config) -> (Vec<Option<usize>>, usize) {
-    let is_source =
-        |li: usize| (cfg.layers.iter()).any(|l| l.attn().and_then(|a| a.kv_from) == Some(li));
+    let is_source = |li| crate::backend::cpu::mixer::SharedKv::is_source(&cfg.layers, li);
     let mut turns = 0;
     let kept = (cfg.layers.iter().enumerate())
         .map(|(li, l)| {

@@ -38,6 +38,17 @@ impl AttnShape {
             scale: 1.0 / (head_dim as f32).sqrt(),
         }
     }
+
+    /// The geometry, window and scale of an attention mixer.
+    pub fn of(a: &crate::model::config::AttnDesc) -> AttnShape {
+        AttnShape {
+            num_heads: a.num_heads,
+            num_kv_heads: a.num_kv_heads,
+            head_dim: a.head_dim,
+            window: a.window,
+            scale: a.scale,
+        }
+    }
 }
 
 mod tile;

@@ -221,13 +221,7 @@ pub fn attention_block(
             (k, v)
         }
     };
-    let shape = AttnShape {
-        num_heads: a.num_heads,
-        num_kv_heads: a.num_kv_heads,
-        head_dim: hd,
-        window: a.window,
-        scale: a.scale,
-    };
+    let shape = AttnShape::of(a);
     let bs = kv.as_ref().map_or(0, |kv| kv.store.block_size());
     // bf16 mode: both attention products on bf16 pairs too.
     let attend = match l.gemm {

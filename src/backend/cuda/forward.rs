@@ -248,26 +248,23 @@ pub fn forward_rows(
     let mut x = gpu.alloc_f32(t * h)?;
     let mut delta = gpu.alloc_f32(t * h)?;
     let mut q = gpu.alloc_f32(t * qd)?;
-    let mut gate = match attn_layers().any(|a| a.desc.output_gate) {
-        true => Some(gpu.alloc_f32(t * qd)?),
-        false => None,
-    };
+    let mut gate = (attn_layers().any(|a| a.desc.output_gate))
+        .then(|| gpu.alloc_f32(t * qd))
+        .transpose()?;
     let mut attn = DevTensor::alloc(gpu, dt, t * mix_width)?;
     // K/V pools (`plan::kv_pools`): a layer whose K/V later layers read
     // (Gemma's KV sharing) keeps its own for the whole forward; the others
     // take turns in one.
     let pool_rows = batch.layout.pool_rows();
     let (kept_kvd, turns_kvd) = crate::backend::plan::kv_pools(cfg);
-    let mut kept = Vec::with_capacity(kept_kvd.len());
-    for kvd in kept_kvd {
-        let pool = |kvd: usize| DevTensor::alloc(gpu, dt, pool_rows * kvd);
-        kept.push(
-            kvd.map(|d| Ok::<_, crate::Error>((pool(d)?, pool(d)?)))
-                .transpose()?,
-        );
-    }
-    let mut k_pool = DevTensor::alloc(gpu, dt, pool_rows * turns_kvd)?;
-    let mut v_pool = DevTensor::alloc(gpu, dt, pool_rows * turns_kvd)?;
+    let pools = |kvd: usize| -> Result<(DevTensor, DevTensor)> {
+        let pool = || DevTensor::alloc(gpu, dt, pool_rows * kvd);
+        Ok((pool()?, pool()?))
+    };
+    let mut kept = (kept_kvd.into_iter())
+        .map(|kvd| kvd.map(pools).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let (mut k_pool, mut v_pool) = pools(turns_kvd)?;
     let c = LINEAR_CHUNK.min(t);
     let mut normed = DevTensor::alloc(gpu, dt, c * h)?;
     // In the compute dtype, as transformers rounds each projection.
@@ -371,13 +368,7 @@ pub fn forward_rows(
                 let d = &a.desc;
                 let (qd, kvd) = (d.q_dim(), d.kv_dim());
                 let own = d.kv_from.is_none();
-                let shape = AttnShape {
-                    num_heads: d.num_heads,
-                    num_kv_heads: d.num_kv_heads,
-                    head_dim: d.head_dim,
-                    window: d.window,
-                    scale: d.scale,
-                };
+                let shape = AttnShape::of(d);
                 // A sharing layer projects q alone and writes no K/V.
                 let rope_shape = AttnShape {
                     num_kv_heads: if own { d.num_kv_heads } else { 0 },
@@ -389,7 +380,7 @@ pub fn forward_rows(
                     None => (&mut k_pool, &mut v_pool),
                 };
                 let pool_len = pool_rows * kvd;
-                let written = pool_rows * rope_shape.num_kv_heads * d.head_dim;
+                let written = if own { pool_len } else { 0 };
                 let width = a.qkv_width();
                 for &(r0, r1) in &chunks {
                     let n = r1 - r0;

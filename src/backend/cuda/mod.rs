@@ -71,10 +71,9 @@ pub struct CudaPair {
     counters: CacheStats,
     /// How the LM heads and scores are computed (`PADV_CUDA_LM_HEAD`).
     lm_head: LmHeadPath,
-    /// Which form of the delta rule DeltaNet layers run (`PADV_CUDA_DELTA_RULE`).
-    delta_rule: DeltaRulePath,
-    /// Which attention kernel runs (`PADV_CUDA_ATTENTION`).
-    attention: AttnKernel,
+    /// The delta rule's form and the attention kernel
+    /// (`PADV_CUDA_DELTA_RULE`, `PADV_CUDA_ATTENTION`).
+    kernels: ForwardKernels,
 }
 
 impl CudaPair {
@@ -143,8 +142,10 @@ impl CudaPair {
             kv_opts: None,
             counters: CacheStats::default(),
             lm_head: LmHeadPath::from_env()?,
-            delta_rule: DeltaRulePath::from_env()?,
-            attention: AttnKernel::from_env()?,
+            kernels: ForwardKernels {
+                rule: DeltaRulePath::from_env()?,
+                attention: AttnKernel::from_env()?,
+            },
         })
     }
 
@@ -202,26 +203,22 @@ impl CudaPair {
 
     /// Which form of the delta rule DeltaNet layers run from now on.
     pub fn set_delta_rule(&mut self, path: DeltaRulePath) {
-        self.delta_rule = path;
+        self.kernels.rule = path;
     }
 
     /// The delta rule's form asked for.
     pub fn delta_rule(&self) -> DeltaRulePath {
-        self.delta_rule
+        self.kernels.rule
     }
 
     /// Which attention kernel runs from now on.
     pub fn set_attention(&mut self, kernel: AttnKernel) {
-        self.attention = kernel;
+        self.kernels.attention = kernel;
     }
 
     /// The LM-head, delta-rule and attention choices, for a [`Pass`].
     fn paths(&self) -> (LmHeadPath, ForwardKernels) {
-        let kernels = ForwardKernels {
-            rule: self.delta_rule,
-            attention: self.attention,
-        };
-        (self.lm_head, kernels)
+        (self.lm_head, self.kernels)
     }
 
     /// The prefix cache, when on.
@@ -458,11 +455,11 @@ impl PairScorer for CudaPair {
             self.reference.dtype.name(),
             if fold { "folded" } else { "GEMM" },
             if hybrid {
-                format!(", delta rule {}", self.delta_rule.name())
+                format!(", delta rule {}", self.kernels.rule.name())
             } else {
                 String::new()
             },
-            match self.attention {
+            match self.kernels.attention {
                 AttnKernel::Auto => String::new(),
                 k => format!(", attention {}", k.name()),
             }
