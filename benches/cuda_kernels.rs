@@ -527,8 +527,8 @@ fn bench_delta_rule(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
     g.finish();
 }
 
-/// The forward's GEMMs alone, both models: each layer's qkv, o, gate/up (in
-/// bf16) and down projections over the batch in `LINEAR_CHUNK`-row chunks,
+/// The forward's GEMMs alone, both models: each layer's qkv, o, gate/up and
+/// down projections (outputs in bf16, as the forward writes them) over the batch in `LINEAR_CHUNK`-row chunks,
 /// on random operands of the pair's shapes. What the forward adds to this
 /// (attention, norms, RoPE, activations) is the rest of its time.
 fn bench_forward_gemms(
@@ -551,24 +551,18 @@ fn bench_forward_gemms(
     let inter = cfg.layers[0].mlp.intermediate;
     let t = seqs * len;
     let chunk = LINEAR_CHUNK.min(t);
-    // (output width, inner size, output in bf16)
-    let gemms = [
-        (qd + 2 * kvd, h, false),
-        (h, qd, false),
-        (2 * inter, h, true),
-        (h, inter, false),
-    ];
+    // (output width, inner size), every output in bf16 as the forward writes it
+    let gemms = [(qd + 2 * kvd, h), (h, qd), (2 * inter, h), (h, inter)];
     let widest = gemms.iter().map(|g| g.0.max(g.1)).max().unwrap_or(0);
     let made = (|| {
         let mut x = DevTensor::alloc(gpu, DType::BF16, chunk * widest)?;
         gpu.fill_uniform(&mut x.all_mut(), 31, -1.0, 1.0)?;
         let mut w = DevTensor::alloc(gpu, DType::BF16, widest * widest)?;
         gpu.fill_uniform(&mut w.all_mut(), 32, -0.05, 0.05)?;
-        let out32 = gpu.alloc_f32(chunk * widest)?;
         let out16 = DevTensor::alloc(gpu, DType::BF16, chunk * widest)?;
-        Ok::<_, padv::Error>((x, w, out32, out16))
+        Ok::<_, padv::Error>((x, w, out16))
     })();
-    let Ok((x, w, mut out32, mut out16)) = made else {
+    let Ok((x, w, mut out16)) = made else {
         return;
     };
     let mut g = c.benchmark_group(format!("gemms_{name}"));
@@ -577,13 +571,9 @@ fn bench_forward_gemms(
         for _ in 0..2 * cfg.num_layers {
             for r0 in (0..t).step_by(chunk) {
                 let n = chunk.min(t - r0);
-                for &(width, k, typed) in &gemms {
+                for &(width, k) in &gemms {
                     let (xv, wv) = (x.view(0, n * k)?, w.view(0, width * k)?);
-                    if typed {
-                        gpu.matmul_wt_to(&xv, &wv, &mut out16.all_mut(), n, width, k, width)?;
-                    } else {
-                        gpu.matmul_wt(&xv, &wv, &mut out32.as_view_mut(), n, width, k, width)?;
-                    }
+                    gpu.matmul_wt_to(&xv, &wv, &mut out16.all_mut(), n, width, k, width)?;
                 }
             }
         }

@@ -66,79 +66,85 @@ fn embedding_gathers_and_widens_rows_like_the_cpu() {
 fn residual_rmsnorm_matches_add_then_cpu_rms_norm_in_place_and_gathered() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(2);
-    let (rows, h, eps) = (37, 200, 1e-6);
-    let x = rng.vec(rows * h, 3.0);
-    let delta = rng.vec(rows * h, 1.0);
-    let w = rng.vec(h, 1.5);
-    let wd = rng.vec(h, 1.5);
+    let (rows, eps) = (37, 1e-6);
     let gather: Vec<i32> = vec![5, 0, 36, 17, 17];
-    // (delta normed first: a post-norm; the sum normed: a pre-norm; the
-    // sum's factor): Llama's pre-norm, Olmo 3's post-norm, Gemma's
-    // sandwich, and with its layer scalar.
-    for (post, pre, scale) in [
-        (false, true, 1.0f32),
-        (true, false, 1.0),
-        (true, true, 1.0),
-        (true, true, 0.83),
-    ] {
-        // CPU twin: x = (x + [rms_norm](delta)) · scale, out = [rms_norm](x).
-        let mut d = delta.clone();
-        if post {
-            ops::rms_norm_inplace(&mut d, &wd, eps);
-        }
-        let summed: Vec<f32> = x.iter().zip(&d).map(|(a, b)| (a + b) * scale).collect();
-        let mut normed = summed.clone();
-        if pre {
-            ops::rms_norm(&summed, &w, eps, &mut normed);
-        }
-        for dt in DTYPES {
-            let tag = format!("rmsnorm post {post} pre {pre} × {scale} {dt:?}");
-            // In place: x ← x + [norm](delta), out = [norm](x).
-            let mut dx = gpu.upload(&x).unwrap();
-            let dd = gpu.upload(&delta).unwrap();
-            let (dw, dwd) = (gpu.upload(&w).unwrap(), gpu.upload(&wd).unwrap());
-            let (wv, wdv) = (dw.as_view(), dwd.as_view());
-            let dv = dd.as_view();
-            let mut out = DevTensor::poisoned(&gpu, dt, rows * h).unwrap();
-            gpu.residual_rmsnorm(
-                &mut dx.as_view_mut(),
-                Some((&dv, post.then_some(&wdv), scale)),
-                pre.then_some(&wv),
-                None,
-                &mut out.all_mut(),
-                h,
-                eps,
-            )
-            .unwrap();
-            // f32 sums in a different order: relative 1e-6 on x and the
-            // norms (exact when nothing is normed first).
-            let (a, r) = if post { (2e-6, 2e-6) } else { (0.0, 0.0) };
-            let got_x = download(&gpu, &dx);
-            assert_close(&format!("{tag} x"), &got_x, &summed, a, r, DType::F32);
-            let got = out.to_f32_vec(&gpu).unwrap();
-            assert_close(&format!("{tag} out"), &got, &normed, 2e-6, 2e-6, dt);
+    // Widths: the vector path with up to 2 and 4 runs of 4 per thread
+    // (200: 32 threads; 2056: 160), and the strided path (203: not a
+    // multiple of 4).
+    for h in [200, 2056, 203] {
+        let x = rng.vec(rows * h, 3.0);
+        let delta = rng.vec(rows * h, 1.0);
+        let w = rng.vec(h, 1.5);
+        let wd = rng.vec(h, 1.5);
+        // (delta normed first: a post-norm; the sum normed: a pre-norm; the
+        // sum's factor): Llama's pre-norm, Olmo 3's post-norm, Gemma's
+        // sandwich, and with its layer scalar.
+        for (post, pre, scale) in [
+            (false, true, 1.0f32),
+            (true, false, 1.0),
+            (true, true, 1.0),
+            (true, true, 0.83),
+        ] {
+            for dt in DTYPES {
+                // CPU twin on delta as the GPU holds it (in `dt`):
+                // x = (x + [rms_norm](delta)) · scale, out = [rms_norm](x).
+                let mut d = rounded(dt, &delta);
+                if post {
+                    ops::rms_norm_inplace(&mut d, &wd, eps);
+                }
+                let summed: Vec<f32> = x.iter().zip(&d).map(|(a, b)| (a + b) * scale).collect();
+                let mut normed = summed.clone();
+                if pre {
+                    ops::rms_norm(&summed, &w, eps, &mut normed);
+                }
+                let tag = format!("rmsnorm {h} post {post} pre {pre} × {scale} {dt:?}");
+                // In place: x ← x + [norm](delta), out = [norm](x).
+                let mut dx = gpu.upload(&x).unwrap();
+                let dd = DevTensor::from_f32(&gpu, &delta, dt).unwrap();
+                let (dw, dwd) = (gpu.upload(&w).unwrap(), gpu.upload(&wd).unwrap());
+                let (wv, wdv) = (dw.as_view(), dwd.as_view());
+                let dv = dd.all();
+                let mut out = DevTensor::poisoned(&gpu, dt, rows * h).unwrap();
+                gpu.residual_rmsnorm(
+                    &mut dx.as_view_mut(),
+                    Some((&dv, post.then_some(&wdv), scale)),
+                    pre.then_some(&wv),
+                    None,
+                    &mut out.all_mut(),
+                    h,
+                    eps,
+                )
+                .unwrap();
+                // f32 sums in a different order: relative 1e-6 on x and the
+                // norms (exact when nothing is normed first).
+                let (a, r) = if post { (2e-6, 2e-6) } else { (0.0, 0.0) };
+                let got_x = download(&gpu, &dx);
+                assert_close(&format!("{tag} x"), &got_x, &summed, a, r, DType::F32);
+                let got = out.to_f32_vec(&gpu).unwrap();
+                assert_close(&format!("{tag} out"), &got, &normed, 2e-6, 2e-6, dt);
 
-            // Gathered: only listed rows, x untouched.
-            let mut dx = gpu.upload(&x).unwrap();
-            let dr = gpu.upload(&gather).unwrap();
-            let mut out = DevTensor::poisoned(&gpu, dt, gather.len() * h).unwrap();
-            gpu.residual_rmsnorm(
-                &mut dx.as_view_mut(),
-                Some((&dv, post.then_some(&wdv), scale)),
-                pre.then_some(&wv),
-                Some(&dr.as_view()),
-                &mut out.all_mut(),
-                h,
-                eps,
-            )
-            .unwrap();
-            let want: Vec<f32> = gather
-                .iter()
-                .flat_map(|&r| normed[r as usize * h..(r as usize + 1) * h].to_vec())
-                .collect();
-            let got = out.to_f32_vec(&gpu).unwrap();
-            assert_close(&format!("{tag} gathered"), &got, &want, 2e-6, 2e-6, dt);
-            assert_eq!(download(&gpu, &dx), x, "gathered rmsnorm must not write x");
+                // Gathered: only listed rows, x untouched.
+                let mut dx = gpu.upload(&x).unwrap();
+                let dr = gpu.upload(&gather).unwrap();
+                let mut out = DevTensor::poisoned(&gpu, dt, gather.len() * h).unwrap();
+                gpu.residual_rmsnorm(
+                    &mut dx.as_view_mut(),
+                    Some((&dv, post.then_some(&wdv), scale)),
+                    pre.then_some(&wv),
+                    Some(&dr.as_view()),
+                    &mut out.all_mut(),
+                    h,
+                    eps,
+                )
+                .unwrap();
+                let want: Vec<f32> = gather
+                    .iter()
+                    .flat_map(|&r| normed[r as usize * h..(r as usize + 1) * h].to_vec())
+                    .collect();
+                let got = out.to_f32_vec(&gpu).unwrap();
+                assert_close(&format!("{tag} gathered"), &got, &want, 2e-6, 2e-6, dt);
+                assert_eq!(download(&gpu, &dx), x, "gathered rmsnorm must not write x");
+            }
         }
     }
 }

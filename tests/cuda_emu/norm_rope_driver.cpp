@@ -1,7 +1,8 @@
 // norm_rope_driver.cpp — kernels/rmsnorm.cu and kernels/rope.cu run on the
 // CPU through emu.h, against direct f64 computations: the residual add with
 // the norms of pre-norm, post-norm (Olmo 3) and sandwich blocks and Gemma's
-// layer scalar, in place and gathered; q/k/v post-processing with bias,
+// layer scalar, in place and gathered, f32 and bf16 deltas, on the vector
+// and the strided path; q/k/v post-processing with bias,
 // per-head and full-width q/k norms, a RoPE attention factor, Gemma's
 // weightless v norm, a K/V-sharing layer's q alone, and bf16 projection
 // rows in and bf16 pools out. Both kernels are otherwise checked
@@ -9,6 +10,9 @@
 // their logic where there is none. Exit status 0 when every value is within
 // tolerance. Built and run by tests/cuda_emulated.rs.
 #include "emu.h"
+
+#include <string>
+#include <type_traits>
 
 // rope.cu's dynamic shared memory (its `extern __shared__` array).
 alignas(16) float smem[1 << 14];
@@ -25,52 +29,99 @@ void rms(std::vector<double>& v, size_t at, int width, const std::vector<float>&
     for (int i = 0; i < width; ++i) v[at + i] = w[i] * (v[at + i] * inv);
 }
 
-void residual_norms() {
+// The launcher's choice (Gpu::residual_rmsnorm): runs of 4 held in
+// registers when the row allows, in a block sized to it; else 256 threads
+// striding. (Pointers here are aligned: vectors of floats and 16-bit pairs.)
+struct RmsLaunch {
+    unsigned threads;
+    int vec;
+};
+RmsLaunch rms_launch(int h) {
+    const int chunks = h / 4;
+    if (h % 4 == 0 && chunks <= RMS_CHUNKS * 1024)
+        return {(unsigned)(((chunks + RMS_CHUNKS - 1) / RMS_CHUNKS + 31) / 32 * 32), 1};
+    return {256, 0};
+}
+
+float widen(float v) { return v; }
+float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> T narrow(float v);
+template <> float narrow<float>(float v) { return v; }
+template <> __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+void run_rms(float* x, const T* delta, const float* wd, const float* w, T* out, const int32_t* rows, unsigned n,
+             int h, float eps, float scale) {
+    const RmsLaunch l = rms_launch(h);
+    emu_launch(dim3_{n, 1, 1}, l.threads, nullptr, 0, [&] {
+        if constexpr (std::is_same_v<T, float>)
+            residual_rmsnorm_f32(x, delta, wd, w, out, rows, h, eps, scale, l.vec);
+        else
+            residual_rmsnorm_bf16(x, delta, wd, w, out, rows, h, eps, scale, l.vec);
+    });
+}
+
+// Widths 200 and 2056 take the vector path (up to 2 and 4 runs of 4 per
+// thread), 203 the strided one; delta and out in f32 and in bf16 (the
+// compute dtype of a bf16 checkpoint), against the sum in f64 of x and the
+// delta as stored. delta 0: no residual add (Gemma's scaled embedding).
+template <typename T>
+void residual_norms(const char* dtype, double out_tol) {
     EmuRng rng{5};
-    const int rows = 37, h = 200;
+    const int rows = 37;
     const float eps = 1e-6f;
-    const auto x = rng.vec(rows * h, 3.0f), delta = rng.vec(rows * h, 1.0f);
-    const auto w = rng.vec(h, 1.5f), wd = rng.vec(h, 1.5f);
     const std::vector<int32_t> gather = {5, 0, 36, 17, 17};
-    for (int post = 0; post < 2; ++post)
-        for (int pre = 0; pre < 2; ++pre)
-        for (float scale : {1.0f, 0.83f}) {
-            if (!post && !pre) continue;
-            std::vector<double> sum(rows * h), out(rows * h);
-            for (int r = 0; r < rows; ++r) {
-                std::vector<double> d(delta.begin() + r * h, delta.begin() + (r + 1) * h);
-                if (post) rms(d, 0, h, wd, eps);
-                for (int i = 0; i < h; ++i) sum[r * h + i] = (x[r * h + i] + d[i]) * scale;
-            }
-            out = sum;
-            if (pre)
-                for (int r = 0; r < rows; ++r) rms(out, (size_t)r * h, h, w, eps);
-            char tag[96];
-            // In place.
-            std::vector<float> gx(x), go(rows * h, NAN);
-            emu_launch(dim3_{rows, 1, 1}, 256, nullptr, 0, [&] {
-                residual_rmsnorm_f32(gx.data(), delta.data(), post ? wd.data() : nullptr, pre ? w.data() : nullptr,
-                                     go.data(), nullptr, h, eps, scale);
-            });
-            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d scale %g: x", post, pre, scale);
-            emu_check(tag, gx, sum, 2e-6);
-            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d scale %g: out", post, pre, scale);
-            emu_check(tag, go, out, 2e-6);
-            // Gathered: x untouched.
-            std::vector<float> gx2(x), go2(gather.size() * h, NAN);
-            emu_launch(dim3_{(unsigned)gather.size(), 1, 1}, 256, nullptr, 0, [&] {
-                residual_rmsnorm_f32(gx2.data(), delta.data(), post ? wd.data() : nullptr, pre ? w.data() : nullptr,
-                                     go2.data(), gather.data(), h, eps, scale);
-            });
-            std::vector<double> want;
-            for (int32_t r : gather) want.insert(want.end(), out.begin() + r * h, out.begin() + (r + 1) * h);
-            std::snprintf(tag, sizeof tag, "rmsnorm post %d pre %d scale %g: gathered", post, pre, scale);
-            emu_check(tag, go2, want, 2e-6);
-            if (gx2 != x) {
-                std::fprintf(stderr, "FAIL gathered rmsnorm wrote x\n");
-                ++emu_failures;
-            }
-        }
+    for (int h : {200, 2056, 203}) {
+        const auto x = rng.vec(rows * h, 3.0f), delta_f = rng.vec(rows * h, 1.0f);
+        const auto w = rng.vec(h, 1.5f), wd = rng.vec(h, 1.5f);
+        std::vector<T> delta(delta_f.size());
+        for (size_t i = 0; i < delta.size(); ++i) delta[i] = narrow<T>(delta_f[i]);
+        for (int has_delta = 0; has_delta < 2; ++has_delta)
+            for (int post = 0; post < 2; ++post)
+                for (int pre = 0; pre < 2; ++pre)
+                    for (float scale : {1.0f, 0.83f}) {
+                        if (has_delta ? (!post && !pre) : (post || scale != 1.0f)) continue;
+                        std::vector<double> sum(rows * h), out(rows * h);
+                        for (int r = 0; r < rows; ++r) {
+                            std::vector<double> d(h, 0.0);
+                            if (has_delta)
+                                for (int i = 0; i < h; ++i) d[i] = widen(delta[(size_t)r * h + i]);
+                            if (post) rms(d, 0, h, wd, eps);
+                            for (int i = 0; i < h; ++i) sum[r * h + i] = (x[r * h + i] + d[i]) * scale;
+                        }
+                        out = sum;
+                        if (pre)
+                            for (int r = 0; r < rows; ++r) rms(out, (size_t)r * h, h, w, eps);
+                        const T* dp = has_delta ? delta.data() : nullptr;
+                        char tag[128];
+                        std::snprintf(tag, sizeof tag, "rmsnorm %s h %d delta %d post %d pre %d scale %g", dtype, h,
+                                      has_delta, post, pre, scale);
+                        const std::string t(tag);
+                        // In place.
+                        std::vector<float> gx(x);
+                        std::vector<T> go(rows * h, narrow<T>(NAN));
+                        run_rms<T>(gx.data(), dp, post ? wd.data() : nullptr, pre ? w.data() : nullptr, go.data(),
+                                   nullptr, rows, h, eps, scale);
+                        std::vector<float> got(go.size());
+                        for (size_t i = 0; i < go.size(); ++i) got[i] = widen(go[i]);
+                        if (has_delta) emu_check((t + ": x").c_str(), gx, sum, 2e-6);
+                        emu_check((t + ": out").c_str(), got, out, out_tol);
+                        // Gathered: x untouched.
+                        std::vector<float> gx2(x);
+                        std::vector<T> go2(gather.size() * h, narrow<T>(NAN));
+                        run_rms<T>(gx2.data(), dp, post ? wd.data() : nullptr, pre ? w.data() : nullptr,
+                                   go2.data(), gather.data(), (unsigned)gather.size(), h, eps, scale);
+                        std::vector<double> want;
+                        for (int32_t r : gather) want.insert(want.end(), out.begin() + r * h, out.begin() + (r + 1) * h);
+                        std::vector<float> got2(go2.size());
+                        for (size_t i = 0; i < go2.size(); ++i) got2[i] = widen(go2[i]);
+                        emu_check((t + ": gathered").c_str(), got2, want, out_tol);
+                        if (gx2 != x) {
+                            std::fprintf(stderr, "FAIL %s: gathered rmsnorm wrote x\n", tag);
+                            ++emu_failures;
+                        }
+                    }
+    }
 }
 
 void qkv_rope_cases() {
@@ -245,7 +296,9 @@ void gate_cases() {
 
 int main() {
     emu_watchdog(300);
-    residual_norms();
+    residual_norms<float>("f32", 2e-6);
+    // bf16 output: half an ulp is 2^-8 of |x|.
+    residual_norms<__nv_bfloat16>("bf16", 4e-3);
     qkv_rope_cases();
     qkv_rope_bf16();
     gate_cases();

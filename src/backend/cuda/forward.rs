@@ -8,8 +8,8 @@
 //!   qkv = n · [q;k;v]ᵀ                                  (cuBLAS → compute dtype)
 //!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write)
 //!   a   = attention(q, pool)                            → compute dtype
-//!   delta = a · oᵀ;  n = [rmsnorm](x += [rmsnorm](delta))
-//!   delta = act_mul(n · [gate;up]ᵀ → compute dtype) · downᵀ
+//!   delta = a · oᵀ (→ compute dtype);  n = [rmsnorm](x += [rmsnorm](delta))
+//!   delta = act_mul(n · [gate;up]ᵀ → compute dtype) · downᵀ (→ compute dtype)
 //!   [Gemma: x += rmsnorm(delta); delta = per_layer_input(x)]
 //! hidden[rows] = rmsnorm(x + [rmsnorm](delta))[rows]    (final norm, gathered)
 //! ```
@@ -26,9 +26,10 @@
 //!
 //! Activations that feed a GEMM are stored in the weights' dtype, because
 //! cuBLAS' tensor-core GEMMs take both operands in one 16-bit type (there is
-//! no f32 × bf16 GemmEx); everything else — the residual stream, GEMM outputs,
-//! RoPE, softmax, norms' statistics and the logits — is f32. For f32
-//! checkpoints every step is f32, as on the CPU.
+//! no f32 × bf16 GemmEx), and so are the projections' outputs (q/k/v,
+//! gate/up, o and down), as transformers rounds each projection; everything
+//! else — the residual stream, RoPE, softmax, norms' statistics and the
+//! logits — is f32. For f32 checkpoints every step is f32, as on the CPU.
 //!
 //! Linear stages run over chunks of [`LINEAR_CHUNK`] tokens of all sequences
 //! at once (bounded scratch), attention over the whole batch. Only the rows
@@ -246,7 +247,10 @@ pub fn forward_rows(
         .max()
         .unwrap_or(0);
     let mut x = gpu.alloc_f32(t * h)?;
-    let mut delta = gpu.alloc_f32(t * h)?;
+    // The output projections' products, in the compute dtype (as
+    // transformers rounds each projection): half the bytes of f32 through
+    // the GEMM's store and the residual norm's load, twice per layer.
+    let mut delta = DevTensor::alloc(gpu, dt, t * h)?;
     let mut q = gpu.alloc_f32(t * qd)?;
     let mut gate = (attn_layers().any(|a| a.desc.output_gate))
         .then(|| gpu.alloc_f32(t * qd))
@@ -328,7 +332,7 @@ pub fn forward_rows(
         // Rows [r0, r1) of the mixer's input into `normed`: x += the pending
         // delta ([normed], [scaled]), then [the input norm].
         let mixer_input = |x: &mut CudaSlice<f32>, normed: &mut DevTensor, r0: usize, r1: usize| {
-            let d = sub(&delta, r0 * h, r1 * h)?;
+            let d = delta.view(r0 * h, r1 * h)?;
             let dn = pending.and_then(|p| p.0).map(|w| w.as_view());
             gpu.residual_rmsnorm(
                 &mut sub_mut(x, r0 * h, r1 * h)?,
@@ -453,13 +457,13 @@ pub fn forward_rows(
             let n = r1 - r0;
             gpu.part(Part::Gemm, || {
                 let a = attn.view(r0 * width, r1 * width)?;
-                let mut d = sub_mut(&mut delta, r0 * h, r1 * h)?;
-                gpu.matmul_wt(&a, &out_proj.all(), &mut d, n, h, width, h)
+                let mut d = delta.view_mut(r0 * h, r1 * h)?;
+                gpu.matmul_wt_to(&a, &out_proj.all(), &mut d, n, h, width, h)
             })?;
             let dn = l.attn_out_norm.as_ref().map(|w| w.as_view());
             gpu.residual_rmsnorm(
                 &mut sub_mut(&mut x, r0 * h, r1 * h)?,
-                Some((&sub(&delta, r0 * h, r1 * h)?, dn.as_ref(), 1.0)),
+                Some((&delta.view(r0 * h, r1 * h)?, dn.as_ref(), 1.0)),
                 l.mlp_in_norm.as_ref().map(|w| w.as_view()).as_ref(),
                 None,
                 &mut normed.view_mut(0, n * h)?,
@@ -479,15 +483,15 @@ pub fn forward_rows(
             )?;
             gpu.part(Part::Gemm, || {
                 let a = act.view(0, n * inter)?;
-                let mut d = sub_mut(&mut delta, r0 * h, r1 * h)?;
-                gpu.matmul_wt(&a, &l.down.all(), &mut d, n, h, inter, h)
+                let mut d = delta.view_mut(r0 * h, r1 * h)?;
+                gpu.matmul_wt_to(&a, &l.down.all(), &mut d, n, h, inter, h)
             })?;
             if let (Some(lp), Some((p, emb, s))) = (&l.ple, ple.as_mut()) {
                 // x += [norm](mlp), in place: the per-layer input's gate reads it.
                 let dn = l.mlp_out_norm.as_ref().map(|w| w.as_view());
                 gpu.residual_rmsnorm(
                     &mut sub_mut(&mut x, r0 * h, r1 * h)?,
-                    Some((&sub(&delta, r0 * h, r1 * h)?, dn.as_ref(), 1.0)),
+                    Some((&delta.view(r0 * h, r1 * h)?, dn.as_ref(), 1.0)),
                     None,
                     None,
                     &mut normed.view_mut(0, n * h)?,
@@ -504,7 +508,7 @@ pub fn forward_rows(
                     &normed.view(0, n * h)?,
                     (r0, r1),
                     s,
-                    &mut sub_mut(&mut delta, r0 * h, r1 * h)?,
+                    &mut delta.view_mut(r0 * h, r1 * h)?,
                     eps,
                 )?;
             }
@@ -516,7 +520,7 @@ pub fn forward_rows(
         pending = Some((out_norm, l.scalar));
     }
 
-    let d = delta.as_view();
+    let d = delta.all();
     let dn = pending.and_then(|p| p.0).map(|w| w.as_view());
     gpu.residual_rmsnorm(
         &mut x.as_view_mut(),

@@ -76,9 +76,14 @@ pub(super) fn warp_per_row(n: usize) -> cudarc::driver::LaunchConfig {
     cfg((n.div_ceil(rows_per_block) as u32, 1, 1), FUSED_THREADS, 0)
 }
 
-/// A residual add's `[rows_x, hidden]` delta, the `[hidden]` norm it
-/// passes first (if any), and the factor the sum is then scaled by.
-pub type Residual<'v, 'a> = (&'v CudaView<'a, f32>, Option<&'v CudaView<'a, f32>>, f32);
+/// A residual add's `[rows_x, hidden]` delta (in the dtype of the norm's
+/// output), the `[hidden]` norm it passes first (if any), and the factor
+/// the sum is then scaled by.
+pub type Residual<'v, 'a> = (&'v DevView<'a>, Option<&'v CudaView<'a, f32>>, f32);
+
+/// Runs of 4 elements a thread of `residual_rmsnorm`'s vector path holds
+/// (`RMS_CHUNKS` in kernels/rmsnorm.cu).
+const RMS_CHUNKS: usize = 4;
 
 pub(super) fn dims_fit(values: &[usize]) -> Result<()> {
     check(values.iter().all(|&v| v <= i32::MAX as usize), || {
@@ -149,8 +154,15 @@ impl Gpu {
             })?;
         }
         if let Some((d, ..)) = delta {
-            check(d.len() == x.len(), || {
-                format!("rmsnorm: delta has {} elements, x has {}", d.len(), x.len())
+            check(d.len == x.len(), || {
+                format!("rmsnorm: delta has {} elements, x has {}", d.len, x.len())
+            })?;
+            check(d.dtype == out.dtype, || {
+                format!(
+                    "rmsnorm: delta is {}, out {}",
+                    d.dtype.name(),
+                    out.dtype.name()
+                )
             })?;
         }
         let n = rows.map_or(x.len() / hidden, |r| r.len());
@@ -161,20 +173,48 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
+        // Runs of 4 elements held in registers where the row fits in one
+        // block's and every pointer is aligned for them (x and the weights
+        // 16 bytes, delta and out 4 elements).
+        let es = out.dtype.size() as u64;
+        let s = &self.stream;
+        let mut aligned = vec![(x.device_ptr(s).0, 16), (out.view.device_ptr(s).0, 4 * es)];
+        aligned.extend(delta.map(|d| (d.0.view.device_ptr(s).0, 4 * es)));
+        let weights = weight.iter().chain(delta_norm.iter());
+        aligned.extend(weights.map(|w| (w.device_ptr(s).0, 16)));
+        let chunks = hidden / 4;
+        let vec = hidden.is_multiple_of(4)
+            && chunks <= RMS_CHUNKS * 1024
+            && aligned.iter().all(|&(p, a)| p.is_multiple_of(a));
+        // A block per row, sized to it in the vector path (64 threads at
+        // hidden 896), else THREADS striding over it.
+        let threads = if vec {
+            (chunks.div_ceil(RMS_CHUNKS).div_ceil(32) * 32) as u32
+        } else {
+            THREADS
+        };
         let f = self.function("rmsnorm", &typed("residual_rmsnorm", out.dtype), 0)?;
-        let (h, e, sc) = (hidden as i32, eps, delta.map_or(1.0, |d| d.2));
+        let (h, e, sc, v) = (
+            hidden as i32,
+            eps,
+            delta.map_or(1.0, |d| d.2),
+            i32::from(vec),
+        );
         let mut b = self.stream.launch_builder(&f);
         b.arg(x)
-            .arg_or_null(delta.map(|d| d.0))
+            .arg_or_null(delta.map(|d| &d.0.view))
             .arg_or_null(delta_norm)
             .arg_or_null(weight)
             .arg(&mut out.view)
             .arg_or_null(rows)
             .arg(&h)
             .arg(&e)
-            .arg(&sc);
-        // SAFETY: as in `embedding`.
-        unsafe { b.launch(cfg((n as u32, 1, 1), THREADS, 0)) }.ctx("residual_rmsnorm")?;
+            .arg(&sc)
+            .arg(&v);
+        // SAFETY: as in `embedding`; the vector path's accesses are aligned
+        // (checked above) and in bounds (hidden % 4 == 0, the block covers
+        // the row's chunks).
+        unsafe { b.launch(cfg((n as u32, 1, 1), threads, 0)) }.ctx("residual_rmsnorm")?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 //! CPU twins: `cpu::embed::per_layer_inputs` and
 //! `cpu::forward::per_layer_input`.
 
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 use super::device::{CudaResultExt, DevTensor, DevView, DevViewMut, Gpu, cfg, sub, sub_mut};
 use super::kernels::{check, dims_fit, typed};
@@ -36,7 +36,8 @@ impl PleScratch {
 /// Layer `li`'s per-layer input over rows `[r0, r1)`: `x_in` holds those
 /// rows of the residual stream after the MLP in the compute dtype, `emb`
 /// the scaled token embedding of all rows; the projection (before its
-/// norm, which the caller applies with the residual add) goes to `delta`.
+/// norm, which the caller applies with the residual add) goes to `delta`
+/// (in the compute dtype).
 #[allow(clippy::too_many_arguments)]
 pub fn per_layer_input(
     gpu: &Gpu,
@@ -48,7 +49,7 @@ pub fn per_layer_input(
     x_in: &DevView<'_>,
     (r0, r1): (usize, usize),
     s: &mut PleScratch,
-    delta: &mut CudaViewMut<'_, f32>,
+    delta: &mut DevViewMut<'_>,
     eps: f32,
 ) -> Result<()> {
     let (dim, h) = (ple.desc.dim, layer.proj.len / ple.desc.dim.max(1));
@@ -72,7 +73,7 @@ pub fn per_layer_input(
     )?;
     gpu.part(Part::Gemm, || {
         let a = s.act.view(0, n * dim)?;
-        gpu.matmul_wt(&a, &layer.proj.all(), delta, n, h, dim, h)
+        gpu.matmul_wt_to(&a, &layer.proj.all(), delta, n, h, dim, h)
     })
 }
 
