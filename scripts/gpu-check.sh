@@ -269,7 +269,7 @@ run() {
     echo "parity (kernels, then models): exit $parity_rc"
     grep -E '^test result' "$out/parity.log" | sed 's/^/  /' || echo '  no result'
     sed 's/^gpu-check: /  /' "$out/ran.log"
-    grep -E "max \|Δ\| (gpu vs|vs transformers)" "$out/parity.log" | sed 's/^/  /' || true
+    grep -E "max \|Δ\| (gpu vs|vs transformers)|in bf16: max" "$out/parity.log" | sed 's/^/  /' || true
     echo
     echo "padv score, toyworld demo_ref, cuda vs cpu:"
     grep -E "padv score --device|compare_scores" "$out/cli.log" | sed 's/^/  /' || true
