@@ -29,7 +29,7 @@ use padv::backend::cpu::ops::AttnShape;
 use padv::backend::cuda::cudarc::driver::CudaSlice;
 use padv::backend::cuda::delta_chunk::DeltaChunks;
 use padv::backend::cuda::forward::{LINEAR_CHUNK, PagedBatch};
-use padv::backend::cuda::kernels::AttnKernel;
+use padv::backend::cuda::kernels::{AttnKernel, RowWalk};
 use padv::backend::cuda::lm_head::{HeadSide, lm_head_scores};
 use padv::backend::cuda::{CudaPair, DeltaRulePath, DevTensor, Gpu, LmHeadPath, probe, roofline};
 use padv::bench::synth;
@@ -170,6 +170,43 @@ fn bench_memory(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
             )
         });
     }
+    // The residual add + pre-norm between a layer's blocks, 8192 rows of
+    // the 0.5B's and the 7B's width, bf16 delta and output: registers in
+    // runs of 4 against the strided walk.
+    let norm_rows = 8192usize;
+    for h in NORM_WIDTHS {
+        let made = (|| {
+            let mut x = gpu.alloc_f32(norm_rows * h)?;
+            let mut delta = DevTensor::alloc(gpu, DType::BF16, norm_rows * h)?;
+            let mut w = DevTensor::alloc(gpu, DType::F32, h)?;
+            gpu.fill_uniform(&mut delta.all_mut(), 3, -1.0, 1.0)?;
+            gpu.fill_uniform(&mut w.all_mut(), 4, 0.5, 1.5)?;
+            gpu.stream
+                .memset_zeros(&mut x)
+                .map_err(|e| padv::Error::Backend(e.to_string()))?;
+            let out = DevTensor::alloc(gpu, DType::BF16, norm_rows * h)?;
+            Ok::<_, padv::Error>((x, delta, w, out))
+        })();
+        let Ok((mut x, delta, w, mut out)) = made else {
+            continue;
+        };
+        let w = w.f32_view().unwrap();
+        g.throughput(Throughput::Bytes(norm_bytes(norm_rows, h) as u64));
+        for (walk, tag) in [(RowWalk::Auto, "vector"), (RowWalk::Strided, "strided")] {
+            timed(&mut g, &format!("residual_rmsnorm_{h}_{tag}"), gpu, || {
+                gpu.residual_rmsnorm_walk(
+                    &mut x.as_view_mut(),
+                    Some((&delta.all(), None, 1.0)),
+                    Some(&w),
+                    None,
+                    &mut out.all_mut(),
+                    h,
+                    1e-6,
+                    walk,
+                )
+            });
+        }
+    }
     g.finish();
 
     let copy = median("memcpy_d2d_1GiB").map(|t| (2 * 4 * n) as f64 / t / 1e9);
@@ -192,7 +229,29 @@ fn bench_memory(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
             "| fused_logprob slices per row → GB/s | {} | |",
             by_split.join(", ")
         ));
+        for h in NORM_WIDTHS {
+            let rate = |tag: &str| {
+                median(&format!("residual_rmsnorm_{h}_{tag}"))
+                    .map(|t| norm_bytes(norm_rows, h) as f64 / t / 1e9)
+            };
+            if let (Some(v), Some(st)) = (rate("vector"), rate("strided")) {
+                s.lines.push(format!(
+                    "| residual_rmsnorm 8192×{h} bf16, vector / strided | {v:.0} / {st:.0} GB/s | {:.0}% / {:.0}% of copy |",
+                    100.0 * v / copy,
+                    100.0 * st / copy
+                ));
+            }
+        }
     }
+}
+
+/// Widths of the residual-norm rows: the 0.5B's and the 7B's hidden size.
+const NORM_WIDTHS: [usize; 2] = [896, 3584];
+
+/// Bytes a residual add + norm moves over `rows` rows of width `h`: x read
+/// and written (f32), delta read and the output written (bf16).
+fn norm_bytes(rows: usize, h: usize) -> usize {
+    rows * h * (4 + 4 + 2 + 2)
 }
 
 fn bench_gemm(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) -> Option<f64> {

@@ -85,6 +85,16 @@ pub type Residual<'v, 'a> = (&'v DevView<'a>, Option<&'v CudaView<'a, f32>>, f32
 /// (`RMS_CHUNKS` in kernels/rmsnorm.cu).
 const RMS_CHUNKS: usize = 4;
 
+/// How `residual_rmsnorm` walks a row: `Auto` holds it in registers in runs
+/// of 4 where the row and its pointers allow (kernels/rmsnorm.cu);
+/// `Strided` always strides one element at a time (the kernel before the
+/// vector path, kept for the benches' comparison and odd widths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowWalk {
+    Auto,
+    Strided,
+}
+
 pub(super) fn dims_fit(values: &[usize]) -> Result<()> {
     check(values.iter().all(|&v| v <= i32::MAX as usize), || {
         format!("dimension in {values:?} exceeds i32")
@@ -141,6 +151,24 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
+        let walk = RowWalk::Auto;
+        self.residual_rmsnorm_walk(x, delta, weight, rows, out, hidden, eps, walk)
+    }
+
+    /// [`Gpu::residual_rmsnorm`] walking each row as `walk` says (the
+    /// benches compare the two walks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn residual_rmsnorm_walk(
+        &self,
+        x: &mut CudaViewMut<'_, f32>,
+        delta: Option<Residual<'_, '_>>,
+        weight: Option<&CudaView<'_, f32>>,
+        rows: Option<&CudaView<'_, i32>>,
+        out: &mut DevViewMut<'_>,
+        hidden: usize,
+        eps: f32,
+        walk: RowWalk,
+    ) -> Result<()> {
         check(hidden > 0 && x.len().is_multiple_of(hidden), || {
             format!("rmsnorm: x of {} is not [rows, {hidden}]", x.len())
         })?;
@@ -183,7 +211,8 @@ impl Gpu {
         let weights = weight.iter().chain(delta_norm.iter());
         aligned.extend(weights.map(|w| (w.device_ptr(s).0, 16)));
         let chunks = hidden / 4;
-        let vec = hidden.is_multiple_of(4)
+        let vec = walk == RowWalk::Auto
+            && hidden.is_multiple_of(4)
             && chunks <= RMS_CHUNKS * 1024
             && aligned.iter().all(|&(p, a)| p.is_multiple_of(a));
         // A block per row, sized to it in the vector path (64 threads at
