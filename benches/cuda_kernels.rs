@@ -376,7 +376,7 @@ impl AttnCall {
     ) -> AttnCall {
         let n = layout.tokens();
         let pool = layout.pool_rows() * kv_heads * hd;
-        let mut q = DevTensor::alloc(gpu, DType::F32, n * heads * hd).unwrap();
+        let mut q = DevTensor::alloc(gpu, DType::BF16, n * heads * hd).unwrap();
         let mut k = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
         let mut v = DevTensor::alloc(gpu, DType::BF16, pool).unwrap();
         for (i, t) in [&mut q, &mut k, &mut v].into_iter().enumerate() {
@@ -400,7 +400,7 @@ impl AttnCall {
     fn run(&mut self, gpu: &Gpu, kernel: AttnKernel, splits: usize) -> padv::Result<()> {
         gpu.paged_attention(
             kernel,
-            &self.q.f32_view()?,
+            &self.q.all(),
             &self.k.all(),
             &self.v.all(),
             &self.table.as_view(),

@@ -6,7 +6,8 @@
 // row, the accumulator rescaled by e^{m_old − m_new} when the max grows), so
 // the [T, T] score matrix never exists in memory; K/V tiles are staged in
 // shared memory and reused by every query row of the block. Scores,
-// softmax and accumulation are f32 whatever the cache dtype. CPU twin:
+// softmax and accumulation are f32 whatever the cache dtype; queries come
+// in the cache dtype too (rope.cu writes them so). CPU twin:
 // `ops::attention` (and the direct f64 `ops::attention_reference`).
 //
 // Visibility: query at position i attends keys j with i − window < j ≤ i
@@ -37,7 +38,7 @@
 // * `paged_attention_mma_*` (bf16/f16 caches, head_dim 32, 64, 128, 256,
 //   512): tensor cores. 4 warps × 16 query rows; per tile of MMA_BC = 64 keys
 //   each warp computes S = Q·Kᵀ with mma.sync m16n8k16 (Q pre-scaled by
-//   scale·log2(e) and rounded to the cache dtype), masks, updates the online
+//   scale·log2(e) and rounded to the cache dtype again), masks, updates the online
 //   softmax in registers (each thread owns 2 rows × 16 keys of S; row
 //   max/sum over the 4 threads of a quad), and accumulates O += P·V with P
 //   re-packed from the S accumulators as A fragments (FlashAttention-2's
@@ -87,7 +88,7 @@ static_assert(ATTN_BR == MMA_WARPS * 16, "the tensor-core kernel's warps take 16
 #define ROWS (SIMT_BR / ATTN_WARPS)
 
 template <typename T, int SLOTS>
-__device__ void paged_attention(const float* __restrict__ q,          // [n, heads, hd] f32, packed sequences
+__device__ void paged_attention(const T* __restrict__ q,              // [n, heads, hd] T, packed sequences
                                 const T* __restrict__ k_pool,         // [pool_rows, kv_heads, hd] T
                                 const T* __restrict__ v_pool,         // [pool_rows, kv_heads, hd] T
                                 const int32_t* __restrict__ block_table,  // [num_seqs, max_blocks]
@@ -115,7 +116,7 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
         __syncthreads();  // the previous half is done with qs / ks / vs
         for (int e = threadIdx.x; e < SIMT_BR * hd; e += blockDim.x) {
             const int r = e / hd, d = e % hd;
-            qs[e] = r < nq ? q[(size_t)(base + q0 + r) * qd + h * hd + d] * scale : 0.0f;
+            qs[e] = r < nq ? to_f32(q[(size_t)(base + q0 + r) * qd + h * hd + d]) * scale : 0.0f;
         }
 
         float m[ROWS], l[ROWS], acc[ROWS][SLOTS];
@@ -210,7 +211,7 @@ __device__ void paged_attention(const float* __restrict__ q,          // [n, hea
 #define PAGED_ATTENTION_SLOTS(SUFFIX, T, SLOTS)                                               \
     extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32, (SLOTS) >= 16 ? 1 : 0)      \
         paged_attention_##SUFFIX##_s##SLOTS(                                                  \
-            const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
+            const T* q, const T* k_pool, const T* v_pool, const int32_t* block_table,         \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
             int heads, int kv_heads, int hd, int max_blocks, int window, float scale) {       \
         paged_attention<T, SLOTS>(q, k_pool, v_pool, block_table, seq_start, past, tiles, out, \
@@ -227,8 +228,14 @@ INSTANTIATE_T(PAGED_ATTENTION)
 // ---------------------------------------------------------------------------
 // Tensor-core kernel (see the header; fragment layouts in mma.cuh).
 
+// N consecutive elements of a row, loaded or stored in one access.
+template <typename T, int N>
+struct alignas(N * sizeof(T)) Elems {
+    T v[N];
+};
+
 template <typename T, int HD, int DV, int STAGES>
-__device__ void paged_attention_mma(const float* __restrict__ q, const T* __restrict__ k_pool,
+__device__ void paged_attention_mma(const T* __restrict__ q, const T* __restrict__ k_pool,
                                     const T* __restrict__ v_pool,
                                     const int32_t* __restrict__ block_table,
                                     const int32_t* __restrict__ seq_start,
@@ -292,26 +299,37 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
     if constexpr (QS) {
         for (int e = threadIdx.x; e < ATTN_BR * (HD / 4); e += blockDim.x) {
             const int r = e / (HD / 4), d = (e % (HD / 4)) * 4;
-            float4 x = make_float4(0, 0, 0, 0);
-            if (r < nq)
-                x = *reinterpret_cast<const float4*>(q + (size_t)(base + q0 + r) * qd + (size_t)h * HD + d);
+            float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (r < nq) {
+                const Elems<T, 4> e4 =
+                    *reinterpret_cast<const Elems<T, 4>*>(q + (size_t)(base + q0 + r) * qd + (size_t)h * HD + d);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) x[j] = to_f32(e4.v[j]);
+            }
             uint32_t* dst = reinterpret_cast<uint32_t*>(qs + r * KSTR + d);
-            dst[0] = pack2(x.x * qscale, x.y * qscale, tag);
-            dst[1] = pack2(x.z * qscale, x.w * qscale, tag);
+            dst[0] = pack2(x[0] * qscale, x[1] * qscale, tag);
+            dst[1] = pack2(x[2] * qscale, x[3] * qscale, tag);
         }
     } else {
-        const float* q_lo = q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD;
-        const float* q_hi = q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD;
+        const T* q_lo = q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD;
+        const T* q_hi = q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD;
         const bool lo = r_lo < nq, hi = r_hi < nq;
 #pragma unroll
         for (int kc = 0; kc < KC; ++kc) {
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int d = kc * 16 + half * 8 + 2 * c;
-                const float2 x = lo ? *reinterpret_cast<const float2*>(q_lo + d) : float2{0, 0};
-                const float2 y = hi ? *reinterpret_cast<const float2*>(q_hi + d) : float2{0, 0};
-                qa[kc][2 * half] = pack2(x.x * qscale, x.y * qscale, tag);
-                qa[kc][2 * half + 1] = pack2(y.x * qscale, y.y * qscale, tag);
+                float x[2] = {0.0f, 0.0f}, y[2] = {0.0f, 0.0f};
+                if (lo) {
+                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_lo + d);
+                    x[0] = to_f32(e2.v[0]), x[1] = to_f32(e2.v[1]);
+                }
+                if (hi) {
+                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_hi + d);
+                    y[0] = to_f32(e2.v[0]), y[1] = to_f32(e2.v[1]);
+                }
+                qa[kc][2 * half] = pack2(x[0] * qscale, x[1] * qscale, tag);
+                qa[kc][2 * half + 1] = pack2(y[0] * qscale, y[1] * qscale, tag);
             }
         }
     }
@@ -539,7 +557,7 @@ __device__ void paged_attention_mma(const float* __restrict__ q, const T* __rest
 #define PAGED_ATTENTION_MMA_HD(SUFFIX, T, HD, DV, STAGES, NAME)                               \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, MMA_MIN_BLOCKS(HD))          \
         NAME##_##SUFFIX##_d##HD(                                                              \
-            const float* q, const T* k_pool, const T* v_pool, const int32_t* block_table,     \
+            const T* q, const T* k_pool, const T* v_pool, const int32_t* block_table,         \
             const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out,      \
             int heads, int kv_heads, int /* hd = HD */, int max_blocks, int window,          \
             float scale, float* part, int splits) {                                           \

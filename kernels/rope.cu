@@ -21,7 +21,9 @@
 //      `rope_scale` (YaRN's attention factor, else 1),
 //   4. the write of k and v into the paged KV pool (layout: attention.cu) in
 //      the cache dtype T — v RMS-normalised per head without a weight when
-//      `v_norm` (Gemma 4) — and of q (f32) for attention.
+//      `v_norm` (Gemma 4) — and of q for attention, also in T (as
+//      transformers hands attention 16-bit queries; the tensor-core kernel
+//      rounds its operands to T anyway).
 // A layer that reads another layer's K/V (Gemma's KV sharing) projects q
 // only: it is launched with kv_heads = 0, and steps 1–3 run on q alone.
 // Separately these would be four kernels each re-reading the rows.
@@ -40,7 +42,7 @@ __device__ void qkv_rope(const T* __restrict__ qkv,           // [n, qw + 2·kvd
                          const int32_t* __restrict__ pos,     // [n] position within its sequence
                          const int32_t* __restrict__ slots,   // [n] row of the KV pool for this token
                          const float* __restrict__ inv_freq,  // [rotary_dim / 2] f32
-                         float* __restrict__ q_out,           // [n, heads, head_dim] f32
+                         T* __restrict__ q_out,               // [n, heads, head_dim] T
                          float* __restrict__ gate_out,        // [n, heads, head_dim] f32: with an output gate, else null
                          T* __restrict__ k_pool,              // [pool_rows, kv_heads, head_dim] T
                          T* __restrict__ v_pool,              // [pool_rows, kv_heads, head_dim] T
@@ -132,9 +134,9 @@ __device__ void qkv_rope(const T* __restrict__ qkv,           // [n, qw + 2·kvd
             y1 = x1 * cs[i] + x0 * sn[i];
         }
         if (h < heads) {
-            float* q = q_out + row * (size_t)qd + h * head_dim;
-            q[d0] = y0;
-            if (i < half) q[half + i] = y1;
+            T* q = q_out + row * (size_t)qd + h * head_dim;
+            q[d0] = from_f32<T>(y0);
+            if (i < half) q[half + i] = from_f32<T>(y1);
         } else {
             T* k = k_pool + slot * kvd + (h - heads) * head_dim;
             k[d0] = from_f32<T>(y0);
@@ -159,7 +161,7 @@ __device__ void gate_sigmoid_mul(T* __restrict__ attn,         // [n, qd]
 #define QKV_ROPE(SUFFIX, T)                                                                   \
     extern "C" __global__ void qkv_rope_##SUFFIX(                                             \
         const T* qkv, const float* bias, const float* q_norm, const float* k_norm,            \
-        const int32_t* pos, const int32_t* slots, const float* inv_freq, float* q_out,        \
+        const int32_t* pos, const int32_t* slots, const float* inv_freq, T* q_out,            \
         float* gate_out, T* k_pool, T* v_pool, int heads, int kv_heads, int head_dim,          \
         float eps, int qk_full, float rope_scale, int rotary_dim, int v_norm) {               \
         qkv_rope<T>(qkv, bias, q_norm, k_norm, pos, slots, inv_freq, q_out, gate_out, k_pool,  \

@@ -8,11 +8,11 @@ With a bf16 checkpoint, or `--gpu-dtype bf16` on an f32 one, the CUDA backend
     attention output, the normed input of gate/up, silu(gate)·up, and the
     final-normed hidden state fed to the LM head;
   - every projection's output (q/k/v before RoPE, gate/up, and o and down
-    before the residual add), as transformers rounds them;
+    before the residual add), and q after RoPE, as transformers rounds them;
   - the K and V cache;
   - with the tensor-core attention kernel (16-bit cache, head_dim 32/64/128):
-    Q pre-scaled by log2(e)/sqrt(head_dim), and the softmax numerators P
-    before P·V (the row sums stay f32).
+    Q pre-scaled by log2(e)/sqrt(head_dim) (rounded again), and the softmax
+    numerators P before P·V (the row sums stay f32).
 Everything else is f32 there (residual stream, GEMM accumulation, RoPE,
 softmax, norms' statistics, logits). This script runs a Llama-family pair
 (no biases, no q/k norms, default RoPE) twice, in float64: exactly, and with
@@ -42,7 +42,7 @@ usage: bf16_emulation.py [--cpu] PAIR_DIR TOKENS
 
 Figures (numpy 2.4), |Δ log p| max / mean:
   tests/fixtures/models/llama_bf16 on tests/fixtures/expected/tiny_llama_bf16.json
-    (SIMT attention, head_dim 16): policy 0.062 / 0.013, reference 0.084 /
+    (SIMT attention, head_dim 16): policy 0.078 / 0.013, reference 0.046 /
     0.013 per token (tests/cuda_parity.rs, BF16_TOL 0.15 / 0.025). Before the
     projections' outputs were rounded: 0.060 / 0.010 for each model, and the
     H200 measured 0.060 / 0.006 (run 5), 0.066 / 0.0065 with gate/up rounded
@@ -50,10 +50,10 @@ Figures (numpy 2.4), |Δ log p| max / mean:
   assets/toyworld/models on `padv score --tokens --input
     assets/toyworld/demo_ref.jsonl` (`--gpu-dtype bf16`, tensor-core
     attention, head_dim 32; ~4 minutes), over the 7474 action tokens:
-    difference 0.190 / 0.00204, policy 0.131 / 0.00152, reference 0.113 /
+    difference 0.214 / 0.00200, policy 0.106 / 0.00150, reference 0.116 /
     0.00092 (tests/toyworld_steps.rs takes its bf16 bounds from these;
-    before the projections' outputs were rounded: 0.193 / 0.00165, 0.164 /
-    0.00117, 0.0446 / 0.00083).
+    before the projections' outputs and q were rounded: 0.193 / 0.00165,
+    0.164 / 0.00117, 0.0446 / 0.00083).
 """
 
 import json
@@ -183,7 +183,7 @@ class Llama:
             v = out(self.proj(n, w, p + "self_attn.v_proj")).reshape(t, self.kv_heads, hd)
             q = self.qk_norm(q, w, p + "self_attn.q_norm.weight")
             k = self.qk_norm(k, w, p + "self_attn.k_norm.weight")
-            q, k = self.rope(q), rnd(self.rope(k))
+            q, k = out(self.rope(q)), rnd(self.rope(k))
             a = rnd(self.attention(q, k, rnd(v), rnd, cpu).reshape(t, self.heads * hd))
             x = x + out(a @ w[p + "self_attn.o_proj.weight"].T)
             n = rnd(self.rms(x, w[p + "post_attention_layernorm.weight"]))

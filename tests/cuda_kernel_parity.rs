@@ -242,7 +242,7 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
             let d_pos = gpu.upload(&layout.pos).unwrap();
             let d_slots = gpu.upload(&layout.slots).unwrap();
             let d_freq = gpu.upload(&inv_freq).unwrap();
-            let mut q_out = gpu.poisoned_f32(n * qd).unwrap();
+            let mut q_out = DevTensor::poisoned(&gpu, dt, n * qd).unwrap();
             let mut gate = gpu.poisoned_f32(n * qd).unwrap();
             let mut gate_view = gate.as_view_mut();
             let pool = layout.pool_rows() * kvd.max(hd);
@@ -261,7 +261,7 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                 &d_pos.as_view(),
                 &d_slots.as_view(),
                 (&d_freq.as_view(), factor),
-                &mut q_out.as_view_mut(),
+                &mut q_out.all_mut(),
                 gated.then_some(&mut gate_view),
                 &mut kp.view_mut(0, written).unwrap(),
                 &mut vp.view_mut(0, written).unwrap(),
@@ -285,14 +285,15 @@ fn qkv_rope_matches_bias_qk_norm_and_rope_row_into_shuffled_pages() {
                     DType::F32,
                 );
             }
-            // sincosf vs libm cos/sin (≤ 2 ulp each) on O(1)-sized values.
+            // sincosf vs libm cos/sin (≤ 2 ulp each) on O(1)-sized values,
+            // then q stored in the pools' dtype.
             assert_close(
                 &format!("{tag} q"),
-                &download(&gpu, &q_out),
+                &q_out.to_f32_vec(&gpu).unwrap(),
                 &want_q,
                 2e-6,
                 2e-6,
-                DType::F32,
+                dt,
             );
             let (kh, vh) = (kp.to_f32_vec(&gpu).unwrap(), vp.to_f32_vec(&gpu).unwrap());
             let at_slots = |pool: &[f32]| -> Vec<f32> {
@@ -395,12 +396,13 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
             .flat_map(|(&(past, new), &f)| q[(f + past) * qd..(f + past + new) * qd].to_vec())
             .collect();
         for dt in DTYPES {
-            let (kr, vr) = (rounded(dt, &k), rounded(dt, &v));
+            // q, k and v as the kernels receive them: in the cache dtype.
+            let (qr, kr, vr) = (rounded(dt, &q), rounded(dt, &k), rounded(dt, &v));
             let mut want = Vec::with_capacity(n * qd);
             for (s, &len) in lens.iter().enumerate() {
                 let (a, b) = (first[s], first[s] + len);
                 let all = ops::attention_reference(
-                    &q[a * qd..b * qd],
+                    &qr[a * qd..b * qd],
                     &kr[a * kvd..b * kvd],
                     &vr[a * kvd..b * kvd],
                     0,
@@ -425,7 +427,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
             }
             let dkp = DevTensor::from_f32(&gpu, &kp, dt).unwrap();
             let dvp = DevTensor::from_f32(&gpu, &vp, dt).unwrap();
-            let dq = gpu.upload(&q_new).unwrap();
+            let dq = DevTensor::from_f32(&gpu, &q_new, dt).unwrap();
             let table = gpu.upload(&layout.block_table).unwrap();
             let starts = gpu.upload(&layout.seq_start).unwrap();
             let past = gpu.upload(&layout.past).unwrap();
@@ -447,7 +449,7 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
                 let mut out = DevTensor::poisoned(&gpu, dt, n * qd).unwrap();
                 gpu.paged_attention(
                     kernel,
-                    &dq.as_view(),
+                    &dq.all(),
                     &dkp.all(),
                     &dvp.all(),
                     &table.as_view(),

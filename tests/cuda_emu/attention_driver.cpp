@@ -53,7 +53,7 @@ Layout layout(const std::vector<Seq>& seqs) {
 }
 
 using Bf16 = __nv_bfloat16;
-using MmaKernel = void (*)(const float*, const Bf16*, const Bf16*, const int32_t*, const int32_t*, const int32_t*,
+using MmaKernel = void (*)(const Bf16*, const Bf16*, const Bf16*, const int32_t*, const int32_t*, const int32_t*,
                            const int32_t*, Bf16*, int, int, int, int, int, float, float*, int);
 using SimtKernel = void (*)(const float*, const float*, const float*, const int32_t*, const int32_t*, const int32_t*,
                             const int32_t*, float*, int, int, int, int, int, float);
@@ -89,7 +89,10 @@ template <class T> void run(const char* name, const Kernel& k, const Case& c, ui
     const std::vector<Seq> seqs = {{0, 70}, {32, 5}, {16, 130}};
     const Layout l = layout(seqs);
     const int qd = heads * hd, kvd = kv_heads * hd, n = l.n;
-    const auto q = rng.vec((size_t)n * qd, c.q_mag);
+    // q in the pool's dtype, as rope.cu writes it.
+    const auto qf = rng.vec((size_t)n * qd, c.q_mag);
+    std::vector<T> q(qf.size());
+    for (size_t i = 0; i < q.size(); ++i) q[i] = from_f32<T>(qf[i]);
     std::vector<T> kp((size_t)l.pool_rows * kvd), vp((size_t)l.pool_rows * kvd);
     for (auto* pool : {&kp, &vp})
         for (T& x : *pool) x = from_f32<T>(rng.next());
@@ -114,7 +117,7 @@ template <class T> void run(const char* name, const Kernel& k, const Case& c, ui
                     }
                     double d = 0;
                     for (int e = 0; e < hd; ++e)
-                        d += (double)q[(size_t)r * qd + h * hd + e] * to_f32(kp[row_of(j) * kvd + kh * hd + e]);
+                        d += (double)to_f32(q[(size_t)r * qd + h * hd + e]) * to_f32(kp[row_of(j) * kvd + kh * hd + e]);
                     sc.push_back(d * scale);
                     mx = std::max(mx, sc.back());
                 }
@@ -139,7 +142,7 @@ template <class T> void run(const char* name, const Kernel& k, const Case& c, ui
         const int parts = hd > 256 ? hd / 256 : 1;
         emu_launch(dim3_{(unsigned)tiles, (unsigned)(heads * parts), (unsigned)splits}, MMA_WARPS * 32,
                    reinterpret_cast<unsigned char*>(smem), sizeof smem, [&] {
-                       k.mma(q.data(), (const Bf16*)kp.data(), (const Bf16*)vp.data(), l.block_table.data(),
+                       k.mma((const Bf16*)q.data(), (const Bf16*)kp.data(), (const Bf16*)vp.data(), l.block_table.data(),
                              l.seq_start.data(), l.past.data(), l.tiles.data(), (Bf16*)out.data(), heads, kv_heads,
                              hd, l.max_blocks, window, scale, part.data(), splits);
                    });

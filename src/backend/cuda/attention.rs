@@ -177,7 +177,7 @@ impl Gpu {
     pub fn paged_attention(
         &self,
         kernel: AttnKernel,
-        q: &CudaView<'_, f32>,           // [n, heads·hd]
+        q: &DevView<'_>,                 // [n, heads·hd], the pools' dtype
         k_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
         v_pool: &DevView<'_>,            // [pool_rows, kv_heads·hd]
         block_table: &CudaView<'_, i32>, // [num_seqs, max_blocks]
@@ -204,15 +204,16 @@ impl Gpu {
             || format!("attention: unsupported geometry {shape:?} (head_dim ≤ {MAX_HEAD_DIM})"),
         )?;
         let (qd, kvd) = (nh * hd, nkv * hd);
-        check(q.len().is_multiple_of(qd) && out.len == q.len(), || {
-            format!("attention: q {} / out {} not [n, {qd}]", q.len(), out.len)
+        check(q.len.is_multiple_of(qd) && out.len == q.len, || {
+            format!("attention: q {} / out {} not [n, {qd}]", q.len, out.len)
         })?;
         check(
             k_pool.dtype == v_pool.dtype
                 && k_pool.dtype == out.dtype
+                && k_pool.dtype == q.dtype
                 && k_pool.len == v_pool.len
                 && k_pool.len.is_multiple_of(kvd * KV_BLOCK),
-            || "attention: k/v pools / out dtypes or sizes disagree".into(),
+            || "attention: q / k/v pools / out dtypes or sizes disagree".into(),
         )?;
         let num_seqs = seq_start.len().saturating_sub(1);
         check(block_table.len() == num_seqs * max_blocks, || {
@@ -229,7 +230,7 @@ impl Gpu {
         })?;
         let num_tiles = tiles.len() / 2;
         let win = window.unwrap_or(0);
-        dims_fit(&[num_tiles, nh, max_blocks, win, q.len()])?;
+        dims_fit(&[num_tiles, nh, max_blocks, win, q.len])?;
         if num_tiles == 0 {
             return Ok(());
         }
@@ -297,7 +298,7 @@ impl Gpu {
             let smem = simt_smem(hd) as u32;
             (name, ATTN_THREADS, smem)
         };
-        let n = q.len() / qd;
+        let n = q.len / qd;
         let mut part = self.alloc_f32(if splits > 1 {
             n * nh * splits * (hd + 2)
         } else {
@@ -309,7 +310,7 @@ impl Gpu {
             // Both kernels take the same leading arguments; the tensor-core
             // one also the split partials and their count.
             let mut b = self.stream.launch_builder(&f);
-            b.arg(q)
+            b.arg(&q.view)
                 .arg(&k_pool.view)
                 .arg(&v_pool.view)
                 .arg(block_table)

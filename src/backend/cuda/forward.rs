@@ -6,7 +6,7 @@
 //! per layer:
 //!   n   = [rmsnorm](x = (x + [rmsnorm](delta of the previous layer)) [· its scalar])
 //!   qkv = n · [q;k;v]ᵀ                                  (cuBLAS → compute dtype)
-//!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write)
+//!   q, pool[k], pool[v] = rope(qk_norm(qkv + bias))     (paged KV write; all → compute dtype)
 //!   a   = attention(q, pool)                            → compute dtype
 //!   delta = a · oᵀ (→ compute dtype);  n = [rmsnorm](x += [rmsnorm](delta))
 //!   delta = act_mul(n · [gate;up]ᵀ → compute dtype) · downᵀ (→ compute dtype)
@@ -27,7 +27,8 @@
 //! Activations that feed a GEMM are stored in the weights' dtype, because
 //! cuBLAS' tensor-core GEMMs take both operands in one 16-bit type (there is
 //! no f32 × bf16 GemmEx), and so are the projections' outputs (q/k/v,
-//! gate/up, o and down), as transformers rounds each projection; everything
+//! gate/up, o and down) and the queries after RoPE, as transformers rounds
+//! them; everything
 //! else — the residual stream, RoPE, softmax, norms' statistics and the
 //! logits — is f32. For f32 checkpoints every step is f32, as on the CPU.
 //!
@@ -251,7 +252,8 @@ pub fn forward_rows(
     // transformers rounds each projection): half the bytes of f32 through
     // the GEMM's store and the residual norm's load, twice per layer.
     let mut delta = DevTensor::alloc(gpu, dt, t * h)?;
-    let mut q = gpu.alloc_f32(t * qd)?;
+    // In the compute dtype, as transformers hands attention its queries.
+    let mut q = DevTensor::alloc(gpu, dt, t * qd)?;
     let mut gate = (attn_layers().any(|a| a.desc.output_gate))
         .then(|| gpu.alloc_f32(t * qd))
         .transpose()?;
@@ -410,7 +412,7 @@ pub fn forward_rows(
                         &sub(&batch.pos, r0, r1)?,
                         &sub(&batch.slots, r0, r1)?,
                         (&rope.0.as_view(), rope.1),
-                        &mut sub_mut(&mut q, r0 * qd, r1 * qd)?,
+                        &mut q.view_mut(r0 * qd, r1 * qd)?,
                         gate_rows.as_mut(),
                         &mut kp.view_mut(0, written)?,
                         &mut vp.view_mut(0, written)?,
@@ -429,7 +431,7 @@ pub fn forward_rows(
                 gpu.part(Part::Attention, || {
                     gpu.paged_attention(
                         kernels.attention,
-                        &sub(&q, 0, t * qd)?,
+                        &q.view(0, t * qd)?,
                         &kp.view(0, pool_len)?,
                         &vp.view(0, pool_len)?,
                         &batch.block_table.as_view(),

@@ -267,7 +267,7 @@ impl Gpu {
         pos: &CudaView<'_, i32>,                                                    // [n]
         slots: &CudaView<'_, i32>, // [n] (values < pool_rows, not checked on device)
         (inv_freq, rope_scale): (&CudaView<'_, f32>, f32), // [hd / 2]
-        q_out: &mut CudaViewMut<'_, f32>, // [n, qd]
+        q_out: &mut DevViewMut<'_>, // [n, qd], the pools' dtype
         gate_out: Option<&mut CudaViewMut<'_, f32>>, // [n, qd]
         k_pool: &mut DevViewMut<'_>, // [pool_rows, kvd]
         v_pool: &mut DevViewMut<'_>, // [pool_rows, kvd]
@@ -303,11 +303,18 @@ impl Gpu {
                 format!("qkv_rope: gate_out has {}", g.len())
             })?;
         }
-        check(slots.len() == n && q_out.len() == n * qd, || {
+        check(q_out.dtype == k_pool.dtype, || {
+            format!(
+                "qkv_rope: q_out is {}, the pools {}",
+                q_out.dtype.name(),
+                k_pool.dtype.name()
+            )
+        })?;
+        check(slots.len() == n && q_out.len == n * qd, || {
             format!(
                 "qkv_rope: slots {} / q_out {} for {n} tokens",
                 slots.len(),
-                q_out.len()
+                q_out.len
             )
         })?;
         check(rotary > 0 && rotary <= hd, || {
@@ -355,7 +362,7 @@ impl Gpu {
             .arg(pos)
             .arg(slots)
             .arg(inv_freq)
-            .arg(q_out)
+            .arg(&mut q_out.view)
             .arg_or_null(gate_out)
             .arg(&mut k_pool.view)
             .arg(&mut v_pool.view)
