@@ -12,6 +12,9 @@
 #   scripts/gpu-check.sh run      # on the GPU machine, from the repo root:
 #                                 # runs .gpu-bundle/* (no cargo needed there)
 #   scripts/gpu-check.sh padv-bench  # only `padv bench --device cuda` (roofline)
+#   scripts/gpu-check.sh kernels  # only the criterion kernel benches and their
+#                                 # summary (a second device call after a
+#                                 # `run` with GPU_CHECK_BENCHES="roofline prefix")
 #   scripts/gpu-check.sh check-ran NAME LOG  # did LOG (the output of test
 #                                 # binary NAME) pass all of its GPU tests?
 #
@@ -162,6 +165,12 @@ padv_bench() {
   return $rc
 }
 
+# The criterion kernel benches (short settings) into $out/bench.log.
+kernel_bench() {
+  PADV_BENCH_QUICK=1 timeout 420 "$bundle/cuda_kernels" --bench ${GPU_CHECK_BENCH_FILTER:+"$GPU_CHECK_BENCH_FILTER"} \
+    >"$out/bench.log" 2>&1
+}
+
 # `padv serve --device cuda` (toyworld) under examples/loadgen, one agent,
 # prefix cache on and off: step latency p50/p99 and hit rate.
 http_get() {
@@ -253,10 +262,7 @@ run() {
   [[ $cli_rc -eq 0 ]] || parity_rc=$cli_rc
   local benches=" ${GPU_CHECK_BENCHES:-kernels roofline prefix serve} "
   if [[ -z "${GPU_CHECK_NO_BENCH:-}" ]]; then
-    if [[ "$benches" == *" kernels "* ]]; then
-      PADV_BENCH_QUICK=1 timeout 420 "$bundle/cuda_kernels" --bench ${GPU_CHECK_BENCH_FILTER:+"$GPU_CHECK_BENCH_FILTER"} \
-        >"$out/bench.log" 2>&1 || bench_rc=$?
-    fi
+    if [[ "$benches" == *" kernels "* ]]; then kernel_bench || bench_rc=$?; fi
     padv_bench "$benches" || bench_rc=$?
     if [[ "$benches" == *" serve "* ]]; then serve_load || bench_rc=$?; fi
   fi
@@ -299,7 +305,15 @@ case "$mode" in
   build) build ;;
   run) run ;;
   padv-bench) prepare && padv_bench " roofline prefix "; cat "$out/padv-bench.log" ;;
+  kernels)
+    prepare
+    rc=0
+    kernel_bench || rc=$?
+    sed -n '/^## padv GPU summary/,$p' "$out/bench.log" | tee "$out/summary.md"
+    echo "(bench exit $rc)"
+    exit $rc
+    ;;
   check-ran) check_ran "$2" "$3" ;;
   all) build && run ;;
-  *) echo "usage: $0 [all|build|run|padv-bench|check-ran NAME LOG]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|build|run|padv-bench|kernels|check-ran NAME LOG]" >&2; exit 2 ;;
 esac
