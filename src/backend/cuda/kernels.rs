@@ -206,15 +206,18 @@ impl Gpu {
         // 16 bytes, delta and out 4 elements).
         let es = out.dtype.size() as u64;
         let s = &self.stream;
-        let mut aligned = vec![(x.device_ptr(s).0, 16), (out.view.device_ptr(s).0, 4 * es)];
-        aligned.extend(delta.map(|d| (d.0.view.device_ptr(s).0, 4 * es)));
-        let weights = weight.iter().chain(delta_norm.iter());
-        aligned.extend(weights.map(|w| (w.device_ptr(s).0, 16)));
+        let ptrs = [
+            (Some(x.device_ptr(s).0), 16),
+            (Some(out.view.device_ptr(s).0), 4 * es),
+            (delta.map(|d| d.0.view.device_ptr(s).0), 4 * es),
+            (weight.map(|w| w.device_ptr(s).0), 16),
+            (delta_norm.map(|w| w.device_ptr(s).0), 16),
+        ];
         let chunks = hidden / 4;
         let vec = walk == RowWalk::Auto
             && hidden.is_multiple_of(4)
             && chunks <= RMS_CHUNKS * 1024
-            && aligned.iter().all(|&(p, a)| p.is_multiple_of(a));
+            && (ptrs.iter()).all(|&(p, a)| p.is_none_or(|p| p.is_multiple_of(a)));
         // A block per row, sized to it in the vector path (64 threads at
         // hidden 896), else THREADS striding over it.
         let threads = if vec {
