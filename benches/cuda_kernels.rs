@@ -587,8 +587,9 @@ fn bench_delta_rule(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
 }
 
 /// The forward's GEMMs alone, both models: each layer's qkv, o, gate/up and
-/// down projections (outputs in bf16, as the forward writes them) over the batch in `LINEAR_CHUNK`-row chunks,
-/// on random operands of the pair's shapes. What the forward adds to this
+/// down projections (outputs in bf16, as the forward writes them) over the
+/// batch in `LINEAR_CHUNK`-row chunks, on random operands of the pair's
+/// shapes. What the forward adds to this
 /// (attention, norms, RoPE, activations) is the rest of its time.
 fn bench_forward_gemms(
     c: &mut Criterion,

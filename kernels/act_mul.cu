@@ -29,12 +29,6 @@
 #define ACT_SILU 0
 #define ACT_GELU_TANH 1
 
-template <typename T>
-struct alignas(16) Pack16 {
-    static constexpr int N = 16 / sizeof(T);
-    T v[N];
-};
-
 // PyTorch's `gelu(approximate="tanh")` in f32 (tanhf, not tanh.approx: the
 // CPU twin and transformers use the accurate one).
 __device__ __forceinline__ float gelu_tanh(float x) {
@@ -58,7 +52,7 @@ __device__ void act_mul(const T* __restrict__ gate_up,  // [n, 2·inter]: gate |
     T* o = out + row * inter;
     const int t = blockIdx.y * blockDim.x + threadIdx.x;
     if (vec) {
-        using P = Pack16<T>;
+        using P = Elems<T, 16 / sizeof(T)>;
         const int i = t * P::N;
         if (i >= inter) return;
         const P gv = *reinterpret_cast<const P*>(g + i);

@@ -228,12 +228,6 @@ INSTANTIATE_T(PAGED_ATTENTION)
 // ---------------------------------------------------------------------------
 // Tensor-core kernel (see the header; fragment layouts in mma.cuh).
 
-// N consecutive elements of a row, loaded or stored in one access.
-template <typename T, int N>
-struct alignas(N * sizeof(T)) Elems {
-    T v[N];
-};
-
 template <typename T, int HD, int DV, int STAGES>
 __device__ void paged_attention_mma(const T* __restrict__ q, const T* __restrict__ k_pool,
                                     const T* __restrict__ v_pool,

@@ -6,7 +6,8 @@
 // * Reductions: warp sums / maxima with xor shuffles, block-wide versions
 //   through a 32-float shared scratch (blockDim.x a multiple of 32, ≤ 1024).
 // * 16-byte loads for rows read exactly once (`load128_stream`), so the
-//   memory-bound kernels issue full-width transactions and do not pollute L1.
+//   memory-bound kernels issue full-width transactions and do not pollute L1;
+//   `Elems<T, N>` moves N elements of any type in one access.
 // * `INSTANTIATE_T(macro)`: one extern "C" entry point per element type, named
 //   `<kernel>_f32`, `<kernel>_bf16`, `<kernel>_f16`; the Rust launchers pick the
 //   name from the tensor's dtype.
@@ -47,6 +48,14 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
+
+// N consecutive elements of a row, loaded or stored in one access
+// (alignas: 16 bytes for 4 floats or 8 bf16s, 8 for 4 bf16s).
+template <typename T, int LEN>
+struct alignas(LEN * sizeof(T)) Elems {
+    static constexpr int N = LEN;
+    T v[LEN];
+};
 
 // Sum over the block; every thread gets the result. `scratch`: 32 floats of
 // shared memory, reusable once this returns.

@@ -34,11 +34,6 @@
 #define RMS_CHUNKS 4
 
 template <typename T>
-struct alignas(4 * sizeof(T)) Pack4 {
-    T v[4];
-};
-
-template <typename T>
 __device__ void residual_rmsnorm(float* __restrict__ x,              // [rows_x, hidden] f32, residual stream
                                  const T* __restrict__ delta,        // [rows_x, hidden] T, or null
                                  const float* __restrict__ w_delta,  // [hidden] f32: norm delta first, or null
@@ -64,7 +59,7 @@ __device__ void residual_rmsnorm(float* __restrict__ x,              // [rows_x,
             const float4 xv = reinterpret_cast<const float4*>(xr)[c];
             v[k][0] = xv.x, v[k][1] = xv.y, v[k][2] = xv.z, v[k][3] = xv.w;
             if (dr) {
-                const Pack4<T> dv = reinterpret_cast<const Pack4<T>*>(dr)[c];
+                const Elems<T, 4> dv = reinterpret_cast<const Elems<T, 4>*>(dr)[c];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) d[k][j] = to_f32(dv.v[j]);
             }
@@ -108,7 +103,7 @@ __device__ void residual_rmsnorm(float* __restrict__ x,              // [rows_x,
         for (int k = 0; k < RMS_CHUNKS; ++k) {
             const int c = threadIdx.x + k * blockDim.x;
             if (c >= chunks) continue;
-            Pack4<T> ov;
+            Elems<T, 4> ov;
             if (w) {
                 const float4 wv = reinterpret_cast<const float4*>(w)[c];
                 ov.v[0] = from_f32<T>(wv.x * (v[k][0] * inv)), ov.v[1] = from_f32<T>(wv.y * (v[k][1] * inv));
@@ -117,7 +112,7 @@ __device__ void residual_rmsnorm(float* __restrict__ x,              // [rows_x,
 #pragma unroll
                 for (int j = 0; j < 4; ++j) ov.v[j] = from_f32<T>(v[k][j]);
             }
-            reinterpret_cast<Pack4<T>*>(o)[c] = ov;
+            reinterpret_cast<Elems<T, 4>*>(o)[c] = ov;
         }
         return;
     }

@@ -22,8 +22,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::Result;
-use crate::model::Model;
 use crate::model::weights::DType;
+use crate::model::{Config, Model};
 pub use crate::score::SeqRequest;
 use crate::score::TokenScores;
 
@@ -201,6 +201,15 @@ pub fn open_pair(
     open_pair_with(device, policy, reference, ComputeDtype::Auto)
 }
 
+/// The first of a pair's models whose family's GPU parity has not yet
+/// passed on a device (`Arch::gpu_verified`): `--device auto` keeps such a
+/// pair on the CPU, and a CUDA pair asked for by name says so.
+pub(crate) fn gpu_unverified<'a>(policy: &'a Config, reference: &'a Config) -> Option<&'a Config> {
+    [policy, reference]
+        .into_iter()
+        .find(|c| !c.arch.gpu_verified())
+}
+
 /// [`open_pair`] in the arithmetic `compute` asks for ([`ComputeDtype`]).
 pub fn open_pair_with(
     device: Device,
@@ -213,9 +222,7 @@ pub fn open_pair_with(
     // `auto` scores a pair on the CPU while its family's GPU parity has not
     // yet passed on a device (`Arch::gpu_verified`: Gemma 4); asking for
     // CUDA by name runs it there.
-    let cpu_only = [&policy, &reference]
-        .into_iter()
-        .find(|m| !m.config.arch.gpu_verified());
+    let cpu_only = gpu_unverified(&policy.config, &reference.config);
     let ordinal = match (device, cpu_only) {
         (Device::Auto, Some(_)) => None,
         (d, _) => cuda_ordinal(d),

@@ -192,9 +192,9 @@ impl RowAccum {
             self.s[l] += o.s[l];
             self.w[l] += o.w[l];
         }
-        if let (Some(a), Some(b)) = (&mut self.top, &o.top) {
-            let (vals, len) = b.kept();
-            for &v in &vals[..len] {
+        if let (Some(a), Some(b)) = (&mut self.top, &mut o.top) {
+            b.flush();
+            for &v in &b.vals[..b.len] {
                 a.push(v);
             }
         }

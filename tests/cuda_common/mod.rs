@@ -24,6 +24,17 @@ pub fn gpu() -> Option<Gpu> {
     }
 }
 
+/// The device if it runs the folded LM head (sm_80+), else `None` with
+/// the reason printed.
+pub fn fold_gpu() -> Option<Gpu> {
+    let gpu = gpu()?;
+    if gpu.arch().0 < 8 {
+        eprintln!("skipping: the folded LM head needs sm_80+");
+        return None;
+    }
+    Some(gpu)
+}
+
 /// Deterministic uniform values in [-1, 1).
 pub struct Rng(pub u64);
 

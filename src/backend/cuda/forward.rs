@@ -28,9 +28,9 @@
 //! cuBLAS' tensor-core GEMMs take both operands in one 16-bit type (there is
 //! no f32 × bf16 GemmEx), and so are the projections' outputs (q/k/v,
 //! gate/up, o and down) and the queries after RoPE, as transformers rounds
-//! them; everything
-//! else — the residual stream, RoPE, softmax, norms' statistics and the
-//! logits — is f32. For f32 checkpoints every step is f32, as on the CPU.
+//! them; everything else — the residual stream, RoPE, softmax, norms'
+//! statistics and the logits — is f32. For f32 checkpoints every step is
+//! f32, as on the CPU.
 //!
 //! Linear stages run over chunks of [`LINEAR_CHUNK`] tokens of all sequences
 //! at once (bounded scratch), attention over the whole batch. Only the rows

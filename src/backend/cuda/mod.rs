@@ -438,15 +438,11 @@ impl PairScorer for CudaPair {
         let hybrid = self.policy.config.is_hybrid() || self.reference.config.is_hybrid();
         // A family whose GPU parity has not run on a device (`--device cuda`
         // asked for it by name) says so wherever the backend is described.
-        let unverified = [&self.policy, &self.reference]
-            .into_iter()
-            .find(|m| !m.config.arch.gpu_verified())
-            .map_or(String::new(), |m| {
-                format!(
-                    ", {}: GPU parity not yet run on a device",
-                    m.config.arch_name
-                )
-            });
+        let unverified =
+            crate::backend::gpu_unverified(&self.policy.config, &self.reference.config)
+                .map_or(String::new(), |c| {
+                    format!(", {}: GPU parity not yet run on a device", c.arch_name)
+                });
         format!(
             "cuda:{} {} (compute {}/{}, LM head {}{}{}{unverified})",
             self.ordinal,
