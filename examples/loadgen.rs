@@ -394,7 +394,7 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     let demo = Arc::new(demo(args.demo.as_deref())?);
     let start_server = |queue: usize| -> Result<Server> {
-        let mut c = ServeConfig::toyworld();
+        let mut c = ServeConfig::toyworld()?;
         c.addr = "127.0.0.1:0".parse()?;
         c.queue_capacity = queue;
         Ok(Server::start(c)?)

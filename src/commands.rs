@@ -23,16 +23,18 @@ use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::tokenizer::TokenizerBundle;
 use padv::trajectory::{Format, Record, RenderMode, read_records};
 
-/// The bundled toyworld pair and demo trajectories (the embedded default).
-pub fn toyworld() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld")
+/// The bundled toyworld pair and demo trajectories (the embedded default,
+/// written out under the user's cache on first use: [`padv::toyworld`]).
+pub fn toyworld() -> Result<PathBuf> {
+    Ok(padv::toyworld::dir()?)
 }
 
 /// `--input`, or the bundled demo trajectories.
-pub fn input_or_demo(input: &Option<PathBuf>) -> PathBuf {
-    input
-        .clone()
-        .unwrap_or_else(|| toyworld().join("demo_trained.jsonl"))
+pub fn input_or_demo(input: &Option<PathBuf>) -> Result<PathBuf> {
+    match input {
+        Some(p) => Ok(p.clone()),
+        None => Ok(toyworld()?.join("demo_trained.jsonl")),
+    }
 }
 
 #[derive(Args, Clone)]
@@ -125,19 +127,19 @@ impl ModelArgs {
     fn uses_default(&self) -> bool {
         self.policy.is_none()
     }
-    pub(crate) fn pair(&self) -> (PathBuf, PathBuf) {
+    pub(crate) fn pair(&self) -> Result<(PathBuf, PathBuf)> {
         match (&self.policy, &self.reference) {
-            (Some(p), Some(r)) => (p.clone(), r.clone()),
-            _ => (
-                toyworld().join("models/trained"),
-                toyworld().join("models/ref"),
-            ),
+            (Some(p), Some(r)) => Ok((p.clone(), r.clone())),
+            _ => {
+                let toy = toyworld()?.join("models");
+                Ok((toy.join("trained"), toy.join("ref")))
+            }
         }
     }
     /// Load the pair, warning on stderr when chat records will be rendered
     /// plain for want of a chat template.
     pub(crate) fn load(&self, with_tokens: bool) -> Result<Scorer> {
-        let (policy, reference) = self.pair();
+        let (policy, reference) = self.pair()?;
         let scorer = Scorer::load(&policy, &reference, self.options(with_tokens))?;
         if let Some(w) = scorer.render_fallback() {
             eprintln!("warning: {w}");
@@ -480,7 +482,7 @@ fn at_alpha(alpha: Option<f64>) -> String {
 }
 
 pub fn select(a: SelectArgs) -> Result<()> {
-    let input = input_or_demo(&a.app.input);
+    let input = input_or_demo(&a.app.input)?;
     let mut w = writer(&a.app.output)?;
     // A sweep's chosen records carry their `alpha` field.
     for (alpha, set) in scored_sets(&a.app, false, &input)? {
@@ -510,7 +512,7 @@ pub fn select(a: SelectArgs) -> Result<()> {
 }
 
 pub fn attribute(a: AppArgs) -> Result<()> {
-    let input = input_or_demo(&a.input);
+    let input = input_or_demo(&a.input)?;
     let mut w = writer(&a.output)?;
     for (alpha, set) in scored_sets(&a, false, &input)? {
         for t in &set.trajectories {
@@ -531,10 +533,10 @@ pub fn attribute(a: AppArgs) -> Result<()> {
 pub fn eval(a: EvalArgs) -> Result<()> {
     let inputs: Vec<PathBuf> = match &a.app.input {
         Some(p) => vec![p.clone()],
-        None => vec![
-            toyworld().join("demo_ref.jsonl"),
-            toyworld().join("demo_trained.jsonl"),
-        ],
+        None => {
+            let toy = toyworld()?;
+            vec![toy.join("demo_ref.jsonl"), toy.join("demo_trained.jsonl")]
+        }
     };
     let mut json_out = serde_json::Map::new();
     for input in &inputs {
@@ -677,7 +679,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if a.model.alphas().len() > 1 {
         bail!("padv serve scores against one merged reference: give one --alpha");
     }
-    let (policy, reference) = a.model.pair();
+    let (policy, reference) = a.model.pair()?;
     let mut config = padv::serve::ServeConfig::new(policy, reference);
     config.options = a.model.options(false);
     config.addr = a.addr;

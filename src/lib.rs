@@ -16,7 +16,7 @@
 //! use padv::{Scorer, ScorerOptions, Session};
 //! use serde_json::json;
 //! # fn main() -> padv::Result<()> {
-//! let toy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld/models");
+//! let toy = padv::toyworld::dir()?.join("models"); // the bundled pair
 //! let mut scorer = Scorer::load(&toy.join("trained"), &toy.join("ref"), ScorerOptions::default())?;
 //!
 //! let system = json!({"role": "system", "content": "get the key , then open the door ."});
@@ -60,6 +60,7 @@ pub mod session;
 /// Run-time choice of the CPU kernels (`PADV_CPU_KERNELS`), and `dispatch!`.
 pub mod simd;
 pub mod tokenizer;
+pub mod toyworld;
 pub mod trajectory;
 
 pub use error::{Error, Result};

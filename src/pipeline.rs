@@ -7,7 +7,7 @@
 //! use padv::pipeline::{Scorer, ScorerOptions};
 //! use padv::trajectory::read_records;
 //! # fn main() -> padv::Result<()> {
-//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld");
+//! let dir = padv::toyworld::dir()?; // the bundled pair and demo
 //! let mut scorer = Scorer::load(&dir.join("models/trained"), &dir.join("models/ref"), ScorerOptions::default())?;
 //! let records: Vec<_> = read_records(&dir.join("demo_trained.jsonl"), None)?.into_iter().collect::<Result<_, _>>()?;
 //! for scored in scorer.score(&records[..2]) {

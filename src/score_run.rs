@@ -86,8 +86,8 @@ impl Sink {
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    let input = input_or_demo(&a.input);
-    let (policy, reference) = a.model.pair();
+    let input = input_or_demo(&a.input)?;
+    let (policy, reference) = a.model.pair()?;
     let mut scorer = a.model.load(a.tokens)?;
     let records = read_records(&input, a.model.format)?;
     let mut sink = Sink::open(a.output.as_deref())?;

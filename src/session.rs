@@ -14,7 +14,7 @@
 //! use padv::session::Session;
 //! use serde_json::json;
 //! # fn main() -> padv::Result<()> {
-//! let toy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld/models");
+//! let toy = padv::toyworld::dir()?.join("models"); // the bundled pair
 //! let mut scorer = Scorer::load(&toy.join("trained"), &toy.join("ref"), ScorerOptions::default())?;
 //! let mut s = Session::new(vec![json!({"role": "system", "content": "get the key , then open the door ."})]);
 //! let steps = scorer.append(&mut s, vec![

@@ -39,15 +39,26 @@ fn assert_numbers_match(want: &Value, got: &Value, path: &str, tol: f64) {
 fn eval_without_arguments_reproduces_the_expected_toyworld_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("eval.json");
-    let out = succeed(padv().args(["eval", "--json"]).arg(&json));
+    let cache = dir.path().join("cache");
+    let out = succeed(
+        padv()
+            .env("PADV_CACHE_DIR", &cache)
+            .args(["eval", "--json"])
+            .arg(&json),
+    );
     let got: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld");
+    // The sets are keyed by the paths read: the bundle written under the cache.
+    let bundle = padv::toyworld::dir_under(&cache).unwrap();
     for set in ["ref", "trained"] {
         let want: Value = serde_json::from_str(
             &std::fs::read_to_string(toy.join(format!("expected_eval_demo_{set}.json"))).unwrap(),
         )
         .unwrap();
-        let key = toy.join(format!("demo_{set}.jsonl")).display().to_string();
+        let key = bundle
+            .join(format!("demo_{set}.jsonl"))
+            .display()
+            .to_string();
         assert_numbers_match(&want, &got[&key], set, 1e-6);
     }
     let table = String::from_utf8_lossy(&out.stdout);
@@ -67,6 +78,73 @@ fn score_without_arguments_prints_a_step_table_for_every_demo_trajectory() {
     assert!(
         !text.contains("\x1b["),
         "no colour codes when stdout is not a terminal"
+    );
+}
+
+/// The default pair and demo are compiled in: a binary copied away from the
+/// source tree writes them under its cache and scores them, byte for byte as
+/// the source tree's files score.
+#[test]
+fn a_copied_binary_scores_its_bundled_default_as_the_source_tree_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("padv");
+    std::fs::copy(env!("CARGO_BIN_EXE_padv"), &bin).unwrap();
+    let cache = dir.path().join("cache");
+    let copied = dir.path().join("copied.jsonl");
+    succeed(
+        std::process::Command::new(&bin)
+            .current_dir(dir.path())
+            .env("PADV_CACHE_DIR", &cache)
+            .args(["score", "--output"])
+            .arg(&copied),
+    );
+    let bundle = padv::toyworld::dir_under(&cache).unwrap();
+    assert!(
+        bundle.starts_with(&cache) && bundle.join("models/ref/model.safetensors").is_file(),
+        "{}",
+        bundle.display()
+    );
+    let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld");
+    let source = dir.path().join("source.jsonl");
+    succeed(
+        padv()
+            .arg("score")
+            .arg("--policy")
+            .arg(toy.join("models/trained"))
+            .arg("--reference")
+            .arg(toy.join("models/ref"))
+            .arg("--input")
+            .arg(toy.join("demo_trained.jsonl"))
+            .args(["--token-agg", "sum", "--output"])
+            .arg(&source),
+    );
+    let (a, b) = (
+        std::fs::read_to_string(&copied).unwrap(),
+        std::fs::read_to_string(&source).unwrap(),
+    );
+    assert_eq!(a.lines().count(), 256);
+    assert!(
+        a == b,
+        "the bundled default scores differently from the source tree's files"
+    );
+}
+
+#[test]
+fn an_unwritable_cache_is_named_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    // A directory cannot be made under a plain file.
+    let out = padv()
+        .env("PADV_CACHE_DIR", file.join("cache"))
+        .arg("score")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a-file/cache") && err.contains("PADV_CACHE_DIR") && !err.contains("panicked"),
+        "{err}"
     );
 }
 

@@ -146,7 +146,7 @@ fn the_server_scores_against_the_merged_reference_and_says_so() {
     let opts = ScorerOptions {
         device: Device::Cpu,
         merge: Some(merge),
-        ..padv::serve::ServeConfig::toyworld().options
+        ..padv::serve::ServeConfig::toyworld().unwrap().options
     };
     let mut lib = Scorer::load(&toy.join("trained"), &toy.join("ref"), opts).unwrap();
     let recs: Vec<Record> = read_records(&serve_common::demo_path(), None)

@@ -23,7 +23,7 @@
 //! ```
 //! use padv::serve::{ServeConfig, Server, client::Client};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut config = ServeConfig::toyworld();
+//! let mut config = ServeConfig::toyworld()?;
 //! config.addr = "127.0.0.1:0".parse()?; // any free port
 //! let server = Server::start(config)?;
 //! let mut http = Client::new(server.addr());
@@ -52,7 +52,7 @@ pub mod worker;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -119,13 +119,13 @@ impl ServeConfig {
         }
     }
 
-    /// The bundled toyworld pair, scored as `padv score` scores it by
-    /// default (token aggregation `sum`).
-    pub fn toyworld() -> ServeConfig {
-        let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/toyworld/models");
+    /// The bundled toyworld pair ([`crate::toyworld`]), scored as `padv
+    /// score` scores it by default (token aggregation `sum`).
+    pub fn toyworld() -> crate::Result<ServeConfig> {
+        let toy = crate::toyworld::dir()?.join("models");
         let mut c = ServeConfig::new(toy.join("trained"), toy.join("ref"));
         c.options.token_agg = TokenAgg::Sum;
-        c
+        Ok(c)
     }
 }
 

@@ -19,7 +19,7 @@ pub fn toyworld() -> PathBuf {
 
 /// A toyworld server on 127.0.0.1 with a free port, configured by `f`.
 pub fn start(f: impl FnOnce(&mut ServeConfig)) -> Server {
-    let mut config = ServeConfig::toyworld();
+    let mut config = ServeConfig::toyworld().unwrap();
     config.addr = "127.0.0.1:0".parse().unwrap();
     f(&mut config);
     Server::start(config).expect("the toyworld server starts")
