@@ -23,8 +23,10 @@ mod consts {
 }
 
 /// Targets compiled when `CUDA_ARCHS` is unset: Ampere (sm_80 cubins also run
-/// on sm_86/87/89) and Hopper.
-const DEFAULT_ARCHS: &[&str] = &["80", "90"];
+/// on sm_86/87/89) and Hopper as sm_90a, whose arch-specific instructions
+/// (wgmma, kernels/wgmma.cuh) run only on compute capability 9.0 — every
+/// Hopper chip.
+const DEFAULT_ARCHS: &[&str] = &["80", "90a"];
 
 fn main() {
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {

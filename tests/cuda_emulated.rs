@@ -10,7 +10,9 @@
 //! the gated MLPs' activations and Gemma's per-layer input gate
 //! (mlp_driver.cpp), the gated-DeltaNet steps (deltanet_driver.cpp:
 //! convolution, q/k norms and gates, the recurrence token by token and in
-//! chunks, the gated norm), and
+//! chunks, the gated norm), Hopper's warpgroup products in attention's
+//! layouts (wgmma_driver.cpp: kernels/wgmma_probe.cu, the descriptors and
+//! swizzle read as tests/cuda_emu/wgmma_emu.h reads the PTX ISA), and
 //! the attention kernels (attention_driver.cpp). The last (up to head_dim
 //! 128) have passed their parity tests on an H200, so they also hold the
 //! emulator itself to the hardware: a wrong fragment layout in mma_emu.h fails them. This pins the kernels' indexing, masks, pipeline
@@ -69,6 +71,10 @@ fn stage(dir: &Path, sources: &[&str]) {
         "#pragma once\n#include \"mma_emu.h\"\n",
     )
     .unwrap();
+    // wgmma.cuh stays the kernels' own (its swizzle and descriptor encoding
+    // are under test) and includes wgmma_emu.h under PADV_CUDA_EMU.
+    let wgmma = std::fs::read_to_string(Path::new(KERNELS).join("wgmma.cuh")).unwrap();
+    std::fs::write(dir.join("wgmma.cuh"), wgmma).unwrap();
 }
 
 fn build_and_run(name: &str, driver: &str, sources: &[&str]) {
@@ -77,7 +83,7 @@ fn build_and_run(name: &str, driver: &str, sources: &[&str]) {
     stage(&dir, sources);
     let exe = dir.join(name);
     let mut cmd = Command::new(&cxx);
-    cmd.args(["-std=c++20", "-O2", "-pthread", "-w"])
+    cmd.args(["-std=c++20", "-O2", "-pthread", "-w", "-DPADV_CUDA_EMU"])
         .args(padv::consts::FOR_NVCC.map(|(k, v)| format!("-D{k}={v}")))
         .arg("-I")
         .arg(&dir)
@@ -140,6 +146,11 @@ fn deltanet_kernels_match_direct_computation_on_the_cpu() {
         "deltanet_driver.cpp",
         &["deltanet.cu", "delta_chunk.cu"],
     );
+}
+
+#[test]
+fn wgmma_products_match_direct_products_on_the_cpu() {
+    build_and_run("wgmma", "wgmma_driver.cpp", &["wgmma_probe.cu"]);
 }
 
 #[test]

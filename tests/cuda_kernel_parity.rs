@@ -3,8 +3,9 @@
 //! into a shuffled paged pool, paged attention (GQA, MQA, windows, several
 //! head dims; partial rotary and output gates; Gemma's v norm and
 //! K/V-sharing layers), SiLU- and GELU-gates, Gemma's per-layer input gate,
-//! the sigmoid gate of gated attention and the cuBLAS GEMM (the scoring
-//! kernels: tests/cuda_scoring_parity.rs).
+//! the sigmoid gate of gated attention, the cuBLAS GEMM, and on Hopper the
+//! wgmma products in attention's layouts (the scoring kernels:
+//! tests/cuda_scoring_parity.rs).
 //!
 //! Outputs are poisoned (every byte 0xFF = NaN in f32/bf16/f16) before each
 //! launch, so an element a kernel forgets to write fails the comparison.
@@ -682,4 +683,37 @@ fn cublas_gemm_matches_the_triple_loop_for_every_dtype() {
             dt,
         );
     }
+}
+
+/// Hopper's warpgroup products read the 128-byte-swizzled layouts as the
+/// CPU emulator reads them (kernels/wgmma_probe.cu against the host's f64
+/// products, `Gpu::wgmma_check`): the check that any wgmma kernel relies on.
+/// On a Hopper chip the sm_90a cubin must have been loaded; elsewhere there
+/// is no wgmma and the test says so.
+#[test]
+fn wgmma_products_read_the_layouts_the_emulator_reads() {
+    let Some(gpu) = gpu() else { return };
+    if gpu.arch() != (9, 0) {
+        eprintln!(
+            "skipping: wgmma is Hopper's (sm_90a); this is {}",
+            gpu.describe()
+        );
+        return;
+    }
+    let cases = gpu
+        .wgmma_check()
+        .unwrap()
+        .unwrap_or_else(|| panic!("a Hopper chip without the sm_90a cubin: {}", gpu.describe()));
+    assert_eq!(cases.len(), 4);
+    for c in &cases {
+        eprintln!(
+            "wgmma {} hd {}: max |Δ| S {:.2e}, O {:.2e} (tolerance {:.0e})",
+            c.dtype.name(),
+            c.head_dim,
+            c.s_err,
+            c.o_err,
+            padv::backend::cuda::wgmma::WGMMA_TOL
+        );
+    }
+    assert!(cases.iter().all(|c| c.passed()), "{cases:?}");
 }

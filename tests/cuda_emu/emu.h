@@ -17,8 +17,12 @@
 //   complete them (`EMU_LAZY_COPIES`, the default) or done at issue: the
 //   first exposes a read before its wait, the second a stage overwritten
 //   while another warp still reads it.
+// * wgmma (wgmma_emu.h) is a collective over each warpgroup of 4 warps and
+//   runs at the `wgmma.wait_group` that must complete it, reading shared
+//   memory then, as the hardware may.
 // * Arithmetic is the host's: expf for __expf, f32 sums in a fixed order
-//   for mma.sync. Results match the device to rounding, not bit for bit.
+//   for mma.sync and wgmma. Results match the device to rounding, not bit
+//   for bit.
 #pragma once
 
 #include <algorithm>
@@ -140,9 +144,16 @@ struct EmuWarp {
     alignas(16) uint64_t slots[2][32][4];
 };
 
+// A warpgroup (4 warps, 128 threads) publishes A fragments the same way.
+struct EmuGroup {
+    EmuBarrier bar{128};
+    alignas(16) uint32_t slots[2][128][4];
+};
+
 struct EmuBlock {
     std::unique_ptr<EmuBarrier> bar;
     std::vector<std::unique_ptr<EmuWarp>> warps;
+    std::vector<std::unique_ptr<EmuGroup>> groups;  // when the block is whole warpgroups
 };
 inline EmuBlock* emu_block = nullptr;
 
@@ -152,6 +163,18 @@ inline EmuWarp& emu_warp() { return *emu_block->warps[threadIdx.x / 32]; }
 // This collective's slot set; every lane of a warp calls it once per collective.
 inline uint64_t (*emu_slots())[4] { return emu_warp().slots[emu_phase++ & 1]; }
 inline void __syncthreads() { emu_block->bar->arrive_and_wait(); }
+
+// The passed shared array: shared addresses are offsets into it.
+inline unsigned char* emu_smem_origin = nullptr;
+inline size_t emu_smem_bytes = 0;
+inline size_t __cvta_generic_to_shared(const void* p) {
+    const unsigned char* b = static_cast<const unsigned char*>(p);
+    if (!emu_smem_origin || b < emu_smem_origin || b >= emu_smem_origin + emu_smem_bytes) {
+        std::fprintf(stderr, "emu: %p is not in the block's dynamic shared memory\n", p);
+        std::abort();
+    }
+    return (size_t)(b - emu_smem_origin);
+}
 inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp().bar.arrive_and_wait(); }
 
 // Every lane publishes `v`; each gets lane `src`'s.
@@ -191,6 +214,10 @@ struct EmuCopy {
 inline bool emu_lazy_copies = true;
 inline thread_local std::vector<EmuCopy> emu_open;                // not yet committed
 inline thread_local std::vector<std::vector<EmuCopy>> emu_groups;  // committed, oldest first
+
+// Checks at a thread's end that headers add (wgmma_emu.h: no product in flight).
+inline thread_local void (*emu_thread_end)(unsigned) = nullptr;
+inline thread_local unsigned emu_group_phase = 0;  // this thread's warpgroup collectives so far
 
 inline void emu_do(const EmuCopy& c) {
     std::memset(c.dst, 0, 16);
@@ -258,19 +285,26 @@ inline void emu_launch(dim3_ grid, unsigned threads, unsigned char* smem, size_t
                 EmuBlock b;
                 b.bar = std::make_unique<EmuBarrier>((int)threads);
                 for (unsigned w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<EmuWarp>());
+                if (threads % 128 == 0)
+                    for (unsigned g = 0; g < threads / 128; ++g) b.groups.push_back(std::make_unique<EmuGroup>());
                 emu_block = &b;
+                emu_smem_origin = smem;
+                emu_smem_bytes = smem ? smem_bytes : 0;
                 std::vector<std::thread> ts;
                 for (unsigned t = 0; t < threads; ++t)
                     ts.emplace_back([t, &kernel] {
                         threadIdx = dim3_{t, 0, 0};
                         emu_phase = 0;
+                        emu_group_phase = 0;
                         emu_open.clear();
                         emu_groups.clear();
+                        emu_thread_end = nullptr;
                         kernel();
                         if (!emu_open.empty() || !emu_groups.empty()) {
                             std::fprintf(stderr, "emu: thread %u ended with cp.async copies in flight\n", t);
                             std::abort();
                         }
+                        if (emu_thread_end) emu_thread_end(t);
                     });
                 for (auto& t : ts) t.join();
                 emu_block = nullptr;

@@ -94,6 +94,8 @@ pub struct Gpu {
     name: String,
     arch: (i32, i32),
     loaded: String,
+    /// Per module, the image loaded (`cubin sm_90a`, `PTX compute_80 (JIT)`).
+    images: HashMap<&'static str, String>,
     smem_optin: u32,
     sms: u32,
 }
@@ -139,12 +141,13 @@ impl Gpu {
             .max(1) as u32;
 
         let mut modules = HashMap::new();
-        let mut loaded = Vec::new();
+        let mut images = HashMap::new();
         for img in KERNEL_IMAGES {
             let (module, which) = load_image(&ctx, img, arch)?;
             modules.insert(img.name, module);
-            loaded.push(which);
+            images.insert(img.name, which);
         }
+        let mut loaded: Vec<String> = images.values().cloned().collect();
         loaded.sort();
         loaded.dedup();
         Ok(Gpu {
@@ -156,6 +159,7 @@ impl Gpu {
             name,
             arch,
             loaded: loaded.join(", "),
+            images,
             smem_optin,
             sms,
         })
@@ -168,12 +172,17 @@ impl Gpu {
         Ok(free + pool_idle_bytes(&self.ctx))
     }
 
-    /// e.g. `NVIDIA H200 (sm_90, cubin sm_90)`.
+    /// e.g. `NVIDIA H200 (sm_90, cubin sm_90a)`.
     pub fn describe(&self) -> String {
         format!(
             "{} (sm_{}{}, {})",
             self.name, self.arch.0, self.arch.1, self.loaded
         )
+    }
+
+    /// The image module `module` (a `kernels/*.cu` stem) was loaded from.
+    pub fn image_of(&self, module: &str) -> Option<&str> {
+        self.images.get(module).map(String::as_str)
     }
 
     /// Streaming multiprocessors (sizes grids of memory-bound kernels).

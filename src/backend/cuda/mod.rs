@@ -17,7 +17,8 @@
 //! (the attention launcher), [`lm_head`]
 //! (the two LM-head paths), [`weights`]
 //! (upload / random init), [`forward`] (the decoder), [`roofline`]
-//! (`padv bench --device cuda`). Without the feature,
+//! (`padv bench --device cuda`), [`wgmma`] (Hopper's warpgroup products
+//! checked on the device). Without the feature,
 //! `cuda_disabled.rs` stands in with the same names.
 
 pub mod attention;
@@ -31,6 +32,7 @@ pub mod lm_head;
 pub mod ple;
 pub mod roofline;
 pub mod weights;
+pub mod wgmma;
 
 use std::sync::Arc;
 
