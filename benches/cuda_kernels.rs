@@ -439,6 +439,7 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
             AttnKernel::Simt,
             AttnKernel::TensorCore,
             AttnKernel::Pipelined,
+            AttnKernel::Warpgroup,
         ] {
             if !gpu.attention_runs(kernel, DType::BF16, hd) {
                 rates.push(None);
@@ -448,14 +449,14 @@ fn bench_attention(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
             timed(&mut g, &name, gpu, || call.run(gpu, kernel, 0));
             rates.push(median(&name).map(|t| flops / t / 1e12));
         }
-        if let [Some(simt), Some(tc), pipe] = rates[..] {
-            let (pipe_rate, pipe_ratio) = match pipe {
-                Some(p) => (
-                    format!(" ({p:.0} double-buffered)"),
-                    format!("; double-buffered {:.2}×", p / tc),
-                ),
-                None => Default::default(),
-            };
+        if let [Some(simt), Some(tc), pipe, wg] = rates[..] {
+            let (mut pipe_rate, mut pipe_ratio) = (String::new(), String::new());
+            for (rate, what) in [(pipe, "double-buffered"), (wg, "wgmma")] {
+                if let Some(p) = rate {
+                    pipe_rate += &format!(" ({p:.0} {what})");
+                    pipe_ratio += &format!("; {what} {:.2}×", p / tc);
+                }
+            }
             s.lines.push(format!(
                 "| attention {label} (h{heads}/{kv_heads}, hd{hd}), 2×4096, bf16 | {tc:.0} TFLOP/s tensor cores\
                  {pipe_rate}, {simt:.1} SIMT | {:.1}×{pipe_ratio} |",
@@ -479,15 +480,21 @@ fn bench_attention_step(c: &mut Criterion, gpu: &Gpu, s: &mut Summary) {
         (AttnKernel::TensorCore, 1usize),
         (AttnKernel::TensorCore, 0),
         (AttnKernel::Pipelined, 0),
+        (AttnKernel::Warpgroup, 0),
     ] {
+        if !gpu.attention_runs(kernel, DType::BF16, 64) {
+            times.push(None);
+            continue;
+        }
         let name = format!("attention_step_0.5b_{kernel:?}_splits{splits}_4096+256");
         timed(&mut g, &name, gpu, || call.run(gpu, kernel, splits));
         times.push(median(&name));
     }
-    if let [Some(one), Some(auto), Some(pipe)] = times[..] {
+    if let [Some(one), Some(auto), Some(pipe), wg] = times[..] {
+        let wg = wg.map_or(String::new(), |w| format!(", {:.1} wgmma", w * 1e6));
         s.lines.push(format!(
             "| attention step 0.5b, 256 queries after 4096 cached keys | {:.1} µs split KV \
-             ({:.1} double-buffered), {:.1} µs one block per tile | {:.1}× |",
+             ({:.1} double-buffered{wg}), {:.1} µs one block per tile | {:.1}× |",
             auto * 1e6,
             pipe * 1e6,
             one * 1e6,

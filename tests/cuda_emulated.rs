@@ -155,5 +155,9 @@ fn wgmma_products_match_direct_products_on_the_cpu() {
 
 #[test]
 fn attention_kernels_match_direct_attention_on_the_cpu() {
-    build_and_run("attention", "attention_driver.cpp", &["attention.cu"]);
+    build_and_run(
+        "attention",
+        "attention_driver.cpp",
+        &["attention.cu", "attention_wg.cu"],
+    );
 }

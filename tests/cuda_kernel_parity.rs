@@ -435,13 +435,18 @@ fn paged_attention_matches_the_f64_reference_with_gqa_windows_shuffled_blocks_an
             let tiles = gpu.upload(&layout.tiles).unwrap();
             // SIMT where its shared memory fits (192 KB at head_dim 512);
             // tensor cores (and their cp.async double-buffered variant, up to
-            // head_dim 256): one block per (tile, head), the key range split
-            // in 3 (merged by attention_merge), and the launcher's choice.
+            // head_dim 256, and on Hopper the wgmma kernel at 64 and 128):
+            // one block per (tile, head), the key range split in 3 (merged by
+            // attention_merge), and the launcher's choice.
             let mut kernels = Vec::new();
             if gpu.attention_runs(AttnKernel::Simt, dt, hd) {
                 kernels.push((AttnKernel::Simt, 0));
             }
-            for k in [AttnKernel::TensorCore, AttnKernel::Pipelined] {
+            for k in [
+                AttnKernel::TensorCore,
+                AttnKernel::Pipelined,
+                AttnKernel::Warpgroup,
+            ] {
                 if gpu.attention_runs(k, dt, hd) {
                     kernels.extend([1, 3, 0].map(|s| (k, s)));
                 }

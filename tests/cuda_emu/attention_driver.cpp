@@ -9,8 +9,10 @@
 // on an H200 (docs/gpu-results.md), so they also check the emulator:
 // ldmatrix (.trans), mma.sync's fragments and the warp collectives as emu.h
 // and mma_emu.h model them. Each launch is also held to the dynamic shared
-// memory the launcher gives it (the header's sizes). Exit status 0 when
-// every value is within tolerance. Built and run by tests/cuda_emulated.rs.
+// memory the launcher gives it (the header's sizes). attention_wg.cu's
+// warpgroup (wgmma) kernel runs the same cases at head dims 64 and 128
+// (wgmma_emu.h). Exit status 0 when every value is within tolerance. Built
+// and run by tests/cuda_emulated.rs.
 #include "emu.h"
 
 // The dynamic shared memory of the SIMT kernel and of the tensor-core ones
@@ -18,6 +20,10 @@
 alignas(16) float smem[1 << 16];
 
 #include "attention.cu"
+
+// attention_wg.cu's dynamic shared memory: 81 KB at hd 128, 1024-aligned.
+alignas(1024) unsigned char wg_smem[(5 * 2 * 8192) + 1024];
+#include "attention_wg.cu"
 
 namespace {
 
@@ -63,6 +69,7 @@ struct Kernel {
     MmaKernel mma = nullptr;  // bf16 pool, with `stages` K/V stages
     SimtKernel simt = nullptr;  // f32 pool
     int stages = 1;
+    bool wg = false;  // `mma` is attention_wg.cu's warpgroup kernel
 };
 
 // Dynamic shared memory the launcher gives it, bytes (the header's sizes;
@@ -71,6 +78,7 @@ struct Kernel {
 // of MMA_BC × (DV + 8) bf16, plus the Q tile ATTN_BR × (hd + 8) from hd 256,
 // none for one stage below it (static).
 size_t smem_bytes(const Kernel& k, int hd) {
+    if (k.wg) return (size_t)(1 + 2 * 2) * (hd / 64) * 8192 + 1024;  // Q, 2 × (K, V), alignment
     if (k.simt) return (size_t)(SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4;
     if (k.stages == 1 && hd <= 128) return 0;
     const int dv = std::min(hd, 256);
@@ -140,8 +148,10 @@ template <class T> void run(const char* name, const Kernel& k, const Case& c, ui
     if (k.mma) {
         // Blocks per (tile, head): one per DV = 256 output columns.
         const int parts = hd > 256 ? hd / 256 : 1;
-        emu_launch(dim3_{(unsigned)tiles, (unsigned)(heads * parts), (unsigned)splits}, MMA_WARPS * 32,
-                   reinterpret_cast<unsigned char*>(smem), sizeof smem, [&] {
+        unsigned char* dyn = k.wg ? wg_smem : reinterpret_cast<unsigned char*>(smem);
+        const size_t dyn_bytes = k.wg ? sizeof wg_smem : sizeof smem;
+        emu_launch(dim3_{(unsigned)tiles, (unsigned)(heads * parts), (unsigned)splits}, MMA_WARPS * 32, dyn,
+                   dyn_bytes, [&] {
                        k.mma((const Bf16*)q.data(), (const Bf16*)kp.data(), (const Bf16*)vp.data(), l.block_table.data(),
                              l.seq_start.data(), l.past.data(), l.tiles.data(), (Bf16*)out.data(), heads, kv_heads,
                              hd, l.max_blocks, window, scale, part.data(), splits);
@@ -199,6 +209,16 @@ int main() {
         run<Bf16>(name, p32, {4, 1, 32, 40, 3, 0, 1}, 52);
         std::snprintf(name, sizeof name, "attention mma2 hd256 gqa2 window 80 split 2, %s", when);
         run<Bf16>(name, p256, {4, 2, 256, 80, 2, 0, 1}, 58);
+        const Kernel w64{paged_attention_wg_bf16_d64, nullptr, 2, true};
+        const Kernel w128{paged_attention_wg_bf16_d128, nullptr, 2, true};
+        std::snprintf(name, sizeof name, "attention wg hd64 gqa2, %s", when);
+        run<Bf16>(name, w64, {4, 2, 64, 0, 1, 0, 1}, 51);
+        std::snprintf(name, sizeof name, "attention wg hd64 window 40 split 3, %s", when);
+        run<Bf16>(name, w64, {4, 1, 64, 40, 3, 0, 1}, 52);
+        std::snprintf(name, sizeof name, "attention wg hd128 gqa2 window 80 split 2, %s", when);
+        run<Bf16>(name, w128, {4, 2, 128, 80, 2, 0, 1}, 58);
+        std::snprintf(name, sizeof name, "attention wg hd128 scale 1, %s", when);
+        run<Bf16>(name, w128, {2, 2, 128, 0, 1, 1.0f, 1.0f / 8}, 60);
     }
     run<float>("attention simt f32 hd64", Kernel{nullptr, paged_attention_f32_s2}, {2, 1, 64, 0, 1, 0, 1}, 53);
     run<float>("attention simt f32 hd512 gqa2 window 80 scale 1", Kernel{nullptr, paged_attention_f32_s16},

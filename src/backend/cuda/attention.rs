@@ -1,7 +1,8 @@
-//! The attention launcher (kernels/attention.cu): causal, optionally
-//! windowed attention over the paged KV pool with any softmax scale, on
-//! tensor cores (mma.sync, one or two K/V stages; at head_dim 512 two blocks
-//! per (tile, head), 256 output columns each) or CUDA cores, with the key
+//! The attention launcher (kernels/attention.cu, kernels/attention_wg.cu):
+//! causal, optionally windowed attention over the paged KV pool with any
+//! softmax scale, on tensor cores (mma.sync, one or two K/V stages; at
+//! head_dim 512 two blocks per (tile, head), 256 output columns each; on
+//! Hopper also wgmma, one warpgroup per block) or CUDA cores, with the key
 //! range split over blocks when the (tile, head) blocks alone leave the GPU
 //! idle. CPU twin: `ops::attention`.
 
@@ -26,6 +27,8 @@ pub const MMA_VERIFIED_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 /// Head dims of its double-buffered variant (at 512 two stages need 261 KB
 /// of shared memory).
 const PIPELINED_HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
+/// Head dims of the warpgroup (wgmma) kernel.
+pub const WG_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// Which attention kernel runs (kernels/attention.cu); a forward's choice
 /// comes from `PADV_CUDA_ATTENTION` (`auto`, `simt`, `tensor-core`,
@@ -47,6 +50,11 @@ pub enum AttnKernel {
     /// head_dim 256 (165 KB of shared memory there); not `Auto`'s choice
     /// until measured against `TensorCore` on a GPU.
     Pipelined,
+    /// Hopper's warpgroup products (kernels/attention_wg.cu: wgmma, K/V
+    /// double-buffered through cp.async; bf16/f16, head_dim 64/128, where
+    /// the device loaded the sm_90a cubin, [`Gpu::has_wgmma`]); checked on
+    /// the CPU emulator, not yet on a GPU: never `Auto`'s choice until then.
+    Warpgroup,
 }
 impl AttnKernel {
     /// `PADV_CUDA_ATTENTION`, or `Auto` when unset.
@@ -60,6 +68,7 @@ impl AttnKernel {
             AttnKernel::Simt => "simt",
             AttnKernel::TensorCore => "tensor-core",
             AttnKernel::Pipelined => "pipelined",
+            AttnKernel::Warpgroup => "wgmma",
         }
     }
 }
@@ -67,21 +76,25 @@ impl AttnKernel {
 impl std::str::FromStr for AttnKernel {
     type Err = crate::Error;
     fn from_str(s: &str) -> Result<AttnKernel> {
-        let all = [
-            AttnKernel::Auto,
-            AttnKernel::Simt,
-            AttnKernel::TensorCore,
-            AttnKernel::Pipelined,
-        ];
-        all.into_iter()
+        ALL_KERNELS
+            .into_iter()
             .find(|k| k.name() == s.trim())
             .ok_or_else(|| {
                 crate::Error::Backend(format!(
-                    "PADV_CUDA_ATTENTION must be auto, simt, tensor-core or pipelined, not `{s}`"
+                    "PADV_CUDA_ATTENTION must be auto, simt, tensor-core, pipelined or wgmma, not `{s}`"
                 ))
             })
     }
 }
+
+/// Every choice of [`AttnKernel`].
+pub const ALL_KERNELS: [AttnKernel; 5] = [
+    AttnKernel::Auto,
+    AttnKernel::Simt,
+    AttnKernel::TensorCore,
+    AttnKernel::Pipelined,
+    AttnKernel::Warpgroup,
+];
 
 /// Most key-range splits of the tensor-core attention kernel.
 pub const MAX_KV_SPLITS: usize = 16;
@@ -115,6 +128,13 @@ fn mma_smem(hd: usize, stages: usize, elem: usize) -> usize {
     }
     let kv = stages * MMA_BC * (hd + 8 + mma_dv(hd) + 8);
     (kv + if q_tile { ATTN_BR * (hd + 8) } else { 0 }) * elem
+}
+
+/// Dynamic shared memory of the warpgroup kernel, bytes: Q and two stages
+/// of K and V tiles, each hd / 64 regions of 64 rows × 128 bytes, plus 1 KB
+/// to start them on a 1024-byte boundary (the swizzle atoms').
+fn wg_smem(hd: usize) -> usize {
+    (1 + 2 * 2) * hd.div_ceil(64) * 64 * 128 + 1024
 }
 
 /// Dynamic shared memory of the SIMT kernel, bytes: the Q half-tile, the K
@@ -157,6 +177,12 @@ impl Gpu {
             AttnKernel::Simt => hd > 0 && hd <= MAX_HEAD_DIM && fits(simt_smem(hd)),
             AttnKernel::TensorCore => mma(1, &MMA_HEAD_DIMS),
             AttnKernel::Pipelined => mma(2, &PIPELINED_HEAD_DIMS),
+            AttnKernel::Warpgroup => {
+                dtype != DType::F32
+                    && WG_HEAD_DIMS.contains(&hd)
+                    && self.has_wgmma()
+                    && fits(wg_smem(hd))
+            }
             AttnKernel::Auto => self.attention_runs(self.auto_attention(dtype, hd), dtype, hd),
         }
     }
@@ -248,14 +274,16 @@ impl Gpu {
             format!(
                 "attention: no {kernel:?} kernel for {} head_dim {hd} on sm_{}{} (tensor cores: \
                  bf16/f16, head_dim {MMA_HEAD_DIMS:?}, double-buffered {PIPELINED_HEAD_DIMS:?}, \
-                 sm_80+); it needs {} bytes of shared memory, the device allows {}",
+                 sm_80+; wgmma: head_dim {WG_HEAD_DIMS:?}, the sm_90a cubin loaded: {}); it needs \
+                 {} bytes of shared memory, the device allows {}",
                 k_pool.dtype.name(),
                 self.arch().0,
                 self.arch().1,
-                if tc {
-                    mma_smem(hd, stages, k_pool.dtype.size())
-                } else {
-                    simt_smem(hd)
+                self.has_wgmma(),
+                match kernel {
+                    AttnKernel::Simt => simt_smem(hd),
+                    AttnKernel::Warpgroup => wg_smem(hd),
+                    _ => mma_smem(hd, stages, k_pool.dtype.size()),
                 },
                 self.shared_memory_optin()
             )
@@ -282,7 +310,10 @@ impl Gpu {
             }
             (true, s) => s.min(MAX_KV_SPLITS),
         };
-        let (name, threads, smem) = if tc {
+        let (module, name, threads, smem) = if kernel == AttnKernel::Warpgroup {
+            let name = format!("paged_attention_wg_{}_d{hd}", k_pool.dtype.name());
+            ("attention_wg", name, MMA_THREADS, wg_smem(hd) as u32)
+        } else if tc {
             let prefix = if stages == 2 {
                 "paged_attention_mma2"
             } else {
@@ -290,13 +321,13 @@ impl Gpu {
             };
             let name = format!("{prefix}_{}_d{hd}", k_pool.dtype.name());
             let smem = mma_smem(hd, stages, k_pool.dtype.size()) as u32;
-            (name, MMA_THREADS, smem)
+            ("attention", name, MMA_THREADS, smem)
         } else {
             // Registers per row: ceil(hd / 32) rounded up to an instantiated 1, 2, 4, 8 or 16.
             let slots = hd.div_ceil(32).next_power_of_two();
             let name = format!("paged_attention_{}_s{slots}", k_pool.dtype.name());
             let smem = simt_smem(hd) as u32;
-            (name, ATTN_THREADS, smem)
+            ("attention", name, ATTN_THREADS, smem)
         };
         let n = q.len / qd;
         let mut part = self.alloc_f32(if splits > 1 {
@@ -304,7 +335,7 @@ impl Gpu {
         } else {
             1
         })?;
-        let f = self.function("attention", &name, smem)?;
+        let f = self.function(module, &name, smem)?;
         let sp = splits as i32;
         {
             // Both kernels take the same leading arguments; the tensor-core
@@ -354,12 +385,7 @@ mod tests {
 
     #[test]
     fn attention_choices_parse_by_name_and_refuse_others_by_name() {
-        for k in [
-            AttnKernel::Auto,
-            AttnKernel::Simt,
-            AttnKernel::TensorCore,
-            AttnKernel::Pipelined,
-        ] {
+        for k in ALL_KERNELS {
             assert_eq!(k.name().parse::<AttnKernel>().unwrap(), k);
         }
         let e = "mma".parse::<AttnKernel>().unwrap_err().to_string();

@@ -1,0 +1,236 @@
+// attention_wg.cu — the tensor-core attention kernel of attention.cu on
+// Hopper's warpgroup products (wgmma.cuh; sm_90a only): the same tiles,
+// paged pool, masks, online softmax, key-range splits and outputs as
+// `paged_attention_mma2_*`, so the host launches it in their place
+// (`AttnKernel::Warpgroup`, src/backend/cuda/attention.rs) and the same
+// parity tests hold it.
+//
+// What changes: one warpgroup (4 warps, 128 threads) per (query tile of
+// ATTN_BR = 64, head, split). Per key tile of MMA_BC = 64 keys,
+// S = Q·Kᵀ is HD / 16 `wgmma.m64n64k16` products with Q and K both read by
+// the tensor cores from shared memory (no ldmatrix, and each K tile read
+// once per block rather than once per warp, as mma.sync's fragments were),
+// and O += P·V is four `m64nHDk16` products with P from registers (S's
+// accumulators rescaled, exponentiated and rounded, FlashAttention's
+// register reuse) and V read MN-major (trans-b) from shared memory. Thread
+// (warp w, lane g·4 + c) holds rows 16w + g and 16w + g + 8 of S and O, the
+// same rows and column pairs as mma.sync's C fragments, so the softmax is
+// the mma kernel's, quad shuffles included.
+//
+// Shared memory (dynamic, rounded up to a 1024-byte boundary, as the
+// 128-byte swizzle's atoms must be): Q (pre-scaled by scale·log2(e),
+// rounded to T) and two stages of K and V tiles, each as HD / 64 regions of
+// 64 rows × 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8)
+// (`sw128`): (1 + 2·2) · HD / 64 · 8 KB + 1 KB = 41 KB at HD 64, 81 KB at
+// 128. K/V tiles are copied by cp.async (zero-filled past the keys), the
+// next tile in flight during this one's products; shared-memory writes
+// reach wgmma's (async-proxy) reads through `fence.proxy.async` before
+// the barrier that publishes them.
+#include "common.cuh"
+#include "mma.cuh"
+#include "wgmma.cuh"
+
+#if !defined(KV_BLOCK) || !defined(ATTN_BR) || !defined(MMA_BC)
+#error "KV_BLOCK, ATTN_BR, MMA_BC are defined by build.rs from src/consts.rs"
+#endif
+static_assert(ATTN_BR == 64 && MMA_BC == 64, "one warpgroup's m64 rows per tile, n64 keys per S product");
+
+template <typename T, int HD>
+__device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict__ k_pool,
+                                   const T* __restrict__ v_pool, const int32_t* __restrict__ block_table,
+                                   const int32_t* __restrict__ seq_start, const int32_t* __restrict__ past,
+                                   const int32_t* __restrict__ tiles, T* __restrict__ out, int heads,
+                                   int kv_heads, int max_blocks, int window, float scale,
+                                   float* __restrict__ part, int splits) {
+#if WGMMA_AVAILABLE
+    static_assert(HD == 64 || HD == 128, "S in one m64n64 accumulator per k-step, O in m64n64 or m64n128");
+    constexpr int REGION = 64 * 128;            // bytes: 64 rows × 128 bytes
+    constexpr int TILE = HD / 64 * REGION;      // one operand tile, bytes
+    constexpr int CHUNKS = HD / 8;              // 16-byte chunks per row
+    T* const tag = nullptr;
+    extern __shared__ unsigned char wg_smem[];
+    unsigned char* const qs = wg_smem + ((1024 - (smem_u32(wg_smem) & 1023)) & 1023);
+    unsigned char* const ks_all = qs + TILE;        // [2][TILE]
+    unsigned char* const vs_all = ks_all + 2 * TILE;  // [2][TILE]
+    // Byte offset of chunk c (8 elements) of row r of a tile.
+    auto chunk_at = [](int r, int c) { return c / 8 * REGION + sw128(r, c % 8); };
+
+    const int seq = tiles[2 * blockIdx.x], q0 = tiles[2 * blockIdx.x + 1];
+    const int h = blockIdx.y, kvh = h / (heads / kv_heads);
+    const int base = seq_start[seq], p0 = past[seq];
+    const int nq = min(ATTN_BR, seq_start[seq + 1] - base - q0);
+    const size_t qd = (size_t)heads * HD, kvd = (size_t)kv_heads * HD;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, c = lane % 4;
+    const int32_t* table = block_table + (size_t)seq * max_blocks;
+
+    // Q, pre-scaled into log2 units and rounded to T, rows past nq zero.
+    const float qscale = scale * 1.4426950408889634f;
+    for (int e = threadIdx.x; e < ATTN_BR * CHUNKS; e += blockDim.x) {
+        const int r = e / CHUNKS, ch = e % CHUNKS;
+        float x[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (r < nq) {
+            const Elems<T, 8> e8 =
+                *reinterpret_cast<const Elems<T, 8>*>(q + (size_t)(base + q0 + r) * qd + (size_t)h * HD + ch * 8);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) x[j] = to_f32(e8.v[j]) * qscale;
+        }
+        *reinterpret_cast<uint4*>(qs + chunk_at(r, ch)) =
+            make_uint4(pack2(x[0], x[1], tag), pack2(x[2], x[3], tag), pack2(x[4], x[5], tag), pack2(x[6], x[7], tag));
+    }
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[HD / 2];
+#pragma unroll
+    for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+
+    // Positions: packed query r is at p0 + q0 + r, keys count from 0; this
+    // thread's rows r_lo (accumulators with (i / 2) % 2 = 0) and r_hi.
+    const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+    const int qi_lo = p0 + q0 + r_lo, qi_hi = p0 + q0 + r_hi;
+    const int k_hi = p0 + q0 + nq;
+    const int k_lo = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
+    const int n_tiles = (k_hi - k_lo + MMA_BC - 1) / MMA_BC;
+    const int per = (n_tiles + splits - 1) / splits;
+    const int kt_begin = k_lo + min(n_tiles, (int)blockIdx.z * per) * MMA_BC;
+    const int kt_end = min(k_hi, k_lo + min(n_tiles, ((int)blockIdx.z + 1) * per) * MMA_BC);
+    auto load_tile = [&](int kt, int st) {
+        unsigned char* ks = ks_all + st * TILE;
+        unsigned char* vs = vs_all + st * TILE;
+        for (int e = threadIdx.x; e < MMA_BC * CHUNKS; e += blockDim.x) {
+            const int r = e / CHUNKS, ch = e % CHUNKS, j = kt + r;
+            const bool in = j < k_hi;
+            const size_t row = in ? (size_t)table[j / KV_BLOCK] * KV_BLOCK + j % KV_BLOCK : 0;
+            const size_t off = row * kvd + (size_t)kvh * HD + ch * 8;
+            cp_async16(ks + chunk_at(r, ch), k_pool + off, in ? 16 : 0);
+            cp_async16(vs + chunk_at(r, ch), v_pool + off, in ? 16 : 0);
+        }
+    };
+    if (kt_begin < kt_end) {
+        load_tile(kt_begin, 0);
+        cp_async_commit();
+    }
+    for (int kt = kt_begin, it = 0; kt < kt_end; kt += MMA_BC, ++it) {
+        const int st = it & 1;
+        // The next tile into the other stage (consumed by the previous
+        // tile's products, completed before the barrier that ended it).
+        if (kt + MMA_BC < kt_end) load_tile(kt + MMA_BC, st ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();  // this tile's group has landed
+        fence_proxy_async();  // this thread's copies (and Q's stores) visible to wgmma
+        __syncthreads();
+        const unsigned char* ks = ks_all + st * TILE;
+        const unsigned char* vs = vs_all + st * TILE;
+
+        // S = Q·Kᵀ: k-steps of 16 head dims, four per 64-column region.
+        float s[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+        wgmma_fence_operands(s);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            const int off = kk / 4 * REGION + kk % 4 * 32;
+            wgmma_ss<0>(s, wgmma_desc(qs + off, 16, 1024), wgmma_desc(ks + off, 16, 1024), kk > 0, tag);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(s);
+
+        // Mask, then the online softmax of rows lo (i / 2 even) and hi.
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            const int hi = (i / 2) % 2;
+            const int j = kt + 8 * (i / 4) + 2 * c + i % 2;
+            const int qi = hi ? qi_hi : qi_lo;
+            const bool vis = j < k_hi && j <= qi && (window <= 0 || j > qi - window);
+            s[i] = vis ? s[i] : -INFINITY;
+            mx[hi] = fmaxf(mx[hi], s[i]);
+        }
+        float corr[2], mb[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
+            const float mn = fmaxf(m[i], mx[i]);
+            mb[i] = mn == -INFINITY ? 0.0f : mn;  // nothing visible yet: p = 0, no NaN
+            corr[i] = exp2f(m[i] - mb[i]);        // 0 when m was −inf
+            m[i] = mn;
+            l[i] *= corr[i];
+        }
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+            s[i] = exp2f(s[i] - mb[(i / 2) % 2]);
+            l[(i / 2) % 2] += s[i];
+        }
+#pragma unroll
+        for (int i = 0; i < HD / 2; ++i) o[i] *= corr[(i / 2) % 2];
+        // P's A fragment for keys 16j …: S's accumulators 8j … 8j + 7, all
+        // packed before the fence (registers written between two products
+        // of a group would make ptxas serialise them).
+        uint32_t pa[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) pa[j][r] = pack2(s[8 * j + 2 * r], s[8 * j + 2 * r + 1], tag);
+
+        // O += P·V: keys 16j … are rows 16j … of every region; 8-key groups
+        // SBO = 1024 bytes apart, 64-column regions LBO = REGION apart.
+        wgmma_fence_operands(o);
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < 4; ++j) wgmma_rs<1>(o, pa[j], wgmma_desc(vs + j * 16 * 128, REGION, 1024), 1, tag);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operands(o);
+        __syncthreads();  // stage st consumed before its refill
+    }
+    cp_async_wait<0>();  // the last (empty) group
+
+    // Row sums over the quad, then O / l (or the split's partials).
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 1);
+        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 2);
+    }
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+        const int r = hi ? r_hi : r_lo;
+        if (r >= nq) continue;
+        if (splits > 1) {
+            float* pp = part + (((size_t)(base + q0 + r) * heads + h) * splits + blockIdx.z) * (HD + 2);
+#pragma unroll
+            for (int n8 = 0; n8 < HD / 8; ++n8)
+                *reinterpret_cast<float2*>(pp + 8 * n8 + 2 * c) = make_float2(o[4 * n8 + 2 * hi], o[4 * n8 + 2 * hi + 1]);
+            if (c == 0) {
+                pp[HD] = m[hi];
+                pp[HD + 1] = l[hi];
+            }
+            continue;
+        }
+        const float inv = 1.0f / l[hi];
+        T* orow = out + (size_t)(base + q0 + r) * qd + (size_t)h * HD + 2 * c;
+#pragma unroll
+        for (int n8 = 0; n8 < HD / 8; ++n8)
+            *reinterpret_cast<uint32_t*>(orow + 8 * n8) =
+                pack2(o[4 * n8 + 2 * hi] * inv, o[4 * n8 + 2 * hi + 1] * inv, tag);
+    }
+#endif
+}
+
+// Entry points `paged_attention_wg_<dtype>_d<HD>`, HD ∈ {64, 128}, with the
+// tensor-core kernel's arguments (attention.cu).
+#define PAGED_ATTENTION_WG(SUFFIX, T, HD)                                                          \
+    extern "C" __global__ void __launch_bounds__(128) paged_attention_wg_##SUFFIX##_d##HD(         \
+        const T* q, const T* k_pool, const T* v_pool, const int32_t* block_table,                  \
+        const int32_t* seq_start, const int32_t* past, const int32_t* tiles, T* out, int heads,    \
+        int kv_heads, int /* hd = HD */, int max_blocks, int window, float scale, float* part,      \
+        int splits) {                                                                               \
+        paged_attention_wg<T, HD>(q, k_pool, v_pool, block_table, seq_start, past, tiles, out,     \
+                                  heads, kv_heads, max_blocks, window, scale, part, splits);       \
+    }
+PAGED_ATTENTION_WG(bf16, __nv_bfloat16, 64)
+PAGED_ATTENTION_WG(bf16, __nv_bfloat16, 128)
+PAGED_ATTENTION_WG(f16, __half, 64)
+PAGED_ATTENTION_WG(f16, __half, 128)
