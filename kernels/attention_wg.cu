@@ -7,10 +7,11 @@
 //
 // What changes: one warpgroup (4 warps, 128 threads) per (query tile of
 // ATTN_BR = 64, head, split). Per key tile of MMA_BC = 64 keys,
-// S = Q·Kᵀ is HD / 16 `wgmma.m64n64k16` products with Q and K both read by
-// the tensor cores from shared memory (no ldmatrix, and each K tile read
-// once per block rather than once per warp, as mma.sync's fragments were),
-// and O += P·V is four `m64nHDk16` products with P from registers (S's
+// S = Q·Kᵀ is HD / 16 `wgmma.m64n64k16` products with Q's A fragments held
+// in registers for the whole kernel (as the mma kernel holds them) and K
+// read by the tensor cores from shared memory (no ldmatrix; each K tile
+// read once per block rather than once per warp, as mma.sync's fragments
+// were), and O += P·V is four `m64nHDk16` products with P from registers (S's
 // accumulators rescaled, exponentiated and rounded, FlashAttention's
 // register reuse) and V read MN-major (trans-b) from shared memory. Thread
 // (warp w, lane g·4 + c) holds rows 16w + g and 16w + g + 8 of S and O, the
@@ -18,14 +19,13 @@
 // the mma kernel's, quad shuffles included.
 //
 // Shared memory (dynamic, rounded up to a 1024-byte boundary, as the
-// 128-byte swizzle's atoms must be): Q (pre-scaled by scale·log2(e),
-// rounded to T) and two stages of K and V tiles, each as HD / 64 regions of
-// 64 rows × 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8)
-// (`sw128`): (1 + 2·2) · HD / 64 · 8 KB + 1 KB = 41 KB at HD 64, 81 KB at
-// 128. K/V tiles are copied by cp.async (zero-filled past the keys), the
-// next tile in flight during this one's products; shared-memory writes
-// reach wgmma's (async-proxy) reads through `fence.proxy.async` before
-// the barrier that publishes them.
+// 128-byte swizzle's atoms must be): two stages of K and V tiles, each as
+// HD / 64 regions of 64 rows × 128 bytes, 16-byte chunk c of row r at chunk
+// c ^ (r % 8) (`sw128`): 2·2 · HD / 64 · 8 KB + 1 KB = 33 KB at HD 64,
+// 65 KB at 128. K/V tiles are copied by cp.async (zero-filled past the
+// keys), the next tile in flight during this one's products; the copies
+// reach wgmma's (async-proxy) reads through `fence.proxy.async` before the
+// barrier that publishes them.
 #include "common.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
@@ -49,9 +49,8 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
     constexpr int CHUNKS = HD / 8;              // 16-byte chunks per row
     T* const tag = nullptr;
     extern __shared__ unsigned char wg_smem[];
-    unsigned char* const qs = wg_smem + ((1024 - (smem_u32(wg_smem) & 1023)) & 1023);
-    unsigned char* const ks_all = qs + TILE;        // [2][TILE]
-    unsigned char* const vs_all = ks_all + 2 * TILE;  // [2][TILE]
+    unsigned char* const ks_all = wg_smem + ((1024 - (smem_u32(wg_smem) & 1023)) & 1023);  // [2][TILE]
+    unsigned char* const vs_all = ks_all + 2 * TILE;                                       // [2][TILE]
     // Byte offset of chunk c (8 elements) of row r of a tile.
     auto chunk_at = [](int r, int c) { return c / 8 * REGION + sw128(r, c % 8); };
 
@@ -64,19 +63,35 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
     const int g = lane / 4, c = lane % 4;
     const int32_t* table = block_table + (size_t)seq * max_blocks;
 
-    // Q, pre-scaled into log2 units and rounded to T, rows past nq zero.
+    // This thread's rows of Q (r_lo = 16·warp + g and r_hi = r_lo + 8),
+    // pre-scaled into log2 units and rounded to T, as the A fragments of S's
+    // k-steps for the whole kernel (rows past nq zero): the tensor cores
+    // read only K from shared memory.
+    const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
     const float qscale = scale * 1.4426950408889634f;
-    for (int e = threadIdx.x; e < ATTN_BR * CHUNKS; e += blockDim.x) {
-        const int r = e / CHUNKS, ch = e % CHUNKS;
-        float x[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        if (r < nq) {
-            const Elems<T, 8> e8 =
-                *reinterpret_cast<const Elems<T, 8>*>(q + (size_t)(base + q0 + r) * qd + (size_t)h * HD + ch * 8);
+    uint32_t qa[HD / 16][4];
+    {
+        const T* q_lo = q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD;
+        const T* q_hi = q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD;
+        const bool lo = r_lo < nq, hi = r_hi < nq;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) x[j] = to_f32(e8.v[j]) * qscale;
+        for (int kc = 0; kc < HD / 16; ++kc) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int d = kc * 16 + half * 8 + 2 * c;
+                float x[2] = {0.0f, 0.0f}, y[2] = {0.0f, 0.0f};
+                if (lo) {
+                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_lo + d);
+                    x[0] = to_f32(e2.v[0]), x[1] = to_f32(e2.v[1]);
+                }
+                if (hi) {
+                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_hi + d);
+                    y[0] = to_f32(e2.v[0]), y[1] = to_f32(e2.v[1]);
+                }
+                qa[kc][2 * half] = pack2(x[0] * qscale, x[1] * qscale, tag);
+                qa[kc][2 * half + 1] = pack2(y[0] * qscale, y[1] * qscale, tag);
+            }
         }
-        *reinterpret_cast<uint4*>(qs + chunk_at(r, ch)) =
-            make_uint4(pack2(x[0], x[1], tag), pack2(x[2], x[3], tag), pack2(x[4], x[5], tag), pack2(x[6], x[7], tag));
     }
 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -84,9 +99,8 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
 #pragma unroll
     for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
 
-    // Positions: packed query r is at p0 + q0 + r, keys count from 0; this
-    // thread's rows r_lo (accumulators with (i / 2) % 2 = 0) and r_hi.
-    const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
+    // Positions: packed query r is at p0 + q0 + r, keys count from 0 (row
+    // r_lo: accumulators with (i / 2) % 2 = 0, r_hi: the others).
     const int qi_lo = p0 + q0 + r_lo, qi_hi = p0 + q0 + r_hi;
     const int k_hi = p0 + q0 + nq;
     const int k_lo = window > 0 ? max(0, p0 + q0 - window + 1) : 0;
@@ -117,22 +131,21 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
         if (kt + MMA_BC < kt_end) load_tile(kt + MMA_BC, st ^ 1);
         cp_async_commit();
         cp_async_wait<1>();  // this tile's group has landed
-        fence_proxy_async();  // this thread's copies (and Q's stores) visible to wgmma
+        fence_proxy_async();  // this thread's copies visible to wgmma
         __syncthreads();
         const unsigned char* ks = ks_all + st * TILE;
         const unsigned char* vs = vs_all + st * TILE;
 
-        // S = Q·Kᵀ: k-steps of 16 head dims, four per 64-column region.
+        // S = Q·Kᵀ: k-steps of 16 head dims, four per 64-column region of
+        // K (K-major: 32 bytes of each 128-byte row per step).
         float s[32];
 #pragma unroll
         for (int i = 0; i < 32; ++i) s[i] = 0.0f;
         wgmma_fence_operands(s);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            const int off = kk / 4 * REGION + kk % 4 * 32;
-            wgmma_ss<0>(s, wgmma_desc(qs + off, 16, 1024), wgmma_desc(ks + off, 16, 1024), kk > 0, tag);
-        }
+        for (int kk = 0; kk < HD / 16; ++kk)
+            wgmma_rs<0>(s, qa[kk], wgmma_desc(ks + kk / 4 * REGION + kk % 4 * 32, 16, 1024), kk > 0, tag);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operands(s);

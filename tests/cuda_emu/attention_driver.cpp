@@ -21,8 +21,8 @@ alignas(16) float smem[1 << 16];
 
 #include "attention.cu"
 
-// attention_wg.cu's dynamic shared memory: 81 KB at hd 128, 1024-aligned.
-alignas(1024) unsigned char wg_smem[(5 * 2 * 8192) + 1024];
+// attention_wg.cu's dynamic shared memory: 65 KB at hd 128, 1024-aligned.
+alignas(1024) unsigned char wg_smem[(4 * 2 * 8192) + 1024];
 #include "attention_wg.cu"
 
 namespace {
@@ -78,7 +78,7 @@ struct Kernel {
 // of MMA_BC × (DV + 8) bf16, plus the Q tile ATTN_BR × (hd + 8) from hd 256,
 // none for one stage below it (static).
 size_t smem_bytes(const Kernel& k, int hd) {
-    if (k.wg) return (size_t)(1 + 2 * 2) * (hd / 64) * 8192 + 1024;  // Q, 2 × (K, V), alignment
+    if (k.wg) return (size_t)2 * 2 * (hd / 64) * 8192 + 1024;  // 2 × (K, V), alignment
     if (k.simt) return (size_t)(SIMT_BR * hd + ATTN_BC * (hd + 1) + ATTN_BC * hd) * 4;
     if (k.stages == 1 && hd <= 128) return 0;
     const int dv = std::min(hd, 256);

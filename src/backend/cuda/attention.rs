@@ -130,11 +130,11 @@ fn mma_smem(hd: usize, stages: usize, elem: usize) -> usize {
     (kv + if q_tile { ATTN_BR * (hd + 8) } else { 0 }) * elem
 }
 
-/// Dynamic shared memory of the warpgroup kernel, bytes: Q and two stages
-/// of K and V tiles, each hd / 64 regions of 64 rows × 128 bytes, plus 1 KB
-/// to start them on a 1024-byte boundary (the swizzle atoms').
+/// Dynamic shared memory of the warpgroup kernel, bytes: two stages of K
+/// and V tiles, each hd / 64 regions of 64 rows × 128 bytes, plus 1 KB to
+/// start them on a 1024-byte boundary (the swizzle atoms').
 fn wg_smem(hd: usize) -> usize {
-    (1 + 2 * 2) * hd.div_ceil(64) * 64 * 128 + 1024
+    2 * 2 * hd.div_ceil(64) * 64 * 128 + 1024
 }
 
 /// Dynamic shared memory of the SIMT kernel, bytes: the Q half-tile, the K
