@@ -52,8 +52,9 @@ pub enum AttnKernel {
     Pipelined,
     /// Hopper's warpgroup products (kernels/attention_wg.cu: wgmma, K/V
     /// double-buffered through cp.async; bf16/f16, head_dim 64/128, where
-    /// the device loaded the sm_90a cubin, [`Gpu::has_wgmma`]); checked on
-    /// the CPU emulator, not yet on a GPU: never `Auto`'s choice until then.
+    /// the device loaded the sm_90a cubin and its wgmma products pass the
+    /// probe, [`Gpu::wgmma_verified`]); checked on the CPU emulator, not yet
+    /// on a GPU: never `Auto`'s choice until then.
     Warpgroup,
 }
 impl AttnKernel {
@@ -180,8 +181,8 @@ impl Gpu {
             AttnKernel::Warpgroup => {
                 dtype != DType::F32
                     && WG_HEAD_DIMS.contains(&hd)
-                    && self.has_wgmma()
                     && fits(wg_smem(hd))
+                    && self.wgmma_verified()
             }
             AttnKernel::Auto => self.attention_runs(self.auto_attention(dtype, hd), dtype, hd),
         }
@@ -274,12 +275,14 @@ impl Gpu {
             format!(
                 "attention: no {kernel:?} kernel for {} head_dim {hd} on sm_{}{} (tensor cores: \
                  bf16/f16, head_dim {MMA_HEAD_DIMS:?}, double-buffered {PIPELINED_HEAD_DIMS:?}, \
-                 sm_80+; wgmma: head_dim {WG_HEAD_DIMS:?}, the sm_90a cubin loaded: {}); it needs \
+                 sm_80+; wgmma: head_dim {WG_HEAD_DIMS:?}, where the sm_90a cubin is loaded ({}) and \
+                 its products pass the probe ({})); it needs \
                  {} bytes of shared memory, the device allows {}",
                 k_pool.dtype.name(),
                 self.arch().0,
                 self.arch().1,
                 self.has_wgmma(),
+                self.wgmma_verified(),
                 match kernel {
                     AttnKernel::Simt => simt_smem(hd),
                     AttnKernel::Warpgroup => wg_smem(hd),

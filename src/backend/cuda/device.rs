@@ -11,7 +11,7 @@
 //! Everything here returns [`Error::Backend`]; cudarc's own panics (missing
 //! libcuda, missing libcublas) are avoided by [`probe`] before any call.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
@@ -96,6 +96,9 @@ pub struct Gpu {
     loaded: String,
     /// Per module, the image loaded (`cubin sm_90a`, `PTX compute_80 (JIT)`).
     images: HashMap<&'static str, String>,
+    /// Whether this device's wgmma products passed the probe (run once,
+    /// on first use: `super::wgmma`).
+    pub(crate) wgmma_ok: OnceCell<bool>,
     smem_optin: u32,
     sms: u32,
 }
@@ -160,6 +163,7 @@ impl Gpu {
             arch,
             loaded: loaded.join(", "),
             images,
+            wgmma_ok: OnceCell::new(),
             smem_optin,
             sms,
         })

@@ -68,6 +68,15 @@ impl Gpu {
         self.image_of("wgmma_probe") == Some("cubin sm_90a")
     }
 
+    /// Whether kernels may rely on wgmma here: [`Gpu::has_wgmma`], and the
+    /// probe's four cases passed (run once per device; a launch error counts
+    /// as a failure). A kernel on wgmma is refused where this is false.
+    pub fn wgmma_verified(&self) -> bool {
+        *self.wgmma_ok.get_or_init(
+            || matches!(self.wgmma_check(), Ok(Some(cases)) if cases.iter().all(WgmmaCase::passed)),
+        )
+    }
+
     /// The probe's four cases (bf16 and f16, head dims 64 and 128) against
     /// the host, or `None` without [`Gpu::has_wgmma`].
     pub fn wgmma_check(&self) -> Result<Option<Vec<WgmmaCase>>> {
