@@ -23,7 +23,7 @@
 # Logs and the table go to $OUT (when set) or .gpu-bundle/results/.
 # The run fails when a test binary passed fewer GPU tests than its source
 # holds (a build without the `cuda` feature passes "0 passed" otherwise).
-# Env: CUDA_ARCHS (default 80,90), PADV_BENCH_SKIP_7B=1, GPU_CHECK_NO_BENCH=1,
+# Env: CUDA_ARCHS (default 80,90a), PADV_BENCH_SKIP_7B=1, GPU_CHECK_NO_BENCH=1,
 # GPU_CHECK_BENCHES="kernels roofline prefix serve" (the default: all; a
 # subset runs only those), GPU_CHECK_BENCH_FILTER (a criterion filter for
 # the kernel benches, e.g. '^(memory|gemm|pair)').
@@ -146,6 +146,10 @@ padv_bench() {
         --reference $tw/models/ref --tokens 128,512 --repeats 3 || rc=$?
       timeout 180 "$bundle/padv" bench --device cuda --shape qwen2.5-0.5b --tokens 1024,4096 \
         --repeats 3 || rc=$?
+      # The same forward with attention on wgmma (Hopper; kernels/attention_wg.cu,
+      # emulator-checked only): the 60%-of-cuBLAS target at 2 × 4096.
+      PADV_CUDA_ATTENTION=wgmma timeout 180 "$bundle/padv" bench --device cuda \
+        --shape qwen2.5-0.5b --tokens 1024,4096 --repeats 3 || rc=$?
       # A hybrid: the DeltaNet recurrence's share (docs/gpu-results.md, runs 14–16).
       timeout 120 "$bundle/padv" bench --device cuda --shape qwen3.5-0.6b --tokens 1024,4096 \
         --repeats 3 || rc=$?
