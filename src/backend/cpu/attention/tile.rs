@@ -78,8 +78,6 @@ pub(super) trait Lanes: Copy {
     fn keep(self, lo: isize, hi: isize, fill: f32) -> Self;
     /// `e^x` per lane: the arithmetic of [`exp1`].
     fn exp(self) -> Self;
-    /// `e^x` of one value, the same arithmetic as one lane of [`Lanes::exp`].
-    fn exp1(x: f32) -> f32;
 }
 
 /// `e^x` as `crate::score::fused::fast_exp` computes it (Cephes
@@ -196,10 +194,6 @@ impl<const FUSED: bool> Lanes for Plain<FUSED> {
     #[inline(always)]
     fn exp(self) -> Self {
         Plain(std::array::from_fn(|l| exp1::<FUSED>(self.0[l])))
-    }
-    #[inline(always)]
-    fn exp1(x: f32) -> f32 {
-        exp1::<FUSED>(x)
     }
 }
 
@@ -319,10 +313,6 @@ pub(super) mod avx512 {
                 ));
                 Zmm(_mm512_mul_ps(p, _mm512_castsi512_ps(bits)))
             }
-        }
-        #[inline(always)]
-        fn exp1(x: f32) -> f32 {
-            super::exp1::<true>(x)
         }
     }
 }
@@ -521,9 +511,14 @@ pub(super) unsafe fn online_softmax<V: Lanes, const R: usize>(
     l: &mut [f32],
     sink: impl PSink<V>,
 ) -> ([f32; R], usize) {
-    let mut alpha = [0.0f32; R];
     let mut last = 0; // keys [k0, k0 + last) reach some row
     let scale = V::splat(scale);
+    // Scale and mask every row, raising its running max; then the rows'
+    // rescale factors α = exp(m_old − m_new) as one vector exponential
+    // (the arithmetic of `exp1` lane by lane: the same bits as one scalar
+    // exponential per row, at a fraction of the instructions).
+    let mut step = [0.0f32; 16];
+    let mut m_new = [0.0f32; R];
     for (i, row) in acc.iter_mut().enumerate() {
         let r = r0 + i;
         let (a, lo) = (rows.abs(r) as isize, rows.lo(r) as isize);
@@ -535,11 +530,23 @@ pub(super) unsafe fn online_softmax<V: Lanes, const R: usize>(
                 .keep(lo - base, a + 1 - base, f32::NEG_INFINITY);
             vmax = vmax.max(*x);
         }
-        let m_old = m[r];
-        let m_new = m_old.max(vmax.reduce_max());
-        alpha[i] = V::exp1(m_old - m_new);
-        m[r] = m_new;
-        let mb = V::splat(m_new);
+        m_new[i] = m[r].max(vmax.reduce_max());
+        step[i] = m[r] - m_new[i];
+        last = last.max((a + 1) as usize - k0);
+    }
+    let mut alpha16 = [0.0f32; 16];
+    // SAFETY: both arrays hold 16 values.
+    unsafe {
+        V::load(step.as_ptr(), R)
+            .exp()
+            .store(alpha16.as_mut_ptr(), R)
+    };
+    let alpha: [f32; R] = std::array::from_fn(|i| alpha16[i]);
+    for (i, row) in acc.iter().enumerate() {
+        let r = r0 + i;
+        let (a, lo) = (rows.abs(r) as isize, rows.lo(r) as isize);
+        m[r] = m_new[i];
+        let mb = V::splat(m_new[i]);
         // SAFETY: `l` holds 16 lanes per row; the sink row i exists.
         unsafe {
             let lp = l.as_mut_ptr().add(r * 16);
@@ -552,7 +559,6 @@ pub(super) unsafe fn online_softmax<V: Lanes, const R: usize>(
             }
             lsum.store(lp, 16);
         }
-        last = last.max((a + 1) as usize - k0);
     }
     (alpha, last)
 }
