@@ -72,6 +72,7 @@
 // stage up to hd 128, else dynamic: one stage 99 KB at hd 256, 163 KB at
 // 512; `paged_attention_mma2_*` (two stages through cp.async) 165 KB at hd
 // 256 and none at 512 (261 KB).
+#include "attention_tile.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -307,25 +308,7 @@ __device__ void paged_attention_mma(const T* __restrict__ q, const T* __restrict
     } else {
         const T* q_lo = q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD;
         const T* q_hi = q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD;
-        const bool lo = r_lo < nq, hi = r_hi < nq;
-#pragma unroll
-        for (int kc = 0; kc < KC; ++kc) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int d = kc * 16 + half * 8 + 2 * c;
-                float x[2] = {0.0f, 0.0f}, y[2] = {0.0f, 0.0f};
-                if (lo) {
-                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_lo + d);
-                    x[0] = to_f32(e2.v[0]), x[1] = to_f32(e2.v[1]);
-                }
-                if (hi) {
-                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_hi + d);
-                    y[0] = to_f32(e2.v[0]), y[1] = to_f32(e2.v[1]);
-                }
-                qa[kc][2 * half] = pack2(x[0] * qscale, x[1] * qscale, tag);
-                qa[kc][2 * half + 1] = pack2(y[0] * qscale, y[1] * qscale, tag);
-            }
-        }
+        load_q_fragments<T, KC>(qa, q_lo, q_hi, r_lo < nq, r_hi < nq, c, qscale);
     }
 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -428,54 +411,13 @@ __device__ void paged_attention_mma(const T* __restrict__ q, const T* __restrict
             }
         }
         // Mask, then the online softmax of rows lo (s[][0..1]) and hi (s[][2..3]).
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int j = kt + nt * 8 + 2 * c + (e & 1);
-                const int qi = e < 2 ? qi_lo : qi_hi;
-                const bool vis = j < k_hi && j <= qi && (window <= 0 || j > qi - window);
-                s[nt][e] = vis ? s[nt][e] : -INFINITY;
-                mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
-            }
-        }
-        float corr[2], mb[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
-            const float mn = fmaxf(m[i], mx[i]);
-            mb[i] = mn == -INFINITY ? 0.0f : mn;  // nothing visible yet: p = 0, no NaN
-            corr[i] = exp2f(m[i] - mb[i]);        // 0 when m was −inf
-            m[i] = mn;
-            l[i] *= corr[i];
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[nt][e] = exp2f(s[nt][e] - mb[e / 2]);
-                l[e / 2] += s[nt][e];
-            }
-        }
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            acc[dt][0] *= corr[0];
-            acc[dt][1] *= corr[0];
-            acc[dt][2] *= corr[1];
-            acc[dt][3] *= corr[1];
-        }
+        online_softmax_tile<NT, DT>(s, acc, kt, c, qi_lo, qi_hi, k_hi, window, m, l);
 
         // O += P·V, P (16 × 64 keys) re-packed from S as four A fragments.
 #pragma unroll
         for (int kc = 0; kc < MMA_BC / 16; ++kc) {
-            const uint32_t pa[4] = {
-                pack2(s[2 * kc][0], s[2 * kc][1], tag),
-                pack2(s[2 * kc][2], s[2 * kc][3], tag),
-                pack2(s[2 * kc + 1][0], s[2 * kc + 1][1], tag),
-                pack2(s[2 * kc + 1][2], s[2 * kc + 1][3], tag),
-            };
+            uint32_t pa[4];
+            pack_p<T, NT>(pa, s, kc);
             // B fragments of two d-tiles per ldmatrix.x4.trans: lane t names
             // row t % 8 of 8×8 matrix t / 8 = (keys kc·16 + 8·(m & 1) …,
             // head dims (dt + m / 2)·8 …); transposed, lane (g, c) receives
@@ -494,46 +436,9 @@ __device__ void paged_attention_mma(const T* __restrict__ q, const T* __restrict
     }
     if constexpr (STAGES == 2) cp_async_wait<0>();  // the last (empty) group
 
-    // Row sums over the quad, then O / l.
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 1);
-        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 2);
-    }
-    if (splits > 1) {
-        // Unnormalised O, m (log2 units) and l of this split, for
-        // attention_merge: part[((row · heads + h) · splits + z) · (HD + 2) …],
-        // this block's DV columns (m and l, the same in every part, from the
-        // first).
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int r = i == 0 ? r_lo : r_hi;
-            if (r >= nq) continue;
-            float* pp = part + (((size_t)(base + q0 + r) * heads + h) * splits + blockIdx.z) * (HD + 2);
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) {
-                *reinterpret_cast<float2*>(pp + col0 + dt * 8 + 2 * c) =
-                    make_float2(acc[dt][2 * i], acc[dt][2 * i + 1]);
-            }
-            if (c == 0 && col0 == 0) {
-                pp[HD] = m[i];
-                pp[HD + 1] = l[i];
-            }
-        }
-        return;
-    }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int r = i == 0 ? r_lo : r_hi;
-        if (r >= nq) continue;
-        const float inv = 1.0f / l[i];
-        T* o = out + (size_t)(base + q0 + r) * qd + (size_t)h * HD + col0 + 2 * c;
-#pragma unroll
-        for (int dt = 0; dt < DT; ++dt) {
-            *reinterpret_cast<uint32_t*>(o + dt * 8) =
-                pack2(acc[dt][2 * i] * inv, acc[dt][2 * i + 1] * inv, tag);
-        }
-    }
+    // Row sums over the quad, then O / l (or this split's partials).
+    write_rows<T, DT>(acc, m, l, r_lo, nq, base + q0, qd, heads, h, HD, col0, c, out, part, splits,
+                      blockIdx.z);
 }
 
 // Entry points `paged_attention_mma_<dtype>_d<HD>`, HD ∈ {32, 64, 128, 256,

@@ -26,6 +26,7 @@
 // keys), the next tile in flight during this one's products; the copies
 // reach wgmma's (async-proxy) reads through `fence.proxy.async` before the
 // barrier that publishes them.
+#include "attention_tile.cuh"
 #include "common.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
@@ -70,34 +71,18 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
     const int r_lo = warp * 16 + g, r_hi = r_lo + 8;
     const float qscale = scale * 1.4426950408889634f;
     uint32_t qa[HD / 16][4];
-    {
-        const T* q_lo = q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD;
-        const T* q_hi = q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD;
-        const bool lo = r_lo < nq, hi = r_hi < nq;
-#pragma unroll
-        for (int kc = 0; kc < HD / 16; ++kc) {
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int d = kc * 16 + half * 8 + 2 * c;
-                float x[2] = {0.0f, 0.0f}, y[2] = {0.0f, 0.0f};
-                if (lo) {
-                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_lo + d);
-                    x[0] = to_f32(e2.v[0]), x[1] = to_f32(e2.v[1]);
-                }
-                if (hi) {
-                    const Elems<T, 2> e2 = *reinterpret_cast<const Elems<T, 2>*>(q_hi + d);
-                    y[0] = to_f32(e2.v[0]), y[1] = to_f32(e2.v[1]);
-                }
-                qa[kc][2 * half] = pack2(x[0] * qscale, x[1] * qscale, tag);
-                qa[kc][2 * half + 1] = pack2(y[0] * qscale, y[1] * qscale, tag);
-            }
-        }
-    }
+    load_q_fragments<T, HD / 16>(qa, q + (size_t)(base + q0 + r_lo) * qd + (size_t)h * HD,
+                                 q + (size_t)(base + q0 + r_hi) * qd + (size_t)h * HD, r_lo < nq, r_hi < nq, c,
+                                 qscale);
 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    float o[HD / 2];
+    // O and S in the mma kernel's fragment shape ([8-column tile][4], see
+    // attention_tile.cuh); wgmma's accumulators are the same registers in
+    // the same order.
+    float acc[HD / 8][4];
 #pragma unroll
-    for (int i = 0; i < HD / 2; ++i) o[i] = 0.0f;
+    for (int dt = 0; dt < HD / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+    float(&o)[HD / 2] = reinterpret_cast<float(&)[HD / 2]>(acc);
 
     // Positions: packed query r is at p0 + q0 + r, keys count from 0 (row
     // r_lo: accumulators with (i / 2) % 2 = 0, r_hi: the others).
@@ -138,7 +123,8 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
 
         // S = Q·Kᵀ: k-steps of 16 head dims, four per 64-column region of
         // K (K-major: 32 bytes of each 128-byte row per step).
-        float s[32];
+        float sf[MMA_BC / 8][4];
+        float(&s)[32] = reinterpret_cast<float(&)[32]>(sf);
 #pragma unroll
         for (int i = 0; i < 32; ++i) s[i] = 0.0f;
         wgmma_fence_operands(s);
@@ -150,43 +136,13 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
         wgmma_wait<0>();
         wgmma_fence_operands(s);
 
-        // Mask, then the online softmax of rows lo (i / 2 even) and hi.
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int i = 0; i < 32; ++i) {
-            const int hi = (i / 2) % 2;
-            const int j = kt + 8 * (i / 4) + 2 * c + i % 2;
-            const int qi = hi ? qi_hi : qi_lo;
-            const bool vis = j < k_hi && j <= qi && (window <= 0 || j > qi - window);
-            s[i] = vis ? s[i] : -INFINITY;
-            mx[hi] = fmaxf(mx[hi], s[i]);
-        }
-        float corr[2], mb[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
-            const float mn = fmaxf(m[i], mx[i]);
-            mb[i] = mn == -INFINITY ? 0.0f : mn;  // nothing visible yet: p = 0, no NaN
-            corr[i] = exp2f(m[i] - mb[i]);        // 0 when m was −inf
-            m[i] = mn;
-            l[i] *= corr[i];
-        }
-#pragma unroll
-        for (int i = 0; i < 32; ++i) {
-            s[i] = exp2f(s[i] - mb[(i / 2) % 2]);
-            l[(i / 2) % 2] += s[i];
-        }
-#pragma unroll
-        for (int i = 0; i < HD / 2; ++i) o[i] *= corr[(i / 2) % 2];
-        // P's A fragment for keys 16j …: S's accumulators 8j … 8j + 7, all
-        // packed before the fence (registers written between two products
-        // of a group would make ptxas serialise them).
+        // Mask, then the online softmax of rows lo (sf[][0..1]) and hi; P's
+        // A fragments all packed before the fence (registers written
+        // between two products of a group would make ptxas serialise them).
+        online_softmax_tile<MMA_BC / 8, HD / 8>(sf, acc, kt, c, qi_lo, qi_hi, k_hi, window, m, l);
         uint32_t pa[4][4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) pa[j][r] = pack2(s[8 * j + 2 * r], s[8 * j + 2 * r + 1], tag);
+        for (int j = 0; j < 4; ++j) pack_p<T, MMA_BC / 8>(pa[j], sf, j);
 
         // O += P·V: keys 16j … are rows 16j … of every region; 8-key groups
         // SBO = 1024 bytes apart, 64-column regions LBO = REGION apart.
@@ -201,34 +157,8 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
     }
     cp_async_wait<0>();  // the last (empty) group
 
-    // Row sums over the quad, then O / l (or the split's partials).
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 1);
-        l[i] += __shfl_xor_sync(FULL_MASK, l[i], 2);
-    }
-#pragma unroll
-    for (int hi = 0; hi < 2; ++hi) {
-        const int r = hi ? r_hi : r_lo;
-        if (r >= nq) continue;
-        if (splits > 1) {
-            float* pp = part + (((size_t)(base + q0 + r) * heads + h) * splits + blockIdx.z) * (HD + 2);
-#pragma unroll
-            for (int n8 = 0; n8 < HD / 8; ++n8)
-                *reinterpret_cast<float2*>(pp + 8 * n8 + 2 * c) = make_float2(o[4 * n8 + 2 * hi], o[4 * n8 + 2 * hi + 1]);
-            if (c == 0) {
-                pp[HD] = m[hi];
-                pp[HD + 1] = l[hi];
-            }
-            continue;
-        }
-        const float inv = 1.0f / l[hi];
-        T* orow = out + (size_t)(base + q0 + r) * qd + (size_t)h * HD + 2 * c;
-#pragma unroll
-        for (int n8 = 0; n8 < HD / 8; ++n8)
-            *reinterpret_cast<uint32_t*>(orow + 8 * n8) =
-                pack2(o[4 * n8 + 2 * hi] * inv, o[4 * n8 + 2 * hi + 1] * inv, tag);
-    }
+    // Row sums over the quad, then O / l (or this split's partials).
+    write_rows<T, HD / 8>(acc, m, l, r_lo, nq, base + q0, qd, heads, h, HD, 0, c, out, part, splits, blockIdx.z);
 #endif
 }
 

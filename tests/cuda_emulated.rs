@@ -158,6 +158,6 @@ fn attention_kernels_match_direct_attention_on_the_cpu() {
     build_and_run(
         "attention",
         "attention_driver.cpp",
-        &["attention.cu", "attention_wg.cu"],
+        &["attention.cu", "attention_wg.cu", "attention_tile.cuh"],
     );
 }
