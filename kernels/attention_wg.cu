@@ -50,7 +50,7 @@ __device__ void paged_attention_wg(const T* __restrict__ q, const T* __restrict_
     constexpr int CHUNKS = HD / 8;              // 16-byte chunks per row
     T* const tag = nullptr;
     extern __shared__ unsigned char wg_smem[];
-    unsigned char* const ks_all = wg_smem + ((1024 - (smem_u32(wg_smem) & 1023)) & 1023);  // [2][TILE]
+    unsigned char* const ks_all = align1024(wg_smem);  // [2][TILE]
     unsigned char* const vs_all = ks_all + 2 * TILE;                                       // [2][TILE]
     // Byte offset of chunk c (8 elements) of row r of a tile.
     auto chunk_at = [](int r, int c) { return c / 8 * REGION + sw128(r, c % 8); };

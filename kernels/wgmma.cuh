@@ -37,6 +37,12 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The first 1024-byte boundary (in the shared window) at or after `p`:
+// where swizzle atoms may start; the caller's allocation has 1 KB spare.
+__device__ __forceinline__ unsigned char* align1024(unsigned char* p) {
+    return p + ((1024 - (smem_u32(p) & 1023)) & 1023);
+}
+
 // A 128B-swizzled operand at `p` (LBO, SBO in bytes, multiples of 16).
 __device__ __forceinline__ uint64_t wgmma_desc(const void* p, uint32_t lbo, uint32_t sbo) {
     return (uint64_t)((smem_u32(p) & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |

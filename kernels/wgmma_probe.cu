@@ -25,7 +25,7 @@ __device__ void wgmma_probe(const T* __restrict__ q, const T* __restrict__ k, co
     static_assert(HD == 64 || HD == 128, "the probe covers one and two 64-column regions");
     constexpr int REGION = 64 * 128;  // bytes: 64 rows of 128 bytes
     extern __shared__ unsigned char probe_smem[];
-    unsigned char* base = probe_smem + ((1024 - (smem_u32(probe_smem) & 1023)) & 1023);
+    unsigned char* base = align1024(probe_smem);
     unsigned char* qs = base;
     unsigned char* ks = qs + HD / 64 * REGION;
     unsigned char* vs = ks + HD / 64 * REGION;

@@ -23,17 +23,12 @@ use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::tokenizer::TokenizerBundle;
 use padv::trajectory::{Format, Record, RenderMode, read_records};
 
-/// The bundled toyworld pair and demo trajectories (the embedded default,
-/// written out under the user's cache on first use: [`padv::toyworld`]).
-pub fn toyworld() -> Result<PathBuf> {
-    Ok(padv::toyworld::dir()?)
-}
-
-/// `--input`, or the bundled demo trajectories.
+/// `--input`, or the bundled demo trajectories (the embedded default:
+/// [`padv::toyworld`]).
 pub fn input_or_demo(input: &Option<PathBuf>) -> Result<PathBuf> {
     match input {
         Some(p) => Ok(p.clone()),
-        None => Ok(toyworld()?.join("demo_trained.jsonl")),
+        None => Ok(padv::toyworld::dir()?.join("demo_trained.jsonl")),
     }
 }
 
@@ -130,10 +125,7 @@ impl ModelArgs {
     pub(crate) fn pair(&self) -> Result<(PathBuf, PathBuf)> {
         match (&self.policy, &self.reference) {
             (Some(p), Some(r)) => Ok((p.clone(), r.clone())),
-            _ => {
-                let toy = toyworld()?.join("models");
-                Ok((toy.join("trained"), toy.join("ref")))
-            }
+            _ => Ok(padv::toyworld::pair()?),
         }
     }
     /// Load the pair, warning on stderr when chat records will be rendered
@@ -534,7 +526,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let inputs: Vec<PathBuf> = match &a.app.input {
         Some(p) => vec![p.clone()],
         None => {
-            let toy = toyworld()?;
+            let toy = padv::toyworld::dir()?;
             vec![toy.join("demo_ref.jsonl"), toy.join("demo_trained.jsonl")]
         }
     };

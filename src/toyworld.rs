@@ -40,16 +40,27 @@ pub const FILES: &[(&str, &[u8])] = bundled!(
 
 /// The directory holding the bundled files (`models/trained`, `models/ref`,
 /// `demo_trained.jsonl`, `demo_ref.jsonl`), written under the user's cache
-/// on first use.
+/// on first use; checked once per process.
 pub fn dir() -> Result<PathBuf> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d.clone());
+    }
     let base = cache_base();
-    dir_under(&base).map_err(|e| Error::Io {
+    let d = dir_under(&base).map_err(|e| Error::Io {
         source: std::io::Error::new(
             e.kind(),
             format!("writing the bundled toyworld pair: {e} (set PADV_CACHE_DIR to a writable directory)"),
         ),
         path: base,
-    })
+    })?;
+    Ok(DIR.get_or_init(|| d).clone())
+}
+
+/// The bundled pair: (policy, reference) checkpoint directories.
+pub fn pair() -> Result<(PathBuf, PathBuf)> {
+    let models = dir()?.join("models");
+    Ok((models.join("trained"), models.join("ref")))
 }
 
 /// [`dir`] under `base`: `base/toyworld-<version>-<content hash>`, reused when
@@ -74,19 +85,20 @@ pub fn dir_under(base: &Path) -> std::io::Result<PathBuf> {
         .unwrap_or(0);
     let tmp = base.join(format!(".{name}.{}.{stamp}", std::process::id()));
     write_bundle(&tmp)?;
-    for attempt in 0..2 {
+    if std::fs::rename(&tmp, &target).is_ok() {
+        return Ok(target);
+    }
+    // Another process won the race with a good copy, or a damaged copy is
+    // in the way: removed, then one more try.
+    if !holds_bundle(&target) {
+        std::fs::remove_dir_all(&target).ok();
         if std::fs::rename(&tmp, &target).is_ok() {
             return Ok(target);
         }
-        // Another process won the race with a good copy.
-        if holds_bundle(&target) {
-            std::fs::remove_dir_all(&tmp).ok();
-            return Ok(target);
-        }
-        // A damaged copy is in the way: removed, then one more try.
-        if attempt == 0 {
-            std::fs::remove_dir_all(&target).ok();
-        }
+    }
+    if holds_bundle(&target) {
+        std::fs::remove_dir_all(&tmp).ok();
+        return Ok(target);
     }
     // Still in the way (not ours to remove): the fresh copy serves as is.
     Ok(tmp)

@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cli_common::{padv, succeed};
+use cli_common::{padv, pair_args, succeed};
 use common::read_all;
 use padv::backend::Device;
 use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
@@ -314,10 +314,7 @@ fn cli(pair: &str) -> Vec<Got> {
         padv()
             .args(["score", "--device", "cpu", "--tokens", "--output", "-"])
             .args(["--beta", "0.5", "--token-agg", "sum", "--step-agg", "mean"])
-            .arg("--policy")
-            .arg(dir.join("trained"))
-            .arg("--reference")
-            .arg(dir.join("ref"))
+            .args(pair_args(&dir))
             .arg("--input")
             .arg(input()),
     );

@@ -7,7 +7,7 @@ mod cli_common;
 
 use std::path::{Path, PathBuf};
 
-use cli_common::{padv, succeed};
+use cli_common::{padv, pair_args, succeed};
 
 use serde_json::Value;
 
@@ -19,11 +19,7 @@ fn root() -> PathBuf {
 fn with_pair(args: &[&str], extra: &[&Path]) -> (bool, String, String) {
     let models = root().join("models/qwen3");
     let mut c = padv();
-    c.arg(args[0])
-        .arg("--policy")
-        .arg(models.join("trained"))
-        .arg("--reference")
-        .arg(models.join("ref"));
+    c.arg(args[0]).args(pair_args(&models));
     c.args(&args[1..]);
     for e in extra {
         c.arg(e);

@@ -7,7 +7,7 @@ mod cli_common;
 
 use std::path::Path;
 
-use cli_common::{padv, succeed};
+use cli_common::{padv, pair_args, succeed};
 
 use serde_json::Value;
 
@@ -109,10 +109,7 @@ fn a_copied_binary_scores_its_bundled_default_as_the_source_tree_scores() {
     succeed(
         padv()
             .arg("score")
-            .arg("--policy")
-            .arg(toy.join("models/trained"))
-            .arg("--reference")
-            .arg(toy.join("models/ref"))
+            .args(pair_args(&toy.join("models")))
             .arg("--input")
             .arg(toy.join("demo_trained.jsonl"))
             .args(["--token-agg", "sum", "--output"])

@@ -7,7 +7,7 @@ mod cli_common;
 
 use std::path::Path;
 
-use cli_common::{padv, succeed};
+use cli_common::{padv, pair_args, succeed};
 use serde_json::Value;
 
 /// Score `inputs/{input}` with the CLI; returns the worst |Δ| against
@@ -20,10 +20,7 @@ fn worst_delta(input: &str, expected: &str) -> f64 {
     succeed(
         padv()
             .arg("score")
-            .arg("--policy")
-            .arg(pair.join("trained"))
-            .arg("--reference")
-            .arg(pair.join("ref"))
+            .args(pair_args(&pair))
             .arg("--input")
             .arg(root.join("inputs").join(input))
             .args(["--tokens", "--output"])

@@ -9,7 +9,7 @@ mod cli_common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cli_common::{padv, succeed};
+use cli_common::{padv, pair_args, succeed};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -30,10 +30,7 @@ fn score_cmd(name: &str, extra: &[&str]) -> Command {
     let models = fixtures().join("models").join(name);
     let mut cmd = padv();
     cmd.args(["score", "--device", "cpu", "--tokens", "--output", "-"])
-        .arg("--policy")
-        .arg(models.join("trained"))
-        .arg("--reference")
-        .arg(models.join("ref"))
+        .args(pair_args(&models))
         .arg("--input")
         .arg(fixtures().join("inputs/tiny_trajectories.jsonl"))
         .args(extra);
@@ -287,10 +284,7 @@ fn eval_prints_a_table_per_alpha_from_raw_trajectories_and_from_a_sweep_file() {
     let dir = tempfile::tempdir().unwrap();
     let scored = dir.path().join("sweep.jsonl");
     let model = |cmd: &mut Command| {
-        cmd.arg("--policy")
-            .arg(toy.join("models/trained"))
-            .arg("--reference")
-            .arg(toy.join("models/ref"))
+        cmd.args(pair_args(&toy.join("models")))
             .args(["--device", "cpu", "--merge", "ties", "--alpha", "0.2,0.6"]);
     };
     let mut cmd = padv();

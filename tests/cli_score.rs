@@ -7,7 +7,7 @@ mod cli_common;
 
 use std::path::Path;
 
-use cli_common::{padv, succeed};
+use cli_common::{padv, pair_args, succeed};
 
 use serde_json::Value;
 
@@ -125,10 +125,7 @@ fn compute_dtype_bf16_runs_on_the_cpu_and_f16_is_refused_there() {
         succeed(
             padv()
                 .args(["score", "--device", "cpu", "--tokens", flag, "bf16"])
-                .arg("--policy")
-                .arg(models.join("trained"))
-                .arg("--reference")
-                .arg(models.join("ref"))
+                .args(pair_args(&models))
                 .arg("--input")
                 .arg(root.join("inputs/tiny_trajectories.jsonl"))
                 .arg("--output")
@@ -198,10 +195,7 @@ fn bf16_scores_are_the_same_bytes_at_every_fma_kernel_level() {
                 "--compute-dtype",
                 "bf16",
             ])
-            .arg("--policy")
-            .arg(models.join("trained"))
-            .arg("--reference")
-            .arg(models.join("ref"))
+            .args(pair_args(&models))
             .arg("--input")
             .arg(root.join("inputs/tiny_trajectories.jsonl"))
             .arg("--output")

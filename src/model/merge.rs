@@ -279,34 +279,9 @@ impl Merged<'_> {
                     }
                 }
             }
-            round_to(dtype, o);
+            dtype.round(o);
         }
     }
-}
-
-/// Round f32 values to `dtype` and back (the merged weight as stored).
-fn round_to(dtype: DType, v: &mut [f32]) {
-    match dtype {
-        DType::F32 => {}
-        DType::BF16 => v.iter_mut().for_each(|x| *x = round_bf16(*x)),
-        DType::F16 => v
-            .iter_mut()
-            .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
-    }
-}
-
-/// `bf16::from_f32(x).to_f32()` without branches (the loop vectorises):
-/// round to nearest even on the upper 16 bits; a NaN stays a quiet NaN.
-#[inline]
-fn round_bf16(x: f32) -> f32 {
-    let b = x.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
-    let nan = (b | 0x0040_0000) & 0xffff_0000;
-    f32::from_bits(if (b & 0x7fff_ffff) > 0x7f80_0000 {
-        nan
-    } else {
-        rounded
-    })
 }
 
 /// SplitMix64's finaliser: a bijective 64-bit mix.
@@ -675,7 +650,11 @@ mod tests {
         ]);
         for x in xs {
             let want = half::bf16::from_f32(x).to_f32();
-            assert_eq!(round_bf16(x).to_bits(), want.to_bits(), "{x:e}");
+            assert_eq!(
+                crate::model::weights::round_bf16(x).to_bits(),
+                want.to_bits(),
+                "{x:e}"
+            );
         }
     }
 

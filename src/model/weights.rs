@@ -22,6 +22,18 @@ pub enum DType {
 }
 
 impl DType {
+    /// Round f32 values to this dtype and back, in place (nearest, ties to
+    /// even: what storing them in it keeps).
+    pub fn round(self, v: &mut [f32]) {
+        match self {
+            DType::F32 => {}
+            DType::BF16 => v.iter_mut().for_each(|x| *x = round_bf16(*x)),
+            DType::F16 => v
+                .iter_mut()
+                .for_each(|x| *x = half::f16::from_f32(*x).to_f32()),
+        }
+    }
+
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -35,6 +47,20 @@ impl DType {
             DType::BF16 => "bf16",
         }
     }
+}
+
+/// `bf16::from_f32(x).to_f32()` without branches (the loop vectorises):
+/// round to nearest even on the upper 16 bits; a NaN stays a quiet NaN.
+#[inline]
+pub(crate) fn round_bf16(x: f32) -> f32 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+    let nan = (b | 0x0040_0000) & 0xffff_0000;
+    f32::from_bits(if (b & 0x7fff_ffff) > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
+    })
 }
 
 impl std::str::FromStr for DType {

@@ -122,8 +122,8 @@ impl ServeConfig {
     /// The bundled toyworld pair ([`crate::toyworld`]), scored as `padv
     /// score` scores it by default (token aggregation `sum`).
     pub fn toyworld() -> crate::Result<ServeConfig> {
-        let toy = crate::toyworld::dir()?.join("models");
-        let mut c = ServeConfig::new(toy.join("trained"), toy.join("ref"));
+        let (policy, reference) = crate::toyworld::pair()?;
+        let mut c = ServeConfig::new(policy, reference);
         c.options.token_agg = TokenAgg::Sum;
         Ok(c)
     }

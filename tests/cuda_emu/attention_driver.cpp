@@ -197,28 +197,32 @@ int main() {
     run<Bf16>("attention mma hd256 split 3 scale 1", d256, {2, 1, 256, 0, 3, 1.0f, 1.0f / 16}, 55);
     run<Bf16>("attention mma hd512 gqa2 window 80", d512, {4, 2, 512, 80, 1, 0, 1}, 56);
     run<Bf16>("attention mma hd512 split 3 scale 1", d512, {2, 1, 512, 0, 3, 1.0f, 1.0f / 16}, 57);
+    const Kernel w64{paged_attention_wg_bf16_d64, nullptr, 2, true};
+    const Kernel w128{paged_attention_wg_bf16_d128, nullptr, 2, true};
+    struct Staged {
+        const char* label;
+        const Kernel& kernel;
+        Case c;
+        uint64_t seed;
+    };
+    const Staged staged[] = {
+        {"mma2 hd64 gqa2", p64, {4, 2, 64, 0, 1, 0, 1}, 51},
+        {"mma2 hd32 window 40 split 3", p32, {4, 1, 32, 40, 3, 0, 1}, 52},
+        {"mma2 hd256 gqa2 window 80 split 2", p256, {4, 2, 256, 80, 2, 0, 1}, 58},
+        {"wg hd64 gqa2", w64, {4, 2, 64, 0, 1, 0, 1}, 51},
+        {"wg hd64 window 40 split 3", w64, {4, 1, 64, 40, 3, 0, 1}, 52},
+        {"wg hd128 gqa2 window 80 split 2", w128, {4, 2, 128, 80, 2, 0, 1}, 58},
+        {"wg hd128 scale 1", w128, {2, 2, 128, 0, 1, 1.0f, 1.0f / 8}, 60},
+    };
     // cp.async done at its wait (a read before the wait sees the NaN fill),
     // then at issue (a stage refilled while a warp still reads it).
     for (const bool lazy : {true, false}) {
         emu_lazy_copies = lazy;
-        const char* when = lazy ? "copies at wait" : "copies at issue";
-        char name[128];
-        std::snprintf(name, sizeof name, "attention mma2 hd64 gqa2, %s", when);
-        run<Bf16>(name, p64, {4, 2, 64, 0, 1, 0, 1}, 51);
-        std::snprintf(name, sizeof name, "attention mma2 hd32 window 40 split 3, %s", when);
-        run<Bf16>(name, p32, {4, 1, 32, 40, 3, 0, 1}, 52);
-        std::snprintf(name, sizeof name, "attention mma2 hd256 gqa2 window 80 split 2, %s", when);
-        run<Bf16>(name, p256, {4, 2, 256, 80, 2, 0, 1}, 58);
-        const Kernel w64{paged_attention_wg_bf16_d64, nullptr, 2, true};
-        const Kernel w128{paged_attention_wg_bf16_d128, nullptr, 2, true};
-        std::snprintf(name, sizeof name, "attention wg hd64 gqa2, %s", when);
-        run<Bf16>(name, w64, {4, 2, 64, 0, 1, 0, 1}, 51);
-        std::snprintf(name, sizeof name, "attention wg hd64 window 40 split 3, %s", when);
-        run<Bf16>(name, w64, {4, 1, 64, 40, 3, 0, 1}, 52);
-        std::snprintf(name, sizeof name, "attention wg hd128 gqa2 window 80 split 2, %s", when);
-        run<Bf16>(name, w128, {4, 2, 128, 80, 2, 0, 1}, 58);
-        std::snprintf(name, sizeof name, "attention wg hd128 scale 1, %s", when);
-        run<Bf16>(name, w128, {2, 2, 128, 0, 1, 1.0f, 1.0f / 8}, 60);
+        for (const Staged& k : staged) {
+            char name[128];
+            std::snprintf(name, sizeof name, "attention %s, %s", k.label, lazy ? "copies at wait" : "copies at issue");
+            run<Bf16>(name, k.kernel, k.c, k.seed);
+        }
     }
     run<float>("attention simt f32 hd64", Kernel{nullptr, paged_attention_f32_s2}, {2, 1, 64, 0, 1, 0, 1}, 53);
     run<float>("attention simt f32 hd512 gqa2 window 80 scale 1", Kernel{nullptr, paged_attention_f32_s16},

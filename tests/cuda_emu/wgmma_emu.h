@@ -15,9 +15,8 @@
 // flight, or a descriptor outside these layouts, aborts.
 #pragma once
 
-#include <type_traits>
-
 #include "emu.h"
+#include "mma_emu.h"  // emu_b16
 
 inline void fence_proxy_async() {}
 inline void wgmma_fence() {}
@@ -26,7 +25,8 @@ template <int K> inline void wgmma_fence_operands(float (&)[K]) {}
 struct EmuWgmma {
     float* d;
     int regs;  // N / 2
-    bool scale_d, trans_b, f16;
+    bool scale_d, trans_b;
+    float (*decode)(uint16_t);  // a 16-bit operand's value (emu_b16 of T)
     uint64_t a_desc, b_desc;
     std::vector<float> a;  // 64 × 16 when A came from registers
 };
@@ -38,8 +38,8 @@ inline thread_local std::vector<std::vector<EmuWgmma>> emu_wg_groups;
     std::abort();
 }
 
-// Element (mn, k) of a 128B-swizzled operand, K-major or MN-major.
-inline float emu_wg_elem(uint64_t desc, bool mn_major, int mn, int k, bool f16) {
+// Element (mn, k) of a 128B-swizzled operand, K-major or MN-major, as bits.
+inline uint16_t emu_wg_elem(uint64_t desc, bool mn_major, int mn, int k) {
     const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4, lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4,
                    sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
     if ((desc >> 62) != 1) emu_wg_fail("only the 128-byte swizzle is emulated", desc);
@@ -52,7 +52,7 @@ inline float emu_wg_elem(uint64_t desc, bool mn_major, int mn, int k, bool f16) 
     if (off + 2 > emu_smem_bytes) emu_wg_fail("an element lies past the shared memory", desc);
     uint16_t bits;
     std::memcpy(&bits, emu_smem_origin + off, 2);
-    return f16 ? __half2float(__half{bits}) : __bfloat162float(__nv_bfloat16{bits});
+    return bits;
 }
 
 inline void emu_wg_run(EmuWgmma& op) {
@@ -61,8 +61,8 @@ inline void emu_wg_run(EmuWgmma& op) {
         const int row = 16 * w + g + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * c + i % 2;
         float s = op.scale_d ? op.d[i] : 0.0f;
         for (int k = 0; k < 16; ++k) {
-            const float a = op.a.empty() ? emu_wg_elem(op.a_desc, false, row, k, op.f16) : op.a[row * 16 + k];
-            s += a * emu_wg_elem(op.b_desc, op.trans_b, col, k, op.f16);
+            const float a = op.a.empty() ? op.decode(emu_wg_elem(op.a_desc, false, row, k)) : op.a[row * 16 + k];
+            s += a * op.decode(emu_wg_elem(op.b_desc, op.trans_b, col, k));
         }
         op.d[i] = s;
     }
@@ -82,7 +82,7 @@ inline void emu_wgmma(float (&d)[K], const uint32_t* a, uint64_t a_desc, uint64_
     if (a)
         for (int r = 0; r < 4; ++r) slot[t][r] = a[r];
     grp.bar.arrive_and_wait();  // a collective of the warpgroup, as .sync.aligned
-    EmuWgmma op{d, K, scale_d != 0, trans_b, std::is_same_v<T, __half>, a_desc, b_desc, {}};
+    EmuWgmma op{d, K, scale_d != 0, trans_b, [](uint16_t b) { return emu_b16(b, (T*)nullptr); }, a_desc, b_desc, {}};
     if (a) {
         op.a.resize(64 * 16);
         for (int u = 0; u < 128; ++u) {
@@ -90,10 +90,8 @@ inline void emu_wgmma(float (&d)[K], const uint32_t* a, uint64_t a_desc, uint64_
             for (int r = 0; r < 4; ++r) {
                 const int row = 16 * w + g + 8 * (r % 2), k = 2 * c + 8 * (r / 2);
                 const uint32_t v = slot[u][r];
-                const uint16_t lo = v & 0xffff, hi = v >> 16;
-                const bool f16 = std::is_same_v<T, __half>;
-                op.a[row * 16 + k] = f16 ? __half2float(__half{lo}) : __bfloat162float(__nv_bfloat16{lo});
-                op.a[row * 16 + k + 1] = f16 ? __half2float(__half{hi}) : __bfloat162float(__nv_bfloat16{hi});
+                op.a[row * 16 + k] = op.decode(v & 0xffff);
+                op.a[row * 16 + k + 1] = op.decode(v >> 16);
             }
         }
     }

@@ -93,7 +93,6 @@ pub struct Gpu {
     functions: RefCell<HashMap<String, (CudaFunction, u32)>>,
     name: String,
     arch: (i32, i32),
-    loaded: String,
     /// Per module, the image loaded (`cubin sm_90a`, `PTX compute_80 (JIT)`).
     images: HashMap<&'static str, String>,
     /// Whether this device's wgmma products passed the probe (run once,
@@ -150,9 +149,6 @@ impl Gpu {
             modules.insert(img.name, module);
             images.insert(img.name, which);
         }
-        let mut loaded: Vec<String> = images.values().cloned().collect();
-        loaded.sort();
-        loaded.dedup();
         Ok(Gpu {
             ctx,
             stream,
@@ -161,7 +157,6 @@ impl Gpu {
             functions: RefCell::new(HashMap::new()),
             name,
             arch,
-            loaded: loaded.join(", "),
             images,
             wgmma_ok: OnceCell::new(),
             smem_optin,
@@ -178,9 +173,15 @@ impl Gpu {
 
     /// e.g. `NVIDIA H200 (sm_90, cubin sm_90a)`.
     pub fn describe(&self) -> String {
+        let mut loaded: Vec<&str> = self.images.values().map(String::as_str).collect();
+        loaded.sort();
+        loaded.dedup();
         format!(
             "{} (sm_{}{}, {})",
-            self.name, self.arch.0, self.arch.1, self.loaded
+            self.name,
+            self.arch.0,
+            self.arch.1,
+            loaded.join(", ")
         )
     }
 

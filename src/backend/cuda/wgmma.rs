@@ -12,11 +12,13 @@
 //! or a build without that target).
 
 use cudarc::driver::PushKernelArg;
-use half::{bf16, f16};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use super::device::{CudaResultExt, DevTensor, Gpu, cfg};
 use crate::Result;
-use crate::model::weights::DType;
+use crate::backend::cpu::gemm::matmul_wt_reference;
+use crate::model::weights::{DType, Data, Tensor};
 
 /// Largest `|device − host| / max(1, |host|)` a case may show. The products
 /// of 16-bit values are exact; what remains is the order of f32 sums (≤ 128
@@ -41,21 +43,13 @@ impl WgmmaCase {
 /// Queries and keys of the probe (one warpgroup's tile).
 const ROWS: usize = 64;
 
-/// `v` rounded to `dtype` (nearest, ties to even) and back.
-fn round(dtype: DType, v: f32) -> f32 {
-    match dtype {
-        DType::BF16 => bf16::from_f32(v).to_f32(),
-        DType::F16 => f16::from_f32(v).to_f32(),
-        DType::F32 => v,
-    }
-}
-
 /// Worst `|got − want| / max(1, |want|)`.
-fn worst(got: &[f32], want: &[f64]) -> f64 {
+fn worst(got: &[f32], want: &[f32]) -> f64 {
     got.iter()
         .zip(want)
         .map(|(&g, &w)| {
-            let e = (g as f64 - w).abs() / w.abs().max(1.0);
+            let (g, w) = (g as f64, w as f64);
+            let e = (g - w).abs() / w.abs().max(1.0);
             if e.is_nan() { f64::INFINITY } else { e }
         })
         .fold(0.0, f64::max)
@@ -93,22 +87,16 @@ impl Gpu {
     }
 
     fn probe_case(&self, dtype: DType, hd: usize) -> Result<WgmmaCase> {
-        // Deterministic values in [-1, 1), as the device will hold them.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (hd as u64) << 8 ^ dtype.size() as u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            round(
-                dtype,
-                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0,
-            )
+        // Deterministic values in [-1, 1), rounded as the device holds them.
+        let mut rng = SmallRng::seed_from_u64(hd as u64 ^ (dtype.size() as u64) << 16);
+        let mut values = || {
+            let mut v: Vec<f32> = (0..ROWS * hd)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            dtype.round(&mut v);
+            v
         };
-        let (q, k, v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
-            (0..ROWS * hd).map(|_| next()).collect(),
-            (0..ROWS * hd).map(|_| next()).collect(),
-            (0..ROWS * hd).map(|_| next()).collect(),
-        );
+        let (q, k, v) = (values(), values(), values());
         let (qd, kd, vd) = (
             DevTensor::from_f32(self, &q, dtype)?,
             DevTensor::from_f32(self, &k, dtype)?,
@@ -132,24 +120,27 @@ impl Gpu {
         let s = self.download(&s_dev.as_view())?;
         let o = self.download(&o_dev.as_view())?;
 
-        let s_want: Vec<f64> = (0..ROWS * ROWS)
-            .map(|e| {
-                let (r, j) = (e / ROWS, e % ROWS);
-                (0..hd)
-                    .map(|d| q[r * hd + d] as f64 * k[j * hd + d] as f64)
-                    .sum()
-            })
+        // The host's products (f64 sums): S = Q·Kᵀ, and O from the device's
+        // own S rounded as the kernel rounds P (this checks the second
+        // product alone) times V, as P·(Vᵀ)ᵀ.
+        let (k_shape, vt_shape) = ([ROWS, hd], [hd, ROWS]);
+        let k_t = Tensor {
+            name: "k",
+            shape: &k_shape,
+            data: Data::F32(&k),
+        };
+        let s_want = matmul_wt_reference(&q, ROWS, &k_t);
+        let mut p = s.clone();
+        dtype.round(&mut p);
+        let vt: Vec<f32> = (0..hd * ROWS)
+            .map(|e| v[(e % ROWS) * hd + e / ROWS])
             .collect();
-        // O from the device's own S, rounded as the kernel rounds P: this
-        // checks the second product alone.
-        let o_want: Vec<f64> = (0..ROWS * hd)
-            .map(|e| {
-                let (r, col) = (e / hd, e % hd);
-                (0..ROWS)
-                    .map(|j| round(dtype, s[r * ROWS + j]) as f64 * v[j * hd + col] as f64)
-                    .sum()
-            })
-            .collect();
+        let vt_t = Tensor {
+            name: "vt",
+            shape: &vt_shape,
+            data: Data::F32(&vt),
+        };
+        let o_want = matmul_wt_reference(&p, ROWS, &vt_t);
         Ok(WgmmaCase {
             dtype,
             head_dim: hd,
