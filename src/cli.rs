@@ -71,7 +71,7 @@ pub struct BenchArgs {
     #[arg(long, requires = "policy")]
     pub reference: Option<PathBuf>,
     /// Sequence lengths to time.
-    #[arg(long, value_delimiter = ',', default_value = "512,1024,4096")]
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,4096", value_parser = crate::commands::at_least_one)]
     pub tokens: Vec<usize>,
     #[arg(long, default_value = "bf16")]
     pub dtype: DType,

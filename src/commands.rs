@@ -2,8 +2,7 @@
 //! structs and their glue to [`padv::pipeline`], [`padv::apps`] and
 //! [`padv::serve`].
 
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,6 +21,8 @@ use padv::pipeline::{ScoredRecord, Scorer, ScorerOptions};
 use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::tokenizer::TokenizerBundle;
 use padv::trajectory::{Format, Record, RenderMode, read_records};
+
+use crate::output::{Output, refuse_input};
 
 /// `--input`, or the bundled demo trajectories (the embedded default:
 /// [`padv::toyworld`]).
@@ -194,7 +195,7 @@ fn parse_density(s: &str) -> std::result::Result<f64, String> {
 }
 
 /// A count that must be positive (`--batch-tokens`, `--queue`, …).
-fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+pub(crate) fn at_least_one(s: &str) -> std::result::Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
@@ -443,7 +444,7 @@ fn split_by_alpha(set: ScoredSet) -> Vec<(Option<f64>, ScoredSet)> {
 /// and unreadable paths are not).
 fn is_scored_file(path: &Path) -> bool {
     use std::io::BufRead;
-    let Ok(file) = File::open(path) else {
+    let Ok(file) = std::fs::File::open(path) else {
         return false;
     };
     std::io::BufReader::new(file)
@@ -459,13 +460,29 @@ fn is_scored_file(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn writer(path: &Option<PathBuf>) -> Result<Box<dyn Write>> {
-    Ok(match path {
-        Some(p) => Box::new(BufWriter::new(
-            File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
-    })
+/// Tells of the error records and unreadable lines `set` left out (they have
+/// no scores to select or attribute from); a sweep says it once.
+fn note_skipped(set: &ScoredSet, alpha: Option<f64>, first_alpha: bool) {
+    if set.skipped.is_empty() || !first_alpha {
+        return;
+    }
+    let s = &set.skipped[0];
+    eprintln!(
+        "skipped {} (no scores){}: {}",
+        padv::apps::eval::error_records(set.skipped.len()),
+        if alpha.is_some() { " at every α" } else { "" },
+        if s.error.starts_with(&s.location) {
+            s.error.clone()
+        } else {
+            format!("{}: {}", s.location, s.error)
+        }
+    );
+}
+
+/// Refuses an output path that is the input before any work is done (the
+/// output is opened only once the input has been read).
+fn refuse_output(output: Option<&Path>, input: &Path) -> Result<()> {
+    output.map_or(Ok(()), |o| refuse_input(o, &[input]))
 }
 
 /// ` at α = A` for a merge sweep's set, empty otherwise.
@@ -475,9 +492,12 @@ fn at_alpha(alpha: Option<f64>) -> String {
 
 pub fn select(a: SelectArgs) -> Result<()> {
     let input = input_or_demo(&a.app.input)?;
-    let mut w = writer(&a.app.output)?;
+    refuse_output(a.app.output.as_deref(), &input)?;
+    let sets = scored_sets(&a.app, false, &input)?;
+    let mut w = Output::create(a.app.output.as_deref(), &[&input])?;
     // A sweep's chosen records carry their `alpha` field.
-    for (alpha, set) in scored_sets(&a.app, false, &input)? {
+    for (k, (alpha, set)) in sets.into_iter().enumerate() {
+        note_skipped(&set, alpha, k == 0);
         let sel = apps::select(
             &set.trajectories,
             a.app.method,
@@ -503,19 +523,31 @@ pub fn select(a: SelectArgs) -> Result<()> {
     Ok(())
 }
 
+fn with_alpha(mut v: Value, alpha: Option<f64>) -> Value {
+    if let (Some(alpha), Some(o)) = (alpha, v.as_object_mut()) {
+        o.insert("alpha".into(), alpha.into());
+    }
+    v
+}
+
 pub fn attribute(a: AppArgs) -> Result<()> {
     let input = input_or_demo(&a.input)?;
-    let mut w = writer(&a.output)?;
-    for (alpha, set) in scored_sets(&a, false, &input)? {
+    refuse_output(a.output.as_deref(), &input)?;
+    let sets = scored_sets(&a, false, &input)?;
+    let mut w = Output::create(a.output.as_deref(), &[&input])?;
+    for (k, (alpha, set)) in sets.into_iter().enumerate() {
+        note_skipped(&set, alpha, k == 0);
         for t in &set.trajectories {
-            let mut v = match apps::attribute(t, a.method, None)? {
+            let v = match apps::attribute(t, a.method, None)? {
                 Some(att) => att.to_json(),
-                None => serde_json::json!({"id": t.id, "error": "no scored steps"}),
+                None => serde_json::json!({"id": t.id, "error": apps::unattributable(t, a.method)}),
             };
-            if let (Some(alpha), Some(o)) = (alpha, v.as_object_mut()) {
-                o.insert("alpha".into(), alpha.into());
-            }
-            writeln!(w, "{v}")?;
+            writeln!(w, "{}", with_alpha(v, alpha))?;
+        }
+        // One line per input record: those without scores as their errors.
+        for s in &set.skipped {
+            let v = serde_json::json!({"id": s.id, "error": s.error});
+            writeln!(w, "{}", with_alpha(v, alpha))?;
         }
     }
     w.flush()?;
@@ -570,6 +602,14 @@ fn eval_set(
         );
     } else if several_inputs {
         println!("\n## {}\n", input.display());
+    }
+    if set.trajectories.is_empty() {
+        bail!(
+            "{}{}: no scored trajectories to evaluate ({} skipped)",
+            input.display(),
+            at_alpha(alpha),
+            apps::eval::error_records(set.skipped.len())
+        );
     }
     let report = apps::evaluate(set, None)?;
     let value = if a.sweep {

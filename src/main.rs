@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod output;
 mod score_run;
 mod summary;
 mod table;

@@ -280,6 +280,20 @@ impl Scorer {
         let Some((&first, rest)) = alphas.split_first() else {
             return Ok(Vec::new());
         };
+        // Each α once: a repeated one would write every record twice.
+        if let Some((i, a)) = alphas
+            .iter()
+            .enumerate()
+            .find(|(i, a)| alphas[..*i].contains(a))
+        {
+            return Err(Error::input(
+                "alpha",
+                format!(
+                    "α = {a} is given twice (value {} of the list); each α once",
+                    i + 1
+                ),
+            ));
+        }
         self.set_alpha(first)?;
         let base = self.score(records);
         let mut out = Vec::with_capacity(alphas.len());
@@ -485,7 +499,9 @@ impl Scorer {
             .actions
             .iter()
             .map(|a| {
-                let span = a.start..a.end;
+                // The sequence's first token has no log-prob: an action
+                // opening it is scored from its other tokens (and warned of).
+                let span = a.start.max(1).min(a.end)..a.end;
                 let mean = |v: &[f32]| TokenAgg::Mean.apply(&v[span.clone()]);
                 if a.truncated || a.is_empty() {
                     // An action that lost tokens to max_length, or that

@@ -5,18 +5,18 @@
 //! a record that cannot be read or scored is `{"id", "error"}` in its place.
 //! The run ends with a [`Summary`] (on stderr when `--output` is used).
 
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::json;
 
 use padv::pipeline::{ScoredRecord, Scorer};
 use padv::trajectory::{Record, read_records};
 
 use crate::commands::{OnError, ScoreArgs, input_or_demo, progress};
+use crate::output::{Output, refuse_input};
 use crate::summary::Summary;
 
 /// Records scored (and written) together; the progress bar moves per slice.
@@ -28,10 +28,7 @@ type Line = std::result::Result<ScoredRecord, (Option<String>, padv::Error)>;
 /// Where the lines go.
 enum Sink {
     /// JSON lines to a file (`path`) or to stdout (`None`).
-    Json {
-        w: Box<dyn Write>,
-        path: Option<PathBuf>,
-    },
+    Json(Output),
     /// One table per record on stdout.
     Table {
         out: std::io::StdoutLock<'static>,
@@ -40,18 +37,9 @@ enum Sink {
 }
 
 impl Sink {
-    fn open(output: Option<&Path>) -> Result<Sink> {
+    fn open(output: Option<&Path>, input: &Path) -> Result<Sink> {
         Ok(match output {
-            Some(p) if p.as_os_str() == "-" => Sink::Json {
-                w: Box::new(BufWriter::new(std::io::stdout().lock())),
-                path: None,
-            },
-            Some(p) => Sink::Json {
-                w: Box::new(BufWriter::new(
-                    File::create(p).with_context(|| format!("creating {}", p.display()))?,
-                )),
-                path: Some(p.to_path_buf()),
-            },
+            Some(p) => Sink::Json(Output::create(Some(p), &[input])?),
             None => Sink::Table {
                 out: std::io::stdout().lock(),
                 colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
@@ -61,7 +49,7 @@ impl Sink {
 
     fn write(&mut self, scorer: &Scorer, line: &Line) -> Result<()> {
         match self {
-            Sink::Json { w, .. } => {
+            Sink::Json(w) => {
                 let v = match line {
                     Ok(s) => scorer.to_json(s),
                     Err((id, e)) => json!({"id": id, "error": e.to_string()}),
@@ -78,7 +66,7 @@ impl Sink {
 
     fn flush(&mut self) -> Result<()> {
         match self {
-            Sink::Json { w, .. } => w.flush()?,
+            Sink::Json(w) => w.flush()?,
             Sink::Table { out, .. } => out.flush()?,
         }
         Ok(())
@@ -87,10 +75,13 @@ impl Sink {
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     let input = input_or_demo(&a.input)?;
+    if let Some(o) = a.output.as_deref().filter(|o| o.as_os_str() != "-") {
+        refuse_input(o, &[&input])?;
+    }
     let (policy, reference) = a.model.pair()?;
     let mut scorer = a.model.load(a.tokens)?;
     let records = read_records(&input, a.model.format)?;
-    let mut sink = Sink::open(a.output.as_deref())?;
+    let mut sink = Sink::open(a.output.as_deref(), &input)?;
     if let Sink::Table { out, .. } = &mut sink {
         writeln!(
             out,
@@ -189,9 +180,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     summary.cache = scorer.cache_stats();
     summary.stopped = outcome.is_err();
     match &mut sink {
-        Sink::Json { path, .. } => {
+        Sink::Json(w) => {
             eprintln!("{summary}");
-            if let Some(path) = path {
+            if let Some(path) = w.path() {
                 eprintln!("wrote {} records to {}", summary.records, path.display());
             }
         }

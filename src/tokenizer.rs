@@ -303,11 +303,15 @@ fn show_token(t: Option<&str>) -> String {
 }
 
 /// Whether `path` is a file; `false` when it does not exist, an error naming
-/// it when it cannot be looked at (no permission, a symlink loop), rather
-/// than "not found".
+/// it when it cannot be looked at (no permission, a symlink loop) or is a
+/// directory, rather than "not found".
 fn is_file(path: &Path) -> Result<bool> {
     match std::fs::metadata(path) {
-        Ok(m) => Ok(m.is_file()),
+        Ok(m) if m.is_dir() => Err(Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg: "is a directory, not a file".into(),
+        }),
+        Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io(path, e)),
     }

@@ -201,6 +201,12 @@ fn bad_merge_settings_are_refused_with_the_reason() {
     );
     fails_with("llama", &["--merge", "ties"], "--alpha");
     fails_with("llama", &["--alpha", "0.5"], "--merge");
+    // A repeated α would write every record twice under one α.
+    fails_with(
+        "llama",
+        &["--merge", "linear", "--alpha", "0.5,0.2,0.5"],
+        "α = 0.5 is given twice",
+    );
 }
 
 /// A copy of the llama policy whose MLP is narrower (intermediate 64 → 32).

@@ -259,6 +259,40 @@ fn damaged_checkpoints_are_refused_naming_the_file_tensor_or_key() {
         &[],
     );
     case(
+        "a head wider than any model",
+        &|m| edit_config(m, "head_dim", json!(1u64 << 40)),
+        &["config.json", "head_dim"],
+        &["memory allocation"],
+    );
+    case(
+        "rope_scaling that is not an object",
+        &|m| edit_config(m, "rope_scaling", json!("linear")),
+        &["config.json", "`rope_scaling` must be an object"],
+        &[],
+    );
+    case(
+        "a sliding window of no tokens",
+        &|m| {
+            edit_config(
+                m,
+                "layer_types",
+                json!(["sliding_attention", "sliding_attention"]),
+            );
+            edit_config(m, "sliding_window", json!(0));
+        },
+        &["config.json", "`sliding_window` is 0"],
+        &[],
+    );
+    case(
+        "a directory in tokenizer.json's place",
+        &|m| {
+            std::fs::remove_file(m.join("tokenizer.json")).unwrap();
+            std::fs::create_dir(m.join("tokenizer.json")).unwrap();
+        },
+        &["tokenizer.json", "is a directory, not a file"],
+        &[],
+    );
+    case(
         "tokenizer.json that is not JSON",
         &|m| std::fs::write(m.join("tokenizer.json"), "{\"model\": ").unwrap(),
         &["tokenizer.json"],

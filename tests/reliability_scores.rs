@@ -162,61 +162,169 @@ fn an_empty_action_is_flagged_empty_and_a_cut_one_truncated_and_both_count_zero(
     assert_eq!(empty.score, Some(0.0), "an empty step counts 0.0");
 }
 
-/// A scored file by hand: in group `g`, `a` has a step value and `b` a
-/// step whose value is missing (null, not truncated).
-fn scored_with_a_missing_step(dir: &Path) -> PathBuf {
-    let settings = json!({"token_agg": "mean", "step_agg": "mean", "beta": 1.0});
-    let step = |adv: Value| {
-        json!({"step": 0, "message": 1, "n_tokens": 3, "advantage": adv,
-               "logp_policy": adv, "logp_reference": 0.0, "truncated": false})
-    };
-    let lines = [
-        json!({"id": "a", "task_id": "g", "success": true, "steps": [step(json!(-1.0))], "settings": settings}),
-        json!({"id": "b", "task_id": "g", "success": false, "steps": [step(Value::Null)], "settings": settings}),
-        json!({"id": "c", "task_id": "h", "success": false, "steps": [step(json!(-2.0))], "settings": settings}),
+/// A scored record by hand: one step with 3 tokens whose advantage is
+/// `adv` (null: missing, not truncated), in `group`, scored with `beta`.
+fn scored(id: &str, group: &str, success: Option<bool>, adv: Value, beta: f64) -> Value {
+    let step = json!({"step": 0, "message": 1, "n_tokens": 3, "advantage": adv,
+                      "logp_policy": adv, "logp_reference": 0.0, "truncated": false});
+    let mut r = json!({"id": id, "task_id": group, "steps": [step],
+                       "settings": {"token_agg": "mean", "step_agg": "mean", "beta": beta}});
+    if let Some(s) = success {
+        r["success"] = json!(s);
+    }
+    r
+}
+
+/// A scored file: in group `g`, `a` has a step value and `b` a step whose
+/// value is missing; `c` alone in group `h`; then `more`.
+fn scored_file(dir: &Path, more: &[Value]) -> PathBuf {
+    let mut lines = vec![
+        scored("a", "g", Some(true), json!(-1.0), 1.0),
+        scored("b", "g", Some(false), Value::Null, 1.0),
+        scored("c", "h", Some(false), json!(-2.0), 1.0),
     ];
+    lines.extend_from_slice(more);
     let path = dir.join("scored.jsonl");
     let text: Vec<String> = lines.iter().map(Value::to_string).collect();
     std::fs::write(&path, text.join("\n") + "\n").unwrap();
     path
 }
 
-#[test]
-fn select_leaves_out_rollouts_without_a_valid_score_and_says_how_many() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = scored_with_a_missing_step(dir.path());
-    let out = succeed(padv().args(["select", "--input"]).arg(&input));
-    let chosen: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+fn json_lines(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+/// `padv eval` of `input`: its output and its `--json` report.
+fn eval(input: &Path) -> (Output, Value) {
+    let json_path = input.with_extension("eval.json");
+    let out = succeed(
+        padv()
+            .args(["eval", "--input"])
+            .arg(input)
+            .arg("--json")
+            .arg(&json_path),
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    (out, report)
+}
+
+#[test]
+fn select_leaves_out_rollouts_without_a_valid_score_and_error_records_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = scored_file(dir.path(), &[json!({"id": "e", "error": "too long"})]);
+    let out = succeed(padv().args(["select", "--input"]).arg(&input));
+    let chosen = json_lines(&out.stdout);
     let ids: Vec<&str> = chosen.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["a", "c"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("left out 1 of 3"), "{stderr}");
+    assert!(
+        stderr.contains("skipped 1 error record (no scores)") && stderr.contains("too long"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn eval_leaves_out_trajectories_without_a_valid_score_and_says_how_many() {
     let dir = tempfile::tempdir().unwrap();
-    let input = scored_with_a_missing_step(dir.path());
-    let json_path = dir.path().join("eval.json");
-    let out = succeed(
-        padv()
-            .args(["eval", "--input"])
-            .arg(&input)
-            .arg("--json")
-            .arg(&json_path),
-    );
+    let (out, report) = eval(&scored_file(dir.path(), &[]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("1 without a valid progress-advantage score left out"),
         "{stdout}"
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(report["skipped"]["unscored"], 1);
     assert_eq!(report["uncertainty"]["progress_advantage"]["n"], 2);
+}
+
+#[test]
+fn attribute_writes_one_line_per_record_and_never_attributes_around_a_missing_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = scored_file(dir.path(), &[json!({"id": "e", "error": "too long"})]);
+    let out = succeed(padv().args(["attribute", "--input"]).arg(&input));
+    let lines = json_lines(&out.stdout);
+    let ids: Vec<&str> = lines.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c", "e"], "every input record, in order");
+    assert!(lines[0]["error"].is_null() && lines[2]["error"].is_null());
+    let b = lines[1]["error"].as_str().unwrap();
+    assert!(b.contains("step 0 has tokens but no"), "{b}");
+    assert_eq!(lines[3]["error"], "too long");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skipped 1 error record"), "{stderr}");
+}
+
+#[test]
+fn select_refuses_rollouts_scored_on_different_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = scored_file(dir.path(), &[scored("d", "h", None, json!(-4.0), 2.0)]);
+    let out = padv()
+        .args(["select", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("scored.jsonl:4") && stderr.contains("different scales"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing selected");
+}
+
+#[test]
+fn best_of_n_leaves_out_groups_with_an_unlabelled_rollout_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // Group h gains a rollout whose outcome is unknown.
+    let input = scored_file(dir.path(), &[scored("d", "h", None, json!(-4.0), 1.0)]);
+    let (out, report) = eval(&input);
+    assert_eq!(report["best_of_n"]["n_groups"], 1, "{report}");
+    assert_eq!(report["best_of_n"]["unlabelled_groups"], 1, "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("; 1 left out (a rollout without a success label)"),
+        "{stdout}"
+    );
+}
+
+/// `padv ARGS --input INPUT --output OUTPUT` is refused as writing its
+/// input, which it leaves as it was.
+fn refuses_to_overwrite(args: &[&str], input: &Path, output: &Path) {
+    let before = std::fs::read(input).unwrap();
+    let out = padv()
+        .args(args)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?}");
+    assert!(stderr.contains("is the input"), "{args:?}: {stderr}");
+    assert_eq!(
+        std::fs::read(input).unwrap(),
+        before,
+        "{args:?} wrote its input"
+    );
+}
+
+#[test]
+fn an_output_that_is_the_input_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = scored_file(dir.path(), &[]);
+    // The same file by another name, too.
+    let alias = dir.path().join("alias.jsonl");
+    std::os::unix::fs::symlink(&input, &alias).unwrap();
+    for cmd in ["select", "attribute"] {
+        refuses_to_overwrite(&[cmd], &input, &input);
+        refuses_to_overwrite(&[cmd], &input, &alias);
+    }
+    let copy = dir.path().join("in.jsonl");
+    std::fs::copy(fixtures().join("inputs/tiny_trajectories.jsonl"), &copy).unwrap();
+    refuses_to_overwrite(&["score", "--device", "cpu"], &copy, &copy);
 }
 
 /// Runs `cmd`, killing it after `limit` (a server that should not have

@@ -110,6 +110,24 @@ fn health_models_metrics_and_openapi_describe_the_running_server() {
             .unwrap()
             .contains("/v2/nothing")
     );
+    // A known route asked with another method: a JSON 405, and the `Allow`
+    // header naming the methods it takes.
+    let wrong = http.delete("/v1/score").unwrap();
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), Some("POST"));
+    let msg = wrong.json().unwrap()["error"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("DELETE /v1/score") && msg.contains("Allow"),
+        "{msg}"
+    );
+    // A session id that is not UTF-8 once decoded: a JSON 400, not text.
+    let bad_id = http.get("/v1/sessions/%FF%FE").unwrap();
+    assert_eq!(bad_id.status, 400);
+    assert!(
+        bad_id.json().unwrap()["error"].is_string(),
+        "{}",
+        bad_id.text()
+    );
     server.shutdown().unwrap();
 }
 

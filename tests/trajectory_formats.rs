@@ -433,6 +433,12 @@ fn left_truncation_keeps_every_action_and_flags_the_cut_ones() {
     assert!(!part.actions[1].truncated);
     assert_eq!(part.actions[1].start, a1.start - cut);
 
+    // A cut right before an action's first token: the token is kept but
+    // its prediction is not (nothing precedes it), so the action is cut too.
+    let at = encode(&record, &tok, RenderMode::Template, Some(n - a1.start)).unwrap();
+    assert_eq!(at.actions[1].start, 0);
+    assert!(at.actions[1].truncated);
+
     let whole = encode(&record, &tok, RenderMode::Template, Some(n - a0.end)).unwrap();
     assert_eq!(whole.actions.len(), 2);
     assert!(whole.actions[0].truncated && whole.actions[0].is_empty());
@@ -477,4 +483,92 @@ fn the_plain_renderer_is_the_default_without_a_chat_template() {
     let record = read_ok(&sample("messages.jsonl")).remove(0);
     let err = encode(&record, &tok, RenderMode::Template, None).unwrap_err();
     assert!(err.to_string().contains("no chat template"), "{err}");
+}
+
+#[test]
+fn an_action_opening_the_sequence_is_scored_from_its_other_tokens_and_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jsonl");
+    let lines = [
+        r#"{"id": "a", "token_ids": [10, 11, 12, 13], "action_spans": [[0, 3]]}"#,
+        r#"{"id": "b", "token_ids": [10, 11, 12, 13], "action_spans": [[0, 1], [2, 4]]}"#,
+        r#"{"id": "c", "token_ids": [10, 11, 12, 13], "action_spans": [[1, 3]]}"#,
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let tok = tiny("qwen3");
+    let warnings: Vec<Vec<String>> = read_ok(&path)
+        .iter()
+        .map(|r| encode(r, &tok, RenderMode::Plain, None).unwrap().warnings)
+        .collect();
+    assert_eq!(warnings[0].len(), 1);
+    assert!(
+        warnings[0][0].contains("action 0 opens the sequence")
+            && warnings[0][0].contains("scored from its other 2 tokens"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1][0].contains("no scored token and no value"),
+        "{warnings:?}"
+    );
+    assert!(warnings[2].is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn damaged_documents_link_loops_and_inexact_ids_are_errors_naming_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    // τ² results on one line with more text after them: a damaged document,
+    // not JSON lines.
+    let tau2: Value =
+        serde_json::from_str(&std::fs::read_to_string(sample("tau2_results.json")).unwrap())
+            .unwrap();
+    let damaged = dir.path().join("tau2.json");
+    std::fs::write(&damaged, format!("{tau2}\n{{\"id\": \"x\"}}\n")).unwrap();
+    let err = read_records(&damaged, None).unwrap_err().to_string();
+    assert!(
+        err.contains("tau2.json") && err.contains("trailing characters"),
+        "{err}"
+    );
+
+    // A Who&When folder with a link back to itself.
+    let ww = dir.path().join("ww/Hand-Crafted");
+    std::fs::create_dir_all(&ww).unwrap();
+    std::fs::copy(
+        sample("who_and_when/Hand-Crafted/1.json"),
+        ww.join("1.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(dir.path().join("ww"), ww.join("again")).unwrap();
+    let err = read_records(&dir.path().join("ww"), None)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("again") && err.contains("loops"), "{err}");
+    // A second link to the same file is read once.
+    std::fs::remove_file(ww.join("again")).unwrap();
+    std::os::unix::fs::symlink(ww.join("1.json"), ww.join("2.json")).unwrap();
+    assert_eq!(read_ok(&dir.path().join("ww")).len(), 1);
+
+    // Ids JSON numbers cannot keep exactly are refused; 64-bit integers kept.
+    let ids = dir.path().join("ids.jsonl");
+    let lines = [
+        r#"{"id": 123456789012345678901234, "text": "a"}"#,
+        r#"{"id": 1e300, "text": "b"}"#,
+        r#"{"id": 9007199254740993, "text": "c"}"#,
+        r#"{"id": 2.5, "text": "d"}"#,
+    ];
+    std::fs::write(&ids, lines.join("\n")).unwrap();
+    let got: Vec<std::result::Result<String, String>> = read_records(&ids, None)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.map(|r| r.id).map_err(|e| e.to_string()))
+        .collect();
+    for (i, r) in got[..2].iter().enumerate() {
+        let e = r.as_ref().unwrap_err();
+        assert!(
+            e.contains(&format!("ids.jsonl:{}", i + 1)) && e.contains("give the id as a string"),
+            "{e}"
+        );
+    }
+    assert_eq!(got[2], Ok("9007199254740993".to_string()));
+    assert_eq!(got[3], Ok("2.5".to_string()));
 }

@@ -130,8 +130,9 @@ pub fn select<'py>(
 }
 
 /// The decisive-error step of each trajectory by the three predictors, as
-/// ``padv attribute`` writes it (``{"id", "error"}`` for a trajectory without
-/// scored steps).
+/// ``padv attribute`` writes it: ``{"id", "error"}`` for a trajectory with
+/// no prediction (a step with tokens but no value, or no scored steps), and
+/// for each error record, after the trajectories.
 #[pyfunction]
 #[pyo3(signature = (scored, *, method="progress_advantage"))]
 pub fn attribute<'py>(
@@ -143,15 +144,19 @@ pub fn attribute<'py>(
     let set = scored_set(py, scored, "task_id", false)?;
     let out = py
         .detach(|| -> padv::Result<Vec<Value>> {
-            set.trajectories
-                .iter()
-                .map(|t| {
-                    Ok(match apps::attribute(t, m, None)? {
-                        Some(att) => att.to_json(),
-                        None => json!({"id": t.id, "error": "no scored steps"}),
-                    })
-                })
-                .collect()
+            let mut out = Vec::with_capacity(set.trajectories.len() + set.skipped.len());
+            for t in &set.trajectories {
+                out.push(match apps::attribute(t, m, None)? {
+                    Some(att) => att.to_json(),
+                    None => json!({"id": t.id, "error": apps::unattributable(t, m)}),
+                });
+            }
+            out.extend(
+                set.skipped
+                    .iter()
+                    .map(|s| json!({"id": s.id, "error": s.error})),
+            );
+            Ok(out)
         })
         .map_err(to_py_err)?;
     out.iter().map(|r| to_py(py, r)).collect()

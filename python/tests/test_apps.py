@@ -43,6 +43,22 @@ def test_attribute_is_the_cli_attribution(scored_file, demo_scored):
     assert close(padv.attribute(demo_scored), theirs)
 
 
+def test_attribute_gives_the_clis_error_lines(demo_cli, tmp_path):
+    # A step with tokens but no value, and an error record: no prediction
+    # for either, each an error line as the CLI writes it.
+    damaged = json.loads(json.dumps(demo_cli[0]))
+    damaged["steps"][0]["advantage"] = None
+    records = [damaged, demo_cli[1], {"id": "e", "error": "too long"}]
+    path = tmp_path / "damaged.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    theirs = cli_lines("attribute", "--input", str(path))
+    ours = padv.attribute(path)
+    assert ours == theirs
+    assert [r["id"] for r in ours] == [r["id"] for r in records]
+    assert "has tokens but no progress_advantage value" in ours[0]["error"]
+    assert ours[2]["error"] == "too long"
+
+
 def test_records_that_are_not_scored_are_errors(demo_scored):
     with pytest.raises(padv.PadvError, match=r"records\[0\]: no field `steps`"):
         padv.eval([{"id": "a", "messages": []}])

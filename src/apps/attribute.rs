@@ -157,6 +157,22 @@ pub fn error_label(t: &ScoredTrajectory) -> Option<(LabelUnit, usize)> {
     }
 }
 
+/// Why [`attribute`] gives `t` no prediction from its stored values.
+pub fn unattributable(t: &ScoredTrajectory, method: Method) -> String {
+    let missing = t.step_values(method, None).ok().and_then(|v| {
+        v.iter()
+            .zip(&t.steps)
+            .position(|(v, s)| v.is_none() && !s.truncated && !s.empty)
+    });
+    match missing {
+        _ if t.steps.is_empty() => "no scored steps".into(),
+        Some(k) => format!(
+            "step {k} has tokens but no {method} value: no error step is predicted around it"
+        ),
+        None => format!("no step has a {method} value"),
+    }
+}
+
 /// Predicted error steps of one trajectory by one method.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attribution {
@@ -172,8 +188,9 @@ pub struct Attribution {
 }
 
 /// Predict the decisive error of `t` by every predictor from `method`'s step
-/// scores; `None` when no action step has a score (no steps, or a method
-/// the records carry no values for).
+/// scores (a step without tokens, truncated or empty, counts as 0.0);
+/// `None` when a step with tokens has no value or no step has one
+/// ([`unattributable`] says which): never a prediction around a missing step.
 pub fn attribute(
     t: &ScoredTrajectory,
     method: Method,
@@ -183,7 +200,14 @@ pub fn attribute(
     if values.iter().all(Option::is_none) {
         return Ok(None);
     }
-    let values: Vec<f64> = values.into_iter().map(|v| v.unwrap_or(0.0)).collect();
+    let Some(values) = values
+        .into_iter()
+        .zip(&t.steps)
+        .map(|(v, s)| v.or((s.truncated || s.empty).then_some(0.0)))
+        .collect::<Option<Vec<f64>>>()
+    else {
+        return Ok(None);
+    };
     let mut picks = [0; 3];
     for (slot, p) in picks.iter_mut().zip(Predictor::ALL) {
         match p.predict(&values) {
@@ -333,6 +357,41 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_step_with_tokens_but_no_value_leaves_no_prediction_and_says_which() {
+        use crate::score::scored::{ScoreSettings, StepScore};
+        let valued = |a: f64| StepScore {
+            advantage: Some(a),
+            ..StepScore::default()
+        };
+        let cut = StepScore {
+            truncated: true,
+            ..StepScore::default()
+        };
+        // A truncated step counts 0.0 …
+        let t = ScoredTrajectory::new(
+            "c",
+            vec![valued(1.0), cut, valued(-1.0)],
+            ScoreSettings::default(),
+        );
+        let a = attribute(&t, Method::ProgressAdvantage, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.values, [1.0, 0.0, -1.0]);
+        // … a step whose value is missing does not.
+        let t = ScoredTrajectory::new(
+            "m",
+            vec![valued(1.0), StepScore::default(), valued(-1.0)],
+            ScoreSettings::default(),
+        );
+        assert_eq!(
+            attribute(&t, Method::ProgressAdvantage, None).unwrap(),
+            None
+        );
+        let why = unattributable(&t, Method::ProgressAdvantage);
+        assert!(why.contains("step 1 has tokens but no"), "{why}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Uncertainty {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BestOfN {
     pub n_groups: usize,
+    /// Groups left out for a rollout without a success label (the pick
+    /// could be one whose outcome is unknown).
+    pub unlabelled_groups: usize,
     pub mean_at_n: f64,
     pub pass_at_n: f64,
     /// Success rate of the picks, per method in [`Method::ALL`] order.
@@ -88,14 +91,25 @@ pub fn common_settings(set: &ScoredSet) -> Result<ScoreSettings> {
             ),
         ));
     };
-    for t in &set.trajectories[1..] {
+    same_settings(&set.trajectories)?;
+    Ok(first.settings.clone())
+}
+
+/// An error naming the first trajectory scored with another β or another
+/// token or step aggregation than the first: their scores are on different
+/// scales and are never ranked or evaluated together.
+pub fn same_settings(trajectories: &[ScoredTrajectory]) -> Result<()> {
+    let Some(first) = trajectories.first() else {
+        return Ok(());
+    };
+    for t in &trajectories[1..] {
         let (a, b) = (&first.settings, &t.settings);
         if a.token_agg != b.token_agg || a.step_agg != b.step_agg || a.beta != b.beta {
             return Err(Error::input(
                 &t.location,
                 format!(
                     "scored with token_agg={} step_agg={} beta={}, but {} with token_agg={} \
-                     step_agg={} beta={}; evaluate them separately",
+                     step_agg={} beta={}: their scores are on different scales; select or evaluate them separately",
                     b.token_agg,
                     b.step_agg,
                     b.beta,
@@ -107,7 +121,7 @@ pub fn common_settings(set: &ScoredSet) -> Result<ScoreSettings> {
             ));
         }
     }
-    Ok(first.settings.clone())
+    Ok(())
 }
 
 /// Evaluate every method. `aggregation: None` uses the records' own settings
@@ -195,13 +209,13 @@ fn uncertainty_of(trajectories: &[ScoredTrajectory], scores: &[Option<f64>]) -> 
     }
 }
 
-/// Groups of trajectories with a group and a success label, in order of first
-/// appearance.
-fn labelled_groups(trajectories: &[ScoredTrajectory]) -> Vec<Vec<usize>> {
+/// Groups whose every rollout has a success label, in order of first
+/// appearance, and how many groups were left out for an unlabelled rollout.
+fn labelled_groups(trajectories: &[ScoredTrajectory]) -> (Vec<Vec<usize>>, usize) {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut slot: HashMap<&str, usize> = HashMap::new();
     for (i, t) in trajectories.iter().enumerate() {
-        if let (Some(g), Some(_)) = (&t.group, t.labels.success) {
+        if let Some(g) = &t.group {
             let at = *slot.entry(g.as_str()).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
@@ -209,7 +223,10 @@ fn labelled_groups(trajectories: &[ScoredTrajectory]) -> Vec<Vec<usize>> {
             groups[at].push(i);
         }
     }
-    groups
+    let all = groups.len();
+    groups.retain(|g| g.iter().all(|&i| trajectories[i].labels.success.is_some()));
+    let left_out = all - groups.len();
+    (groups, left_out)
 }
 
 fn best_of_n(
@@ -218,7 +235,7 @@ fn best_of_n(
 ) -> BestOfN {
     let ok = |i: usize| trajectories[i].labels.success == Some(true);
     let as_f = |b: bool| if b { 1.0 } else { 0.0 };
-    let groups = labelled_groups(trajectories);
+    let (groups, unlabelled_groups) = labelled_groups(trajectories);
     let group_means: Vec<f64> = groups
         .iter()
         .map(|g| mean(&g.iter().map(|&i| as_f(ok(i))).collect::<Vec<_>>()))
@@ -256,6 +273,7 @@ fn best_of_n(
         .collect();
     BestOfN {
         n_groups: groups.len(),
+        unlabelled_groups,
         mean_at_n: mean(&group_means),
         pass_at_n: mean(&any),
         success,
@@ -377,6 +395,7 @@ impl EvalReport {
         let b = &self.best_of_n;
         let mut bon = Map::new();
         bon.insert("n_groups".into(), json!(b.n_groups));
+        bon.insert("unlabelled_groups".into(), json!(b.unlabelled_groups));
         bon.insert("mean_at_n".into(), num(b.mean_at_n));
         bon.insert("pass_at_n".into(), num(b.pass_at_n));
         for (m, s) in &b.success {
@@ -468,10 +487,15 @@ impl EvalReport {
         let b = &self.best_of_n;
         let _ = writeln!(
             out,
-            "\nBest-of-N over {} groups: Mean@N {}, Pass@N {} (ties pick the earliest rollout).",
+            "\nBest-of-N over {} groups: Mean@N {}, Pass@N {} (ties pick the earliest rollout){}.",
             b.n_groups,
             fmt(b.mean_at_n),
-            fmt(b.pass_at_n)
+            fmt(b.pass_at_n),
+            note(
+                "; ",
+                b.unlabelled_groups,
+                "left out (a rollout without a success label)"
+            )
         );
         let units: Vec<String> = self
             .label_units
@@ -544,7 +568,7 @@ fn note(sep: &str, n: usize, what: &str) -> String {
     }
 }
 
-pub(crate) fn error_records(n: usize) -> String {
+pub fn error_records(n: usize) -> String {
     format!("{n} error record{}", if n == 1 { "" } else { "s" })
 }
 

@@ -10,6 +10,7 @@ use std::fmt::Write;
 
 use serde_json::{Value, json};
 
+use super::eval::same_settings;
 use crate::Error;
 use crate::Result;
 use crate::score::method::{Aggregation, Method};
@@ -49,12 +50,14 @@ pub struct Selection {
 }
 
 /// Pick the best trajectory of each group by `method`. Every trajectory must
-/// have a group (the `--group-by` field).
+/// have a group (the `--group-by` field), and all must share their scoring
+/// settings ([`same_settings`]).
 pub fn select(
     trajectories: &[ScoredTrajectory],
     method: Method,
     aggregation: Aggregation,
 ) -> Result<Selection> {
+    same_settings(trajectories)?;
     let mut members: Vec<(String, Vec<usize>)> = Vec::new();
     let mut slot: HashMap<String, usize> = HashMap::new();
     for (i, t) in trajectories.iter().enumerate() {

@@ -379,6 +379,11 @@ impl Config {
                     a.head_dim, a.rope.rotary_dim
                 ));
             }
+            if a.window == Some(0) {
+                return err(format!(
+                    "layer {i}: `sliding_window` is 0; a window holds at least the token itself"
+                ));
+            }
             if a.rope.inv_freq.iter().any(|f| !f.is_finite()) {
                 return err(format!(
                     "layer {i}: RoPE frequencies are not finite (check `rope_theta` and the scaling)"
@@ -502,6 +507,17 @@ impl<'a> Keys<'a> {
             .get(key)
             .filter(|x| x.is_object())
             .map(|v| Keys { v, path: self.path })
+    }
+
+    /// An object-valued key (`None` when absent or null); any other value is
+    /// an error naming the key, never silently ignored.
+    pub fn object(&self, key: &str) -> Result<Option<&'a Value>> {
+        match self.get(key) {
+            Some(x) if !x.is_object() => {
+                Err(self.err(format!("`{key}` must be an object, not {x}")))
+            }
+            x => Ok(x),
+        }
     }
 
     pub fn err(&self, msg: impl Into<String>) -> Error {

@@ -44,9 +44,13 @@ pub enum RopeScaling {
 /// top-level `rope_theta` + `rope_scaling` (4.x). `params` may be a per-layer-
 /// type sub-object (Gemma 4).
 pub fn parse(k: Keys, params: Option<&Value>, max_positions: usize) -> Result<(f32, RopeScaling)> {
-    let p = params
-        .or_else(|| k.get("rope_parameters").filter(|p| p.is_object()))
-        .or_else(|| k.get("rope_scaling").filter(|p| p.is_object()));
+    let p = match params {
+        Some(p) => Some(p),
+        None => match k.object("rope_parameters")? {
+            Some(p) => Some(p),
+            None => k.object("rope_scaling")?,
+        },
+    };
     let pk = p.map(|v| Keys::new(v, k.path));
     let theta = match pk.map(|p| p.opt_f32("rope_theta")).transpose()?.flatten() {
         Some(t) => t,

@@ -47,10 +47,14 @@ impl TokenAgg {
             TokenAgg::Max => "max",
         }
     }
-    /// Reduce `values`; NaN entries (unscored positions) are skipped.
-    /// Returns `None` when no finite value remains.
+    /// Reduce `values`; `None` when there are none or any is NaN (an
+    /// unscored position): a step is aggregated from all its tokens or not
+    /// at all.
     pub fn apply(self, values: &[f32]) -> Option<f64> {
-        let mut it = values.iter().filter(|v| !v.is_nan()).map(|&v| v as f64);
+        if values.iter().any(|v| v.is_nan()) {
+            return None;
+        }
+        let mut it = values.iter().map(|&v| v as f64);
         match self {
             TokenAgg::Sum => {
                 let mut n = 0usize;
@@ -145,14 +149,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_aggregations_skip_unscored_positions() {
-        let v = [f32::NAN, 1.0, -2.0, 4.0];
-        assert_eq!(TokenAgg::Sum.apply(&v), Some(3.0));
-        assert_eq!(TokenAgg::Mean.apply(&v), Some(1.0));
-        assert_eq!(TokenAgg::Last.apply(&v), Some(4.0));
+    fn token_aggregations_use_every_position_or_give_nothing() {
+        let v = [1.0, -2.0, 4.0, 0.5];
+        assert_eq!(TokenAgg::Sum.apply(&v), Some(3.5));
+        assert_eq!(TokenAgg::Mean.apply(&v), Some(0.875));
+        assert_eq!(TokenAgg::Last.apply(&v), Some(0.5));
         assert_eq!(TokenAgg::Min.apply(&v), Some(-2.0));
         assert_eq!(TokenAgg::Max.apply(&v), Some(4.0));
-        assert_eq!(TokenAgg::Sum.apply(&[f32::NAN]), None);
+        // An unscored position anywhere in the span: no value, whatever the
+        // aggregation (a step is never scored from part of its tokens).
+        for agg in TokenAgg::ALL {
+            for at in 0..v.len() {
+                let mut w = v;
+                w[at] = f32::NAN;
+                assert_eq!(agg.apply(&w), None, "{agg} with NaN at {at}");
+            }
+            assert_eq!(agg.apply(&[]), None);
+        }
     }
 
     #[test]

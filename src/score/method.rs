@@ -5,9 +5,10 @@
 //! step with no scored tokens (truncated, or empty) contributes 0.0 to progress
 //! advantage and the log-prob baselines, keeping the step count stable, and is
 //! skipped by the certainty baselines, whose value is undefined without tokens.
-//! A step that is neither but has no value (its log-probs are missing)
-//! leaves the trajectory without a progress-advantage or log-prob score:
-//! a score is never built from missing steps.
+//! A step that is neither but has no value (a log-prob or certainty
+//! missing) leaves the trajectory without that method's score, as does a
+//! score that is not finite (an overflowing sum): a score is never built
+//! from missing steps.
 //! Self-certainty is the mean top-20 log-prob, used with the paper's sign;
 //! entropy is negated (lower entropy = more confident). The paper has no
 //! entropy baseline; this one is ours.
@@ -158,7 +159,13 @@ impl ScoredTrajectory {
             .steps
             .iter()
             .map(|s| {
-                let (a, b) = s.span.unwrap_or((0, 0));
+                // A step without tokens has no value, re-aggregated or not.
+                if s.truncated || s.empty {
+                    return None;
+                }
+                // Token 0 has no log-prob: a step opening the sequence is
+                // scored from its other tokens, as when it was scored.
+                let (a, b) = s.span.map_or((0, 0), |(a, b)| (a.max(1).min(b), b));
                 let lp = || agg.apply(&tokens.logp_policy[a..b]);
                 let lr = || agg.apply(&tokens.logp_reference[a..b]);
                 match method {
@@ -177,23 +184,26 @@ impl ScoredTrajectory {
     }
 
     /// Trajectory score of `method` (higher = predicted more successful);
-    /// `None` when no step has a value.
+    /// `None` when no step has a value, when a step with tokens (neither
+    /// truncated nor empty) has none, or when the score is not finite.
     pub fn score(&self, method: Method, agg: Aggregation) -> Result<Option<f64>> {
         let values = self.step_values(method, agg.token)?;
-        let steps: Vec<f64> = if method.unscored_counts_as_zero() {
-            let mut steps = Vec::with_capacity(values.len());
-            for (v, s) in values.into_iter().zip(&self.steps) {
-                match v {
-                    Some(v) => steps.push(v),
-                    None if s.truncated || s.empty => steps.push(0.0),
-                    None => return Ok(None),
+        let mut steps = Vec::with_capacity(values.len());
+        for (v, s) in values.into_iter().zip(&self.steps) {
+            match v {
+                Some(v) => steps.push(v),
+                None if s.truncated || s.empty => {
+                    if method.unscored_counts_as_zero() {
+                        steps.push(0.0)
+                    }
                 }
+                None => return Ok(None),
             }
-            steps
-        } else {
-            values.into_iter().flatten().collect()
-        };
-        Ok(method.step_agg(agg.step).apply(&steps))
+        }
+        Ok(method
+            .step_agg(agg.step)
+            .apply(&steps)
+            .filter(|v| v.is_finite()))
     }
 }
 
@@ -260,6 +270,12 @@ mod tests {
         assert_eq!(t.score(Method::ProgressAdvantage, mean).unwrap(), None);
         assert_eq!(t.score(Method::PolicyLogprob, mean).unwrap(), None);
         assert_eq!(t.score(Method::SelfCertainty, mean).unwrap(), Some(-1.5));
+        // The certainty baselines too: step 1 has tokens but no entropy.
+        assert_eq!(t.score(Method::Entropy, mean).unwrap(), None);
+        // A score that overflows is no score.
+        let huge = traj(vec![step(Some(f64::MAX), None, None); 2]);
+        let sum = Aggregation::stored(StepAgg::Sum);
+        assert_eq!(huge.score(Method::ProgressAdvantage, sum).unwrap(), None);
     }
 
     #[test]
@@ -307,6 +323,15 @@ mod tests {
         assert_eq!(v, vec![Some(-2.0), Some(2.0 * (-0.5 - -2.0))]);
         let e = t.step_values(Method::Entropy, Some(TokenAgg::Max)).unwrap();
         assert_eq!(e, vec![Some(-1.5), Some(-1.0)]);
+        // A truncated step keeps no value when re-aggregated, and a step
+        // opening the sequence is aggregated from its other tokens.
+        let mut t = t;
+        t.steps[1].truncated = true;
+        t.steps[0].span = Some((0, 3));
+        let v = t
+            .step_values(Method::ProgressAdvantage, Some(TokenAgg::Min))
+            .unwrap();
+        assert_eq!(v, vec![Some(-2.0), None]);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sessions/{id}/steps", post(step))
         .route("/v1/sessions/{id}/fork", post(fork))
         .fallback(no_route)
+        .layer(middleware::from_fn(json_405))
         .layer(DefaultBodyLimit::max(state.max_request_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -296,6 +298,37 @@ async fn no_route(req: Request) -> ApiError {
     ))
 }
 
+/// The router's bare 405 (a known route, another method) as a JSON error
+/// like every other; the router adds the `Allow` header listing the
+/// methods the route takes, after this layer.
+async fn json_405(req: Request, next: Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let res = next.run(req).await;
+    if res.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return res;
+    }
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{what}: the route does not take this method (`Allow` lists those it takes)"),
+    )
+    .into_response()
+}
+
+/// A session id from the path; one that cannot be read (not UTF-8 once
+/// percent-decoded) is a JSON 400 like every other error.
+struct SessionId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| SessionId(id))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+    }
+}
+
 /// `POST /v1/score`: the records `padv score` would write, in order.
 async fn score(State(st): Shared, body: Body) -> Result<Response, ApiError> {
     let deadline = st.deadline();
@@ -378,7 +411,7 @@ async fn create_session(State(st): Shared, body: Body) -> Result<Response, ApiEr
     ))
 }
 
-async fn get_session(State(st): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_session(State(st): Shared, SessionId(id): SessionId) -> Result<Response, ApiError> {
     let (_, state) = st.locked_session(&id, st.deadline()).await?;
     let o = &state.opts;
     Ok(json_response(
@@ -399,7 +432,7 @@ async fn get_session(State(st): Shared, Path(id): Path<String>) -> Result<Respon
     ))
 }
 
-async fn delete_session(State(st): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn delete_session(State(st): Shared, SessionId(id): SessionId) -> Result<Response, ApiError> {
     let slot = st.sessions.remove(&id)?;
     // Wait for a step in flight, so one queued behind it sees the session closed.
     if let Ok(mut state) = tokio::time::timeout_at(st.deadline().into(), slot.state.lock()).await {
@@ -408,7 +441,11 @@ async fn delete_session(State(st): Shared, Path(id): Path<String>) -> Result<Res
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn fork(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn fork(
+    State(st): Shared,
+    SessionId(id): SessionId,
+    body: Body,
+) -> Result<Response, ApiError> {
     api::parse_fork(&body_bytes(&st, body)?)?;
     let (_, state) = st.locked_session(&id, st.deadline()).await?;
     let copy = SessionState {
@@ -427,7 +464,11 @@ async fn fork(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<R
 }
 
 /// `POST /v1/sessions/{id}/steps`: append and score, or compare candidates.
-async fn step(State(st): Shared, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn step(
+    State(st): Shared,
+    SessionId(id): SessionId,
+    body: Body,
+) -> Result<Response, ApiError> {
     let deadline = st.deadline();
     let req = parse_step(&body_bytes(&st, body)?)?;
     let (slot, mut state) = st.locked_session(&id, deadline).await?;

@@ -227,7 +227,8 @@ pub struct Action {
     pub start: usize,
     /// Exclusive.
     pub end: usize,
-    /// The action lost tokens to `max_length` (left truncation). An action
+    /// The action lost tokens to `max_length` (left truncation), or the
+    /// prediction of its first token (the cut fell right before it). An action
     /// that rendered to no tokens at all is empty ([`Action::is_empty`]),
     /// not truncated.
     pub truncated: bool,
@@ -256,7 +257,9 @@ impl Encoded {
     }
 
     /// Keeps the last `max_length` tokens, shifting spans; an action that
-    /// loses tokens is kept and flagged `truncated`.
+    /// loses tokens is kept and flagged `truncated`, as is one cut right
+    /// before its first token, which then opens the sequence and has no
+    /// log-prob (nothing precedes it).
     pub fn truncate_left(&mut self, max_length: usize) {
         let len = self.token_ids.len();
         if len <= max_length {
@@ -265,7 +268,7 @@ impl Encoded {
         let cut = len - max_length;
         self.token_ids.drain(..cut);
         for a in &mut self.actions {
-            a.truncated |= a.start < cut;
+            a.truncated |= a.start < cut || (a.start == cut && !a.is_empty());
             a.start = a.start.saturating_sub(cut);
             a.end = a.end.saturating_sub(cut);
         }

@@ -54,7 +54,16 @@ pub fn read_records(path: &Path, format: Option<Format>) -> Result<Vec<Result<Re
         };
         let first = lines(bytes)
             .find_map(|(_, l)| std::str::from_utf8(l).ok().filter(|l| !l.trim().is_empty()));
-        if first.is_none_or(|l| serde_json::from_str::<Value>(l).is_err()) {
+        // Read as JSONL only when its first line is a record: a first line
+        // that is a document of its own (τ²-bench's `simulations`, a list)
+        // followed by more text is a damaged document, reported as such.
+        let record_line = first
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+            .is_some_and(|v| {
+                v.as_object()
+                    .is_some_and(|o| !o.contains_key("simulations"))
+            });
+        if !record_line {
             return Err(Error::input(file, not_a_document));
         }
     }
@@ -261,17 +270,31 @@ fn read_who_and_when_dir(dir: &Path) -> Result<Vec<Result<Record>>> {
     Ok(out)
 }
 
+/// The `.json` files under `dir`, through links; a link looping back to a
+/// folder above it is an error naming it, and a file reached by two paths
+/// is read once.
 fn collect_json_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.is_dir() {
-            collect_json_files(&path, out)?;
-        } else if path
+    let mut seen = std::collections::HashSet::new();
+    for entry in walkdir::WalkDir::new(dir).follow_links(true) {
+        let entry = entry.map_err(|e| {
+            let at = e.path().unwrap_or(dir).to_path_buf();
+            match e.into_io_error() {
+                Some(io) => Error::io(&at, io),
+                None => Error::input(
+                    at.display().to_string(),
+                    "a link loops back to a folder above it",
+                ),
+            }
+        })?;
+        let path = entry.path();
+        let is_json = path
             .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        {
-            out.push(path);
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        if entry.file_type().is_file() && is_json {
+            let real = path.canonicalize().map_err(|e| Error::io(path, e))?;
+            if seen.insert(real) {
+                out.push(path.to_path_buf());
+            }
         }
     }
     Ok(())
@@ -314,9 +337,15 @@ pub(crate) fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// An id as text: a string, or a number that JSON parsing kept exactly (an
+/// integer of 64 bits, or a float below 2^53); a longer integer, parsed as
+/// a float, would come out rounded and collide with its neighbours.
 fn id_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
+        Value::Number(n) if n.is_f64() && n.as_f64().is_none_or(|f| f.abs() >= 2f64.powi(53)) => {
+            None
+        }
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -376,7 +405,13 @@ fn parse_fields(
         Some(v) => Some(id_text(&v).ok_or_else(|| {
             Error::input(
                 loc,
-                format!("id: must be a string or a number, found {}", kind(&v)),
+                match v {
+                    Value::Number(n) => format!(
+                        "id: {n} is a number too large to keep exactly (integers beyond 64 bits \
+                         are read as rounded floats); give the id as a string"
+                    ),
+                    _ => format!("id: must be a string or a number, found {}", kind(&v)),
+                },
             )
         })?),
     };

@@ -68,6 +68,25 @@ pub fn encode(
     if let Some(max) = max_length {
         enc.truncate_left(max);
     }
+    // The sequence's first token has no log-prob (nothing precedes it): an
+    // action that opens the sequence is scored from its other tokens, and
+    // says so (a cut by `max_length` flags its own such action truncated).
+    if let Some(a) = enc
+        .actions
+        .iter()
+        .find(|a| a.start == 0 && !a.is_empty() && !a.truncated)
+    {
+        let rest = match a.len() - 1 {
+            0 => "the step has no scored token and no value".to_string(),
+            1 => "the step is scored from its other token".to_string(),
+            n => format!("the step is scored from its other {n} tokens"),
+        };
+        enc.warnings.push(format!(
+            "action {} opens the sequence: its first token has no log-prob (no token precedes \
+             it), so {rest}",
+            a.message_index
+        ));
+    }
     Ok(enc)
 }
 

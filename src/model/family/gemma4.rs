@@ -69,6 +69,12 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
         (None, None) => 512,
         (None, Some(_)) => match k.usize("global_head_dim")? {
             0 => c.head_dim,
+            g if g > super::MAX_HEAD_DIM => {
+                return Err(k.err(format!(
+                    "`global_head_dim` is {g}, beyond any model padv can load (≤ {})",
+                    super::MAX_HEAD_DIM
+                )));
+            }
             g => g,
         },
     };

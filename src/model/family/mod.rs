@@ -73,6 +73,9 @@ pub fn describe(v: &Value, path: &Path) -> Result<Config> {
     Ok(cfg)
 }
 
+/// The widest attention head a config may declare (real models: ≤ 512).
+pub(crate) const MAX_HEAD_DIM: usize = 1 << 13;
+
 /// Keys every decoder reads the same way.
 struct Common {
     hidden: usize,
@@ -112,6 +115,7 @@ impl Common {
                 4096,
             ),
             ("hidden_size", hidden, 1 << 20),
+            ("head_dim", head_dim, MAX_HEAD_DIM),
             ("num_attention_heads", heads, 1 << 14),
             ("num_key_value_heads", kv_heads, 1 << 14),
             (

@@ -38,7 +38,7 @@ pub(super) fn describe(top: Keys, arch_name: &str) -> Result<Config> {
     k.reject("rope_scaling", &[], "use `rope_parameters`")?;
 
     // RoPE: the first `partial_rotary_factor` of each head's dims.
-    let params = k.get("rope_parameters").filter(|p| p.is_object());
+    let params = k.object("rope_parameters")?;
     let (theta, scaling) = rope::parse(k, params, c.max_positions)?;
     if scaling != RopeScaling::None {
         return Err(k.err(format!(
