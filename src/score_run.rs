@@ -5,6 +5,8 @@
 //! a record that cannot be read or scored is `{"id", "error"}` in its place.
 //! The run ends with a [`Summary`] (on stderr when `--output` is used).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
@@ -73,6 +75,27 @@ impl Sink {
     }
 }
 
+/// Where each record id was first seen. A repeated id is a warning on the
+/// record that repeats it: output joined to input by id would mix the two.
+#[derive(Default)]
+struct Ids(HashMap<String, String>);
+
+impl Ids {
+    fn repeat(&mut self, r: &Record) -> Option<String> {
+        match self.0.entry(r.id.clone()) {
+            Entry::Occupied(first) => Some(format!(
+                "the id `{}` is also the id of {}: join the output to the input by line, not by id",
+                r.id,
+                first.get()
+            )),
+            Entry::Vacant(slot) => {
+                slot.insert(r.location.clone());
+                None
+            }
+        }
+    }
+}
+
 pub fn score(a: ScoreArgs) -> Result<()> {
     let input = input_or_demo(&a.input)?;
     if let Some(o) = a.output.as_deref().filter(|o| o.as_os_str() != "-") {
@@ -98,6 +121,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let bar = progress(records.len());
     let start = Instant::now();
     let mut summary = Summary::default();
+    let mut seen = Ids::default();
     let mut records = records.into_iter();
     let outcome = loop {
         let slice: Vec<padv::Result<Record>> = records.by_ref().take(SLICE).collect();
@@ -118,18 +142,23 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         };
         let mut per_alpha: Vec<_> = per_alpha.into_iter().map(Vec::into_iter).collect();
         let mut failed = None;
-        let mut ids = ok.iter().map(|r| r.id.clone());
+        let repeats: Vec<Option<String>> = ok.iter().map(|r| seen.repeat(r)).collect();
+        let mut ids = ok.iter().map(|r| r.id.clone()).zip(repeats);
         let lines = unread.into_iter().flat_map(|slot| -> Vec<Line> {
             match slot {
                 None => {
-                    let id = ids.next().expect("one result per record");
+                    let (id, repeat) = ids.next().expect("one result per record");
                     per_alpha
                         .iter_mut()
                         .map(|results| {
-                            results
+                            let mut line = results
                                 .next()
                                 .expect("one result per record")
-                                .map_err(|e| (Some(id.clone()), e))
+                                .map_err(|e| (Some(id.clone()), e));
+                            if let (Ok(s), Some(w)) = (&mut line, &repeat) {
+                                s.encoded.warnings.push(w.clone());
+                            }
+                            line
                         })
                         .collect()
                 }

@@ -40,8 +40,8 @@ impl fmt::Display for Summary {
         if self.warnings > 0 {
             write!(
                 f,
-                "\nwarnings: a chat template dropped tool calls from actions; --render plain \
-                 scores the calls as written, --strict makes such records errors"
+                "\nwarnings: each is printed above and kept in its record's `warnings`; \
+                 --strict makes a record whose render lost something an error"
             )?;
         }
         if self.stopped {

@@ -101,6 +101,38 @@ fn error_records_keep_the_id_of_the_record_they_stand_for() {
     assert_eq!(ids, [Value::from("x7"), Value::from("12"), Value::Null]);
 }
 
+#[test]
+fn a_repeated_id_is_a_warning_on_the_record_that_repeats_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = demo_lines(3);
+    let mut third: Value = serde_json::from_str(&lines[2]).unwrap();
+    let first: Value = serde_json::from_str(&lines[0]).unwrap();
+    third["id"] = first["id"].clone();
+    lines[2] = third.to_string();
+    let input = write(dir.path(), "in.jsonl", lines.join("\n").as_bytes());
+    let out = dir.path().join("out.jsonl");
+    let run = succeed(
+        padv()
+            .args(["score", "--device", "cpu", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&out),
+    );
+    let written = output_lines(&out);
+    assert_eq!(written.len(), 3, "the record is scored all the same");
+    assert!(written[..2].iter().all(|r| r.get("warnings").is_none()));
+    let w = written[2]["warnings"][0].as_str().unwrap();
+    assert!(
+        w.contains("is also the id of") && w.contains("in.jsonl:1"),
+        "{w}"
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("in.jsonl:3 (id") && stderr.contains("1 warnings"),
+        "{stderr}"
+    );
+}
+
 /// The scored demo with a first line that is not JSON and a line that is
 /// not UTF-8.
 fn damaged_scored_file(dir: &Path) -> PathBuf {
