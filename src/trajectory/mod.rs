@@ -13,6 +13,7 @@
 //! Every field of an input record that is not consumed here is kept, in
 //! order, in [`Record::passthrough`] for the output.
 
+mod fields;
 mod python;
 mod read;
 mod render;
@@ -22,10 +23,11 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-pub(crate) use read::json_index;
+pub(crate) use fields::json_index;
 #[cfg(feature = "serve")]
-pub(crate) use read::kind as json_kind;
-pub use read::{read_records, record_from_json};
+pub(crate) use fields::kind as json_kind;
+pub use fields::record_from_json;
+pub use read::read_records;
 pub use render::{encode, render_text};
 
 use crate::{Error, Result};
