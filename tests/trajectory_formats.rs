@@ -486,7 +486,7 @@ fn the_plain_renderer_is_the_default_without_a_chat_template() {
 }
 
 #[test]
-fn an_action_opening_the_sequence_is_scored_from_its_other_tokens_and_warned_of() {
+fn an_action_that_is_the_first_token_alone_is_warned_of() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.jsonl");
     let lines = [
@@ -500,14 +500,13 @@ fn an_action_opening_the_sequence_is_scored_from_its_other_tokens_and_warned_of(
         .iter()
         .map(|r| encode(r, &tok, RenderMode::Plain, None).unwrap().warnings)
         .collect();
-    assert_eq!(warnings[0].len(), 1);
+    // Opening the sequence with more tokens: scored from the others, as the
+    // paper's shifted labels do, without a word.
+    assert!(warnings[0].is_empty(), "{warnings:?}");
+    assert_eq!(warnings[1].len(), 1, "{warnings:?}");
     assert!(
-        warnings[0][0].contains("action 0 opens the sequence")
-            && warnings[0][0].contains("scored from its other 2 tokens"),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings[1][0].contains("no scored token and no value"),
+        warnings[1][0].contains("action 0 is the sequence's first token alone")
+            && warnings[1][0].contains("no value"),
         "{warnings:?}"
     );
     assert!(warnings[2].is_empty(), "{warnings:?}");

@@ -69,21 +69,18 @@ pub fn encode(
         enc.truncate_left(max);
     }
     // The sequence's first token has no log-prob (nothing precedes it): an
-    // action that opens the sequence is scored from its other tokens, and
-    // says so (a cut by `max_length` flags its own such action truncated).
+    // action that opens the sequence is scored from its other tokens, as the
+    // paper's shifted labels do (a plain render without BOS starts with the
+    // agent's first message). One that is that token alone has no value,
+    // which leaves the trajectory unscored: that is said.
     if let Some(a) = enc
         .actions
         .iter()
-        .find(|a| a.start == 0 && !a.is_empty() && !a.truncated)
+        .find(|a| a.start == 0 && a.len() == 1 && !a.truncated)
     {
-        let rest = match a.len() - 1 {
-            0 => "the step has no scored token and no value".to_string(),
-            1 => "the step is scored from its other token".to_string(),
-            n => format!("the step is scored from its other {n} tokens"),
-        };
         enc.warnings.push(format!(
-            "action {} opens the sequence: its first token has no log-prob (no token precedes \
-             it), so {rest}",
+            "action {} is the sequence's first token alone, which has no log-prob (no token \
+             precedes it): the step has no value and the trajectory no score",
             a.message_index
         ));
     }
