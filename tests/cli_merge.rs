@@ -262,24 +262,31 @@ fn narrow_policy(dir: &Path) -> PathBuf {
     out
 }
 
-#[test]
-fn a_policy_of_another_shape_is_refused_naming_the_tensor() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = narrow_policy(dir.path());
-    let out = padv()
-        .args(["score", "--device", "cpu", "--output", "-", "--policy"])
-        .arg(&policy)
+/// `padv score` of the tiny trajectories with `policy` merged linearly
+/// into `reference` at `alpha`.
+fn merge_cmd(policy: &Path, reference: &Path, alpha: &str) -> Command {
+    let mut cmd = padv();
+    cmd.args(["score", "--device", "cpu", "--output", "-", "--policy"])
+        .arg(policy)
         .arg("--reference")
-        .arg(fixtures().join("models/llama/ref"))
+        .arg(reference)
         .arg("--input")
         .arg(fixtures().join("inputs/tiny_trajectories.jsonl"))
-        .args(["--merge", "linear", "--alpha", "0.5"])
+        .args(["--merge", "linear", "--alpha", alpha]);
+    cmd
+}
+
+#[test]
+fn a_policy_of_another_shape_is_refused_naming_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = narrow_policy(dir.path());
+    let out = merge_cmd(&policy, &fixtures().join("models/llama/ref"), "0.5")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("mlp.") && err.contains("proj.weight") && err.contains("cannot merge"),
+        err.contains("cannot merge") && err.contains("layer 0: intermediate_size 88 against 176"),
         "{err}"
     );
 }
@@ -316,4 +323,68 @@ fn eval_prints_a_table_per_alpha_from_raw_trajectories_and_from_a_sweep_file() {
         assert!(a < b);
     }
     assert_eq!(from_file, direct, "the same tables either way");
+}
+
+/// A copy of fixture checkpoint `from` in `dir/name`, its config.json
+/// edited by `edit`.
+fn edited_copy(from: &Path, dir: &Path, name: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    let path = to.join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(&path, c.to_string()).unwrap();
+    to
+}
+
+#[test]
+fn a_merge_of_checkpoints_describing_different_networks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("models/llama");
+    let refused = |policy: &Path, reference: &Path, needle: &str| {
+        let out = merge_cmd(policy, reference, "1").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{needle}: {err}");
+        assert!(
+            err.contains("describe different networks") && err.contains(needle),
+            "{needle}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{needle}: nothing scored");
+    };
+    // Same shapes, another RoPE: α = 1 would not be the policy.
+    let theta = edited_copy(&llama.join("trained"), dir.path(), "theta", |c| {
+        c["rope_theta"] = 500000.0.into()
+    });
+    refused(&theta, &llama.join("ref"), "layer 0: RoPE");
+    let heads = edited_copy(&llama.join("trained"), dir.path(), "heads", |c| {
+        c["num_attention_heads"] = 8.into();
+        c["num_key_value_heads"] = 4.into();
+        c["head_dim"] = 8.into();
+    });
+    refused(
+        &heads,
+        &llama.join("ref"),
+        "num_attention_heads 8 against 4",
+    );
+    // A reference that ties its LM head to the embedding: the policy's own
+    // LM head would never be merged.
+    let tied = edited_copy(&llama.join("ref"), dir.path(), "tied", |c| {
+        c["tie_word_embeddings"] = true.into()
+    });
+    let weights = tied.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<_> = (st.tensors().into_iter())
+        .filter(|(n, _)| n != "lm_head.weight")
+        .collect();
+    safetensors::serialize_to_file(kept, None, &weights).unwrap();
+    refused(
+        &llama.join("trained"),
+        &tied,
+        "tie_word_embeddings false against true",
+    );
 }

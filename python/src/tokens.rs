@@ -20,10 +20,10 @@ pub(crate) fn score_tokens<'py>(
     action_mask: &Bound<'py, PyAny>,
     attention_mask: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (ids, two_d) = rows::<i64>(py, token_ids, "int64", "token_ids")?;
-    let (mask, _) = rows::<bool>(py, action_mask, "bool", "action_mask")?;
+    let (ids, two_d) = id_rows(py, token_ids)?;
+    let mask = mask_rows(py, action_mask, "action_mask")?;
     let attn = match attention_mask {
-        Some(a) => Some(rows::<bool>(py, a, "bool", "attention_mask")?.0),
+        Some(a) => Some(mask_rows(py, a, "attention_mask")?),
         None => None,
     };
     let same_shape = |name: &str, other: &[Vec<bool>]| -> PyResult<()> {
@@ -84,11 +84,14 @@ pub(crate) fn score_tokens<'py>(
             &t.entropy_policy,
             &t.self_certainty,
         ];
+        // `max_length` keeps the last tokens: the first `cut` kept positions
+        // were not scored and stay NaN.
+        let cut = kept[i].len() - s.encoded.token_ids.len();
         for (field, src) in fields.iter_mut().zip(sources) {
             let mut row = vec![f32::NAN; ids[i].len()];
-            for (k, &pos) in kept[i].iter().enumerate() {
+            for (&pos, &v) in kept[i][cut..].iter().zip(src.iter()) {
                 if mask[i][pos] {
-                    row[pos] = src[k];
+                    row[pos] = v;
                 }
             }
             field.push(row);
@@ -128,14 +131,13 @@ fn runs(mask: impl Iterator<Item = bool>) -> Vec<[usize; 2]> {
     spans
 }
 
-/// Rows of a one-sequence-per-row input (each through
-/// `np.ascontiguousarray(row, dtype)`), and whether the input was 2-D.
-fn rows<'py, T: numpy::Element + Copy>(
+/// Each row of a one-sequence-per-row input as a 1-D NumPy array (of its
+/// own dtype), and whether the input was 2-D.
+fn arrays<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
-    dtype: &str,
     name: &str,
-) -> PyResult<(Vec<Vec<T>>, bool)> {
+) -> PyResult<(Vec<Bound<'py, PyAny>>, bool)> {
     let np = py.import("numpy")?;
     let two_d = obj
         .getattr("ndim")
@@ -144,16 +146,100 @@ fn rows<'py, T: numpy::Element + Copy>(
         == Some(2);
     let mut out = Vec::new();
     for (i, row) in obj.try_iter()?.enumerate() {
-        let at = || format!("{name}[{i}]");
         let arr = np
-            .call_method1("ascontiguousarray", (row?, dtype))
-            .map_err(|e| bad_arg(&at(), e.value(py)))?;
-        let arr = arr
-            .cast_into::<PyArray1<T>>()
-            .map_err(|_| bad_arg(&at(), "expected a 1-D sequence"))?;
-        out.push(arr.readonly().as_slice()?.to_vec());
+            .call_method1("asarray", (row?,))
+            .map_err(|e| bad_arg(&format!("{name}[{i}]"), e.value(py)))?;
+        if arr.getattr("ndim")?.extract::<usize>()? != 1 {
+            return Err(bad_arg(&format!("{name}[{i}]"), "expected a 1-D sequence"));
+        }
+        out.push(arr);
     }
     Ok((out, two_d))
+}
+
+/// `arr` as a contiguous 1-D array of `dtype` (a lossless cast, checked
+/// by the caller), copied out.
+fn values<T: numpy::Element + Copy>(arr: &Bound<'_, PyAny>, dtype: &str) -> PyResult<Vec<T>> {
+    let arr = arr
+        .py()
+        .import("numpy")?
+        .call_method1("ascontiguousarray", (arr, dtype))?;
+    let arr = arr.cast_into::<PyArray1<T>>()?;
+    Ok(arr.readonly().as_slice()?.to_vec())
+}
+
+/// `AT: WHAT, not DTYPE`.
+fn wrong_dtype(arr: &Bound<'_, PyAny>, at: &str, what: &str) -> PyResult<PyErr> {
+    let dtype = arr.getattr("dtype")?.str()?;
+    Ok(bad_arg(at, format!("{what}, not {dtype}")))
+}
+
+fn kind(arr: &Bound<'_, PyAny>) -> PyResult<String> {
+    arr.getattr("dtype")?.getattr("kind")?.extract()
+}
+
+/// Token ids: integers of any width, never floats or booleans cast to one
+/// (an empty row may have any dtype).
+fn id_rows(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<(Vec<Vec<i64>>, bool)> {
+    let (rows, two_d) = arrays(py, obj, "token_ids")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, arr) in rows.iter().enumerate() {
+        let row = match kind(arr)?.as_str() {
+            _ if arr.len()? == 0 => Vec::new(),
+            "i" => values::<i64>(arr, "int64")?,
+            "u" => {
+                let wide = values::<u64>(arr, "uint64")?;
+                let mut row = Vec::with_capacity(wide.len());
+                for (t, v) in wide.into_iter().enumerate() {
+                    row.push(i64::try_from(v).map_err(|_| {
+                        bad_arg(
+                            &format!("token_ids[{i}][{t}]"),
+                            format!("{v} is not a token id"),
+                        )
+                    })?);
+                }
+                row
+            }
+            _ => {
+                return Err(wrong_dtype(
+                    arr,
+                    &format!("token_ids[{i}]"),
+                    "token ids are integers",
+                )?);
+            }
+        };
+        out.push(row);
+    }
+    Ok((out, two_d))
+}
+
+/// A mask: booleans, or numbers that are each 0 or 1.
+fn mask_rows(py: Python<'_>, obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<Vec<bool>>> {
+    let (rows, _) = arrays(py, obj, name)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, arr) in rows.iter().enumerate() {
+        let row = match kind(arr)?.as_str() {
+            _ if arr.len()? == 0 => Vec::new(),
+            "b" => values::<bool>(arr, "bool")?,
+            "i" | "u" | "f" => {
+                let v = values::<f64>(arr, "float64")?;
+                if let Some(t) = v.iter().position(|&x| x != 0.0 && x != 1.0) {
+                    let given = arr.get_item(t)?.str()?;
+                    return Err(bad_arg(
+                        &format!("{name}[{i}][{t}]"),
+                        format!("{given} is not 0 or 1 (a mask holds booleans or 0/1)"),
+                    ));
+                }
+                v.into_iter().map(|x| x == 1.0).collect()
+            }
+            _ => {
+                let at = format!("{name}[{i}]");
+                return Err(wrong_dtype(arr, &at, "a mask holds booleans or 0/1")?);
+            }
+        };
+        out.push(row);
+    }
+    Ok(out)
 }
 
 /// Per-row arrays as a list of 1-D arrays, or, for a 2-D input, one 2-D

@@ -70,3 +70,31 @@ def test_a_row_without_response_tokens_has_no_steps(toy):
     out = toy.score_tokens([[3, 4, 5, 6]], [[0, 0, 0, 0]])
     assert out["step_advantage"][0].shape == (0,)
     assert np.isnan(out["score"][0]) and np.isnan(out["logp_policy"][0]).all()
+
+
+def test_values_that_are_not_ids_or_mask_bits_are_refused_not_cast(toy):
+    with pytest.raises(padv.PadvError, match=r"token_ids\[0\]: token ids are integers, not float64"):
+        toy.score_tokens(np.array([[1.7, 2.2, 3.0]]), [[0, 1, 1]])
+    with pytest.raises(padv.PadvError, match=r"token_ids\[0\]\[1\]: 18446744073709551615 is not"):
+        toy.score_tokens(np.array([[1, 2**64 - 1]], dtype=np.uint64), [[0, 1]])
+    with pytest.raises(padv.PadvError, match=r"action_mask\[0\]\[1\]: 2 is not 0 or 1"):
+        toy.score_tokens([[1, 2, 3]], [[0, 2, 1]])
+    with pytest.raises(padv.PadvError, match=r"attention_mask\[0\]\[0\]: -1 is not 0 or 1"):
+        toy.score_tokens([[1, 2, 3]], [[0, 1, 1]], attention_mask=[[-1, 1, 1]])
+    # Narrower integer types, unsigned ids and float 0/1 masks are exact.
+    a = toy.score_tokens(np.array([[5, 6, 7, 8]], dtype=np.uint16), np.array([[0, 0, 1.0, 1.0]]))
+    b = toy.score_tokens([[5, 6, 7, 8]], [[False, False, True, True]])
+    np.testing.assert_array_equal(a["logp_policy"][0], b["logp_policy"][0])
+
+
+def test_max_length_leaves_the_cut_positions_unscored(tokenized):
+    r = tokenized[0]
+    ids, mask = r["token_ids"], r["action_mask"]
+    keep = 5 + int(np.argmax(mask[::-1] == 0))  # the last few tokens, an action among them
+    cut = padv.Scorer(TOY_POLICY, TOY_REFERENCE, device="cpu", max_length=keep)
+    out = cut.score_tokens([ids], [mask])
+    got = out["logp_policy"][0]
+    assert np.isnan(got[: len(ids) - keep]).all()
+    # The kept tokens score as that suffix scored alone.
+    alone = cut.score_tokens([ids[-keep:]], [mask[-keep:]])
+    np.testing.assert_array_equal(got[len(ids) - keep:], alone["logp_policy"][0])

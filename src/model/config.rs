@@ -329,6 +329,39 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The first way `other` describes another network than `self`, named
+    /// as in config.json (`None` when they match): what a merge needs equal,
+    /// since the merged reference runs the reference's network. The
+    /// vocabulary size and the context length may differ.
+    pub fn network_difference(&self, other: &Config) -> Option<String> {
+        let (a, b) = (self, other);
+        differ("architecture", &a.arch, &b.arch)
+            .or_else(|| differ("hidden_size", &a.hidden_size, &b.hidden_size))
+            .or_else(|| differ("num_hidden_layers", &a.num_layers, &b.num_layers))
+            .or_else(|| differ("rms_norm_eps", &a.rms_norm_eps, &b.rms_norm_eps))
+            .or_else(|| {
+                differ(
+                    "tie_word_embeddings",
+                    &a.tie_word_embeddings,
+                    &b.tie_word_embeddings,
+                )
+            })
+            .or_else(|| {
+                differ(
+                    "final_logit_softcapping",
+                    &a.final_logit_softcap,
+                    &b.final_logit_softcap,
+                )
+            })
+            .or_else(|| differ("norm", &a.norm, &b.norm))
+            .or_else(|| differ("embedding", &a.embed, &b.embed))
+            .or_else(|| {
+                (a.layers.iter().zip(&b.layers).enumerate()).find_map(|(i, (x, y))| {
+                    layer_difference(x, y).map(|d| format!("layer {i}: {d}"))
+                })
+            })
+    }
+
     /// Geometry the layer loop relies on: head counts, RoPE widths, K/V
     /// sharing sources, finite eps and soft-cap.
     fn validate(&self, path: &Path) -> Result<()> {
@@ -613,4 +646,46 @@ impl<'a> Keys<'a> {
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
+}
+
+/// `what: A against B` when the two differ.
+fn differ<T: PartialEq + std::fmt::Debug>(what: &str, a: &T, b: &T) -> Option<String> {
+    (a != b).then(|| format!("{what} {a:?} against {b:?}"))
+}
+
+fn layer_difference(a: &LayerDesc, b: &LayerDesc) -> Option<String> {
+    let mixer = match (&a.mixer, &b.mixer) {
+        (Mixer::Attention(x), Mixer::Attention(y)) => {
+            differ("num_attention_heads", &x.num_heads, &y.num_heads)
+                .or_else(|| differ("num_key_value_heads", &x.num_kv_heads, &y.num_kv_heads))
+                .or_else(|| differ("head_dim", &x.head_dim, &y.head_dim))
+                .or_else(|| differ("sliding_window", &x.window, &y.window))
+                .or_else(|| {
+                    (x.rope != y.rope).then(|| {
+                        "RoPE (`rope_theta`, its scaling or the rotary fraction) differs"
+                            .to_string()
+                    })
+                })
+                .or_else(|| differ("q/k norm", &x.qk_norm, &y.qk_norm))
+                .or_else(|| differ("attention bias", &x.bias, &y.bias))
+                .or_else(|| differ("attention scale", &x.scale, &y.scale))
+                .or_else(|| differ("K/V shared from layer", &x.kv_from, &y.kv_from))
+                .or_else(|| differ("v norm", &x.v_norm, &y.v_norm))
+                .or_else(|| differ("attention output gate", &x.output_gate, &y.output_gate))
+        }
+        (Mixer::GatedDeltaNet(x), Mixer::GatedDeltaNet(y)) => differ("linear attention", x, y),
+        _ => Some("attention against linear attention (`layer_types`)".to_string()),
+    };
+    mixer
+        .or_else(|| {
+            differ(
+                "intermediate_size",
+                &a.mlp.intermediate,
+                &b.mlp.intermediate,
+            )
+        })
+        .or_else(|| differ("hidden_act", &a.mlp.act, &b.mlp.act))
+        .or_else(|| differ("norms", &a.norms, &b.norms))
+        .or_else(|| differ("per-layer input", &a.per_layer_input, &b.per_layer_input))
+        .or_else(|| differ("layer scalar", &a.layer_scalar, &b.layer_scalar))
 }

@@ -385,6 +385,15 @@ impl MergePlan {
     /// in rows), and find each tensor's keep rule.
     pub fn new(reference: &Model, policy: Arc<Model>, opts: &MergeOptions) -> Result<MergePlan> {
         opts.validate()?;
+        if let Some(d) = policy.config.network_difference(&reference.config) {
+            return Err(Error::Incompatible(format!(
+                "cannot merge the policy {} into the reference {}: their config.json describe \
+                 different networks ({d}, policy against reference); a merged reference runs \
+                 the reference's network with merged weights, so both must describe the same one",
+                policy.dir.display(),
+                reference.dir.display()
+            )));
+        }
         let rw = reference.bind_stored();
         let vocab_rows: Vec<&str> = vec![rw.embed.name, rw.lm_head.name];
         let mut plan = MergePlan {
