@@ -32,7 +32,7 @@ use crate::score::{
     Aggregation, Method, ScoreSettings, ScoredTrajectory, StepScore, TokenScores, num,
 };
 use crate::tokenizer::TokenizerBundle;
-use crate::trajectory::{self, Body, Encoded, Record, RenderMode};
+use crate::trajectory::{self, Body, Encoded, Record, RenderMode, Warning};
 use crate::{Error, Result};
 
 /// Everything that shapes how records are scored.
@@ -580,8 +580,14 @@ impl Scorer {
         if let Some(m) = &s.merge {
             o.insert("alpha".into(), num(m.alpha));
         }
+        let texts = |ws: &mut dyn Iterator<Item = &Warning>| -> Vec<String> {
+            ws.map(|w| w.text.clone()).collect()
+        };
         if !s.encoded.warnings.is_empty() {
-            o.insert("warnings".into(), json!(s.encoded.warnings));
+            o.insert(
+                "warnings".into(),
+                json!(texts(&mut s.encoded.warnings.iter())),
+            );
         }
         if !s.is_trajectory() {
             arrays(&mut o);
@@ -592,7 +598,10 @@ impl Scorer {
             .iter()
             .enumerate()
             .map(|(k, st)| {
-                json!({
+                let mut about = (s.encoded.warnings.iter())
+                    .filter(|w| w.message.is_some() && w.message == st.message);
+                let warnings = texts(&mut about);
+                let mut step = json!({
                     "step": k,
                     "message": st.message,
                     "n_tokens": st.n_tokens,
@@ -604,7 +613,13 @@ impl Scorer {
                     "truncated": st.truncated,
                     "empty": st.empty,
                     "span": st.span.map(|(a, b)| json!([a, b])),
-                })
+                });
+                // The step's own warnings, so that a session step or a
+                // candidate answered alone still carries them.
+                if !warnings.is_empty() {
+                    step["warnings"] = json!(warnings);
+                }
+                step
             })
             .collect();
         o.insert("steps".into(), Value::Array(steps));

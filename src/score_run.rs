@@ -15,7 +15,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use padv::pipeline::{ScoredRecord, Scorer};
-use padv::trajectory::{Record, read_records};
+use padv::trajectory::{Record, Warning, read_records};
 
 use crate::commands::{OnError, ScoreArgs, input_or_demo, progress};
 use crate::output::{Output, refuse_input};
@@ -156,7 +156,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
                                 .expect("one result per record")
                                 .map_err(|e| (Some(id.clone()), e));
                             if let (Ok(s), Some(w)) = (&mut line, &repeat) {
-                                s.encoded.warnings.push(w.clone());
+                                s.encoded.warnings.push(Warning::record(w.clone()));
                             }
                             line
                         })

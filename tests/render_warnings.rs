@@ -65,6 +65,12 @@ fn a_template_that_drops_tool_calls_is_reported_per_record_and_in_the_summary() 
     }
     assert!(stderr.contains("0 errors, 1 warnings"), "{stderr}");
     assert_eq!(lines[0]["warnings"].as_array().map(Vec::len), Some(1));
+    // The step of message 2 carries it too; the other steps nothing.
+    for step in lines[0]["steps"].as_array().unwrap() {
+        let own = step.get("warnings").map(|w| w.as_array().unwrap().len());
+        let want = (step["message"] == 2).then_some(1);
+        assert_eq!(own, want, "{step}");
+    }
     assert!(lines[0]["score"].is_number());
 }
 

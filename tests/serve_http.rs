@@ -300,18 +300,20 @@ fn sessions_open_step_compare_fork_and_close() {
     server.shutdown().unwrap();
 }
 
+/// Opens an empty session (checked against openapi.json); its id.
+fn open_session(http: &mut padv::serve::client::Client) -> String {
+    let opened = http.post_json("/v1/sessions", &json!({})).unwrap();
+    checked(&opened, "POST", "/v1/sessions")["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn malformed_and_invalid_bodies_are_400_and_name_the_field() {
     let server = start(|_| {});
     let mut http = client(&server);
-    let id = http
-        .post_json("/v1/sessions", &json!({}))
-        .unwrap()
-        .json()
-        .unwrap()["session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = open_session(&mut http);
     let steps = format!("/v1/sessions/{id}/steps");
     let cases: Vec<(&str, &str, &[u8], &str)> = vec![
         ("/v1/score", "/v1/score", b"{\"trajectories\": [", "body"),
@@ -595,11 +597,7 @@ fn a_request_past_the_timeout_answers_504_and_later_requests_are_served() {
 fn a_step_longer_than_the_context_is_422_and_sessions_past_the_limit_are_429() {
     let server = start(|c| c.max_sessions = 1);
     let mut http = client(&server);
-    let opened = http.post_json("/v1/sessions", &json!({})).unwrap();
-    let id = checked(&opened, "POST", "/v1/sessions")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = open_session(&mut http);
     let full = http.post_json("/v1/sessions", &json!({})).unwrap();
     assert_eq!(full.status, 429);
     assert!(full.header("retry-after").is_some());
@@ -625,5 +623,37 @@ fn a_step_longer_than_the_context_is_422_and_sessions_past_the_limit_are_429() {
     );
     let ok = http.post_json(&path, &json!({"action": "wait"})).unwrap();
     assert_eq!(ok.status, 200, "{}", ok.text());
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_session_step_whose_tool_call_the_template_drops_says_so() {
+    let server = start(|_| {});
+    let mut http = client(&server);
+    let id = open_session(&mut http);
+    let steps = format!("/v1/sessions/{id}/steps");
+    // The toyworld template writes no tool calls: the action is scored
+    // as a bare end of turn, which the step (and each candidate) says.
+    let call = json!({"role": "assistant", "content": "",
+                      "tool_calls": [{"function": {"name": "look", "arguments": {}}}]});
+    let plain = json!({"role": "assistant", "content": "go north"});
+    let r = http
+        .post_json(&steps, &json!({"observation": "hi", "action": call}))
+        .unwrap();
+    let r = checked(&r, "POST", "/v1/sessions/{id}/steps");
+    let w = r["steps"][0]["warnings"][0].as_str().unwrap_or_default();
+    assert!(w.contains("dropped the tool call `look`"), "{r}");
+    let r = http
+        .post_json(
+            &steps,
+            &json!({"observation": "again", "candidates": [plain, call]}),
+        )
+        .unwrap();
+    let r = checked(&r, "POST", "/v1/sessions/{id}/steps");
+    assert!(r["candidates"][0].get("warnings").is_none(), "{r}");
+    let w = r["candidates"][1]["warnings"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(w.contains("dropped the tool call `look`"), "{r}");
     server.shutdown().unwrap();
 }

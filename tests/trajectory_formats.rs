@@ -498,7 +498,10 @@ fn an_action_that_is_the_first_token_alone_is_warned_of() {
     let tok = tiny("qwen3");
     let warnings: Vec<Vec<String>> = read_ok(&path)
         .iter()
-        .map(|r| encode(r, &tok, RenderMode::Plain, None).unwrap().warnings)
+        .map(|r| {
+            let enc = encode(r, &tok, RenderMode::Plain, None).unwrap();
+            enc.warnings.iter().map(|w| w.text.clone()).collect()
+        })
         .collect();
     // Opening the sequence with more tokens: scored from the others, as the
     // paper's shifted labels do, without a word.

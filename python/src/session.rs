@@ -88,7 +88,8 @@ impl Session {
     /// Add ``messages`` (typically an observation and an action) and return
     /// the scores of the action steps among them: a list of step dicts
     /// (``step``, ``message``, ``advantage``, ``logp_policy``, ``logp_reference``,
-    /// ``entropy``, ``self_certainty``, ``n_tokens``, ``truncated``, ``empty``, ``span``).
+    /// ``entropy``, ``self_certainty``, ``n_tokens``, ``truncated``, ``empty``, ``span``,
+    /// and ``warnings`` when the render lost something of the action).
     /// The session is unchanged when scoring fails.
     fn append(&self, py: Python<'_>, messages: &Bound<'_, PyAny>) -> PyResult<Vec<Py<PyAny>>> {
         let messages = message_list(messages, "messages")?;

@@ -41,3 +41,16 @@ def test_a_bad_message_raises_and_changes_nothing(toy):
     assert len(session) == 2
     with pytest.raises(padv.PadvError, match="candidate 0"):
         session.candidates([{"role": "user", "content": "not an action"}])
+
+
+def test_a_step_whose_tool_call_the_template_drops_says_so(toy):
+    # The toyworld template writes no tool calls: the step says so, as
+    # `Scorer.score` does for the whole record.
+    call = {"role": "assistant", "content": "",
+            "tool_calls": [{"function": {"name": "look", "arguments": {}}}]}
+    session = toy.session([{"role": "user", "content": "hi"}])
+    [step] = session.append([call])
+    assert "dropped the tool call `look`" in step["warnings"][0]
+    plain, dropped = session.candidates([{"role": "assistant", "content": "go"}, call],
+                                        observation={"role": "user", "content": "again"})
+    assert "warnings" not in plain and "look" in dropped["warnings"][0]

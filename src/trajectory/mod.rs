@@ -218,7 +218,31 @@ pub struct Encoded {
     pub actions: Vec<Action>,
     /// What the render lost without failing, one sentence each, naming the
     /// message (`messages[3]: the chat template dropped the tool call …`).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Something a record lost without failing, and the message (or token
+/// span) it is about, when it is about one: its step carries it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub message: Option<usize>,
+    pub text: String,
+}
+
+impl Warning {
+    /// A warning about the record as a whole.
+    pub fn record(text: impl Into<String>) -> Warning {
+        Warning {
+            message: None,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// The tokens `token_ids[start..end]` of one step.

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use super::python;
 use super::template::{ChatTemplate, json_to_value};
-use super::{Action, Body, Chat, Encoded, Format, Message, Record, RenderMode};
+use super::{Action, Body, Chat, Encoded, Format, Message, Record, RenderMode, Warning};
 use crate::tokenizer::TokenizerBundle;
 use crate::{Error, Result};
 
@@ -78,11 +78,14 @@ pub fn encode(
         .iter()
         .find(|a| a.start == 0 && a.len() == 1 && !a.truncated)
     {
-        enc.warnings.push(format!(
-            "action {} is the sequence's first token alone, which has no log-prob (no token \
-             precedes it): the step has no value and the trajectory no score",
-            a.message_index
-        ));
+        enc.warnings.push(Warning {
+            message: Some(a.message_index),
+            text: format!(
+                "action {} is the sequence's first token alone, which has no log-prob (no token \
+                 precedes it): the step has no value and the trajectory no score",
+                a.message_index
+            ),
+        });
     }
     Ok(enc)
 }
@@ -260,11 +263,14 @@ fn encode_template(record: &Record, chat: &Chat, tok: &TokenizerBundle) -> Resul
             .iter()
             .filter(|c| !turn.contains(c.name.as_str()))
         {
-            warnings.push(format!(
-                "{field}[{i}]: the chat template dropped the tool call `{}`, so the action is \
-                 scored without it; --render plain writes the calls",
-                call.name
-            ));
+            warnings.push(Warning {
+                message: Some(i),
+                text: format!(
+                    "{field}[{i}]: the chat template dropped the tool call `{}`, so the action \
+                     is scored without it; --render plain writes the calls",
+                    call.name
+                ),
+            });
         }
     }
     Ok(Encoded {
