@@ -16,6 +16,7 @@ mod tokens;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use serde_json::Value;
 
 /// Records scored per call into the library between two signal checks: the
@@ -52,7 +53,44 @@ pub(crate) fn bad_arg(name: &str, e: impl std::fmt::Display) -> PyErr {
 /// A Python object (dict, list, str, number, …) as JSON; `what` names it
 /// in the error.
 pub(crate) fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
-    pythonize::depythonize(obj).map_err(|e| PadvError::new_err(format!("{what}: {e}")))
+    json_of(obj).map_err(|e| PadvError::new_err(format!("{what}: {e}")))
+}
+
+/// [`to_json`] without the name. NumPy arrays and scalars anywhere inside
+/// are taken as their `.tolist()` (a token-id array, an `np.int64` id).
+pub(crate) fn json_of(obj: &Bound<'_, PyAny>) -> Result<Value, String> {
+    match pythonize::depythonize(obj) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let plain = without_numpy(obj).map_err(|_| e.to_string())?;
+            pythonize::depythonize(&plain).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// `obj` with every NumPy value in its dicts, lists and tuples replaced by
+/// its `.tolist()`.
+fn without_numpy<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    use pyo3::types::{PyList, PyTuple};
+    let py = obj.py();
+    if obj.get_type().module()?.to_str()? == "numpy" {
+        return obj.call_method0("tolist");
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let out = PyDict::new(py);
+        for (k, v) in d.iter() {
+            out.set_item(k, without_numpy(&v)?)?;
+        }
+        return Ok(out.into_any());
+    }
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let items = obj
+            .try_iter()?
+            .map(|v| without_numpy(&v?))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(PyList::new(py, items)?.into_any());
+    }
+    Ok(obj.clone())
 }
 
 /// A JSON value as Python objects (dicts keep the key order).

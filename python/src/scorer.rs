@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::{Value, json};
 
-use crate::{PadvError, SLICE, as_path, bad_arg, to_json, to_py, to_py_err};
+use crate::{PadvError, SLICE, as_path, bad_arg, json_of, to_py, to_py_err};
 
 /// The keys of `padv score`'s token arrays, returned as NumPy arrays.
 const ARRAY_KEYS: [&str; 7] = [
@@ -286,12 +286,25 @@ pub(crate) fn read_input(
     let mut out = Vec::new();
     for (i, item) in records.try_iter()?.enumerate() {
         let location = format!("records[{i}]");
-        out.push(match to_json(&item?, &location) {
-            Ok(v) => record_from_json(v, &location),
-            Err(e) => Err(padv::Error::input(&location, e.value(py).to_string())),
+        let item = item?;
+        out.push(match (json_of(&item), non_finite_id(&item)) {
+            (_, Some(id)) => Err(padv::Error::input(
+                &location,
+                format!("id: {id} is not an id; give the id as a string"),
+            )),
+            (Ok(v), None) => record_from_json(v, &location),
+            (Err(e), None) => Err(padv::Error::input(&location, e)),
         });
     }
     Ok(out)
+}
+
+/// A record dict's `id` that is a float NaN or infinity (JSON has no such
+/// number: it would read as a record without an id).
+fn non_finite_id(item: &Bound<'_, PyAny>) -> Option<String> {
+    let id = item.cast::<PyDict>().ok()?.get_item("id").ok()??;
+    let f: f64 = id.extract().ok()?;
+    (!f.is_finite() && !id.is_instance_of::<pyo3::types::PyBool>()).then(|| f.to_string())
 }
 
 /// `on_error`: true for "raise", false for "skip".

@@ -7,12 +7,12 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use padv::trajectory::Record;
+use padv::trajectory::{ROLES, Record, json_kind};
 use pyo3::prelude::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::scorer::Scorer;
-use crate::{PadvError, to_json, to_py, to_py_err};
+use crate::{bad_arg, to_json, to_py, to_py_err};
 
 /// A conversation being scored step by step; open one with
 /// :meth:`Scorer.session`.
@@ -72,14 +72,59 @@ impl Session {
     }
 }
 
-/// A list of message dicts (a single dict is taken as a list of one).
+/// A list of message dicts (a single dict is taken as a list of one), each
+/// checked here so that an error names the argument (`messages[2].role`)
+/// rather than a position in the session.
 fn message_list(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<Value>> {
-    match to_json(obj, what)? {
-        Value::Array(v) => Ok(v),
-        v @ Value::Object(_) => Ok(vec![v]),
-        _ => Err(PadvError::new_err(format!(
-            "{what}: expected a list of message dicts"
-        ))),
+    messages_arg(obj, what, None)
+}
+
+/// Messages of argument `what`: a list, or one item. Items are message
+/// dicts with a known role; with `default_role`, a string is a message of
+/// that role too (as the HTTP session API takes them).
+fn messages_arg(
+    obj: &Bound<'_, PyAny>,
+    what: &str,
+    default_role: Option<&str>,
+) -> PyResult<Vec<Value>> {
+    let items = match to_json(obj, what)? {
+        Value::Array(v) => v,
+        v => vec![v],
+    };
+    (items.into_iter().enumerate())
+        .map(|(i, m)| message_arg(m, &format!("{what}[{i}]"), default_role))
+        .collect()
+}
+
+fn message_arg(m: Value, at: &str, default_role: Option<&str>) -> PyResult<Value> {
+    let role = match (&m, default_role) {
+        (Value::String(text), Some(role)) => return Ok(json!({"role": role, "content": text})),
+        (Value::Object(o), _) => o.get("role"),
+        (other, _) => {
+            let strings = if default_role.is_some() {
+                " or a string"
+            } else {
+                ""
+            };
+            return Err(bad_arg(
+                at,
+                format!(
+                    "expected a message dict{strings}, found {}",
+                    json_kind(other)
+                ),
+            ));
+        }
+    };
+    match role {
+        Some(Value::String(r)) if ROLES.contains(&r.as_str()) => Ok(m),
+        Some(Value::String(r)) => Err(bad_arg(
+            &format!("{at}.role"),
+            format!("unknown role `{r}` (expected {})", ROLES.join(", ")),
+        )),
+        _ => Err(bad_arg(
+            &format!("{at}.role"),
+            "missing (expected a string)",
+        )),
     }
 }
 
@@ -110,7 +155,9 @@ impl Session {
     }
 
     /// Score candidate next actions from this state without changing the
-    /// session: ``observation`` (a message dict, if any) then each action.
+    /// session: ``observation`` (a message dict, or a string taken as a user
+    /// message, if any) then each action (a message dict, or a string taken
+    /// as an assistant message).
     /// Returns one step dict per candidate, in order.
     #[pyo3(signature = (actions, *, observation=None))]
     fn candidates(
@@ -119,8 +166,20 @@ impl Session {
         actions: &Bound<'_, PyAny>,
         observation: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
-        let actions = message_list(actions, "actions")?;
-        let observation = observation.map(|o| to_json(o, "observation")).transpose()?;
+        let actions = messages_arg(actions, "actions", Some("assistant"))?;
+        let observation = match observation {
+            None => None,
+            Some(o) => match to_json(o, "observation")? {
+                Value::Array(_) => {
+                    return Err(bad_arg(
+                        "observation",
+                        "one message (a dict or a string), not a list: append earlier messages \
+                         with `append`",
+                    ));
+                }
+                v => Some(message_arg(v, "observation", Some("user"))?),
+            },
+        };
         let steps = py
             .detach(|| -> padv::Result<Vec<Value>> {
                 let (records, first_new) = self.lock().candidate_records(observation, actions)?;

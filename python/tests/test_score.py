@@ -100,6 +100,21 @@ def test_errors_in_a_list_name_the_record_by_index(toy):
         toy.score([{"id": "a", "messages": [], "x": object()}])
 
 
+def test_numpy_values_are_taken_and_a_nan_id_is_refused(toy):
+    import numpy as np
+    ids = [5, 6, 7, 8, 9]
+    plain = toy.score([{"id": "t", "token_ids": ids, "action_spans": [[2, 4]]}])
+    arrays = toy.score([{"id": np.int64(3), "token_ids": np.array(ids),
+                         "action_spans": np.array([[2, 4]])}])
+    assert arrays[0]["id"] == "3" and arrays[0]["steps"] == plain[0]["steps"]
+    with pytest.raises(padv.PadvError, match=r"^records\[0\]: id: NaN is not an id"):
+        toy.score([{"id": float("nan"), "text": "hi"}])
+    # The place is said once.
+    with pytest.raises(padv.PadvError) as e:
+        toy.score([{"id": "a", "messages": [], "x": object()}])
+    assert str(e.value).count("records[0]") == 1
+
+
 def test_bad_options_and_paths_are_python_exceptions():
     with pytest.raises(padv.PadvError, match="beta"):
         padv.Scorer(TOY_POLICY, TOY_REFERENCE, beta=float("inf"))

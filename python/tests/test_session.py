@@ -54,3 +54,21 @@ def test_a_step_whose_tool_call_the_template_drops_says_so(toy):
     plain, dropped = session.candidates([{"role": "assistant", "content": "go"}, call],
                                         observation={"role": "user", "content": "again"})
     assert "warnings" not in plain and "look" in dropped["warnings"][0]
+
+
+def test_bad_arguments_are_named_and_strings_are_messages(toy):
+    messages = read_jsonl(DEMO)[0]["messages"]
+    session = toy.session(messages[:2])
+    with pytest.raises(padv.PadvError, match=r"^actions\[1\]\.role: unknown role `robot`"):
+        session.candidates(["go north", {"role": "robot", "content": "x"}])
+    with pytest.raises(padv.PadvError, match=r"^actions\[0\]: expected a message dict or a string"):
+        session.candidates([3])
+    with pytest.raises(padv.PadvError, match=r"^observation: one message"):
+        session.candidates(["go"], observation=[messages[2], messages[2]])
+    with pytest.raises(padv.PadvError, match=r"^messages\[0\]: expected a message dict"):
+        session.append(["hi"])
+    # Strings are an assistant action and a user observation, as over HTTP.
+    a = session.candidates(["go north"], observation="you see a door")
+    b = session.candidates([{"role": "assistant", "content": "go north"}],
+                           observation={"role": "user", "content": "you see a door"})
+    assert a == b and len(session) == 2

@@ -9,7 +9,8 @@ use super::python;
 use super::{Body, Chat, Format, Message, Record, ToolCall};
 use crate::{Error, Result};
 
-const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+/// The message roles a chat may hold.
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 /// How a Who&When file was found: its split (from the folder) and its path
 /// relative to the directory read (kept as the `file` passthrough field).
@@ -29,7 +30,7 @@ pub(super) fn into_object(value: Value, loc: &str) -> Result<Map<String, Value>>
 }
 
 /// How a JSON value's type reads in an error message ("a list", "null").
-pub(crate) fn kind(v: &Value) -> &'static str {
+pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -24,9 +24,8 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 pub(crate) use fields::json_index;
-#[cfg(feature = "serve")]
-pub(crate) use fields::kind as json_kind;
-pub use fields::record_from_json;
+pub use fields::kind as json_kind;
+pub use fields::{ROLES, record_from_json};
 pub use read::read_records;
 pub use render::{encode, render_text};
 
