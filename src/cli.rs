@@ -73,12 +73,13 @@ pub struct BenchArgs {
     /// Sequence lengths to time.
     #[arg(long, value_delimiter = ',', default_value = "512,1024,4096", value_parser = crate::commands::at_least_one)]
     pub tokens: Vec<usize>,
-    #[arg(long, default_value = "bf16")]
+    /// The synthesized pair's weight dtype (not for `--policy`/`--reference`).
+    #[arg(long, default_value = "bf16", conflicts_with_all = ["policy", "reference"])]
     pub dtype: DType,
     #[arg(long, default_value = "auto")]
     pub device: Device,
     /// Timed repetitions per figure (best is reported).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::commands::at_least_one)]
     pub repeats: usize,
     /// Also write the figures as JSON.
     #[arg(long)]
@@ -88,8 +89,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
     pub compute_dtype: Vec<ComputeDtype>,
     /// Measure the KV-prefix cache instead: agent trajectories scored step by
-    /// step and rollouts sharing a task prompt, cache off vs on.
-    #[arg(long)]
+    /// step and rollouts sharing a task prompt, cache off vs on (its own
+    /// lengths and compute mode: `--tokens` and `--compute-dtype` do not apply).
+    #[arg(long, conflicts_with_all = ["tokens", "compute_dtype"])]
     pub prefix_cache: bool,
 }
 

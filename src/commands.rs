@@ -22,7 +22,7 @@ use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::tokenizer::TokenizerBundle;
 use padv::trajectory::{Format, Record, RenderMode, read_records};
 
-use crate::output::{Output, refuse_input};
+use crate::output::{Output, refuse_input, refuse_input_as};
 
 /// `--input`, or the bundled demo trajectories (the embedded default:
 /// [`padv::toyworld`]).
@@ -562,6 +562,20 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             vec![toy.join("demo_ref.jsonl"), toy.join("demo_trained.jsonl")]
         }
     };
+    if let Some(o) = &a.app.output {
+        bail!(
+            "--output {}: eval prints its tables on stdout (redirect it) and writes files with \
+             --json and --report",
+            o.display()
+        );
+    }
+    // No file option may name an input: each is written once its input is read.
+    let sources: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    for (flag, path) in [("--json", &a.json), ("--report", &a.report)] {
+        if let Some(p) = path {
+            refuse_input_as(flag, p, &sources)?;
+        }
+    }
     let mut json_out = serde_json::Map::new();
     for input in &inputs {
         for (alpha, set) in scored_sets(&a.app, a.sweep, input)? {
@@ -630,6 +644,7 @@ fn eval_set(
         if let Some(alpha) = alpha {
             path = alpha_suffixed(&path, alpha);
         }
+        refuse_input_as("--report", &path, &[input])?;
         let opts = ReportOptions {
             title: format!("padv evaluation — {}{}", input.display(), at_alpha(alpha)),
             ..ReportOptions::default()

@@ -83,8 +83,32 @@ fn snapshot(
         return Err(not_cached(spec, org, name, revision, &why));
     }
     let rev = revision.unwrap_or("main");
+    // A revision names a branch, tag or commit inside the cache entry: never
+    // a path out of it (`..`, an absolute path).
+    let inside = |s: &str| {
+        !s.is_empty()
+            && Path::new(s)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+    };
+    if !inside(rev) {
+        return Err(Error::config(
+            spec,
+            format!("revision `{rev}` is not a branch, tag or commit name"),
+        ));
+    }
     let snapshots = repo.join("snapshots");
     let hash = match std::fs::read_to_string(repo.join("refs").join(rev)) {
+        Ok(hash) if !inside(hash.trim()) || hash.trim().contains('/') => {
+            return Err(Error::config(
+                spec,
+                format!(
+                    "refs/{rev} of the cached {org}/{name} does not name a commit ({:?}); fetch it \
+                     again with `huggingface-cli download {org}/{name}`",
+                    hash.trim()
+                ),
+            ));
+        }
         Ok(hash) => hash.trim().to_string(),
         Err(_) if snapshots.join(rev).is_dir() => rev.to_string(),
         Err(_) => {

@@ -59,11 +59,16 @@ impl Write for Output {
 /// An error when `path` is one of `inputs` (the same file, through a link
 /// or not).
 pub fn refuse_input(path: &Path, inputs: &[&Path]) -> Result<()> {
+    refuse_input_as("--output", path, inputs)
+}
+
+/// [`refuse_input`] for the file option `flag` (`--json`, `--report`).
+pub fn refuse_input_as(flag: &str, path: &Path, inputs: &[&Path]) -> Result<()> {
     for input in inputs {
         if same_file::is_same_file(path, input).unwrap_or(false) {
             bail!(
-                "--output {} is the input file {}: writing it would destroy the records being read; \
-                 choose another output path",
+                "{flag} {} is the input file {}: writing it would destroy the records being \
+                 read; choose another path",
                 path.display(),
                 input.display()
             );

@@ -114,3 +114,31 @@ fn a_directory_spelled_like_a_hub_id_wins_over_the_cache() {
         "acme/tiny-ref",
     ));
 }
+
+#[test]
+fn a_revision_or_ref_that_leaves_the_cache_entry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("hub");
+    let models = fixtures().join("models/llama");
+    cache_model(&cache, "acme/tiny", "main", "a1b2", &models.join("trained"));
+    cache_model(&cache, "acme/tiny-ref", "main", "c3d4", &models.join("ref"));
+    let refused = |policy: &str, reference: &str, needle: &str| {
+        let out = score(&cache, dir.path(), policy, reference);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{policy}: {stderr}");
+        assert!(stderr.contains(needle), "{policy}: {stderr}");
+    };
+    // `snapshots/../..` would be the cache entry itself (or any folder).
+    refused(
+        "acme/tiny@../../models--acme--tiny-ref/snapshots/c3d4",
+        "acme/tiny-ref",
+        "is not a branch, tag or commit name",
+    );
+    // A ref file that names no commit (an interrupted download).
+    std::fs::write(cache.join("models--acme--tiny/refs/main"), "").unwrap();
+    refused(
+        "acme/tiny",
+        "acme/tiny-ref",
+        "refs/main of the cached acme/tiny does not name a commit",
+    );
+}

@@ -159,7 +159,8 @@ fn an_empty_action_is_flagged_empty_and_a_cut_one_truncated_and_both_count_zero(
         [(true, false, 2), (false, true, 0)]
     );
     assert_eq!(empty.steps[1].advantage, Some(0.0));
-    assert_eq!(empty.score, Some(0.0), "an empty step counts 0.0");
+    // Each counts 0.0, but a score made of those stand-ins alone is none.
+    assert_eq!(empty.score, None, "no step with tokens was scored");
 }
 
 /// A scored record by hand: one step with 3 tokens whose advantage is
@@ -424,4 +425,55 @@ fn zero_budgets_queues_and_durations_are_rejected() {
         "--api-key",
         "without spaces",
     );
+}
+
+#[test]
+fn bench_options_that_cannot_apply_are_refused_before_any_work() {
+    refused(&["bench", "--repeats", "0"], "--repeats", "at least 1");
+    refused(
+        &["bench", "--prefix-cache", "--tokens", "64"],
+        "--tokens",
+        "cannot be used with",
+    );
+    let llama = fixtures().join("models/llama");
+    let (policy, reference) = (llama.join("trained"), llama.join("ref"));
+    refused(
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+            "--tokens",
+            "4000000000",
+        ],
+        "--tokens",
+        "past the model's context of 2048",
+    );
+}
+
+#[test]
+fn eval_writes_no_file_over_its_input_and_has_no_output_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = scored_file(dir.path(), &[]);
+    let before = std::fs::read(&input).unwrap();
+    let path = input.to_str().unwrap();
+    refused(
+        &["eval", "--input", path, "--json", path],
+        "--json",
+        "is the input",
+    );
+    refused(
+        &["eval", "--input", path, "--report", path],
+        "--report",
+        "is the input",
+    );
+    refused(
+        &["eval", "--input", path, "--output", "x.md"],
+        "--output",
+        "stdout",
+    );
+    assert_eq!(std::fs::read(&input).unwrap(), before);
 }

@@ -209,9 +209,14 @@ fn tau2_results_give_one_result_per_simulation_with_task_and_reward() {
         err.contains("messages[1].role: unknown role `customer`"),
         "{err}"
     );
-    // Forcing the format gives the same records.
+    // Forcing the format gives the same records; forcing another is refused.
     let forced = read_records(&path, Some(Format::Tau2)).unwrap();
     assert_eq!(forced[0].as_ref().unwrap(), sim1);
+    let err = read_records(&path, Some(Format::Messages))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("τ²-bench results document"), "{err}");
 }
 
 #[test]

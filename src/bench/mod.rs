@@ -15,7 +15,6 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::Result;
 use crate::backend::cpu::forward::{Packed, forward_hidden};
 use crate::backend::cpu::gemm_bf16::Gemm;
 use crate::backend::cpu::rope::Ropes;
@@ -24,6 +23,7 @@ use crate::backend::{ComputeDtype, Device, SeqRequest, open_pair_with};
 use crate::model::weights::{Data, Tensor};
 use crate::model::{Config, DType, Model};
 use crate::score::fused::{naive_row_stats, row_logp, row_stats};
+use crate::{Error, Result};
 
 /// Options of one bench run.
 pub struct BenchOptions {
@@ -162,6 +162,17 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let policy = Arc::new(Model::load(&opts.policy)?);
     let reference = Arc::new(Model::load(&opts.reference)?);
+    // Nothing longer than the model's context is ever scored (and a huge
+    // length would only exhaust memory).
+    let context = policy.config.max_position_embeddings;
+    if let Some(&t) = opts.lengths.iter().find(|&&t| t > context) {
+        return Err(Error::input(
+            "--tokens",
+            format!(
+                "{t} tokens is past the model's context of {context} (max_position_embeddings)"
+            ),
+        ));
+    }
     let mapped = (policy.weights.mapped_bytes() + reference.weights.mapped_bytes()) as f64 / 1e6;
     let (roof_f32, roof_bf16) = (roof::f32_fma_roof_gflops(), roof::bf16_dot_roof_gflops());
     let peak = gemm_peak_gflops(Gemm::F32);

@@ -184,21 +184,28 @@ impl ScoredTrajectory {
     }
 
     /// Trajectory score of `method` (higher = predicted more successful);
-    /// `None` when no step has a value, when a step with tokens (neither
-    /// truncated nor empty) has none, or when the score is not finite.
+    /// `None` when no step with tokens has a value (every step truncated or
+    /// empty: the score would be made of the 0.0 stand-ins alone), when a
+    /// step with tokens has none, or when the score is not finite.
     pub fn score(&self, method: Method, agg: Aggregation) -> Result<Option<f64>> {
         let values = self.step_values(method, agg.token)?;
         let mut steps = Vec::with_capacity(values.len());
+        let mut scored = 0;
         for (v, s) in values.into_iter().zip(&self.steps) {
+            if s.truncated || s.empty {
+                if method.unscored_counts_as_zero() {
+                    steps.push(0.0)
+                }
+                continue;
+            }
             match v {
                 Some(v) => steps.push(v),
-                None if s.truncated || s.empty => {
-                    if method.unscored_counts_as_zero() {
-                        steps.push(0.0)
-                    }
-                }
                 None => return Ok(None),
             }
+            scored += 1;
+        }
+        if scored == 0 {
+            return Ok(None);
         }
         Ok(method
             .step_agg(agg.step)
@@ -257,6 +264,23 @@ mod tests {
             assert_eq!(t.score(Method::Entropy, mean).unwrap(), Some(-1.0));
             assert_eq!(t.score(Method::DeepconfTail, mean).unwrap(), Some(-2.0));
             assert_eq!(t.score(Method::PolicyLogprob, mean).unwrap(), Some(1.0));
+        }
+    }
+
+    #[test]
+    fn a_trajectory_of_truncated_and_empty_steps_alone_has_no_score() {
+        let cut = StepScore {
+            truncated: true,
+            ..step(Some(0.0), None, None)
+        };
+        let empty = StepScore {
+            empty: true,
+            ..step(Some(0.0), None, None)
+        };
+        let t = traj(vec![cut, empty]);
+        let mean = Aggregation::stored(StepAgg::Mean);
+        for m in Method::ALL {
+            assert_eq!(t.score(m, mean).unwrap(), None, "{m}");
         }
     }
 

@@ -123,6 +123,19 @@ fn read_document(
 ) -> Result<Vec<Result<Record>>> {
     let name = file_name(file);
     match doc {
+        Value::Object(obj)
+            if obj.contains_key("simulations")
+                && format.is_some_and(|f| f != Format::Tau2 && f != Format::Jsonl) =>
+        {
+            Err(Error::input(
+                file,
+                format!(
+                    "a τ²-bench results document (it has `simulations`), not {} records; \
+                     drop --format or give --format tau2",
+                    format.map_or("", Format::name)
+                ),
+            ))
+        }
         Value::Object(obj) if obj.contains_key("simulations") || format == Some(Format::Tau2) => {
             read_tau2(file, obj)
         }
