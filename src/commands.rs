@@ -22,7 +22,7 @@ use padv::score::aggregate::{StepAgg, TokenAgg};
 use padv::tokenizer::TokenizerBundle;
 use padv::trajectory::{Format, Record, RenderMode, read_records};
 
-use crate::output::{Output, refuse_input, refuse_input_as};
+use crate::output::{Output, refuse_input_as, refuse_output};
 
 /// `--input`, or the bundled demo trajectories (the embedded default:
 /// [`padv::toyworld`]).
@@ -479,12 +479,6 @@ fn note_skipped(set: &ScoredSet, alpha: Option<f64>, first_alpha: bool) {
     );
 }
 
-/// Refuses an output path that is the input before any work is done (the
-/// output is opened only once the input has been read).
-fn refuse_output(output: Option<&Path>, input: &Path) -> Result<()> {
-    output.map_or(Ok(()), |o| refuse_input(o, &[input]))
-}
-
 /// ` at α = A` for a merge sweep's set, empty otherwise.
 fn at_alpha(alpha: Option<f64>) -> String {
     alpha.map_or(String::new(), |a| format!(" at α = {a}"))
@@ -537,16 +531,8 @@ pub fn attribute(a: AppArgs) -> Result<()> {
     let mut w = Output::create(a.output.as_deref(), &[&input])?;
     for (k, (alpha, set)) in sets.into_iter().enumerate() {
         note_skipped(&set, alpha, k == 0);
-        for t in &set.trajectories {
-            let v = match apps::attribute(t, a.method, None)? {
-                Some(att) => att.to_json(),
-                None => serde_json::json!({"id": t.id, "error": apps::unattributable(t, a.method)}),
-            };
-            writeln!(w, "{}", with_alpha(v, alpha))?;
-        }
         // One line per input record: those without scores as their errors.
-        for s in &set.skipped {
-            let v = serde_json::json!({"id": s.id, "error": s.error});
+        for v in apps::attribution_lines(&set, a.method)? {
             writeln!(w, "{}", with_alpha(v, alpha))?;
         }
     }

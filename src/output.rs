@@ -56,6 +56,12 @@ impl Write for Output {
     }
 }
 
+/// Refuses an `--output` that is the input before any work is done (stdout,
+/// `None` or `-`, is never one).
+pub fn refuse_output(output: Option<&Path>, input: &Path) -> Result<()> {
+    output.map_or(Ok(()), |o| refuse_input(o, &[input]))
+}
+
 /// An error when `path` is one of `inputs` (the same file, through a link
 /// or not).
 pub fn refuse_input(path: &Path, inputs: &[&Path]) -> Result<()> {

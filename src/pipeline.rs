@@ -32,7 +32,7 @@ use crate::score::{
     Aggregation, Method, ScoreSettings, ScoredTrajectory, StepScore, TokenScores, num,
 };
 use crate::tokenizer::TokenizerBundle;
-use crate::trajectory::{self, Body, Encoded, Record, RenderMode, Warning};
+use crate::trajectory::{self, Body, Encoded, Record, RenderMode};
 use crate::{Error, Result};
 
 /// Everything that shapes how records are scored.
@@ -344,14 +344,11 @@ impl Scorer {
     /// Render + tokenize + truncate one record, and check it fits the model
     /// (and, with `strict`, that the render lost nothing).
     pub fn encode(&self, record: &Record) -> Result<Encoded> {
-        let mut enc = trajectory::encode(record, &self.tokenizer, self.render, None)?;
+        let enc = trajectory::encode(record, &self.tokenizer, self.render, self.opts.max_length)?;
         if self.opts.strict
             && let Some(w) = enc.warnings.first()
         {
             return Err(Error::input(&record.location, format!("{w} (--strict)")));
-        }
-        if let Some(max) = self.opts.max_length {
-            enc.truncate_left(max);
         }
         if enc.token_ids.is_empty() {
             return Err(Error::input(&record.location, "the record has no tokens"));
@@ -499,9 +496,7 @@ impl Scorer {
             .actions
             .iter()
             .map(|a| {
-                // The sequence's first token has no log-prob: an action
-                // opening it is scored from its other tokens (and warned of).
-                let span = a.start.max(1).min(a.end)..a.end;
+                let span = a.scored();
                 let mean = |v: &[f32]| TokenAgg::Mean.apply(&v[span.clone()]);
                 if a.truncated || a.is_empty() {
                     // An action that lost tokens to max_length, or that
@@ -580,14 +575,10 @@ impl Scorer {
         if let Some(m) = &s.merge {
             o.insert("alpha".into(), num(m.alpha));
         }
-        let texts = |ws: &mut dyn Iterator<Item = &Warning>| -> Vec<String> {
-            ws.map(|w| w.text.clone()).collect()
-        };
-        if !s.encoded.warnings.is_empty() {
-            o.insert(
-                "warnings".into(),
-                json!(texts(&mut s.encoded.warnings.iter())),
-            );
+        let warnings = &s.encoded.warnings;
+        if !warnings.is_empty() {
+            let texts: Vec<&str> = warnings.iter().map(|w| w.text.as_str()).collect();
+            o.insert("warnings".into(), json!(texts));
         }
         if !s.is_trajectory() {
             arrays(&mut o);
@@ -598,9 +589,10 @@ impl Scorer {
             .iter()
             .enumerate()
             .map(|(k, st)| {
-                let mut about = (s.encoded.warnings.iter())
-                    .filter(|w| w.message.is_some() && w.message == st.message);
-                let warnings = texts(&mut about);
+                let own: Vec<&str> = (warnings.iter())
+                    .filter(|w| w.message.is_some() && w.message == st.message)
+                    .map(|w| w.text.as_str())
+                    .collect();
                 let mut step = json!({
                     "step": k,
                     "message": st.message,
@@ -616,8 +608,8 @@ impl Scorer {
                 });
                 // The step's own warnings, so that a session step or a
                 // candidate answered alone still carries them.
-                if !warnings.is_empty() {
-                    step["warnings"] = json!(warnings);
+                if !own.is_empty() {
+                    step["warnings"] = json!(own);
                 }
                 step
             })

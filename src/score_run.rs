@@ -18,7 +18,7 @@ use padv::pipeline::{ScoredRecord, Scorer};
 use padv::trajectory::{Record, Warning, read_records};
 
 use crate::commands::{OnError, ScoreArgs, input_or_demo, progress};
-use crate::output::{Output, refuse_input};
+use crate::output::{Output, refuse_output};
 use crate::summary::Summary;
 
 /// Records scored (and written) together; the progress bar moves per slice.
@@ -98,9 +98,7 @@ impl Ids {
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     let input = input_or_demo(&a.input)?;
-    if let Some(o) = a.output.as_deref().filter(|o| o.as_os_str() != "-") {
-        refuse_input(o, &[&input])?;
-    }
+    refuse_output(a.output.as_deref(), &input)?;
     let (policy, reference) = a.model.pair()?;
     let mut scorer = a.model.load(a.tokens)?;
     let records = read_records(&input, a.model.format)?;

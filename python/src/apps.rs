@@ -6,7 +6,7 @@
 use padv::apps::{self, Aggregation, Method, ReadOptions, ScoredSet, ScoredTrajectory};
 use padv::score::aggregate::StepAgg;
 use pyo3::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{as_path, bad_arg, to_json, to_py, to_py_err};
 
@@ -143,21 +143,7 @@ pub fn attribute<'py>(
     let m = self::method(method)?;
     let set = scored_set(py, scored, "task_id", false)?;
     let out = py
-        .detach(|| -> padv::Result<Vec<Value>> {
-            let mut out = Vec::with_capacity(set.trajectories.len() + set.skipped.len());
-            for t in &set.trajectories {
-                out.push(match apps::attribute(t, m, None)? {
-                    Some(att) => att.to_json(),
-                    None => json!({"id": t.id, "error": apps::unattributable(t, m)}),
-                });
-            }
-            out.extend(
-                set.skipped
-                    .iter()
-                    .map(|s| json!({"id": s.id, "error": s.error})),
-            );
-            Ok(out)
-        })
+        .detach(|| -> padv::Result<Vec<Value>> { apps::attribution_lines(&set, m) })
         .map_err(to_py_err)?;
     out.iter().map(|r| to_py(py, r)).collect()
 }

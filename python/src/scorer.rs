@@ -287,13 +287,14 @@ pub(crate) fn read_input(
     for (i, item) in records.try_iter()?.enumerate() {
         let location = format!("records[{i}]");
         let item = item?;
-        out.push(match (json_of(&item), non_finite_id(&item)) {
-            (_, Some(id)) => Err(padv::Error::input(
+        out.push(match non_finite_id(&item) {
+            Some(id) => Err(padv::Error::input(
                 &location,
                 format!("id: {id} is not an id; give the id as a string"),
             )),
-            (Ok(v), None) => record_from_json(v, &location),
-            (Err(e), None) => Err(padv::Error::input(&location, e)),
+            None => json_of(&item)
+                .map_err(|e| padv::Error::input(&location, e))
+                .and_then(|v| record_from_json(v, &location)),
         });
     }
     Ok(out)

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::score::aggregate::TokenAgg;
 use crate::score::method::Method;
-use crate::score::scored::ScoredTrajectory;
+use crate::score::scored::{ScoredSet, ScoredTrajectory};
 use crate::{Error, Result};
 
 /// A rule turning per-step scores into one predicted error step.
@@ -162,7 +162,7 @@ pub fn unattributable(t: &ScoredTrajectory, method: Method) -> String {
     let missing = t.step_values(method, None).ok().and_then(|v| {
         v.iter()
             .zip(&t.steps)
-            .position(|(v, s)| v.is_none() && !s.truncated && !s.empty)
+            .position(|(v, s)| v.is_none() && !s.unscored())
     });
     match missing {
         _ if t.steps.is_empty() => "no scored steps".into(),
@@ -171,6 +171,25 @@ pub fn unattributable(t: &ScoredTrajectory, method: Method) -> String {
         ),
         None => format!("no step has a {method} value"),
     }
+}
+
+/// `padv attribute`'s lines for `set`: one per trajectory (its attribution,
+/// or `{"id", "error"}` saying why there is none), then one per error
+/// record it skipped.
+pub fn attribution_lines(set: &ScoredSet, method: Method) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(set.trajectories.len() + set.skipped.len());
+    for t in &set.trajectories {
+        out.push(match attribute(t, method, None)? {
+            Some(att) => att.to_json(),
+            None => json!({"id": t.id, "error": unattributable(t, method)}),
+        });
+    }
+    out.extend(
+        set.skipped
+            .iter()
+            .map(|s| json!({"id": s.id, "error": s.error})),
+    );
+    Ok(out)
 }
 
 /// Predicted error steps of one trajectory by one method.
@@ -203,7 +222,7 @@ pub fn attribute(
     let Some(values) = values
         .into_iter()
         .zip(&t.steps)
-        .map(|(v, s)| v.or((s.truncated || s.empty).then_some(0.0)))
+        .map(|(v, s)| v.or(s.unscored().then_some(0.0)))
         .collect::<Option<Vec<f64>>>()
     else {
         return Ok(None);

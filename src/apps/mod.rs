@@ -27,7 +27,7 @@ pub use crate::score::{
     Aggregation, Labels, Method, ReadOptions, ScoreSettings, ScoredSet, ScoredTrajectory,
     SkippedRecord, StepScore, parse_scored, read_scored,
 };
-pub use attribute::{Attribution, Predictor, attribute, unattributable};
+pub use attribute::{Attribution, Predictor, attribute, attribution_lines, unattributable};
 pub use eval::{EvalReport, evaluate, sweep, sweep_json, sweep_markdown};
 pub use report::{ReportOptions, render_html};
 pub use select::{Selection, select};

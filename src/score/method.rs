@@ -18,6 +18,7 @@ use std::str::FromStr;
 
 use crate::score::aggregate::{StepAgg, TokenAgg};
 use crate::score::scored::ScoredTrajectory;
+use crate::trajectory::scored_span;
 use crate::{Error, Result};
 
 /// A trajectory scorer: progress advantage or one of its baselines.
@@ -160,21 +161,20 @@ impl ScoredTrajectory {
             .iter()
             .map(|s| {
                 // A step without tokens has no value, re-aggregated or not.
-                if s.truncated || s.empty {
+                if s.unscored() {
                     return None;
                 }
-                // Token 0 has no log-prob: a step opening the sequence is
-                // scored from its other tokens, as when it was scored.
-                let (a, b) = s.span.map_or((0, 0), |(a, b)| (a.max(1).min(b), b));
-                let lp = || agg.apply(&tokens.logp_policy[a..b]);
-                let lr = || agg.apply(&tokens.logp_reference[a..b]);
+                // The positions it was scored from (as when it was scored).
+                let span = s.span.map_or(0..0, |(a, b)| scored_span(a, b));
+                let lp = || agg.apply(&tokens.logp_policy[span.clone()]);
+                let lr = || agg.apply(&tokens.logp_reference[span.clone()]);
                 match method {
                     Method::ProgressAdvantage => Some(beta * (lp()? - lr()?)),
                     Method::PolicyLogprob => lp(),
                     Method::ReferenceLogprob => lr(),
-                    Method::Entropy => agg.apply(&tokens.entropy_policy[a..b]).map(|e| -e),
+                    Method::Entropy => agg.apply(&tokens.entropy_policy[span.clone()]).map(|e| -e),
                     Method::SelfCertainty | Method::DeepconfTail | Method::DeepconfBottom10 => {
-                        agg.apply(&tokens.self_certainty[a..b])
+                        agg.apply(&tokens.self_certainty[span.clone()])
                     }
                 }
                 .filter(|v| !v.is_nan())
@@ -192,7 +192,7 @@ impl ScoredTrajectory {
         let mut steps = Vec::with_capacity(values.len());
         let mut scored = 0;
         for (v, s) in values.into_iter().zip(&self.steps) {
-            if s.truncated || s.empty {
+            if s.unscored() {
                 if method.unscored_counts_as_zero() {
                     steps.push(0.0)
                 }

@@ -46,6 +46,14 @@ pub struct StepScore {
     pub span: Option<(usize, usize)>,
 }
 
+impl StepScore {
+    /// The step has no scored tokens (truncated by `max_length`, or empty):
+    /// it counts 0.0 where the method fills in, and has no value of its own.
+    pub fn unscored(&self) -> bool {
+        self.truncated || self.empty
+    }
+}
+
 /// What a trajectory is known to have achieved.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Labels {

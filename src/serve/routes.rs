@@ -82,7 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/sessions/{id}/steps", post(step))
         .route("/v1/sessions/{id}/fork", post(fork))
         .fallback(no_route)
-        .layer(middleware::from_fn(json_405))
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(state.max_request_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -298,20 +298,17 @@ async fn no_route(req: Request) -> ApiError {
     ))
 }
 
-/// The router's bare 405 (a known route, another method) as a JSON error
-/// like every other; the router adds the `Allow` header listing the
-/// methods the route takes, after this layer.
-async fn json_405(req: Request, next: Next) -> Response {
-    let what = format!("{} {}", req.method(), req.uri().path());
-    let res = next.run(req).await;
-    if res.status() != StatusCode::METHOD_NOT_ALLOWED {
-        return res;
-    }
+/// A known route asked with another method: a JSON 405 like every other
+/// error (the router adds the `Allow` header listing the route's methods).
+async fn wrong_method(req: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{what}: the route does not take this method (`Allow` lists those it takes)"),
+        format!(
+            "{} {}: the route does not take this method (`Allow` lists those it takes)",
+            req.method(),
+            req.uri().path()
+        ),
     )
-    .into_response()
 }
 
 /// A session id from the path; one that cannot be read (not UTF-8 once

@@ -244,6 +244,11 @@ impl std::fmt::Display for Warning {
     }
 }
 
+/// The scored positions of the span `[start, end)`: [`Action::scored`].
+pub fn scored_span(start: usize, end: usize) -> std::ops::Range<usize> {
+    start.max(1).min(end)..end
+}
+
 /// The tokens `token_ids[start..end]` of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Action {
@@ -262,6 +267,11 @@ pub struct Action {
 impl Action {
     pub fn len(&self) -> usize {
         self.end - self.start
+    }
+    /// The positions whose log-probs score the action: all of its tokens but
+    /// the sequence's first, which has none (nothing precedes it).
+    pub fn scored(&self) -> std::ops::Range<usize> {
+        scored_span(self.start, self.end)
     }
     pub fn is_empty(&self) -> bool {
         self.end == self.start
